@@ -1,0 +1,4 @@
+//! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
+//! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+pub mod tftp;
+pub mod wire;

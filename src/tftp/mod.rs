@@ -1,0 +1,2 @@
+//! TFTP serving: the sans-IO transfer engine and its tokio driver.
+pub mod transfer;
