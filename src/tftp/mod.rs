@@ -1,2 +1,6 @@
-//! TFTP serving: the sans-IO transfer engine and its tokio driver.
+//! TFTP serving: the sans-IO transfer engine, option negotiation, the file namespace
+//! and the tokio driver.
+pub mod files;
+pub mod negotiate;
+pub mod server;
 pub mod transfer;

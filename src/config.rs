@@ -1,0 +1,289 @@
+//! Configuration: a TOML file (all keys optional) overridden by command-line flags,
+//! validated once at start-up with errors that name the key and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tftp::negotiate::Limits;
+use crate::tftp::transfer::Rollover;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The key, as in the TOML file.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for Baton's own state (store, blobs); created if missing.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `baton=debug`).
+    pub log_level: String,
+    /// TFTP server.
+    pub tftp: TftpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/baton"),
+            log_level: "info".into(),
+            tftp: TftpConfig::default(),
+        }
+    }
+}
+
+/// TFTP server settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TftpConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Served directory; default `<data_dir>/tftp`.
+    pub root: Option<PathBuf>,
+    /// Answer every transfer from the listening port (for NAT, VIPs, containers).
+    pub single_port: bool,
+    /// Largest block size granted (8..=65464).
+    pub max_blksize: u16,
+    /// Interface MTU to fit blocks into; default: the MTU of the interface the request
+    /// arrived on.
+    pub mtu: Option<u32>,
+    /// Largest window granted (RFC 7440).
+    pub max_windowsize: u16,
+    /// Retransmission timeout when the client asks for none, in milliseconds.
+    pub timeout_ms: u64,
+    /// Timeouts in a row before a transfer is dropped.
+    pub max_retries: u32,
+    /// What block 65535 is followed by.
+    pub rollover: Rollover,
+    /// Most transfers at once.
+    pub max_transfers: usize,
+    /// Most transfers at once from one client address.
+    pub max_transfers_per_client: usize,
+    /// Bytes of idle files kept in memory.
+    pub cache_bytes: u64,
+    /// Use UDP GSO for windows when the kernel offers it.
+    pub gso: bool,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            listen: "0.0.0.0:69".parse().expect("valid literal"),
+            root: None,
+            single_port: false,
+            max_blksize: 65464,
+            mtu: None,
+            max_windowsize: 64,
+            timeout_ms: 1000,
+            max_retries: 5,
+            rollover: Rollover::Zero,
+            max_transfers: 4096,
+            max_transfers_per_client: 64,
+            cache_bytes: 1 << 30,
+            gso: true,
+        }
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+    /// `--tftp-listen`.
+    pub tftp_listen: Option<SocketAddr>,
+    /// `--tftp-root`.
+    pub tftp_root: Option<PathBuf>,
+    /// `--tftp-single-port`.
+    pub tftp_single_port: bool,
+    /// `--tftp-max-blksize`.
+    pub tftp_max_blksize: Option<u16>,
+    /// `--tftp-mtu`.
+    pub tftp_mtu: Option<u32>,
+    /// `--tftp-max-windowsize`.
+    pub tftp_max_windowsize: Option<u16>,
+}
+
+impl Config {
+    /// Loads `file` (if given), applies `o`, validates.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(p) => Self::parse_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = o.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = o.log_level {
+            c.log_level = v;
+        }
+        if let Some(v) = o.tftp_listen {
+            c.tftp.listen = v;
+        }
+        if let Some(v) = o.tftp_root {
+            c.tftp.root = Some(v);
+        }
+        if o.tftp_single_port {
+            c.tftp.single_port = true;
+        }
+        if let Some(v) = o.tftp_max_blksize {
+            c.tftp.max_blksize = v;
+        }
+        if let Some(v) = o.tftp_mtu {
+            c.tftp.mtu = Some(v);
+        }
+        if let Some(v) = o.tftp_max_windowsize {
+            c.tftp.max_windowsize = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses a TOML file without validating.
+    pub fn parse_file(p: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.tftp;
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !(8..=65464).contains(&t.max_blksize) {
+            return bad("tftp.max_blksize", "must be between 8 and 65464 (RFC 2348)");
+        }
+        if t.max_windowsize == 0 || t.max_windowsize > 32768 {
+            return bad("tftp.max_windowsize", "must be between 1 and 32768");
+        }
+        if !(10..=255_000).contains(&t.timeout_ms) {
+            return bad(
+                "tftp.timeout_ms",
+                "must be between 10 and 255000 milliseconds",
+            );
+        }
+        if !(1..=100).contains(&t.max_retries) {
+            return bad("tftp.max_retries", "must be between 1 and 100");
+        }
+        if t.max_transfers == 0 {
+            return bad("tftp.max_transfers", "must be at least 1");
+        }
+        if t.max_transfers_per_client == 0 {
+            return bad("tftp.max_transfers_per_client", "must be at least 1");
+        }
+        if let Some(m) = t.mtu {
+            if !(68..=65536).contains(&m) {
+                return bad("tftp.mtu", "must be between 68 and 65536");
+            }
+        }
+        if self.log_level.trim().is_empty() {
+            return bad("log_level", "must not be empty (e.g. `info`)");
+        }
+        Ok(())
+    }
+
+    /// The served TFTP directory.
+    pub fn tftp_root(&self) -> PathBuf {
+        self.tftp
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tftp"))
+    }
+}
+
+impl TftpConfig {
+    /// Negotiation limits derived from this configuration.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_blksize: self.max_blksize,
+            max_windowsize: self.max_windowsize,
+            default_timeout: Duration::from_millis(self.timeout_ms),
+            max_retries: self.max_retries,
+            rollover: self.rollover,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/x\"\n[tftp]\nlisten = \"127.0.0.1:6969\"\nmax_windowsize = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            Overrides {
+                tftp_max_windowsize: Some(16),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.tftp.listen, "127.0.0.1:6969".parse().unwrap());
+        assert_eq!(c.tftp.max_windowsize, 16);
+        assert_eq!(c.tftp_root(), PathBuf::from("/x/tftp"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.toml");
+        std::fs::write(&f, "[tftp]\nmax_blksize = 4\n").unwrap();
+        let e = Config::load(Some(&f), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tftp.max_blksize"), "{e}");
+        std::fs::write(&f, "[tftp]\nmax_blksiz = 4\n").unwrap();
+        let e = Config::load(Some(&f), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_blksiz"), "{e}");
+    }
+}

@@ -1,0 +1,293 @@
+//! Process metrics, rendered in the Prometheus text format.
+//!
+//! Hot-path counters are plain atomics; labelled counters (by reason) are bumped per
+//! request, not per packet, so a small mutex-guarded map is enough.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds `n` (may be negative).
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters keyed by one label value (e.g. a reason).
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    /// Adds one under `label`.
+    pub fn inc(&self, label: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(label.to_string()).or_default() += 1;
+    }
+    /// Value under `label`.
+    pub fn get(&self, label: &str) -> u64 {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(label).copied().unwrap_or(0)
+    }
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Upper bounds (seconds) of the transfer duration histogram.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// All TFTP metrics.
+#[derive(Debug, Default)]
+pub struct TftpMetrics {
+    /// Read requests received.
+    pub requests: Counter,
+    /// Requests refused, by reason.
+    pub refused: LabeledCounter,
+    /// Datagrams that were not valid TFTP, by reason.
+    pub bad_packets: LabeledCounter,
+    /// Options ignored, by reason.
+    pub options_ignored: LabeledCounter,
+    /// Packets from a wrong transfer ID (answered with ERROR 5).
+    pub unknown_tid: Counter,
+    /// Transfers started.
+    pub started: Counter,
+    /// Transfers completed.
+    pub completed: Counter,
+    /// Size probes (client aborted after the OACK, by design).
+    pub size_probes: Counter,
+    /// Failed transfers, by reason.
+    pub failed: LabeledCounter,
+    /// Transfers in progress.
+    pub active: Gauge,
+    /// File bytes acknowledged by clients.
+    pub bytes: Counter,
+    /// DATA packets sent.
+    pub data_packets: Counter,
+    /// DATA packets retransmitted.
+    pub retransmits: Counter,
+    /// Duration of completed transfers.
+    pub duration: Histogram,
+    /// Times a concurrency limit was hit.
+    pub limit_hits: LabeledCounter,
+}
+
+/// Every metric of the process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// TFTP.
+    pub tftp: TftpMetrics,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn labeled(out: &mut String, name: &str, help: &str, label: &str, c: &LabeledCounter) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (k, v) in c.snapshot() {
+        let k = k.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+    }
+}
+
+impl Metrics {
+    /// Renders all metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let t = &self.tftp;
+        let mut o = String::with_capacity(4096);
+        counter(
+            &mut o,
+            "baton_tftp_requests_total",
+            "TFTP read requests received.",
+            t.requests.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_refused_total",
+            "TFTP requests refused.",
+            "reason",
+            &t.refused,
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_bad_packets_total",
+            "Datagrams that are not valid TFTP.",
+            "reason",
+            &t.bad_packets,
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_options_ignored_total",
+            "Request options not taken.",
+            "reason",
+            &t.options_ignored,
+        );
+        counter(
+            &mut o,
+            "baton_tftp_unknown_tid_total",
+            "Packets from an unknown transfer ID.",
+            t.unknown_tid.get(),
+        );
+        counter(
+            &mut o,
+            "baton_tftp_transfers_started_total",
+            "TFTP transfers started.",
+            t.started.get(),
+        );
+        counter(
+            &mut o,
+            "baton_tftp_transfers_completed_total",
+            "TFTP transfers completed.",
+            t.completed.get(),
+        );
+        counter(
+            &mut o,
+            "baton_tftp_size_probes_total",
+            "Transfers aborted by the client after the OACK (size probes).",
+            t.size_probes.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_transfers_failed_total",
+            "TFTP transfers failed.",
+            "reason",
+            &t.failed,
+        );
+        let _ = writeln!(
+            o,
+            "# HELP baton_tftp_active_transfers TFTP transfers in progress.\n# TYPE baton_tftp_active_transfers gauge\nbaton_tftp_active_transfers {}",
+            t.active.get()
+        );
+        counter(
+            &mut o,
+            "baton_tftp_bytes_total",
+            "File bytes acknowledged by TFTP clients.",
+            t.bytes.get(),
+        );
+        counter(
+            &mut o,
+            "baton_tftp_data_packets_total",
+            "TFTP DATA packets sent.",
+            t.data_packets.get(),
+        );
+        counter(
+            &mut o,
+            "baton_tftp_retransmits_total",
+            "TFTP DATA packets sent again.",
+            t.retransmits.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_limit_hits_total",
+            "Requests refused by a concurrency limit.",
+            "limit",
+            &t.limit_hits,
+        );
+        let h = &t.duration;
+        let _ = writeln!(o, "# HELP baton_tftp_transfer_seconds Duration of completed TFTP transfers.\n# TYPE baton_tftp_transfer_seconds histogram");
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "baton_tftp_transfer_seconds_bucket{{le=\"{b}\"}} {}",
+                h.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "baton_tftp_transfer_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.count()
+        );
+        let _ = writeln!(
+            o,
+            "baton_tftp_transfer_seconds_sum {}",
+            h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "baton_tftp_transfer_seconds_count {}", h.count());
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.tftp.requests.add(3);
+        m.tftp.refused.inc("not_found");
+        m.tftp.refused.inc("not_found");
+        m.tftp.duration.observe(Duration::from_millis(3));
+        let s = m.render();
+        assert!(s.contains("baton_tftp_requests_total 3\n"));
+        assert!(s.contains("baton_tftp_refused_total{reason=\"not_found\"} 2\n"));
+        assert!(s.contains("baton_tftp_transfer_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(s.contains("baton_tftp_transfer_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(s.contains("baton_tftp_transfer_seconds_count 1\n"));
+    }
+}

@@ -1,0 +1,2 @@
+//! Socket plumbing shared by the protocol drivers.
+pub mod udp;
