@@ -199,8 +199,22 @@ fn on_datagram(
     meta: udp::RecvMeta,
 ) {
     let m = &shared.metrics.tftp;
-    let client = meta.src;
-    let local_ip = meta.dst_ip.unwrap_or(local.ip());
+    // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d. Per-transfer sockets are
+    // opened in the peer's own family, so they need the plain form; the shared socket of
+    // single-port mode needs its own family's form.
+    let dst = meta.dst_ip.unwrap_or(local.ip());
+    let (client, local_ip) = if shared.cfg.single_port {
+        (meta.src, in_family(dst, local.is_ipv6()))
+    } else {
+        (
+            SocketAddr::new(meta.src.ip().to_canonical(), meta.src.port()),
+            dst.to_canonical(),
+        )
+    };
+    let meta = udp::RecvMeta {
+        src: client,
+        ..meta
+    };
     match Packet::parse(pkt) {
         Ok(Packet::Rrq(req)) => {
             m.requests.inc();
@@ -284,6 +298,15 @@ fn reply_error(
             debug!(client = %client, error = %e, "could not send tftp error");
         }
     });
+}
+
+/// `ip` as an address of a socket of the given family.
+fn in_family(ip: IpAddr, v6: bool) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v6 => IpAddr::V6(v4.to_ipv6_mapped()),
+        ip if !v6 => ip.to_canonical(),
+        ip => ip,
+    }
 }
 
 /// Source address to pin on the shared socket: only needed when it is bound to a wildcard.
@@ -404,7 +427,7 @@ fn start_read(
             routes.remove(&client);
         }
     }
-    let slot = match take_slot(shared, client.ip()) {
+    let slot = match take_slot(shared, client.ip().to_canonical()) {
         Ok(s) => s,
         Err(which) => {
             m.limit_hits.inc(which);
