@@ -1,9 +1,13 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
 //! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod pcap;
+pub mod render;
 pub mod serve;
+pub mod store;
 pub mod tftp;
 pub mod wire;

@@ -40,7 +40,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     })?;
     let source = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
-    info!(root = %source.root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
+    info!(root = %source.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let tftp = TftpServer::bind(

@@ -174,7 +174,7 @@ impl DirSource {
     }
 
     /// The served directory, canonical.
-    pub fn root(&self) -> &Path {
+    pub fn canonical_root(&self) -> &Path {
         &self.canonical_root
     }
 

@@ -1,0 +1,117 @@
+//! Proposer side of rendering: turn a profile into a [`Command::SetBootProfile`].
+//!
+//! Rendering happens once, on the host that proposes the change; the command carries the
+//! resulting (path → digest) rows, so applying it on replicas needs no template and
+//! cannot diverge. The rendered bytes are stored in the local blob store before the
+//! command is proposed, so the files exist wherever the command says they are held.
+
+use std::collections::BTreeSet;
+
+use crate::blobs::{BlobStore, Digest};
+use crate::store::{BootProfile, Command, FileSpec, Millis, Node, Store};
+
+use super::{kernel_path, ramdisk_path, RenderError, Renderer};
+
+/// Renders `profile` for `node`, stores the rendered files in `blobs`, and returns the
+/// command that sets the profile and the node's whole file set. The command expects the
+/// node's current epoch, so a proposer that lost ownership meanwhile is refused.
+///
+/// To change a node's MACs, apply a [`Command::Batch`] of the `UpdateNode` and this
+/// command built from the node with its new MACs, so old paths vanish atomically.
+pub fn boot_profile_command(
+    renderer: &Renderer,
+    blobs: &BlobStore,
+    node: &Node,
+    profile: Option<BootProfile>,
+    host: &str,
+    at: Millis,
+) -> Result<Command, RenderError> {
+    let mut files = Vec::new();
+    if let Some(p) = &profile {
+        for (path, bytes) in renderer.render_node(node, p)? {
+            let info = blobs.put_bytes(&bytes)?;
+            files.push(FileSpec {
+                path,
+                digest: info.digest,
+                size: info.size,
+            });
+        }
+        if let Some(k) = p.kernel_boot() {
+            for (path, digest) in [
+                (kernel_path(&node.id), k.kernel),
+                (ramdisk_path(&node.id), k.ramdisk),
+            ] {
+                files.push(FileSpec {
+                    path,
+                    size: local_size(blobs, &digest)?,
+                    digest,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Command::SetBootProfile {
+        node: node.id.clone(),
+        profile,
+        files,
+        host: host.to_string(),
+        expected_epoch: Some(node.epoch),
+        at,
+    })
+}
+
+fn local_size(blobs: &BlobStore, digest: &Digest) -> Result<u64, RenderError> {
+    blobs.size(digest)?.ok_or(RenderError::MissingBlob(*digest))
+}
+
+/// Result of [`rerender_all`].
+#[derive(Debug, Default)]
+pub struct Rerender {
+    /// Commands for nodes whose files changed; apply each (a refusal, e.g. a stale epoch
+    /// because the node moved meanwhile, only means that node is no longer ours).
+    pub commands: Vec<Command>,
+    /// Nodes that failed to render; they keep serving their previous files.
+    pub failures: Vec<(String, RenderError)>,
+}
+
+/// Re-renders every node owned by `host` that has a profile and returns commands for
+/// those whose files would change (after a template edit). Only the owner re-renders
+/// its nodes, so hosts with different template versions never fight over a node.
+pub fn rerender_all(
+    store: &Store,
+    blobs: &BlobStore,
+    renderer: &Renderer,
+    host: &str,
+    at: Millis,
+) -> Result<Rerender, RenderError> {
+    let mut out = Rerender::default();
+    for node in store.nodes()? {
+        if node.owner != host {
+            continue;
+        }
+        let Some(profile) = node.boot_profile.clone() else {
+            continue;
+        };
+        let cmd = match boot_profile_command(renderer, blobs, &node, Some(profile), host, at) {
+            Ok(c) => c,
+            Err(e) => {
+                out.failures.push((node.id.clone(), e));
+                continue;
+            }
+        };
+        let Command::SetBootProfile { files, .. } = &cmd else {
+            continue;
+        };
+        let wanted: BTreeSet<(&str, Digest)> =
+            files.iter().map(|f| (f.path.as_str(), f.digest)).collect();
+        let current = store.node_files(&node.id)?;
+        let have: BTreeSet<(&str, Digest)> = current
+            .iter()
+            .map(|f| (f.path.as_str(), f.digest))
+            .collect();
+        if wanted != have {
+            out.commands.push(cmd);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,480 @@
+//! Every write to the store, as a typed, serde-serializable command, and what applying it
+//! produced.
+//!
+//! A command is the unit the replicated log will carry: it holds everything needed to
+//! apply it (including the proposer's timestamp `at`), so applying the same command list
+//! on any replica yields the same database. Business failures are [`Rejection`]s inside
+//! an `Ok` [`Outcome`]: a rejected command is a normal, deterministic result of the state
+//! machine, not an error of it.
+
+use crate::blobs::Digest;
+
+use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState, TransferReason};
+use super::Reservation;
+
+/// One served file of a node, as carried by [`Command::SetBootProfile`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSpec {
+    /// Served path (TFTP and HTTP), e.g. `pxelinux.cfg/01-52-54-00-ec-33-81`.
+    pub path: String,
+    /// Artifact the path serves.
+    pub digest: Digest,
+    /// The artifact's size (registers it if it is new, checks it otherwise).
+    pub size: u64,
+}
+
+/// A state change, applied deterministically by [`super::apply::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Adds a host, or updates its group and addresses.
+    RegisterHost {
+        /// Host name (key).
+        name: String,
+        /// L2 segment the host serves; nodes of the same group may move to it.
+        group: String,
+        /// Addresses peers and nodes reach it on.
+        addresses: Vec<String>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Records that a host is alive. Not logged as an event (it would flood the feed).
+    Heartbeat {
+        /// The host.
+        host: String,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Adds a node owned by `owner` at epoch 1 (a single host owns all it enrolls).
+    EnrollNode {
+        /// Node id, used in paths (`nodes/<node>/kernel`).
+        node: String,
+        /// Its boot MAC addresses.
+        macs: Vec<MacAddr>,
+        /// Group (L2 segment).
+        group: String,
+        /// Architecture hint (`x86_64`, `aarch64`, …) for the boot-file choice.
+        arch: Option<String>,
+        /// Owning host.
+        owner: String,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Changes a node's descriptive fields; `None` leaves a field unchanged. After a
+    /// MAC change the proposer re-renders the node's boot files.
+    UpdateNode {
+        /// The node.
+        node: String,
+        /// New MAC set.
+        macs: Option<Vec<MacAddr>>,
+        /// New group.
+        group: Option<String>,
+        /// New architecture hint (`Some(None)` clears it).
+        arch: Option<Option<String>>,
+        /// Refuse if the node's epoch moved on.
+        expected_epoch: Option<u64>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Deletes a node with its MACs, files and reservation; refused while reserved.
+    RemoveNode {
+        /// The node.
+        node: String,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Moves a node in its provisioning life cycle.
+    SetProvisionState {
+        /// The node.
+        node: String,
+        /// New state.
+        state: ProvisionState,
+        /// Refuse if the node's epoch moved on.
+        expected_epoch: Option<u64>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Sets what a node boots and replaces its whole served namespace with `files`.
+    ///
+    /// The proposer rendered the files and stored them as blobs; new artifacts among
+    /// `files` are registered as held by `host`. The kernel and ramdisk of a kernel
+    /// profile must be registered artifacts and must appear among `files`.
+    SetBootProfile {
+        /// The node.
+        node: String,
+        /// New profile; `None` removes it (and `files` should then be empty).
+        profile: Option<BootProfile>,
+        /// The node's complete file set after the command.
+        files: Vec<FileSpec>,
+        /// Host that holds the rendered blobs.
+        host: String,
+        /// Refuse if the node's epoch moved on.
+        expected_epoch: Option<u64>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Starts an operator migration to host `to`; the owner keeps serving until
+    /// [`Command::TransferOwnership`].
+    BeginMigration {
+        /// The node.
+        node: String,
+        /// Target host.
+        to: String,
+        /// The epoch the proposer saw.
+        expected_epoch: u64,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Cancels a pending migration.
+    AbortMigration {
+        /// The node.
+        node: String,
+        /// The epoch the proposer saw.
+        expected_epoch: u64,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Makes `to` the owner, bumps the epoch and clears any migration.
+    TransferOwnership {
+        /// The node.
+        node: String,
+        /// New owner.
+        to: String,
+        /// The epoch the proposer saw; a stale one is refused (fencing).
+        expected_epoch: u64,
+        /// Why (recorded in the event).
+        reason: TransferReason,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Registers an artifact (if new) and records that `host` holds its blob.
+    RegisterArtifact {
+        /// Content digest.
+        digest: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// Human-readable name (file name at import).
+        name: String,
+        /// Host holding the blob.
+        host: String,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Records that `host` now holds (or no longer holds) an artifact's blob.
+    RecordHostArtifact {
+        /// The host.
+        host: String,
+        /// The artifact.
+        digest: Digest,
+        /// Holds it or not.
+        present: bool,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Forgets an artifact; refused while a node file references it. Each host deletes
+    /// its blob once this applied.
+    RemoveArtifact {
+        /// The artifact.
+        digest: Digest,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Takes a node's lock for `ttl_ms`. A free or expired lock gets a new fencing token;
+    /// the live holder re-acquiring keeps its token and extends the expiry.
+    AcquireReservation {
+        /// The node.
+        node: String,
+        /// Who asks (conductor, operator, host).
+        holder: String,
+        /// Lifetime from `at`.
+        ttl_ms: u64,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Extends a live reservation held by `holder` with `token`.
+    RenewReservation {
+        /// The node.
+        node: String,
+        /// The holder.
+        holder: String,
+        /// Its fencing token.
+        token: u64,
+        /// New lifetime from `at`.
+        ttl_ms: u64,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Drops a reservation held by `holder` with `token`.
+    ReleaseReservation {
+        /// The node.
+        node: String,
+        /// The holder.
+        holder: String,
+        /// Its fencing token.
+        token: u64,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Applies `commands` in order, all or nothing: the first rejection rolls back the
+    /// whole batch. Used where two changes must land together, e.g. a MAC change and
+    /// the re-rendered files for the new MACs. Batches do not nest.
+    Batch {
+        /// The commands.
+        commands: Vec<Command>,
+    },
+}
+
+/// The result of applying a command: a change, or a business refusal with no effect.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The command changed (or confirmed) the state.
+    Applied(Applied),
+    /// The command was refused; nothing changed.
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    /// Whether the command took effect.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied(_))
+    }
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Applied {
+    /// Host added (`created`) or updated.
+    HostRegistered {
+        /// The host.
+        host: String,
+        /// New host.
+        created: bool,
+    },
+    /// Heartbeat stored.
+    HeartbeatRecorded {
+        /// The host.
+        host: String,
+    },
+    /// Node added.
+    NodeEnrolled {
+        /// The node.
+        node: String,
+        /// Its owner.
+        owner: String,
+        /// Its epoch (1).
+        epoch: u64,
+    },
+    /// Node fields changed.
+    NodeUpdated {
+        /// The node.
+        node: String,
+    },
+    /// Node deleted.
+    NodeRemoved {
+        /// The node.
+        node: String,
+    },
+    /// Provision state set.
+    ProvisionStateSet {
+        /// The node.
+        node: String,
+        /// Its state now.
+        state: ProvisionState,
+    },
+    /// Boot profile and files set.
+    BootProfileSet {
+        /// The node.
+        node: String,
+        /// Number of served files.
+        files: usize,
+        /// False when profile and files were already exactly these (no event logged).
+        changed: bool,
+    },
+    /// Migration pending.
+    MigrationStarted {
+        /// The node.
+        node: String,
+        /// Target host.
+        to: String,
+    },
+    /// Migration cancelled.
+    MigrationAborted {
+        /// The node.
+        node: String,
+    },
+    /// New owner.
+    OwnershipTransferred {
+        /// The node.
+        node: String,
+        /// Previous owner.
+        from: String,
+        /// New owner.
+        to: String,
+        /// New epoch.
+        epoch: u64,
+    },
+    /// Artifact known (`created` if new) and held by the host.
+    ArtifactRegistered {
+        /// The artifact.
+        digest: Digest,
+        /// New artifact.
+        created: bool,
+    },
+    /// Host/blob association recorded.
+    HostArtifactRecorded {
+        /// The host.
+        host: String,
+        /// The artifact.
+        digest: Digest,
+        /// Held or dropped.
+        present: bool,
+    },
+    /// Artifact forgotten; hosts may delete the blob.
+    ArtifactRemoved {
+        /// The artifact.
+        digest: Digest,
+    },
+    /// Lock taken (or re-taken by its live holder).
+    ReservationAcquired {
+        /// The reservation now.
+        reservation: Reservation,
+    },
+    /// Lock extended.
+    ReservationRenewed {
+        /// The reservation now.
+        reservation: Reservation,
+    },
+    /// Lock dropped.
+    ReservationReleased {
+        /// The node.
+        node: String,
+        /// The token that was released.
+        token: u64,
+    },
+    /// Every command of a batch applied, in order.
+    Batch {
+        /// Their results.
+        outcomes: Vec<Applied>,
+    },
+}
+
+/// Why a command was refused. Each maps to a clear API error later (404, 409, 422).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rejection {
+    /// The command itself is malformed (bad name, path, size, TTL, …).
+    #[error("invalid command: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such node.
+    #[error("unknown node {node}")]
+    UnknownNode {
+        /// The node asked for.
+        node: String,
+    },
+    /// No such host.
+    #[error("unknown host {host}")]
+    UnknownHost {
+        /// The host asked for.
+        host: String,
+    },
+    /// No such artifact.
+    #[error("unknown artifact {digest}")]
+    UnknownArtifact {
+        /// The artifact asked for.
+        digest: Digest,
+    },
+    /// A node with this id exists.
+    #[error("node {node} already exists")]
+    NodeExists {
+        /// The node.
+        node: String,
+    },
+    /// The MAC belongs to another node.
+    #[error("MAC {mac} already belongs to node {node}")]
+    MacInUse {
+        /// The MAC.
+        mac: MacAddr,
+        /// Its node.
+        node: String,
+    },
+    /// The served path belongs to another node.
+    #[error("path {path} is already served for node {node}")]
+    PathInUse {
+        /// The path.
+        path: String,
+        /// Its node.
+        node: String,
+    },
+    /// The proposer acted on an old view of the node's ownership.
+    #[error("stale epoch for node {node}: expected {expected}, current {current}")]
+    StaleEpoch {
+        /// The node.
+        node: String,
+        /// Epoch in the command.
+        expected: u64,
+        /// Epoch in the store.
+        current: u64,
+    },
+    /// The node is not migrating.
+    #[error("node {node} has no migration in progress")]
+    NoMigration {
+        /// The node.
+        node: String,
+    },
+    /// The node is already migrating.
+    #[error("node {node} is already migrating")]
+    MigrationInProgress {
+        /// The node.
+        node: String,
+        /// Its handoff state.
+        handoff: HandoffState,
+    },
+    /// Nodes still serve the artifact.
+    #[error("artifact {digest} is referenced by nodes {nodes:?}")]
+    ArtifactInUse {
+        /// The artifact.
+        digest: Digest,
+        /// Nodes whose files reference it (sorted).
+        nodes: Vec<String>,
+    },
+    /// Same digest, different size: one of the two claims is wrong.
+    #[error("artifact {digest} is recorded with size {recorded}, command says {claimed}")]
+    ArtifactSizeMismatch {
+        /// The artifact.
+        digest: Digest,
+        /// Size in the store.
+        recorded: u64,
+        /// Size in the command.
+        claimed: u64,
+    },
+    /// Someone else holds a live reservation on the node.
+    #[error("node is reserved by {} until {} (token {})", reservation.holder, reservation.expires_at, reservation.token)]
+    NodeReserved {
+        /// The live reservation.
+        reservation: Reservation,
+    },
+    /// The caller's reservation is gone (expired, released, or taken over): it must stop
+    /// acting on the node. `latest_token` is the newest token issued for it.
+    #[error("reservation on node {node} lost; latest fencing token is {latest_token}")]
+    ReservationLost {
+        /// The node.
+        node: String,
+        /// The live reservation now, if any.
+        current: Option<Reservation>,
+        /// Newest fencing token issued for the node.
+        latest_token: u64,
+    },
+    /// A command of a batch was refused, so none of the batch applied.
+    #[error("batch command {index} refused: {rejection}")]
+    BatchRejected {
+        /// Position of the refused command.
+        index: usize,
+        /// Why it was refused.
+        rejection: Box<Rejection>,
+    },
+}

@@ -1,0 +1,265 @@
+//! Replicated state: the SQLite database every host keeps, changed only by applying
+//! [`Command`]s.
+//!
+//! [`apply::apply`] is the state machine the Raft log will drive; [`Store`] wraps a
+//! database file with a writer connection (applies commands) and a reader connection
+//! (serves lookups; in WAL mode readers never wait for the writer).
+//!
+//! Durability: the database runs in WAL mode with `synchronous=FULL`. With `NORMAL`,
+//! WAL commits survive a killed process but the last transactions can be lost on power
+//! failure or kernel crash, because the WAL is only fsynced at checkpoints. A command
+//! acknowledged to an operator (or, later, to a Raft peer as applied) must survive
+//! both, so every commit fsyncs the WAL: one fsync per write, which is cheap next to
+//! the rate of ownership and boot-profile changes.
+
+pub mod apply;
+pub mod command;
+pub mod read;
+pub mod schema;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::blobs::Digest;
+
+pub use command::{Applied, Command, FileSpec, Outcome, Rejection};
+pub use read::{Artifact, Event, Host, Node, NodeFile, Reservation};
+pub use types::{
+    normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, ProvisionState,
+    TransferReason,
+};
+
+/// Failures of the store itself (never business outcomes; those are [`Rejection`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (I/O, disk full, locked past the busy timeout, …).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A migration failed to apply.
+    #[error("schema migration to version {version} failed: {source}")]
+    Migration {
+        /// Target version.
+        version: u32,
+        /// Cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer Baton.
+    #[error("database schema version {found} is newer than this build supports ({supported}); upgrade Baton")]
+    SchemaTooNew {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// Data in the file violates an invariant (edited by hand or damaged).
+    #[error("database content is corrupt: {0}")]
+    Corrupt(String),
+    /// Serializing a value failed.
+    #[error("serialization: {0}")]
+    Serde(String),
+}
+
+/// Handle on one database file. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the connection
+/// itself is still consistent (an unfinished transaction is rolled back on drop).
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it to the current
+    /// schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = Connection::open(&path)?;
+        configure(&writer)?;
+        schema::migrate(&mut writer)?;
+        let reader = Connection::open(&path)?;
+        configure(&reader)?;
+        // The reader must never write: catches a misrouted statement in tests.
+        reader.pragma_update(None, "query_only", "ON")?;
+        Ok(Store {
+            path,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies one command in its own transaction and commits it if it applied. When
+    /// this returns, an applied command is durable (fsynced).
+    pub fn apply(&self, cmd: &Command) -> Result<Outcome, StoreError> {
+        let mut conn = lock(&self.writer);
+        // IMMEDIATE: take the write lock up front so the command never fails half-way
+        // on a lock upgrade.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let outcome = apply::apply(&tx, cmd)?;
+        if outcome.is_applied() {
+            tx.commit()?;
+        } else {
+            tx.rollback()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Schema version of the open file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(lock(&self.reader).query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// One host.
+    pub fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
+        read::host(&lock(&self.reader), name)
+    }
+
+    /// All hosts, by name.
+    pub fn hosts(&self) -> Result<Vec<Host>, StoreError> {
+        read::hosts(&lock(&self.reader))
+    }
+
+    /// One node.
+    pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        read::node(&lock(&self.reader), id)
+    }
+
+    /// All nodes, by id.
+    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        read::nodes(&lock(&self.reader))
+    }
+
+    /// The node that has `mac` (what proxy-DHCP asks).
+    pub fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<Node>, StoreError> {
+        let conn = lock(&self.reader);
+        match read::node_id_by_mac(&conn, mac)? {
+            Some(id) => read::node(&conn, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Which node serves `path`, and what (what TFTP and HTTP ask). The path is
+    /// normalized first (leading `/` dropped); a path that could escape the namespace
+    /// resolves to nothing. The caller still checks that this host owns the node.
+    pub fn resolve_node_file(&self, path: &str) -> Result<Option<NodeFile>, StoreError> {
+        let Some(path) = normalize_path(path) else {
+            return Ok(None);
+        };
+        read::node_file(&lock(&self.reader), &path)
+    }
+
+    /// A node's whole served namespace, by path.
+    pub fn node_files(&self, node: &str) -> Result<Vec<NodeFile>, StoreError> {
+        read::node_files(&lock(&self.reader), node)
+    }
+
+    /// One artifact.
+    pub fn artifact(&self, digest: &Digest) -> Result<Option<Artifact>, StoreError> {
+        read::artifact(&lock(&self.reader), digest)
+    }
+
+    /// All artifacts, by digest.
+    pub fn artifacts(&self) -> Result<Vec<Artifact>, StoreError> {
+        read::artifacts(&lock(&self.reader))
+    }
+
+    /// Nodes whose files reference an artifact.
+    pub fn nodes_using(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
+        read::nodes_using(&lock(&self.reader), digest)
+    }
+
+    /// A node's recorded reservation (check [`Reservation::is_live`]).
+    pub fn reservation(&self, node: &str) -> Result<Option<Reservation>, StoreError> {
+        read::reservation(&lock(&self.reader), node)
+    }
+
+    /// All recorded reservations, by node.
+    pub fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
+        read::reservations(&lock(&self.reader))
+    }
+
+    /// Up to `limit` events with `seq > after`, oldest first (`after = 0` from the start).
+    pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        read::events_since(&lock(&self.reader), after, limit)
+    }
+
+    /// Every row of every table in a fixed order and format. Two replicas that applied
+    /// the same commands produce the same dump; tests and the Raft glue compare them.
+    pub fn canonical_dump(&self) -> Result<String, StoreError> {
+        canonical_dump(&lock(&self.reader))
+    }
+}
+
+/// Tables in dump order, with the ordering that makes the dump canonical.
+const DUMP: &[(&str, &str)] = &[
+    ("hosts", "name"),
+    ("nodes", "id"),
+    ("node_macs", "mac"),
+    ("artifacts", "digest"),
+    ("host_artifacts", "host, digest"),
+    ("node_files", "path"),
+    ("reservations", "node"),
+    ("events", "seq"),
+];
+
+/// See [`Store::canonical_dump`].
+pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut out = format!("schema {version}\n");
+    for (table, order) in DUMP {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+        let cols: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            out.push_str(table);
+            for (i, col) in cols.iter().enumerate() {
+                let _ = match row.get_ref(i)? {
+                    ValueRef::Null => write!(out, " {col}=NULL"),
+                    ValueRef::Integer(v) => write!(out, " {col}={v}"),
+                    ValueRef::Real(v) => write!(out, " {col}={v:?}"),
+                    ValueRef::Text(t) => write!(out, " {col}={:?}", String::from_utf8_lossy(t)),
+                    ValueRef::Blob(b) => write!(out, " {col}=x'{}'", hex::encode(b)),
+                };
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,441 @@
+//! Rows as serde structs and the read queries behind them.
+//!
+//! Functions take a plain `&Connection` so the command handlers (inside their
+//! transaction) and the [`super::Store`] read handle share them.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::blobs::Digest;
+
+use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState};
+use super::StoreError;
+
+/// A management host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Host {
+    /// Name (key).
+    pub name: String,
+    /// L2 segment it serves.
+    pub group: String,
+    /// Addresses it is reached on.
+    pub addresses: Vec<String>,
+    /// First registration.
+    pub registered_at: Millis,
+    /// Last heartbeat (registration counts as one).
+    pub last_heartbeat: Millis,
+}
+
+/// A bare-metal node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    /// Id, used in served paths.
+    pub id: String,
+    /// Boot MACs, sorted.
+    pub macs: Vec<MacAddr>,
+    /// Group (L2 segment).
+    pub group: String,
+    /// Architecture hint.
+    pub arch: Option<String>,
+    /// Owning host: the only one that answers for the node.
+    pub owner: String,
+    /// Ownership epoch, bumped on every owner change.
+    pub epoch: u64,
+    /// Provisioning life cycle.
+    pub provision_state: ProvisionState,
+    /// Migration in progress, if any.
+    pub handoff: HandoffState,
+    /// What it boots, if anything.
+    pub boot_profile: Option<BootProfile>,
+    /// Newest fencing token issued for its reservation (0: never reserved).
+    pub last_token: u64,
+    /// Enrollment time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A content-addressed artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    /// sha256 of the content.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Name given at import.
+    pub name: String,
+    /// First registration.
+    pub created_at: Millis,
+    /// Hosts holding the blob, sorted.
+    pub hosts: Vec<String>,
+}
+
+/// One served file of a node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeFile {
+    /// The node.
+    pub node: String,
+    /// Normalized served path.
+    pub path: String,
+    /// Artifact served.
+    pub digest: Digest,
+    /// Its size (for TFTP `tsize` and HTTP `Content-Length`).
+    pub size: u64,
+}
+
+/// A node lock with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    /// The node.
+    pub node: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Fencing token: strictly increases with every new holder of this node.
+    pub token: u64,
+    /// When this holder took it.
+    pub acquired_at: Millis,
+    /// When it lapses unless renewed.
+    pub expires_at: Millis,
+}
+
+impl Reservation {
+    /// Whether it still holds at `now`.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// One entry of the append-only event feed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    /// Position in the feed (cursor for `events_since`).
+    pub seq: u64,
+    /// Time of the command that caused it.
+    pub at: Millis,
+    /// What happened (`node_enrolled`, `ownership_transferred`, …).
+    pub kind: String,
+    /// Node concerned, if any.
+    pub node: Option<String>,
+    /// Host concerned, if any.
+    pub host: Option<String>,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+/// Non-negative integers are stored as SQLite INTEGER (i64); reading back a negative one
+/// means the file was edited by hand.
+fn u(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+fn digest(s: &str) -> Result<Digest, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("bad digest in database: {e}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad {what} JSON: {e}")))
+}
+
+pub(super) fn host(conn: &Connection, name: &str) -> Result<Option<Host>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat FROM hosts WHERE name = ?1",
+    )?;
+    let raw = stmt.query_row([name], raw_host).optional()?;
+    raw.map(host_from_raw).transpose()
+}
+
+pub(super) fn hosts(conn: &Connection) -> Result<Vec<Host>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat FROM hosts ORDER BY name",
+    )?;
+    let raws = stmt
+        .query_map([], raw_host)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(host_from_raw).collect()
+}
+
+type RawHost = (String, String, String, i64, i64);
+
+fn raw_host(r: &Row<'_>) -> rusqlite::Result<RawHost> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn host_from_raw(
+    (name, group, addresses, registered_at, last_heartbeat): RawHost,
+) -> Result<Host, StoreError> {
+    Ok(Host {
+        name,
+        group,
+        addresses: json(&addresses, "host addresses")?,
+        registered_at,
+        last_heartbeat,
+    })
+}
+
+const NODE_COLS: &str = "id, group_name, arch, owner, epoch, provision_state, handoff_to, \
+                         handoff_since, boot_profile, last_token, created_at, updated_at";
+
+struct RawNode {
+    id: String,
+    group: String,
+    arch: Option<String>,
+    owner: String,
+    epoch: i64,
+    state: String,
+    handoff_to: Option<String>,
+    handoff_since: Option<i64>,
+    profile: Option<String>,
+    last_token: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
+    Ok(RawNode {
+        id: r.get(0)?,
+        group: r.get(1)?,
+        arch: r.get(2)?,
+        owner: r.get(3)?,
+        epoch: r.get(4)?,
+        state: r.get(5)?,
+        handoff_to: r.get(6)?,
+        handoff_since: r.get(7)?,
+        profile: r.get(8)?,
+        last_token: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
+    let provision_state = ProvisionState::parse(&raw.state)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown provision state {:?}", raw.state)))?;
+    let handoff = match raw.handoff_to {
+        Some(to) => HandoffState::Migrating {
+            to,
+            since: raw.handoff_since.unwrap_or(0),
+        },
+        None => HandoffState::None,
+    };
+    let boot_profile = raw
+        .profile
+        .as_deref()
+        .map(|p| json(p, "boot profile"))
+        .transpose()?;
+    Ok(Node {
+        macs: node_macs(conn, &raw.id)?,
+        id: raw.id,
+        group: raw.group,
+        arch: raw.arch,
+        owner: raw.owner,
+        epoch: u(raw.epoch, "epoch")?,
+        provision_state,
+        handoff,
+        boot_profile,
+        last_token: u(raw.last_token, "token")?,
+        created_at: raw.created_at,
+        updated_at: raw.updated_at,
+    })
+}
+
+pub(super) fn node_macs(conn: &Connection, node: &str) -> Result<Vec<MacAddr>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT mac FROM node_macs WHERE node = ?1 ORDER BY mac")?;
+    let macs = stmt
+        .query_map([node], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    macs.iter()
+        .map(|m| {
+            m.parse()
+                .map_err(|e| StoreError::Corrupt(format!("bad MAC in database: {e}")))
+        })
+        .collect()
+}
+
+pub(super) fn node(conn: &Connection, id: &str) -> Result<Option<Node>, StoreError> {
+    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let raw = stmt.query_row([id], raw_node).optional()?;
+    raw.map(|r| node_from_raw(conn, r)).transpose()
+}
+
+pub(super) fn nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    let sql = format!("SELECT {NODE_COLS} FROM nodes ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let raws = stmt
+        .query_map([], raw_node)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(|r| node_from_raw(conn, r)).collect()
+}
+
+pub(super) fn node_id_by_mac(
+    conn: &Connection,
+    mac: &MacAddr,
+) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT node FROM node_macs WHERE mac = ?1")?;
+    Ok(stmt.query_row([mac.colons()], |r| r.get(0)).optional()?)
+}
+
+const FILE_SQL: &str = "SELECT f.node, f.path, f.digest, a.size FROM node_files f \
+                        JOIN artifacts a ON a.digest = f.digest";
+
+fn file_from_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn file_from_raw(
+    (node, path, d, size): (String, String, String, i64),
+) -> Result<NodeFile, StoreError> {
+    Ok(NodeFile {
+        node,
+        path,
+        digest: digest(&d)?,
+        size: u(size, "size")?,
+    })
+}
+
+/// `path` must already be normalized.
+pub(super) fn node_file(conn: &Connection, path: &str) -> Result<Option<NodeFile>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{FILE_SQL} WHERE f.path = ?1"))?;
+    let raw = stmt.query_row([path], file_from_row).optional()?;
+    raw.map(file_from_raw).transpose()
+}
+
+pub(super) fn node_files(conn: &Connection, node: &str) -> Result<Vec<NodeFile>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{FILE_SQL} WHERE f.node = ?1 ORDER BY f.path"))?;
+    let raws = stmt
+        .query_map([node], file_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(file_from_raw).collect()
+}
+
+fn artifact_hosts(conn: &Connection, d: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT host FROM host_artifacts WHERE digest = ?1 ORDER BY host")?;
+    let hosts = stmt
+        .query_map([d], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(hosts)
+}
+
+type RawArtifact = (String, i64, String, i64);
+
+fn artifact_from_raw(
+    conn: &Connection,
+    (d, size, name, created_at): RawArtifact,
+) -> Result<Artifact, StoreError> {
+    Ok(Artifact {
+        hosts: artifact_hosts(conn, &d)?,
+        digest: digest(&d)?,
+        size: u(size, "size")?,
+        name,
+        created_at,
+    })
+}
+
+pub(super) fn artifact(conn: &Connection, d: &Digest) -> Result<Option<Artifact>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT digest, size, name, created_at FROM artifacts WHERE digest = ?1")?;
+    let raw = stmt
+        .query_row([d.to_hex()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    raw.map(|r| artifact_from_raw(conn, r)).transpose()
+}
+
+pub(super) fn artifacts(conn: &Connection) -> Result<Vec<Artifact>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT digest, size, name, created_at FROM artifacts ORDER BY digest")?;
+    let raws = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<Vec<RawArtifact>, _>>()?;
+    raws.into_iter()
+        .map(|r| artifact_from_raw(conn, r))
+        .collect()
+}
+
+/// Nodes whose files reference `d`, sorted.
+pub(super) fn nodes_using(conn: &Connection, d: &Digest) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT DISTINCT node FROM node_files WHERE digest = ?1 ORDER BY node")?;
+    let nodes = stmt
+        .query_map([d.to_hex()], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(nodes)
+}
+
+type RawReservation = (String, String, i64, i64, i64);
+
+fn raw_reservation(r: &Row<'_>) -> rusqlite::Result<RawReservation> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn reservation_from_raw(
+    (node, holder, token, acquired_at, expires_at): RawReservation,
+) -> Result<Reservation, StoreError> {
+    Ok(Reservation {
+        node,
+        holder,
+        token: u(token, "token")?,
+        acquired_at,
+        expires_at,
+    })
+}
+
+/// The recorded reservation, live or expired.
+pub(super) fn reservation(
+    conn: &Connection,
+    node: &str,
+) -> Result<Option<Reservation>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT node, holder, token, acquired_at, expires_at FROM reservations WHERE node = ?1",
+    )?;
+    let raw = stmt.query_row([node], raw_reservation).optional()?;
+    raw.map(reservation_from_raw).transpose()
+}
+
+pub(super) fn reservations(conn: &Connection) -> Result<Vec<Reservation>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT node, holder, token, acquired_at, expires_at FROM reservations ORDER BY node",
+    )?;
+    let raws = stmt
+        .query_map([], raw_reservation)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(reservation_from_raw).collect()
+}
+
+pub(super) fn events_since(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, kind, node, host, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let raws = stmt
+        .query_map(params![after, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter()
+        .map(|(seq, at, kind, node, host, data)| {
+            Ok(Event {
+                seq: u(seq, "event seq")?,
+                at,
+                kind,
+                node,
+                host,
+                data: json(&data, "event data")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,117 @@
+//! Versioned schema migrations, kept in code.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. Each migration runs in
+//! its own transaction together with the version bump, so a crash mid-upgrade leaves the
+//! previous version intact. Migrations are append-only: never edit a released one, add
+//! the next.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub fn current_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Version 1: hosts, nodes and their MACs, artifacts, per-host blobs, per-node boot
+/// files, reservations, and the event feed.
+///
+/// Times are Unix milliseconds (`INTEGER`), digests 64-character lowercase hex, MACs
+/// `aa:bb:cc:dd:ee:ff`. Foreign keys cascade from nodes so a removed node leaves no
+/// orphan MAC, file or reservation; artifacts are *not* cascaded into `node_files`
+/// (removing a referenced artifact is refused by the command instead).
+const V1: &str = r#"
+CREATE TABLE hosts (
+    name            TEXT PRIMARY KEY,
+    group_name      TEXT NOT NULL,
+    addresses       TEXT NOT NULL,          -- JSON array of strings
+    registered_at   INTEGER NOT NULL,
+    last_heartbeat  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE nodes (
+    id              TEXT PRIMARY KEY,
+    group_name      TEXT NOT NULL,
+    arch            TEXT,
+    owner           TEXT NOT NULL REFERENCES hosts(name),
+    epoch           INTEGER NOT NULL,       -- bumped on every ownership change
+    provision_state TEXT NOT NULL,
+    handoff_to      TEXT REFERENCES hosts(name),
+    handoff_since   INTEGER,
+    boot_profile    TEXT,                   -- JSON BootProfile, NULL = none
+    last_token      INTEGER NOT NULL DEFAULT 0, -- last fencing token issued
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) STRICT;
+CREATE INDEX nodes_owner ON nodes(owner);
+
+CREATE TABLE node_macs (
+    mac   TEXT PRIMARY KEY,
+    node  TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX node_macs_node ON node_macs(node);
+
+CREATE TABLE artifacts (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE host_artifacts (
+    host         TEXT NOT NULL REFERENCES hosts(name) ON DELETE CASCADE,
+    digest       TEXT NOT NULL REFERENCES artifacts(digest) ON DELETE CASCADE,
+    recorded_at  INTEGER NOT NULL,
+    PRIMARY KEY (host, digest)
+) STRICT;
+CREATE INDEX host_artifacts_digest ON host_artifacts(digest);
+
+CREATE TABLE node_files (
+    path    TEXT PRIMARY KEY,               -- normalized served path, unique fleet-wide
+    node    TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    digest  TEXT NOT NULL REFERENCES artifacts(digest)
+) STRICT;
+CREATE INDEX node_files_node ON node_files(node);
+CREATE INDEX node_files_digest ON node_files(digest);
+
+CREATE TABLE reservations (
+    node         TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    holder       TEXT NOT NULL,
+    token        INTEGER NOT NULL,
+    acquired_at  INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE events (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the feed's cursor
+    at    INTEGER NOT NULL,
+    kind  TEXT NOT NULL,
+    node  TEXT,
+    host  TEXT,
+    data  TEXT NOT NULL                       -- JSON object
+) STRICT;
+"#;
+
+/// Brings the database up to [`current_version`]; returns the version found before.
+pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = current_version();
+    if found > supported {
+        // A newer Baton wrote this file; running old code on it could corrupt it.
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
+            version: i as u32 + 1,
+            source: e,
+        })?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}
