@@ -58,6 +58,21 @@ pub struct ServeArgs {
     /// Largest window granted to clients (RFC 7440) [default: 64].
     #[arg(long, value_name = "BLOCKS")]
     pub tftp_max_windowsize: Option<u16>,
+    /// Address and TCP port of the HTTP server: API, HTTP boot, metrics [default: 0.0.0.0:8069].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<SocketAddr>,
+    /// This host's name among Baton hosts [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// This host's group: the L2 segment whose nodes it serves [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Boot file templates, watched for edits [default: the built-in templates].
+    #[arg(long, value_name = "DIR")]
+    pub template_dir: Option<PathBuf>,
+    /// Bearer token of the admin API [default: <data-dir>/api-token, created if missing].
+    #[arg(long, value_name = "TOKEN", env = "BATON_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -72,6 +87,11 @@ impl ServeArgs {
             tftp_max_blksize: self.tftp_max_blksize,
             tftp_mtu: self.tftp_mtu,
             tftp_max_windowsize: self.tftp_max_windowsize,
+            host_name: self.host_name.clone(),
+            group: self.group.clone(),
+            template_dir: self.template_dir.clone(),
+            http_listen: self.http_listen,
+            api_token: self.api_token.clone(),
         }
     }
 }

@@ -47,8 +47,36 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `baton=debug`).
     pub log_level: String,
+    /// This host's name among Baton hosts; default: the system host name.
+    pub host_name: Option<String>,
+    /// This host's group: the L2 segment whose nodes it can serve.
+    pub group: String,
+    /// Directory of boot file templates, watched for changes; default: the templates
+    /// built into the binary (a copy of `tftp-root-template/`).
+    pub template_dir: Option<PathBuf>,
+    /// Bearer token of the admin API; default: read from (or created in)
+    /// `<data_dir>/api-token`.
+    pub api_token: Option<String>,
     /// TFTP server.
     pub tftp: TftpConfig,
+    /// HTTP server (API, HTTP boot, metrics).
+    pub http: HttpConfig,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and TCP port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8069".parse().expect("valid literal"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,7 +84,12 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("/var/lib/baton"),
             log_level: "info".into(),
+            host_name: None,
+            group: "default".into(),
+            template_dir: None,
+            api_token: None,
             tftp: TftpConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -133,6 +166,16 @@ pub struct Overrides {
     pub tftp_mtu: Option<u32>,
     /// `--tftp-max-windowsize`.
     pub tftp_max_windowsize: Option<u16>,
+    /// `--host-name`.
+    pub host_name: Option<String>,
+    /// `--group`.
+    pub group: Option<String>,
+    /// `--template-dir`.
+    pub template_dir: Option<PathBuf>,
+    /// `--http-listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// `--api-token` / `BATON_API_TOKEN`.
+    pub api_token: Option<String>,
 }
 
 impl Config {
@@ -165,6 +208,21 @@ impl Config {
         }
         if let Some(v) = o.tftp_max_windowsize {
             c.tftp.max_windowsize = v;
+        }
+        if let Some(v) = o.host_name {
+            c.host_name = Some(v);
+        }
+        if let Some(v) = o.group {
+            c.group = v;
+        }
+        if let Some(v) = o.template_dir {
+            c.template_dir = Some(v);
+        }
+        if let Some(v) = o.http_listen {
+            c.http.listen = v;
+        }
+        if let Some(v) = o.api_token {
+            c.api_token = Some(v);
         }
         c.validate()?;
         Ok(c)
@@ -217,10 +275,43 @@ impl Config {
                 return bad("tftp.mtu", "must be between 68 and 65536");
             }
         }
+        if let Some(h) = &self.host_name {
+            crate::store::types::check_name("host name", h).map_err(|m| ConfigError::Invalid { key: "host_name", message: m })?;
+        }
+        crate::store::types::check_name("group", &self.group).map_err(|m| ConfigError::Invalid { key: "group", message: m })?;
+        if let Some(t) = &self.api_token {
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad("api_token", "must be at least 16 characters, without spaces");
+            }
+        }
         if self.log_level.trim().is_empty() {
             return bad("log_level", "must not be empty (e.g. `info`)");
         }
         Ok(())
+    }
+
+    /// This host's name: configured, else the system host name.
+    pub fn host_name(&self) -> String {
+        if let Some(h) = &self.host_name {
+            return h.clone();
+        }
+        let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default();
+        let name: String = raw
+            .trim()
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .take(64)
+            .collect();
+        if name.is_empty() || !name.as_bytes()[0].is_ascii_alphanumeric() {
+            "baton".into()
+        } else {
+            name
+        }
     }
 
     /// The served TFTP directory.

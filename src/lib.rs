@@ -1,8 +1,11 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
 //! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+pub mod app;
+pub mod blobcache;
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod pcap;

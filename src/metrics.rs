@@ -133,11 +133,59 @@ pub struct TftpMetrics {
     pub limit_hits: LabeledCounter,
 }
 
+/// Store metrics.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    /// Commands proposed.
+    pub commands: Counter,
+    /// Commands rejected (business outcome, not an error).
+    pub rejected: Counter,
+}
+
+/// HTTP metrics (API and HTTP boot).
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    /// API requests, by method and route.
+    pub requests: LabeledCounter,
+    /// Refused requests, by error code.
+    pub errors: LabeledCounter,
+    /// HTTP boot downloads started.
+    pub boot_started: Counter,
+    /// HTTP boot responses sent in full.
+    pub boot_completed: Counter,
+    /// HTTP boot downloads that ended early, by reason.
+    pub boot_failed: LabeledCounter,
+    /// HTTP boot body bytes sent.
+    pub boot_bytes: Counter,
+    /// HTTP boot downloads in progress.
+    pub boot_active: Gauge,
+    /// Duration of completed HTTP boot downloads.
+    pub boot_duration: Histogram,
+}
+
 /// Every metric of the process.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// TFTP.
     pub tftp: TftpMetrics,
+    /// Store.
+    pub store: StoreMetrics,
+    /// HTTP.
+    pub http: HttpMetrics,
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.buckets[i].load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
@@ -218,11 +266,7 @@ impl Metrics {
             "reason",
             &t.failed,
         );
-        let _ = writeln!(
-            o,
-            "# HELP baton_tftp_active_transfers TFTP transfers in progress.\n# TYPE baton_tftp_active_transfers gauge\nbaton_tftp_active_transfers {}",
-            t.active.get()
-        );
+        gauge(&mut o, "baton_tftp_active_transfers", "TFTP transfers in progress.", t.active.get());
         counter(
             &mut o,
             "baton_tftp_bytes_total",
@@ -248,26 +292,19 @@ impl Metrics {
             "limit",
             &t.limit_hits,
         );
-        let h = &t.duration;
-        let _ = writeln!(o, "# HELP baton_tftp_transfer_seconds Duration of completed TFTP transfers.\n# TYPE baton_tftp_transfer_seconds histogram");
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "baton_tftp_transfer_seconds_bucket{{le=\"{b}\"}} {}",
-                h.buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "baton_tftp_transfer_seconds_bucket{{le=\"+Inf\"}} {}",
-            h.count()
-        );
-        let _ = writeln!(
-            o,
-            "baton_tftp_transfer_seconds_sum {}",
-            h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "baton_tftp_transfer_seconds_count {}", h.count());
+        histogram(&mut o, "baton_tftp_transfer_seconds", "Duration of completed TFTP transfers.", &t.duration);
+        let st = &self.store;
+        counter(&mut o, "baton_store_commands_total", "Store commands proposed.", st.commands.get());
+        counter(&mut o, "baton_store_rejected_total", "Store commands rejected by business rules.", st.rejected.get());
+        let h = &self.http;
+        labeled(&mut o, "baton_http_requests_total", "HTTP API requests.", "route", &h.requests);
+        labeled(&mut o, "baton_http_errors_total", "HTTP requests refused.", "code", &h.errors);
+        counter(&mut o, "baton_http_boot_started_total", "HTTP boot downloads started.", h.boot_started.get());
+        counter(&mut o, "baton_http_boot_completed_total", "HTTP boot downloads completed.", h.boot_completed.get());
+        labeled(&mut o, "baton_http_boot_failed_total", "HTTP boot downloads that ended early.", "reason", &h.boot_failed);
+        counter(&mut o, "baton_http_boot_bytes_total", "HTTP boot body bytes sent.", h.boot_bytes.get());
+        gauge(&mut o, "baton_http_boot_active", "HTTP boot downloads in progress.", h.boot_active.get());
+        histogram(&mut o, "baton_http_boot_seconds", "Duration of completed HTTP boot downloads.", &h.boot_duration);
         o
     }
 }

@@ -1,16 +1,24 @@
 //! `baton serve`: assembles the configured services and runs them until a signal.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::app::{now_ms, App};
+use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::render::embedded::STATIC_FILES;
+use crate::render::{rerender_all, watch_templates, Renderer, TemplateWatcher};
+use crate::store::{Command, Store};
 use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
+use crate::tftp::store_source::StoreSource;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).
 pub fn init_logging(filter: &str) {
@@ -23,38 +31,150 @@ pub fn init_logging(filter: &str) {
         .try_init();
 }
 
+/// File name of the API token under the data directory.
+pub const TOKEN_FILE: &str = "api-token";
+
+/// The API token: configured, else read from `<data_dir>/api-token`, else created there
+/// (readable by the owner only) so the local CLI can find it.
+pub fn api_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.api_token {
+        return Ok(t.clone());
+    }
+    let path = cfg.data_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("cannot read /dev/urandom to create an API token")?;
+    let token = hex::encode(raw);
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    info!(path = %path.display(), "created a new API token");
+    Ok(token)
+}
+
+/// Creates the TFTP root; a root Baton creates gets the shared static boot files.
+fn prepare_root(root: &Path) -> anyhow::Result<()> {
+    if root.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create TFTP root {} (use --tftp-root)", root.display()))?;
+    for (path, content) in STATIC_FILES {
+        let p = root.join(path);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&p, content).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    info!(root = %root.display(), "created TFTP root with the shared boot scripts (boot loaders: packaging/install-bootloaders.sh)");
+    Ok(())
+}
+
+/// Watches the template directory: a valid edit re-renders this host's nodes; a broken
+/// one is refused and the previous files keep being served.
+fn start_template_watch(app: &Arc<App>, dir: &Path) -> anyhow::Result<TemplateWatcher> {
+    let app = app.clone();
+    let w = watch_templates(dir, Duration::from_millis(300), move |r| match r {
+        Ok(renderer) => {
+            app.set_renderer(renderer);
+            let r = app.renderer();
+            match rerender_all(&app.store, &app.blobs, &r, &app.host, now_ms()) {
+                Ok(re) => {
+                    let mut applied = 0;
+                    for cmd in &re.commands {
+                        match app.propose_blocking(cmd) {
+                            Ok(o) if o.is_applied() => applied += 1,
+                            Ok(o) => warn!(outcome = ?o, "re-render of a node refused"),
+                            Err(e) => error!(error = %e, "re-render could not be stored"),
+                        }
+                    }
+                    for (node, e) in &re.failures {
+                        error!(node = %node, error = %e, "node could not be re-rendered; it keeps its previous files");
+                    }
+                    info!(nodes = applied, failed = re.failures.len(), "templates reloaded");
+                }
+                Err(e) => error!(error = %e, "re-render after template change failed"),
+            }
+        }
+        Err(e) => error!(error = %e, "template change refused; the previous templates and files stay in use"),
+    })
+    .with_context(|| format!("cannot watch template directory {}", dir.display()))?;
+    Ok(w)
+}
+
 /// Runs the server with `cfg` until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create data dir {} (use --data-dir)",
-            cfg.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {} (use --data-dir)", cfg.data_dir.display()))?;
+    let host = cfg.host_name();
     let root = cfg.tftp_root();
-    std::fs::create_dir_all(&root).with_context(|| {
-        format!(
-            "cannot create TFTP root {} (use --tftp-root)",
-            root.display()
-        )
-    })?;
-    let source = DirSource::new(&root, cfg.tftp.cache_bytes)
-        .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
-    info!(root = %source.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
+    prepare_root(&root)?;
+    let store = Arc::new(
+        Store::open(cfg.data_dir.join("baton.db"))
+            .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?,
+    );
+    let blobs = Arc::new(BlobStore::open(cfg.data_dir.join("blobs")).context("cannot open the blob store")?);
+    let renderer = match &cfg.template_dir {
+        Some(d) => Renderer::load(d).with_context(|| format!("templates in {} refused", d.display()))?,
+        None => Renderer::embedded().context("built-in templates refused")?,
+    };
+    let token = api_token(&cfg)?;
     let metrics = Arc::new(Metrics::default());
-    let shutdown = CancellationToken::new();
-    let tftp = TftpServer::bind(
-        cfg.tftp.clone(),
-        Arc::new(source),
+    let app = Arc::new(App::new(
+        host.clone(),
+        cfg.group.clone(),
+        store,
+        blobs,
+        renderer,
         metrics.clone(),
-        shutdown.clone(),
-    )?;
-    let server = tokio::spawn(tftp.run());
+        cfg.tftp.cache_bytes,
+    ));
+    let reg = Command::RegisterHost {
+        name: host.clone(),
+        group: cfg.group.clone(),
+        addresses: vec![cfg.tftp.listen.to_string(), cfg.http.listen.to_string()],
+        at: now_ms(),
+    };
+    let out = app.propose(reg).await?;
+    if !out.is_applied() {
+        anyhow::bail!("cannot register host {host}: {out:?}");
+    }
+    let _watcher = match &cfg.template_dir {
+        Some(d) => Some(start_template_watch(&app, d)?),
+        None => None,
+    };
+
+    let shared = DirSource::new(&root, cfg.tftp.cache_bytes).with_context(|| format!("cannot open TFTP root {}", root.display()))?;
+    info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
+    let source = StoreSource::new(app.clone(), shared);
+    let shutdown = CancellationToken::new();
+    let tftp = TftpServer::bind(cfg.tftp.clone(), Arc::new(source), metrics.clone(), shutdown.clone())?;
+    let listener = crate::http::bind(cfg.http.listen).await?;
+    let tftp_task = tokio::spawn(tftp.run());
+    let http_task = tokio::spawn(crate::http::serve(listener, app.clone(), token, shutdown.clone()));
 
     wait_for_signal().await?;
     info!("signal received, shutting down");
     shutdown.cancel();
-    server.await.context("tftp server task failed")?;
+    tftp_task.await.context("tftp server task failed")?;
+    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "http server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "http server task failed"),
+        Err(_) => warn!("http server did not stop within 5 s"),
+    }
     info!(
         transfers_completed = metrics.tftp.completed.get(),
         bytes = metrics.tftp.bytes.get(),

@@ -19,6 +19,7 @@
 //! iPXE scripts use path-absolute URIs (`/nodes/n1/kernel`) that iPXE resolves against the
 //! script's own URI, so one script works over TFTP and HTTP from any host.
 
+pub mod embedded;
 mod plan;
 mod watch;
 

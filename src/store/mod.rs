@@ -220,6 +220,12 @@ impl Store {
         read::events_since(&lock(&self.reader), after, limit)
     }
 
+    /// Sequence number of the newest event (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let v: i64 = lock(&self.reader).query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        Ok(v.max(0) as u64)
+    }
+
     /// Every row of every table in a fixed order and format. Two replicas that applied
     /// the same commands produce the same dump; tests and the Raft glue compare them.
     pub fn canonical_dump(&self) -> Result<String, StoreError> {

@@ -3,4 +3,5 @@
 pub mod files;
 pub mod negotiate;
 pub mod server;
+pub mod store_source;
 pub mod transfer;

@@ -1,0 +1,561 @@
+//! The admin REST API (`/v1/...`): nodes, boot profiles, artifacts, reservations,
+//! events, hosts and status. Every write becomes a store [`Command`] proposed through
+//! [`App::propose`]; business refusals come back as 4xx with the rejection as details.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use tracing::info;
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use crate::app::{now_ms, App, ProposeError};
+use crate::blobs::Digest;
+use crate::render::{boot_profile_command, RenderError};
+use crate::store::{
+    Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection, Reservation,
+};
+
+/// Longest a reservation may be taken for.
+const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Longest an events long-poll waits.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// The `/v1` routes.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/nodes", get(list_nodes).post(enroll_node))
+        .route("/v1/nodes/{id}", get(show_node).patch(update_node).delete(delete_node))
+        .route("/v1/nodes/{id}/profile", put(set_profile))
+        .route("/v1/nodes/{id}/files", get(node_files))
+        .route(
+            "/v1/nodes/{id}/reservation",
+            get(show_reservation).post(acquire).put(renew).delete(release),
+        )
+        .route("/v1/artifacts", get(list_artifacts).post(upload_artifact))
+        .route("/v1/artifacts/{digest}", get(show_artifact).delete(delete_artifact))
+        .route("/v1/events", get(events))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/status", get(status))
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Maps a business rejection to its HTTP form.
+pub fn rejection_error(r: Rejection) -> ApiError {
+    let details = serde_json::to_value(&r).unwrap_or_default();
+    match r {
+        Rejection::UnknownNode { node } => ApiError::NotFound(format!("node {node}")),
+        Rejection::UnknownHost { host } => ApiError::NotFound(format!("host {host}")),
+        Rejection::UnknownArtifact { digest } => ApiError::NotFound(format!("artifact {digest}")),
+        Rejection::Invalid { reason } => ApiError::BadRequest {
+            field: None,
+            message: reason,
+        },
+        r @ Rejection::ArtifactSizeMismatch { .. } => ApiError::BadRequest {
+            field: None,
+            message: r.to_string(),
+        },
+        Rejection::BatchRejected { rejection, .. } => rejection_error(*rejection),
+        r => ApiError::Conflict {
+            message: r.to_string(),
+            details,
+        },
+    }
+}
+
+/// Proposes and turns a rejection into an error.
+async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
+    match app.propose(cmd).await? {
+        Outcome::Applied(a) => Ok(a),
+        Outcome::Rejected(r) => Err(rejection_error(r)),
+    }
+}
+
+fn get_node(app: &App, id: &str) -> Result<Node, ApiError> {
+    app.store.node(id)?.ok_or_else(|| ApiError::NotFound(format!("node {id}")))
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`.
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeQuery {
+    owner: Option<String>,
+    group: Option<String>,
+}
+
+async fn list_nodes(State(app): State<Arc<App>>, Query(q): Query<NodeQuery>) -> Result<Json<Vec<Node>>, ApiError> {
+    let nodes = app
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| q.owner.as_ref().is_none_or(|o| &n.owner == o))
+        .filter(|n| q.group.as_ref().is_none_or(|g| &n.group == g))
+        .collect();
+    Ok(Json(nodes))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    id: String,
+    macs: Vec<MacAddr>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    arch: Option<String>,
+}
+
+async fn enroll_node(State(app): State<Arc<App>>, ApiJson(r): ApiJson<EnrollRequest>) -> Result<Response, ApiError> {
+    if r.macs.is_empty() {
+        return Err(ApiError::field("macs", "a node needs at least one boot MAC address"));
+    }
+    let cmd = Command::EnrollNode {
+        node: r.id.clone(),
+        macs: r.macs,
+        group: r.group.unwrap_or_else(|| app.group.clone()),
+        arch: r.arch,
+        owner: app.host.clone(),
+        at: now_ms(),
+    };
+    apply(&app, cmd).await?;
+    info!(node = %r.id, host = %app.host, "node enrolled");
+    Ok((StatusCode::CREATED, Json(get_node(&app, &r.id)?)).into_response())
+}
+
+/// A node with its files and reservation, for `show`.
+#[derive(Debug, Serialize)]
+struct NodeDetail {
+    #[serde(flatten)]
+    node: Node,
+    files: Vec<crate::store::NodeFile>,
+    reservation: Option<Reservation>,
+}
+
+async fn show_node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
+    let node = get_node(&app, &id)?;
+    let files = app.store.node_files(&id)?;
+    let reservation = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
+    Ok(Json(NodeDetail {
+        node,
+        files,
+        reservation,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    #[serde(default)]
+    macs: Option<Vec<MacAddr>>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    arch: Option<Option<String>>,
+    #[serde(default)]
+    provision_state: Option<ProvisionState>,
+    #[serde(default)]
+    expected_epoch: Option<u64>,
+}
+
+async fn update_node(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<UpdateRequest>,
+) -> Result<Json<Node>, ApiError> {
+    let node = get_node(&app, &id)?;
+    if r.macs.as_ref().is_some_and(|m| m.is_empty()) {
+        return Err(ApiError::field("macs", "a node needs at least one boot MAC address"));
+    }
+    let at = now_ms();
+    let mut cmds = Vec::new();
+    if r.macs.is_some() || r.group.is_some() || r.arch.is_some() {
+        cmds.push(Command::UpdateNode {
+            node: id.clone(),
+            macs: r.macs.clone(),
+            group: r.group.clone(),
+            arch: r.arch.clone(),
+            expected_epoch: r.expected_epoch,
+            at,
+        });
+    }
+    // New MACs mean new per-MAC file names: re-render in the same atomic batch.
+    if let (Some(macs), Some(profile)) = (&r.macs, &node.boot_profile) {
+        let mut renamed = node.clone();
+        renamed.macs = macs.clone();
+        renamed.macs.sort();
+        cmds.push(render_command(&app, renamed, Some(profile.clone()), at).await?);
+    }
+    if let Some(state) = r.provision_state {
+        cmds.push(Command::SetProvisionState {
+            node: id.clone(),
+            state,
+            expected_epoch: r.expected_epoch,
+            at,
+        });
+    }
+    match cmds.len() {
+        0 => return Err(ApiError::field("body", "nothing to change: give macs, group, arch or provision_state")),
+        1 => apply(&app, cmds.remove(0)).await?,
+        _ => apply(&app, Command::Batch { commands: cmds }).await?,
+    };
+    Ok(Json(get_node(&app, &id)?))
+}
+
+async fn delete_node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    apply(&app, Command::RemoveNode { node: id.clone(), at: now_ms() }).await?;
+    info!(node = %id, "node deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    kind: String,
+    #[serde(default)]
+    kernel: Option<Digest>,
+    #[serde(default)]
+    ramdisk: Option<Digest>,
+    #[serde(default)]
+    cmdline: Option<String>,
+}
+
+impl ProfileRequest {
+    fn into_profile(self, app: &App) -> Result<Option<BootProfile>, ApiError> {
+        let kernel_boot = |k: Option<Digest>, r: Option<Digest>, c: Option<String>| -> Result<KernelBoot, ApiError> {
+            let kernel = k.ok_or_else(|| ApiError::field("kernel", "required for this kind: the kernel's sha256"))?;
+            let ramdisk = r.ok_or_else(|| ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256"))?;
+            for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
+                if !app.blobs.has(&d) {
+                    return Err(ApiError::field(
+                        field,
+                        format!("artifact {d} is not held by this host: upload it first (`baton artifact add FILE`)"),
+                    ));
+                }
+            }
+            Ok(KernelBoot {
+                kernel,
+                ramdisk,
+                cmdline: c.unwrap_or_default(),
+            })
+        };
+        let p = match self.kind.as_str() {
+            "deploy" => Some(BootProfile::Deploy(kernel_boot(self.kernel, self.ramdisk, self.cmdline)?)),
+            "instance" => Some(BootProfile::Instance(kernel_boot(self.kernel, self.ramdisk, self.cmdline)?)),
+            "local" | "none" => {
+                for (f, present) in [("kernel", self.kernel.is_some()), ("ramdisk", self.ramdisk.is_some()), ("cmdline", self.cmdline.is_some())] {
+                    if present {
+                        return Err(ApiError::field(f, format!("not allowed with kind {:?}", self.kind)));
+                    }
+                }
+                (self.kind == "local").then_some(BootProfile::Local)
+            }
+            k => {
+                return Err(ApiError::field(
+                    "kind",
+                    format!("unknown kind {k:?}: use deploy, instance, local or none"),
+                ))
+            }
+        };
+        if let Some(p) = &p {
+            p.validate().map_err(|m| ApiError::field("cmdline", m))?;
+        }
+        Ok(p)
+    }
+}
+
+/// Renders a node's files (blocking: writes blobs) into a SetBootProfile command.
+async fn render_command(app: &Arc<App>, node: Node, profile: Option<BootProfile>, at: i64) -> Result<Command, ApiError> {
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let renderer = app2.renderer();
+        boot_profile_command(&renderer, &app2.blobs, &node, profile, &app2.host, at)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| match e {
+        RenderError::InvalidProfile(m) => ApiError::field("cmdline", m),
+        RenderError::MissingBlob(d) => ApiError::field("kernel", format!("artifact {d} is not held by this host")),
+        e => ApiError::Internal(e.to_string()),
+    })
+}
+
+async fn set_profile(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<ProfileRequest>,
+) -> Result<Json<NodeDetail>, ApiError> {
+    let node = get_node(&app, &id)?;
+    let profile = r.into_profile(&app)?;
+    let kind = profile.as_ref().map(|p| p.kind()).unwrap_or("none");
+    let cmd = render_command(&app, node, profile, now_ms()).await?;
+    apply(&app, cmd).await?;
+    info!(node = %id, profile = kind, "boot profile set");
+    show_node(State(app), Path(id)).await
+}
+
+async fn node_files(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    get_node(&app, &id)?;
+    Ok(Json(json!(app.store.node_files(&id)?)))
+}
+
+async fn show_reservation(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = get_node(&app, &id)?;
+    let r = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
+    Ok(Json(json!({ "reservation": r, "latest_token": node.last_token })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireRequest {
+    holder: String,
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+}
+
+fn default_ttl() -> u64 {
+    60
+}
+
+fn check_ttl(ttl: u64) -> Result<u64, ApiError> {
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return Err(ApiError::field("ttl_secs", format!("must be between 1 and {MAX_TTL_SECS} seconds")));
+    }
+    Ok(ttl * 1000)
+}
+
+fn reservation_of(a: Applied) -> serde_json::Value {
+    match a {
+        Applied::ReservationAcquired { reservation } | Applied::ReservationRenewed { reservation } => {
+            json!({ "reservation": reservation })
+        }
+        other => json!(other),
+    }
+}
+
+async fn acquire(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<AcquireRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ttl_ms = check_ttl(r.ttl_secs)?;
+    let a = apply(&app, Command::AcquireReservation { node: id, holder: r.holder, ttl_ms, at: now_ms() }).await?;
+    Ok(Json(reservation_of(a)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    holder: String,
+    token: u64,
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+}
+
+async fn renew(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<RenewRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ttl_ms = check_ttl(r.ttl_secs)?;
+    let a = apply(
+        &app,
+        Command::RenewReservation { node: id, holder: r.holder, token: r.token, ttl_ms, at: now_ms() },
+    )
+    .await?;
+    Ok(Json(reservation_of(a)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseQuery {
+    holder: String,
+    token: u64,
+}
+
+async fn release(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Result<Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::field("query", format!("{e}: give ?holder=NAME&token=N")))?;
+    apply(&app, Command::ReleaseReservation { node: id, holder: q.holder, token: q.token, at: now_ms() }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_artifacts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!(app.store.artifacts()?)))
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse().map_err(|_| ApiError::field("digest", "not a sha256 digest (64 hex digits)"))
+}
+
+async fn show_artifact(State(app): State<Arc<App>>, Path(d): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let d = parse_digest(&d)?;
+    let a = app.store.artifact(&d)?.ok_or_else(|| ApiError::NotFound(format!("artifact {d}")))?;
+    let nodes = app.store.nodes_using(&d)?;
+    Ok(Json(json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.has(&d) })))
+}
+
+async fn delete_artifact(State(app): State<Arc<App>>, Path(d): Path<String>) -> Result<StatusCode, ApiError> {
+    let d = parse_digest(&d)?;
+    apply(&app, Command::RemoveArtifact { digest: d, at: now_ms() }).await?;
+    let blobs = app.blobs.clone();
+    tokio::task::spawn_blocking(move || blobs.remove(&d))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    app.blob_cache.forget(&d);
+    info!(digest = %d, "artifact removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+    sha256: Option<String>,
+}
+
+/// `POST /v1/artifacts?name=NAME[&sha256=HEX]` with the raw content as body.
+async fn upload_artifact(
+    State(app): State<Arc<App>>,
+    Query(q): Query<UploadQuery>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = q.name.ok_or_else(|| ApiError::field("name", "give the artifact a name: ?name=vmlinuz"))?;
+    crate::store::types::check_text("name", &name, 255).map_err(|m| ApiError::field("name", m))?;
+    let expected = q.sha256.as_deref().map(parse_digest).transpose()?;
+    let total: Option<u64> = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut w = app.blobs.writer().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut stream = body.into_data_stream();
+    let mut done: u64 = 0;
+    let mut last_log = std::time::Instant::now();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::field("body", format!("upload interrupted: {e}")))?;
+        done += chunk.len() as u64;
+        // File writes block: keep them off the async workers' hot path.
+        tokio::task::block_in_place(|| std::io::Write::write_all(&mut w, &chunk))
+            .map_err(|e| ApiError::Internal(format!("cannot write blob: {e}")))?;
+        if last_log.elapsed() > Duration::from_secs(2) {
+            last_log = std::time::Instant::now();
+            info!(name = %name, bytes = done, total = total.unwrap_or(0), "artifact upload in progress");
+        }
+    }
+    let info_ = tokio::task::block_in_place(|| w.finish(expected.as_ref())).map_err(|e| match e {
+        crate::blobs::BlobError::DigestMismatch { .. } => ApiError::field("sha256", e.to_string()),
+        e => ApiError::Internal(e.to_string()),
+    })?;
+    let a = apply(
+        &app,
+        Command::RegisterArtifact {
+            digest: info_.digest,
+            size: info_.size,
+            name: name.clone(),
+            host: app.host.clone(),
+            at: now_ms(),
+        },
+    )
+    .await?;
+    let created = matches!(a, Applied::ArtifactRegistered { created: true, .. });
+    info!(name = %name, digest = %info_.digest, bytes = info_.size, created, "artifact stored");
+    let art = app.store.artifact(&info_.digest)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "artifact": art, "created": created }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/events?since=N[&wait=SECS][&limit=L]`: events after N; with `wait`, blocks
+/// until one arrives or the wait ends (long-poll).
+async fn events(State(app): State<Arc<App>>, Query(q): Query<EventsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let mut rx = app.subscribe_events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+    loop {
+        let ev = app.store.events_since(q.since, limit)?;
+        if !ev.is_empty() || q.wait == 0 {
+            let last = ev.last().map(|e| e.seq).unwrap_or(q.since);
+            return Ok(Json(json!({ "events": ev, "last": last })));
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Err(ApiError::Unavailable("shutting down".into())) },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(json!({ "events": [], "last": q.since })));
+            }
+        }
+    }
+}
+
+async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let hosts = app.store.hosts()?;
+    let nodes = app.store.nodes()?;
+    let mut owned: HashMap<&str, usize> = HashMap::new();
+    for n in &nodes {
+        *owned.entry(n.owner.as_str()).or_default() += 1;
+    }
+    let out: Vec<_> = hosts
+        .iter()
+        .map(|h| json!({ "host": h, "nodes": owned.get(h.name.as_str()).copied().unwrap_or(0), "self": h.name == app.host }))
+        .collect();
+    Ok(Json(json!(out)))
+}
+
+async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let nodes = app.store.nodes()?;
+    let owned = nodes.iter().filter(|n| n.owner == app.host).count();
+    let artifacts = app.store.artifacts()?.len();
+    let store_bytes = std::fs::metadata(app.store.path()).map(|m| m.len()).unwrap_or(0);
+    let t = &app.metrics.tftp;
+    Ok(Json(json!({
+        "host": app.host,
+        "group": app.group,
+        "version": env!("CARGO_PKG_VERSION"),
+        "schema_version": app.store.schema_version()?,
+        "nodes": nodes.len(),
+        "owned_nodes": owned,
+        "artifacts": artifacts,
+        "store_bytes": store_bytes,
+        "last_event": *app.subscribe_events().borrow(),
+        "tftp": {
+            "active": t.active.get(),
+            "completed": t.completed.get(),
+            "bytes": t.bytes.get(),
+        },
+    })))
+}

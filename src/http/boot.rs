@@ -1,0 +1,170 @@
+//! HTTP boot: a node's files under `/boot/<node>/<path>`, for iPXE and UEFI HTTP-boot
+//! clients, with `Range`, `ETag` (the sha256), `If-None-Match` and `HEAD`. The same
+//! owned-node rule as TFTP applies. Bodies stream from the shared in-memory copy.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::Stream;
+use tracing::{debug, info};
+
+use super::error::ApiError;
+use super::range::{plan, RangePlan};
+use crate::app::App;
+use crate::metrics::Metrics;
+use crate::tftp::files::OpenError;
+
+/// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
+const CHUNK: usize = 256 * 1024;
+
+/// `GET|HEAD /boot/{node}/{*path}`.
+pub async fn boot_file(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path((node, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let files = app.store.node_files(&node)?;
+    let n = app.store.node(&node)?.ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
+    let want = path.trim_start_matches('/');
+    let nf = files
+        .into_iter()
+        .find(|f| f.path == want)
+        .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
+    if n.owner != app.host {
+        app.metrics.http.boot_failed.inc("not_owner");
+        return Err(ApiError::Conflict {
+            message: format!("node {node} is served by host {}, not {}", n.owner, app.host),
+            details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
+        });
+    }
+    let etag = format!("\"{}\"", nf.digest);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, hv(&etag));
+        return Ok(r);
+    }
+    let data = app.blob_bytes(&nf.digest).await.map_err(|e| match e {
+        OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
+        e => ApiError::Internal(e.to_string()),
+    })?;
+    let bytes = data.octets().clone();
+    let len = bytes.len() as u64;
+    // If-Range with another validator: the client's partial copy is stale, send it all.
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let p = if if_range_ok { plan(range_header, len) } else { RangePlan::Full };
+    let (status, start, end) = match p {
+        RangePlan::Full => (StatusCode::OK, 0, len),
+        RangePlan::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        RangePlan::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(len)),
+    };
+    let body_bytes = bytes.slice(start as usize..end as usize);
+    let mut resp = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        debug!(node = %node, path = %want, bytes = body_bytes.len(), "http boot download");
+        Response::new(Body::from_stream(TrackedBody::new(body_bytes.clone(), app.metrics.clone(), node, want.to_string())))
+    };
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(&etag));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_LENGTH, hv(&body_bytes.len().to_string()));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{}/{len}", end - 1)));
+    }
+    Ok(resp)
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A response body in chunks that records in metrics whether it was sent in full.
+struct TrackedBody {
+    bytes: Bytes,
+    sent: usize,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    node: String,
+    path: String,
+    done: bool,
+}
+
+impl TrackedBody {
+    fn new(bytes: Bytes, metrics: Arc<Metrics>, node: String, path: String) -> Self {
+        metrics.http.boot_started.inc();
+        metrics.http.boot_active.add(1);
+        TrackedBody {
+            bytes,
+            sent: 0,
+            metrics,
+            started: Instant::now(),
+            node,
+            path,
+            done: false,
+        }
+    }
+}
+
+impl Stream for TrackedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.sent >= self.bytes.len() {
+            // An empty body, or polled again after the last chunk.
+            self.finish();
+            return Poll::Ready(None);
+        }
+        let end = (self.sent + CHUNK).min(self.bytes.len());
+        let chunk = self.bytes.slice(self.sent..end);
+        self.metrics.http.boot_bytes.add(chunk.len() as u64);
+        self.sent = end;
+        // With Content-Length set, hyper stops polling after the last byte: count the
+        // transfer as complete when its last chunk is handed over.
+        if self.sent == self.bytes.len() {
+            self.finish();
+        }
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+impl TrackedBody {
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let m = &self.metrics.http;
+        m.boot_completed.inc();
+        m.boot_duration.observe(self.started.elapsed());
+        info!(node = %self.node, path = %self.path, bytes = self.bytes.len(), duration_ms = self.started.elapsed().as_millis() as u64, "http boot transfer completed");
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.metrics.http.boot_active.add(-1);
+        if !self.done {
+            self.metrics.http.boot_failed.inc("client_disconnected");
+            info!(node = %self.node, path = %self.path, sent = self.sent, size = self.bytes.len(), "http boot transfer ended early");
+        }
+    }
+}

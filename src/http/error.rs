@@ -1,0 +1,110 @@
+//! API errors: every refusal is a 4xx/5xx with a JSON body naming what was wrong.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API request that cannot be served.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// No or wrong bearer token.
+    #[error("missing or invalid bearer token (send `Authorization: Bearer <token>`)")]
+    Unauthorized,
+    /// A field of the request is wrong.
+    #[error("{message}")]
+    BadRequest {
+        /// The offending field, if one.
+        field: Option<String>,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with current state.
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// Machine-readable details (e.g. the current fencing token).
+        details: serde_json::Value,
+    },
+    /// The body is larger than allowed.
+    #[error("request body too large")]
+    TooLarge,
+    /// A Range that names no byte of the body.
+    #[error("range not satisfiable (size {0})")]
+    RangeNotSatisfiable(u64),
+    /// The request was valid but the server failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The service is not ready (e.g. store unavailable).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// A bad field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Short machine-readable code, also the metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::TooLarge => "too_large",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            ApiError::Internal(_) => "internal",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        match &self {
+            ApiError::BadRequest { field: Some(f), .. } => body["error"]["field"] = json!(f),
+            ApiError::Conflict { details, .. } => body["error"]["details"] = details.clone(),
+            _ => {}
+        }
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        match &self {
+            ApiError::Unauthorized => {
+                resp.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"baton\""),
+                );
+            }
+            ApiError::RangeNotSatisfiable(len) => {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut()
+                        .insert(axum::http::header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

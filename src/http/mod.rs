@@ -1,0 +1,96 @@
+//! The HTTP listener: admin API (`/v1`, bearer token), HTTP boot (`/boot`), and
+//! `/metrics` in Prometheus text format.
+
+pub mod api;
+pub mod auth;
+pub mod boot;
+pub mod error;
+pub mod json;
+pub mod range;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::app::App;
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Bind failed.
+    #[error("cannot listen on tcp/{addr}: {source}. Choose another address with --http-listen")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the whole router.
+pub fn router(app: Arc<App>, token: String) -> Router {
+    let token = auth::Token(Arc::new(token));
+    let api = api::routes()
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token))
+        .fallback(|| async { error::ApiError::NotFound("route".into()) });
+    Router::new()
+        .merge(api)
+        .route("/metrics", get(metrics))
+        .route("/boot/{node}/{*path}", get(boot::boot_file).head(boot::boot_file))
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut body = app.metrics.render();
+    let store_bytes = std::fs::metadata(app.store.path()).map(|m| m.len()).unwrap_or(0);
+    let nodes = app.store.nodes().map(|n| n.len()).unwrap_or(0);
+    let events = *app.subscribe_events().borrow();
+    body.push_str(&format!(
+        "# HELP baton_store_bytes Size of the store's database file.\n# TYPE baton_store_bytes gauge\nbaton_store_bytes {store_bytes}\n\
+         # HELP baton_store_nodes Nodes in the store.\n# TYPE baton_store_nodes gauge\nbaton_store_nodes {nodes}\n\
+         # HELP baton_store_last_event Sequence number of the newest event.\n# TYPE baton_store_last_event gauge\nbaton_store_last_event {events}\n"
+    ));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Counts requests by route and refusals by status.
+async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let label = format!("{} {}", req.method(), route);
+    let resp = next.run(req).await;
+    let m = &app.metrics.http;
+    m.requests.inc(&label);
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        m.errors.inc(resp.status().as_str());
+    }
+    resp
+}
+
+/// Binds the HTTP listener.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, token: String, shutdown: CancellationToken) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(addr = %addr, "http server listening");
+    axum::serve(listener, router(app, token))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,57 @@
+//! The TFTP (and HTTP boot) namespace of a host: the files of the nodes it owns, from
+//! the store, then the shared files of the TFTP root directory.
+
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::store::{normalize_path, NodeFile};
+use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
+
+/// Node files first, shared directory second.
+pub struct StoreSource {
+    app: Arc<App>,
+    shared: DirSource,
+}
+
+impl StoreSource {
+    /// A namespace over `app`'s store and the shared directory `shared`.
+    pub fn new(app: Arc<App>, shared: DirSource) -> Self {
+        StoreSource { app, shared }
+    }
+
+    /// The shared directory part.
+    pub fn shared(&self) -> &DirSource {
+        &self.shared
+    }
+}
+
+/// Looks a served path up among node files, and checks this host may serve it.
+///
+/// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
+pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenError> {
+    let Some(path) = normalize_path(&name.replace('\\', "/")) else {
+        return Ok(None);
+    };
+    let nf = match app.store.resolve_node_file(&path) {
+        Ok(Some(nf)) => nf,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(OpenError::Io(e.to_string())),
+    };
+    match app.store.node(&nf.node) {
+        Ok(Some(node)) if node.owner == app.host => Ok(Some(nf)),
+        Ok(Some(_)) => Err(OpenError::Denied("not_owner")),
+        Ok(None) => Ok(None),
+        Err(e) => Err(OpenError::Io(e.to_string())),
+    }
+}
+
+impl FileSource for StoreSource {
+    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
+        Box::pin(async move {
+            match owned_node_file(&self.app, name)? {
+                Some(nf) => self.app.blob_bytes(&nf.digest).await,
+                None => self.shared.open(name).await,
+            }
+        })
+    }
+}
