@@ -79,7 +79,10 @@ impl App {
 
     /// The current renderer.
     pub fn renderer(&self) -> Arc<Renderer> {
-        self.renderer.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.renderer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the renderer (after a template change).
@@ -110,7 +113,8 @@ impl App {
     /// Re-reads the newest event number and wakes long-polls if it moved.
     pub fn notify_events(&self) {
         if let Ok(last) = self.store.last_event_seq() {
-            self.events.send_if_modified(|v| std::mem::replace(v, last) != last);
+            self.events
+                .send_if_modified(|v| std::mem::replace(v, last) != last);
         }
     }
 

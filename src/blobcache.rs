@@ -80,6 +80,9 @@ impl BlobCache {
 
     /// Drops a blob's cached copy (after removal).
     pub fn forget(&self, d: &Digest) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(d);
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(d);
     }
 }

@@ -276,12 +276,23 @@ impl Config {
             }
         }
         if let Some(h) = &self.host_name {
-            crate::store::types::check_name("host name", h).map_err(|m| ConfigError::Invalid { key: "host_name", message: m })?;
+            crate::store::types::check_name("host name", h).map_err(|m| ConfigError::Invalid {
+                key: "host_name",
+                message: m,
+            })?;
         }
-        crate::store::types::check_name("group", &self.group).map_err(|m| ConfigError::Invalid { key: "group", message: m })?;
+        crate::store::types::check_name("group", &self.group).map_err(|m| {
+            ConfigError::Invalid {
+                key: "group",
+                message: m,
+            }
+        })?;
         if let Some(t) = &self.api_token {
             if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return bad("api_token", "must be at least 16 characters, without spaces");
+                return bad(
+                    "api_token",
+                    "must be at least 16 characters, without spaces",
+                );
             }
         }
         if self.log_level.trim().is_empty() {

@@ -4,6 +4,8 @@ pub mod app;
 pub mod blobcache;
 pub mod blobs;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -181,10 +181,18 @@ fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.buckets[i].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{b}\"}} {}",
+            h.buckets[i].load(Ordering::Relaxed)
+        );
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
-    let _ = writeln!(out, "{name}_sum {}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
     let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
@@ -266,7 +274,12 @@ impl Metrics {
             "reason",
             &t.failed,
         );
-        gauge(&mut o, "baton_tftp_active_transfers", "TFTP transfers in progress.", t.active.get());
+        gauge(
+            &mut o,
+            "baton_tftp_active_transfers",
+            "TFTP transfers in progress.",
+            t.active.get(),
+        );
         counter(
             &mut o,
             "baton_tftp_bytes_total",
@@ -292,19 +305,77 @@ impl Metrics {
             "limit",
             &t.limit_hits,
         );
-        histogram(&mut o, "baton_tftp_transfer_seconds", "Duration of completed TFTP transfers.", &t.duration);
+        histogram(
+            &mut o,
+            "baton_tftp_transfer_seconds",
+            "Duration of completed TFTP transfers.",
+            &t.duration,
+        );
         let st = &self.store;
-        counter(&mut o, "baton_store_commands_total", "Store commands proposed.", st.commands.get());
-        counter(&mut o, "baton_store_rejected_total", "Store commands rejected by business rules.", st.rejected.get());
+        counter(
+            &mut o,
+            "baton_store_commands_total",
+            "Store commands proposed.",
+            st.commands.get(),
+        );
+        counter(
+            &mut o,
+            "baton_store_rejected_total",
+            "Store commands rejected by business rules.",
+            st.rejected.get(),
+        );
         let h = &self.http;
-        labeled(&mut o, "baton_http_requests_total", "HTTP API requests.", "route", &h.requests);
-        labeled(&mut o, "baton_http_errors_total", "HTTP requests refused.", "code", &h.errors);
-        counter(&mut o, "baton_http_boot_started_total", "HTTP boot downloads started.", h.boot_started.get());
-        counter(&mut o, "baton_http_boot_completed_total", "HTTP boot downloads completed.", h.boot_completed.get());
-        labeled(&mut o, "baton_http_boot_failed_total", "HTTP boot downloads that ended early.", "reason", &h.boot_failed);
-        counter(&mut o, "baton_http_boot_bytes_total", "HTTP boot body bytes sent.", h.boot_bytes.get());
-        gauge(&mut o, "baton_http_boot_active", "HTTP boot downloads in progress.", h.boot_active.get());
-        histogram(&mut o, "baton_http_boot_seconds", "Duration of completed HTTP boot downloads.", &h.boot_duration);
+        labeled(
+            &mut o,
+            "baton_http_requests_total",
+            "HTTP API requests.",
+            "route",
+            &h.requests,
+        );
+        labeled(
+            &mut o,
+            "baton_http_errors_total",
+            "HTTP requests refused.",
+            "code",
+            &h.errors,
+        );
+        counter(
+            &mut o,
+            "baton_http_boot_started_total",
+            "HTTP boot downloads started.",
+            h.boot_started.get(),
+        );
+        counter(
+            &mut o,
+            "baton_http_boot_completed_total",
+            "HTTP boot downloads completed.",
+            h.boot_completed.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_http_boot_failed_total",
+            "HTTP boot downloads that ended early.",
+            "reason",
+            &h.boot_failed,
+        );
+        counter(
+            &mut o,
+            "baton_http_boot_bytes_total",
+            "HTTP boot body bytes sent.",
+            h.boot_bytes.get(),
+        );
+        gauge(
+            &mut o,
+            "baton_http_boot_active",
+            "HTTP boot downloads in progress.",
+            h.boot_active.get(),
+        );
+        histogram(
+            &mut o,
+            "baton_http_boot_seconds",
+            "Duration of completed HTTP boot downloads.",
+            &h.boot_duration,
+        );
         o
     }
 }

@@ -70,7 +70,12 @@ fn prepare_root(root: &Path) -> anyhow::Result<()> {
     if root.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create TFTP root {} (use --tftp-root)", root.display()))?;
+    std::fs::create_dir_all(root).with_context(|| {
+        format!(
+            "cannot create TFTP root {} (use --tftp-root)",
+            root.display()
+        )
+    })?;
     for (path, content) in STATIC_FILES {
         let p = root.join(path);
         if let Some(dir) = p.parent() {
@@ -116,8 +121,12 @@ fn start_template_watch(app: &Arc<App>, dir: &Path) -> anyhow::Result<TemplateWa
 
 /// Runs the server with `cfg` until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data dir {} (use --data-dir)", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {} (use --data-dir)",
+            cfg.data_dir.display()
+        )
+    })?;
     let host = cfg.host_name();
     let root = cfg.tftp_root();
     prepare_root(&root)?;
@@ -125,9 +134,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Store::open(cfg.data_dir.join("baton.db"))
             .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?,
     );
-    let blobs = Arc::new(BlobStore::open(cfg.data_dir.join("blobs")).context("cannot open the blob store")?);
+    let blobs = Arc::new(
+        BlobStore::open(cfg.data_dir.join("blobs")).context("cannot open the blob store")?,
+    );
     let renderer = match &cfg.template_dir {
-        Some(d) => Renderer::load(d).with_context(|| format!("templates in {} refused", d.display()))?,
+        Some(d) => {
+            Renderer::load(d).with_context(|| format!("templates in {} refused", d.display()))?
+        }
         None => Renderer::embedded().context("built-in templates refused")?,
     };
     let token = api_token(&cfg)?;
@@ -156,14 +169,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let shared = DirSource::new(&root, cfg.tftp.cache_bytes).with_context(|| format!("cannot open TFTP root {}", root.display()))?;
+    let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
+        .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
     info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
     let source = StoreSource::new(app.clone(), shared);
     let shutdown = CancellationToken::new();
-    let tftp = TftpServer::bind(cfg.tftp.clone(), Arc::new(source), metrics.clone(), shutdown.clone())?;
+    let tftp = TftpServer::bind(
+        cfg.tftp.clone(),
+        Arc::new(source),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
     let listener = crate::http::bind(cfg.http.listen).await?;
     let tftp_task = tokio::spawn(tftp.run());
-    let http_task = tokio::spawn(crate::http::serve(listener, app.clone(), token, shutdown.clone()));
+    let http_task = tokio::spawn(crate::http::serve(
+        listener,
+        app.clone(),
+        token,
+        shutdown.clone(),
+    ));
 
     wait_for_signal().await?;
     info!("signal received, shutting down");

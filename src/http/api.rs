@@ -23,7 +23,8 @@ use crate::app::{now_ms, App, ProposeError};
 use crate::blobs::Digest;
 use crate::render::{boot_profile_command, RenderError};
 use crate::store::{
-    Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection, Reservation,
+    Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection,
+    Reservation,
 };
 
 /// Longest a reservation may be taken for.
@@ -35,15 +36,24 @@ const MAX_WAIT_SECS: u64 = 60;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/nodes", get(list_nodes).post(enroll_node))
-        .route("/v1/nodes/{id}", get(show_node).patch(update_node).delete(delete_node))
+        .route(
+            "/v1/nodes/{id}",
+            get(show_node).patch(update_node).delete(delete_node),
+        )
         .route("/v1/nodes/{id}/profile", put(set_profile))
         .route("/v1/nodes/{id}/files", get(node_files))
         .route(
             "/v1/nodes/{id}/reservation",
-            get(show_reservation).post(acquire).put(renew).delete(release),
+            get(show_reservation)
+                .post(acquire)
+                .put(renew)
+                .delete(release),
         )
         .route("/v1/artifacts", get(list_artifacts).post(upload_artifact))
-        .route("/v1/artifacts/{digest}", get(show_artifact).delete(delete_artifact))
+        .route(
+            "/v1/artifacts/{digest}",
+            get(show_artifact).delete(delete_artifact),
+        )
         .route("/v1/events", get(events))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/status", get(status))
@@ -93,11 +103,15 @@ async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
 }
 
 fn get_node(app: &App, id: &str) -> Result<Node, ApiError> {
-    app.store.node(id)?.ok_or_else(|| ApiError::NotFound(format!("node {id}")))
+    app.store
+        .node(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("node {id}")))
 }
 
 /// Absent stays `None`; `null` becomes `Some(None)`.
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -107,7 +121,10 @@ struct NodeQuery {
     group: Option<String>,
 }
 
-async fn list_nodes(State(app): State<Arc<App>>, Query(q): Query<NodeQuery>) -> Result<Json<Vec<Node>>, ApiError> {
+async fn list_nodes(
+    State(app): State<Arc<App>>,
+    Query(q): Query<NodeQuery>,
+) -> Result<Json<Vec<Node>>, ApiError> {
     let nodes = app
         .store
         .nodes()?
@@ -129,9 +146,15 @@ struct EnrollRequest {
     arch: Option<String>,
 }
 
-async fn enroll_node(State(app): State<Arc<App>>, ApiJson(r): ApiJson<EnrollRequest>) -> Result<Response, ApiError> {
+async fn enroll_node(
+    State(app): State<Arc<App>>,
+    ApiJson(r): ApiJson<EnrollRequest>,
+) -> Result<Response, ApiError> {
     if r.macs.is_empty() {
-        return Err(ApiError::field("macs", "a node needs at least one boot MAC address"));
+        return Err(ApiError::field(
+            "macs",
+            "a node needs at least one boot MAC address",
+        ));
     }
     let cmd = Command::EnrollNode {
         node: r.id.clone(),
@@ -155,7 +178,10 @@ struct NodeDetail {
     reservation: Option<Reservation>,
 }
 
-async fn show_node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
+async fn show_node(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeDetail>, ApiError> {
     let node = get_node(&app, &id)?;
     let files = app.store.node_files(&id)?;
     let reservation = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
@@ -188,7 +214,10 @@ async fn update_node(
 ) -> Result<Json<Node>, ApiError> {
     let node = get_node(&app, &id)?;
     if r.macs.as_ref().is_some_and(|m| m.is_empty()) {
-        return Err(ApiError::field("macs", "a node needs at least one boot MAC address"));
+        return Err(ApiError::field(
+            "macs",
+            "a node needs at least one boot MAC address",
+        ));
     }
     let at = now_ms();
     let mut cmds = Vec::new();
@@ -218,15 +247,30 @@ async fn update_node(
         });
     }
     match cmds.len() {
-        0 => return Err(ApiError::field("body", "nothing to change: give macs, group, arch or provision_state")),
+        0 => {
+            return Err(ApiError::field(
+                "body",
+                "nothing to change: give macs, group, arch or provision_state",
+            ))
+        }
         1 => apply(&app, cmds.remove(0)).await?,
         _ => apply(&app, Command::Batch { commands: cmds }).await?,
     };
     Ok(Json(get_node(&app, &id)?))
 }
 
-async fn delete_node(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    apply(&app, Command::RemoveNode { node: id.clone(), at: now_ms() }).await?;
+async fn delete_node(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    apply(
+        &app,
+        Command::RemoveNode {
+            node: id.clone(),
+            at: now_ms(),
+        },
+    )
+    .await?;
     info!(node = %id, "node deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -245,9 +289,16 @@ struct ProfileRequest {
 
 impl ProfileRequest {
     fn into_profile(self, app: &App) -> Result<Option<BootProfile>, ApiError> {
-        let kernel_boot = |k: Option<Digest>, r: Option<Digest>, c: Option<String>| -> Result<KernelBoot, ApiError> {
-            let kernel = k.ok_or_else(|| ApiError::field("kernel", "required for this kind: the kernel's sha256"))?;
-            let ramdisk = r.ok_or_else(|| ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256"))?;
+        let kernel_boot = |k: Option<Digest>,
+                           r: Option<Digest>,
+                           c: Option<String>|
+         -> Result<KernelBoot, ApiError> {
+            let kernel = k.ok_or_else(|| {
+                ApiError::field("kernel", "required for this kind: the kernel's sha256")
+            })?;
+            let ramdisk = r.ok_or_else(|| {
+                ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256")
+            })?;
             for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
                 if !app.blobs.has(&d) {
                     return Err(ApiError::field(
@@ -263,12 +314,27 @@ impl ProfileRequest {
             })
         };
         let p = match self.kind.as_str() {
-            "deploy" => Some(BootProfile::Deploy(kernel_boot(self.kernel, self.ramdisk, self.cmdline)?)),
-            "instance" => Some(BootProfile::Instance(kernel_boot(self.kernel, self.ramdisk, self.cmdline)?)),
+            "deploy" => Some(BootProfile::Deploy(kernel_boot(
+                self.kernel,
+                self.ramdisk,
+                self.cmdline,
+            )?)),
+            "instance" => Some(BootProfile::Instance(kernel_boot(
+                self.kernel,
+                self.ramdisk,
+                self.cmdline,
+            )?)),
             "local" | "none" => {
-                for (f, present) in [("kernel", self.kernel.is_some()), ("ramdisk", self.ramdisk.is_some()), ("cmdline", self.cmdline.is_some())] {
+                for (f, present) in [
+                    ("kernel", self.kernel.is_some()),
+                    ("ramdisk", self.ramdisk.is_some()),
+                    ("cmdline", self.cmdline.is_some()),
+                ] {
                     if present {
-                        return Err(ApiError::field(f, format!("not allowed with kind {:?}", self.kind)));
+                        return Err(ApiError::field(
+                            f,
+                            format!("not allowed with kind {:?}", self.kind),
+                        ));
                     }
                 }
                 (self.kind == "local").then_some(BootProfile::Local)
@@ -288,7 +354,12 @@ impl ProfileRequest {
 }
 
 /// Renders a node's files (blocking: writes blobs) into a SetBootProfile command.
-async fn render_command(app: &Arc<App>, node: Node, profile: Option<BootProfile>, at: i64) -> Result<Command, ApiError> {
+async fn render_command(
+    app: &Arc<App>,
+    node: Node,
+    profile: Option<BootProfile>,
+    at: i64,
+) -> Result<Command, ApiError> {
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || {
         let renderer = app2.renderer();
@@ -298,7 +369,9 @@ async fn render_command(app: &Arc<App>, node: Node, profile: Option<BootProfile>
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| match e {
         RenderError::InvalidProfile(m) => ApiError::field("cmdline", m),
-        RenderError::MissingBlob(d) => ApiError::field("kernel", format!("artifact {d} is not held by this host")),
+        RenderError::MissingBlob(d) => {
+            ApiError::field("kernel", format!("artifact {d} is not held by this host"))
+        }
         e => ApiError::Internal(e.to_string()),
     })
 }
@@ -317,15 +390,23 @@ async fn set_profile(
     show_node(State(app), Path(id)).await
 }
 
-async fn node_files(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn node_files(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     get_node(&app, &id)?;
     Ok(Json(json!(app.store.node_files(&id)?)))
 }
 
-async fn show_reservation(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn show_reservation(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let node = get_node(&app, &id)?;
     let r = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
-    Ok(Json(json!({ "reservation": r, "latest_token": node.last_token })))
+    Ok(Json(
+        json!({ "reservation": r, "latest_token": node.last_token }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,14 +423,18 @@ fn default_ttl() -> u64 {
 
 fn check_ttl(ttl: u64) -> Result<u64, ApiError> {
     if ttl == 0 || ttl > MAX_TTL_SECS {
-        return Err(ApiError::field("ttl_secs", format!("must be between 1 and {MAX_TTL_SECS} seconds")));
+        return Err(ApiError::field(
+            "ttl_secs",
+            format!("must be between 1 and {MAX_TTL_SECS} seconds"),
+        ));
     }
     Ok(ttl * 1000)
 }
 
 fn reservation_of(a: Applied) -> serde_json::Value {
     match a {
-        Applied::ReservationAcquired { reservation } | Applied::ReservationRenewed { reservation } => {
+        Applied::ReservationAcquired { reservation }
+        | Applied::ReservationRenewed { reservation } => {
             json!({ "reservation": reservation })
         }
         other => json!(other),
@@ -362,7 +447,16 @@ async fn acquire(
     ApiJson(r): ApiJson<AcquireRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ttl_ms = check_ttl(r.ttl_secs)?;
-    let a = apply(&app, Command::AcquireReservation { node: id, holder: r.holder, ttl_ms, at: now_ms() }).await?;
+    let a = apply(
+        &app,
+        Command::AcquireReservation {
+            node: id,
+            holder: r.holder,
+            ttl_ms,
+            at: now_ms(),
+        },
+    )
+    .await?;
     Ok(Json(reservation_of(a)))
 }
 
@@ -383,7 +477,13 @@ async fn renew(
     let ttl_ms = check_ttl(r.ttl_secs)?;
     let a = apply(
         &app,
-        Command::RenewReservation { node: id, holder: r.holder, token: r.token, ttl_ms, at: now_ms() },
+        Command::RenewReservation {
+            node: id,
+            holder: r.holder,
+            token: r.token,
+            ttl_ms,
+            at: now_ms(),
+        },
     )
     .await?;
     Ok(Json(reservation_of(a)))
@@ -401,8 +501,18 @@ async fn release(
     Path(id): Path<String>,
     q: Result<Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::field("query", format!("{e}: give ?holder=NAME&token=N")))?;
-    apply(&app, Command::ReleaseReservation { node: id, holder: q.holder, token: q.token, at: now_ms() }).await?;
+    let Query(q) =
+        q.map_err(|e| ApiError::field("query", format!("{e}: give ?holder=NAME&token=N")))?;
+    apply(
+        &app,
+        Command::ReleaseReservation {
+            node: id,
+            holder: q.holder,
+            token: q.token,
+            at: now_ms(),
+        },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -411,19 +521,38 @@ async fn list_artifacts(State(app): State<Arc<App>>) -> Result<Json<serde_json::
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse().map_err(|_| ApiError::field("digest", "not a sha256 digest (64 hex digits)"))
+    s.parse()
+        .map_err(|_| ApiError::field("digest", "not a sha256 digest (64 hex digits)"))
 }
 
-async fn show_artifact(State(app): State<Arc<App>>, Path(d): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn show_artifact(
+    State(app): State<Arc<App>>,
+    Path(d): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let d = parse_digest(&d)?;
-    let a = app.store.artifact(&d)?.ok_or_else(|| ApiError::NotFound(format!("artifact {d}")))?;
+    let a = app
+        .store
+        .artifact(&d)?
+        .ok_or_else(|| ApiError::NotFound(format!("artifact {d}")))?;
     let nodes = app.store.nodes_using(&d)?;
-    Ok(Json(json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.has(&d) })))
+    Ok(Json(
+        json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.has(&d) }),
+    ))
 }
 
-async fn delete_artifact(State(app): State<Arc<App>>, Path(d): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_artifact(
+    State(app): State<Arc<App>>,
+    Path(d): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let d = parse_digest(&d)?;
-    apply(&app, Command::RemoveArtifact { digest: d, at: now_ms() }).await?;
+    apply(
+        &app,
+        Command::RemoveArtifact {
+            digest: d,
+            at: now_ms(),
+        },
+    )
+    .await?;
     let blobs = app.blobs.clone();
     tokio::task::spawn_blocking(move || blobs.remove(&d))
         .await
@@ -447,19 +576,25 @@ async fn upload_artifact(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = q.name.ok_or_else(|| ApiError::field("name", "give the artifact a name: ?name=vmlinuz"))?;
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::field("name", "give the artifact a name: ?name=vmlinuz"))?;
     crate::store::types::check_text("name", &name, 255).map_err(|m| ApiError::field("name", m))?;
     let expected = q.sha256.as_deref().map(parse_digest).transpose()?;
     let total: Option<u64> = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let mut w = app.blobs.writer().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut w = app
+        .blobs
+        .writer()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
     let mut done: u64 = 0;
     let mut last_log = std::time::Instant::now();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::field("body", format!("upload interrupted: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::field("body", format!("upload interrupted: {e}")))?;
         done += chunk.len() as u64;
         // File writes block: keep them off the async workers' hot path.
         tokio::task::block_in_place(|| std::io::Write::write_all(&mut w, &chunk))
@@ -469,10 +604,13 @@ async fn upload_artifact(
             info!(name = %name, bytes = done, total = total.unwrap_or(0), "artifact upload in progress");
         }
     }
-    let info_ = tokio::task::block_in_place(|| w.finish(expected.as_ref())).map_err(|e| match e {
-        crate::blobs::BlobError::DigestMismatch { .. } => ApiError::field("sha256", e.to_string()),
-        e => ApiError::Internal(e.to_string()),
-    })?;
+    let info_ =
+        tokio::task::block_in_place(|| w.finish(expected.as_ref())).map_err(|e| match e {
+            crate::blobs::BlobError::DigestMismatch { .. } => {
+                ApiError::field("sha256", e.to_string())
+            }
+            e => ApiError::Internal(e.to_string()),
+        })?;
     let a = apply(
         &app,
         Command::RegisterArtifact {
@@ -487,7 +625,11 @@ async fn upload_artifact(
     let created = matches!(a, Applied::ArtifactRegistered { created: true, .. });
     info!(name = %name, digest = %info_.digest, bytes = info_.size, created, "artifact stored");
     let art = app.store.artifact(&info_.digest)?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(json!({ "artifact": art, "created": created }))).into_response())
 }
 
@@ -503,7 +645,10 @@ struct EventsQuery {
 
 /// `GET /v1/events?since=N[&wait=SECS][&limit=L]`: events after N; with `wait`, blocks
 /// until one arrives or the wait ends (long-poll).
-async fn events(State(app): State<Arc<App>>, Query(q): Query<EventsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut rx = app.subscribe_events();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
@@ -540,7 +685,9 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, 
     let nodes = app.store.nodes()?;
     let owned = nodes.iter().filter(|n| n.owner == app.host).count();
     let artifacts = app.store.artifacts()?.len();
-    let store_bytes = std::fs::metadata(app.store.path()).map(|m| m.len()).unwrap_or(0);
+    let store_bytes = std::fs::metadata(app.store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
     let t = &app.metrics.tftp;
     Ok(Json(json!({
         "host": app.host,

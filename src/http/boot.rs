@@ -32,7 +32,10 @@ pub async fn boot_file(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let files = app.store.node_files(&node)?;
-    let n = app.store.node(&node)?.ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
+    let n = app
+        .store
+        .node(&node)?
+        .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
     let want = path.trim_start_matches('/');
     let nf = files
         .into_iter()
@@ -41,7 +44,10 @@ pub async fn boot_file(
     if n.owner != app.host {
         app.metrics.http.boot_failed.inc("not_owner");
         return Err(ApiError::Conflict {
-            message: format!("node {node} is served by host {}, not {}", n.owner, app.host),
+            message: format!(
+                "node {node} is served by host {}, not {}",
+                n.owner, app.host
+            ),
             details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
         });
     }
@@ -67,7 +73,11 @@ pub async fn boot_file(
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() == etag);
-    let p = if if_range_ok { plan(range_header, len) } else { RangePlan::Full };
+    let p = if if_range_ok {
+        plan(range_header, len)
+    } else {
+        RangePlan::Full
+    };
     let (status, start, end) = match p {
         RangePlan::Full => (StatusCode::OK, 0, len),
         RangePlan::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
@@ -78,17 +88,28 @@ pub async fn boot_file(
         Response::new(Body::empty())
     } else {
         debug!(node = %node, path = %want, bytes = body_bytes.len(), "http boot download");
-        Response::new(Body::from_stream(TrackedBody::new(body_bytes.clone(), app.metrics.clone(), node, want.to_string())))
+        Response::new(Body::from_stream(TrackedBody::new(
+            body_bytes.clone(),
+            app.metrics.clone(),
+            node,
+            want.to_string(),
+        )))
     };
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, hv(&etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::CONTENT_LENGTH, hv(&body_bytes.len().to_string()));
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{}/{len}", end - 1)));
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {start}-{}/{len}", end - 1)),
+        );
     }
     Ok(resp)
 }

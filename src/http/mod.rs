@@ -43,14 +43,19 @@ pub fn router(app: Arc<App>, token: String) -> Router {
     Router::new()
         .merge(api)
         .route("/metrics", get(metrics))
-        .route("/boot/{node}/{*path}", get(boot::boot_file).head(boot::boot_file))
+        .route(
+            "/boot/{node}/{*path}",
+            get(boot::boot_file).head(boot::boot_file),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut body = app.metrics.render();
-    let store_bytes = std::fs::metadata(app.store.path()).map(|m| m.len()).unwrap_or(0);
+    let store_bytes = std::fs::metadata(app.store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
     let nodes = app.store.nodes().map(|n| n.len()).unwrap_or(0);
     let events = *app.subscribe_events().borrow();
     body.push_str(&format!(
@@ -58,7 +63,13 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
          # HELP baton_store_nodes Nodes in the store.\n# TYPE baton_store_nodes gauge\nbaton_store_nodes {nodes}\n\
          # HELP baton_store_last_event Sequence number of the newest event.\n# TYPE baton_store_last_event gauge\nbaton_store_last_event {events}\n"
     ));
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }
 
 /// Counts requests by route and refusals by status.
@@ -87,7 +98,12 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, token: String, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    token: String,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     info!(addr = %addr, "http server listening");
     axum::serve(listener, router(app, token))

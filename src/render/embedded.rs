@@ -5,15 +5,30 @@ use super::{RenderError, Renderer, GRUB_TEMPLATE, IPXE_TEMPLATE, PXELINUX_TEMPLA
 
 /// (name, source) of each template.
 pub const TEMPLATE_SOURCES: [(&str, &str); 3] = [
-    (PXELINUX_TEMPLATE, include_str!("../../tftp-root-template/pxelinux.cfg.j2")),
-    (GRUB_TEMPLATE, include_str!("../../tftp-root-template/grub.cfg.j2")),
-    (IPXE_TEMPLATE, include_str!("../../tftp-root-template/node.ipxe.j2")),
+    (
+        PXELINUX_TEMPLATE,
+        include_str!("../../tftp-root-template/pxelinux.cfg.j2"),
+    ),
+    (
+        GRUB_TEMPLATE,
+        include_str!("../../tftp-root-template/grub.cfg.j2"),
+    ),
+    (
+        IPXE_TEMPLATE,
+        include_str!("../../tftp-root-template/node.ipxe.j2"),
+    ),
 ];
 
 /// Shared files that belong at the top of the served root (path, content).
 pub const STATIC_FILES: [(&str, &str); 2] = [
-    ("boot.ipxe", include_str!("../../tftp-root-template/static/boot.ipxe")),
-    ("grub/grub.cfg", include_str!("../../tftp-root-template/static/grub/grub.cfg")),
+    (
+        "boot.ipxe",
+        include_str!("../../tftp-root-template/static/boot.ipxe"),
+    ),
+    (
+        "grub/grub.cfg",
+        include_str!("../../tftp-root-template/static/grub/grub.cfg"),
+    ),
 ];
 
 impl Renderer {

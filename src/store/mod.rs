@@ -222,7 +222,9 @@ impl Store {
 
     /// Sequence number of the newest event (0 when there is none).
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
-        let v: i64 = lock(&self.reader).query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let v: i64 =
+            lock(&self.reader)
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         Ok(v.max(0) as u64)
     }
 

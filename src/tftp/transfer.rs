@@ -364,7 +364,7 @@ impl Transfer {
                     self.stats.duplicate_acks += 1;
                     let idle = self
                         .last_tx
-                        .map_or(true, |t| now.saturating_duration_since(t) >= self.holdoff());
+                        .is_none_or(|t| now.saturating_duration_since(t) >= self.holdoff());
                     if idle && self.next_send > self.send_end {
                         if self.retries >= self.p.max_retries {
                             self.finish(Outcome::TimedOut);

@@ -1,0 +1,232 @@
+//! A blocking client of the admin API, used by the CLI (`baton node ...` and friends).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// What went wrong talking to the API, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection.
+    #[error("cannot reach the Baton API at {url}: {reason}. Is `baton serve` running there? (set --api or BATON_API)")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// Transport error.
+        reason: String,
+    },
+    /// 401.
+    #[error("the API refused the token: pass --token or set BATON_API_TOKEN (the server's token is in <data-dir>/api-token)")]
+    Unauthorized,
+    /// Any other 4xx/5xx, with the server's message.
+    #[error("{message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Machine code (`conflict`, `not_found`...).
+        code: String,
+        /// Server's message.
+        message: String,
+        /// Offending field, if named.
+        field: Option<String>,
+        /// Details (e.g. the current fencing token).
+        details: Option<Value>,
+    },
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The server answered something that is not the expected JSON.
+    #[error("unexpected answer from the API: {0}")]
+    Protocol(String),
+}
+
+/// An API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:8069`).
+    pub fn new(base: &str, token: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(120))
+            .build();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn req(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> Result<Value, ClientError> {
+        match r {
+            Ok(resp) => {
+                if resp.status() == 204 {
+                    return Ok(Value::Null);
+                }
+                let text = resp
+                    .into_string()
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if text.is_empty() {
+                    return Ok(Value::Null);
+                }
+                serde_json::from_str(&text)
+                    .map_err(|e| ClientError::Protocol(format!("{e}: {text:.200}")))
+            }
+            Err(ureq::Error::Status(401, _)) => Err(ClientError::Unauthorized),
+            Err(ureq::Error::Status(status, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let e = &v["error"];
+                Err(ClientError::Api {
+                    status,
+                    code: e["code"].as_str().unwrap_or("error").to_string(),
+                    message: e["message"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("HTTP {status}: {text:.200}")),
+                    field: e["field"].as_str().map(str::to_string),
+                    details: e.get("details").cloned(),
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: t.to_string(),
+            }),
+        }
+    }
+
+    /// GET a JSON resource.
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.finish(self.req("GET", path).call())
+    }
+
+    /// DELETE a resource.
+    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.finish(self.req("DELETE", path).call())
+    }
+
+    /// Sends a JSON body with `method`.
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.finish(self.req(method, path).send_json(body.clone()))
+    }
+
+    /// Uploads a file as an artifact, reporting `(sent, total)` as it goes.
+    pub fn upload(
+        &self,
+        file: &Path,
+        name: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Value, ClientError> {
+        let f = std::fs::File::open(file).map_err(|source| ClientError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let reader = Progress {
+            inner: f,
+            done: 0,
+            total,
+            cb: &mut progress,
+        };
+        let path = format!("/v1/artifacts?name={}", urlencode(name));
+        self.finish(
+            self.req("POST", &path)
+                .set("Content-Type", "application/octet-stream")
+                .set("Content-Length", &total.to_string())
+                .send(reader),
+        )
+    }
+}
+
+struct Progress<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    cb: &'a mut dyn FnMut(u64, u64),
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.cb)(self.done, self.total);
+        Ok(n)
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+        assert_eq!(urlencode("a b/ä"), "a%20b%2F%C3%A4");
+    }
+}
