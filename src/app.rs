@@ -77,6 +77,12 @@ impl App {
         }
     }
 
+    /// Whether this host may answer for the nodes it owns now. A single host always
+    /// may; with peers this becomes "my lease is fresh".
+    pub fn serving(&self) -> bool {
+        true
+    }
+
     /// The current renderer.
     pub fn renderer(&self) -> Arc<Renderer> {
         self.renderer

@@ -303,6 +303,27 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// Do not run the proxy-DHCP server (udp/67, udp/4011).
+    #[arg(long)]
+    pub no_dhcp: bool,
+    /// Answer PXE clients only on this interface (repeat for several) [default: all].
+    #[arg(long = "dhcp-interface", value_name = "IFACE")]
+    pub dhcp_interfaces: Vec<String>,
+    /// Address the proxy-DHCP sockets bind [default: 0.0.0.0, needed for broadcasts].
+    #[arg(long, value_name = "IPV4")]
+    pub dhcp_listen: Option<std::net::Ipv4Addr>,
+    /// DHCP server port [default: 67].
+    #[arg(long, value_name = "PORT")]
+    pub dhcp_port: Option<u16>,
+    /// PXE boot-server port [default: 4011].
+    #[arg(long, value_name = "PORT")]
+    pub dhcp_pxe_port: Option<u16>,
+    /// Address announced to clients as boot server [default: the receiving interface's].
+    #[arg(long, value_name = "IPV4")]
+    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
+    /// Write every DHCP and TFTP packet received and sent to this pcap file.
+    #[arg(long, value_name = "FILE.pcap")]
+    pub capture: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -322,6 +343,13 @@ impl ServeArgs {
             template_dir: self.template_dir.clone(),
             http_listen: self.http_listen,
             api_token: self.api_token.clone(),
+            no_dhcp: self.no_dhcp,
+            dhcp_interfaces: self.dhcp_interfaces.clone(),
+            dhcp_listen: self.dhcp_listen,
+            dhcp_port: self.dhcp_port,
+            dhcp_pxe_port: self.dhcp_pxe_port,
+            dhcp_server_ip: self.dhcp_server_ip,
+            capture: self.capture.clone(),
         }
     }
 }

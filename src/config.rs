@@ -61,6 +61,52 @@ pub struct Config {
     pub tftp: TftpConfig,
     /// HTTP server (API, HTTP boot, metrics).
     pub http: HttpConfig,
+    /// Proxy-DHCP server.
+    pub dhcp: DhcpConfig,
+    /// Write every DHCP and TFTP packet to this pcap file.
+    pub capture: Option<PathBuf>,
+}
+
+/// Proxy-DHCP settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpConfig {
+    /// Answer PXE clients (udp/67 and udp/4011).
+    pub enabled: bool,
+    /// Only these interfaces (SO_BINDTODEVICE); empty: all.
+    pub interfaces: Vec<String>,
+    /// Address to bind (0.0.0.0 to receive broadcasts).
+    pub listen: std::net::Ipv4Addr,
+    /// DHCP server port.
+    pub port: u16,
+    /// PXE boot-server port.
+    pub pxe_port: u16,
+    /// Address announced as server and TFTP server; default: the address of the
+    /// interface the request came in on.
+    pub server_ip: Option<std::net::Ipv4Addr>,
+    /// First-stage boot loaders per architecture.
+    pub boot_files: crate::dhcp::proxy::BootFiles,
+    /// How iPXE clients fetch their node's script: "tftp" or "http".
+    pub ipxe_script: crate::dhcp::proxy::ScriptVia,
+    /// Answer nodes whose profile is `local` (their files boot the local disk); when
+    /// false they get no answer and the firmware tries its next boot device.
+    pub answer_local: bool,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+            listen: std::net::Ipv4Addr::UNSPECIFIED,
+            port: 67,
+            pxe_port: 4011,
+            server_ip: None,
+            boot_files: Default::default(),
+            ipxe_script: Default::default(),
+            answer_local: true,
+        }
+    }
 }
 
 /// HTTP server settings.
@@ -90,6 +136,8 @@ impl Default for Config {
             api_token: None,
             tftp: TftpConfig::default(),
             http: HttpConfig::default(),
+            dhcp: DhcpConfig::default(),
+            capture: None,
         }
     }
 }
@@ -176,6 +224,20 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     /// `--api-token` / `BATON_API_TOKEN`.
     pub api_token: Option<String>,
+    /// `--no-dhcp`.
+    pub no_dhcp: bool,
+    /// `--dhcp-interface`.
+    pub dhcp_interfaces: Vec<String>,
+    /// `--dhcp-listen`.
+    pub dhcp_listen: Option<std::net::Ipv4Addr>,
+    /// `--dhcp-port`.
+    pub dhcp_port: Option<u16>,
+    /// `--dhcp-pxe-port`.
+    pub dhcp_pxe_port: Option<u16>,
+    /// `--dhcp-server-ip`.
+    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
+    /// `--capture`.
+    pub capture: Option<PathBuf>,
 }
 
 impl Config {
@@ -223,6 +285,27 @@ impl Config {
         }
         if let Some(v) = o.api_token {
             c.api_token = Some(v);
+        }
+        if o.no_dhcp {
+            c.dhcp.enabled = false;
+        }
+        if !o.dhcp_interfaces.is_empty() {
+            c.dhcp.interfaces = o.dhcp_interfaces;
+        }
+        if let Some(v) = o.dhcp_listen {
+            c.dhcp.listen = v;
+        }
+        if let Some(v) = o.dhcp_port {
+            c.dhcp.port = v;
+        }
+        if let Some(v) = o.dhcp_pxe_port {
+            c.dhcp.pxe_port = v;
+        }
+        if let Some(v) = o.dhcp_server_ip {
+            c.dhcp.server_ip = Some(v);
+        }
+        if let Some(v) = o.capture {
+            c.capture = Some(v);
         }
         c.validate()?;
         Ok(c)
@@ -294,6 +377,23 @@ impl Config {
                     "must be at least 16 characters, without spaces",
                 );
             }
+        }
+        for i in &self.dhcp.interfaces {
+            if i.is_empty() || i.len() >= 16 || i.contains('/') {
+                return bad(
+                    "dhcp.interfaces",
+                    "interface names are 1-15 characters (as in `ip link`)",
+                );
+            }
+        }
+        if self.dhcp.enabled && self.dhcp.port == self.dhcp.pxe_port {
+            return bad("dhcp.pxe_port", "must differ from dhcp.port");
+        }
+        if self.dhcp.boot_files.bios.is_empty() || self.dhcp.boot_files.efi_x64.is_empty() {
+            return bad(
+                "dhcp.boot_files",
+                "bios and efi_x64 must name a boot loader",
+            );
         }
         if self.log_level.trim().is_empty() {
             return bad("log_level", "must not be empty (e.g. `info`)");

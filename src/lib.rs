@@ -3,10 +3,12 @@
 pub mod app;
 pub mod blobcache;
 pub mod blobs;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod dhcp;
 pub mod http;
 pub mod metrics;
 pub mod net;

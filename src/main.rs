@@ -23,7 +23,11 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(baton::serve::run(cfg)) {
+    let r = rt.block_on(baton::serve::run(cfg));
+    // Don't wait for blocking tasks stuck in the kernel (a slow network file system):
+    // the services have stopped, so the process may end.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton: {e:#}");

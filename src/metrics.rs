@@ -163,9 +163,24 @@ pub struct HttpMetrics {
     pub boot_duration: Histogram,
 }
 
+/// Proxy-DHCP metrics.
+#[derive(Debug, Default)]
+pub struct DhcpMetrics {
+    /// Requests decoded, by DHCP message type.
+    pub requests: LabeledCounter,
+    /// Answers sent, by message type.
+    pub answered: LabeledCounter,
+    /// Requests not answered, by reason.
+    pub ignored: LabeledCounter,
+    /// Datagrams that are not DHCP boot requests, by reason.
+    pub bad_packets: LabeledCounter,
+}
+
 /// Every metric of the process.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Proxy-DHCP.
+    pub dhcp: DhcpMetrics,
     /// TFTP.
     pub tftp: TftpMetrics,
     /// Store.
@@ -310,6 +325,35 @@ impl Metrics {
             "baton_tftp_transfer_seconds",
             "Duration of completed TFTP transfers.",
             &t.duration,
+        );
+        let d = &self.dhcp;
+        labeled(
+            &mut o,
+            "baton_dhcp_requests_total",
+            "DHCP requests decoded.",
+            "type",
+            &d.requests,
+        );
+        labeled(
+            &mut o,
+            "baton_dhcp_answered_total",
+            "Proxy-DHCP answers sent.",
+            "type",
+            &d.answered,
+        );
+        labeled(
+            &mut o,
+            "baton_dhcp_ignored_total",
+            "DHCP requests not answered.",
+            "reason",
+            &d.ignored,
+        );
+        labeled(
+            &mut o,
+            "baton_dhcp_bad_packets_total",
+            "Datagrams that are not DHCP boot requests.",
+            "reason",
+            &d.bad_packets,
         );
         let st = &self.store;
         counter(

@@ -11,7 +11,9 @@ use tracing::{error, info, warn};
 
 use crate::app::{now_ms, App};
 use crate::blobs::BlobStore;
+use crate::capture::Capture;
 use crate::config::Config;
+use crate::dhcp::server::DhcpServer;
 use crate::metrics::Metrics;
 use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, Renderer, TemplateWatcher};
@@ -121,6 +123,9 @@ fn start_template_watch(app: &Arc<App>, dir: &Path) -> anyhow::Result<TemplateWa
 
 /// Runs the server with `cfg` until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Install the handlers first: a signal that arrives while starting up must stop the
+    // server cleanly, not kill it with the default action.
+    let signals = Signals::install()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (use --data-dir)",
@@ -174,13 +179,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
     let source = StoreSource::new(app.clone(), shared);
     let shutdown = CancellationToken::new();
+    let capture = match &cfg.capture {
+        Some(p) => Some(
+            Capture::create(p)
+                .with_context(|| format!("cannot create capture file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let tftp = TftpServer::bind(
         cfg.tftp.clone(),
         Arc::new(source),
         metrics.clone(),
         shutdown.clone(),
-    )?;
+    )?
+    .with_capture(capture.clone());
     let listener = crate::http::bind(cfg.http.listen).await?;
+    let http_port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(cfg.http.listen.port());
+    let dhcp = if cfg.dhcp.enabled {
+        Some(DhcpServer::bind(
+            cfg.dhcp.clone(),
+            app.clone(),
+            http_port,
+            capture.clone(),
+        )?)
+    } else {
+        info!("proxy-dhcp disabled");
+        None
+    };
+    let dhcp_task = dhcp.map(|d| tokio::spawn(d.run(shutdown.clone())));
     let tftp_task = tokio::spawn(tftp.run());
     let http_task = tokio::spawn(crate::http::serve(
         listener,
@@ -189,10 +218,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    wait_for_signal().await?;
+    signals.wait().await;
     info!("signal received, shutting down");
     shutdown.cancel();
     tftp_task.await.context("tftp server task failed")?;
+    if let Some(t) = dhcp_task {
+        let _ = t.await;
+    }
+    if let Some(c) = &capture {
+        c.flush();
+    }
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "http server ended with an error"),
@@ -207,13 +242,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

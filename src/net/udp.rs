@@ -381,6 +381,49 @@ pub async fn send_one(
     send_batch(sock, dst, src_ip, &[(pkt, &[])]).await
 }
 
+/// Sends one IPv4 datagram out of interface `ifindex` (needed for the limited broadcast
+/// 255.255.255.255, which routing alone cannot place) from source `src_ip`.
+pub async fn send_v4_via(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    src_ip: Option<Ipv4Addr>,
+    ifindex: Option<u32>,
+    pkt: &[u8],
+) -> io::Result<()> {
+    if ifindex.is_none() && src_ip.is_none() {
+        sock.send_to(pkt, dst).await?;
+        return Ok(());
+    }
+    sock.async_io(Interest::WRITABLE, || {
+        let (mut storage, len) = to_sockaddr(&dst);
+        let mut iov = [IoSlice::new(pkt)];
+        let mut cbuf = CmsgBuf([0; 128]);
+        // SAFETY: msghdr points at live locals; one IP_PKTINFO cmsg fits the buffer.
+        unsafe {
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
+            msg.msg_namelen = len;
+            msg.msg_iov = iov.as_mut_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+            let mut pi: libc::in_pktinfo = zeroed();
+            pi.ipi_ifindex = ifindex.unwrap_or(0) as _;
+            pi.ipi_spec_dst.s_addr = u32::from(src_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)).to_be();
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, pi);
+            if libc::sendmsg(sock.as_raw_fd(), &msg, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// MTU of an interface by index, from sysfs; cached.
 pub fn interface_mtu(ifindex: u32) -> Option<u32> {
     static CACHE: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);

@@ -195,7 +195,17 @@ impl DirSource {
             if !canon.starts_with(&root) {
                 return Err(OpenError::Denied("symlink_escape"));
             }
-            let file = std::fs::File::open(&canon).map_err(io_to_open)?;
+            // Refuse FIFOs, devices and directories before opening: opening a FIFO
+            // without a writer would block forever. O_NONBLOCK covers a swap in between.
+            if !std::fs::metadata(&canon).map_err(io_to_open)?.is_file() {
+                return Err(OpenError::Denied("not_a_file"));
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&canon)
+                .map_err(io_to_open)?;
             let meta = file.metadata().map_err(io_to_open)?;
             if !meta.is_file() {
                 return Err(OpenError::Denied("not_a_file"));

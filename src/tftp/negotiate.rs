@@ -39,7 +39,12 @@ pub fn negotiate(
     let windowsize = opts.windowsize.map(|w| w.min(limits.max_windowsize.max(1)));
     let oack = AcceptedOptions {
         blksize,
-        tsize: opts.tsize.map(|_| transfer_size),
+        // tsize=0 is left out: curl (7.88) takes it as an error, and an empty file
+        // needs no size announcement (RFC 2347 lets a server omit any option).
+        tsize: opts
+            .tsize
+            .filter(|_| transfer_size > 0)
+            .map(|_| transfer_size),
         timeout: opts.timeout,
         windowsize,
     };

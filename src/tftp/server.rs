@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::capture::Capture;
 use crate::config::TftpConfig;
 use crate::metrics::Metrics;
 use crate::net::udp;
@@ -73,6 +74,7 @@ struct Shared {
     routes: Mutex<HashMap<SocketAddr, Route>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    capture: Option<Capture>,
 }
 
 #[derive(Default)]
@@ -150,8 +152,17 @@ impl TftpServer {
                 routes: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 shutdown,
+                capture: None,
             }),
         })
+    }
+
+    /// Records every packet to `capture` (`--capture`).
+    pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
+        if let Some(sh) = Arc::get_mut(&mut self.shared) {
+            sh.capture = capture;
+        }
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -183,6 +194,13 @@ impl TftpServer {
                     }
                 },
             };
+            if let Some(c) = &shared.capture {
+                c.record(
+                    meta.src,
+                    SocketAddr::new(meta.dst_ip.unwrap_or(self.local.ip()), self.local.port()),
+                    &buf[..meta.len],
+                );
+            }
             on_datagram(&shared, &self.sock, self.local, &buf[..meta.len], meta);
         }
         let active = shared.metrics.tftp.active.get();
@@ -285,12 +303,24 @@ fn reply_error(
     let single = shared.cfg.single_port;
     let sock = sock.clone();
     let src_ip = src_ip_for(shared, local_ip);
+    let capture = shared.capture.clone();
+    let listen_port = shared.cfg.listen.port();
     tokio::spawn(async move {
         let r = if single {
-            udp::send_one(&sock, client, src_ip, &buf).await
+            let r = udp::send_one(&sock, client, src_ip, &buf).await;
+            let port = sock.local_addr().map(|a| a.port()).unwrap_or(listen_port);
+            if let Some(c) = &capture {
+                c.record(SocketAddr::new(local_ip, port), client, &buf);
+            }
+            r
         } else {
             match bind_transfer_socket(local_ip) {
-                Ok(s) => s.send_to(&buf, client).await.map(|_| ()),
+                Ok(s) => {
+                    if let (Some(c), Ok(a)) = (&capture, s.local_addr()) {
+                        c.record(SocketAddr::new(local_ip, a.port()), client, &buf);
+                    }
+                    s.send_to(&buf, client).await.map(|_| ())
+                }
                 Err(e) => Err(e),
             }
         };
@@ -362,6 +392,15 @@ enum Link {
 }
 
 impl Link {
+    /// The transfer's own address (for captures).
+    fn local_addr(&self, local_ip: IpAddr) -> SocketAddr {
+        let port = match self {
+            Link::Own(s) => s.local_addr().map(|a| a.port()).unwrap_or(0),
+            Link::Shared { sock, .. } => sock.local_addr().map(|a| a.port()).unwrap_or(0),
+        };
+        SocketAddr::new(local_ip, port)
+    }
+
     async fn send_batch(&self, client: SocketAddr, pkts: &[(&[u8], &[u8])]) -> io::Result<()> {
         match self {
             Link::Own(s) => udp::send_batch(s, client, None, pkts).await,
@@ -502,7 +541,10 @@ fn start_read(
     let shared = shared.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        serve_read(&shared, link, client, filename, mode, opts, path_cap).await;
+        serve_read(
+            &shared, link, client, local_ip, filename, mode, opts, path_cap,
+        )
+        .await;
     });
 }
 
@@ -515,10 +557,12 @@ struct RequestOptions {
     windowsize: Option<u16>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_read(
     shared: &Arc<Shared>,
     link: Link,
     client: SocketAddr,
+    local_ip: IpAddr,
     filename: String,
     mode: Mode,
     opts: RequestOptions,
@@ -532,6 +576,9 @@ async fn serve_read(
             info!(client = %client, path = %filename, reason = e.reason(), "tftp request refused");
             let mut buf = Vec::new();
             tftp::emit_error(&mut buf, e.code(), &refusal_message(&e));
+            if let Some(c) = &shared.capture {
+                c.record(link.local_addr(local_ip), client, &buf);
+            }
             let _ = link.send_batch(client, &[(&buf, &[])]).await;
             unroute(shared, &link, client);
             return;
@@ -559,7 +606,7 @@ async fn serve_read(
         "tftp transfer started"
     );
     let mut link = link;
-    drive(shared, &mut link, client, &mut t).await;
+    drive(shared, &mut link, client, local_ip, &mut t).await;
     unroute(shared, &link, client);
 
     let stats = t.stats();
@@ -618,7 +665,14 @@ fn unroute(shared: &Shared, link: &Link, client: SocketAddr) {
 }
 
 /// Runs the state machine against the link until it finishes.
-async fn drive(shared: &Arc<Shared>, link: &mut Link, client: SocketAddr, t: &mut Transfer) {
+async fn drive(
+    shared: &Arc<Shared>,
+    link: &mut Link,
+    client: SocketAddr,
+    local_ip: IpAddr,
+    t: &mut Transfer,
+) {
+    let me = link.local_addr(local_ip);
     let m = &shared.metrics.tftp;
     let mut buf = [0u8; 1024];
     let mut headers: Vec<[u8; 4]> = Vec::new();
@@ -627,7 +681,12 @@ async fn drive(shared: &Arc<Shared>, link: &mut Link, client: SocketAddr, t: &mu
     loop {
         while let Some(tx) = t.poll_transmit(Instant::now()) {
             let r = match tx {
-                Transmit::Control(pkt) => link.send_batch(client, &[(&pkt, &[])]).await,
+                Transmit::Control(pkt) => {
+                    if let Some(c) = &shared.capture {
+                        c.record(me, client, &pkt);
+                    }
+                    link.send_batch(client, &[(&pkt, &[])]).await
+                }
                 Transmit::Data(b) => {
                     headers.clear();
                     headers.extend((b.first..=b.last).map(|k| t.header(k)));
@@ -653,24 +712,32 @@ async fn drive(shared: &Arc<Shared>, link: &mut Link, client: SocketAddr, t: &mu
             _ = shared.shutdown.cancelled() => { t.abort("shutdown"); break; }
             r = link.recv(&mut buf, client) => match r {
                 None => { t.abort("superseded"); break; }
-                Some(Ok((n, from))) if from != client => {
-                    // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
-                    m.unknown_tid.inc();
-                    debug!(client = %client, from = %from, "packet from unknown transfer ID");
-                    if let Link::Own(s) = link {
-                        let mut e = Vec::new();
-                        tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
-                        let _ = s.send_to(&e, from).await;
+                Some(Ok((n, from))) => {
+                    if let Some(c) = &shared.capture {
+                        c.record(from, me, &buf[..n]);
                     }
-                    let _ = n;
+                    if from != client {
+                        // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
+                        m.unknown_tid.inc();
+                        debug!(client = %client, from = %from, "packet from unknown transfer ID");
+                        if let Link::Own(s) = link {
+                            let mut e = Vec::new();
+                            tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
+                            if let Some(c) = &shared.capture {
+                                c.record(me, from, &e);
+                            }
+                            let _ = s.send_to(&e, from).await;
+                        }
+                        continue;
+                    }
+                    match Packet::parse(&buf[..n]) {
+                        Ok(p) => t.handle(&p, Instant::now()),
+                        Err(e) => {
+                            m.bad_packets.inc(e.error.as_str());
+                            debug!(client = %client, error = %e, "malformed packet in transfer");
+                        }
+                    }
                 }
-                Some(Ok((n, _))) => match Packet::parse(&buf[..n]) {
-                    Ok(p) => t.handle(&p, Instant::now()),
-                    Err(e) => {
-                        m.bad_packets.inc(e.error.as_str());
-                        debug!(client = %client, error = %e, "malformed packet in transfer");
-                    }
-                },
                 Some(Err(e)) => debug!(client = %client, error = %e, "transfer receive error"),
             },
             _ = &mut sleep => t.handle_timeout(Instant::now()),

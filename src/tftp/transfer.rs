@@ -152,7 +152,7 @@ enum State {
 /// Fallback dup-ACK hold-off before the first round-trip sample.
 const INITIAL_HOLDOFF: Duration = Duration::from_millis(50);
 /// Shortest dup-ACK hold-off, however fast the path.
-const MIN_HOLDOFF: Duration = Duration::from_millis(2);
+const MIN_HOLDOFF: Duration = Duration::from_millis(10);
 
 /// One read transfer.
 #[derive(Debug)]
@@ -345,19 +345,12 @@ impl Transfer {
                         self.finish(Outcome::Completed);
                         return;
                     }
-                    let recent = self
-                        .last_tx
-                        .is_some_and(|t| now.saturating_duration_since(t) < self.holdoff());
-                    if k < self.sent_upto && recent {
-                        // The client acks inside the window while later blocks are still
-                        // in flight: slide the window instead of resending them.
-                        self.schedule_from(self.sent_upto + 1);
-                    } else {
-                        if k < self.sent_upto {
-                            self.window_retransmitted = true;
-                        }
-                        self.schedule_from(k + 1);
+                    if k < self.sent_upto {
+                        // RFC 7440: an ACK inside the window means the client lost the
+                        // block after it (and dropped what followed): go back to it.
+                        self.window_retransmitted = true;
                     }
+                    self.schedule_from(k + 1);
                 } else {
                     // Duplicate ACK. Resending on every duplicate is the Sorcerer's
                     // Apprentice bug; resend at most once per hold-off period.
@@ -810,6 +803,20 @@ mod tests {
         );
         // Block 4 lost: after its timeout the client acks 3.
         now += Duration::from_millis(500);
+        t.handle(&Packet::Ack { block: 3 }, now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst { first: 4, last: 11 }))
+        );
+    }
+
+    #[test]
+    fn eager_gap_ack_goes_back_at_once() {
+        // A client that acks the last in-order block as soon as it sees a gap.
+        let mut now = Instant::now();
+        let mut t = Transfer::new(data(512 * 20), params(512, 8, false), now);
+        t.poll_transmit(now);
+        now += Duration::from_micros(100);
         t.handle(&Packet::Ack { block: 3 }, now);
         assert_eq!(
             t.poll_transmit(now),

@@ -1,1 +1,2 @@
+pub mod dhcp;
 pub mod tftp;

@@ -1,0 +1,418 @@
+//! The proxy-DHCP decision (sans-IO): is this a PXE client of a node this host serves,
+//! and which boot file does it get for its architecture and firmware stage?
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::MessageType;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{BootProfile, MacAddr, Node};
+use crate::wire::dhcp::{classify_arch, ArchClass, PxeReply, PxeRequest};
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// udp/67: broadcast DISCOVER/REQUEST.
+    Dhcp,
+    /// udp/4011: PXE boot-server REQUEST.
+    BootServer,
+}
+
+/// First-stage boot loaders per architecture (TFTP paths in the shared root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootFiles {
+    /// x86 BIOS.
+    pub bios: String,
+    /// x86-64 UEFI.
+    pub efi_x64: String,
+    /// x86 32-bit UEFI.
+    pub efi_ia32: Option<String>,
+    /// ARM64 UEFI.
+    pub efi_arm64: Option<String>,
+    /// ARM32 UEFI.
+    pub efi_arm32: Option<String>,
+    /// RISC-V 64 UEFI.
+    pub efi_riscv64: Option<String>,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles {
+            bios: "undionly.kpxe".into(),
+            efi_x64: "ipxe.efi".into(),
+            efi_ia32: None,
+            efi_arm64: Some("ipxe-arm64.efi".into()),
+            efi_arm32: None,
+            efi_riscv64: None,
+        }
+    }
+}
+
+impl BootFiles {
+    /// The loader for an architecture class, if one is configured.
+    pub fn for_arch(&self, a: ArchClass) -> Option<&str> {
+        match a {
+            ArchClass::Bios => Some(&self.bios),
+            ArchClass::EfiX64 => Some(&self.efi_x64),
+            ArchClass::EfiIa32 => self.efi_ia32.as_deref(),
+            ArchClass::EfiArm64 => self.efi_arm64.as_deref(),
+            ArchClass::EfiArm32 => self.efi_arm32.as_deref(),
+            ArchClass::EfiRiscv64 => self.efi_riscv64.as_deref(),
+            ArchClass::Other(_) => None,
+        }
+    }
+}
+
+/// How an iPXE client fetches its node's script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScriptVia {
+    /// `ipxe/<mac>.ipxe` over TFTP from this host.
+    #[default]
+    Tftp,
+    /// `http://<this host>:<port>/ipxe/<mac>.ipxe`.
+    Http,
+}
+
+/// What this host answers, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// This host's name (owner field of the nodes it serves).
+    pub host: String,
+    /// First-stage loaders.
+    pub boot_files: BootFiles,
+    /// iPXE script transport.
+    pub script_via: ScriptVia,
+    /// HTTP port of this host (for HTTP boot and HTTP scripts).
+    pub http_port: u16,
+    /// Answer nodes whose profile is `local` (their files boot the local disk);
+    /// otherwise stay silent so the firmware moves on to the next boot device.
+    pub answer_local: bool,
+}
+
+/// Why a request gets no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ignored {
+    /// Not a PXE/HTTP-boot client (plain DHCP traffic).
+    NotPxe,
+    /// A message type a proxy does not answer (RELEASE, DECLINE...).
+    MessageType,
+    /// A REQUEST on udp/67 meant for another server.
+    OtherServer,
+    /// No node has this MAC.
+    UnknownMac,
+    /// The node is owned by another host.
+    NotOwner,
+    /// This host may not serve right now (lease not fresh).
+    NotServing,
+    /// The node has no boot profile.
+    NoProfile,
+    /// The node boots locally and local answers are off.
+    LocalBoot,
+    /// No loader configured for the client's architecture.
+    UnsupportedArch,
+}
+
+impl Ignored {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ignored::NotPxe => "not_pxe",
+            Ignored::MessageType => "message_type",
+            Ignored::OtherServer => "other_server",
+            Ignored::UnknownMac => "unknown_mac",
+            Ignored::NotOwner => "not_owner",
+            Ignored::NotServing => "not_serving",
+            Ignored::NoProfile => "no_profile",
+            Ignored::LocalBoot => "local_boot",
+            Ignored::UnsupportedArch => "unsupported_arch",
+        }
+    }
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No answer, and why.
+    Ignore(Ignored),
+    /// Answer with this reply.
+    Answer {
+        /// The reply's content.
+        reply: PxeReply,
+        /// The node answered for.
+        node: String,
+        /// Which stage the client is at: `loader`, `ipxe` or `http`.
+        stage: &'static str,
+    },
+}
+
+/// Decides the answer to `req` arriving on `port`. `node` is the node with the request's
+/// MAC (if any); `serving` says whether this host may answer for the nodes it owns now.
+pub fn decide(
+    req: &PxeRequest,
+    port: Port,
+    node: Option<&Node>,
+    serving: bool,
+    policy: &Policy,
+    server_ip: Ipv4Addr,
+) -> Decision {
+    if !(req.is_pxe_client() || req.is_http_client() || req.is_ipxe()) {
+        return Decision::Ignore(Ignored::NotPxe);
+    }
+    let msg_type = match (req.msg_type, port) {
+        (MessageType::Discover, Port::Dhcp) => MessageType::Offer,
+        (MessageType::Request, Port::BootServer) | (MessageType::Inform, Port::BootServer) => {
+            MessageType::Ack
+        }
+        // A REQUEST broadcast on 67 selects one server's offer; answer only when it is ours.
+        (MessageType::Request, Port::Dhcp) if req.server_id == Some(server_ip) => MessageType::Ack,
+        (MessageType::Request, Port::Dhcp) => return Decision::Ignore(Ignored::OtherServer),
+        _ => return Decision::Ignore(Ignored::MessageType),
+    };
+    let Some(node) = node else {
+        return Decision::Ignore(Ignored::UnknownMac);
+    };
+    if node.owner != policy.host {
+        return Decision::Ignore(Ignored::NotOwner);
+    }
+    if !serving {
+        return Decision::Ignore(Ignored::NotServing);
+    }
+    match &node.boot_profile {
+        None => return Decision::Ignore(Ignored::NoProfile),
+        Some(BootProfile::Local) if !policy.answer_local => {
+            return Decision::Ignore(Ignored::LocalBoot)
+        }
+        Some(_) => {}
+    }
+    let (arch, http_arch) = classify_arch(req.arch.unwrap_or(0));
+    let http_base = format!("http://{server_ip}:{}", policy.http_port);
+    let script = format!("ipxe/{}.ipxe", MacAddr(req.mac).dashes());
+    let (boot_file, stage, vendor_class) = if req.is_http_client() || http_arch {
+        let Some(loader) = policy.boot_files.for_arch(arch) else {
+            return Decision::Ignore(Ignored::UnsupportedArch);
+        };
+        (format!("{http_base}/{loader}"), "http", "HTTPClient")
+    } else if req.is_ipxe() {
+        let file = match policy.script_via {
+            ScriptVia::Tftp => script,
+            ScriptVia::Http => format!("{http_base}/{script}"),
+        };
+        (file, "ipxe", "PXEClient")
+    } else {
+        let Some(loader) = policy.boot_files.for_arch(arch) else {
+            return Decision::Ignore(Ignored::UnsupportedArch);
+        };
+        (loader.to_string(), "loader", "PXEClient")
+    };
+    Decision::Answer {
+        reply: PxeReply {
+            msg_type,
+            server_ip,
+            tftp_server: server_ip,
+            boot_file,
+            vendor_class,
+        },
+        node: node.id.clone(),
+        stage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{HandoffState, KernelBoot, ProvisionState};
+    use crate::wire::dhcp::{build_request, parse, Architecture};
+    use dhcproto::v4::DhcpOption;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x77, 0xe2, 1];
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+    fn node(owner: &str, profile: Option<BootProfile>) -> Node {
+        Node {
+            id: "n1".into(),
+            macs: vec![MacAddr(MAC)],
+            group: "g".into(),
+            arch: None,
+            owner: owner.into(),
+            epoch: 1,
+            provision_state: ProvisionState::Active,
+            handoff: HandoffState::None,
+            boot_profile: profile,
+            last_token: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn deploy() -> Option<BootProfile> {
+        let d = crate::blobs::Digest::of(b"k");
+        Some(BootProfile::Deploy(KernelBoot {
+            kernel: d,
+            ramdisk: d,
+            cmdline: String::new(),
+        }))
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            host: "h1".into(),
+            boot_files: BootFiles::default(),
+            script_via: ScriptVia::Tftp,
+            http_port: 8069,
+            answer_local: false,
+        }
+    }
+
+    fn req(mt: MessageType, vc: &str, arch: u16, ipxe: bool) -> PxeRequest {
+        let mut opts = vec![
+            DhcpOption::ClassIdentifier(vc.as_bytes().to_vec()),
+            DhcpOption::ClientSystemArchitecture(Architecture::from(arch)),
+        ];
+        if ipxe {
+            opts.push(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        parse(&build_request(MAC, 7, mt, opts)).unwrap()
+    }
+
+    fn file(d: Decision) -> (String, &'static str, MessageType) {
+        match d {
+            Decision::Answer { reply, stage, .. } => (reply.boot_file, stage, reply.msg_type),
+            Decision::Ignore(r) => panic!("ignored: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn first_stage_by_arch_then_ipxe_script() {
+        let n = node("h1", deploy());
+        let p = policy();
+        let bios = req(
+            MessageType::Discover,
+            "PXEClient:Arch:00000:UNDI:002001",
+            0,
+            false,
+        );
+        assert_eq!(
+            file(decide(&bios, Port::Dhcp, Some(&n), true, &p, IP)),
+            ("undionly.kpxe".into(), "loader", MessageType::Offer)
+        );
+        let efi = req(
+            MessageType::Request,
+            "PXEClient:Arch:00007:UNDI:003000",
+            7,
+            false,
+        );
+        assert_eq!(
+            file(decide(&efi, Port::BootServer, Some(&n), true, &p, IP)),
+            ("ipxe.efi".into(), "loader", MessageType::Ack)
+        );
+        let ipxe = req(
+            MessageType::Discover,
+            "PXEClient:Arch:00007:UNDI:003010",
+            7,
+            true,
+        );
+        assert_eq!(
+            file(decide(&ipxe, Port::Dhcp, Some(&n), true, &p, IP)).0,
+            "ipxe/52-54-00-77-e2-01.ipxe"
+        );
+        let mut ph = policy();
+        ph.script_via = ScriptVia::Http;
+        assert_eq!(
+            file(decide(&ipxe, Port::Dhcp, Some(&n), true, &ph, IP)).0,
+            "http://10.77.0.1:8069/ipxe/52-54-00-77-e2-01.ipxe"
+        );
+        let http = req(
+            MessageType::Discover,
+            "HTTPClient:Arch:00016:UNDI:003016",
+            16,
+            false,
+        );
+        let d = decide(&http, Port::Dhcp, Some(&n), true, &p, IP);
+        let Decision::Answer { reply, stage, .. } = d else {
+            panic!()
+        };
+        assert_eq!(
+            (reply.boot_file.as_str(), stage, reply.vendor_class),
+            ("http://10.77.0.1:8069/ipxe.efi", "http", "HTTPClient")
+        );
+    }
+
+    #[test]
+    fn who_is_ignored() {
+        let p = policy();
+        let r = req(
+            MessageType::Discover,
+            "PXEClient:Arch:00000:UNDI:002001",
+            0,
+            false,
+        );
+        let dec = |n: Option<&Node>, serving| decide(&r, Port::Dhcp, n, serving, &p, IP);
+        assert_eq!(dec(None, true), Decision::Ignore(Ignored::UnknownMac));
+        assert_eq!(
+            dec(Some(&node("h2", deploy())), true),
+            Decision::Ignore(Ignored::NotOwner)
+        );
+        assert_eq!(
+            dec(Some(&node("h1", deploy())), false),
+            Decision::Ignore(Ignored::NotServing)
+        );
+        assert_eq!(
+            dec(Some(&node("h1", None)), true),
+            Decision::Ignore(Ignored::NoProfile)
+        );
+        assert_eq!(
+            dec(Some(&node("h1", Some(BootProfile::Local))), true),
+            Decision::Ignore(Ignored::LocalBoot)
+        );
+        let mut pl = policy();
+        pl.answer_local = true;
+        assert!(matches!(
+            decide(
+                &r,
+                Port::Dhcp,
+                Some(&node("h1", Some(BootProfile::Local))),
+                true,
+                &pl,
+                IP
+            ),
+            Decision::Answer { .. }
+        ));
+        let plain = req(MessageType::Discover, "MSFT 5.0", 0, false);
+        assert_eq!(
+            decide(
+                &plain,
+                Port::Dhcp,
+                Some(&node("h1", deploy())),
+                true,
+                &p,
+                IP
+            ),
+            Decision::Ignore(Ignored::NotPxe)
+        );
+        let rel = req(MessageType::Release, "PXEClient", 0, false);
+        assert_eq!(
+            decide(&rel, Port::Dhcp, Some(&node("h1", deploy())), true, &p, IP),
+            Decision::Ignore(Ignored::MessageType)
+        );
+        let other = req(MessageType::Request, "PXEClient", 0, false);
+        assert_eq!(
+            decide(
+                &other,
+                Port::Dhcp,
+                Some(&node("h1", deploy())),
+                true,
+                &p,
+                IP
+            ),
+            Decision::Ignore(Ignored::OtherServer)
+        );
+        let weird = req(MessageType::Discover, "PXEClient", 0x99, false);
+        let n = node("h1", deploy());
+        assert_eq!(
+            decide(&weird, Port::Dhcp, Some(&n), true, &p, IP),
+            Decision::Ignore(Ignored::UnsupportedArch)
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The tokio driver of proxy-DHCP: sockets on udp/67 and udp/4011 (per interface with
+//! SO_BINDTODEVICE when interfaces are configured), decoding, the [`decide`] call, and
+//! sending the answer where the client can hear it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::proxy::{decide, Decision, Ignored, Policy, Port};
+use crate::app::App;
+use crate::capture::Capture;
+use crate::config::DhcpConfig;
+use crate::net::{iface, udp};
+use crate::store::MacAddr;
+use crate::wire::dhcp::{self, build_reply, classify_arch};
+
+/// Why proxy-DHCP could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpBindError {
+    /// Privileged port without privilege.
+    #[error(
+        "cannot listen on udp/{port} for proxy-DHCP: permission denied. Run as root or grant \
+         CAP_NET_BIND_SERVICE (and CAP_NET_RAW for --dhcp-interface), or disable it with --no-dhcp"
+    )]
+    Permission {
+        /// Port.
+        port: u16,
+    },
+    /// The port is taken.
+    #[error(
+        "cannot listen on udp/{port} for proxy-DHCP: address already in use. A DHCP server \
+         (dnsmasq, isc-dhcp-server, kea) on this host holds it: bind Baton to the boot \
+         interfaces with --dhcp-interface IFACE, stop the other server's PXE role, or use --no-dhcp"
+    )]
+    InUse {
+        /// Port.
+        port: u16,
+    },
+    /// Unknown interface.
+    #[error("--dhcp-interface {0}: no such interface (see `ip link`)")]
+    NoInterface(String),
+    /// Anything else.
+    #[error("cannot set up the proxy-DHCP socket on udp/{port}: {source}")]
+    Other {
+        /// Port.
+        port: u16,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+struct Listener {
+    port: Port,
+    sock: Arc<UdpSocket>,
+    iface: Option<String>,
+}
+
+/// A bound proxy-DHCP server.
+pub struct DhcpServer {
+    listeners: Vec<Listener>,
+    app: Arc<App>,
+    cfg: DhcpConfig,
+    policy: Policy,
+    capture: Option<Capture>,
+}
+
+fn bind_one(ip: Ipv4Addr, port: u16, iface: Option<&str>) -> Result<UdpSocket, DhcpBindError> {
+    let map = |e: io::Error| match e.kind() {
+        io::ErrorKind::PermissionDenied => DhcpBindError::Permission { port },
+        io::ErrorKind::AddrInUse => DhcpBindError::InUse { port },
+        _ => DhcpBindError::Other { port, source: e },
+    };
+    let s =
+        Socket::new(Domain::IPV4, Type::DGRAM.nonblocking(), Some(Protocol::UDP)).map_err(map)?;
+    s.set_broadcast(true).map_err(map)?;
+    if let Some(i) = iface {
+        // Several per-interface sockets share the port.
+        s.set_reuse_address(true).map_err(map)?;
+        s.bind_device(Some(i.as_bytes())).map_err(map)?;
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd; pointer to a c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(map(io::Error::last_os_error()));
+    }
+    s.bind(&SockAddr::from(SocketAddrV4::new(ip, port)))
+        .map_err(map)?;
+    UdpSocket::from_std(s.into()).map_err(map)
+}
+
+impl DhcpServer {
+    /// Binds udp/67 and udp/4011 (or the configured ports).
+    pub fn bind(
+        cfg: DhcpConfig,
+        app: Arc<App>,
+        http_port: u16,
+        capture: Option<Capture>,
+    ) -> Result<Self, DhcpBindError> {
+        let mut listeners = Vec::new();
+        let ifaces: Vec<Option<String>> = if cfg.interfaces.is_empty() {
+            vec![None]
+        } else {
+            cfg.interfaces.iter().map(|i| Some(i.clone())).collect()
+        };
+        for i in &ifaces {
+            if let Some(name) = i {
+                if iface::index_of(name).is_none() {
+                    return Err(DhcpBindError::NoInterface(name.clone()));
+                }
+            }
+            for (port, p) in [(Port::Dhcp, cfg.port), (Port::BootServer, cfg.pxe_port)] {
+                let sock = bind_one(cfg.listen, p, i.as_deref())?;
+                listeners.push(Listener {
+                    port,
+                    sock: Arc::new(sock),
+                    iface: i.clone(),
+                });
+            }
+        }
+        let policy = Policy {
+            host: app.host.clone(),
+            boot_files: cfg.boot_files.clone(),
+            script_via: cfg.ipxe_script,
+            http_port,
+            answer_local: cfg.answer_local,
+        };
+        Ok(DhcpServer {
+            listeners,
+            app,
+            cfg,
+            policy,
+            capture,
+        })
+    }
+
+    /// The bound addresses (useful with port 0 in tests).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.sock.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let shared = Arc::new(Shared {
+            app: self.app,
+            cfg: self.cfg,
+            policy: self.policy,
+            capture: self.capture,
+        });
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            let addr = l.sock.local_addr().ok();
+            info!(addr = ?addr, iface = l.iface.as_deref().unwrap_or("*"), port = ?l.port, "proxy-dhcp listening");
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move { shared.serve(l, shutdown).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Shared {
+    app: Arc<App>,
+    cfg: DhcpConfig,
+    policy: Policy,
+    capture: Option<Capture>,
+}
+
+impl Shared {
+    async fn serve(&self, l: Listener, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let meta = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = udp::recv_meta(&l.sock, &mut buf) => match r {
+                    Ok(m) => m,
+                    Err(e) => { debug!(error = %e, "proxy-dhcp receive error"); continue; }
+                },
+            };
+            let pkt = &buf[..meta.len.min(buf.len())];
+            let local = l.sock.local_addr().ok();
+            if let (Some(c), Some(local)) = (&self.capture, local) {
+                let dst = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
+                c.record(meta.src, dst, pkt);
+            }
+            self.handle(&l, pkt, meta).await;
+        }
+    }
+
+    /// The address this host announces on the request's segment.
+    fn server_ip(&self, meta: &udp::RecvMeta) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.cfg.server_ip {
+            return Some(ip);
+        }
+        if let Some(IpAddr::V4(d)) = meta.dst_ip {
+            if !d.is_broadcast() && !d.is_unspecified() && !d.is_multicast() {
+                return Some(d);
+            }
+        }
+        meta.ifindex.and_then(iface::ipv4_of)
+    }
+
+    async fn handle(&self, l: &Listener, pkt: &[u8], meta: udp::RecvMeta) {
+        let m = &self.app.metrics.dhcp;
+        let req = match dhcp::parse(pkt) {
+            Ok(r) => r,
+            Err(e) => {
+                m.bad_packets.inc(e.as_str());
+                debug!(from = %meta.src, error = %e, "dhcp packet dropped");
+                return;
+            }
+        };
+        m.requests
+            .inc(&format!("{:?}", req.msg_type).to_lowercase());
+        let mac = MacAddr(req.mac);
+        let (arch, _) = classify_arch(req.arch.unwrap_or(0));
+        let Some(server_ip) = self.server_ip(&meta) else {
+            m.ignored.inc("no_server_address");
+            warn!(mac = %mac, ifindex = ?meta.ifindex, "no IPv4 address on the receiving interface; set dhcp.server_ip");
+            return;
+        };
+        let node = match self.app.store.node_by_mac(&mac) {
+            Ok(n) => n,
+            Err(e) => {
+                m.ignored.inc("store_error");
+                warn!(mac = %mac, error = %e, "store lookup failed");
+                return;
+            }
+        };
+        let serving = self.app.serving();
+        match decide(
+            &req,
+            l.port,
+            node.as_ref(),
+            serving,
+            &self.policy,
+            server_ip,
+        ) {
+            Decision::Ignore(reason) => {
+                m.ignored.inc(reason.as_str());
+                let noteworthy = !matches!(
+                    reason,
+                    Ignored::NotPxe | Ignored::OtherServer | Ignored::MessageType
+                );
+                if noteworthy {
+                    info!(mac = %mac, arch = arch.as_str(), node = node.as_ref().map(|n| n.id.as_str()).unwrap_or("-"), reason = reason.as_str(), "pxe request not answered");
+                } else {
+                    debug!(mac = %mac, reason = reason.as_str(), "dhcp request ignored");
+                }
+            }
+            Decision::Answer { reply, node, stage } => {
+                let bytes = build_reply(&req, &reply);
+                let (dst, ifindex) = destination(&req, &meta, l.port);
+                let src = SocketAddr::new(
+                    IpAddr::V4(server_ip),
+                    l.sock.local_addr().map(|a| a.port()).unwrap_or(0),
+                );
+                match udp::send_v4_via(&l.sock, dst, Some(server_ip), ifindex, &bytes).await {
+                    Ok(()) => {
+                        m.answered
+                            .inc(&format!("{:?}", reply.msg_type).to_lowercase());
+                        if let Some(c) = &self.capture {
+                            c.record(src, dst, &bytes);
+                        }
+                        info!(mac = %mac, arch = arch.as_str(), node = %node, stage, boot_file = %reply.boot_file, to = %dst, "pxe answer sent");
+                    }
+                    Err(e) => {
+                        m.ignored.inc("send_error");
+                        warn!(mac = %mac, to = %dst, error = %e, "cannot send pxe answer");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where the answer goes: the relay, the client's address, or a broadcast on the
+/// interface the request came in on (a client without an address cannot get unicast).
+fn destination(
+    req: &dhcp::PxeRequest,
+    meta: &udp::RecvMeta,
+    port: Port,
+) -> (SocketAddr, Option<u32>) {
+    if !req.giaddr.is_unspecified() {
+        return (SocketAddr::new(IpAddr::V4(req.giaddr), 67), None);
+    }
+    let src_ip = meta.src.ip();
+    if src_ip.is_unspecified() {
+        let p = if port == Port::Dhcp {
+            68
+        } else {
+            meta.src.port()
+        };
+        return (
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), p),
+            meta.ifindex,
+        );
+    }
+    (meta.src, None)
+}

@@ -1,0 +1,524 @@
+//! The PXE view of DHCPv4 (PXE 2.1, RFC 2132, RFC 4578, RFC 3004): what a boot client
+//! asks for, and the proxy-DHCP answer. Decoding and encoding of the message itself is
+//! dhcproto's; this module adds the PXE options (60, 77, 93, 94, 97, 175, and option 43's
+//! PXE sub-options) as typed fields. No sockets, no clocks; never panics on any input.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{
+    self, DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+/// Largest datagram decoded; larger ones are refused before parsing.
+pub const MAX_DHCP_LEN: usize = 4096;
+/// Smallest BOOTP message (fixed header + magic cookie).
+pub const MIN_DHCP_LEN: usize = 240;
+
+/// PXE option 43 sub-option: discovery control.
+pub const PXE_DISCOVERY_CONTROL: u8 = 6;
+/// PXE option 43 sub-option: boot item.
+pub const PXE_BOOT_ITEM: u8 = 71;
+/// Discovery control bit 3: boot the file named in this offer, no menu or discovery.
+pub const DISCOVERY_USE_BOOTFILE: u8 = 0x08;
+
+/// Why a datagram is not a usable DHCP boot request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DhcpError {
+    /// Shorter than a BOOTP header.
+    #[error("too short for DHCP ({0} bytes)")]
+    TooShort(usize),
+    /// Longer than we decode.
+    #[error("too long for DHCP ({0} bytes)")]
+    TooLong(usize),
+    /// dhcproto could not decode it (bad lengths, overflowing options...).
+    #[error("malformed DHCP message: {0}")]
+    Malformed(String),
+    /// A BOOTREPLY (from another server).
+    #[error("not a BOOTREQUEST")]
+    NotRequest,
+    /// Not Ethernet (htype 1, hlen 6).
+    #[error("hardware type {htype} / length {hlen} is not Ethernet")]
+    NotEthernet {
+        /// htype.
+        htype: u8,
+        /// hlen.
+        hlen: u8,
+    },
+    /// Plain BOOTP, no DHCP message type.
+    #[error("no DHCP message type (plain BOOTP)")]
+    NoMessageType,
+}
+
+impl DhcpError {
+    /// Short label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DhcpError::TooShort(_) => "too_short",
+            DhcpError::TooLong(_) => "too_long",
+            DhcpError::Malformed(_) => "malformed",
+            DhcpError::NotRequest => "not_request",
+            DhcpError::NotEthernet { .. } => "not_ethernet",
+            DhcpError::NoMessageType => "no_message_type",
+        }
+    }
+}
+
+/// Client architecture classes (option 93, IANA "Processor Architecture Types").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArchClass {
+    /// x86 BIOS (0).
+    Bios,
+    /// x86 UEFI, 32-bit (6).
+    EfiIa32,
+    /// x86-64 UEFI (7, 9).
+    EfiX64,
+    /// ARM 32-bit UEFI (10).
+    EfiArm32,
+    /// ARM 64-bit UEFI (11).
+    EfiArm64,
+    /// RISC-V 64-bit UEFI (0x1b).
+    EfiRiscv64,
+    /// Anything else, with its number.
+    Other(u16),
+}
+
+/// Architecture class and whether the client boots over HTTP (UEFI HTTP boot).
+pub fn classify_arch(arch: u16) -> (ArchClass, bool) {
+    match arch {
+        0 => (ArchClass::Bios, false),
+        6 => (ArchClass::EfiIa32, false),
+        7 | 9 => (ArchClass::EfiX64, false),
+        10 => (ArchClass::EfiArm32, false),
+        11 => (ArchClass::EfiArm64, false),
+        0x0f => (ArchClass::EfiIa32, true),
+        0x10 => (ArchClass::EfiX64, true),
+        0x12 => (ArchClass::EfiArm32, true),
+        0x13 => (ArchClass::EfiArm64, true),
+        0x1b => (ArchClass::EfiRiscv64, false),
+        0x1c => (ArchClass::EfiRiscv64, true),
+        n => (ArchClass::Other(n), false),
+    }
+}
+
+impl ArchClass {
+    /// Short label for logs, metrics and config keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchClass::Bios => "bios",
+            ArchClass::EfiIa32 => "efi_ia32",
+            ArchClass::EfiX64 => "efi_x64",
+            ArchClass::EfiArm32 => "efi_arm32",
+            ArchClass::EfiArm64 => "efi_arm64",
+            ArchClass::EfiRiscv64 => "efi_riscv64",
+            ArchClass::Other(_) => "other",
+        }
+    }
+}
+
+/// A boot client's request, as far as PXE cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PxeRequest {
+    /// DHCP message type.
+    pub msg_type: MessageType,
+    /// Transaction id (echoed).
+    pub xid: u32,
+    /// Seconds since the client started (echoed).
+    pub secs: u16,
+    /// The client asked for broadcast answers.
+    pub broadcast: bool,
+    /// Client's address, when it has one (4011 requests).
+    pub ciaddr: Ipv4Addr,
+    /// Relay agent, if relayed.
+    pub giaddr: Ipv4Addr,
+    /// Client MAC.
+    pub mac: [u8; 6],
+    /// Option 93, first entry.
+    pub arch: Option<u16>,
+    /// Option 60.
+    pub vendor_class: Option<String>,
+    /// Option 77, raw.
+    pub user_class: Option<Vec<u8>>,
+    /// Option 175 (iPXE's own encapsulated options) is present.
+    pub has_ipxe_options: bool,
+    /// Option 97, raw (type byte + 16-byte UUID).
+    pub uuid: Option<Vec<u8>>,
+    /// Option 94: (type, major, minor).
+    pub nii: Option<(u8, u8, u8)>,
+    /// Option 54.
+    pub server_id: Option<Ipv4Addr>,
+    /// Option 43 sub-option 71: (type, layer).
+    pub boot_item: Option<(u16, u16)>,
+    /// Option 57.
+    pub max_size: Option<u16>,
+}
+
+impl PxeRequest {
+    /// Option 60 starts with `PXEClient`.
+    pub fn is_pxe_client(&self) -> bool {
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("PXEClient"))
+    }
+
+    /// Option 60 starts with `HTTPClient` (UEFI HTTP boot).
+    pub fn is_http_client(&self) -> bool {
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("HTTPClient"))
+    }
+
+    /// iPXE: option 77 says `iPXE`, or option 175 is present.
+    pub fn is_ipxe(&self) -> bool {
+        self.has_ipxe_options
+            || self
+                .user_class
+                .as_deref()
+                .is_some_and(|u| u.windows(4).any(|w| w == b"iPXE"))
+    }
+
+    /// The MAC as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// Parses option 43's PXE sub-options for the boot item (71).
+fn boot_item(v: &[u8]) -> Option<(u16, u16)> {
+    let mut i = 0;
+    while i + 1 < v.len() {
+        let (code, len) = (v[i], usize::from(v[i + 1]));
+        if code == 255 {
+            break;
+        }
+        if code == 0 {
+            i += 1;
+            continue;
+        }
+        let data = v.get(i + 2..i + 2 + len)?;
+        if code == PXE_BOOT_ITEM && len == 4 {
+            return Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                u16::from_be_bytes([data[2], data[3]]),
+            ));
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// Decodes a datagram sent to a DHCP or PXE boot-server port.
+pub fn parse(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
+    if buf.len() < MIN_DHCP_LEN {
+        return Err(DhcpError::TooShort(buf.len()));
+    }
+    if buf.len() > MAX_DHCP_LEN {
+        return Err(DhcpError::TooLong(buf.len()));
+    }
+    // dhcproto is not documented as panic-free on hostile input: contain it.
+    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(buf)))
+        .map_err(|_| DhcpError::Malformed("decoder panicked".into()))?
+        .map_err(|e| DhcpError::Malformed(e.to_string()))?;
+    let m = decoded;
+    if m.opcode() != Opcode::BootRequest {
+        return Err(DhcpError::NotRequest);
+    }
+    let htype: u8 = m.htype().into();
+    if m.htype() != HType::Eth || m.hlen() != 6 || m.chaddr().len() < 6 {
+        return Err(DhcpError::NotEthernet {
+            htype,
+            hlen: m.hlen(),
+        });
+    }
+    let msg_type = m.opts().msg_type().ok_or(DhcpError::NoMessageType)?;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&m.chaddr()[..6]);
+    let opts = m.opts();
+    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    };
+    let bytes = |code| match opts.get(code) {
+        Some(DhcpOption::ClassIdentifier(v))
+        | Some(DhcpOption::UserClass(v))
+        | Some(DhcpOption::ClientMachineIdentifier(v))
+        | Some(DhcpOption::VendorExtensions(v)) => Some(v.clone()),
+        _ => None,
+    };
+    Ok(PxeRequest {
+        msg_type,
+        xid: m.xid(),
+        secs: m.secs(),
+        broadcast: m.flags().broadcast(),
+        ciaddr: m.ciaddr(),
+        giaddr: m.giaddr(),
+        mac,
+        arch,
+        vendor_class: bytes(OptionCode::ClassIdentifier)
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        user_class: bytes(OptionCode::UserClass),
+        has_ipxe_options: opts.get(OptionCode::Unknown(175)).is_some(),
+        uuid: bytes(OptionCode::ClientMachineIdentifier),
+        nii: match opts.get(OptionCode::ClientNetworkInterface) {
+            Some(DhcpOption::ClientNetworkInterface(a, b, c)) => Some((*a, *b, *c)),
+            _ => None,
+        },
+        server_id: match opts.get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        },
+        boot_item: bytes(OptionCode::VendorExtensions)
+            .as_deref()
+            .and_then(boot_item),
+        max_size: match opts.get(OptionCode::MaxMessageSize) {
+            Some(DhcpOption::MaxMessageSize(n)) => Some(*n),
+            _ => None,
+        },
+    })
+}
+
+/// What a proxy-DHCP answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PxeReply {
+    /// OFFER (to a DISCOVER on port 67) or ACK (to a REQUEST).
+    pub msg_type: MessageType,
+    /// This server's address on the client's segment (option 54).
+    pub server_ip: Ipv4Addr,
+    /// Where the boot file is fetched from (siaddr, option 66, sname).
+    pub tftp_server: Ipv4Addr,
+    /// Boot file: a TFTP path or an HTTP URL (file field and option 67).
+    pub boot_file: String,
+    /// Option 60 to send back: `PXEClient` or `HTTPClient`.
+    pub vendor_class: &'static str,
+}
+
+/// Builds the answer to `req`: never an address lease (yiaddr 0), PXE options echoed
+/// as the PXE spec requires (97), discovery control telling the firmware to boot the
+/// named file directly.
+pub fn build_reply(req: &PxeRequest, r: &PxeReply) -> Vec<u8> {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootReply)
+        .set_htype(HType::Eth)
+        .set_xid(req.xid)
+        .set_secs(req.secs)
+        .set_flags(if req.broadcast {
+            Flags::default().set_broadcast()
+        } else {
+            Flags::default()
+        })
+        .set_chaddr(&req.mac)
+        .set_ciaddr(Ipv4Addr::UNSPECIFIED)
+        .set_yiaddr(Ipv4Addr::UNSPECIFIED)
+        .set_siaddr(r.tftp_server)
+        .set_giaddr(req.giaddr);
+    // Boot file in the BOOTP field and in option 67: firmware reads one or the other.
+    if r.boot_file.len() < 128 {
+        m.set_fname_str(&r.boot_file);
+    }
+    m.set_sname_str(r.tftp_server.to_string());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::ServerIdentifier(r.server_ip));
+    o.insert(DhcpOption::ClassIdentifier(
+        r.vendor_class.as_bytes().to_vec(),
+    ));
+    if let Some(u) = &req.uuid {
+        o.insert(DhcpOption::ClientMachineIdentifier(u.clone()));
+    }
+    o.insert(DhcpOption::TFTPServerName(
+        r.tftp_server.to_string().into_bytes(),
+    ));
+    o.insert(DhcpOption::BootfileName(r.boot_file.as_bytes().to_vec()));
+    if r.vendor_class == "PXEClient" {
+        let mut v43 = vec![PXE_DISCOVERY_CONTROL, 1, DISCOVERY_USE_BOOTFILE];
+        if let Some((ty, layer)) = req.boot_item {
+            v43.extend_from_slice(&[PXE_BOOT_ITEM, 4]);
+            v43.extend_from_slice(&ty.to_be_bytes());
+            v43.extend_from_slice(&layer.to_be_bytes());
+        }
+        v43.push(255);
+        o.insert(DhcpOption::VendorExtensions(v43));
+    }
+    let mut out = Vec::with_capacity(400);
+    let mut e = Encoder::new(&mut out);
+    if m.encode(&mut e).is_err() {
+        return Vec::new();
+    }
+    // dhcproto writes options in code order; put the message type first, where some
+    // older PXE ROMs look for it.
+    let mt: u8 = u8::from(r.msg_type);
+    out.splice(MIN_DHCP_LEN..MIN_DHCP_LEN, [53u8, 1, mt]);
+    // Pad to the classic 300-byte BOOTP minimum that old clients expect.
+    if out.len() < 300 {
+        out.resize(300, 0);
+    }
+    out
+}
+
+/// Builds a client request (for tests and tools).
+pub fn build_request(
+    mac: [u8; 6],
+    xid: u32,
+    msg_type: MessageType,
+    opts: Vec<DhcpOption>,
+) -> Vec<u8> {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootRequest)
+        .set_htype(HType::Eth)
+        .set_xid(xid)
+        .set_chaddr(&mac);
+    m.opts_mut().insert(DhcpOption::MessageType(msg_type));
+    for opt in opts {
+        m.opts_mut().insert(opt);
+    }
+    let mut out = Vec::new();
+    let _ = m.encode(&mut Encoder::new(&mut out));
+    out
+}
+
+/// Re-exports for building options in tests.
+pub use v4::Architecture;
+
+/// An option 175 marker, as iPXE sends.
+pub fn ipxe_option_175() -> DhcpOption {
+    DhcpOption::Unknown(UnknownOption::new(
+        OptionCode::Unknown(175),
+        vec![0xb1, 0x05, 0x01, 0x80, 0x86, 0x10, 0x0e],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captures() -> Option<Vec<crate::pcap::UdpRecord>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
+        let mut all = Vec::new();
+        for f in [
+            "proxy-bios-marker.pcap",
+            "proxy-uefi-ipxe-marker.pcap",
+            "proxy-uefi-edk2-marker.pcap",
+        ] {
+            let bytes = std::fs::read(dir.join(f)).ok()?;
+            all.extend(crate::pcap::read_udp(&bytes).ok()?);
+        }
+        Some(all)
+    }
+
+    #[test]
+    fn parses_real_firmware_requests() {
+        let Some(recs) = captures() else {
+            assert!(std::env::var_os("CI").is_none(), "captures missing in CI");
+            eprintln!("SKIPPED: ../shared/captures not present");
+            return;
+        };
+        let reqs: Vec<PxeRequest> = recs
+            .iter()
+            .filter(|r| matches!(r.dst.port(), 67 | 4011))
+            .filter_map(|r| parse(&r.payload).ok())
+            .collect();
+        assert!(reqs.len() >= 6, "found {} requests", reqs.len());
+        for r in &reqs {
+            assert_eq!(r.mac_string(), "52:54:00:77:e2:01");
+        }
+        let bios = reqs
+            .iter()
+            .find(|r| r.arch == Some(0))
+            .expect("a BIOS request");
+        assert!(bios.is_pxe_client() && bios.is_ipxe());
+        assert_eq!(bios.nii, Some((1, 2, 1)));
+        assert_eq!(bios.uuid.as_ref().map(|u| u.len()), Some(17));
+        let edk2 = reqs
+            .iter()
+            .find(|r| r.arch == Some(7) && !r.is_ipxe())
+            .expect("an EDK2 request");
+        assert_eq!(classify_arch(7), (ArchClass::EfiX64, false));
+        assert!(edk2.is_pxe_client());
+        // The 4011 request of the BIOS flow asks for boot item 0x8000, layer 0.
+        assert!(reqs.iter().any(|r| r.boot_item == Some((0x8000, 0))));
+        // Server answers in the captures are BOOTREPLYs: refused as requests.
+        let replies = recs
+            .iter()
+            .filter(|r| r.src.port() == 67 && r.dst.port() == 68);
+        for r in replies {
+            assert_eq!(parse(&r.payload), Err(DhcpError::NotRequest));
+        }
+    }
+
+    #[test]
+    fn reply_fields() {
+        let req_bytes = build_request(
+            [0x52, 0x54, 0, 1, 2, 3],
+            0x1234,
+            MessageType::Discover,
+            vec![
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003000".to_vec()),
+                DhcpOption::ClientSystemArchitecture(Architecture::from(7u16)),
+                DhcpOption::ClientMachineIdentifier(vec![0; 17]),
+            ],
+        );
+        let req = parse(&req_bytes).unwrap();
+        assert!(!req.is_ipxe());
+        let out = build_reply(
+            &req,
+            &PxeReply {
+                msg_type: MessageType::Offer,
+                server_ip: Ipv4Addr::new(10, 0, 0, 1),
+                tftp_server: Ipv4Addr::new(10, 0, 0, 1),
+                boot_file: "ipxe.efi".into(),
+                vendor_class: "PXEClient",
+            },
+        );
+        assert_eq!(&out[240..243], &[53, 1, 2], "message type first");
+        let m = Message::decode(&mut Decoder::new(&out)).unwrap();
+        assert_eq!(m.opcode(), Opcode::BootReply);
+        assert_eq!(m.xid(), 0x1234);
+        assert_eq!(m.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(m.siaddr(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(
+            m.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+            "ipxe.efi"
+        );
+        assert_eq!(&out[108..117], b"ipxe.efi\0");
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+        assert!(
+            matches!(m.opts().get(OptionCode::ClientMachineIdentifier), Some(DhcpOption::ClientMachineIdentifier(v)) if v.len() == 17)
+        );
+        assert!(
+            matches!(m.opts().get(OptionCode::VendorExtensions), Some(DhcpOption::VendorExtensions(v)) if v[..3] == [6, 1, 8])
+        );
+        assert!(out.len() >= 300);
+    }
+
+    #[test]
+    fn hostile_input_is_refused_not_panicking() {
+        assert_eq!(parse(&[0; 10]), Err(DhcpError::TooShort(10)));
+        assert_eq!(parse(&vec![0; 5000]), Err(DhcpError::TooLong(5000)));
+        let mut ok = build_request([1, 2, 3, 4, 5, 6], 1, MessageType::Discover, vec![]);
+        ok[1] = 6; // htype IEEE 802
+        assert!(matches!(parse(&ok), Err(DhcpError::NotEthernet { .. })));
+        // Option lengths running past the end.
+        let mut bad = build_request([1, 2, 3, 4, 5, 6], 1, MessageType::Discover, vec![]);
+        let n = bad.len();
+        bad[n - 1] = 60;
+        bad.extend_from_slice(&[200, 1, 2]);
+        let _ = parse(&bad);
+        for seed in 0..2000u32 {
+            let mut v = build_request(
+                [1, 2, 3, 4, 5, 6],
+                seed,
+                MessageType::Discover,
+                vec![DhcpOption::ClassIdentifier(b"PXEClient".to_vec())],
+            );
+            let n = v.len();
+            for k in 0..4 {
+                let i = (seed as usize * 31 + k * 7919) % n;
+                v[i] = (seed.wrapping_mul(2654435761) >> (k * 8)) as u8;
+            }
+            let _ = parse(&v);
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! `baton serve` with its HTTP listener (admin API, HTTP boot, `/metrics`) on loopback,
+//! plus the clients the API tests need: a small JSON client over `ureq` and a TFTP
+//! fetch with the real tftp-hpa client.
+//!
+//! Unlike [`super::Server`], the data directory can outlive the process, so a test can
+//! kill a server and start another one (same or other host name) on the same store.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::{
+    baton_bin, parse_listen_addr, require_client, run_with_timeout, wait_with_deadline,
+    START_TIMEOUT,
+};
+
+/// API token the servers of these tests are started with (unless told otherwise).
+pub const TOKEN: &str = "test-token-5f0c2a9e";
+/// Deadline of one HTTP request (long-polls in the tests wait at most a few seconds).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline of one tftp-hpa run.
+pub const TFTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const TFTP_LISTENING: &str = "tftp server listening";
+const HTTP_LISTENING: &str = "http server listening";
+
+/// How to start a `baton serve` with HTTP.
+#[derive(Clone)]
+pub struct BatonBuilder {
+    data_dir: PathBuf,
+    /// Keeps a temporary data directory alive as long as a builder or server uses it.
+    temp: Option<Arc<TempDir>>,
+    host: String,
+    template_dir: Option<PathBuf>,
+    token: TokenSource,
+    log_level: String,
+    args: Vec<String>,
+}
+
+/// Where the server gets its API token from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--api-token TOKEN`.
+    Flag(String),
+    /// Env `BATON_API_TOKEN`.
+    Env(String),
+    /// Neither: the server reads or creates `<data-dir>/api-token`.
+    File,
+}
+
+impl BatonBuilder {
+    /// A server on `data_dir` (kept after the server stops), host name `h1`.
+    pub fn new(data_dir: &Path) -> Self {
+        BatonBuilder {
+            data_dir: data_dir.to_path_buf(),
+            temp: None,
+            host: "h1".into(),
+            template_dir: None,
+            token: TokenSource::Flag(TOKEN.into()),
+            log_level: "info".into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// A server on a fresh temporary data directory, removed when the last builder or
+    /// server using it is dropped.
+    pub fn temp() -> Self {
+        let t = TempDir::new().expect("temp dir for --data-dir");
+        let mut b = Self::new(t.path());
+        b.temp = Some(Arc::new(t));
+        b
+    }
+
+    /// `--host-name`.
+    pub fn host(mut self, name: &str) -> Self {
+        self.host = name.into();
+        self
+    }
+
+    /// `--template-dir`.
+    pub fn template_dir(mut self, dir: &Path) -> Self {
+        self.template_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// How the API token is given.
+    pub fn token(mut self, t: TokenSource) -> Self {
+        self.token = t;
+        self
+    }
+
+    /// `--log-level` (default `info`).
+    pub fn log_level(mut self, filter: &str) -> Self {
+        self.log_level = filter.into();
+        self
+    }
+
+    /// Another flag of `baton serve`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Starts the server and waits until both TFTP and HTTP listen; panics with its
+    /// output if it exits or stays silent for [`START_TIMEOUT`].
+    pub fn start(&self) -> Baton {
+        let mut cmd = Command::new(baton_bin());
+        cmd.arg("serve")
+            .args([
+                "--tftp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--host-name", &self.host])
+            .args(["--log-level", &self.log_level])
+            .args(&self.args);
+        if let Some(d) = &self.template_dir {
+            cmd.arg("--template-dir").arg(d);
+        }
+        // These tests need no proxy-DHCP (it would want udp/67).
+        if serve_has_flag("--no-dhcp") {
+            cmd.arg("--no-dhcp");
+        }
+        cmd.env_remove("RUST_LOG")
+            .env_remove("BATON_CONFIG")
+            .env_remove("BATON_API_TOKEN");
+        match &self.token {
+            TokenSource::Flag(t) => {
+                cmd.args(["--api-token", t]);
+            }
+            TokenSource::Env(t) => {
+                cmd.env("BATON_API_TOKEN", t);
+            }
+            TokenSource::File => {}
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<(bool, SocketAddr)>();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                for (is_http, needle) in [(false, TFTP_LISTENING), (true, HTTP_LISTENING)] {
+                    if line.contains(needle) {
+                        if let Some(addr) = parse_listen_addr(&line) {
+                            let _ = tx.send((is_http, addr));
+                        }
+                    }
+                }
+                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+
+        let mut s = Baton {
+            child,
+            tftp: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            api: Api::new("0.0.0.0:0".parse().unwrap(), ""),
+            log,
+            exited: None,
+            builder: self.clone(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut tftp, mut http) = (None, None);
+        while tftp.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((true, a)) => http = Some(a),
+                Ok((false, a)) => tftp = Some(a),
+                Err(e) => {
+                    let status = s.child.try_wait().ok().flatten();
+                    panic!(
+                        "baton serve did not report `{TFTP_LISTENING}` and `{HTTP_LISTENING}` \
+                         ({e:?}; exit status {status:?}). Its stderr:\n{}",
+                        s.log()
+                    );
+                }
+            }
+        }
+        s.tftp = tftp.unwrap();
+        s.http = http.unwrap();
+        let token = match &self.token {
+            TokenSource::Flag(t) | TokenSource::Env(t) => t.clone(),
+            TokenSource::File => std::fs::read_to_string(self.data_dir.join("api-token"))
+                .expect("the server writes <data-dir>/api-token before it listens")
+                .trim()
+                .to_string(),
+        };
+        s.api = Api::new(s.http, &token);
+        s
+    }
+}
+
+/// A running `baton serve`; killed (SIGKILL, by PID) when dropped.
+pub struct Baton {
+    child: Child,
+    /// TFTP address it reported.
+    pub tftp: SocketAddr,
+    /// HTTP address it reported.
+    pub http: SocketAddr,
+    /// Client of its API, with its token.
+    pub api: Api,
+    log: Arc<Mutex<String>>,
+    exited: Option<ExitStatus>,
+    builder: BatonBuilder,
+}
+
+impl Baton {
+    /// A server on a temporary data directory with default flags.
+    pub fn start() -> Baton {
+        BatonBuilder::temp().start()
+    }
+
+    /// The builder this server was started with: `.start()` it again to restart on
+    /// the same data directory.
+    pub fn builder(&self) -> BatonBuilder {
+        self.builder.clone()
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.builder.data_dir
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until the log has a line containing all of `needles`; returns that line.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string);
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then reap: a crash, nothing flushed or closed by the server.
+    pub fn kill9(&mut self) {
+        if self.exited.is_none() {
+            // Child::kill sends SIGKILL to this child's PID only.
+            self.child.kill().expect("SIGKILL the server");
+            self.exited = Some(self.child.wait().expect("reap the server"));
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; panics if it does not exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the PID of the child this struct owns and has not reaped.
+        let r = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(r, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        let status = wait_with_deadline(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("baton serve did not exit within {timeout:?} of SIGTERM"));
+        self.exited = Some(status);
+        status
+    }
+
+    /// Fetches `remote` over TFTP with tftp-hpa (octet mode). `Err` holds what the
+    /// client printed (e.g. `Error code 1: file not found`).
+    pub fn tftp_get(&self, remote: &str) -> Result<Vec<u8>, String> {
+        tftp_get(self.tftp, remote)
+    }
+
+    /// [`Baton::tftp_get`] that must succeed.
+    #[track_caller]
+    pub fn tftp_ok(&self, remote: &str) -> Vec<u8> {
+        self.tftp_get(remote)
+            .unwrap_or_else(|e| panic!("TFTP get {remote} failed: {e}"))
+    }
+
+    /// [`Baton::tftp_get`] as text.
+    #[track_caller]
+    pub fn tftp_text(&self, remote: &str) -> String {
+        String::from_utf8(self.tftp_ok(remote)).expect("a text file")
+    }
+
+    /// The TFTP error code a fetch of `remote` must end with.
+    #[track_caller]
+    pub fn tftp_error(&self, remote: &str) -> u16 {
+        match self.tftp_get(remote) {
+            Ok(b) => panic!(
+                "TFTP get {remote} succeeded ({} bytes), expected an error",
+                b.len()
+            ),
+            Err(e) => tftp_error_code(&e)
+                .unwrap_or_else(|| panic!("TFTP get {remote}: no error code in {e:?}")),
+        }
+    }
+
+    /// Value of an unlabeled metric in `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let r = self.api.anonymous("GET", "/metrics", &[], None);
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        metric_value(&r.text(), name)
+            .unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{}", r.text()))
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "----- baton serve stderr (tftp {}, http {}) -----\n{}----- end -----",
+                self.tftp,
+                self.http,
+                self.log()
+            );
+        }
+    }
+}
+
+/// Whether `baton serve --help` lists `flag` (asked once per flag and test binary).
+pub fn serve_has_flag(flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        let out = run_with_timeout(
+            Command::new(baton_bin()).args(["serve", "--help"]),
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+        .any(|w| w == flag)
+}
+
+/// True when tftp-hpa is installed; see [`require_client`].
+pub fn have_tftp_hpa() -> bool {
+    require_client("tftp", "tftp-hpa")
+}
+
+/// `tftp -m octet HOST PORT -c get REMOTE LOCAL`. tftp-hpa exits 0 even after an
+/// ERROR packet, so its output decides.
+pub fn tftp_get(addr: SocketAddr, remote: &str) -> Result<Vec<u8>, String> {
+    let dir = tempfile::tempdir().expect("temp dir for a TFTP download");
+    let local = dir.path().join("out");
+    let out = run_with_timeout(
+        Command::new("tftp")
+            .args(["-m", "octet"])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .args(["-c", "get", remote])
+            .arg(&local),
+        TFTP_TIMEOUT,
+    );
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
+    if !out.status.success() || printed.contains("Error") || printed.contains("imed out") {
+        return Err(format!("{} {}", out.status, printed.trim()));
+    }
+    std::fs::read(&local).map_err(|e| format!("tftp left no file: {e}; it printed {printed:?}"))
+}
+
+/// `N` from tftp-hpa's `Error code N: ...`.
+pub fn tftp_error_code(printed: &str) -> Option<u16> {
+    let rest = &printed[printed.find("Error code ")? + "Error code ".len()..];
+    rest.split(':').next()?.trim().parse().ok()
+}
+
+/// Value of the unlabeled sample `name` in a Prometheus text body.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header (lowercase name, value) pairs.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// `METHOD path`, for messages.
+    pub what: String,
+}
+
+impl Reply {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body if it is not.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} -> {}: body is not JSON ({e}): {:?}",
+                self.what,
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// Asserts the status, returns the JSON body (`null` when empty).
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{} -> {} (expected {status}): {}",
+            self.what,
+            self.status,
+            self.text()
+        );
+        if self.body.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Asserts a JSON error body `{"error": {"code", "message", ...}}` with `status`;
+    /// returns the `error` object.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16) -> Value {
+        let v = self.expect(status);
+        let e = v
+            .get("error")
+            .cloned()
+            .unwrap_or_else(|| panic!("{} -> {status}: no `error` object in {v}", self.what));
+        assert!(
+            e["code"].is_string() && e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{} -> {status}: error needs a code and a message: {e}",
+            self.what
+        );
+        e
+    }
+
+    /// Asserts a 400 naming `field`; returns the `error` object.
+    #[track_caller]
+    pub fn expect_field_error(&self, field: &str) -> Value {
+        let e = self.expect_error(400);
+        assert_eq!(
+            e["field"].as_str(),
+            Some(field),
+            "{} -> 400 must name field {field:?}: {e}",
+            self.what
+        );
+        e
+    }
+}
+
+/// A client of one server's HTTP listener. Cheap to clone and to send to a thread.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// A client of `http://addr` presenting `token`.
+    pub fn new(addr: SocketAddr, token: &str) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            token: token.to_string(),
+            // One connection per request: after refusing a request whose body it did
+            // not read, the server closes the connection without saying so, and a
+            // pooled connection would fail the next request (see the api test
+            // `refused_request_with_a_body_does_not_break_the_next_request`).
+            agent: ureq::AgentBuilder::new()
+                .timeout(HTTP_TIMEOUT)
+                .redirects(0)
+                .max_idle_connections(0)
+                .build(),
+        }
+    }
+
+    /// The token it presents.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Sends a request; `Err` only for transport failures (refused, reset, timeout).
+    /// `auth` is the whole `Authorization` header value, if any.
+    pub fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
+        let what = format!("{method} {path}");
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.set("Authorization", a);
+        }
+        for (n, v) in headers {
+            req = req.set(n, v);
+        }
+        let res = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(format!("{what}: {e}")),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                let v = resp.header(&n)?.to_string();
+                Some((n.to_ascii_lowercase(), v))
+            })
+            .collect();
+        let mut body = Vec::new();
+        resp.into_reader()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{what}: reading the body: {e}"))?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            what,
+        })
+    }
+
+    /// A request with the right token; panics on transport failure.
+    #[track_caller]
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        self.try_send(method, path, Some(&auth), headers, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A request without `Authorization`; panics on transport failure.
+    #[track_caller]
+    pub fn anonymous(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        self.try_send(method, path, None, headers, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A request with a JSON body (or none) and the right token.
+    #[track_caller]
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        match body {
+            Some(v) => self.send(
+                method,
+                path,
+                &[("Content-Type", "application/json")],
+                Some(v.to_string().as_bytes()),
+            ),
+            None => self.send(method, path, &[], None),
+        }
+    }
+
+    /// `GET path`.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    #[track_caller]
+    pub fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(&body))
+    }
+
+    /// `PUT path` with a JSON body.
+    #[track_caller]
+    pub fn put(&self, path: &str, body: Value) -> Reply {
+        self.call("PUT", path, Some(&body))
+    }
+
+    /// `PATCH path` with a JSON body.
+    #[track_caller]
+    pub fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call("PATCH", path, Some(&body))
+    }
+
+    /// `DELETE path`.
+    #[track_caller]
+    pub fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, None)
+    }
+
+    /// Uploads `content` as artifact `name`; returns its digest (hex).
+    #[track_caller]
+    pub fn upload(&self, name: &str, content: &[u8]) -> String {
+        let r = self.send(
+            "POST",
+            &format!("/v1/artifacts?name={name}"),
+            &[],
+            Some(content),
+        );
+        assert!(
+            r.status == 201 || r.status == 200,
+            "upload {name}: {} {}",
+            r.status,
+            r.text()
+        );
+        let v = r.json();
+        v["artifact"]["digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("upload {name}: no artifact.digest in {v}"))
+            .to_string()
+    }
+}
