@@ -1,15 +1,23 @@
-//! The running host's shared state: its identity, the store, the blob store, the
-//! renderer, metrics and the event notifier. Writes go through [`App::propose`], the one
-//! place a replicated log will slot in; reads go to the local replica.
+//! The running host's shared state: its identity, the local replica of the store, the
+//! Raft handle, the blob store, the renderer, metrics and the event notifier.
+//!
+//! Writes go through [`App::propose`]: to Raft on the leader, forwarded to the leader
+//! from any other host, returning once committed and applied. Reads go to the local
+//! replica.
 
-use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::watch;
 
 use crate::blobs::{BlobStore, Digest};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
+use crate::store::raft::machine::OnApply;
+use crate::store::raft::network::Network;
+use crate::store::raft::{BatonRaft, NodeId, Peer};
 use crate::store::{Command, Millis, Outcome, Store, StoreError};
 use crate::tftp::files::{FileData, OpenError};
 
@@ -21,6 +29,9 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// How long a write may wait for a leader before it fails.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Why a proposed command could not be applied (not a business rejection).
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -30,6 +41,41 @@ pub enum ProposeError {
     /// The blocking task died.
     #[error("store task failed: {0}")]
     Task(String),
+    /// No leader could commit it in time.
+    #[error("no cluster leader committed the write within {0:?} (is a majority of hosts up?)")]
+    NoLeader(Duration),
+    /// Raft refused it for good.
+    #[error("replicated log refused the write: {0}")]
+    Raft(String),
+}
+
+/// Newest event number, and the hook the state machine calls after each applied batch.
+pub fn event_notifier(store: Arc<Store>) -> (watch::Sender<u64>, OnApply) {
+    let (tx, _) = watch::channel(store.last_event_seq().unwrap_or(0));
+    let tx2 = tx.clone();
+    let hook: OnApply = Arc::new(move || {
+        if let Ok(last) = store.last_event_seq() {
+            tx2.send_if_modified(|v| std::mem::replace(v, last) != last);
+        }
+    });
+    (tx, hook)
+}
+
+/// Progress of artifact replication to this host, for `baton status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplicationStatus {
+    /// Blobs this host still lacks.
+    pub missing: usize,
+    /// The blob being fetched, if any.
+    pub current: Option<String>,
+    /// Bytes of it received (including a resumed part).
+    pub bytes: u64,
+    /// Its size.
+    pub total: u64,
+    /// Host it comes from.
+    pub from: Option<String>,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
 }
 
 /// Everything a host's services share.
@@ -38,8 +84,16 @@ pub struct App {
     pub host: String,
     /// This host's group (L2 segment).
     pub group: String,
+    /// This host's Raft identity.
+    pub node_id: NodeId,
     /// The local replica.
     pub store: Arc<Store>,
+    /// The replicated log.
+    pub raft: BatonRaft,
+    /// Peer client (forwarding, blob fetches), with the cluster secret.
+    pub net: Network,
+    /// Cluster secret, when clustering is enabled.
+    pub secret: Option<String>,
     /// Content-addressed artifacts.
     pub blobs: Arc<BlobStore>,
     /// Current templates (replaced when the template directory changes).
@@ -48,32 +102,59 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Shared in-memory copies of served blobs.
     pub blob_cache: crate::blobcache::BlobCache,
+    /// Artifact replication progress.
+    pub replication: Mutex<ReplicationStatus>,
     /// Newest event sequence number, for long-polling clients.
     events: watch::Sender<u64>,
+    rt: tokio::runtime::Handle,
+}
+
+/// Parts to build an [`App`] from.
+pub struct AppParts {
+    /// Host name.
+    pub host: String,
+    /// Group.
+    pub group: String,
+    /// Raft identity.
+    pub node_id: NodeId,
+    /// Local replica.
+    pub store: Arc<Store>,
+    /// Raft handle.
+    pub raft: BatonRaft,
+    /// Peer client.
+    pub net: Network,
+    /// Cluster secret.
+    pub secret: Option<String>,
+    /// Blobs.
+    pub blobs: Arc<BlobStore>,
+    /// Templates.
+    pub renderer: Renderer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// In-memory blob budget.
+    pub cache_budget: u64,
+    /// Event notifier from [`event_notifier`].
+    pub events: watch::Sender<u64>,
 }
 
 impl App {
-    /// Assembles the state.
-    pub fn new(
-        host: String,
-        group: String,
-        store: Arc<Store>,
-        blobs: Arc<BlobStore>,
-        renderer: Renderer,
-        metrics: Arc<Metrics>,
-        cache_budget: u64,
-    ) -> Self {
-        let last = store.last_event_seq().unwrap_or(0);
-        let (events, _) = watch::channel(last);
+    /// Assembles the state; call from within the tokio runtime.
+    pub fn new(p: AppParts) -> Self {
         App {
-            host,
-            group,
-            store,
-            blobs,
-            renderer: RwLock::new(Arc::new(renderer)),
-            metrics,
-            blob_cache: crate::blobcache::BlobCache::new(cache_budget),
-            events,
+            host: p.host,
+            group: p.group,
+            node_id: p.node_id,
+            store: p.store,
+            raft: p.raft,
+            net: p.net,
+            secret: p.secret,
+            blobs: p.blobs,
+            renderer: RwLock::new(Arc::new(p.renderer)),
+            metrics: p.metrics,
+            blob_cache: crate::blobcache::BlobCache::new(p.cache_budget),
+            replication: Mutex::new(ReplicationStatus::default()),
+            events: p.events,
+            rt: tokio::runtime::Handle::current(),
         }
     }
 
@@ -96,32 +177,87 @@ impl App {
         *self.renderer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(r);
     }
 
-    /// Applies a command durably and wakes event followers. Runs on the blocking pool:
-    /// a commit waits for fsync.
-    pub async fn propose(self: &Arc<Self>, cmd: Command) -> Result<Outcome, ProposeError> {
-        let app = self.clone();
-        tokio::task::spawn_blocking(move || app.propose_blocking(&cmd))
-            .await
-            .map_err(|e| ProposeError::Task(e.to_string()))?
+    /// Members of the cluster as this host knows them: node id -> peer.
+    pub fn members(&self) -> BTreeMap<NodeId, Peer> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .nodes()
+            .map(|(id, p)| (*id, p.clone()))
+            .collect()
     }
 
-    /// [`App::propose`] for callers already off the async runtime.
-    pub fn propose_blocking(&self, cmd: &Command) -> Result<Outcome, ProposeError> {
-        let out = self.store.apply(cmd)?;
+    /// The HTTP base URL of a host, from the cluster membership.
+    pub fn peer_url(&self, host: &str) -> Option<String> {
+        self.members()
+            .into_values()
+            .find(|p| p.host == host)
+            .map(|p| p.addr)
+    }
+
+    /// Commits a command through the replicated log and returns its outcome once it is
+    /// applied here. Forwards to the leader when this host is not it.
+    pub async fn propose(self: &Arc<Self>, cmd: Command) -> Result<Outcome, ProposeError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let err = match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => return self.finish(r.data, r.log_id.index).await,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node {
+                        Some(peer) => match self.forward(&peer, &cmd).await {
+                            Ok((out, index)) => return self.finish(Some(out), index).await,
+                            Err(e) => e,
+                        },
+                        None => "no leader known yet".to_string(),
+                    }
+                }
+                Err(e) => return Err(ProposeError::Raft(e.to_string())),
+            };
+            if start.elapsed() > PROPOSE_DEADLINE {
+                tracing::warn!(error = %err, "write failed: no leader");
+                return Err(ProposeError::NoLeader(PROPOSE_DEADLINE));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until the local replica has applied `index` (so a read right after a
+    /// write sees it), then counts the outcome.
+    async fn finish(&self, out: Option<Outcome>, index: u64) -> Result<Outcome, ProposeError> {
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "write applied locally")
+            .await;
+        let out =
+            out.ok_or_else(|| ProposeError::Raft("the log entry carried no command".into()))?;
         self.metrics.store.commands.inc();
         if !out.is_applied() {
             self.metrics.store.rejected.inc();
         }
-        self.notify_events();
         Ok(out)
     }
 
-    /// Re-reads the newest event number and wakes long-polls if it moved.
-    pub fn notify_events(&self) {
-        if let Ok(last) = self.store.last_event_seq() {
-            self.events
-                .send_if_modified(|v| std::mem::replace(v, last) != last);
+    /// Sends a write to the leader's `/cluster/propose`.
+    async fn forward(&self, leader: &Peer, cmd: &Command) -> Result<(Outcome, u64), String> {
+        if self.secret.is_none() {
+            return Err("this host has no cluster secret to reach the leader".into());
         }
+        let url = format!("{}/cluster/propose", leader.addr.trim_end_matches('/'));
+        let r: Result<
+            crate::http::cluster::Proposed,
+            openraft::error::RPCError<NodeId, Peer, crate::http::cluster::ProposeRefused>,
+        > = self.net.post(0, &url, cmd, Duration::from_secs(10)).await;
+        match r {
+            Ok(p) => Ok((p.outcome, p.index)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// [`App::propose`] for threads outside the runtime (the template watcher).
+    pub fn propose_blocking(self: &Arc<Self>, cmd: &Command) -> Result<Outcome, ProposeError> {
+        self.rt.block_on(self.propose(cmd.clone()))
     }
 
     /// A receiver that changes when new events are appended.

@@ -19,6 +19,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the boot server (TFTP, HTTP boot, admin API) in the foreground until SIGINT
     /// or SIGTERM.
@@ -324,6 +325,20 @@ pub struct ServeArgs {
     /// Write every DHCP and TFTP packet received and sent to this pcap file.
     #[arg(long, value_name = "FILE.pcap")]
     pub capture: Option<PathBuf>,
+    /// Join the cluster of this member on first start (e.g. http://10.0.0.1:8069).
+    #[arg(long, value_name = "PEER_URL")]
+    pub join: Option<String>,
+    /// Shared secret of the cluster (peers without it are refused).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "BATON_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+    /// This host's HTTP URL as peers reach it [default: http://<http-listen>].
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -350,6 +365,9 @@ impl ServeArgs {
             dhcp_pxe_port: self.dhcp_pxe_port,
             dhcp_server_ip: self.dhcp_server_ip,
             capture: self.capture.clone(),
+            join: self.join.clone(),
+            cluster_secret: self.cluster_secret.clone(),
+            advertise_url: self.advertise_url.clone(),
         }
     }
 }

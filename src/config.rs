@@ -65,6 +65,41 @@ pub struct Config {
     pub dhcp: DhcpConfig,
     /// Write every DHCP and TFTP packet to this pcap file.
     pub capture: Option<PathBuf>,
+    /// Cluster membership and replication.
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared secret of the cluster; without it this host stays a cluster of one and
+    /// refuses every peer request.
+    pub secret: Option<String>,
+    /// URL of any member to join on first start (e.g. `http://10.0.0.1:8069`).
+    pub join: Option<String>,
+    /// This host's HTTP URL as peers reach it; default: `http://<http.listen>` (with
+    /// 127.0.0.1 for a wildcard address, which only suits a single host).
+    pub advertise_url: Option<String>,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout (a random value between this and twice this).
+    pub election_timeout_ms: u64,
+    /// Artifact replication bandwidth cap, bytes per second (0: no cap).
+    pub replication_rate: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            secret: None,
+            join: None,
+            advertise_url: None,
+            heartbeat_ms: 150,
+            election_timeout_ms: 750,
+            replication_rate: 100 << 20,
+        }
+    }
 }
 
 /// Proxy-DHCP settings.
@@ -138,6 +173,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             dhcp: DhcpConfig::default(),
             capture: None,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -238,6 +274,12 @@ pub struct Overrides {
     pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
     /// `--capture`.
     pub capture: Option<PathBuf>,
+    /// `--join`.
+    pub join: Option<String>,
+    /// `--cluster-secret` / `BATON_CLUSTER_SECRET`.
+    pub cluster_secret: Option<String>,
+    /// `--advertise-url`.
+    pub advertise_url: Option<String>,
 }
 
 impl Config {
@@ -306,6 +348,15 @@ impl Config {
         }
         if let Some(v) = o.capture {
             c.capture = Some(v);
+        }
+        if let Some(v) = o.join {
+            c.cluster.join = Some(v);
+        }
+        if let Some(v) = o.cluster_secret {
+            c.cluster.secret = Some(v);
+        }
+        if let Some(v) = o.advertise_url {
+            c.cluster.advertise_url = Some(v);
         }
         c.validate()?;
         Ok(c)
@@ -393,6 +444,34 @@ impl Config {
             return bad(
                 "dhcp.boot_files",
                 "bios and efi_x64 must name a boot loader",
+            );
+        }
+        let cl = &self.cluster;
+        if let Some(sec) = &cl.secret {
+            if sec.len() < 16 || sec.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(
+                    "cluster.secret",
+                    "must be at least 16 characters, without spaces",
+                );
+            }
+        }
+        if cl.join.is_some() && cl.secret.is_none() {
+            return bad("cluster.join", "joining a cluster needs the cluster secret (--cluster-secret or BATON_CLUSTER_SECRET)");
+        }
+        for (key, url) in [
+            ("cluster.join", &cl.join),
+            ("cluster.advertise_url", &cl.advertise_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                    return bad(key, "must be a URL like http://10.0.0.1:8069");
+                }
+            }
+        }
+        if cl.heartbeat_ms < 10 || cl.election_timeout_ms < 3 * cl.heartbeat_ms {
+            return bad(
+                "cluster.election_timeout_ms",
+                "must be at least 3 x cluster.heartbeat_ms (and heartbeat_ms >= 10)",
             );
         }
         if self.log_level.trim().is_empty() {

@@ -24,6 +24,13 @@ use crate::tftp::store_source::StoreSource;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).
 pub fn init_logging(filter: &str) {
+    // openraft logs routine elections and membership steps at info/warn; keep them out
+    // of operators' logs unless asked for.
+    let filter = if filter.contains("openraft") {
+        filter.to_string()
+    } else {
+        format!("{filter},openraft=error")
+    };
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let _ = tracing_subscriber::fmt()
@@ -150,25 +157,57 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let token = api_token(&cfg)?;
     let metrics = Arc::new(Metrics::default());
-    let app = Arc::new(App::new(
-        host.clone(),
-        cfg.group.clone(),
+    let shutdown = CancellationToken::new();
+
+    // HTTP first: peers must reach this host while it joins the cluster.
+    let listener = crate::http::bind(cfg.http.listen).await?;
+    let http_addr = listener
+        .local_addr()
+        .context("http listener has no address")?;
+    let advertise = match &cfg.cluster.advertise_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let ip = if http_addr.ip().is_unspecified() {
+                "127.0.0.1".parse().expect("literal")
+            } else {
+                http_addr.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, http_addr.port()))
+        }
+    };
+    let app = crate::cluster::start(
+        &cfg,
+        &host,
+        &advertise,
         store,
         blobs,
         renderer,
         metrics.clone(),
-        cfg.tftp.cache_bytes,
+    )
+    .await?;
+    let http_task = tokio::spawn(crate::http::serve(
+        listener,
+        app.clone(),
+        token,
+        shutdown.clone(),
     ));
+    crate::cluster::bootstrap(&cfg, &app, &advertise).await?;
+
     let reg = Command::RegisterHost {
         name: host.clone(),
         group: cfg.group.clone(),
-        addresses: vec![cfg.tftp.listen.to_string(), cfg.http.listen.to_string()],
+        addresses: vec![advertise.clone(), cfg.tftp.listen.to_string()],
         at: now_ms(),
     };
     let out = app.propose(reg).await?;
     if !out.is_applied() {
         anyhow::bail!("cannot register host {host}: {out:?}");
     }
+    let fetcher = tokio::spawn(crate::blobs::fetch::run(
+        app.clone(),
+        cfg.cluster.replication_rate,
+        shutdown.clone(),
+    ));
     let _watcher = match &cfg.template_dir {
         Some(d) => Some(start_template_watch(&app, d)?),
         None => None,
@@ -178,7 +217,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
     info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
     let source = StoreSource::new(app.clone(), shared);
-    let shutdown = CancellationToken::new();
     let capture = match &cfg.capture {
         Some(p) => Some(
             Capture::create(p)
@@ -193,11 +231,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     )?
     .with_capture(capture.clone());
-    let listener = crate::http::bind(cfg.http.listen).await?;
-    let http_port = listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or(cfg.http.listen.port());
+    let http_port = http_addr.port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(
             cfg.dhcp.clone(),
@@ -211,12 +245,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let dhcp_task = dhcp.map(|d| tokio::spawn(d.run(shutdown.clone())));
     let tftp_task = tokio::spawn(tftp.run());
-    let http_task = tokio::spawn(crate::http::serve(
-        listener,
-        app.clone(),
-        token,
-        shutdown.clone(),
-    ));
 
     signals.wait().await;
     info!("signal received, shutting down");
@@ -227,6 +255,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     if let Some(c) = &capture {
         c.flush();
+    }
+    let _ = fetcher.await;
+    if let Err(e) = app.raft.shutdown().await {
+        warn!(error = %e, "replicated log did not stop cleanly");
     }
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {
         Ok(Ok(Ok(()))) => {}

@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use crate::app::{now_ms, App, ProposeError};
 use crate::blobs::Digest;
-use crate::render::{boot_profile_command, RenderError};
+use crate::render::{boot_profile_command_with, RenderError};
 use crate::store::{
     Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection,
     Reservation,
@@ -300,10 +300,13 @@ impl ProfileRequest {
                 ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256")
             })?;
             for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
-                if !app.blobs.has(&d) {
+                let registered = app.store.artifact(&d).ok().flatten().is_some();
+                if !app.blobs.has(&d) && !registered {
                     return Err(ApiError::field(
                         field,
-                        format!("artifact {d} is not held by this host: upload it first (`baton artifact add FILE`)"),
+                        format!(
+                            "artifact {d} is unknown: upload it first (`baton artifact add FILE`)"
+                        ),
                     ));
                 }
             }
@@ -363,7 +366,16 @@ async fn render_command(
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || {
         let renderer = app2.renderer();
-        boot_profile_command(&renderer, &app2.blobs, &node, profile, &app2.host, at)
+        let known = |d: &Digest| app2.store.artifact(d).ok().flatten().map(|a| a.size);
+        boot_profile_command_with(
+            &renderer,
+            &app2.blobs,
+            &known,
+            &node,
+            profile,
+            &app2.host,
+            at,
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?

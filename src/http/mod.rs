@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod cluster;
 pub mod error;
 pub mod json;
 pub mod range;
@@ -42,6 +43,7 @@ pub fn router(app: Arc<App>, token: String) -> Router {
         .fallback(|| async { error::ApiError::NotFound("route".into()) });
     Router::new()
         .merge(api)
+        .merge(cluster::routes(app.clone()))
         .route("/metrics", get(metrics))
         .route(
             "/boot/{node}/{*path}",

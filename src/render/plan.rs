@@ -26,6 +26,21 @@ pub fn boot_profile_command(
     host: &str,
     at: Millis,
 ) -> Result<Command, RenderError> {
+    boot_profile_command_with(renderer, blobs, &|_| None, node, profile, host, at)
+}
+
+/// [`boot_profile_command`] where kernel and ramdisk sizes may also come from `known`
+/// (e.g. the replicated artifact table): the proposing host need not hold those blobs,
+/// since they are replicated by digest to whichever host serves the node.
+pub fn boot_profile_command_with(
+    renderer: &Renderer,
+    blobs: &BlobStore,
+    known: &dyn Fn(&Digest) -> Option<u64>,
+    node: &Node,
+    profile: Option<BootProfile>,
+    host: &str,
+    at: Millis,
+) -> Result<Command, RenderError> {
     let mut files = Vec::new();
     if let Some(p) = &profile {
         for (path, bytes) in renderer.render_node(node, p)? {
@@ -43,7 +58,10 @@ pub fn boot_profile_command(
             ] {
                 files.push(FileSpec {
                     path,
-                    size: local_size(blobs, &digest)?,
+                    size: match blobs.size(&digest)? {
+                        Some(n) => n,
+                        None => known(&digest).ok_or(RenderError::MissingBlob(digest))?,
+                    },
                     digest,
                 });
             }
@@ -58,10 +76,6 @@ pub fn boot_profile_command(
         expected_epoch: Some(node.epoch),
         at,
     })
-}
-
-fn local_size(blobs: &BlobStore, digest: &Digest) -> Result<u64, RenderError> {
-    blobs.size(digest)?.ok_or(RenderError::MissingBlob(*digest))
 }
 
 /// Result of [`rerender_all`].
@@ -92,7 +106,16 @@ pub fn rerender_all(
         let Some(profile) = node.boot_profile.clone() else {
             continue;
         };
-        let cmd = match boot_profile_command(renderer, blobs, &node, Some(profile), host, at) {
+        let known = |d: &Digest| store.artifact(d).ok().flatten().map(|a| a.size);
+        let cmd = match boot_profile_command_with(
+            renderer,
+            blobs,
+            &known,
+            &node,
+            Some(profile),
+            host,
+            at,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 out.failures.push((node.id.clone(), e));

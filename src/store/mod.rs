@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod raft;
 pub mod read;
 pub mod schema;
 pub mod types;
@@ -218,6 +219,89 @@ impl Store {
     /// Up to `limit` events with `seq > after`, oldest first (`after = 0` from the start).
     pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         read::events_since(&lock(&self.reader), after, limit)
+    }
+
+    /// Applies the commands of a batch of replicated-log entries (`None` for entries that
+    /// carry no command) and records `applied` (log id, membership; opaque JSON) in the
+    /// same transaction: one fsync per batch, and a crash never splits the two.
+    pub fn apply_replicated(
+        &self,
+        cmds: &[Option<&Command>],
+        applied: (&str, &str),
+    ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            // `apply` rolls a rejected command back to its own savepoint.
+            out.push(match c {
+                Some(cmd) => Some(apply::apply(&tx, cmd)?),
+                None => None,
+            });
+        }
+        tx.execute(
+            "INSERT INTO raft_applied (id, log_id, membership) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET log_id = excluded.log_id, membership = excluded.membership",
+            rusqlite::params![applied.0, applied.1],
+        )?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The replicated log position recorded by [`Store::apply_replicated`], as (log id,
+    /// membership) JSON.
+    pub fn replicated_state(&self) -> Result<Option<(String, String)>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(lock(&self.reader)
+            .query_row(
+                "SELECT log_id, membership FROM raft_applied WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// [`Store::replicated_state`] of a database file that is not open (a snapshot copy).
+    pub fn replicated_state_of(path: &Path) -> Result<Option<(String, String)>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let has: bool = c.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'raft_applied'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            return Ok(None);
+        }
+        Ok(c.query_row(
+            "SELECT log_id, membership FROM raft_applied WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+    }
+
+    /// Writes a consistent copy of the whole database to `path` (SQLite's backup API).
+    pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        let conn = lock(&self.reader);
+        let mut dst = Connection::open(path)?;
+        let b = rusqlite::backup::Backup::new(&conn, &mut dst)?;
+        b.run_to_completion(256, Duration::from_millis(0), None)?;
+        Ok(())
+    }
+
+    /// Replaces the whole database with the copy at `path` (a received snapshot), in
+    /// place, so open handles see the new content.
+    pub fn restore_from(&self, path: &Path) -> Result<(), StoreError> {
+        let src = Connection::open(path)?;
+        let mut conn = lock(&self.writer);
+        {
+            let b = rusqlite::backup::Backup::new(&src, &mut conn)?;
+            b.run_to_completion(256, Duration::from_millis(0), None)?;
+        }
+        // A snapshot from an older build is brought up to this build's schema.
+        schema::migrate(&mut conn)?;
+        Ok(())
     }
 
     /// Sequence number of the newest event (0 when there is none).

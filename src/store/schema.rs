@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -115,3 +115,14 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
     }
     Ok(found)
 }
+
+/// Version 2: the replicated log's position in this database. Written in the same
+/// transaction as the commands it covers, so after a crash the state machine knows
+/// exactly which log entries it holds: none is lost or applied twice.
+const V2: &str = r#"
+CREATE TABLE raft_applied (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    log_id      TEXT NOT NULL,              -- JSON openraft LogId
+    membership  TEXT NOT NULL               -- JSON openraft StoredMembership
+) STRICT;
+"#;

@@ -1,0 +1,236 @@
+//! Artifact replication: every host holds each blob that the nodes of its group
+//! reference. A missing blob is fetched from a holder over the cluster port into a
+//! partial file (an interrupted fetch resumes with `Range`), rate-limited so boots keep
+//! priority, verified against its sha256, stored, and recorded in the replicated store.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Digest;
+use crate::app::{now_ms, App};
+use crate::store::raft::network::SECRET_HEADER;
+use crate::store::Command;
+
+/// Blobs this host must hold and lacks: those referenced by nodes of its group.
+pub fn missing(app: &App) -> Vec<Digest> {
+    let mut want = BTreeSet::new();
+    let Ok(nodes) = app.store.nodes() else {
+        return Vec::new();
+    };
+    for n in nodes.iter().filter(|n| n.group == app.group) {
+        if let Ok(files) = app.store.node_files(&n.id) {
+            want.extend(files.into_iter().map(|f| f.digest));
+        }
+    }
+    want.into_iter().filter(|d| !app.blobs.has(d)).collect()
+}
+
+/// Runs until `shutdown`: wakes on every applied change (and every few seconds), fetches
+/// what is missing, one blob at a time.
+pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
+    let mut events = app.subscribe_events();
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "artifact replication disabled: no http client");
+            return;
+        }
+    };
+    loop {
+        // Holding records also matter for blobs we have but the store doesn't know of
+        // (e.g. a fetch that finished just before a crash).
+        let todo = missing(&app);
+        set_status(&app, |s| s.missing = todo.len());
+        for d in todo {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match fetch_one(&app, &client, &d, rate, &shutdown).await {
+                Ok(()) => set_status(&app, |s| s.last_error = None),
+                Err(e) => {
+                    warn!(digest = %d, error = %e, "artifact replication failed; will retry");
+                    set_status(&app, |s| s.last_error = Some(format!("{d}: {e}")));
+                }
+            }
+        }
+        let todo = missing(&app).len();
+        set_status(&app, |s| {
+            s.missing = todo;
+            s.current = None;
+            s.from = None;
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = events.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(if todo > 0 { 2 } else { 10 })) => {}
+        }
+    }
+}
+
+fn set_status(app: &App, f: impl FnOnce(&mut crate::app::ReplicationStatus)) {
+    let mut s = app.replication.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut s);
+}
+
+fn partial_path(app: &App, d: &Digest) -> PathBuf {
+    app.blobs.root().join("partial").join(format!("{d}.part"))
+}
+
+/// Fetches one blob from any holder, resuming a partial download.
+async fn fetch_one(
+    app: &Arc<App>,
+    client: &reqwest::Client,
+    d: &Digest,
+    rate: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let art = app
+        .store
+        .artifact(d)
+        .map_err(|e| e.to_string())?
+        .ok_or("artifact not registered yet")?;
+    let secret = app
+        .secret
+        .clone()
+        .ok_or("no cluster secret: cannot fetch from peers")?;
+    let holders: Vec<(String, String)> = art
+        .hosts
+        .iter()
+        .filter(|h| **h != app.host)
+        .filter_map(|h| app.peer_url(h).map(|u| (h.clone(), u)))
+        .collect();
+    if holders.is_empty() {
+        return Err("no reachable host holds it".into());
+    }
+    let part = partial_path(app, d);
+    if let Some(dir) = part.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let mut last_err = String::new();
+    for (host, url) in holders {
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        set_status(app, |s| {
+            s.current = Some(d.to_string());
+            s.bytes = have;
+            s.total = art.size;
+            s.from = Some(host.clone());
+        });
+        match download(
+            app, client, &secret, &url, d, &part, have, art.size, rate, shutdown,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                last_err = format!("from {host}: {e}");
+                continue;
+            }
+        }
+        // Verify before anything can serve it; a bad copy is thrown away whole.
+        let store = app.blobs.clone();
+        let p2 = part.clone();
+        let d2 = *d;
+        let stored = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&p2)?;
+            let r = store.put_stream(f, Some(&d2));
+            let _ = std::fs::remove_file(&p2);
+            r.map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Err(e) = stored {
+            last_err = format!("from {host}: {e}");
+            continue;
+        }
+        let out = app
+            .propose(Command::RecordHostArtifact {
+                host: app.host.clone(),
+                digest: *d,
+                present: true,
+                at: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(digest = %d, from = %host, bytes = art.size, name = %art.name, outcome = ?out.is_applied(), "artifact replicated");
+        return Ok(());
+    }
+    Err(last_err)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    app: &App,
+    client: &reqwest::Client,
+    secret: &str,
+    base: &str,
+    d: &Digest,
+    part: &PathBuf,
+    have: u64,
+    total: u64,
+    rate: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    if have >= total && total > 0 {
+        return Ok(());
+    }
+    let mut req = client
+        .get(format!("{}/cluster/blob/{d}", base.trim_end_matches('/')))
+        .header(SECRET_HEADER, secret);
+    if have > 0 {
+        req = req.header("range", format!("bytes={have}-"));
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    if !resp.status().is_success() {
+        return Err(format!("peer answered {}", resp.status()));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resumed)
+        .write(true)
+        .truncate(!resumed)
+        .open(part)
+        .map_err(|e| e.to_string())?;
+    let mut done = if resumed { have } else { 0 };
+    if resumed {
+        info!(digest = %d, from_byte = have, "resuming artifact replication");
+    }
+    let started = Instant::now();
+    let mut sent_since = 0u64;
+    let mut last_log = Instant::now();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        if shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        tokio::task::block_in_place(|| f.write_all(&chunk)).map_err(|e| e.to_string())?;
+        done += chunk.len() as u64;
+        sent_since += chunk.len() as u64;
+        set_status(app, |s| s.bytes = done);
+        if rate > 0 {
+            // Token bucket over the whole download: sleep until the average is under the cap.
+            let due = Duration::from_secs_f64(sent_since as f64 / rate as f64);
+            let el = started.elapsed();
+            if due > el {
+                tokio::time::sleep(due - el).await;
+            }
+        }
+        if last_log.elapsed() > Duration::from_secs(2) {
+            last_log = Instant::now();
+            info!(digest = %d, bytes = done, total, "artifact replication in progress");
+        }
+    }
+    tokio::task::block_in_place(|| f.sync_all()).map_err(|e| e.to_string())?;
+    Ok(())
+}

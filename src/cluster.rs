@@ -1,0 +1,180 @@
+//! Starting the replicated store: open the Raft log and state machine, then either
+//! initialize a cluster of one (first start, no `--join`) or join an existing cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::{Config as RaftConfig, SnapshotPolicy};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::app::{event_notifier, App, AppParts};
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::http::cluster::JoinRequest;
+use crate::metrics::Metrics;
+use crate::render::Renderer;
+use crate::store::raft::log::LogStore;
+use crate::store::raft::machine::StateMachine;
+use crate::store::raft::network::{Network, SECRET_HEADER};
+use crate::store::raft::{node_id, BatonRaft, Peer};
+use crate::store::Store;
+
+/// How long a joining host keeps trying before it gives up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Opens the Raft log and state machine and builds the shared [`App`].
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    cfg: &Config,
+    host: &str,
+    advertise: &str,
+    store: Arc<Store>,
+    blobs: Arc<BlobStore>,
+    renderer: Renderer,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<App>> {
+    let id = node_id(&cfg.data_dir).context("cannot read or create <data-dir>/node-id")?;
+    let (events, on_apply) = event_notifier(store.clone());
+    let sm = StateMachine::new(store.clone(), cfg.data_dir.join("snapshots"), on_apply)
+        .context("cannot open the state machine")?;
+    let log =
+        LogStore::open(&cfg.data_dir.join("raft-log.db")).context("cannot open the raft log")?;
+    let secret = cfg.cluster.secret.clone();
+    let net = Network::new(secret.clone().unwrap_or_default());
+    let hb = cfg.cluster.heartbeat_ms;
+    let et = cfg.cluster.election_timeout_ms;
+    let rc = RaftConfig {
+        cluster_name: "baton".into(),
+        heartbeat_interval: hb,
+        election_timeout_min: et,
+        election_timeout_max: et * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    };
+    let rc = Arc::new(rc.validate().context("invalid raft settings")?);
+    let raft: BatonRaft = openraft::Raft::new(id, rc, net.clone(), log, sm)
+        .await
+        .context("cannot start the replicated log")?;
+    info!(node_id = id, host, advertise, "replicated store opened");
+    Ok(Arc::new(App::new(AppParts {
+        host: host.to_string(),
+        group: cfg.group.clone(),
+        node_id: id,
+        store,
+        raft,
+        net,
+        secret,
+        blobs,
+        renderer,
+        metrics,
+        cache_budget: cfg.tftp.cache_bytes,
+        events,
+    })))
+}
+
+/// First start: initialize a one-member cluster, or join `cluster.join`. Then waits for
+/// a leader and for this replica to catch up with what is committed, so nothing is
+/// answered from stale state.
+pub async fn bootstrap(cfg: &Config, app: &Arc<App>, advertise: &str) -> anyhow::Result<()> {
+    let initialized = app.raft.is_initialized().await.context("raft stopped")?;
+    if !initialized {
+        match &cfg.cluster.join {
+            None => {
+                let mut m = BTreeMap::new();
+                m.insert(
+                    app.node_id,
+                    Peer {
+                        addr: advertise.to_string(),
+                        host: app.host.clone(),
+                    },
+                );
+                app.raft
+                    .initialize(m)
+                    .await
+                    .context("cannot initialize a one-host cluster")?;
+                info!(
+                    node_id = app.node_id,
+                    "initialized a new cluster with this host as its only member"
+                );
+            }
+            Some(url) => join(app, url, advertise).await?,
+        }
+    } else if let Some(url) = &cfg.cluster.join {
+        info!(join = %url, "already a cluster member; --join ignored");
+    }
+    let m = app
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await
+        .context("no cluster leader within 60 s: is a majority of hosts up and reachable?")?;
+    // Catch up with the leader's log before answering anything.
+    if let Some(last) = m.last_log_index {
+        let _ = app
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .applied_index_at_least(Some(last), "caught up")
+            .await;
+    }
+    info!(leader = ?m.current_leader, applied = ?app.raft.metrics().borrow().last_applied.map(|l| l.index), "cluster ready");
+    Ok(())
+}
+
+/// Asks the cluster at `url` to add this host, following leader hints, until it is a
+/// voter.
+async fn join(app: &Arc<App>, url: &str, advertise: &str) -> anyhow::Result<()> {
+    let secret = app
+        .secret
+        .clone()
+        .context("joining needs the cluster secret")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .context("http client")?;
+    let req = JoinRequest {
+        node_id: app.node_id,
+        addr: advertise.to_string(),
+        host: app.host.clone(),
+    };
+    let start = Instant::now();
+    let mut target = url.trim_end_matches('/').to_string();
+    loop {
+        info!(via = %target, node_id = app.node_id, "joining cluster (as learner first, catching up, then as voter)");
+        let r = client
+            .post(format!("{target}/cluster/join"))
+            .header(SECRET_HEADER, &secret)
+            .json(&req)
+            .send()
+            .await;
+        match r {
+            Ok(resp) if resp.status().is_success() => {
+                info!(via = %target, "joined the cluster");
+                return Ok(());
+            }
+            Ok(resp) if resp.status() == reqwest::StatusCode::FORBIDDEN => {
+                anyhow::bail!(
+                    "the cluster at {target} refused the cluster secret: check --cluster-secret"
+                );
+            }
+            Ok(resp) => {
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                if let Some(leader) = v["error"]["details"]["leader"].as_str() {
+                    target = leader.trim_end_matches('/').to_string();
+                    continue;
+                }
+                warn!(via = %target, answer = %v, "join not accepted yet; retrying");
+            }
+            Err(e) => {
+                warn!(via = %target, error = %e, "cannot reach the cluster to join; retrying")
+            }
+        }
+        if start.elapsed() > JOIN_DEADLINE {
+            anyhow::bail!("could not join the cluster at {url} within {JOIN_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

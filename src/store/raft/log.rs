@@ -1,0 +1,221 @@
+//! The Raft log and vote in SQLite (`<data_dir>/raft-log.db`, WAL, synchronous=FULL).
+//!
+//! Each `append` call writes all its entries in one transaction: one fsync for a batch,
+//! which is how a burst of client writes costs few fsyncs (openraft hands the log store
+//! every entry that queued up while the previous flush was running).
+
+// StorageError and RPCError are openraft's, fixed by its trait signatures.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{typ, NodeId, TypeConfig};
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// The log store; cheap to clone (shares one connection).
+#[derive(Clone)]
+pub struct LogStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn io<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn rd<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+impl LogStore {
+    /// Opens or creates the log database.
+    pub fn open(path: &Path) -> std::result::Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL) STRICT;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+        )?;
+        Ok(LogStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async workers (commits wait for fsync).
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(io)?
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(c: &Connection, key: &str) -> Result<Option<T>> {
+        let v: Option<String> = c
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(rd)?;
+        v.map(|s| serde_json::from_str(&s).map_err(rd)).transpose()
+    }
+
+    fn set_meta<T: serde::Serialize>(c: &Connection, key: &str, v: &T) -> Result<()> {
+        let s = serde_json::to_string(v).map_err(io)?;
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, s],
+        )
+        .map_err(io)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<typ::Entry>> {
+        let lo = match range.start_bound() {
+            Bound::Included(x) => *x as i64,
+            Bound::Excluded(x) => *x as i64 + 1,
+            Bound::Unbounded => 0,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(x) => (*x as i64).saturating_add(1),
+            Bound::Excluded(x) => *x as i64,
+            Bound::Unbounded => i64::MAX,
+        };
+        self.with(move |c| {
+            let mut st = c
+                .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(rd)?;
+            let rows = st
+                .query_map(params![lo, hi], |r| r.get::<_, String>(0))
+                .map_err(rd)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(serde_json::from_str(&r.map_err(rd)?).map_err(rd)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        self.with(|c| {
+            let last: Option<String> = c
+                .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(rd)?;
+            let last: Option<LogId<NodeId>> = match last {
+                Some(s) => Some(serde_json::from_str::<typ::Entry>(&s).map_err(rd)?.log_id),
+                None => None,
+            };
+            let purged: Option<LogId<NodeId>> = Self::get_meta(c, "last_purged")?;
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: last.or(purged),
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        let v = *vote;
+        self.with(move |c| Self::set_meta(c, "vote", &v)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        self.with(|c| Self::get_meta(c, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.with(move |c| Self::set_meta(c, "committed", &committed))
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        self.with(|c| Ok(Self::get_meta::<Option<LogId<NodeId>>>(c, "committed")?.flatten()))
+            .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = typ::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for e in entries {
+            rows.push((
+                e.log_id.index as i64,
+                serde_json::to_string(&e).map_err(io)?,
+            ));
+        }
+        let r = self
+            .with(move |c| {
+                let tx = c.transaction().map_err(io)?;
+                {
+                    let mut st = tx
+                        .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
+                        .map_err(io)?;
+                    for (i, e) in &rows {
+                        st.execute(params![i, e]).map_err(io)?;
+                    }
+                }
+                // One commit, one fsync, for the whole batch.
+                tx.commit().map_err(io)?;
+                Ok(())
+            })
+            .await;
+        match &r {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        r
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        let i = log_id.index as i64;
+        self.with(move |c| {
+            c.execute("DELETE FROM log WHERE idx >= ?1", [i])
+                .map_err(io)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(io)?;
+            Self::set_meta(&tx, "last_purged", &log_id)?;
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])
+                .map_err(io)?;
+            tx.commit().map_err(io)?;
+            Ok(())
+        })
+        .await
+    }
+}
