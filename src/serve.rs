@@ -185,10 +185,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .await?;
+    let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
+        .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
+    info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
+    let source: Arc<dyn crate::tftp::files::FileSource> =
+        Arc::new(StoreSource::new(app.clone(), shared));
     let http_task = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
         token,
+        source.clone(),
         shutdown.clone(),
     ));
     crate::cluster::bootstrap(&cfg, &app, &advertise).await?;
@@ -213,10 +219,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
-        .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
-    info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
-    let source = StoreSource::new(app.clone(), shared);
     let capture = match &cfg.capture {
         Some(p) => Some(
             Capture::create(p)
@@ -224,13 +226,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let tftp = TftpServer::bind(
-        cfg.tftp.clone(),
-        Arc::new(source),
-        metrics.clone(),
-        shutdown.clone(),
-    )?
-    .with_capture(capture.clone());
+    let tftp = TftpServer::bind(cfg.tftp.clone(), source, metrics.clone(), shutdown.clone())?
+        .with_capture(capture.clone());
     let http_port = http_addr.port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(

@@ -18,7 +18,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiQuery};
 use crate::app::{now_ms, App, ProposeError};
 use crate::blobs::Digest;
 use crate::render::{boot_profile_command_with, RenderError};
@@ -123,7 +123,7 @@ struct NodeQuery {
 
 async fn list_nodes(
     State(app): State<Arc<App>>,
-    Query(q): Query<NodeQuery>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
 ) -> Result<Json<Vec<Node>>, ApiError> {
     let nodes = app
         .store
@@ -584,7 +584,7 @@ struct UploadQuery {
 /// `POST /v1/artifacts?name=NAME[&sha256=HEX]` with the raw content as body.
 async fn upload_artifact(
     State(app): State<Arc<App>>,
-    Query(q): Query<UploadQuery>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -592,7 +592,14 @@ async fn upload_artifact(
         .name
         .ok_or_else(|| ApiError::field("name", "give the artifact a name: ?name=vmlinuz"))?;
     crate::store::types::check_text("name", &name, 255).map_err(|m| ApiError::field("name", m))?;
-    let expected = q.sha256.as_deref().map(parse_digest).transpose()?;
+    let expected = q
+        .sha256
+        .as_deref()
+        .map(|v| {
+            v.parse::<Digest>()
+                .map_err(|_| ApiError::field("sha256", "not a sha256 digest (64 hex digits)"))
+        })
+        .transpose()?;
     let total: Option<u64> = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -659,7 +666,7 @@ struct EventsQuery {
 /// until one arrives or the wait ends (long-poll).
 async fn events(
     State(app): State<Arc<App>>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut rx = app.subscribe_events();

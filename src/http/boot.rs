@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures_util::Stream;
 use tracing::{debug, info};
@@ -19,7 +20,8 @@ use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
 use crate::metrics::Metrics;
-use crate::tftp::files::OpenError;
+use crate::tftp::files::{FileSource, OpenError};
+use crate::tftp::store_source::owned_node_file;
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
@@ -51,28 +53,137 @@ pub async fn boot_file(
             details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
         });
     }
-    let etag = format!("\"{}\"", nf.digest);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        r.headers_mut().insert(header::ETAG, hv(&etag));
-        return Ok(r);
-    }
     let data = app.blob_bytes(&nf.digest).await.map_err(|e| match e {
         OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
         e => ApiError::Internal(e.to_string()),
     })?;
-    let bytes = data.octets().clone();
+    respond(
+        &app,
+        &method,
+        &headers,
+        data.octets().clone(),
+        Some(nf.digest.to_string()),
+        &node,
+        want,
+    )
+}
+
+/// `GET|HEAD /<path>` for any other path: the TFTP namespace over HTTP (owned nodes'
+/// files by their served path, then the shared root). This is what an iPXE script
+/// fetched over HTTP reaches with `kernel /nodes/n1/kernel`, and what UEFI HTTP boot
+/// clients fetch their loader from.
+pub async fn namespace_file(
+    State(app): State<Arc<App>>,
+    Extension(source): Extension<Arc<dyn FileSource>>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = uri.path().trim_start_matches('/');
+    if path.starts_with("v1/") || path.starts_with("cluster/") || path.is_empty() {
+        return Err(ApiError::NotFound("route".into()));
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::NotFound("route".into()));
+    }
+    let path =
+        percent_decode(path).ok_or_else(|| ApiError::field("path", "invalid percent-encoding"))?;
+    match owned_node_file(&app, &path) {
+        Ok(Some(nf)) => {
+            let data = app
+                .blob_bytes(&nf.digest)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            return respond(
+                &app,
+                &method,
+                &headers,
+                data.octets().clone(),
+                Some(nf.digest.to_string()),
+                &nf.node,
+                &path,
+            );
+        }
+        Ok(None) => {}
+        Err(OpenError::Denied("not_owner")) => {
+            app.metrics.http.boot_failed.inc("not_owner");
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "{path} belongs to a node this host ({}) does not serve",
+                    app.host
+                ),
+                details: serde_json::json!({}),
+            });
+        }
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
+    }
+    match source.open(&path).await {
+        Ok(d) => respond(
+            &app,
+            &method,
+            &headers,
+            d.octets().clone(),
+            None,
+            "-",
+            &path,
+        ),
+        Err(OpenError::NotFound) => Err(ApiError::NotFound(format!("file {path}"))),
+        Err(OpenError::Denied(r)) => Err(ApiError::Conflict {
+            message: format!("access to {path} refused ({})", r.replace('_', " ")),
+            details: serde_json::json!({ "reason": r }),
+        }),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body.
+fn respond(
+    app: &Arc<App>,
+    method: &Method,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    digest: Option<String>,
+    node: &str,
+    want: &str,
+) -> Result<Response, ApiError> {
+    let etag = digest.map(|d| format!("\"{d}\""));
+    if let Some(etag) = &etag {
+        if headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            r.headers_mut().insert(header::ETAG, hv(etag));
+            return Ok(r);
+        }
+    }
+    let node = node.to_string();
+    let method = method.clone();
     let len = bytes.len() as u64;
     // If-Range with another validator: the client's partial copy is stale, send it all.
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
+        .is_none_or(|v| etag.as_deref() == Some(v.trim()));
     let p = if if_range_ok {
         plan(range_header, len)
     } else {
@@ -102,7 +213,9 @@ pub async fn boot_file(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::ETAG, hv(&etag));
+    if let Some(etag) = &etag {
+        h.insert(header::ETAG, hv(etag));
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::CONTENT_LENGTH, hv(&body_bytes.len().to_string()));
     if status == StatusCode::PARTIAL_CONTENT {

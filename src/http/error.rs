@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The request was valid but the server failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The service is not ready (e.g. store unavailable).
     #[error("{0}")]
     Unavailable(String),
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::TooLarge => "too_large",
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::Internal(_) => "internal",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
         }
     }

@@ -30,6 +30,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `Query<T>` whose errors are JSON 400s naming the parameter.
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded_de(q);
+        match de {
+            Ok(v) => Ok(ApiQuery(v)),
+            Err(msg) => Err(ApiError::BadRequest {
+                field: Some(extract_backticked(&msg).unwrap_or_else(|| "query".into())),
+                message: format!("bad query string: {msg}"),
+            }),
+        }
+    }
+}
+
+fn serde_urlencoded_de<T: DeserializeOwned>(q: &str) -> Result<T, String> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}")
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
+    )
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| {
+        use std::error::Error;
+        e.source()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string())
+    })
+}
+
 /// Parses JSON, reporting the path of the first bad field.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
+use crate::tftp::files::FileSource;
+use axum::Extension;
 
 /// Why the HTTP listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +38,9 @@ pub enum HttpError {
 }
 
 /// Builds the whole router.
-pub fn router(app: Arc<App>, token: String) -> Router {
+pub fn router(app: Arc<App>, token: String, source: Arc<dyn FileSource>) -> Router {
     let token = auth::Token(Arc::new(token));
-    let api = api::routes()
-        .route_layer(middleware::from_fn_with_state(token, auth::require_token))
-        .fallback(|| async { error::ApiError::NotFound("route".into()) });
+    let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))
@@ -49,7 +49,11 @@ pub fn router(app: Arc<App>, token: String) -> Router {
             "/boot/{node}/{*path}",
             get(boot::boot_file).head(boot::boot_file),
         )
+        .fallback(boot::namespace_file)
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(Extension(source))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(middleware::from_fn(close_on_refused_body))
         .with_state(app)
 }
 
@@ -72,6 +76,27 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+/// A refusal sent before the request body was read leaves that body on the wire:
+/// tell the client this connection closes, so it doesn't reuse a desynchronised one.
+async fn close_on_refused_body(req: Request, next: Next) -> Response {
+    let has_body = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
+        || req
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Counts requests by route and refusals by status.
@@ -104,11 +129,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     token: String,
+    source: Arc<dyn FileSource>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     info!(addr = %addr, "http server listening");
-    axum::serve(listener, router(app, token))
+    axum::serve(listener, router(app, token, source))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -69,7 +69,13 @@ pub enum Command {
         macs: Option<Vec<MacAddr>>,
         /// New group.
         group: Option<String>,
-        /// New architecture hint (`Some(None)` clears it).
+        /// New architecture hint (`Some(None)` clears it). Absent in JSON when
+        /// unchanged, `null` when cleared: both survive the replicated log.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "double_option"
+        )]
         arch: Option<Option<String>>,
         /// Refuse if the node's epoch moved on.
         expected_epoch: Option<u64>,
@@ -477,4 +483,35 @@ pub enum Rejection {
         /// Why it was refused.
         rejection: Box<Rejection>,
     },
+}
+
+/// Deserializes a present field (even `null`) as `Some`, so `Option<Option<T>>` keeps
+/// "clear" apart from "leave alone".
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn update_node_arch_round_trips_through_json() {
+        for arch in [None, Some(None), Some(Some("x86_64".to_string()))] {
+            let c = Command::UpdateNode {
+                node: "n".into(),
+                macs: None,
+                group: None,
+                arch: arch.clone(),
+                expected_epoch: None,
+                at: 1,
+            };
+            let back: Command = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(back, c, "{arch:?}");
+        }
+    }
 }
