@@ -251,6 +251,15 @@ pub enum ArtifactCmd {
 pub enum HostCmd {
     /// List hosts with their node counts.
     List,
+    /// Take a host out of the cluster (all its identities, or one with --id, e.g. the
+    /// old identity of a host that rejoined after losing its data).
+    Remove {
+        /// Host name.
+        host: String,
+        /// Only this Raft identity (see `baton status`).
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 /// Flags of `baton serve`.

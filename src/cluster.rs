@@ -51,8 +51,8 @@ pub async fn start(
         heartbeat_interval: hb,
         election_timeout_min: et,
         election_timeout_max: et * 2,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.cluster.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: cfg.cluster.keep_logs,
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().context("invalid raft settings")?);

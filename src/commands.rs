@@ -428,6 +428,16 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
                 )
             });
         }
+        HostCmd::Remove { host, id } => {
+            let path = match id {
+                Some(i) => format!("/v1/hosts/{}?id={i}", crate::client::urlencode(&host)),
+                None => format!("/v1/hosts/{}", crate::client::urlencode(&host)),
+            };
+            let v = c.delete(&path)?;
+            print(api, &v, |v| {
+                format!("removed {host} (identities {})\n", v["removed"])
+            });
+        }
     }
     Ok(())
 }
@@ -451,9 +461,67 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
             s(&v["tftp"]["active"]),
             s(&v["tftp"]["completed"]),
             s(&v["tftp"]["bytes"]),
-        )
+        ) + &cluster_text(&v["cluster"])
     });
     Ok(())
+}
+
+fn cluster_text(c: &Value) -> String {
+    if c.is_null() {
+        return String::new();
+    }
+    let mut out = format!(
+        "cluster      {} (term {}, leader {}, applied {}, snapshot {})\n",
+        if c["clustered"] == json!(true) {
+            "enabled"
+        } else {
+            "single host"
+        },
+        s(&c["term"]),
+        s(&c["leader_host"]),
+        s(&c["applied_index"]),
+        s(&c["snapshot_index"]),
+    );
+    let rows: Vec<Vec<String>> = c["members"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            vec![
+                format!(
+                    "{}{}",
+                    s(&m["host"]),
+                    if m["self"] == json!(true) { "*" } else { "" }
+                ),
+                s(&m["node_id"]),
+                s(&m["role"]),
+                s(&m["matched_index"]),
+                s(&m["lag"]),
+                s(&m["addr"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["MEMBER", "ID", "ROLE", "MATCHED", "LAG", "ADDRESS"],
+        &rows,
+    ));
+    let r = &c["artifact_replication"];
+    out.push_str(&format!("artifacts    {} missing here", s(&r["missing"])));
+    if !r["current"].is_null() {
+        out.push_str(&format!(
+            ", fetching {} from {}: {}/{} bytes",
+            s(&r["current"]),
+            s(&r["from"]),
+            s(&r["bytes"]),
+            s(&r["total"])
+        ));
+    }
+    if !r["last_error"].is_null() {
+        out.push_str(&format!(" (last error: {})", s(&r["last_error"])));
+    }
+    out.push('\n');
+    out
 }
 
 /// `baton events`

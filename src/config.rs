@@ -87,6 +87,11 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// Artifact replication bandwidth cap, bytes per second (0: no cap).
     pub replication_rate: u64,
+    /// Build a store snapshot after this many log entries (a host too far behind, or
+    /// new, receives the snapshot plus the log tail).
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot for followers slightly behind.
+    pub keep_logs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -98,6 +103,8 @@ impl Default for ClusterConfig {
             heartbeat_ms: 150,
             election_timeout_ms: 750,
             replication_rate: 100 << 20,
+            snapshot_every: 5000,
+            keep_logs: 1000,
         }
     }
 }

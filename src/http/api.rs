@@ -56,6 +56,8 @@ pub fn routes() -> Router<Arc<App>> {
         )
         .route("/v1/events", get(events))
         .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{host}", axum::routing::delete(remove_host))
+        .route("/v1/cluster", get(cluster_status))
         .route("/v1/status", get(status))
 }
 
@@ -718,10 +720,138 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, 
         "artifacts": artifacts,
         "store_bytes": store_bytes,
         "last_event": *app.subscribe_events().borrow(),
+        "cluster": cluster_view(&app).await,
         "tftp": {
             "active": t.active.get(),
             "completed": t.completed.get(),
             "bytes": t.bytes.get(),
         },
     })))
+}
+
+/// The cluster as the leader sees it (members, lag) plus this host's own view.
+async fn cluster_status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(cluster_view(&app).await))
+}
+
+/// Leader-side Raft metrics: local when this host leads, else fetched from the leader.
+async fn leader_metrics(app: &Arc<App>) -> Option<crate::store::raft::typ::Metrics> {
+    let m = app.raft.metrics().borrow().clone();
+    let leader = m.current_leader?;
+    if leader == app.node_id {
+        return Some(m);
+    }
+    let peer = m.membership_config.membership().get_node(&leader)?.clone();
+    let url = format!("{}/cluster/metrics", peer.addr.trim_end_matches('/'));
+    let secret = app.secret.clone()?;
+    let r = reqwest::Client::new()
+        .get(url)
+        .header(crate::store::raft::network::SECRET_HEADER, secret)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Cluster summary for `/v1/cluster` and `/v1/status`.
+pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
+    let m = app.raft.metrics().borrow().clone();
+    let lm = leader_metrics(app).await;
+    let leader_last = lm.as_ref().and_then(|l| l.last_log_index).unwrap_or(0);
+    let voters: std::collections::BTreeSet<u64> =
+        m.membership_config.membership().voter_ids().collect();
+    let members: Vec<serde_json::Value> = m
+        .membership_config
+        .nodes()
+        .map(|(id, p)| {
+            let matched = lm
+                .as_ref()
+                .and_then(|l| l.replication.as_ref())
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            let is_leader = m.current_leader == Some(*id);
+            let applied = if *id == app.node_id { m.last_applied.map(|l| l.index) } else { None };
+            json!({
+                "node_id": id,
+                "host": p.host,
+                "addr": p.addr,
+                "role": if is_leader { "leader" } else if voters.contains(id) { "voter" } else { "learner" },
+                "matched_index": if is_leader { Some(leader_last) } else { matched },
+                "lag": if is_leader { Some(0) } else { matched.map(|x| leader_last.saturating_sub(x)) },
+                "applied_index": applied,
+                "self": *id == app.node_id,
+            })
+        })
+        .collect();
+    let replication = app
+        .replication
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    json!({
+        "node_id": app.node_id,
+        "state": format!("{:?}", m.state),
+        "term": m.current_term,
+        "leader": m.current_leader,
+        "leader_host": m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|p| p.host.clone())),
+        "last_log_index": m.last_log_index,
+        "applied_index": m.last_applied.map(|l| l.index),
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "clustered": app.secret.is_some(),
+        "members": members,
+        "artifact_replication": replication,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoveHostQuery {
+    id: Option<u64>,
+}
+
+/// `DELETE /v1/hosts/{host}[?id=N]`: takes the host's Raft identities (or only `id`)
+/// out of the cluster, through the leader.
+async fn remove_host(
+    State(app): State<Arc<App>>,
+    Path(host): Path<String>,
+    ApiQuery(q): ApiQuery<RemoveHostQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids: Vec<u64> = app
+        .members()
+        .into_iter()
+        .filter(|(id, p)| p.host == host && q.id.is_none_or(|want| want == *id))
+        .map(|(id, _)| id)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::NotFound(format!("cluster member {host}")));
+    }
+    let m = app.raft.metrics().borrow().clone();
+    let leader = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+        .ok_or_else(|| ApiError::Unavailable("no cluster leader right now; retry".into()))?;
+    let secret = app
+        .secret
+        .clone()
+        .ok_or_else(|| ApiError::field("host", "clustering is disabled on this host"))?;
+    let url = format!("{}/cluster/remove", leader.addr.trim_end_matches('/'));
+    let r = reqwest::Client::new()
+        .post(url)
+        .header(crate::store::raft::network::SECRET_HEADER, secret)
+        .timeout(Duration::from_secs(30))
+        .json(&crate::http::cluster::RemoveRequest {
+            node_ids: ids.clone(),
+        })
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot reach the leader: {e}")))?;
+    if !r.status().is_success() {
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        return Err(ApiError::Conflict {
+            message: format!("the leader refused: {}", body["error"]["message"]),
+            details: body,
+        });
+    }
+    info!(host = %host, node_ids = ?ids, "host removed from the cluster");
+    Ok(Json(json!({ "removed": ids, "host": host })))
 }
