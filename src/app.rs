@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::blobs::{BlobStore, Digest};
 use crate::metrics::Metrics;
+use crate::ownership::state::LeaseTimes;
 use crate::render::Renderer;
 use crate::store::raft::machine::OnApply;
 use crate::store::raft::network::Network;
@@ -104,6 +105,12 @@ pub struct App {
     pub blob_cache: crate::blobcache::BlobCache,
     /// Artifact replication progress.
     pub replication: Mutex<ReplicationStatus>,
+    /// Lease timing (the same on every host).
+    pub lease_times: LeaseTimes,
+    /// Most nodes one host may own (placement), if limited.
+    pub max_nodes: Option<usize>,
+    /// Until when this host's lease is fresh (monotonic clock).
+    lease_until: Mutex<Option<Instant>>,
     /// Newest event sequence number, for long-polling clients.
     events: watch::Sender<u64>,
     rt: tokio::runtime::Handle,
@@ -135,6 +142,10 @@ pub struct AppParts {
     pub cache_budget: u64,
     /// Event notifier from [`event_notifier`].
     pub events: watch::Sender<u64>,
+    /// Lease timing.
+    pub lease_times: LeaseTimes,
+    /// Placement capacity.
+    pub max_nodes: Option<usize>,
 }
 
 impl App {
@@ -153,15 +164,29 @@ impl App {
             metrics: p.metrics,
             blob_cache: crate::blobcache::BlobCache::new(p.cache_budget),
             replication: Mutex::new(ReplicationStatus::default()),
+            lease_times: p.lease_times,
+            max_nodes: p.max_nodes,
+            lease_until: Mutex::new(None),
             events: p.events,
             rt: tokio::runtime::Handle::current(),
         }
     }
 
-    /// Whether this host may answer for the nodes it owns now. A single host always
-    /// may; with peers this becomes "my lease is fresh".
+    /// Whether this host may answer for the nodes it owns now: its lease is fresh.
     pub fn serving(&self) -> bool {
-        true
+        self.lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|u| Instant::now() < u)
+    }
+
+    /// Records a committed renewal sent at `sent`: fresh until `sent + TTL`.
+    pub fn renew_lease(&self, sent: Instant) {
+        let until = sent + Duration::from_millis(self.lease_times.ttl_ms);
+        let mut l = self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_none_or(|u| u < until) {
+            *l = Some(until);
+        }
     }
 
     /// The current renderer.

@@ -178,6 +178,18 @@ pub enum NodeCmd {
         #[arg(long, allow_hyphen_values = true)]
         cmdline: Option<String>,
     },
+    /// Move a node to another host of its group, with or without an active instance:
+    /// the old owner serves until the target holds every artifact, then ownership flips.
+    Migrate {
+        /// Node id.
+        id: String,
+        /// Target host.
+        #[arg(long)]
+        to: String,
+        /// Wait until the flip (or the rollback), at most this many seconds.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// List a node's served files (path -> sha256).
     Files {
         /// Node id.
@@ -251,6 +263,16 @@ pub enum ArtifactCmd {
 pub enum HostCmd {
     /// List hosts with their node counts.
     List,
+    /// Move all of a host's nodes to other hosts of its group (maintenance).
+    Drain {
+        /// Host name.
+        host: String,
+    },
+    /// Stop draining a host.
+    Undrain {
+        /// Host name.
+        host: String,
+    },
     /// Take a host out of the cluster (all its identities, or one with --id, e.g. the
     /// old identity of a host that rejoined after losing its data).
     Remove {

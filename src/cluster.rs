@@ -73,6 +73,12 @@ pub async fn start(
         metrics,
         cache_budget: cfg.tftp.cache_bytes,
         events,
+        lease_times: crate::ownership::state::LeaseTimes {
+            interval_ms: cfg.ownership.lease_interval_ms,
+            ttl_ms: cfg.ownership.lease_ttl_ms,
+            grace_ms: cfg.ownership.grace_ms,
+        },
+        max_nodes: cfg.ownership.max_nodes_per_host,
     })))
 }
 

@@ -118,6 +118,9 @@ fn node_detail(n: &Value) -> String {
             s(&p["cmdline"])
         ));
     }
+    if !n["stuck"].is_null() {
+        out.push_str(&format!("{:<16} {}\n", "stuck", s(&n["stuck"])));
+    }
     let r = &n["reservation"];
     if !r.is_null() {
         out.push_str(&format!(
@@ -269,6 +272,47 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             let v = c.send("PUT", &format!("/v1/nodes/{id}/profile"), &body)?;
             print(api, &v, node_detail);
         }
+        NodeCmd::Migrate { id, to, wait } => {
+            let v = c.send(
+                "POST",
+                &format!("/v1/nodes/{id}/migrate"),
+                &json!({ "to": to }),
+            )?;
+            let from = s(&v["owner"]);
+            let epoch = v["epoch"].as_u64().unwrap_or(0);
+            if wait == 0 {
+                print(api, &v, |_| {
+                    format!("migrating {id} from {from} to {to} (epoch {epoch})\n")
+                });
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            loop {
+                let n = c.get(&format!("/v1/nodes/{id}"))?;
+                if n["handoff"]["state"] != json!("migrating") {
+                    let done = n["owner"] == json!(to);
+                    print(api, &n, |n| {
+                        if done {
+                            format!("migrated {id} to {to} (epoch {})\n", s(&n["epoch"]))
+                        } else {
+                            format!(
+                                "migration of {id} rolled back; owner {} (epoch {})\n",
+                                s(&n["owner"]),
+                                s(&n["epoch"])
+                            )
+                        }
+                    });
+                    if !done {
+                        bail!("migration of {id} did not complete");
+                    }
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("migration of {id} still in progress after {wait} s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
         NodeCmd::Files { id } => {
             let v = c.get(&format!("/v1/nodes/{id}/files"))?;
             print(api, &v, |v| {
@@ -413,8 +457,9 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
                         vec![
                             format!("{}{me}", s(&h["host"]["name"])),
                             s(&h["host"]["group"]),
+                            s(&h["state"]),
                             s(&h["nodes"]),
-                            s(&h["host"]["last_heartbeat"]),
+                            format!("{} ms ago", s(&h["heartbeat_age_ms"])),
                             h["host"]["addresses"]
                                 .as_array()
                                 .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
@@ -423,10 +468,35 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
                     })
                     .collect();
                 table(
-                    &["HOST", "GROUP", "NODES", "LAST HEARTBEAT (ms)", "ADDRESSES"],
+                    &[
+                        "HOST",
+                        "GROUP",
+                        "STATE",
+                        "NODES",
+                        "LAST HEARTBEAT",
+                        "ADDRESSES",
+                    ],
                     &rows,
                 )
             });
+        }
+        HostCmd::Drain { host } => {
+            let v = c.send(
+                "POST",
+                &format!("/v1/hosts/{}/drain", crate::client::urlencode(&host)),
+                &json!({}),
+            )?;
+            print(api, &v, |_| {
+                format!("draining {host}: its nodes are being migrated away\n")
+            });
+        }
+        HostCmd::Undrain { host } => {
+            let v = c.send(
+                "POST",
+                &format!("/v1/hosts/{}/undrain", crate::client::urlencode(&host)),
+                &json!({}),
+            )?;
+            print(api, &v, |_| format!("{host} no longer draining\n"));
         }
         HostCmd::Remove { host, id } => {
             let path = match id {

@@ -67,6 +67,33 @@ pub struct Config {
     pub capture: Option<PathBuf>,
     /// Cluster membership and replication.
     pub cluster: ClusterConfig,
+    /// Leases and takeover.
+    pub ownership: OwnershipConfig,
+}
+
+/// Lease and placement settings (keep them the same on every host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnershipConfig {
+    /// How often a host renews its lease.
+    pub lease_interval_ms: u64,
+    /// How long a renewal keeps a host serving.
+    pub lease_ttl_ms: u64,
+    /// Extra wait after a lease expires before peers take its nodes.
+    pub grace_ms: u64,
+    /// Most nodes one host may own after a takeover or drain (unset: no limit).
+    pub max_nodes_per_host: Option<usize>,
+}
+
+impl Default for OwnershipConfig {
+    fn default() -> Self {
+        OwnershipConfig {
+            lease_interval_ms: 1000,
+            lease_ttl_ms: 3000,
+            grace_ms: 1000,
+            max_nodes_per_host: None,
+        }
+    }
 }
 
 /// Cluster settings.
@@ -181,6 +208,7 @@ impl Default for Config {
             dhcp: DhcpConfig::default(),
             capture: None,
             cluster: ClusterConfig::default(),
+            ownership: OwnershipConfig::default(),
         }
     }
 }
@@ -479,6 +507,19 @@ impl Config {
             return bad(
                 "cluster.election_timeout_ms",
                 "must be at least 3 x cluster.heartbeat_ms (and heartbeat_ms >= 10)",
+            );
+        }
+        let ow = &self.ownership;
+        if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
+            return bad(
+                "ownership.lease_ttl_ms",
+                "must be at least 2 x ownership.lease_interval_ms (and the interval >= 50 ms)",
+            );
+        }
+        if ow.grace_ms < 100 {
+            return bad(
+                "ownership.grace_ms",
+                "must be at least 100 ms (it covers clock skew between hosts)",
             );
         }
         if self.log_level.trim().is_empty() {

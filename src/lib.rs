@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod ownership;
 pub mod pcap;
 pub mod render;
 pub mod serve;

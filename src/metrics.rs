@@ -35,6 +35,10 @@ impl Counter {
 pub struct Gauge(AtomicI64);
 
 impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     /// Adds `n` (may be negative).
     pub fn add(&self, n: i64) {
         self.0.fetch_add(n, Ordering::Relaxed);
@@ -176,9 +180,24 @@ pub struct DhcpMetrics {
     pub bad_packets: LabeledCounter,
 }
 
+/// Ownership metrics.
+#[derive(Debug, Default)]
+pub struct OwnershipMetrics {
+    /// 1 while this host's lease is fresh.
+    pub lease_fresh: Gauge,
+    /// Ownership changes proposed by this host's reconciler, by reason.
+    pub transfers: LabeledCounter,
+    /// Nodes no live host can take over (as of the last reconcile on the leader).
+    pub stuck_nodes: Gauge,
+    /// Migrations rolled back.
+    pub aborted_migrations: Counter,
+}
+
 /// Every metric of the process.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Ownership.
+    pub ownership: OwnershipMetrics,
     /// Proxy-DHCP.
     pub dhcp: DhcpMetrics,
     /// TFTP.
@@ -354,6 +373,32 @@ impl Metrics {
             "Datagrams that are not DHCP boot requests.",
             "reason",
             &d.bad_packets,
+        );
+        let ow = &self.ownership;
+        gauge(
+            &mut o,
+            "baton_lease_fresh",
+            "1 while this host's lease is fresh (it answers for its nodes).",
+            ow.lease_fresh.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_ownership_transfers_total",
+            "Ownership changes proposed by this host.",
+            "reason",
+            &ow.transfers,
+        );
+        gauge(
+            &mut o,
+            "baton_stuck_nodes",
+            "Nodes that no live host can take over.",
+            ow.stuck_nodes.get(),
+        );
+        counter(
+            &mut o,
+            "baton_migrations_aborted_total",
+            "Migrations rolled back (target died).",
+            ow.aborted_migrations.get(),
         );
         let st = &self.store;
         counter(

@@ -205,10 +205,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         addresses: vec![advertise.clone(), cfg.tftp.listen.to_string()],
         at: now_ms(),
     };
+    let sent = std::time::Instant::now();
     let out = app.propose(reg).await?;
     if !out.is_applied() {
         anyhow::bail!("cannot register host {host}: {out:?}");
     }
+    // Registration is a heartbeat: the lease is fresh from here.
+    app.renew_lease(sent);
+    let lease = tokio::spawn(crate::ownership::lease::run(app.clone(), shutdown.clone()));
+    let reconciler = tokio::spawn(crate::ownership::reconcile::run(
+        app.clone(),
+        shutdown.clone(),
+    ));
     let fetcher = tokio::spawn(crate::blobs::fetch::run(
         app.clone(),
         cfg.cluster.replication_rate,
@@ -254,6 +262,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         c.flush();
     }
     let _ = fetcher.await;
+    let _ = lease.await;
+    let _ = reconciler.await;
     if let Err(e) = app.raft.shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }

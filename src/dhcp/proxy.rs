@@ -241,6 +241,7 @@ mod tests {
             handoff: HandoffState::None,
             boot_profile: profile,
             last_token: 0,
+            stuck: None,
             created_at: 0,
             updated_at: 0,
         }

@@ -57,6 +57,12 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/events", get(events))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{host}", axum::routing::delete(remove_host))
+        .route("/v1/hosts/{host}/drain", axum::routing::post(drain_host))
+        .route(
+            "/v1/hosts/{host}/undrain",
+            axum::routing::post(undrain_host),
+        )
+        .route("/v1/nodes/{id}/migrate", axum::routing::post(migrate_node))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/status", get(status))
 }
@@ -695,9 +701,19 @@ async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Valu
     for n in &nodes {
         *owned.entry(n.owner.as_str()).or_default() += 1;
     }
+    let now = now_ms();
     let out: Vec<_> = hosts
         .iter()
-        .map(|h| json!({ "host": h, "nodes": owned.get(h.name.as_str()).copied().unwrap_or(0), "self": h.name == app.host }))
+        .map(|h| {
+            let state = crate::ownership::state::classify(h, now, &app.lease_times);
+            json!({
+                "host": h,
+                "state": state,
+                "heartbeat_age_ms": now.saturating_sub(h.last_heartbeat),
+                "nodes": owned.get(h.name.as_str()).copied().unwrap_or(0),
+                "self": h.name == app.host,
+            })
+        })
         .collect();
     Ok(Json(json!(out)))
 }
@@ -854,4 +870,83 @@ async fn remove_host(
     }
     info!(host = %host, node_ids = ?ids, "host removed from the cluster");
     Ok(Json(json!({ "removed": ids, "host": host })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateRequest {
+    to: String,
+}
+
+/// `POST /v1/nodes/{id}/migrate {to}`: the node enters `migrating`; the leader's
+/// reconciler flips ownership once the target holds every artifact (the old owner
+/// serves until then), or rolls back if the target dies.
+async fn migrate_node(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<MigrateRequest>,
+) -> Result<Json<Node>, ApiError> {
+    let node = get_node(&app, &id)?;
+    let target = app
+        .store
+        .host(&r.to)?
+        .ok_or_else(|| ApiError::field("to", format!("unknown host {}", r.to)))?;
+    let state = crate::ownership::state::classify(&target, now_ms(), &app.lease_times);
+    if !state.accepts_nodes() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "host {} is {}: a migration needs a live, non-draining target",
+                r.to,
+                state.as_str()
+            ),
+            details: json!({ "host": r.to, "state": state }),
+        });
+    }
+    apply(
+        &app,
+        Command::BeginMigration {
+            node: id.clone(),
+            to: r.to.clone(),
+            expected_epoch: node.epoch,
+            at: now_ms(),
+        },
+    )
+    .await?;
+    info!(node = %id, from = %node.owner, to = %r.to, epoch = node.epoch, "migration started");
+    Ok(Json(get_node(&app, &id)?))
+}
+
+async fn set_draining(
+    app: &Arc<App>,
+    host: &str,
+    draining: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    apply(
+        app,
+        Command::SetDraining {
+            host: host.to_string(),
+            draining,
+            at: now_ms(),
+        },
+    )
+    .await?;
+    info!(host = %host, draining, "host draining flag set");
+    let h = app.store.host(host)?;
+    Ok(Json(json!({ "host": h })))
+}
+
+/// `POST /v1/hosts/{host}/drain`: move all of the host's nodes away.
+async fn drain_host(
+    State(app): State<Arc<App>>,
+    Path(host): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_draining(&app, &host, true).await
+}
+
+/// `POST /v1/hosts/{host}/undrain`.
+async fn undrain_host(
+    State(app): State<Arc<App>>,
+    Path(host): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_draining(&app, &host, false).await
 }

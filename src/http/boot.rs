@@ -43,6 +43,13 @@ pub async fn boot_file(
         .into_iter()
         .find(|f| f.path == want)
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
+    if n.owner == app.host && !app.serving() {
+        app.metrics.http.boot_failed.inc("not_serving");
+        return Err(ApiError::Unavailable(format!(
+            "host {} owns node {node} but its lease is not fresh: not serving",
+            app.host
+        )));
+    }
     if n.owner != app.host {
         app.metrics.http.boot_failed.inc("not_owner");
         return Err(ApiError::Conflict {
@@ -105,8 +112,8 @@ pub async fn namespace_file(
             );
         }
         Ok(None) => {}
-        Err(OpenError::Denied("not_owner")) => {
-            app.metrics.http.boot_failed.inc("not_owner");
+        Err(OpenError::Denied(r @ ("not_owner" | "not_serving"))) => {
+            app.metrics.http.boot_failed.inc(r);
             return Err(ApiError::Conflict {
                 message: format!(
                     "{path} belongs to a node this host ({}) does not serve",

@@ -253,6 +253,7 @@ impl Renderer {
             handoff: crate::store::HandoffState::None,
             boot_profile: None,
             last_token: 0,
+            stuck: None,
             created_at: 0,
             updated_at: 0,
         };

@@ -27,6 +27,7 @@ fn node(id: &str, macs: &[[u8; 6]]) -> Node {
         handoff: HandoffState::None,
         boot_profile: None,
         last_token: 0,
+        stuck: None,
         created_at: 0,
         updated_at: 0,
     }

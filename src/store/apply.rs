@@ -172,8 +172,11 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             to,
             expected_epoch,
             reason,
+            stale_before,
             at,
-        } => transfer_ownership(tx, node, to, *expected_epoch, *reason, *at),
+        } => transfer_ownership(tx, node, to, *expected_epoch, *reason, *stale_before, *at),
+        Command::SetDraining { host, draining, at } => set_draining(tx, host, *draining, *at),
+        Command::FlagNode { node, stuck, at } => flag_node(tx, node, stuck.as_deref(), *at),
         Command::RegisterArtifact {
             digest,
             size,
@@ -702,6 +705,21 @@ fn begin_migration(
     let node = load_node(tx, id)?;
     check_epoch(&node, Some(expected_epoch))?;
     require_host(tx, to)?;
+    let to_group: String =
+        tx.query_row("SELECT group_name FROM hosts WHERE name = ?1", [to], |r| {
+            r.get(0)
+        })?;
+    if to_group != node.group {
+        return Err(invalid(format!(
+            "host {to} serves group {to_group}, node {id} is in group {}: a node moves only within its L2 segment",
+            node.group
+        )));
+    }
+    if let Some(r) = read::reservation(tx, id)? {
+        if r.is_live(at) {
+            return Err(Fail::Reject(Rejection::NodeReserved { reservation: r }));
+        }
+    }
     if node.owner == to {
         return Err(invalid(format!("host {to} already owns node {id}")));
     }
@@ -754,17 +772,36 @@ fn abort_migration(tx: &Transaction<'_>, id: &str, expected_epoch: u64, at: Mill
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn transfer_ownership(
     tx: &Transaction<'_>,
     id: &str,
     to: &str,
     expected_epoch: u64,
     reason: TransferReason,
+    stale_before: Option<Millis>,
     at: Millis,
 ) -> R<Applied> {
     let node = load_node(tx, id)?;
     check_epoch(&node, Some(expected_epoch))?;
     require_host(tx, to)?;
+    if let Some(t) = stale_before {
+        // The fence of a takeover: the old owner must not have renewed its lease since
+        // the proposer saw it expire.
+        let hb: Option<i64> = tx
+            .query_row(
+                "SELECT last_heartbeat FROM hosts WHERE name = ?1",
+                [&node.owner],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if hb.is_some_and(|hb| hb >= t) {
+            return Err(invalid(format!(
+                "host {} renewed its lease: takeover of node {id} refused",
+                node.owner
+            )));
+        }
+    }
     if node.owner == to {
         return Err(invalid(format!("host {to} already owns node {id}")));
     }
@@ -781,7 +818,7 @@ fn transfer_ownership(
         .ok_or_else(|| invalid("epoch overflow"))?;
     tx.execute(
         "UPDATE nodes SET owner = ?2, epoch = ?3, handoff_to = NULL, handoff_since = NULL, \
-         updated_at = ?4 WHERE id = ?1",
+         stuck = NULL, updated_at = ?4 WHERE id = ?1",
         params![id, to, int(epoch, "epoch")?, at],
     )?;
     event(
@@ -1006,4 +1043,55 @@ fn release(tx: &Transaction<'_>, id: &str, holder: &str, token: u64, at: Millis)
         }
         _ => lost(tx, &node, at),
     }
+}
+
+fn set_draining(tx: &Transaction<'_>, host: &str, draining: bool, at: Millis) -> R<Applied> {
+    require_host(tx, host)?;
+    let n = tx.execute(
+        "UPDATE hosts SET draining = ?2 WHERE name = ?1 AND draining != ?2",
+        params![host, draining as i64],
+    )?;
+    if n > 0 {
+        event(
+            tx,
+            at,
+            if draining {
+                "host_draining"
+            } else {
+                "host_undrained"
+            },
+            None,
+            Some(host),
+            json!({ "draining": draining }),
+        )?;
+    }
+    Ok(Applied::DrainingSet {
+        host: host.to_string(),
+        draining,
+    })
+}
+
+fn flag_node(tx: &Transaction<'_>, id: &str, stuck: Option<&str>, at: Millis) -> R<Applied> {
+    let node = load_node(tx, id)?;
+    if node.stuck.as_deref() != stuck {
+        tx.execute(
+            "UPDATE nodes SET stuck = ?2 WHERE id = ?1",
+            params![id, stuck],
+        )?;
+        event(
+            tx,
+            at,
+            if stuck.is_some() {
+                "takeover_blocked"
+            } else {
+                "takeover_unblocked"
+            },
+            Some(id),
+            Some(&node.owner),
+            json!({ "reason": stuck, "owner": node.owner, "epoch": node.epoch }),
+        )?;
+    }
+    Ok(Applied::NodeFlagged {
+        node: id.to_string(),
+    })
 }

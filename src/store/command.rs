@@ -140,6 +140,24 @@ pub enum Command {
         /// Proposer's time.
         at: Millis,
     },
+    /// Marks a host as draining (its nodes are moved away) or not.
+    SetDraining {
+        /// The host.
+        host: String,
+        /// Draining or not.
+        draining: bool,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Records why a node cannot be taken over (`None` clears it).
+    FlagNode {
+        /// The node.
+        node: String,
+        /// Why, for `baton node show` and metrics.
+        stuck: Option<String>,
+        /// Proposer's time.
+        at: Millis,
+    },
     /// Makes `to` the owner, bumps the epoch and clears any migration.
     TransferOwnership {
         /// The node.
@@ -151,6 +169,10 @@ pub enum Command {
         /// Why (recorded in the event).
         reason: TransferReason,
         /// Proposer's time.
+        /// Takeover fence: refused unless the current owner's last heartbeat is older
+        /// than this (its lease had expired when the proposer decided).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale_before: Option<Millis>,
         at: Millis,
     },
     /// Registers an artifact (if new) and records that `host` holds its blob.
@@ -320,6 +342,18 @@ pub enum Applied {
         to: String,
         /// New epoch.
         epoch: u64,
+    },
+    /// A host's draining flag changed.
+    DrainingSet {
+        /// The host.
+        host: String,
+        /// Now draining?
+        draining: bool,
+    },
+    /// A node's stuck reason changed.
+    NodeFlagged {
+        /// The node.
+        node: String,
     },
     /// Artifact known (`created` if new) and held by the host.
     ArtifactRegistered {

@@ -23,6 +23,9 @@ pub struct Host {
     pub registered_at: Millis,
     /// Last heartbeat (registration counts as one).
     pub last_heartbeat: Millis,
+    /// Its nodes are being moved away for maintenance.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A bare-metal node.
@@ -48,6 +51,9 @@ pub struct Node {
     pub boot_profile: Option<BootProfile>,
     /// Newest fencing token issued for its reservation (0: never reserved).
     pub last_token: u64,
+    /// Why no live host could take the node over (it stays with its dead owner).
+    #[serde(default)]
+    pub stuck: Option<String>,
     /// Enrollment time.
     pub created_at: Millis,
     /// Last change.
@@ -138,7 +144,7 @@ fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreE
 
 pub(super) fn host(conn: &Connection, name: &str) -> Result<Option<Host>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, group_name, addresses, registered_at, last_heartbeat FROM hosts WHERE name = ?1",
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining FROM hosts WHERE name = ?1",
     )?;
     let raw = stmt.query_row([name], raw_host).optional()?;
     raw.map(host_from_raw).transpose()
@@ -146,7 +152,7 @@ pub(super) fn host(conn: &Connection, name: &str) -> Result<Option<Host>, StoreE
 
 pub(super) fn hosts(conn: &Connection) -> Result<Vec<Host>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, group_name, addresses, registered_at, last_heartbeat FROM hosts ORDER BY name",
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining FROM hosts ORDER BY name",
     )?;
     let raws = stmt
         .query_map([], raw_host)?
@@ -154,14 +160,21 @@ pub(super) fn hosts(conn: &Connection) -> Result<Vec<Host>, StoreError> {
     raws.into_iter().map(host_from_raw).collect()
 }
 
-type RawHost = (String, String, String, i64, i64);
+type RawHost = (String, String, String, i64, i64, i64);
 
 fn raw_host(r: &Row<'_>) -> rusqlite::Result<RawHost> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn host_from_raw(
-    (name, group, addresses, registered_at, last_heartbeat): RawHost,
+    (name, group, addresses, registered_at, last_heartbeat, draining): RawHost,
 ) -> Result<Host, StoreError> {
     Ok(Host {
         name,
@@ -169,11 +182,12 @@ fn host_from_raw(
         addresses: json(&addresses, "host addresses")?,
         registered_at,
         last_heartbeat,
+        draining: draining != 0,
     })
 }
 
 const NODE_COLS: &str = "id, group_name, arch, owner, epoch, provision_state, handoff_to, \
-                         handoff_since, boot_profile, last_token, created_at, updated_at";
+                         handoff_since, boot_profile, last_token, created_at, updated_at, stuck";
 
 struct RawNode {
     id: String,
@@ -188,6 +202,7 @@ struct RawNode {
     last_token: i64,
     created_at: i64,
     updated_at: i64,
+    stuck: Option<String>,
 }
 
 fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -204,6 +219,7 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
         last_token: r.get(9)?,
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
+        stuck: r.get(12)?,
     })
 }
 
@@ -233,6 +249,7 @@ fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
         handoff,
         boot_profile,
         last_token: u(raw.last_token, "token")?,
+        stuck: raw.stuck,
         created_at: raw.created_at,
         updated_at: raw.updated_at,
     })

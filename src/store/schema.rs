@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -125,4 +125,11 @@ CREATE TABLE raft_applied (
     log_id      TEXT NOT NULL,              -- JSON openraft LogId
     membership  TEXT NOT NULL               -- JSON openraft StoredMembership
 ) STRICT;
+"#;
+
+/// Version 3: ownership handoff. A draining host gives its nodes away; a node that no
+/// live host can take over keeps its dead owner and says why.
+const V3: &str = r#"
+ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN stuck TEXT;
 "#;

@@ -712,6 +712,7 @@ fn migration_and_ownership_epochs() {
         to: to.into(),
         expected_epoch: epoch,
         reason,
+        stale_before: None,
         at: 60,
     };
     assert!(
@@ -1099,6 +1100,7 @@ fn script() -> Vec<Command> {
             to: "h2".into(),
             expected_epoch: 1,
             reason: TransferReason::Migration,
+            stale_before: None,
             at: 12,
         },
         Command::RecordHostArtifact {

@@ -38,7 +38,9 @@ pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenEr
         Err(e) => return Err(OpenError::Io(e.to_string())),
     };
     match app.store.node(&nf.node) {
-        Ok(Some(node)) if node.owner == app.host => Ok(Some(nf)),
+        // Owned per this replica AND the lease is fresh: never two hosts for one node.
+        Ok(Some(node)) if node.owner == app.host && app.serving() => Ok(Some(nf)),
+        Ok(Some(node)) if node.owner == app.host => Err(OpenError::Denied("not_serving")),
         Ok(Some(_)) => Err(OpenError::Denied("not_owner")),
         Ok(None) => Ok(None),
         Err(e) => Err(OpenError::Io(e.to_string())),

@@ -1,0 +1,8 @@
+//! Ownership handoff: host leases, host states, placement of nodes, and the leader's
+//! reconciler that takes over dead hosts' nodes, completes or rolls back migrations and
+//! drains hosts. Every ownership change is a committed, epoch-fenced store command.
+
+pub mod lease;
+pub mod placement;
+pub mod reconcile;
+pub mod state;

@@ -1,0 +1,415 @@
+//! The leader's reconciler: decides ownership changes from the replicated state
+//! ([`plan`], sans-IO) and proposes them as fenced commands ([`run`]).
+//!
+//! - owner down (lease + grace expired): take over, to a live host of the node's group
+//!   that holds every artifact the node serves (rendezvous placement, capacity);
+//!   no such host: the node stays, flagged with the reason;
+//! - migrating: flip ownership once the target holds every artifact; roll back if the
+//!   target is down;
+//! - owner draining: start a migration to a placement target.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::placement::{pick, Candidate};
+use super::state::{classify, HostState, LeaseTimes};
+use crate::app::{now_ms, App};
+use crate::blobs::Digest;
+use crate::store::{Command, HandoffState, Host, Millis, Node, TransferReason};
+
+/// What the cluster looks like to the reconciler.
+pub struct View<'a> {
+    /// Hosts.
+    pub hosts: &'a [Host],
+    /// Nodes.
+    pub nodes: &'a [Node],
+    /// For each node, the digests it serves.
+    pub node_digests: &'a HashMap<String, BTreeSet<Digest>>,
+    /// For each digest, the hosts holding it.
+    pub holders: &'a HashMap<Digest, BTreeSet<String>>,
+}
+
+/// Commands to propose now.
+pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) -> Vec<Command> {
+    let state: BTreeMap<&str, HostState> = v
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), classify(h, now, t)))
+        .collect();
+    let group_of: BTreeMap<&str, &str> = v
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.group.as_str()))
+        .collect();
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in v.nodes {
+        *load.entry(n.owner.as_str()).or_default() += 1;
+    }
+    let holds_all = |host: &str, node: &Node| -> bool {
+        v.node_digests.get(&node.id).is_none_or(|ds| {
+            ds.iter()
+                .all(|d| v.holders.get(d).is_some_and(|h| h.contains(host)))
+        })
+    };
+    let mut out = Vec::new();
+    for n in v.nodes {
+        let owner_state = state
+            .get(n.owner.as_str())
+            .copied()
+            .unwrap_or(HostState::Down);
+        match &n.handoff {
+            HandoffState::Migrating { to, .. } if owner_state != HostState::Down => {
+                let target = state.get(to.as_str()).copied().unwrap_or(HostState::Down);
+                if target == HostState::Down {
+                    out.push(Command::AbortMigration {
+                        node: n.id.clone(),
+                        expected_epoch: n.epoch,
+                        at: now,
+                    });
+                } else if holds_all(to, n) {
+                    out.push(Command::TransferOwnership {
+                        node: n.id.clone(),
+                        to: to.clone(),
+                        expected_epoch: n.epoch,
+                        reason: TransferReason::Migration,
+                        stale_before: None,
+                        at: now,
+                    });
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let eligible = |need_artifacts: bool, load: &BTreeMap<&str, usize>| -> Vec<Candidate<'_>> {
+            v.hosts
+                .iter()
+                .filter(|h| h.name != n.owner && h.group == n.group)
+                .filter(|h| {
+                    state
+                        .get(h.name.as_str())
+                        .is_some_and(|s| s.accepts_nodes())
+                })
+                .filter(|h| !need_artifacts || holds_all(&h.name, n))
+                .map(|h| Candidate {
+                    host: &h.name,
+                    load: load.get(h.name.as_str()).copied().unwrap_or(0),
+                })
+                .collect()
+        };
+        match owner_state {
+            HostState::Down => {
+                let c = eligible(true, &load);
+                match pick(&n.id, &c, capacity) {
+                    Some(to) => {
+                        *load.entry(to).or_default() += 1;
+                        out.push(Command::TransferOwnership {
+                            node: n.id.clone(),
+                            to: to.to_string(),
+                            expected_epoch: n.epoch,
+                            reason: TransferReason::Takeover,
+                            // Fence: the old owner must not have renewed since it expired.
+                            stale_before: Some(now - (t.ttl_ms + t.grace_ms) as Millis),
+                            at: now,
+                        });
+                    }
+                    None => {
+                        let why = if eligible(false, &load).is_empty() {
+                            format!(
+                                "owner {} is down and no other live host of group {} can take it",
+                                n.owner, n.group
+                            )
+                        } else {
+                            format!("owner {} is down and no live host of group {} holds all its artifacts (or has capacity)", n.owner, n.group)
+                        };
+                        if n.stuck.as_deref() != Some(why.as_str()) {
+                            out.push(Command::FlagNode {
+                                node: n.id.clone(),
+                                stuck: Some(why),
+                                at: now,
+                            });
+                        }
+                    }
+                }
+            }
+            HostState::Draining if n.handoff == HandoffState::None => {
+                let c = eligible(false, &load);
+                match pick(&n.id, &c, capacity) {
+                    Some(to) => {
+                        *load.entry(to).or_default() += 1;
+                        out.push(Command::BeginMigration {
+                            node: n.id.clone(),
+                            to: to.to_string(),
+                            expected_epoch: n.epoch,
+                            at: now,
+                        });
+                    }
+                    None => {
+                        let why = format!(
+                            "owner {} is draining and no other live host of group {} can take it",
+                            n.owner, n.group
+                        );
+                        if n.stuck.as_deref() != Some(why.as_str()) {
+                            out.push(Command::FlagNode {
+                                node: n.id.clone(),
+                                stuck: Some(why),
+                                at: now,
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {
+                if n.stuck.is_some() {
+                    out.push(Command::FlagNode {
+                        node: n.id.clone(),
+                        stuck: None,
+                        at: now,
+                    });
+                }
+            }
+        }
+        let _ = group_of.get(n.owner.as_str());
+    }
+    out
+}
+
+/// Runs the reconciler on whichever host is the Raft leader, every half second.
+pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = app.raft.metrics().borrow().clone();
+        if m.current_leader != Some(app.node_id) {
+            continue;
+        }
+        if let Err(e) = once(&app).await {
+            warn!(error = %e, "ownership reconcile failed");
+        }
+    }
+}
+
+async fn once(app: &Arc<App>) -> Result<(), String> {
+    let hosts = app.store.hosts().map_err(|e| e.to_string())?;
+    let nodes = app.store.nodes().map_err(|e| e.to_string())?;
+    let mut node_digests = HashMap::new();
+    for n in &nodes {
+        let ds: BTreeSet<Digest> = app
+            .store
+            .node_files(&n.id)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|f| f.digest)
+            .collect();
+        node_digests.insert(n.id.clone(), ds);
+    }
+    let holders: HashMap<Digest, BTreeSet<String>> = app
+        .store
+        .artifacts()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|a| (a.digest, a.hosts.into_iter().collect()))
+        .collect();
+    let view = View {
+        hosts: &hosts,
+        nodes: &nodes,
+        node_digests: &node_digests,
+        holders: &holders,
+    };
+    let cmds = plan(&view, now_ms(), &app.lease_times, app.max_nodes);
+    let stuck = nodes.iter().filter(|n| n.stuck.is_some()).count();
+    app.metrics.ownership.stuck_nodes.set(stuck as i64);
+    for cmd in cmds {
+        let label = match &cmd {
+            Command::TransferOwnership { reason, .. } => format!("{reason:?}").to_lowercase(),
+            Command::AbortMigration { .. } => "abort".into(),
+            Command::BeginMigration { .. } => "drain".into(),
+            _ => "flag".into(),
+        };
+        let out = app.propose(cmd.clone()).await.map_err(|e| e.to_string())?;
+        if out.is_applied() {
+            if label != "flag" {
+                app.metrics.ownership.transfers.inc(&label);
+            }
+            if label == "abort" {
+                app.metrics.ownership.aborted_migrations.inc();
+            }
+            match &cmd {
+                Command::TransferOwnership {
+                    node, to, reason, ..
+                } => info!(node = %node, to = %to, reason = ?reason, "ownership transferred"),
+                Command::AbortMigration { node, .. } => {
+                    warn!(node = %node, "migration rolled back: target is down")
+                }
+                Command::BeginMigration { node, to, .. } => {
+                    info!(node = %node, to = %to, "draining: migration started")
+                }
+                Command::FlagNode { node, stuck, .. } => match stuck {
+                    Some(r) => warn!(node = %node, reason = %r, "node cannot be taken over"),
+                    None => info!(node = %node, "node no longer stuck"),
+                },
+                _ => {}
+            }
+        } else {
+            info!(outcome = ?out, "ownership change refused (state moved on)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MacAddr, ProvisionState};
+
+    const T: LeaseTimes = LeaseTimes {
+        interval_ms: 1000,
+        ttl_ms: 3000,
+        grace_ms: 1000,
+    };
+
+    fn host(name: &str, group: &str, hb: Millis, draining: bool) -> Host {
+        Host {
+            name: name.into(),
+            group: group.into(),
+            addresses: vec![],
+            registered_at: 0,
+            last_heartbeat: hb,
+            draining,
+        }
+    }
+
+    fn node(id: &str, owner: &str, handoff: HandoffState) -> Node {
+        Node {
+            id: id.into(),
+            macs: vec![MacAddr([0, 0, 0, 0, 0, 1])],
+            group: "g".into(),
+            arch: None,
+            owner: owner.into(),
+            epoch: 3,
+            provision_state: ProvisionState::Active,
+            handoff,
+            boot_profile: None,
+            last_token: 0,
+            stuck: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn run_plan(
+        hosts: &[Host],
+        nodes: &[Node],
+        holders: &HashMap<Digest, BTreeSet<String>>,
+        d: &HashMap<String, BTreeSet<Digest>>,
+    ) -> Vec<Command> {
+        plan(
+            &View {
+                hosts,
+                nodes,
+                node_digests: d,
+                holders,
+            },
+            100_000,
+            &T,
+            None,
+        )
+    }
+
+    #[test]
+    fn takeover_goes_to_a_live_holder_of_the_same_group() {
+        let dg = Digest::of(b"kernel");
+        let hosts = vec![
+            host("dead", "g", 90_000, false),
+            host("a", "g", 99_500, false),
+            host("b", "g", 99_500, false),
+            host("other", "x", 99_500, false),
+        ];
+        let nodes = vec![node("n1", "dead", HandoffState::None)];
+        let d = HashMap::from([("n1".to_string(), BTreeSet::from([dg]))]);
+        let holders = HashMap::from([(
+            dg,
+            BTreeSet::from(["dead".to_string(), "b".to_string(), "other".to_string()]),
+        )]);
+        let cmds = run_plan(&hosts, &nodes, &holders, &d);
+        assert_eq!(cmds.len(), 1);
+        match &cmds[0] {
+            Command::TransferOwnership {
+                to,
+                reason,
+                stale_before,
+                expected_epoch,
+                ..
+            } => {
+                assert_eq!(to, "b", "only b holds the artifact in group g");
+                assert_eq!(*reason, TransferReason::Takeover);
+                assert_eq!(*stale_before, Some(96_000));
+                assert_eq!(*expected_epoch, 3);
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn suspect_owner_is_left_alone_and_no_holder_flags() {
+        let dg = Digest::of(b"kernel");
+        let d = HashMap::from([("n1".to_string(), BTreeSet::from([dg]))]);
+        let none = HashMap::new();
+        let hosts = vec![
+            host("sus", "g", 96_500, false),
+            host("a", "g", 99_500, false),
+        ];
+        assert!(run_plan(&hosts, &[node("n1", "sus", HandoffState::None)], &none, &d).is_empty());
+        let hosts = vec![host("dead", "g", 1, false), host("a", "g", 99_500, false)];
+        let cmds = run_plan(&hosts, &[node("n1", "dead", HandoffState::None)], &none, &d);
+        assert!(
+            matches!(&cmds[0], Command::FlagNode { stuck: Some(r), .. } if r.contains("artifacts")),
+            "{cmds:?}"
+        );
+    }
+
+    #[test]
+    fn migrations_complete_or_roll_back() {
+        let hosts = vec![
+            host("o", "g", 99_500, false),
+            host("t", "g", 99_500, false),
+            host("gone", "g", 1, false),
+        ];
+        let m = |to: &str| HandoffState::Migrating {
+            to: to.into(),
+            since: 0,
+        };
+        let cmds = run_plan(
+            &hosts,
+            &[node("n1", "o", m("t")), node("n2", "o", m("gone"))],
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        assert!(
+            matches!(&cmds[0], Command::TransferOwnership { to, reason: TransferReason::Migration, .. } if to == "t")
+        );
+        assert!(matches!(&cmds[1], Command::AbortMigration { node, .. } if node == "n2"));
+    }
+
+    #[test]
+    fn draining_host_migrates_its_nodes_away() {
+        let hosts = vec![host("d", "g", 99_500, true), host("a", "g", 99_500, false)];
+        let cmds = run_plan(
+            &hosts,
+            &[node("n1", "d", HandoffState::None)],
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        assert!(
+            matches!(&cmds[0], Command::BeginMigration { to, .. } if to == "a"),
+            "{cmds:?}"
+        );
+    }
+}
