@@ -695,6 +695,11 @@ async fn drive(
                         .zip(b.first..=b.last)
                         .map(|(h, k)| (&h[..], t.payload(k)))
                         .collect();
+                    if let Some(c) = &shared.capture {
+                        for (h, d) in &pkts {
+                            c.record_parts(me, client, h, d);
+                        }
+                    }
                     link.send_batch(client, &pkts).await
                 }
             };
