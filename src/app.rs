@@ -243,7 +243,7 @@ impl App {
                 return Err(ProposeError::NoLeader(PROPOSE_DEADLINE));
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+            delay = (delay * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -110,6 +110,28 @@ async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
     }
 }
 
+/// A node read for a write: when this host is a follower that has not applied a recent
+/// commit yet (e.g. an enroll just made through another host), catch up first.
+async fn fresh_node(app: &Arc<App>, id: &str) -> Result<Node, ApiError> {
+    match get_node(app, id) {
+        Err(ApiError::NotFound(_))
+            if app.raft.metrics().borrow().current_leader != Some(app.node_id) =>
+        {
+            if let Some(lm) = leader_metrics(app).await {
+                if let Some(l) = lm.last_applied {
+                    let _ = app
+                        .raft
+                        .wait(Some(Duration::from_secs(3)))
+                        .applied_index_at_least(Some(l.index), "read barrier")
+                        .await;
+                }
+            }
+            get_node(app, id)
+        }
+        r => r,
+    }
+}
+
 fn get_node(app: &App, id: &str) -> Result<Node, ApiError> {
     app.store
         .node(id)?
@@ -220,7 +242,7 @@ async fn update_node(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<UpdateRequest>,
 ) -> Result<Json<Node>, ApiError> {
-    let node = get_node(&app, &id)?;
+    let node = fresh_node(&app, &id).await?;
     if r.macs.as_ref().is_some_and(|m| m.is_empty()) {
         return Err(ApiError::field(
             "macs",
@@ -401,7 +423,7 @@ async fn set_profile(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<ProfileRequest>,
 ) -> Result<Json<NodeDetail>, ApiError> {
-    let node = get_node(&app, &id)?;
+    let node = fresh_node(&app, &id).await?;
     let profile = r.into_profile(&app)?;
     let kind = profile.as_ref().map(|p| p.kind()).unwrap_or("none");
     let cmd = render_command(&app, node, profile, now_ms()).await?;
@@ -422,7 +444,7 @@ async fn show_reservation(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let node = get_node(&app, &id)?;
+    let node = fresh_node(&app, &id).await?;
     let r = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
     Ok(Json(
         json!({ "reservation": r, "latest_token": node.last_token }),
@@ -886,7 +908,7 @@ async fn migrate_node(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<MigrateRequest>,
 ) -> Result<Json<Node>, ApiError> {
-    let node = get_node(&app, &id)?;
+    let node = fresh_node(&app, &id).await?;
     let target = app
         .store
         .host(&r.to)?

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
-use crate::store::raft::network::SECRET_HEADER;
+use crate::store::raft::network::{SECRET_HEADER, TARGET_HEADER};
 use crate::store::raft::{NodeId, Peer, TypeConfig};
 use crate::store::{Command, Outcome};
 
@@ -97,25 +97,51 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
     next.run(req).await
 }
 
+/// A Raft message meant for another identity (this host's old one, before it lost its
+/// data): refused, so the leader treats that identity as unreachable.
+fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let target: u64 = headers.get(TARGET_HEADER)?.to_str().ok()?.parse().ok()?;
+    (target != app.node_id).then(|| {
+        let msg = format!("this is node {}, not {target}", app.node_id);
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({"error": {"code": "misdirected", "message": msg}})),
+        )
+            .into_response()
+    })
+}
+
 async fn append(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    Json(app.raft.append_entries(req).await)
+) -> Response {
+    if let Some(r) = misdirected(&app, &headers) {
+        return r;
+    }
+    Json(app.raft.append_entries(req).await).into_response()
 }
 
 async fn vote(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     Json(req): Json<VoteRequest<NodeId>>,
-) -> impl IntoResponse {
-    Json(app.raft.vote(req).await)
+) -> Response {
+    if let Some(r) = misdirected(&app, &headers) {
+        return r;
+    }
+    Json(app.raft.vote(req).await).into_response()
 }
 
 async fn snapshot(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> impl IntoResponse {
-    Json(app.raft.install_snapshot(req).await)
+) -> Response {
+    if let Some(r) = misdirected(&app, &headers) {
+        return r;
+    }
+    Json(app.raft.install_snapshot(req).await).into_response()
 }
 
 async fn propose(State(app): State<Arc<App>>, Json(cmd): Json<Command>) -> impl IntoResponse {

@@ -49,6 +49,7 @@ pub fn boot_profile_command_with(
                 path,
                 digest: info.digest,
                 size: info.size,
+                held: true,
             });
         }
         if let Some(k) = p.kernel_boot() {
@@ -56,12 +57,14 @@ pub fn boot_profile_command_with(
                 (kernel_path(&node.id), k.kernel),
                 (ramdisk_path(&node.id), k.ramdisk),
             ] {
+                let local = blobs.size(&digest)?;
                 files.push(FileSpec {
                     path,
-                    size: match blobs.size(&digest)? {
+                    size: match local {
                         Some(n) => n,
                         None => known(&digest).ok_or(RenderError::MissingBlob(digest))?,
                     },
+                    held: local.is_some(),
                     digest,
                 });
             }

@@ -551,7 +551,7 @@ fn ensure_artifact(
     digest: &Digest,
     size: u64,
     name: &str,
-    host: &str,
+    host: Option<&str>,
     at: Millis,
 ) -> R<bool> {
     let size_i = int(size, "artifact size")?;
@@ -580,10 +580,14 @@ fn ensure_artifact(
             true
         }
     };
-    tx.execute(
-        "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
-        params![host, hex, at],
-    )?;
+    // Only a host that really holds the blob is recorded: replication fetches from
+    // holders, and takeover trusts the record.
+    if let Some(host) = host {
+        tx.execute(
+            "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
+            params![host, hex, at],
+        )?;
+    }
     Ok(created)
 }
 
@@ -639,7 +643,7 @@ fn set_boot_profile(
     }
     for f in files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-        ensure_artifact(tx, &f.digest, f.size, name, host, at)?;
+        ensure_artifact(tx, &f.digest, f.size, name, f.held.then_some(host), at)?;
     }
     for path in &paths {
         let other: Option<String> = tx
@@ -847,7 +851,7 @@ fn register_artifact(
 ) -> R<Applied> {
     valid(check_text("artifact name", name, 255))?;
     require_host(tx, host)?;
-    let created = ensure_artifact(tx, digest, size, name, host, at)?;
+    let created = ensure_artifact(tx, digest, size, name, Some(host), at)?;
     if created {
         event(
             tx,

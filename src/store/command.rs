@@ -21,6 +21,14 @@ pub struct FileSpec {
     pub digest: Digest,
     /// The artifact's size (registers it if it is new, checks it otherwise).
     pub size: u64,
+    /// The proposing host holds the blob (a file it rendered, or an artifact it has);
+    /// false for a kernel or ramdisk it only knows by digest.
+    #[serde(default = "yes")]
+    pub held: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A state change, applied deterministically by [`super::apply::apply`].

@@ -92,6 +92,7 @@ fn file(path: &str, content: &str) -> FileSpec {
         path: path.into(),
         digest: d(content),
         size: content.len() as u64,
+        held: true,
     }
 }
 
@@ -554,6 +555,7 @@ fn boot_profile_refusals() {
                     path: "a".into(),
                     digest: d("vmlinuz"),
                     size: 999,
+                    held: true,
                 }],
                 None,
                 7,

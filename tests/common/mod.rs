@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 pub mod pxe;
 pub mod raw;

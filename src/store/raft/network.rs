@@ -19,6 +19,9 @@ use super::{typ, NodeId, Peer, TypeConfig};
 
 /// Header carrying the cluster secret on every peer request.
 pub const SECRET_HEADER: &str = "x-baton-cluster-secret";
+/// Header naming the Raft identity a request is meant for: a host that rejoined at the
+/// same address under a new identity must not take its old identity's messages.
+pub const TARGET_HEADER: &str = "x-baton-target-node";
 
 /// Creates connections to peers.
 #[derive(Clone)]
@@ -52,21 +55,23 @@ impl Network {
         Resp: DeserializeOwned,
         Err: std::error::Error + DeserializeOwned,
     {
-        let resp = self
-            .client
-            .post(url)
-            .header(SECRET_HEADER, &self.secret)
-            .timeout(timeout)
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    openraft::error::RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    openraft::error::RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
+        let mut rb = self.client.post(url).header(SECRET_HEADER, &self.secret);
+        if target != 0 {
+            rb = rb.header(TARGET_HEADER, target.to_string());
+        }
+        let resp = rb.timeout(timeout).json(req).send().await.map_err(|e| {
+            if e.is_connect() {
+                openraft::error::RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                openraft::error::RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
+        if resp.status() == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            let msg = format!("node {target} is not at this address any more");
+            return Err(openraft::error::RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(msg),
+            )));
+        }
         if !resp.status().is_success() {
             let msg = format!("peer answered HTTP {}", resp.status());
             return Err(openraft::error::RPCError::Network(NetworkError::new(
