@@ -250,11 +250,13 @@ impl App {
     /// Waits until the local replica has applied `index` (so a read right after a
     /// write sees it), then counts the outcome.
     async fn finish(&self, out: Option<Outcome>, index: u64) -> Result<Outcome, ProposeError> {
-        let _ = self
-            .raft
+        // A write that this replica has not applied is not reported as done: a lease
+        // renewal in particular must not succeed on a replica that lags behind.
+        self.raft
             .wait(Some(Duration::from_secs(5)))
             .applied_index_at_least(Some(index), "write applied locally")
-            .await;
+            .await
+            .map_err(|e| ProposeError::Raft(format!("committed, but not applied here yet: {e}")))?;
         let out =
             out.ok_or_else(|| ProposeError::Raft("the log entry carried no command".into()))?;
         self.metrics.store.commands.inc();
@@ -277,6 +279,19 @@ impl App {
         match r {
             Ok(p) => Ok((p.outcome, p.index)),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Proposes only if this host is the leader (no forwarding): for the reconciler,
+    /// whose decisions come from this replica and must not land after it lost the lead.
+    pub async fn propose_as_leader(
+        self: &Arc<Self>,
+        cmd: Command,
+    ) -> Result<Option<Outcome>, ProposeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => self.finish(r.data, r.log_id.index).await.map(Some),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
     }
 

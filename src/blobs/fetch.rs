@@ -36,8 +36,10 @@ pub fn missing(app: &App) -> Vec<Digest> {
 /// what is missing, one blob at a time.
 pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
     let mut events = app.subscribe_events();
+    // A frozen holder must not stall replication: bounded connect and per-read waits.
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(10))
         .build()
     {
         Ok(c) => c,
@@ -103,12 +105,20 @@ async fn fetch_one(
         .secret
         .clone()
         .ok_or("no cluster secret: cannot fetch from peers")?;
-    let holders: Vec<(String, String)> = art
+    // Live holders first: a down or suspect host is tried last.
+    let now = now_ms();
+    let up = |h: &str| {
+        app.store.host(h).ok().flatten().is_some_and(|x| {
+            crate::ownership::state::classify(&x, now, &app.lease_times).accepts_nodes()
+        })
+    };
+    let mut holders: Vec<(String, String)> = art
         .hosts
         .iter()
         .filter(|h| **h != app.host)
         .filter_map(|h| app.peer_url(h).map(|u| (h.clone(), u)))
         .collect();
+    holders.sort_by_key(|(h, _)| !up(h));
     if holders.is_empty() {
         return Err("no reachable host holds it".into());
     }

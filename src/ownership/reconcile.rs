@@ -233,7 +233,14 @@ async fn once(app: &Arc<App>) -> Result<(), String> {
             Command::BeginMigration { .. } => "drain".into(),
             _ => "flag".into(),
         };
-        let out = app.propose(cmd.clone()).await.map_err(|e| e.to_string())?;
+        let Some(out) = app
+            .propose_as_leader(cmd.clone())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            // Lost the lead: these decisions came from a replica that may be stale.
+            return Ok(());
+        };
         if out.is_applied() {
             if label != "flag" {
                 app.metrics.ownership.transfers.inc(&label);

@@ -51,7 +51,16 @@ impl FileSource for StoreSource {
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
         Box::pin(async move {
             match owned_node_file(&self.app, name)? {
-                Some(nf) => self.app.blob_bytes(&nf.digest).await,
+                Some(nf) => {
+                    let data = self.app.blob_bytes(&nf.digest).await?;
+                    // Loading can take a while (a large blob, a paused process): check
+                    // ownership and the lease again just before the first packet goes out.
+                    match owned_node_file(&self.app, name)? {
+                        Some(again) if again.digest == nf.digest => Ok(data),
+                        Some(_) => Err(OpenError::Denied("changed")),
+                        None => Err(OpenError::Denied("not_owner")),
+                    }
+                }
                 None => self.shared.open(name).await,
             }
         })

@@ -1,0 +1,1719 @@
+//! Ownership handoff under faults, with real `baton serve` processes, real sockets and
+//! real clients (tftp-hpa, a raw TFTP client, proxy-DHCP DISCOVERs):
+//!
+//! 1. `kill -9` of the owner: peers serve its nodes, byte for byte, within
+//!    TTL + grace + 1 s;
+//! 2. `SIGSTOP` of the owner past its lease, then `SIGCONT`: at no probe instant do two
+//!    hosts answer for one node, and the woken host refuses the nodes it lost;
+//! 3. a network partition of the owner (network namespaces on a bridge): the isolated
+//!    host stops answering within its TTL, the majority takes over, and after healing
+//!    no node has two answering hosts;
+//! 4. a migration in the middle of a slow TFTP transfer: the owner flips, the
+//!    transfer completes with the right bytes;
+//! 5. migration refusals (other group, down host, reserved node), rollback when the
+//!    target dies, drain / undrain, the owner filter and the event feed;
+//! 6. artifact replication keeps going while a holder is frozen;
+//! 7. a host frozen between accepting a read request and answering it does not answer
+//!    once it has lost the node;
+//! 8. a migration away from a cut-off owner never has two hosts answer.
+//!
+//! Tests 3 and 8 build network namespaces (root and iproute2 needed; skipped loudly
+//! without them, failing when env CI is set).
+//!
+//! Leases are short here (200 ms / 600 ms / 300 ms) to keep the tests fast. The tests
+//! run one at a time (they start several processes each on a small machine).
+
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use fleet::{
+    discover, enter_netns, host_states, mac, mac_colons, netns_available, offer_for, parse_error,
+    pattern, pxelinux_path, rrq, tftp_fetch, tftp_hpa, wait_nodes_replicated, wait_replicated,
+    wait_until, Answer, Api, Fleet, HostSpec, Lab, Leases, Pace,
+};
+
+/// The lease settings of these tests.
+const L: Leases = Leases::SHORT;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// One test at a time: each runs 3-4 servers with short leases, and CPU starvation on
+/// a small machine would look like a dead host.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// tftp-hpa is required: in CI (env CI) its absence fails the test, elsewhere the test
+/// is skipped loudly.
+fn require_tftp_hpa() -> bool {
+    if fleet::have_tftp_hpa() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("tftp-hpa is not installed but CI is set: apt-get install tftp-hpa");
+    }
+    eprintln!("\n*** SKIPPED: tftp-hpa not installed (apt-get install tftp-hpa) ***\n");
+    false
+}
+
+/// Wall-clock milliseconds (the time base of event `at`).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Network namespaces are required: in CI (env CI) their absence fails the test,
+/// elsewhere the test is skipped loudly.
+fn require_netns() -> bool {
+    match netns_available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("network namespaces are required in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("\n*** SKIPPED: this test needs network namespaces: {why} ***\n");
+            false
+        }
+    }
+}
+
+fn say(s: &str) {
+    eprintln!("[ownership] {s}");
+}
+
+/// Three loopback hosts with the short leases (h1 initializes the cluster).
+fn three_hosts(dhcp: bool) -> Fleet {
+    let cfg = L.toml("");
+    Fleet::start(
+        &bin(),
+        (1..=3)
+            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, dhcp))
+            .collect(),
+    )
+}
+
+/// Node ids `n1..nN` with their MACs.
+fn nodes(n: usize) -> Vec<(String, [u8; 6])> {
+    (1..=n).map(|i| (format!("n{i}"), mac(i))).collect()
+}
+
+fn ids(nodes: &[(String, [u8; 6])]) -> Vec<&str> {
+    nodes.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+/// Owner of each node as `api` sees it.
+fn owners(api: &Api) -> BTreeMap<String, (String, u64)> {
+    api.get_ok("/v1/nodes")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                (
+                    n["owner"].as_str().unwrap_or_default().to_string(),
+                    n["epoch"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A raw TFTP read with a short wait (probe).
+fn probe(server: SocketAddr, path: &str, wait: Duration) -> Answer {
+    tftp_fetch(server, path, &[], wait, None, None)
+}
+
+#[track_caller]
+fn assert_refused(server: SocketAddr, path: &str, who: &str) {
+    match probe(server, path, Duration::from_secs(2)) {
+        Answer::Error(2, _) => {}
+        other => panic!("{who} must refuse {path} with ERROR 2 (access violation), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. kill -9 of the owner.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_bytes() {
+    let _g = serial();
+    if !require_tftp_hpa() {
+        return;
+    }
+    let mut f = three_hosts(false);
+    let h1 = f.host("h1").api.clone();
+    let tftp: BTreeMap<String, SocketAddr> = f
+        .hosts
+        .iter()
+        .map(|h| (h.name().to_string(), h.spec.tftp))
+        .collect();
+    let k_a = pattern(300_000, 11);
+    let k_b = pattern(200_003, 12);
+    let ka = h1.upload("vmlinuz-a", &k_a);
+    let kb = h1.upload("vmlinuz-b", &k_b);
+    let rd = h1.upload("initrd.img", &pattern(150_000, 13));
+    let nodes = nodes(6);
+    for (i, (id, m)) in nodes.iter().enumerate() {
+        let k = if i % 2 == 0 { &ka } else { &kb };
+        h1.enroll_deploy(id, &mac_colons(*m), k, &rd);
+    }
+    wait_nodes_replicated(
+        &h1,
+        &ids(&nodes),
+        &["h1", "h2", "h3"],
+        Duration::from_secs(30),
+    );
+
+    // What the owner serves before the crash (tftp-hpa), and the peers refuse.
+    let mut before: BTreeMap<String, (Vec<u8>, Vec<u8>, u64)> = BTreeMap::new();
+    for (i, (id, m)) in nodes.iter().enumerate() {
+        let cfg = tftp_hpa(None, tftp["h1"], &pxelinux_path(*m))
+            .unwrap_or_else(|e| panic!("h1 pxelinux of {id}: {e}"));
+        let kernel = tftp_hpa(None, tftp["h1"], &format!("nodes/{id}/kernel"))
+            .unwrap_or_else(|e| panic!("h1 kernel of {id}: {e}"));
+        assert_eq!(
+            kernel,
+            if i % 2 == 0 { &k_a } else { &k_b }.as_slice(),
+            "h1 serves the uploaded kernel of {id}"
+        );
+        assert!(
+            String::from_utf8_lossy(&cfg).contains(&format!("nodes/{id}/kernel")),
+            "pxelinux config of {id} names its kernel: {}",
+            String::from_utf8_lossy(&cfg)
+        );
+        for peer in ["h2", "h3"] {
+            assert_refused(tftp[peer], &pxelinux_path(*m), peer);
+        }
+        let (owner, epoch, _) = h1.node(id);
+        assert_eq!(owner, "h1");
+        before.insert(id.clone(), (cfg, kernel, epoch));
+    }
+    let leader = f.leader("h2");
+    say(&format!(
+        "raft leader before the kill: {leader:?}; {}",
+        L.label()
+    ));
+
+    let t0 = Instant::now();
+    f.host_mut("h1").kill9();
+    // Poll the survivors every 20 ms until each node's pxelinux config is served.
+    let mut served: BTreeMap<String, (String, Duration)> = BTreeMap::new();
+    let hard = t0 + Duration::from_secs(20);
+    while served.len() < nodes.len() && Instant::now() < hard {
+        for (id, m) in &nodes {
+            if served.contains_key(id) {
+                continue;
+            }
+            for peer in ["h2", "h3"] {
+                if let Answer::Data(d) =
+                    probe(tftp[peer], &pxelinux_path(*m), Duration::from_millis(200))
+                {
+                    let at = t0.elapsed();
+                    assert_eq!(
+                        d, before[id].0,
+                        "{peer} serves a different pxelinux config for {id} than h1 did"
+                    );
+                    if let Some((other, _)) = served.get(id) {
+                        panic!("{id} answered by both {other} and {peer}");
+                    }
+                    served.insert(id.clone(), (peer.to_string(), at));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let bound = L.takeover_after() + Duration::from_secs(1);
+    let times: Vec<String> = served
+        .iter()
+        .map(|(id, (h, t))| format!("{id}->{h} {} ms", t.as_millis()))
+        .collect();
+    say(&format!(
+        "kill -9 h1: first answer by the new owner: {} (bound {} ms)",
+        times.join(", "),
+        bound.as_millis()
+    ));
+    assert_eq!(
+        served.len(),
+        nodes.len(),
+        "not every node was served by a peer within 20 s of the kill: {times:?}"
+    );
+    let slowest = served.values().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        slowest <= bound,
+        "takeover too slow: {} ms > TTL + grace + 1 s = {} ms ({times:?})",
+        slowest.as_millis(),
+        bound.as_millis()
+    );
+
+    // Identical bytes with a real client; the other survivor refuses; the store agrees.
+    let h2 = f.host("h2").api.clone();
+    for (id, m) in &nodes {
+        let (new, _) = &served[id];
+        let other = if new == "h2" { "h3" } else { "h2" };
+        let cfg = tftp_hpa(None, tftp[new], &pxelinux_path(*m))
+            .unwrap_or_else(|e| panic!("{new} pxelinux of {id}: {e}"));
+        let kernel = tftp_hpa(None, tftp[new], &format!("nodes/{id}/kernel"))
+            .unwrap_or_else(|e| panic!("{new} kernel of {id}: {e}"));
+        assert!(
+            cfg == before[id].0,
+            "{new}: pxelinux of {id} differs from h1's"
+        );
+        assert!(
+            kernel == before[id].1,
+            "{new}: kernel of {id} differs from h1's"
+        );
+        assert_refused(tftp[other], &pxelinux_path(*m), other);
+        let (owner, epoch, handoff) = h2.node(id);
+        assert_eq!(owner, *new, "{id}: store owner vs answering host");
+        assert_eq!(
+            epoch,
+            before[id].2 + 1,
+            "{id}: takeover bumps the epoch once"
+        );
+        assert_eq!(handoff, "none");
+    }
+    let by_owner: usize = ["h2", "h3"]
+        .iter()
+        .map(|h| {
+            h2.get_ok(&format!("/v1/nodes?owner={h}"))
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .sum();
+    assert_eq!(
+        by_owner,
+        nodes.len(),
+        "GET /v1/nodes?owner= covers every node"
+    );
+    assert_eq!(
+        host_states(&h2).get("h1").map(String::as_str),
+        Some("down"),
+        "h1 is down"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The prober: every node asked from every host at the same instants.
+// ---------------------------------------------------------------------------------
+
+/// Where a prober thread asks.
+#[derive(Clone)]
+struct Target {
+    host: String,
+    /// Namespace the thread enters, if any.
+    netns: Option<String>,
+    tftp: SocketAddr,
+    dhcp: Option<SocketAddr>,
+    /// Its API, reachable from inside `netns`.
+    http: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Via {
+    Tftp,
+    Dhcp,
+}
+
+#[derive(Debug, Clone)]
+enum Seen {
+    /// The host served the node's pxelinux file / offered it a boot file.
+    Answer(Via),
+    /// The host refused (TFTP ERROR code).
+    Refused(u16),
+    /// A DATA retransmission of a transfer whose first DATA was seen before.
+    Resent,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    batch: u64,
+    at: Duration,
+    node: String,
+    host: String,
+    seen: Seen,
+}
+
+/// The first `(owner, epoch)` the answering host reported for a node it answered.
+type Epochs = BTreeMap<(String, String), (String, u64)>;
+
+/// State shared by the prober threads and the test.
+struct Shared {
+    /// The test asks the threads to stop.
+    stop: AtomicBool,
+    /// Decided by one thread between the two barriers of a batch: stop now.
+    stop_now: AtomicBool,
+    /// The test asks the threads to pause between batches.
+    hold: AtomicBool,
+    /// Decided like `stop_now`: pause after this batch.
+    hold_now: AtomicBool,
+    /// Set once every thread pauses: no request is in flight.
+    held: AtomicBool,
+    events: Mutex<Vec<Event>>,
+    epochs: Mutex<Epochs>,
+    batches: AtomicU64,
+    barrier: Barrier,
+    t0: Instant,
+    max: Duration,
+}
+
+struct Prober {
+    shared: Arc<Shared>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+/// How long a probe batch listens for answers.
+const WINDOW: Duration = Duration::from_millis(100);
+
+impl Prober {
+    /// Starts one thread per target; every `WINDOW` + a few ms all threads send an RRQ
+    /// for every node's pxelinux file (and a DISCOVER, with proxy-DHCP) on per-node
+    /// sockets kept for the whole run, so a late answer (e.g. from a host that was
+    /// stopped while the request waited in its socket) is still seen and timed.
+    fn start(targets: Vec<Target>, nodes: Vec<(String, [u8; 6])>, max: Duration) -> Prober {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            stop_now: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            hold_now: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
+            epochs: Mutex::new(BTreeMap::new()),
+            batches: AtomicU64::new(0),
+            barrier: Barrier::new(targets.len()),
+            t0: Instant::now(),
+            max,
+        });
+        let mut threads = Vec::new();
+        for t in targets {
+            let (shared, nodes) = (shared.clone(), nodes.clone());
+            threads.push(thread::spawn(move || {
+                if let Some(ns) = &t.netns {
+                    enter_netns(ns);
+                }
+                probe_loop(&t, &nodes, &shared);
+            }));
+        }
+        Prober { shared, threads }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Time since the prober started.
+    fn now(&self) -> Duration {
+        self.shared.t0.elapsed()
+    }
+
+    /// Waits until at least `n` more batches ran.
+    fn wait_batches(&self, n: u64) {
+        let start = self.shared.batches.load(Ordering::SeqCst);
+        wait_until(Duration::from_secs(30), "probe batches", || {
+            (self.shared.batches.load(Ordering::SeqCst) >= start + n).then_some(())
+        });
+    }
+
+    /// Runs `f` between two batches, while no probe is in flight.
+    fn between_batches<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.shared.hold.store(true, Ordering::SeqCst);
+        wait_until(Duration::from_secs(10), "probers paused", || {
+            self.shared.held.load(Ordering::SeqCst).then_some(())
+        });
+        let out = f();
+        self.shared.held.store(false, Ordering::SeqCst);
+        self.shared.hold.store(false, Ordering::SeqCst);
+        out
+    }
+
+    fn finish(mut self) -> (Vec<Event>, Epochs) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().expect("prober thread");
+        }
+        let e = self.events();
+        let ep = self
+            .shared
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (e, ep)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.hold.store(false, Ordering::SeqCst);
+    }
+}
+
+fn probe_loop(t: &Target, nodes: &[(String, [u8; 6])], sh: &Shared) {
+    let t0 = sh.t0;
+    let bind = |a: SocketAddr| {
+        let local = if a.ip().is_loopback() {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let s = std::net::UdpSocket::bind(local).expect("bind a probe socket");
+        s.set_nonblocking(true).expect("nonblocking");
+        s
+    };
+    let tftp_socks: Vec<_> = nodes.iter().map(|_| bind(t.tftp)).collect();
+    // Server transfer ids (source addresses of DATA) seen on each socket.
+    let mut tids: Vec<BTreeSet<SocketAddr>> = nodes.iter().map(|_| BTreeSet::new()).collect();
+    let dhcp_socks: Vec<_> = match t.dhcp {
+        Some(d) => nodes.iter().map(|_| Some(bind(d))).collect(),
+        None => nodes.iter().map(|_| None).collect(),
+    };
+    // The thread is in the target's namespace already.
+    let api = Api::with_timeout(t.http, None, Duration::from_secs(1));
+    let mut asked: BTreeSet<String> = BTreeSet::new();
+    let mut buf = vec![0u8; 2048];
+    let mut batch: u64 = 0;
+    loop {
+        let xid = 0x5000_0000 | (batch as u32) << 8;
+        for (i, (_, m)) in nodes.iter().enumerate() {
+            let _ = tftp_socks[i].send_to(&rrq(&pxelinux_path(*m), &[]), t.tftp);
+            if let (Some(s), Some(d)) = (&dhcp_socks[i], t.dhcp) {
+                let _ = s.send_to(&discover(*m, xid | i as u32), d);
+            }
+        }
+        let end = Instant::now() + WINDOW;
+        let mut seen: Vec<Event> = Vec::new();
+        while Instant::now() < end {
+            let mut got = false;
+            for (i, (id, m)) in nodes.iter().enumerate() {
+                while let Ok((n, from)) = tftp_socks[i].recv_from(&mut buf) {
+                    got = true;
+                    let p = &buf[..n];
+                    let s = if let Some((code, _)) = parse_error(p) {
+                        Some(Seen::Refused(code))
+                    } else if n >= 4 && p[..2] == [0, 3] && !tids[i].insert(from) {
+                        // DATA from a transfer already seen (the server's TID): a
+                        // retransmission within a transfer that was answered before,
+                        // e.g. by a host woken from SIGSTOP. Not a new answer.
+                        let _ = tftp_socks[i]
+                            .send_to(&fleet::ack(u16::from_be_bytes([p[2], p[3]])), from);
+                        Some(Seen::Resent)
+                    } else if n >= 4 && p[..2] == [0, 3] {
+                        // DATA: acknowledge it so the server's transfer ends cleanly.
+                        let _ = tftp_socks[i]
+                            .send_to(&fleet::ack(u16::from_be_bytes([p[2], p[3]])), from);
+                        (p[2..4] == [0, 1]).then_some(Seen::Answer(Via::Tftp))
+                    } else {
+                        None
+                    };
+                    if let Some(s) = s {
+                        seen.push(Event {
+                            batch,
+                            at: t0.elapsed(),
+                            node: id.clone(),
+                            host: t.host.clone(),
+                            seen: s,
+                        });
+                    }
+                }
+                if let Some(s) = &dhcp_socks[i] {
+                    while let Ok((n, _)) = s.recv_from(&mut buf) {
+                        got = true;
+                        // Any reply for this MAC counts, also a late one to an older xid.
+                        let p = &buf[..n];
+                        if n >= 240 && p[0] == 2 && p[28..34] == m[..] {
+                            let x = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                            if offer_for(p, *m, x).is_some() {
+                                seen.push(Event {
+                                    batch,
+                                    at: t0.elapsed(),
+                                    node: id.clone(),
+                                    host: t.host.clone(),
+                                    seen: Seen::Answer(Via::Dhcp),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            if !got {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // First answer of this host for a node: which owner and epoch does it report?
+        for e in &seen {
+            if matches!(e.seen, Seen::Answer(_)) && asked.insert(e.node.clone()) {
+                if let Ok(r) = api.get(&format!("/v1/nodes/{}", e.node)) {
+                    let v = r.json();
+                    sh.epochs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        (e.node.clone(), t.host.clone()),
+                        (
+                            v["owner"].as_str().unwrap_or_default().to_string(),
+                            v["epoch"].as_u64().unwrap_or(0),
+                        ),
+                    );
+                }
+            }
+        }
+        sh.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(seen);
+        // Everyone finishes the batch; one thread decides whether to go on (or pause),
+        // so all threads stop (or pause) after the same batch.
+        if sh.barrier.wait().is_leader() {
+            sh.stop_now.store(
+                sh.stop.load(Ordering::SeqCst) || t0.elapsed() > sh.max,
+                Ordering::SeqCst,
+            );
+            sh.hold_now
+                .store(sh.hold.load(Ordering::SeqCst), Ordering::SeqCst);
+            sh.batches.fetch_add(1, Ordering::SeqCst);
+        }
+        sh.barrier.wait();
+        if sh.stop_now.load(Ordering::SeqCst) {
+            return;
+        }
+        if sh.hold_now.load(Ordering::SeqCst) {
+            sh.held.store(true, Ordering::SeqCst);
+            let until = Instant::now() + Duration::from_secs(20);
+            while sh.hold.load(Ordering::SeqCst)
+                && !sh.stop.load(Ordering::SeqCst)
+                && Instant::now() < until
+            {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        batch += 1;
+    }
+}
+
+/// Checks the probe record: at no batch did two hosts answer for one node, and no
+/// node went back to a host that had answered for it before another did. Returns a
+/// per-node summary: the answering hosts in order with the batch of their first and
+/// last answers.
+fn check_single_answerer(
+    events: &[Event],
+    context: &str,
+) -> BTreeMap<String, Vec<(String, u64, u64)>> {
+    let mut by_batch: BTreeMap<(u64, String), BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        if let Seen::Answer(_) = e.seen {
+            by_batch
+                .entry((e.batch, e.node.clone()))
+                .or_default()
+                .insert(e.host.clone());
+        }
+    }
+    let doubles: Vec<_> = by_batch
+        .iter()
+        .filter(|(_, hs)| hs.len() > 1)
+        .map(|((b, n), hs)| {
+            let detail: Vec<String> = events
+                .iter()
+                .filter(|e| e.batch == *b && e.node == *n)
+                .map(|e| format!("{} {:?} at {:?}", e.host, e.seen, e.at))
+                .collect();
+            format!(
+                "batch {b}: node {n} answered by {hs:?}: {}",
+                detail.join(", ")
+            )
+        })
+        .collect();
+    assert!(
+        doubles.is_empty(),
+        "two hosts answered for the same node at the same probe instant ({}):\n{}",
+        context,
+        doubles.join("\n")
+    );
+    let mut runs: BTreeMap<String, Vec<(String, u64, u64)>> = BTreeMap::new();
+    for ((b, n), hs) in &by_batch {
+        let h = hs.iter().next().expect("one host").clone();
+        let r = runs.entry(n.clone()).or_default();
+        match r.last_mut() {
+            Some((last, _, end)) if *last == h => *end = *b,
+            _ => r.push((h, *b, *b)),
+        }
+    }
+    for (n, r) in &runs {
+        let hosts: Vec<&String> = r.iter().map(|x| &x.0).collect();
+        let distinct: BTreeSet<&&String> = hosts.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            hosts.len(),
+            "node {n} went back to a host that had lost it (answering hosts by batch: {r:?})"
+        );
+    }
+    runs
+}
+
+// ---------------------------------------------------------------------------------
+// 2. SIGSTOP / SIGCONT of the owner.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
+    let _g = serial();
+    let mut f = three_hosts(true);
+    let h1 = f.host("h1").api.clone();
+    let h2 = f.host("h2").api.clone();
+    let k = h1.upload("vmlinuz", &pattern(100_000, 21));
+    let rd = h1.upload("initrd.img", &pattern(60_000, 22));
+    let nodes = nodes(6);
+    for (id, m) in &nodes {
+        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
+    }
+    wait_nodes_replicated(
+        &h1,
+        &ids(&nodes),
+        &["h1", "h2", "h3"],
+        Duration::from_secs(30),
+    );
+    let epoch0: BTreeMap<String, u64> = owners(&h1).into_iter().map(|(n, (_, e))| (n, e)).collect();
+    let targets: Vec<Target> = f
+        .hosts
+        .iter()
+        .map(|h| Target {
+            host: h.name().to_string(),
+            netns: None,
+            tftp: h.spec.tftp,
+            dhcp: Some(h.dhcp_addr()),
+            http: h.spec.http,
+        })
+        .collect();
+    let leader = f.leader("h1");
+    let p = Prober::start(targets, nodes.clone(), Duration::from_secs(90));
+    p.wait_batches(5);
+    // Baseline: h1 answers every node, over TFTP and proxy-DHCP.
+    let ev = p.events();
+    for (id, _) in &nodes {
+        for via in [Via::Tftp, Via::Dhcp] {
+            assert!(
+                ev.iter().any(|e| e.node == *id
+                    && e.host == "h1"
+                    && matches!(e.seen, Seen::Answer(v) if v == via)),
+                "before the stop, h1 must answer {id} over {via:?}"
+            );
+        }
+    }
+
+    // Stopped between two probe batches: a request h1 is in the middle of when it
+    // freezes would be answered on waking, under the decision it took before (that
+    // window is what `a_node_file_is_not_sent_after_the_lease_expired` is about).
+    // Requests sent while it is stopped wait in its sockets.
+    let t_stop = p.between_batches(|| {
+        let t = p.now();
+        f.host_mut("h1").sigstop();
+        t
+    });
+    // Hold it stopped until the peers took every node over (and at least TTL + grace
+    // + 1 s), so it wakes with an expired lease and a stale replica.
+    let took = wait_until(Duration::from_secs(20), "takeover by h2/h3", || {
+        owners(&h2)
+            .values()
+            .all(|(o, _)| o != "h1")
+            .then(|| p.now())
+    });
+    let min_pause = L.takeover_after() + Duration::from_secs(1);
+    while p.now() < t_stop + min_pause {
+        thread::sleep(Duration::from_millis(20));
+    }
+    p.wait_batches(3);
+    let t_cont = p.now();
+    f.host_mut("h1").sigcont();
+    // h1 learns the new owners and renews its lease (it is `up` again).
+    let h1_caught_up = wait_until(Duration::from_secs(20), "h1 learns the new owners", || {
+        let o = h1.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
+        let all_moved = o
+            .json()
+            .as_array()?
+            .iter()
+            .all(|n| n["owner"] != json!("h1"));
+        let up = host_states(&h1).get("h1").is_some_and(|s| s == "up");
+        (all_moved && up).then(|| p.now())
+    });
+    p.wait_batches(10);
+    let (events, epochs) = p.finish();
+
+    let runs = check_single_answerer(
+        &events,
+        &format!(
+            "h1 stopped at {t_stop:?}, takeover seen at {took:?}, continued at {t_cont:?}, \
+             caught up at {h1_caught_up:?}"
+        ),
+    );
+    let final_owners = owners(&h2);
+    for (id, _) in &nodes {
+        let (owner, epoch) = &final_owners[id];
+        assert_ne!(owner, "h1", "{id} was taken over");
+        assert_eq!(*epoch, epoch0[id] + 1, "{id}: one takeover, one epoch bump");
+        // h1 answered before the stop and never after the wake; the new owner answers.
+        for e in events.iter().filter(|e| e.node == *id && e.host == "h1") {
+            if let Seen::Answer(via) = e.seen {
+                assert!(
+                    e.at < t_stop + Duration::from_millis(50),
+                    "h1 answered {id} over {via:?} at {:?}, after it was stopped at {t_stop:?} \
+                     (woken at {t_cont:?}); the node belongs to {owner}",
+                    e.at
+                );
+            }
+        }
+        assert!(
+            events.iter().any(|e| e.node == *id
+                && e.host == "h1"
+                && e.at > t_cont
+                && matches!(e.seen, Seen::Refused(2))),
+            "after SIGCONT, h1 must refuse {id} with ERROR 2"
+        );
+        for via in [Via::Tftp, Via::Dhcp] {
+            assert!(
+                events.iter().any(|e| e.node == *id
+                    && e.host == *owner
+                    && matches!(e.seen, Seen::Answer(v) if v == via)),
+                "the new owner {owner} must answer {id} over {via:?}"
+            );
+        }
+        // The epoch the answering host reported.
+        assert_eq!(
+            epochs.get(&(id.clone(), "h1".into())),
+            Some(&("h1".to_string(), epoch0[id])),
+            "h1 answered {id} as its owner at epoch {}",
+            epoch0[id]
+        );
+        assert_eq!(
+            epochs.get(&(id.clone(), owner.clone())),
+            Some(&(owner.clone(), epoch0[id] + 1)),
+            "{owner} answered {id} as its owner at epoch {}",
+            epoch0[id] + 1
+        );
+    }
+    let first_new = events
+        .iter()
+        .filter(|e| e.host != "h1" && matches!(e.seen, Seen::Answer(_)))
+        .map(|e| e.at)
+        .min()
+        .unwrap_or_default();
+    let resent = events
+        .iter()
+        .filter(|e| e.host == "h1" && matches!(e.seen, Seen::Resent))
+        .count();
+    say(&format!(
+        "SIGSTOP h1 (raft leader before: {leader:?}) at {t_stop:?}: store takeover seen at {took:?}, \
+         first answer by a new owner at {first_new:?}; SIGCONT at {t_cont:?}, h1 caught up at \
+         {h1_caught_up:?}; {} probe events ({resent} DATA retransmissions by h1 of transfers \
+         started before the stop); answering hosts per node: {runs:?}",
+        events.len()
+    ));
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Network partition (network namespaces).
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over() {
+    let _g = serial();
+    if !require_netns() || !require_tftp_hpa() {
+        return;
+    }
+    let lab = Lab::new(3).unwrap_or_else(|e| panic!("cannot build the test network: {e}"));
+    let cfg = L.toml("");
+    // Declared after `lab`: the hosts are killed before the namespaces are deleted.
+    let f = Fleet::start(
+        &bin(),
+        (1..=3).map(|i| HostSpec::in_lab(&lab, i, &cfg)).collect(),
+    );
+    let api = |i: usize| f.hosts[i - 1].api.clone();
+    let tftp = |i: usize| f.hosts[i - 1].spec.tftp;
+    let ns = |i: usize| lab.host_ns(i);
+    let h1 = api(1);
+    let k = h1.upload("vmlinuz", &pattern(120_000, 31));
+    let rd = h1.upload("initrd.img", &pattern(50_000, 32));
+    let nodes = nodes(4);
+    for (id, m) in &nodes {
+        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
+    }
+    wait_nodes_replicated(
+        &h1,
+        &ids(&nodes),
+        &["h1", "h2", "h3"],
+        Duration::from_secs(30),
+    );
+    let epoch0: BTreeMap<String, u64> = owners(&h1).into_iter().map(|(n, (_, e))| (n, e)).collect();
+    let mut before = BTreeMap::new();
+    for (id, m) in &nodes {
+        let cfgf = tftp_hpa(Some(&ns(1)), tftp(1), &pxelinux_path(*m))
+            .unwrap_or_else(|e| panic!("h1 pxelinux of {id}: {e}"));
+        let kernel = tftp_hpa(Some(&ns(1)), tftp(1), &format!("nodes/{id}/kernel"))
+            .unwrap_or_else(|e| panic!("h1 kernel of {id}: {e}"));
+        before.insert(id.clone(), (cfgf, kernel));
+    }
+    let leader = f.leader("h1");
+    // Each host probed from inside its own namespace (h1 stays reachable there).
+    let targets: Vec<Target> = f
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Target {
+            host: h.name().to_string(),
+            netns: Some(ns(i + 1)),
+            tftp: h.spec.tftp,
+            dhcp: None,
+            http: h.spec.http,
+        })
+        .collect();
+    let p = Prober::start(targets, nodes.clone(), Duration::from_secs(90));
+    p.wait_batches(5);
+
+    let t_cut = p.now();
+    let wall_cut = wall_ms();
+    lab.cut(1);
+    // The isolated host refuses its nodes once its TTL is over (its last renewal was
+    // sent before the cut).
+    let refused_all = wait_until(Duration::from_secs(10), "h1 refuses its nodes", || {
+        let ev = p.events();
+        nodes
+            .iter()
+            .all(|(id, _)| {
+                ev.iter().any(|e| {
+                    e.node == *id
+                        && e.host == "h1"
+                        && e.at > t_cut
+                        && matches!(e.seen, Seen::Refused(2))
+                })
+            })
+            .then(|| p.now())
+    });
+    // The majority takes over.
+    let h2 = api(2);
+    let took = wait_until(Duration::from_secs(20), "takeover by the majority", || {
+        owners(&h2)
+            .values()
+            .all(|(o, _)| o == "h2" || o == "h3")
+            .then(|| p.now())
+    });
+    p.wait_batches(5);
+    let still = owners(&h2);
+    for (id, m) in &nodes {
+        let owner = &still[id].0;
+        let i: usize = owner[1..].parse().expect("host number");
+        let cfgf = tftp_hpa(Some(&ns(i)), tftp(i), &pxelinux_path(*m))
+            .unwrap_or_else(|e| panic!("{owner} pxelinux of {id}: {e}"));
+        let kernel = tftp_hpa(Some(&ns(i)), tftp(i), &format!("nodes/{id}/kernel"))
+            .unwrap_or_else(|e| panic!("{owner} kernel of {id}: {e}"));
+        assert!(
+            cfgf == before[id].0,
+            "{owner}: pxelinux of {id} differs from h1's"
+        );
+        assert!(
+            kernel == before[id].1,
+            "{owner}: kernel of {id} differs from h1's"
+        );
+    }
+    let events_before_heal = p.events().len();
+
+    let t_heal = p.now();
+    let wall_heal = wall_ms();
+    lab.heal(1);
+    let h1_caught_up = wait_until(
+        Duration::from_secs(30),
+        "h1 rejoins and learns the new owners",
+        || {
+            let o = h1.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
+            let moved = o
+                .json()
+                .as_array()?
+                .iter()
+                .all(|n| n["owner"] != json!("h1"));
+            let up = host_states(&h1).get("h1").is_some_and(|s| s == "up");
+            (moved && up).then(|| p.now())
+        },
+    );
+    p.wait_batches(10);
+    let (events, epochs) = p.finish();
+
+    let runs = check_single_answerer(
+        &events,
+        &format!(
+            "h1 cut off at {t_cut:?}, refused all at {refused_all:?}, takeover seen at \
+             {took:?}, healed at {t_heal:?}, caught up at {h1_caught_up:?}"
+        ),
+    );
+    let ttl_bound = L.ttl() + Duration::from_millis(300);
+    assert!(
+        refused_all - t_cut <= ttl_bound + WINDOW,
+        "the isolated h1 still answered {} ms after the cut (TTL {} ms)",
+        (refused_all - t_cut).as_millis(),
+        L.ttl_ms
+    );
+    let final_owners = owners(&h2);
+    for (id, _) in &nodes {
+        let (owner, epoch) = &final_owners[id];
+        assert_ne!(owner, "h1");
+        assert_eq!(*epoch, epoch0[id] + 1, "{id}: one takeover, one epoch bump");
+        for e in events.iter().filter(|e| e.node == *id && e.host == "h1") {
+            if let Seen::Answer(_) = e.seen {
+                assert!(
+                    e.at <= t_cut + ttl_bound + WINDOW,
+                    "h1 answered {id} at {:?}, cut at {t_cut:?}: past its TTL",
+                    e.at
+                );
+            }
+        }
+        assert!(
+            events.iter().any(|e| e.node == *id
+                && e.host == "h1"
+                && e.at > h1_caught_up
+                && matches!(e.seen, Seen::Refused(2))),
+            "after healing, h1 must refuse {id} with ERROR 2"
+        );
+        assert_eq!(
+            epochs.get(&(id.clone(), owner.clone())),
+            Some(&(owner.clone(), epoch0[id] + 1)),
+            "{owner} answered {id} as its owner at epoch {}",
+            epoch0[id] + 1
+        );
+    }
+    // Decisions of the deposed leader must not reach the log after the heal: no node
+    // of a live owner flagged as "cannot be taken over".
+    let feed = h2.get_ok("/v1/events?since=0&limit=10000");
+    let blocked: Vec<String> = feed["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == json!("takeover_blocked"))
+        .map(|e| {
+            format!(
+                "{} at cut{:+} ms (heal at cut+{} ms): {}",
+                e["node"],
+                e["at"].as_i64().unwrap_or(0) - wall_cut,
+                wall_heal - wall_cut,
+                e["data"]["reason"]
+            )
+        })
+        .collect();
+    say(&format!(
+        "partition of h1 (raft leader before: {leader:?}) at {t_cut:?}: h1 refused all at \
+         {refused_all:?} ({} ms after the cut), majority took over at {took:?}; healed at \
+         {t_heal:?}, h1 caught up at {h1_caught_up:?}; {} events ({} before the heal); \
+         answering hosts per node: {runs:?}; takeover_blocked events:\n  {}",
+        (refused_all - t_cut).as_millis(),
+        events.len(),
+        events_before_heal,
+        blocked.join("\n  ")
+    ));
+    // Every `takeover_blocked` event must describe the node as it was when applied: a
+    // reason naming another owner than the node's is a decision of the deposed leader
+    // (made on its stale replica during the partition), forwarded to the new leader
+    // after the heal and applied on top of newer state.
+    let inconsistent: Vec<String> = feed["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == json!("takeover_blocked"))
+        .filter(|e| {
+            let owner = e["data"]["owner"].as_str().unwrap_or_default();
+            let reason = e["data"]["reason"].as_str().unwrap_or_default();
+            !reason.starts_with(&format!("owner {owner} is"))
+        })
+        .map(|e| {
+            format!(
+                "seq {} node {} owner {} epoch {} at cut{:+} ms (heal at cut+{} ms): {}",
+                e["seq"],
+                e["node"],
+                e["data"]["owner"],
+                e["data"]["epoch"],
+                e["at"].as_i64().unwrap_or(0) - wall_cut,
+                wall_heal - wall_cut,
+                e["data"]["reason"]
+            )
+        })
+        .collect();
+    if std::env::var_os("OWNERSHIP_DEBUG").is_some() {
+        for e in feed["events"].as_array().into_iter().flatten() {
+            if e["node"] == json!("n1") || e["node"].is_null() {
+                eprintln!(
+                    "{} cut{:+} {}",
+                    e["seq"],
+                    e["at"].as_i64().unwrap_or(0) - wall_cut,
+                    e
+                );
+            }
+        }
+        eprintln!("{}", f.hosts[0].log());
+    }
+    drop(f);
+    drop(lab);
+    assert!(
+        inconsistent.is_empty(),
+        "stale reconciler decisions reached the log after the heal (flagging nodes whose \
+         owner is live, with a reason about their previous owner):\n  {}",
+        inconsistent.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Migration during a transfer.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
+    let _g = serial();
+    if !require_tftp_hpa() {
+        return;
+    }
+    let f = three_hosts(false);
+    let h1 = f.host("h1").api.clone();
+    let kernel = pattern(12 << 20, 41);
+    let k = h1.upload("vmlinuz-big", &kernel);
+    let rd = h1.upload("initrd.img", &pattern(40_000, 42));
+    let (id, m) = ("n1", mac(1));
+    h1.enroll_deploy(id, &mac_colons(m), &k, &rd);
+    wait_nodes_replicated(&h1, &[id], &["h1", "h2", "h3"], Duration::from_secs(60));
+    let (owner, epoch0, _) = h1.node(id);
+    assert_eq!(owner, "h1");
+    let cfg_before = tftp_hpa(None, f.host("h1").spec.tftp, &pxelinux_path(m)).expect("pxelinux");
+
+    // A slow client: blksize 512, a 25 ms pause every 256 blocks (~4 s in all).
+    let progress = Arc::new(AtomicU64::new(0));
+    let server = f.host("h1").spec.tftp;
+    let pr = progress.clone();
+    let started = Instant::now();
+    let transfer = thread::spawn(move || {
+        tftp_fetch(
+            server,
+            "nodes/n1/kernel",
+            &[("blksize", "512")],
+            Duration::from_secs(3),
+            Some(Pace {
+                every: 256,
+                pause: Duration::from_millis(25),
+            }),
+            Some(&pr),
+        )
+    });
+    let total = kernel.len() as u64;
+    wait_until(Duration::from_secs(30), "transfer under way", || {
+        (progress.load(Ordering::Relaxed) > total / 8).then_some(())
+    });
+    let at_migrate = progress.load(Ordering::Relaxed);
+    let r = h1
+        .post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": "h2" }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v = r.expect(200);
+    assert_eq!(v["handoff"]["state"], "migrating", "{v}");
+    assert_eq!(v["handoff"]["to"], "h2", "{v}");
+    let flipped = wait_until(Duration::from_secs(10), "migration flips", || {
+        let (o, e, h) = h1.node(id);
+        (o == "h2").then_some((e, h, progress.load(Ordering::Relaxed)))
+    });
+    assert_eq!(flipped.0, epoch0 + 1, "a migration bumps the epoch once");
+    assert_eq!(flipped.1, "none", "handoff done");
+    assert!(
+        flipped.2 < total,
+        "the flip must happen mid-transfer (transfer already done: make it slower)"
+    );
+    let got = transfer.join().expect("transfer thread");
+    let took = started.elapsed();
+    match got {
+        Answer::Data(d) => assert!(d == kernel, "kernel bytes differ after the migration"),
+        other => panic!("transfer interrupted by the migration: {other:?}"),
+    }
+    // New requests: h1 refuses, h2 serves the same files.
+    assert_refused(f.host("h1").spec.tftp, &pxelinux_path(m), "h1");
+    let h2t = f.host("h2").spec.tftp;
+    assert!(tftp_hpa(None, h2t, &pxelinux_path(m)).expect("pxelinux from h2") == cfg_before);
+    assert!(tftp_hpa(None, h2t, "nodes/n1/kernel").expect("kernel from h2") == kernel);
+    // The event feed says so, with the epoch.
+    let feed = h1.get_ok("/v1/events?since=0&limit=10000");
+    let ev = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == json!("ownership_transferred") && e["node"] == json!(id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no ownership_transferred event: {feed}"));
+    assert_eq!(ev["host"], "h2", "{ev}");
+    assert_eq!(ev["data"]["epoch"], json!(epoch0 + 1), "{ev}");
+    assert_eq!(ev["data"]["reason"], "migration", "{ev}");
+    say(&format!(
+        "migration started at {} of {} bytes, flipped at {} bytes; transfer of {} MB took {:?}",
+        at_migrate,
+        total,
+        flipped.2,
+        total >> 20,
+        took
+    ));
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Refusals, rollback, drain.
+// ---------------------------------------------------------------------------------
+
+#[track_caller]
+fn error_of(r: &fleet::Resp, status: u16) -> Value {
+    let v = r.expect(status);
+    let e = v["error"].clone();
+    assert!(
+        e["code"].is_string() && e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{} -> {status}: a JSON error with code and message, got {}",
+        r.what,
+        r.text()
+    );
+    e
+}
+
+fn events(api: &Api) -> Vec<Value> {
+    api.get_ok("/v1/events?since=0&limit=10000")["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn baton_cli(http: SocketAddr, args: &[&str]) -> (bool, String) {
+    let (st, out, err) = fleet::run_bounded(
+        std::process::Command::new(bin())
+            .args(args)
+            .args(["--api", &format!("http://{http}"), "--token", fleet::TOKEN])
+            .env_remove("BATON_API")
+            .env_remove("BATON_API_TOKEN"),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (
+        st.success(),
+        format!("{}{}", String::from_utf8_lossy(&out), err),
+    )
+}
+
+#[test]
+fn migration_refusals_rollback_drain_and_the_feed() {
+    let _g = serial();
+    let cfg = L.toml("");
+    // h3 fetches artifacts slowly (50 kB/s), so a migration to it waits; h4 serves
+    // another L2 segment.
+    let slow = L.toml("replication_rate = 50000");
+    let mut specs = vec![
+        HostSpec::loopback("h1", &cfg, false),
+        HostSpec::loopback("h2", &cfg, false),
+        HostSpec::loopback("h3", &slow, false),
+        HostSpec::loopback("h4", &cfg, false),
+    ];
+    specs[3].group = Some("rack2".into());
+    let mut f = Fleet::start(&bin(), specs);
+    let h1 = f.host("h1").api.clone();
+    let h2 = f.host("h2").api.clone();
+    let k = h1.upload("vmlinuz", &pattern(20_000, 51));
+    let rd = h1.upload("initrd.img", &pattern(15_000, 52));
+    for i in 1..=4 {
+        h1.enroll_deploy(&format!("n{i}"), &mac_colons(mac(i)), &k, &rd);
+    }
+    for i in 5..=6 {
+        h2.enroll_deploy(&format!("m{i}"), &mac_colons(mac(i)), &k, &rd);
+    }
+    wait_nodes_replicated(
+        &h1,
+        &["n1", "n2", "n3", "n4", "m5", "m6"],
+        &["h1", "h2", "h3"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        !h1.artifact_hosts(&k).contains(&"h4".to_string()),
+        "a host of another group does not replicate group default's artifacts"
+    );
+
+    // Another group: 400, naming the groups.
+    let r = h1
+        .post("/v1/nodes/n1/migrate", json!({ "to": "h4" }))
+        .unwrap();
+    let e = error_of(&r, 400);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("rack2") && msg.contains("group"), "{e}");
+    // Unknown host: 400 on field `to`.
+    let r = h1
+        .post("/v1/nodes/n1/migrate", json!({ "to": "nope" }))
+        .unwrap();
+    let e = error_of(&r, 400);
+    assert_eq!(e["field"], "to", "{e}");
+    // Already the owner.
+    let r = h1
+        .post("/v1/nodes/n1/migrate", json!({ "to": "h1" }))
+        .unwrap();
+    error_of(&r, 400);
+    // Unknown node.
+    let r = h1
+        .post("/v1/nodes/zz/migrate", json!({ "to": "h2" }))
+        .unwrap();
+    error_of(&r, 404);
+    // Reserved node: 409.
+    let res = h1
+        .post(
+            "/v1/nodes/n2/reservation",
+            json!({ "holder": "conductor-1", "ttl_secs": 60 }),
+        )
+        .unwrap()
+        .expect(200);
+    let token = res["reservation"]["token"].as_u64().expect("token");
+    let r = h1
+        .post("/v1/nodes/n2/migrate", json!({ "to": "h2" }))
+        .unwrap();
+    let e = error_of(&r, 409);
+    assert!(
+        e["message"].as_str().unwrap().contains("reserv"),
+        "the error says the node is reserved: {e}"
+    );
+    assert_eq!(
+        h1.node("n2"),
+        ("h1".to_string(), h1.node("n2").1, "none".into())
+    );
+    h1.send(
+        "DELETE",
+        &format!("/v1/nodes/n2/reservation?holder=conductor-1&token={token}"),
+        None,
+    )
+    .unwrap()
+    .expect(204);
+    // A migration already under way is not started twice (flip waits on h3 below).
+
+    // Rollback: n3 boots a big artifact h3 does not hold yet (it fetches at 50 kB/s).
+    let big = h1.upload("vmlinuz-big", &pattern(3 << 20, 53));
+    h1.set_deploy("n3", &big, &rd);
+    wait_replicated(&h1, &[&big], &["h1", "h2"], Duration::from_secs(30));
+    wait_nodes_replicated(&h1, &["n3"], &["h1", "h2"], Duration::from_secs(30));
+    let (_, epoch3, _) = h1.node("n3");
+    let v = h1
+        .post("/v1/nodes/n3/migrate", json!({ "to": "h3" }))
+        .unwrap()
+        .expect(200);
+    assert_eq!(v["handoff"]["state"], "migrating", "{v}");
+    let r = h1
+        .post("/v1/nodes/n3/migrate", json!({ "to": "h2" }))
+        .unwrap();
+    let e = error_of(&r, 409);
+    assert!(e["message"].as_str().unwrap().contains("migrat"), "{e}");
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        h1.node("n3"),
+        ("h1".into(), epoch3, "migrating".into()),
+        "the flip waits until h3 holds the big artifact"
+    );
+    assert!(!h1.artifact_hosts(&big).contains(&"h3".to_string()));
+    let t_kill = Instant::now();
+    f.host_mut("h3").kill9();
+    let rolled = wait_until(Duration::from_secs(15), "migration rolled back", || {
+        let (o, e, h) = h1.node("n3");
+        (h == "none").then_some((o, e, t_kill.elapsed()))
+    });
+    assert_eq!(rolled.0, "h1", "owner unchanged by the rollback");
+    assert_eq!(rolled.1, epoch3, "a rollback does not bump the epoch");
+    let ev = events(&h1);
+    assert!(
+        ev.iter().any(|e| e["kind"] == json!("migration_aborted")
+            && e["node"] == json!("n3")
+            && e["data"]["to"] == json!("h3")),
+        "event migration_aborted for n3: {ev:?}"
+    );
+    assert!(
+        !ev.iter()
+            .any(|e| e["kind"] == json!("ownership_transferred") && e["node"] == json!("n3")),
+        "n3 never changed owner"
+    );
+    // Migration to a down host: 409 naming its state.
+    wait_until(Duration::from_secs(10), "h3 down", || {
+        (host_states(&h1).get("h3").map(String::as_str) == Some("down")).then_some(())
+    });
+    let r = h1
+        .post("/v1/nodes/n4/migrate", json!({ "to": "h3" }))
+        .unwrap();
+    let e = error_of(&r, 409);
+    assert!(e["message"].as_str().unwrap().contains("down"), "{e}");
+    assert_eq!(h1.node("n4").2, "none");
+
+    // A successful migration: n4 to h2.
+    let (_, e4, _) = h1.node("n4");
+    h1.post("/v1/nodes/n4/migrate", json!({ "to": "h2" }))
+        .unwrap()
+        .expect(200);
+    wait_until(Duration::from_secs(10), "n4 migrated", || {
+        (h1.node("n4") == ("h2".into(), e4 + 1, "none".into())).then_some(())
+    });
+
+    // Drain h2 with the CLI: all its nodes (m5, m6, n4) move to h1, the only live
+    // non-draining host of its group (h3 is down, h4 serves rack2).
+    let h2_http = f.host("h2").spec.http;
+    let (ok, out) = baton_cli(h2_http, &["host", "drain", "h2"]);
+    assert!(ok, "baton host drain h2: {out}");
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(
+        host_states(&h1).get("h2").map(String::as_str),
+        Some("draining")
+    );
+    wait_until(Duration::from_secs(15), "h2 drained", || {
+        h1.get_ok("/v1/nodes?owner=h2")
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+    let on_h1: BTreeSet<String> = h1
+        .get_ok("/v1/nodes?owner=h1")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    let all: BTreeSet<String> = ["n1", "n2", "n3", "n4", "m5", "m6"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(on_h1, all, "every node on h1 after the drain");
+    // Migrating to a draining host is refused.
+    let r = h1
+        .post("/v1/nodes/n1/migrate", json!({ "to": "h2" }))
+        .unwrap();
+    let e = error_of(&r, 409);
+    assert!(e["message"].as_str().unwrap().contains("draining"), "{e}");
+    let (ok, out) = baton_cli(h2_http, &["host", "undrain", "h2"]);
+    assert!(ok, "baton host undrain h2: {out}");
+    wait_until(Duration::from_secs(5), "h2 up again", || {
+        (host_states(&h1).get("h2").map(String::as_str) == Some("up")).then_some(())
+    });
+    let (_, e1, _) = h1.node("n1");
+    let (ok, out) = baton_cli(
+        f.host("h1").spec.http,
+        &["node", "migrate", "n1", "--to", "h2", "--wait", "10"],
+    );
+    assert!(ok, "baton node migrate n1 --to h2 --wait 10: {out}");
+    assert!(out.contains("migrated n1 to h2"), "{out}");
+    assert_eq!(h1.node("n1"), ("h2".into(), e1 + 1, "none".into()));
+
+    // The feed gives node -> host with the epoch: replaying it yields the store's view.
+    let ev = events(&h1);
+    let mut replay: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for e in &ev {
+        let node = e["node"].as_str().unwrap_or_default().to_string();
+        match e["kind"].as_str().unwrap_or_default() {
+            "node_enrolled" => {
+                replay.insert(
+                    node,
+                    (
+                        e["data"]["owner"].as_str().unwrap().to_string(),
+                        e["data"]["epoch"].as_u64().unwrap(),
+                    ),
+                );
+            }
+            "ownership_transferred" => {
+                assert_eq!(e["host"], e["data"]["to"], "{e}");
+                let prev = replay.get(&node).cloned().expect("enrolled first");
+                assert_eq!(
+                    e["data"]["from"].as_str(),
+                    Some(prev.0.as_str()),
+                    "the feed's from matches the previous owner: {e}"
+                );
+                let epoch = e["data"]["epoch"].as_u64().unwrap();
+                assert_eq!(epoch, prev.1 + 1, "epochs grow by one per change: {e}");
+                replay.insert(node, (e["data"]["to"].as_str().unwrap().to_string(), epoch));
+            }
+            _ => {}
+        }
+    }
+    let store = owners(&h1);
+    assert_eq!(
+        replay, store,
+        "the event feed replays to the store's owners and epochs"
+    );
+    for h in ["h1", "h2", "h3"] {
+        let listed: BTreeSet<String> = h1
+            .get_ok(&format!("/v1/nodes?owner={h}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect();
+        let want: BTreeSet<String> = store
+            .iter()
+            .filter(|(_, (o, _))| o == h)
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(listed, want, "GET /v1/nodes?owner={h}");
+    }
+    say(&format!(
+        "rollback of n3 -> h3 after kill -9 of h3: {} ms; final owners {store:?}",
+        rolled.2.as_millis()
+    ));
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Replication must not hang on a frozen holder.
+// ---------------------------------------------------------------------------------
+
+/// A takeover needs the candidate to hold every file of the node, so artifact
+/// replication must make progress while a holder is frozen (SIGSTOP, a hung host, or a
+/// peer cut off after the TCP handshake): the blob is also on a live host.
+#[test]
+fn replication_does_not_hang_on_a_frozen_holder() {
+    let _g = serial();
+    let mut f = three_hosts(false);
+    let h1 = f.host("h1").api.clone();
+    let h2 = f.host("h2").api.clone();
+    // h3 sleeps through the upload: h1 and h2 hold the files, h3 does not.
+    f.host_mut("h3").sigstop();
+    let k = h1.upload("vmlinuz", &pattern(200_000, 61));
+    let rd = h1.upload("initrd.img", &pattern(30_000, 62));
+    h1.enroll_deploy("q1", &mac_colons(mac(1)), &k, &rd);
+    wait_nodes_replicated(&h1, &["q1"], &["h1", "h2"], Duration::from_secs(30));
+    let files = fleet::node_digests(&h1, &["q1"]);
+    // Now h1 freezes (its sockets stay open: TCP connections to it are accepted by the
+    // kernel and never answered) and h3 wakes: h2 and h3 are a majority.
+    f.host_mut("h1").sigstop();
+    let t = Instant::now();
+    f.host_mut("h3").sigcont();
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let deadline = Duration::from_secs(15);
+    let got = (|| {
+        while t.elapsed() < deadline {
+            let all = refs.iter().all(|d| {
+                h2.timeout(Duration::from_secs(2))
+                    .artifact_hosts(d)
+                    .iter()
+                    .any(|h| h == "h3")
+            });
+            if all {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })();
+    let status = h2
+        .timeout(Duration::from_secs(2))
+        .get("/v1/cluster")
+        .map(|r| r.json())
+        .unwrap_or_default();
+    let h3_status = f
+        .host("h3")
+        .api
+        .timeout(Duration::from_secs(2))
+        .get("/v1/cluster")
+        .map(|r| r.json()["artifact_replication"].clone())
+        .unwrap_or_default();
+    f.host_mut("h1").sigcont();
+    assert!(
+        got,
+        "h3 did not get q1's files from h2 within {deadline:?} while h1 was frozen: its \
+         replication is stuck on the frozen holder (h3's replication status: {h3_status}; \
+         leader {})",
+        status["leader_host"]
+    );
+    say(&format!(
+        "h3 replicated q1's {} files from h2 in {:?} with h1 frozen",
+        files.len(),
+        t.elapsed()
+    ));
+}
+
+// ---------------------------------------------------------------------------------
+// 7. The lease is checked when the answer leaves, not only when the request arrives.
+// ---------------------------------------------------------------------------------
+
+/// A host that freezes between accepting a read request (owner, lease fresh) and
+/// sending its first packet must not send it once it has lost the node: by then its
+/// lease has expired and a peer serves the node. The window is the blob load of a big
+/// kernel (read whole and verified before the first DATA).
+#[test]
+fn a_node_file_is_not_sent_after_the_lease_expired() {
+    let _g = serial();
+    let mut f = three_hosts(false);
+    let h1 = f.host("h1").api.clone();
+    let h2 = f.host("h2").api.clone();
+    let kernel = pattern(32 << 20, 71);
+    let k = h1.upload("vmlinuz-big", &kernel);
+    let rd = h1.upload("initrd.img", &pattern(20_000, 72));
+    h1.enroll_deploy("n1", &mac_colons(mac(1)), &k, &rd);
+    wait_nodes_replicated(&h1, &["n1"], &["h1", "h2", "h3"], Duration::from_secs(60));
+    let (_, epoch0, _) = h1.node("n1");
+    let server = f.host("h1").spec.tftp;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    sock.send_to(&rrq("nodes/n1/kernel", &[]), server)
+        .expect("send RRQ");
+    // h1 accepted the request (it owns n1, its lease is fresh) and loads the 32 MB
+    // kernel; freeze it in the middle.
+    let mut buf = [0u8; 1024];
+    if let Ok((n, _)) = sock.recv_from(&mut buf) {
+        eprintln!(
+            "\n*** inconclusive: h1 answered within 20 ms ({} bytes, opcode {}), before it \
+             could be frozen mid-request ***\n",
+            n, buf[1]
+        );
+        return;
+    }
+    f.host_mut("h1").sigstop();
+    let took = wait_until(Duration::from_secs(20), "takeover of n1", || {
+        let (o, e, _) = h2.node("n1");
+        (o != "h1").then_some((o, e))
+    });
+    let t_cont = Instant::now();
+    f.host_mut("h1").sigcont();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut got = None;
+    while t_cont.elapsed() < Duration::from_secs(10) && got.is_none() {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            got = Some((buf[..n].to_vec(), from, t_cont.elapsed()));
+        }
+    }
+    match got {
+        Some((p, from, at)) if p.len() >= 4 && (p[..4] == [0, 3, 0, 1] || p[1] == 6) => {
+            // Stop the transfer politely.
+            let mut e = vec![0, 5, 0, 0];
+            e.extend_from_slice(b"test done\0");
+            let _ = sock.send_to(&e, from);
+            panic!(
+                "h1 sent the first {} of nodes/n1/kernel {} ms after waking, although n1 \
+                 belongs to {} at epoch {} (was h1 at epoch {epoch0}) and h1's lease had \
+                 expired: the owner/lease check ran when the request arrived, before the \
+                 blob load, and not again before the answer left",
+                if p[1] == 3 { "DATA" } else { "OACK" },
+                at.as_millis(),
+                took.0,
+                took.1
+            );
+        }
+        Some((p, _, at)) => say(&format!(
+            "h1 answered {} ms after waking with {:?}",
+            at.as_millis(),
+            parse_error(&p)
+        )),
+        None => say("h1 stayed silent after waking"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 8. A migration away from an owner that cannot hear about it.
+// ---------------------------------------------------------------------------------
+
+/// The old owner of a migrated node learns of the flip only when its replica applies
+/// it; cut off, it never does, and it serves the node until its lease expires. The
+/// new owner must not start serving before the old one has stopped (applied the flip,
+/// or let its lease run out), or both answer. Leases are long here (TTL 3 s) so the
+/// cut-off owner's lease outlives the flip by seconds.
+#[test]
+#[ignore = "known open bug (issue 6): a migration flip is not fenced against a cut-off old owner, which keeps answering until its lease expires"]
+fn migration_away_from_a_cut_off_owner_never_has_two_hosts_answer() {
+    let _g = serial();
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::new(3).unwrap_or_else(|e| panic!("cannot build the test network: {e}"));
+    let long = Leases {
+        interval_ms: 500,
+        ttl_ms: 3000,
+        grace_ms: 1000,
+        raft_heartbeat_ms: 50,
+        election_ms: 250,
+    };
+    let cfg = long.toml("");
+    let f = Fleet::start(
+        &bin(),
+        (1..=3).map(|i| HostSpec::in_lab(&lab, i, &cfg)).collect(),
+    );
+    let h1 = f.hosts[0].api.clone();
+    let h2 = f.hosts[1].api.clone();
+    let k = h1.upload("vmlinuz", &pattern(60_000, 81));
+    let rd = h1.upload("initrd.img", &pattern(30_000, 82));
+    let nodes = nodes(1);
+    h1.enroll_deploy("n1", &mac_colons(nodes[0].1), &k, &rd);
+    wait_nodes_replicated(&h1, &["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
+    let (_, epoch0, _) = h1.node("n1");
+    let targets: Vec<Target> = f
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Target {
+            host: h.name().to_string(),
+            netns: Some(lab.host_ns(i + 1)),
+            tftp: h.spec.tftp,
+            dhcp: None,
+            http: h.spec.http,
+        })
+        .collect();
+    let p = Prober::start(targets, nodes.clone(), Duration::from_secs(60));
+    p.wait_batches(3);
+    let t_cut = p.now();
+    lab.cut(1);
+    // The majority migrates n1 to h2 (through h2, once it knows a leader on its side:
+    // a write forwarded to the cut-off leader would wait for its 10 s timeout).
+    wait_until(Duration::from_secs(10), "a leader among h2, h3", || {
+        let v = h2
+            .timeout(Duration::from_secs(1))
+            .get("/v1/cluster")
+            .ok()?
+            .json();
+        let l = v["leader_host"].as_str()?.to_string();
+        (l != "h1").then_some(l)
+    });
+    let r = h2
+        .post("/v1/nodes/n1/migrate", json!({ "to": "h2" }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.expect(200);
+    let flipped = wait_until(Duration::from_secs(10), "migration flips", || {
+        let (o, e, _) = h2.node("n1");
+        (o == "h2").then(|| (e, p.now()))
+    });
+    assert_eq!(flipped.0, epoch0 + 1);
+    p.wait_batches(8);
+    let t_heal = p.now();
+    lab.heal(1);
+    wait_until(Duration::from_secs(30), "h1 learns the flip", || {
+        let (o, _, _) = h1.timeout(Duration::from_secs(1)).node("n1");
+        (o == "h2").then_some(())
+    });
+    p.wait_batches(3);
+    let (events, _) = p.finish();
+    let last_h1 = events
+        .iter()
+        .filter(|e| e.host == "h1" && matches!(e.seen, Seen::Answer(_)))
+        .map(|e| e.at)
+        .max();
+    let first_h2 = events
+        .iter()
+        .filter(|e| e.host == "h2" && matches!(e.seen, Seen::Answer(_)))
+        .map(|e| e.at)
+        .min();
+    say(&format!(
+        "cut h1 at {t_cut:?}; n1 flipped to h2 (epoch {}) at {:?}; last answer by h1 at \
+         {last_h1:?}, first by h2 at {first_h2:?}; healed at {t_heal:?}",
+        flipped.0, flipped.1
+    ));
+    drop(f);
+    drop(lab);
+    check_single_answerer(
+        &events,
+        &format!(
+            "h1 cut off at {t_cut:?} with a lease of up to {} ms; n1 migrated to h2, flip \
+             seen at {:?}",
+            long.ttl_ms, flipped.1
+        ),
+    );
+}
