@@ -259,7 +259,7 @@ impl Default for TftpConfig {
             max_retries: 5,
             rollover: Rollover::Zero,
             max_transfers: 4096,
-            max_transfers_per_client: 64,
+            max_transfers_per_client: 1024,
             cache_bytes: 1 << 30,
             gso: true,
         }
