@@ -77,6 +77,18 @@ fn node_rows(v: &Value) -> String {
     )
 }
 
+/// A node's served files (a JSON array of NodeFile) as a table.
+fn files_table(files: &Value) -> String {
+    let rows: Vec<Vec<String>> = files
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| vec![s(&f["path"]), s(&f["size"]), s(&f["digest"])])
+        .collect();
+    table(&["PATH", "SIZE", "SHA256"], &rows)
+}
+
 fn node_detail(n: &Value) -> String {
     let mut out = String::new();
     for k in [
@@ -131,13 +143,9 @@ fn node_detail(n: &Value) -> String {
             s(&r["expires_at"])
         ));
     }
-    if let Some(files) = n["files"].as_array() {
+    if n["files"].is_array() {
         out.push_str("\nfiles:\n");
-        let rows: Vec<Vec<String>> = files
-            .iter()
-            .map(|f| vec![s(&f["path"]), s(&f["size"]), s(&f["digest"])])
-            .collect();
-        out.push_str(&table(&["PATH", "SIZE", "SHA256"], &rows));
+        out.push_str(&files_table(&n["files"]));
     }
     out
 }
@@ -315,16 +323,7 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
         }
         NodeCmd::Files { id } => {
             let v = c.get(&format!("/v1/nodes/{id}/files"))?;
-            print(api, &v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|f| vec![s(&f["path"]), s(&f["size"]), s(&f["digest"])])
-                    .collect();
-                table(&["PATH", "SIZE", "SHA256"], &rows)
-            });
+            print(api, &v, files_table);
         }
         NodeCmd::Reserve { id, holder, ttl } => {
             let v = c.send(

@@ -13,7 +13,7 @@ use super::error::ApiError;
 pub struct Token(pub Arc<String>);
 
 /// Compares in time independent of where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -68,10 +68,6 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route_layer(axum::middleware::from_fn_with_state(app, require_secret))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let Some(secret) = &app.secret else {
         app.metrics.http.errors.inc("cluster_disabled");
@@ -84,7 +80,7 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
     let ok = req
         .headers()
         .get(SECRET_HEADER)
-        .is_some_and(|v| constant_time_eq(v.as_bytes(), secret.as_bytes()));
+        .is_some_and(|v| super::auth::constant_time_eq(v.as_bytes(), secret.as_bytes()));
     if !ok {
         app.metrics.http.errors.inc("cluster_secret");
         warn!(path = %req.uri().path(), "peer request with a wrong or missing cluster secret refused");
@@ -172,31 +168,18 @@ async fn join(
         host: j.host.clone(),
     };
     info!(node_id = j.node_id, host = %j.host, addr = %j.addr, "host joining as learner");
-    match app.raft.add_learner(j.node_id, peer, true).await {
-        Ok(_) => {}
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            return Err(ApiError::Conflict {
-                message: "not the leader".into(),
-                details: json!({ "leader": f.leader_node.map(|p| p.addr) }),
-            })
-        }
-        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
-    }
+    let unavailable = |e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>| {
+        leader_hint(&e).unwrap_or_else(|| ApiError::Unavailable(e.to_string()))
+    };
+    app.raft
+        .add_learner(j.node_id, peer, true)
+        .await
+        .map_err(unavailable)?;
     let voters = BTreeSet::from([j.node_id]);
-    match app
-        .raft
+    app.raft
         .change_membership(ChangeMembers::AddVoterIds(voters), false)
         .await
-    {
-        Ok(_) => {}
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            return Err(ApiError::Conflict {
-                message: "not the leader".into(),
-                details: json!({ "leader": f.leader_node.map(|p| p.addr) }),
-            })
-        }
-        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
-    }
+        .map_err(unavailable)?;
     info!(node_id = j.node_id, host = %j.host, "host joined as voter");
     Ok(Json(json!({ "joined": j.node_id })))
 }
@@ -239,17 +222,22 @@ async fn remove(
     }
 }
 
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> ApiError {
+/// "Not the leader" with the leader's address, so the caller can retry there.
+fn leader_hint(e: &RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Option<ApiError> {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::Conflict {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(ApiError::Conflict {
             message: "not the leader".into(),
-            details: json!({ "leader": f.leader_node.map(|p| p.addr) }),
-        },
-        e => ApiError::BadRequest {
-            field: Some("node_ids".into()),
-            message: e.to_string(),
-        },
+            details: json!({ "leader": f.leader_node.as_ref().map(|p| p.addr.clone()) }),
+        }),
+        _ => None,
     }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> ApiError {
+    leader_hint(&e).unwrap_or_else(|| ApiError::BadRequest {
+        field: Some("node_ids".into()),
+        message: e.to_string(),
+    })
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
