@@ -19,7 +19,7 @@ use crate::render::Renderer;
 use crate::store::raft::machine::OnApply;
 use crate::store::raft::network::Network;
 use crate::store::raft::{BatonRaft, NodeId, Peer};
-use crate::store::{Command, Millis, Outcome, Store, StoreError};
+use crate::store::{Command, Millis, Node, Outcome, Store, StoreError};
 use crate::tftp::files::{FileData, OpenError};
 
 /// Current Unix time in milliseconds: the proposer's timestamp for commands.
@@ -48,6 +48,28 @@ pub enum ProposeError {
     /// Raft refused it for good.
     #[error("replicated log refused the write: {0}")]
     Raft(String),
+}
+
+/// Why this host does not answer for a node right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// Another host owns it (per this replica).
+    NotOwner,
+    /// This host owns it but its lease is not fresh.
+    LeaseStale,
+    /// This host owns it since a migration the old owner has not confirmed yet.
+    AwaitingOldOwner,
+}
+
+impl NotServed {
+    /// Label for logs, metrics and error details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotServed::NotOwner => "not_owner",
+            NotServed::LeaseStale => "not_serving",
+            NotServed::AwaitingOldOwner => "awaiting_old_owner",
+        }
+    }
 }
 
 /// Newest event number, and the hook the state machine calls after each applied batch.
@@ -178,6 +200,28 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|u| Instant::now() < u)
+    }
+
+    /// Whether this host may answer for `node` now: it owns it per this replica, its
+    /// lease is fresh, and a migration flip to it has been confirmed by the old owner
+    /// (or the old owner is down). Together these keep two hosts from answering.
+    pub fn may_serve(&self, node: &Node) -> Result<(), NotServed> {
+        if node.owner != self.host {
+            return Err(NotServed::NotOwner);
+        }
+        if !self.serving() {
+            return Err(NotServed::LeaseStale);
+        }
+        if let Some(f) = &node.fence {
+            // A store error keeps the fence closed: better silent than doubled.
+            let cleared = self.store.host(&f.host).is_ok_and(|old| {
+                crate::ownership::state::fence_cleared(f, old.as_ref(), now_ms(), &self.lease_times)
+            });
+            if !cleared {
+                return Err(NotServed::AwaitingOldOwner);
+            }
+        }
+        Ok(())
     }
 
     /// Records a committed renewal sent at `sent`: fresh until `sent + TTL`.

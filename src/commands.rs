@@ -133,6 +133,15 @@ fn node_detail(n: &Value) -> String {
     if !n["stuck"].is_null() {
         out.push_str(&format!("{:<16} {}\n", "stuck", s(&n["stuck"])));
     }
+    let f = &n["fence"];
+    if !f.is_null() {
+        out.push_str(&format!(
+            "{:<16} until {} confirms the migration (event {}) or is down\n",
+            "fenced",
+            s(&f["host"]),
+            s(&f["seq"])
+        ));
+    }
     let r = &n["reservation"];
     if !r.is_null() {
         out.push_str(&format!(

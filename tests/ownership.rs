@@ -1619,8 +1619,18 @@ fn a_node_file_is_not_sent_after_the_lease_expired() {
 /// or let its lease run out), or both answer. Leases are long here (TTL 3 s) so the
 /// cut-off owner's lease outlives the flip by seconds.
 #[test]
-#[ignore = "known open bug (issue 6): a migration flip is not fenced against a cut-off old owner, which keeps answering until its lease expires"]
 fn migration_away_from_a_cut_off_owner_never_has_two_hosts_answer() {
+    migration_away_from_a_cut_off_owner(false);
+}
+
+/// Same, but the old owner stays cut off: the new owner answers only once the old one
+/// is down (its lease and the grace ran out), and within a bound of that.
+#[test]
+fn migration_away_from_an_owner_that_stays_cut_off_waits_for_it_to_be_down() {
+    migration_away_from_a_cut_off_owner(true);
+}
+
+fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
     let _g = serial();
     if !require_netns() {
         return;
@@ -1682,7 +1692,38 @@ fn migration_away_from_a_cut_off_owner_never_has_two_hosts_answer() {
         (o == "h2").then(|| (e, p.now()))
     });
     assert_eq!(flipped.0, epoch0 + 1);
-    p.wait_batches(8);
+    if stay_cut {
+        // h2 may answer once h1 is down: TTL + grace after h1's last committed renewal.
+        let bound = Duration::from_millis(long.ttl_ms + long.grace_ms) + Duration::from_secs(3);
+        wait_until(bound + Duration::from_secs(2), "h2 answers for n1", || {
+            p.events()
+                .iter()
+                .any(|e| e.host == "h2" && matches!(e.seen, Seen::Answer(_)))
+                .then_some(())
+        });
+        let first = p
+            .events()
+            .iter()
+            .filter(|e| e.host == "h2" && matches!(e.seen, Seen::Answer(_)))
+            .map(|e| e.at)
+            .min()
+            .unwrap();
+        say(&format!(
+            "h1 cut at {t_cut:?}, first answer by h2 at {first:?} (down after {} ms)",
+            long.ttl_ms + long.grace_ms
+        ));
+        assert!(
+            first >= t_cut + Duration::from_millis(long.ttl_ms),
+            "h2 answered {first:?}, before h1 (cut at {t_cut:?}) could have stopped"
+        );
+        assert!(
+            first <= t_cut + bound,
+            "h2 answered only at {first:?}: h1 (cut at {t_cut:?}) was down long before"
+        );
+        p.wait_batches(3);
+    } else {
+        p.wait_batches(8);
+    }
     let t_heal = p.now();
     lab.heal(1);
     wait_until(Duration::from_secs(30), "h1 learns the flip", || {

@@ -242,6 +242,7 @@ mod tests {
             boot_profile: profile,
             last_token: 0,
             stuck: None,
+            fence: None,
             created_at: 0,
             updated_at: 0,
         }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::proxy::{decide, Decision, Ignored, Policy, Port};
-use crate::app::App;
+use crate::app::{App, NotServed};
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
 use crate::net::{iface, udp};
@@ -245,7 +245,18 @@ impl Shared {
                 return;
             }
         };
-        let serving = self.app.serving();
+        // Owned + lease fresh + migration flip confirmed; `decide` tells owner apart.
+        let serving = match &node {
+            Some(n) if n.owner == self.app.host => match self.app.may_serve(n) {
+                Err(NotServed::AwaitingOldOwner) => {
+                    m.ignored.inc(NotServed::AwaitingOldOwner.as_str());
+                    info!(mac = %mac, node = %n.id, epoch = n.epoch, "pxe request not answered: old owner has not confirmed the migration yet");
+                    return;
+                }
+                r => r.is_ok(),
+            },
+            _ => self.app.serving(),
+        };
         match decide(
             &req,
             l.port,

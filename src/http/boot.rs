@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
-use crate::app::App;
+use crate::app::{App, NotServed};
 use crate::metrics::Metrics;
 use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::store_source::owned_node_file;
@@ -43,22 +43,26 @@ pub async fn boot_file(
         .into_iter()
         .find(|f| f.path == want)
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
-    if n.owner == app.host && !app.serving() {
-        app.metrics.http.boot_failed.inc("not_serving");
-        return Err(ApiError::Unavailable(format!(
-            "host {} owns node {node} but its lease is not fresh: not serving",
-            app.host
-        )));
-    }
-    if n.owner != app.host {
-        app.metrics.http.boot_failed.inc("not_owner");
-        return Err(ApiError::Conflict {
-            message: format!(
-                "node {node} is served by host {}, not {}",
-                n.owner, app.host
-            ),
-            details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
-        });
+    match app.may_serve(&n) {
+        Ok(()) => {}
+        Err(NotServed::NotOwner) => {
+            app.metrics.http.boot_failed.inc("not_owner");
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "node {node} is served by host {}, not {}",
+                    n.owner, app.host
+                ),
+                details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
+            });
+        }
+        Err(r) => {
+            app.metrics.http.boot_failed.inc(r.as_str());
+            return Err(ApiError::Unavailable(format!(
+                "host {} owns node {node} but may not serve it yet ({})",
+                app.host,
+                r.as_str().replace('_', " ")
+            )));
+        }
     }
     let data = app.blob_bytes(&nf.digest).await.map_err(|e| match e {
         OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
@@ -112,7 +116,7 @@ pub async fn namespace_file(
             );
         }
         Ok(None) => {}
-        Err(OpenError::Denied(r @ ("not_owner" | "not_serving"))) => {
+        Err(OpenError::Denied(r @ ("not_owner" | "not_serving" | "awaiting_old_owner"))) => {
             app.metrics.http.boot_failed.inc(r);
             return Err(ApiError::Conflict {
                 message: format!(

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::placement::{pick, Candidate};
-use super::state::{classify, HostState, LeaseTimes};
+use super::state::{classify, fence_cleared, HostState, LeaseTimes};
 use crate::app::{now_ms, App};
 use crate::blobs::Digest;
 use crate::store::{Command, HandoffState, Host, Millis, Node, TransferReason};
@@ -55,6 +55,11 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                 .all(|d| v.holders.get(d).is_some_and(|h| h.contains(host)))
         })
     };
+    let fence_clear = |node: &Node| -> bool {
+        node.fence
+            .as_ref()
+            .is_none_or(|f| fence_cleared(f, v.hosts.iter().find(|h| h.name == f.host), now, t))
+    };
     let mut out = Vec::new();
     for n in v.nodes {
         let owner_state = state
@@ -70,7 +75,9 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                         expected_epoch: n.epoch,
                         at: now,
                     });
-                } else if holds_all(to, n) {
+                } else if holds_all(to, n) && fence_clear(n) {
+                    // A pending fence means an earlier flip's old owner may still answer:
+                    // one unconfirmed flip at a time.
                     out.push(Command::TransferOwnership {
                         node: n.id.clone(),
                         to: to.clone(),
@@ -290,6 +297,7 @@ mod tests {
             registered_at: 0,
             last_heartbeat: hb,
             draining,
+            seen_seq: 0,
         }
     }
 
@@ -306,6 +314,7 @@ mod tests {
             boot_profile: None,
             last_token: 0,
             stuck: None,
+            fence: None,
             created_at: 0,
             updated_at: 0,
         }
@@ -403,6 +412,46 @@ mod tests {
             matches!(&cmds[0], Command::TransferOwnership { to, reason: TransferReason::Migration, .. } if to == "t")
         );
         assert!(matches!(&cmds[1], Command::AbortMigration { node, .. } if node == "n2"));
+    }
+
+    #[test]
+    fn no_second_flip_while_an_earlier_one_is_unconfirmed() {
+        // n1 went o -> t, unconfirmed by o (alive); now it migrates t -> u.
+        let hosts = vec![
+            host("o", "g", 99_500, false),
+            host("t", "g", 99_500, false),
+            host("u", "g", 99_500, false),
+        ];
+        let mut n = node(
+            "n1",
+            "t",
+            HandoffState::Migrating {
+                to: "u".into(),
+                since: 0,
+            },
+        );
+        n.fence = Some(crate::store::Fence {
+            host: "o".into(),
+            seq: 5,
+        });
+        let plan_for = |hosts: &[Host], n: &Node| {
+            run_plan(
+                hosts,
+                std::slice::from_ref(n),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+        };
+        assert!(plan_for(&hosts, &n).is_empty(), "waits for o");
+        let mut confirmed = hosts.clone();
+        confirmed[0].seen_seq = 5;
+        assert!(matches!(
+            &plan_for(&confirmed, &n)[..],
+            [Command::TransferOwnership { to, .. }] if to == "u"
+        ));
+        let mut o_down = hosts.clone();
+        o_down[0].last_heartbeat = 1;
+        assert_eq!(plan_for(&o_down, &n).len(), 1, "o is down");
     }
 
     #[test]

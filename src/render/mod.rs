@@ -254,6 +254,7 @@ impl Renderer {
             boot_profile: None,
             last_token: 0,
             stuck: None,
+            fence: None,
             created_at: 0,
             updated_at: 0,
         };

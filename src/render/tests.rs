@@ -28,6 +28,7 @@ fn node(id: &str, macs: &[[u8; 6]]) -> Node {
         boot_profile: None,
         last_token: 0,
         stuck: None,
+        fence: None,
         created_at: 0,
         updated_at: 0,
     }

@@ -108,7 +108,7 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             addresses,
             at,
         } => register_host(tx, name, group, addresses, *at),
-        Command::Heartbeat { host, at } => heartbeat(tx, host, *at),
+        Command::Heartbeat { host, at, seen } => heartbeat(tx, host, *at, *seen),
         Command::EnrollNode {
             node,
             macs,
@@ -359,12 +359,20 @@ fn register_host(
     }
 }
 
-fn heartbeat(tx: &Transaction<'_>, host: &str, at: Millis) -> R<Applied> {
+fn heartbeat(tx: &Transaction<'_>, host: &str, at: Millis, seen: u64) -> R<Applied> {
     require_host(tx, host)?;
-    // MAX: a delayed heartbeat never moves liveness backwards.
+    let seen = int(seen, "seen")?;
+    // MAX: a delayed heartbeat never moves liveness (or confirmation) backwards.
     tx.execute(
-        "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?2) WHERE name = ?1",
-        params![host, at],
+        "UPDATE hosts SET last_heartbeat = MAX(last_heartbeat, ?2), seen_seq = MAX(seen_seq, ?3) \
+         WHERE name = ?1",
+        params![host, at, seen],
+    )?;
+    // The host had applied these flips away from it, so it no longer answers for them.
+    tx.execute(
+        "UPDATE nodes SET fence_host = NULL, fence_seq = NULL \
+         WHERE fence_host = ?1 AND fence_seq <= ?2",
+        params![host, seen],
     )?;
     Ok(Applied::HeartbeatRecorded {
         host: host.to_string(),
@@ -833,6 +841,15 @@ fn transfer_ownership(
         Some(to),
         json!({ "from": node.owner, "to": to, "epoch": epoch, "reason": reason }),
     )?;
+    if reason == TransferReason::Migration {
+        // The old owner is alive and answers until its replica applies this flip: the
+        // new owner waits for its confirmation (or for it to go down). A takeover needs
+        // no fence of its own (the old owner is down) and keeps any pending one.
+        tx.execute(
+            "UPDATE nodes SET fence_host = ?2, fence_seq = ?3 WHERE id = ?1",
+            params![id, node.owner, tx.last_insert_rowid()],
+        )?;
+    }
     Ok(Applied::OwnershipTransferred {
         node: id.to_string(),
         from: node.owner,

@@ -52,6 +52,10 @@ pub enum Command {
         host: String,
         /// Proposer's time.
         at: Millis,
+        /// Newest event the host's replica had applied when it proposed this: confirms
+        /// every migration flip away from it up to that event (clears their fences).
+        #[serde(default)]
+        seen: u64,
     },
     /// Adds a node owned by `owner` at epoch 1 (a single host owns all it enrolls).
     EnrollNode {

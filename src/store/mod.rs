@@ -33,7 +33,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::blobs::Digest;
 
 pub use command::{Applied, Command, FileSpec, Outcome, Rejection};
-pub use read::{Artifact, Event, Host, Node, NodeFile, Reservation};
+pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, ProvisionState,
     TransferReason,
@@ -304,7 +304,16 @@ impl Store {
         Ok(())
     }
 
-    /// Sequence number of the newest event (0 when there is none).
+    /// Whether a migration flip away from `host` still waits for its confirmation.
+    pub fn awaits_confirmation(&self, host: &str) -> Result<bool, StoreError> {
+        Ok(lock(&self.reader).query_row(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE fence_host = ?1)",
+            [host],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Newest event sequence number (0: none).
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let v: i64 =
             lock(&self.reader)

@@ -26,6 +26,20 @@ pub struct Host {
     /// Its nodes are being moved away for maintenance.
     #[serde(default)]
     pub draining: bool,
+    /// Newest event its replica had applied when it sent its last heartbeat: its
+    /// confirmation that it knows of every ownership flip up to that event.
+    #[serde(default)]
+    pub seen_seq: u64,
+}
+
+/// A migration flip the old owner has not confirmed yet: the new owner waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fence {
+    /// The previous owner, which may still answer until its replica applies the flip.
+    pub host: String,
+    /// Event sequence number of the flip: `host` has applied it once its heartbeat's
+    /// `seen_seq` reaches this.
+    pub seq: u64,
 }
 
 /// A bare-metal node.
@@ -54,6 +68,9 @@ pub struct Node {
     /// Why no live host could take the node over (it stays with its dead owner).
     #[serde(default)]
     pub stuck: Option<String>,
+    /// Set after a migration flip until the old owner confirms it or is down.
+    #[serde(default)]
+    pub fence: Option<Fence>,
     /// Enrollment time.
     pub created_at: Millis,
     /// Last change.
@@ -144,7 +161,7 @@ fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreE
 
 pub(super) fn host(conn: &Connection, name: &str) -> Result<Option<Host>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining FROM hosts WHERE name = ?1",
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining, seen_seq FROM hosts WHERE name = ?1",
     )?;
     let raw = stmt.query_row([name], raw_host).optional()?;
     raw.map(host_from_raw).transpose()
@@ -152,7 +169,7 @@ pub(super) fn host(conn: &Connection, name: &str) -> Result<Option<Host>, StoreE
 
 pub(super) fn hosts(conn: &Connection) -> Result<Vec<Host>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining FROM hosts ORDER BY name",
+        "SELECT name, group_name, addresses, registered_at, last_heartbeat, draining, seen_seq FROM hosts ORDER BY name",
     )?;
     let raws = stmt
         .query_map([], raw_host)?
@@ -160,7 +177,7 @@ pub(super) fn hosts(conn: &Connection) -> Result<Vec<Host>, StoreError> {
     raws.into_iter().map(host_from_raw).collect()
 }
 
-type RawHost = (String, String, String, i64, i64, i64);
+type RawHost = (String, String, String, i64, i64, i64, i64);
 
 fn raw_host(r: &Row<'_>) -> rusqlite::Result<RawHost> {
     Ok((
@@ -170,11 +187,12 @@ fn raw_host(r: &Row<'_>) -> rusqlite::Result<RawHost> {
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
     ))
 }
 
 fn host_from_raw(
-    (name, group, addresses, registered_at, last_heartbeat, draining): RawHost,
+    (name, group, addresses, registered_at, last_heartbeat, draining, seen_seq): RawHost,
 ) -> Result<Host, StoreError> {
     Ok(Host {
         name,
@@ -183,11 +201,13 @@ fn host_from_raw(
         registered_at,
         last_heartbeat,
         draining: draining != 0,
+        seen_seq: u(seen_seq, "seen_seq")?,
     })
 }
 
 const NODE_COLS: &str = "id, group_name, arch, owner, epoch, provision_state, handoff_to, \
-                         handoff_since, boot_profile, last_token, created_at, updated_at, stuck";
+                         handoff_since, boot_profile, last_token, created_at, updated_at, stuck, \
+                         fence_host, fence_seq";
 
 struct RawNode {
     id: String,
@@ -203,6 +223,8 @@ struct RawNode {
     created_at: i64,
     updated_at: i64,
     stuck: Option<String>,
+    fence_host: Option<String>,
+    fence_seq: Option<i64>,
 }
 
 fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -220,6 +242,8 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
         stuck: r.get(12)?,
+        fence_host: r.get(13)?,
+        fence_seq: r.get(14)?,
     })
 }
 
@@ -250,6 +274,13 @@ fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
         boot_profile,
         last_token: u(raw.last_token, "token")?,
         stuck: raw.stuck,
+        fence: match (raw.fence_host, raw.fence_seq) {
+            (Some(host), Some(seq)) => Some(Fence {
+                host,
+                seq: u(seq, "fence_seq")?,
+            }),
+            _ => None,
+        },
         created_at: raw.created_at,
         updated_at: raw.updated_at,
     })

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -132,4 +132,13 @@ CREATE TABLE raft_applied (
 const V3: &str = r#"
 ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN stuck TEXT;
+"#;
+
+/// Version 4: fencing of migration flips. A node flipped by migration waits for its old
+/// owner to confirm (a heartbeat whose `seen_seq` reaches `fence_seq`, the flip's event)
+/// or to be down, so the old and the new owner never answer together.
+const V4: &str = r#"
+ALTER TABLE hosts ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN fence_host TEXT;
+ALTER TABLE nodes ADD COLUMN fence_seq INTEGER;
 "#;

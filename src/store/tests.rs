@@ -193,10 +193,12 @@ fn hosts_register_update_heartbeat() {
     t.ok(Command::Heartbeat {
         host: "h1".into(),
         at: 50,
+        seen: 0,
     });
     t.ok(Command::Heartbeat {
         host: "h1".into(),
         at: 40,
+        seen: 0,
     });
     let h = t.store.host("h1").unwrap().unwrap();
     assert_eq!(
@@ -219,7 +221,8 @@ fn hosts_register_update_heartbeat() {
     assert_eq!(
         t.no(Command::Heartbeat {
             host: "ghost".into(),
-            at: 1
+            at: 1,
+            seen: 0,
         }),
         Rejection::UnknownHost {
             host: "ghost".into()
@@ -700,6 +703,77 @@ fn artifacts_register_and_removal_refused_while_referenced() {
 }
 
 #[test]
+fn a_migration_flip_is_fenced_until_the_old_owner_confirms_it() {
+    let t = base();
+    t.ok(host("h2", 2));
+    t.ok(Command::BeginMigration {
+        node: "n1".into(),
+        to: "h2".into(),
+        expected_epoch: 1,
+        at: 50,
+    });
+    let before = t.store.last_event_seq().unwrap();
+    t.ok(Command::TransferOwnership {
+        node: "n1".into(),
+        to: "h2".into(),
+        expected_epoch: 1,
+        reason: TransferReason::Migration,
+        stale_before: None,
+        at: 60,
+    });
+    let flip = t.store.last_event_seq().unwrap();
+    assert!(flip > before);
+    assert_eq!(
+        t.node("n1").fence,
+        Some(Fence {
+            host: "h1".into(),
+            seq: flip
+        })
+    );
+    let hb = |host: &str, seen| Command::Heartbeat {
+        host: host.into(),
+        at: 70,
+        seen,
+    };
+    // A heartbeat from before the flip, or from another host, confirms nothing.
+    t.ok(hb("h1", before));
+    t.ok(hb("h2", flip));
+    assert!(t.node("n1").fence.is_some());
+    t.ok(hb("h1", flip));
+    assert_eq!(t.node("n1").fence, None);
+    assert_eq!(t.store.host("h1").unwrap().unwrap().seen_seq, flip);
+    // A takeover keeps a pending fence: the node's first owner may still be answering.
+    t.ok(Command::BeginMigration {
+        node: "n1".into(),
+        to: "h1".into(),
+        expected_epoch: 2,
+        at: 80,
+    });
+    t.ok(Command::TransferOwnership {
+        node: "n1".into(),
+        to: "h1".into(),
+        expected_epoch: 2,
+        reason: TransferReason::Migration,
+        stale_before: None,
+        at: 81,
+    });
+    let fence = t.node("n1").fence.expect("fenced again");
+    assert_eq!(fence.host, "h2");
+    t.ok(Command::TransferOwnership {
+        node: "n1".into(),
+        to: "h2".into(),
+        expected_epoch: 3,
+        reason: TransferReason::Takeover,
+        stale_before: None,
+        at: 90,
+    });
+    assert_eq!(t.node("n1").fence, Some(fence));
+    // An older heartbeat, delivered late, never moves the confirmation backwards.
+    t.ok(hb("h1", 0));
+    assert_eq!(t.store.host("h1").unwrap().unwrap().seen_seq, flip);
+}
+
+#[test]
 fn migration_and_ownership_epochs() {
     let t = base();
     t.ok(host("h2", 2));
@@ -1065,6 +1139,7 @@ fn script() -> Vec<Command> {
         Command::Heartbeat {
             host: "h2".into(),
             at: 3,
+            seen: 0,
         },
         enroll("n1", &[mac(1)], "h1", 4),
         enroll("n2", &[mac(2), mac(3)], "h1", 5),

@@ -38,10 +38,11 @@ pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenEr
         Err(e) => return Err(OpenError::Io(e.to_string())),
     };
     match app.store.node(&nf.node) {
-        // Owned per this replica AND the lease is fresh: never two hosts for one node.
-        Ok(Some(node)) if node.owner == app.host && app.serving() => Ok(Some(nf)),
-        Ok(Some(node)) if node.owner == app.host => Err(OpenError::Denied("not_serving")),
-        Ok(Some(_)) => Err(OpenError::Denied("not_owner")),
+        // Owned per this replica, lease fresh, flip confirmed: never two hosts for one node.
+        Ok(Some(node)) => match app.may_serve(&node) {
+            Ok(()) => Ok(Some(nf)),
+            Err(r) => Err(OpenError::Denied(r.as_str())),
+        },
         Ok(None) => Ok(None),
         Err(e) => Err(OpenError::Io(e.to_string())),
     }
