@@ -673,11 +673,14 @@ async fn drive(
     t: &mut Transfer,
 ) {
     let me = link.local_addr(local_ip);
-    let m = &shared.metrics.tftp;
     let mut buf = [0u8; 1024];
     let mut headers: Vec<[u8; 4]> = Vec::new();
     let sleep = tokio::time::sleep_until(Instant::now().into());
     tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    // Made once: a fresh `cancelled()` per datagram costs a waiter list insert/remove.
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         while let Some(tx) = t.poll_transmit(Instant::now()) {
             let r = match tx {
@@ -690,17 +693,17 @@ async fn drive(
                 Transmit::Data(b) => {
                     headers.clear();
                     headers.extend((b.first..=b.last).map(|k| t.header(k)));
-                    let pkts: Vec<(&[u8], &[u8])> = headers
+                    let batch: Vec<(&[u8], &[u8])> = headers
                         .iter()
                         .zip(b.first..=b.last)
                         .map(|(h, k)| (&h[..], t.payload(k)))
                         .collect();
                     if let Some(c) = &shared.capture {
-                        for (h, d) in &pkts {
+                        for (h, d) in &batch {
                             c.record_parts(me, client, h, d);
                         }
                     }
-                    link.send_batch(client, &pkts).await
+                    link.send_batch(client, &batch).await
                 }
             };
             if let Err(e) = r {
@@ -712,40 +715,70 @@ async fn drive(
         let Some(deadline) = t.poll_timeout() else {
             break;
         };
-        sleep.as_mut().reset(deadline.into());
+        // The deadline moves later with every ACK; re-arming the timer each time costs a
+        // timer-wheel update per block. Re-arm only for an earlier deadline; a timer that
+        // fires early is re-armed then.
+        if armed.is_none_or(|a| deadline < a) {
+            sleep.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => { t.abort("shutdown"); break; }
+            _ = &mut cancelled => { t.abort("shutdown"); break; }
             r = link.recv(&mut buf, client) => match r {
                 None => { t.abort("superseded"); break; }
-                Some(Ok((n, from))) => {
-                    if let Some(c) = &shared.capture {
-                        c.record(from, me, &buf[..n]);
-                    }
-                    if from != client {
-                        // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
-                        m.unknown_tid.inc();
-                        debug!(client = %client, from = %from, "packet from unknown transfer ID");
-                        if let Link::Own(s) = link {
-                            let mut e = Vec::new();
-                            tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
-                            if let Some(c) = &shared.capture {
-                                c.record(me, from, &e);
-                            }
-                            let _ = s.send_to(&e, from).await;
-                        }
-                        continue;
-                    }
-                    match Packet::parse(&buf[..n]) {
-                        Ok(p) => t.handle(&p, Instant::now()),
-                        Err(e) => {
-                            m.bad_packets.inc(e.error.as_str());
-                            debug!(client = %client, error = %e, "malformed packet in transfer");
-                        }
-                    }
-                }
-                Some(Err(e)) => debug!(client = %client, error = %e, "transfer receive error"),
+                Some(r) => on_transfer_datagram(shared, link, me, client, &buf, r, t).await,
             },
-            _ = &mut sleep => t.handle_timeout(Instant::now()),
+            _ = &mut sleep => {
+                armed = None;
+                let now = Instant::now();
+                if now >= deadline {
+                    t.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
+
+/// Hands one datagram received on a transfer's link to the state machine.
+async fn on_transfer_datagram(
+    shared: &Shared,
+    link: &Link,
+    me: SocketAddr,
+    client: SocketAddr,
+    buf: &[u8],
+    r: io::Result<(usize, SocketAddr)>,
+    t: &mut Transfer,
+) {
+    let m = &shared.metrics.tftp;
+    let (n, from) = match r {
+        Ok(v) => v,
+        Err(e) => {
+            debug!(client = %client, error = %e, "transfer receive error");
+            return;
+        }
+    };
+    if let Some(c) = &shared.capture {
+        c.record(from, me, &buf[..n]);
+    }
+    if from != client {
+        // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
+        m.unknown_tid.inc();
+        debug!(client = %client, from = %from, "packet from unknown transfer ID");
+        if let Link::Own(s) = link {
+            let mut e = Vec::new();
+            tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
+            if let Some(c) = &shared.capture {
+                c.record(me, from, &e);
+            }
+            let _ = s.send_to(&e, from).await;
+        }
+        return;
+    }
+    match Packet::parse(&buf[..n]) {
+        Ok(p) => t.handle(&p, Instant::now()),
+        Err(e) => {
+            m.bad_packets.inc(e.error.as_str());
+            debug!(client = %client, error = %e, "malformed packet in transfer");
         }
     }
 }
