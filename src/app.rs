@@ -352,13 +352,20 @@ impl App {
     /// The bytes of a blob this host holds, shared across transfers.
     pub async fn blob_bytes(&self, digest: &Digest) -> Result<Arc<FileData>, OpenError> {
         let blobs = self.blobs.clone();
+        let store = self.store.clone();
         let d = *digest;
         self.blob_cache
             .get_or_load(d, move || {
-                let bytes = blobs.read(&d).map_err(|e| match e {
-                    crate::blobs::BlobError::NotFound(_) => OpenError::Denied("blob_missing"),
-                    e => OpenError::Io(e.to_string()),
-                })?;
+                let bytes = match blobs.read(&d) {
+                    Ok(b) => b,
+                    // A small rendered file not fetched yet: the store itself has it.
+                    Err(crate::blobs::BlobError::NotFound(_)) => store
+                        .inline_file(&d)
+                        .map_err(|e| OpenError::Io(e.to_string()))?
+                        .map(bytes::Bytes::from)
+                        .ok_or(OpenError::Denied("blob_missing"))?,
+                    Err(e) => return Err(OpenError::Io(e.to_string())),
+                };
                 // Verified once per load into memory: a damaged blob is never served.
                 if Digest::of(&bytes) != d {
                     tracing::error!(digest = %d, "blob content does not match its digest; refusing to serve it");

@@ -309,6 +309,104 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
     );
 }
 
+/// The owner dies right after a profile change, before any peer could fetch the newly
+/// rendered config: the config travels inside the committed command, so a peer takes
+/// the node over within the same bound and serves the new config, not the old one.
+#[test]
+fn owner_killed_right_after_a_profile_change_is_taken_over_with_the_new_files() {
+    let _g = serial();
+    let mut f = three_hosts(false);
+    let h1 = f.host("h1").api.clone();
+    let h2 = f.host("h2").api.clone();
+    let tftp: BTreeMap<String, SocketAddr> = f
+        .hosts
+        .iter()
+        .map(|h| (h.name().to_string(), h.spec.tftp))
+        .collect();
+    let kernel = pattern(120_000, 21);
+    let k = h1.upload("vmlinuz", &kernel);
+    let rd = h1.upload("initrd.img", &pattern(60_000, 22));
+    let nodes = nodes(2);
+    for (id, m) in &nodes {
+        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
+    }
+    wait_nodes_replicated(
+        &h1,
+        &ids(&nodes),
+        &["h1", "h2", "h3"],
+        Duration::from_secs(30),
+    );
+    // New command lines: new configs, rendered on h1 only.
+    for (id, _) in &nodes {
+        h1.put(
+            &format!("/v1/nodes/{id}/profile"),
+            json!({ "kind": "deploy", "kernel": k, "ramdisk": rd,
+                    "cmdline": format!("console=ttyS0 baton.node={id} marker=after-change") }),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect(200);
+    }
+    let t0 = Instant::now();
+    f.host_mut("h1").kill9();
+    let bound = L.takeover_after() + Duration::from_secs(1);
+    let mut served: BTreeMap<String, (String, Duration)> = BTreeMap::new();
+    let hard = t0 + Duration::from_secs(15);
+    while served.len() < nodes.len() && Instant::now() < hard {
+        for (id, m) in &nodes {
+            if served.contains_key(id) {
+                continue;
+            }
+            for peer in ["h2", "h3"] {
+                if let Answer::Data(d) =
+                    probe(tftp[peer], &pxelinux_path(*m), Duration::from_millis(200))
+                {
+                    let text = String::from_utf8_lossy(&d);
+                    assert!(
+                        text.contains("marker=after-change"),
+                        "{peer} serves the config of {id} from before the change:\n{text}"
+                    );
+                    served.insert(id.clone(), (peer.to_string(), t0.elapsed()));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let stuck: Vec<String> = nodes
+        .iter()
+        .map(|(id, _)| {
+            let v = h2.get_ok(&format!("/v1/nodes/{id}"));
+            format!("{id}: owner {} stuck {}", v["owner"], v["stuck"])
+        })
+        .collect();
+    say(&format!(
+        "kill -9 h1 right after a profile change: served {served:?} (bound {} ms); {stuck:?}",
+        bound.as_millis()
+    ));
+    assert_eq!(
+        served.len(),
+        nodes.len(),
+        "not every node was taken over within 15 s: {stuck:?}"
+    );
+    for (id, (peer, at)) in &served {
+        assert!(
+            *at <= bound,
+            "{id} served by {peer} only after {} ms (bound {} ms)",
+            at.as_millis(),
+            bound.as_millis()
+        );
+        match probe(
+            tftp[peer.as_str()],
+            &format!("nodes/{id}/kernel"),
+            Duration::from_secs(2),
+        ) {
+            Answer::Data(got) => {
+                assert!(got == kernel, "{peer} serves {id}'s kernel byte for byte")
+            }
+            other => panic!("{peer} does not serve {id}'s kernel: {other:?}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The prober: every node asked from every host at the same instants.
 // ---------------------------------------------------------------------------------

@@ -101,6 +101,15 @@ async fn fetch_one(
         .artifact(d)
         .map_err(|e| e.to_string())?
         .ok_or("artifact not registered yet")?;
+    // A small rendered file is in the store itself (it is served from there already):
+    // copy it into the blob store and say so, no peer needed.
+    if let Some(bytes) = app.store.inline_file(d).map_err(|e| e.to_string())? {
+        let info = app.blobs.put_bytes(&bytes).map_err(|e| e.to_string())?;
+        if info.digest != *d {
+            return Err(format!("inline content of {d} hashes to {}", info.digest));
+        }
+        return record_held(app, d, "store", &art).await;
+    }
     let secret = app
         .secret
         .clone()
@@ -162,19 +171,29 @@ async fn fetch_one(
             last_err = format!("from {host}: {e}");
             continue;
         }
-        let out = app
-            .propose(Command::RecordHostArtifact {
-                host: app.host.clone(),
-                digest: *d,
-                present: true,
-                at: now_ms(),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(digest = %d, from = %host, bytes = art.size, name = %art.name, outcome = ?out.is_applied(), "artifact replicated");
-        return Ok(());
+        return record_held(app, d, &host, &art).await;
     }
     Err(last_err)
+}
+
+/// Records in the store that this host now holds `d` (copied from `from`).
+async fn record_held(
+    app: &Arc<App>,
+    d: &Digest,
+    from: &str,
+    art: &crate::store::Artifact,
+) -> Result<(), String> {
+    let out = app
+        .propose(Command::RecordHostArtifact {
+            host: app.host.clone(),
+            digest: *d,
+            present: true,
+            at: now_ms(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(digest = %d, from = %from, bytes = art.size, name = %art.name, outcome = ?out.is_applied(), "artifact replicated");
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

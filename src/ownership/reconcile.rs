@@ -206,6 +206,8 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
 async fn once(app: &Arc<App>) -> Result<(), String> {
     let hosts = app.store.hosts().map_err(|e| e.to_string())?;
     let nodes = app.store.nodes().map_err(|e| e.to_string())?;
+    // Files kept in the store are on every replica: only blobs decide who may take over.
+    let inline = app.store.inline_digests().map_err(|e| e.to_string())?;
     let mut node_digests = HashMap::new();
     for n in &nodes {
         let ds: BTreeSet<Digest> = app
@@ -214,6 +216,7 @@ async fn once(app: &Arc<App>) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|f| f.digest)
+            .filter(|d| !inline.contains(d))
             .collect();
         node_digests.insert(n.id.clone(), ds);
     }

@@ -3,12 +3,13 @@
 //! Rendering happens once, on the host that proposes the change; the command carries the
 //! resulting (path → digest) rows, so applying it on replicas needs no template and
 //! cannot diverge. The rendered bytes are stored in the local blob store before the
-//! command is proposed, so the files exist wherever the command says they are held.
+//! command is proposed, so the files exist wherever the command says they are held; small
+//! text files also travel inside the command, so every replica has them at once.
 
 use std::collections::BTreeSet;
 
 use crate::blobs::{BlobStore, Digest};
-use crate::store::{BootProfile, Command, FileSpec, Millis, Node, Store};
+use crate::store::{BootProfile, Command, FileSpec, Millis, Node, Store, INLINE_MAX};
 
 use super::{kernel_path, ramdisk_path, RenderError, Renderer};
 
@@ -45,11 +46,17 @@ pub fn boot_profile_command_with(
     if let Some(p) = &profile {
         for (path, bytes) in renderer.render_node(node, p)? {
             let info = blobs.put_bytes(&bytes)?;
+            // Small text (every config and script) travels inside the command, so each
+            // replica can serve it the moment the profile commits.
+            let text = (bytes.len() <= INLINE_MAX)
+                .then(|| String::from_utf8(bytes).ok())
+                .flatten();
             files.push(FileSpec {
                 path,
                 digest: info.digest,
                 size: info.size,
                 held: true,
+                text,
             });
         }
         if let Some(k) = p.kernel_boot() {
@@ -66,6 +73,7 @@ pub fn boot_profile_command_with(
                     },
                     held: local.is_some(),
                     digest,
+                    text: None,
                 });
             }
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::blobs::Digest;
 
-use super::command::{Applied, Command, FileSpec, Outcome, Rejection};
+use super::command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
 use super::read::{self, Node, Reservation};
 use super::types::{
     check_name, check_text, normalize_path, BootProfile, HandoffState, MacAddr, Millis,
@@ -508,8 +508,10 @@ fn remove_node(tx: &Transaction<'_>, id: &str, at: Millis) -> R<Applied> {
     if let Some(reservation) = live_reservation(tx, id, at)? {
         return Err(Fail::Reject(Rejection::NodeReserved { reservation }));
     }
+    let files = read::node_files(tx, id)?;
     // Cascades to node_macs, node_files and reservations.
     tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+    drop_unreferenced_inline(tx, files.iter().map(|f| &f.digest))?;
     event(
         tx,
         at,
@@ -652,6 +654,22 @@ fn set_boot_profile(
     for f in files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         ensure_artifact(tx, &f.digest, f.size, name, f.held.then_some(host), at)?;
+        if let Some(text) = &f.text {
+            // Checked here, deterministically, so no replica keeps bytes under a wrong name.
+            if text.len() > INLINE_MAX
+                || text.len() as u64 != f.size
+                || Digest::of(text.as_bytes()) != f.digest
+            {
+                return Err(invalid(format!(
+                    "inline content of {} does not match its digest and size (or exceeds {INLINE_MAX} bytes)",
+                    f.path
+                )));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO inline_files (digest, content) VALUES (?1, ?2)",
+                params![f.digest.to_hex(), text.as_bytes()],
+            )?;
+        }
     }
     for path in &paths {
         let other: Option<String> = tx
@@ -687,6 +705,7 @@ fn set_boot_profile(
                 stmt.execute(params![path, id, d.to_hex()])?;
             }
         }
+        drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))?;
         tx.execute(
             "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, profile_json, at],
@@ -782,6 +801,21 @@ fn abort_migration(tx: &Transaction<'_>, id: &str, expected_epoch: u64, at: Mill
     Ok(Applied::MigrationAborted {
         node: id.to_string(),
     })
+}
+
+/// Forgets inline file contents among `digests` that no node serves any more.
+fn drop_unreferenced_inline<'a>(
+    tx: &Transaction<'_>,
+    digests: impl Iterator<Item = &'a Digest>,
+) -> R<()> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM inline_files WHERE digest = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM node_files WHERE digest = ?1)",
+    )?;
+    for d in digests {
+        stmt.execute([d.to_hex()])?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -25,7 +25,14 @@ pub struct FileSpec {
     /// false for a kernel or ramdisk it only knows by digest.
     #[serde(default = "yes")]
     pub held: bool,
+    /// The file's content, for a small rendered file: kept in the store itself so every
+    /// replica can serve it at once (at most [`INLINE_MAX`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
+
+/// Largest file carried inline in a [`Command::SetBootProfile`].
+pub const INLINE_MAX: usize = 64 * 1024;
 
 fn yes() -> bool {
     true

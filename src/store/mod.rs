@@ -32,7 +32,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::blobs::Digest;
 
-pub use command::{Applied, Command, FileSpec, Outcome, Rejection};
+pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
 pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, ProvisionState,
@@ -304,6 +304,34 @@ impl Store {
         Ok(())
     }
 
+    /// The bytes of a small rendered file kept in the store, if `digest` is one.
+    pub fn inline_file(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(lock(&self.reader)
+            .query_row(
+                "SELECT content FROM inline_files WHERE digest = ?1",
+                [digest.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Digests of all files kept in the store: every replica holds them.
+    pub fn inline_digests(&self) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached("SELECT digest FROM inline_files")?;
+        let hexes = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        hexes
+            .iter()
+            .map(|h| {
+                h.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("bad inline digest {h:?}: {e}")))
+            })
+            .collect()
+    }
+
     /// Whether a migration flip away from `host` still waits for its confirmation.
     pub fn awaits_confirmation(&self, host: &str) -> Result<bool, StoreError> {
         Ok(lock(&self.reader).query_row(
@@ -336,6 +364,7 @@ const DUMP: &[(&str, &str)] = &[
     ("artifacts", "digest"),
     ("host_artifacts", "host, digest"),
     ("node_files", "path"),
+    ("inline_files", "digest"),
     ("reservations", "node"),
     ("events", "seq"),
 ];

@@ -134,11 +134,19 @@ ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN stuck TEXT;
 "#;
 
-/// Version 4: fencing of migration flips. A node flipped by migration waits for its old
-/// owner to confirm (a heartbeat whose `seen_seq` reaches `fence_seq`, the flip's event)
-/// or to be down, so the old and the new owner never answer together.
+/// Version 4: fencing of migration flips, and small rendered files kept in the store.
+///
+/// A node flipped by migration waits for its old owner to confirm (a heartbeat whose
+/// `seen_seq` reaches `fence_seq`, the flip's event) or to be down, so the old and the
+/// new owner never answer together. `inline_files` holds the bytes of small rendered
+/// files (configs, scripts), so every replica has them the moment the profile commits:
+/// a takeover never waits for them to be fetched.
 const V4: &str = r#"
 ALTER TABLE hosts ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN fence_host TEXT;
 ALTER TABLE nodes ADD COLUMN fence_seq INTEGER;
+CREATE TABLE inline_files (
+    digest  TEXT PRIMARY KEY,
+    content BLOB NOT NULL
+) STRICT;
 "#;

@@ -93,6 +93,7 @@ fn file(path: &str, content: &str) -> FileSpec {
         digest: d(content),
         size: content.len() as u64,
         held: true,
+        text: None,
     }
 }
 
@@ -559,6 +560,7 @@ fn boot_profile_refusals() {
                     digest: d("vmlinuz"),
                     size: 999,
                     held: true,
+                    text: None,
                 }],
                 None,
                 7,
@@ -700,6 +702,64 @@ fn artifacts_register_and_removal_refused_while_referenced() {
         .map(|a| a.digest)
         .collect();
     assert!(!listed.contains(&d("vmlinuz")) && listed.contains(&d("initrd")));
+}
+
+#[test]
+fn small_rendered_files_are_kept_in_the_store_while_served() {
+    let t = base();
+    let inline = |path: &str, content: &str| FileSpec {
+        text: Some(content.into()),
+        ..file(path, content)
+    };
+    let cfg = "default deploy\n";
+    let mut files = deploy_files("n1");
+    files.push(inline("pxelinux.cfg/01-aa", cfg));
+    t.ok(set_profile(
+        "n1",
+        Some(deploy_profile()),
+        files,
+        Some(1),
+        10,
+    ));
+    assert_eq!(
+        t.store.inline_file(&d(cfg)).unwrap().as_deref(),
+        Some(cfg.as_bytes())
+    );
+    assert_eq!(t.store.inline_digests().unwrap().len(), 1);
+    // Content that does not hash to the digest it claims is refused.
+    let mut lying = deploy_files("n1");
+    lying.push(FileSpec {
+        text: Some("other".into()),
+        ..file("pxelinux.cfg/01-aa", "x\n")
+    });
+    assert!(matches!(
+        t.no(set_profile(
+            "n1",
+            Some(deploy_profile()),
+            lying,
+            Some(1),
+            11
+        )),
+        Rejection::Invalid { .. }
+    ));
+    // A new rendering replaces the old bytes; a removed node leaves none.
+    let cfg2 = "default deploy2\n";
+    let mut files = deploy_files("n1");
+    files.push(inline("pxelinux.cfg/01-aa", cfg2));
+    t.ok(set_profile(
+        "n1",
+        Some(deploy_profile()),
+        files,
+        Some(1),
+        12,
+    ));
+    assert_eq!(t.store.inline_file(&d(cfg)).unwrap(), None);
+    assert!(t.store.inline_file(&d(cfg2)).unwrap().is_some());
+    t.ok(Command::RemoveNode {
+        node: "n1".into(),
+        at: 13,
+    });
+    assert!(t.store.inline_digests().unwrap().is_empty());
 }
 
 #[test]
