@@ -273,7 +273,7 @@ impl App {
                 Ok(r) => return self.finish(r.data, r.log_id.index).await,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match f.leader_node {
-                        Some(peer) => match self.forward(&peer, &cmd).await {
+                        Some(peer) => match self.forward(f.leader_id, &peer, &cmd).await {
                             Ok((out, index)) => return self.finish(Some(out), index).await,
                             Err(e) => e,
                         },
@@ -310,19 +310,44 @@ impl App {
         Ok(out)
     }
 
-    /// Sends a write to the leader's `/cluster/propose`.
-    async fn forward(&self, leader: &Peer, cmd: &Command) -> Result<(Outcome, u64), String> {
+    /// Sends a write to the leader's `/cluster/propose`. Gives up as soon as this
+    /// replica learns of another leader: a paused or cut-off leader would otherwise hold
+    /// the write (a lease renewal, say) until the request times out.
+    async fn forward(
+        &self,
+        leader_id: Option<NodeId>,
+        leader: &Peer,
+        cmd: &Command,
+    ) -> Result<(Outcome, u64), String> {
         if self.secret.is_none() {
             return Err("this host has no cluster secret to reach the leader".into());
         }
         let url = format!("{}/cluster/propose", leader.addr.trim_end_matches('/'));
-        let r: Result<
-            crate::http::cluster::Proposed,
-            openraft::error::RPCError<NodeId, Peer, crate::http::cluster::ProposeRefused>,
-        > = self.net.post(0, &url, cmd, Duration::from_secs(10)).await;
-        match r {
-            Ok(p) => Ok((p.outcome, p.index)),
-            Err(e) => Err(e.to_string()),
+        let post = self
+            .net
+            .post::<_, crate::http::cluster::Proposed, crate::http::cluster::ProposeRefused>(
+                0,
+                &url,
+                cmd,
+                Duration::from_secs(10),
+            );
+        let mut metrics = self.raft.metrics();
+        let replaced = async {
+            loop {
+                if metrics.borrow_and_update().current_leader != leader_id {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = post => match r {
+                Ok(p) => Ok((p.outcome, p.index)),
+                Err(e) => Err(e.to_string()),
+            },
+            _ = replaced => Err(format!("leader {} replaced while the write was pending", leader.host)),
         }
     }
 

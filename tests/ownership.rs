@@ -861,6 +861,14 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
         ),
     );
     let final_owners = owners(&h2);
+    // h1 was the Raft leader: the survivors' renewals, forwarded to it, must not stall
+    // until their leases lapse (which would hand every node to the new leader alone).
+    let new_owners: BTreeSet<&str> = final_owners.values().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        new_owners,
+        BTreeSet::from(["h2", "h3"]),
+        "h1's nodes are spread over both survivors: {final_owners:?}"
+    );
     for (id, _) in &nodes {
         let (owner, epoch) = &final_owners[id];
         assert_ne!(owner, "h1", "{id} was taken over");

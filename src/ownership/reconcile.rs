@@ -109,6 +109,17 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
         };
         match owner_state {
             HostState::Down => {
+                // A suspect peer may be a live host whose renewal is still in flight (right
+                // after a leader change, say): wait out its grace (bounded) rather than hand
+                // every node to whichever peer renewed first.
+                let unsure = v.hosts.iter().any(|h| {
+                    h.name != n.owner
+                        && h.group == n.group
+                        && state.get(h.name.as_str()) == Some(&HostState::Suspect)
+                });
+                if unsure {
+                    continue;
+                }
                 let c = eligible(true, &load);
                 match pick(&n.id, &c, capacity) {
                     Some(to) => {
@@ -455,6 +466,28 @@ mod tests {
         let mut o_down = hosts.clone();
         o_down[0].last_heartbeat = 1;
         assert_eq!(plan_for(&o_down, &n).len(), 1, "o is down");
+    }
+
+    #[test]
+    fn takeover_waits_while_a_peer_is_only_suspect() {
+        // "b" has not renewed for longer than the TTL but is within its grace.
+        let mut hosts = vec![
+            host("dead", "g", 90_000, false),
+            host("a", "g", 99_500, false),
+            host("b", "g", 100_000 - T.ttl_ms as Millis - 1, false),
+        ];
+        let nodes: Vec<Node> = (0..8)
+            .map(|i| node(&format!("n{i}"), "dead", HandoffState::None))
+            .collect();
+        assert!(run_plan(&hosts, &nodes, &HashMap::new(), &HashMap::new()).is_empty());
+        hosts[2].last_heartbeat = 99_900;
+        let cmds = run_plan(&hosts, &nodes, &HashMap::new(), &HashMap::new());
+        let to_b = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::TransferOwnership { to, .. } if to == "b"))
+            .count();
+        assert_eq!(cmds.len(), 8);
+        assert!(to_b > 0 && to_b < 8, "spread over a and b: {cmds:?}");
     }
 
     #[test]
