@@ -116,6 +116,25 @@ fn ids(nodes: &[(String, [u8; 6])]) -> Vec<&str> {
     nodes.iter().map(|(id, _)| id.as_str()).collect()
 }
 
+/// Uploads a kernel and an initrd through `api`, enrolls `n` nodes with a deploy
+/// profile, and waits until every host of `hosts` holds all their files; returns the
+/// nodes and the kernel and initrd digests.
+fn deploy_nodes(
+    api: &Api,
+    n: usize,
+    kernel: &[u8],
+    hosts: &[&str],
+) -> (Vec<(String, [u8; 6])>, String, String) {
+    let k = api.upload("vmlinuz", kernel);
+    let rd = api.upload("initrd.img", &pattern(60_000, 22));
+    let nodes = nodes(n);
+    for (id, m) in &nodes {
+        api.enroll_deploy(id, &mac_colons(*m), &k, &rd);
+    }
+    wait_nodes_replicated(api, &ids(&nodes), hosts, Duration::from_secs(30));
+    (nodes, k, rd)
+}
+
 /// Owner of each node as `api` sees it.
 fn owners(api: &Api) -> BTreeMap<String, (String, u64)> {
     api.get_ok("/v1/nodes")
@@ -324,27 +343,10 @@ fn owner_killed_right_after_a_profile_change_is_taken_over_with_the_new_files() 
         .map(|h| (h.name().to_string(), h.spec.tftp))
         .collect();
     let kernel = pattern(120_000, 21);
-    let k = h1.upload("vmlinuz", &kernel);
-    let rd = h1.upload("initrd.img", &pattern(60_000, 22));
-    let nodes = nodes(2);
-    for (id, m) in &nodes {
-        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
-    }
-    wait_nodes_replicated(
-        &h1,
-        &ids(&nodes),
-        &["h1", "h2", "h3"],
-        Duration::from_secs(30),
-    );
+    let (nodes, k, rd) = deploy_nodes(&h1, 2, &kernel, &["h1", "h2", "h3"]);
     // New command lines: new configs, rendered on h1 only.
     for (id, _) in &nodes {
-        h1.put(
-            &format!("/v1/nodes/{id}/profile"),
-            json!({ "kind": "deploy", "kernel": k, "ramdisk": rd,
-                    "cmdline": format!("console=ttyS0 baton.node={id} marker=after-change") }),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect(200);
+        h1.set_deploy_cmdline(id, &k, &rd, &format!("baton.node={id} marker=after-change"));
     }
     let t0 = Instant::now();
     f.host_mut("h1").kill9();
@@ -775,18 +777,7 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
     let mut f = three_hosts(true);
     let h1 = f.host("h1").api.clone();
     let h2 = f.host("h2").api.clone();
-    let k = h1.upload("vmlinuz", &pattern(100_000, 21));
-    let rd = h1.upload("initrd.img", &pattern(60_000, 22));
-    let nodes = nodes(6);
-    for (id, m) in &nodes {
-        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
-    }
-    wait_nodes_replicated(
-        &h1,
-        &ids(&nodes),
-        &["h1", "h2", "h3"],
-        Duration::from_secs(30),
-    );
+    let (nodes, _, _) = deploy_nodes(&h1, 6, &pattern(100_000, 21), &["h1", "h2", "h3"]);
     let epoch0: BTreeMap<String, u64> = owners(&h1).into_iter().map(|(n, (_, e))| (n, e)).collect();
     let targets: Vec<Target> = f
         .hosts
@@ -953,18 +944,7 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
     let tftp = |i: usize| f.hosts[i - 1].spec.tftp;
     let ns = |i: usize| lab.host_ns(i);
     let h1 = api(1);
-    let k = h1.upload("vmlinuz", &pattern(120_000, 31));
-    let rd = h1.upload("initrd.img", &pattern(50_000, 32));
-    let nodes = nodes(4);
-    for (id, m) in &nodes {
-        h1.enroll_deploy(id, &mac_colons(*m), &k, &rd);
-    }
-    wait_nodes_replicated(
-        &h1,
-        &ids(&nodes),
-        &["h1", "h2", "h3"],
-        Duration::from_secs(30),
-    );
+    let (nodes, _, _) = deploy_nodes(&h1, 4, &pattern(120_000, 31), &["h1", "h2", "h3"]);
     let epoch0: BTreeMap<String, u64> = owners(&h1).into_iter().map(|(n, (_, e))| (n, e)).collect();
     let mut before = BTreeMap::new();
     for (id, m) in &nodes {

@@ -939,10 +939,16 @@ impl Api {
     /// Gives `id` a deploy profile.
     #[track_caller]
     pub fn set_deploy(&self, id: &str, kernel: &str, ramdisk: &str) {
+        self.set_deploy_cmdline(id, kernel, ramdisk, &format!("baton.node={id}"));
+    }
+
+    /// Gives `id` a deploy profile with `console=ttyS0 ARGS` as its command line.
+    #[track_caller]
+    pub fn set_deploy_cmdline(&self, id: &str, kernel: &str, ramdisk: &str, args: &str) {
         self.put(
             &format!("/v1/nodes/{id}/profile"),
             json!({ "kind": "deploy", "kernel": kernel, "ramdisk": ramdisk,
-                    "cmdline": format!("console=ttyS0 baton.node={id}") }),
+                    "cmdline": format!("console=ttyS0 {args}") }),
         )
         .unwrap_or_else(|e| panic!("{e}"))
         .expect(200);

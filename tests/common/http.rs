@@ -5,21 +5,18 @@
 //! Unlike [`super::Server`], the data directory can outlive the process, so a test can
 //! kill a server and start another one (same or other host name) on the same store.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::process::{Command, ExitStatus};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{
-    baton_bin, parse_listen_addr, require_client, run_with_timeout, wait_with_deadline,
-    START_TIMEOUT,
-};
+use super::child::Child;
+use super::{baton_bin, parse_listen_addr, require_client, run_with_timeout, START_TIMEOUT};
 
 /// API token the servers of these tests are started with (unless told otherwise).
 pub const TOKEN: &str = "test-token-5f0c2a9e";
@@ -148,40 +145,27 @@ impl BatonBuilder {
             }
             TokenSource::File => {}
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
-
-        let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel::<(bool, SocketAddr)>();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+        let child = Child::spawn(
+            &mut cmd,
+            format!("baton serve ({})", self.host),
+            move |line| {
                 for (is_http, needle) in [(false, TFTP_LISTENING), (true, HTTP_LISTENING)] {
                     if line.contains(needle) {
-                        if let Some(addr) = parse_listen_addr(&line) {
+                        if let Some(addr) = parse_listen_addr(line) {
                             let _ = tx.send((is_http, addr));
                         }
                     }
                 }
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+            },
+        )
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
 
         let mut s = Baton {
             child,
             tftp: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             api: Api::new("0.0.0.0:0".parse().unwrap(), ""),
-            log,
-            exited: None,
             builder: self.clone(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -192,7 +176,7 @@ impl BatonBuilder {
                 Ok((true, a)) => http = Some(a),
                 Ok((false, a)) => tftp = Some(a),
                 Err(e) => {
-                    let status = s.child.try_wait().ok().flatten();
+                    let status = s.child.try_wait();
                     panic!(
                         "baton serve did not report `{TFTP_LISTENING}` and `{HTTP_LISTENING}` \
                          ({e:?}; exit status {status:?}). Its stderr:\n{}",
@@ -224,8 +208,6 @@ pub struct Baton {
     pub http: SocketAddr,
     /// Client of its API, with its token.
     pub api: Api,
-    log: Arc<Mutex<String>>,
-    exited: Option<ExitStatus>,
     builder: BatonBuilder,
 }
 
@@ -248,49 +230,29 @@ impl Baton {
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.child.log()
     }
 
     /// Waits until the log has a line containing all of `needles`; returns that line.
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string);
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.child.wait_for_log(needles, timeout)
     }
 
     /// SIGKILL, then reap: a crash, nothing flushed or closed by the server.
     pub fn kill9(&mut self) {
-        if self.exited.is_none() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            self.child.kill().expect("SIGKILL the server");
-            self.exited = Some(self.child.wait().expect("reap the server"));
-        }
+        self.child.kill9();
     }
 
     /// SIGTERM and wait up to `timeout` for a clean exit; panics if it does not exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on the PID of the child this struct owns and has not reaped.
-        let r = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(r, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
-        let status = wait_with_deadline(&mut self.child, timeout)
-            .unwrap_or_else(|| panic!("baton serve did not exit within {timeout:?} of SIGTERM"));
-        self.exited = Some(status);
-        status
+        self.child
+            .terminate(timeout)
+            .unwrap_or_else(|| panic!("baton serve did not exit within {timeout:?} of SIGTERM"))
     }
 
     /// Fetches `remote` over TFTP with tftp-hpa (octet mode). `Err` holds what the
@@ -331,23 +293,6 @@ impl Baton {
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
         metric_value(&r.text(), name)
             .unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{}", r.text()))
-    }
-}
-
-impl Drop for Baton {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "----- baton serve stderr (tftp {}, http {}) -----\n{}----- end -----",
-                self.tftp,
-                self.http,
-                self.log()
-            );
-        }
     }
 }
 

@@ -8,21 +8,24 @@
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod cluster;
 pub mod http;
 pub mod pxe;
 pub mod raw;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use child::Child;
 
 /// How long `baton serve` may take to say it is listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -130,49 +133,30 @@ impl ServerBuilder {
             cmd.arg("--config").arg(f);
         }
         // The log filter must come from --log-level, not from the test runner's env.
-        clean_env(&mut cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
-
-        let log = Arc::new(Mutex::new(String::new()));
+        clean_env(&mut cmd);
         let (tx, rx) = mpsc::channel::<SocketAddr>();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains(LISTENING) {
-                    if let Some(addr) = parse_listen_addr(&line) {
-                        let _ = tx.send(addr);
-                    }
+        let child = Child::spawn(&mut cmd, "baton serve", move |line| {
+            if line.contains(LISTENING) {
+                if let Some(addr) = parse_listen_addr(line) {
+                    let _ = tx.send(addr);
                 }
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
             }
-        });
-
+        })
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-            exited: None,
             root,
             _data: data,
         };
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => server.addr = addr,
             Err(e) => {
-                let status = server.child.try_wait().ok().flatten();
-                let _ = server.child.kill();
-                let _ = server.child.wait();
+                let status = server.child.try_wait();
+                server.child.kill9();
                 panic!(
                     "baton serve did not report `{LISTENING}` ({e:?}; exit status {status:?}). Its stderr:\n{}",
-                    server.log()
+                    server.child.log()
                 );
             }
         }
@@ -191,8 +175,6 @@ pub struct Server {
     child: Child,
     /// The address it listens on, as it reported it.
     pub addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    exited: Option<ExitStatus>,
     root: TempDir,
     _data: TempDir,
 }
@@ -230,23 +212,12 @@ impl Server {
 
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.child.log()
     }
 
     /// Waits until the log has a line containing all of `needles`; returns that line.
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self
-                .log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string);
-            if found.is_some() || Instant::now() >= deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.child.wait_for_log(needles, timeout)
     }
 
     /// Like [`Server::wait_for_log`], panicking with the whole log if no line matches.
@@ -261,40 +232,15 @@ impl Server {
 
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: plain kill(2) on the PID of the child this struct owns and has not reaped.
-        let r = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(
-            r,
-            0,
-            "kill(SIGTERM) failed: {}",
-            std::io::Error::last_os_error()
-        );
-        let status = wait_with_deadline(&mut self.child, timeout);
-        self.exited = status;
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "----- baton serve stderr ({}) -----\n{}----- end -----",
-                self.addr,
-                self.log()
-            );
-        }
+        self.child.terminate(timeout)
     }
 }
 
 /// Polls `child` until it exits or `timeout` passes.
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_with_deadline(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

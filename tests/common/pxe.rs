@@ -5,18 +5,19 @@
 //! Also: network namespaces that delete themselves ([`Netns`]), and a child process
 //! whose output is collected and which is killed by its PID when dropped ([`Proc`]).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::child::Child;
 use super::http::{metric_value, Api, TOKEN};
-use super::{baton_bin, parse_listen_addr, run_with_timeout, wait_with_deadline, START_TIMEOUT};
+use super::{baton_bin, parse_listen_addr, run_with_timeout, START_TIMEOUT};
 
 const TFTP_LISTENING: &str = "tftp server listening";
 const HTTP_LISTENING: &str = "http server listening";
@@ -177,43 +178,32 @@ impl PxeBatonBuilder {
         cmd.args(&self.args)
             .env_remove("RUST_LOG")
             .env_remove("BATON_CONFIG")
-            .env_remove("BATON_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("BATON_API_TOKEN");
         let desc = format!("{cmd:?}");
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {desc}: {e}"))?;
-
-        let log = Arc::new(Mutex::new(String::new()));
         // (kind, address): 0 tftp, 1 http, 2 proxy-dhcp.
         let (tx, rx) = mpsc::channel::<(u8, Option<SocketAddr>)>();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+        let child = Child::spawn(
+            &mut cmd,
+            format!("baton serve ({})", self.host),
+            move |line| {
                 for (kind, needle) in [
                     (0u8, TFTP_LISTENING),
                     (1, HTTP_LISTENING),
                     (2, DHCP_LISTENING),
                 ] {
                     if line.contains(needle) {
-                        let _ = tx.send((kind, parse_listen_addr(&line)));
+                        let _ = tx.send((kind, parse_listen_addr(line)));
                     }
                 }
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+            },
+        )
+        .map_err(|e| format!("cannot run {desc}: {e}"))?;
 
         let mut s = PxeBaton {
             child,
             tftp: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             api: Api::new("0.0.0.0:0".parse().unwrap(), TOKEN),
-            log,
-            exited: None,
             builder: self.clone(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -226,7 +216,7 @@ impl PxeBatonBuilder {
                 Ok((1, a)) => http = a,
                 Ok(_) => dhcp += 1,
                 Err(e) => {
-                    let status = s.child.try_wait().ok().flatten();
+                    let status = s.child.try_wait();
                     return Err(format!(
                         "{desc}: did not report `{TFTP_LISTENING}`, `{HTTP_LISTENING}` and \
                          {want_dhcp} x `{DHCP_LISTENING}` ({e:?}; exit status {status:?}). \
@@ -252,8 +242,6 @@ pub struct PxeBaton {
     pub http: SocketAddr,
     /// Client of its API.
     pub api: Api,
-    log: Arc<Mutex<String>>,
-    exited: Option<ExitStatus>,
     builder: PxeBatonBuilder,
 }
 
@@ -265,30 +253,17 @@ impl PxeBaton {
 
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.child.log()
     }
 
     /// Log lines containing all of `needles`.
     pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-            .collect()
+        self.child.log_lines(needles)
     }
 
     /// Waits until the log has a line containing all of `needles`; returns it.
     pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.log_lines(needles).into_iter().next() {
-                return Some(l);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.child.wait_for_log(needles, timeout)
     }
 
     /// The `/metrics` text (loopback servers only).
@@ -306,34 +281,9 @@ impl PxeBaton {
 
     /// SIGTERM, then wait up to `timeout` for a clean exit; panics if it does not exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(s) = self.exited {
-            return s;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on the PID of the child this struct owns and has not reaped.
-        let r = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(r, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
-        let status = wait_with_deadline(&mut self.child, timeout)
-            .unwrap_or_else(|| panic!("baton serve did not exit within {timeout:?} of SIGTERM"));
-        self.exited = Some(status);
-        status
-    }
-}
-
-impl Drop for PxeBaton {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "----- baton serve stderr (tftp {}, http {}) -----\n{}----- end -----",
-                self.tftp,
-                self.http,
-                self.log()
-            );
-        }
+        self.child
+            .terminate(timeout)
+            .unwrap_or_else(|| panic!("baton serve did not exit within {timeout:?} of SIGTERM"))
     }
 }
 
@@ -436,7 +386,7 @@ impl Drop for Netns {
 /// arrived) and which is killed by its PID (SIGKILL) when dropped.
 pub struct Proc {
     name: String,
-    child: Child,
+    child: std::process::Child,
     out: Arc<Mutex<Vec<u8>>>,
     err: Arc<Mutex<Vec<u8>>>,
     exited: Option<ExitStatus>,
