@@ -135,6 +135,55 @@ fn deploy_nodes(
     (nodes, k, rd)
 }
 
+/// Waits until `host`, back after a pause or a partition, knows it owns no node any
+/// more and has renewed its lease (it is `up` again); returns `now()` at that moment.
+fn wait_caught_up<T>(api: &Api, host: &str, timeout: Duration, now: impl Fn() -> T) -> T {
+    wait_until(timeout, &format!("{host} learns the new owners"), || {
+        let o = api.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
+        let moved = o
+            .json()
+            .as_array()?
+            .iter()
+            .all(|n| n["owner"] != json!(host));
+        let up = host_states(api).get(host).is_some_and(|s| s == "up");
+        (moved && up).then(&now)
+    })
+}
+
+/// After h1 died at `t0`: polls h2 and h3 every 20 ms (for at most `limit`) until each
+/// node's pxelinux config is served, checking each answer with `check(peer, node,
+/// bytes)`; returns who served each node first and when. Two answering hosts fail.
+fn wait_configs_served(
+    tftp: &BTreeMap<String, SocketAddr>,
+    nodes: &[(String, [u8; 6])],
+    t0: Instant,
+    limit: Duration,
+    check: impl Fn(&str, &str, &[u8]),
+) -> BTreeMap<String, (String, Duration)> {
+    let mut served: BTreeMap<String, (String, Duration)> = BTreeMap::new();
+    while served.len() < nodes.len() && t0.elapsed() < limit {
+        for (id, m) in nodes {
+            if served.contains_key(id) {
+                continue;
+            }
+            for peer in ["h2", "h3"] {
+                if let Answer::Data(d) =
+                    probe(tftp[peer], &pxelinux_path(*m), Duration::from_millis(200))
+                {
+                    let at = t0.elapsed();
+                    check(peer, id, &d);
+                    if let Some((other, _)) = served.get(id) {
+                        panic!("{id} answered by both {other} and {peer}");
+                    }
+                    served.insert(id.clone(), (peer.to_string(), at));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    served
+}
+
 /// Owner of each node as `api` sees it.
 fn owners(api: &Api) -> BTreeMap<String, (String, u64)> {
     api.get_ok("/v1/nodes")
@@ -232,32 +281,12 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
 
     let t0 = Instant::now();
     f.host_mut("h1").kill9();
-    // Poll the survivors every 20 ms until each node's pxelinux config is served.
-    let mut served: BTreeMap<String, (String, Duration)> = BTreeMap::new();
-    let hard = t0 + Duration::from_secs(20);
-    while served.len() < nodes.len() && Instant::now() < hard {
-        for (id, m) in &nodes {
-            if served.contains_key(id) {
-                continue;
-            }
-            for peer in ["h2", "h3"] {
-                if let Answer::Data(d) =
-                    probe(tftp[peer], &pxelinux_path(*m), Duration::from_millis(200))
-                {
-                    let at = t0.elapsed();
-                    assert_eq!(
-                        d, before[id].0,
-                        "{peer} serves a different pxelinux config for {id} than h1 did"
-                    );
-                    if let Some((other, _)) = served.get(id) {
-                        panic!("{id} answered by both {other} and {peer}");
-                    }
-                    served.insert(id.clone(), (peer.to_string(), at));
-                }
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let served = wait_configs_served(&tftp, &nodes, t0, Duration::from_secs(20), |peer, id, d| {
+        assert_eq!(
+            d, before[id].0,
+            "{peer} serves a different pxelinux config for {id} than h1 did"
+        );
+    });
     let bound = L.takeover_after() + Duration::from_secs(1);
     let times: Vec<String> = served
         .iter()
@@ -351,28 +380,13 @@ fn owner_killed_right_after_a_profile_change_is_taken_over_with_the_new_files() 
     let t0 = Instant::now();
     f.host_mut("h1").kill9();
     let bound = L.takeover_after() + Duration::from_secs(1);
-    let mut served: BTreeMap<String, (String, Duration)> = BTreeMap::new();
-    let hard = t0 + Duration::from_secs(15);
-    while served.len() < nodes.len() && Instant::now() < hard {
-        for (id, m) in &nodes {
-            if served.contains_key(id) {
-                continue;
-            }
-            for peer in ["h2", "h3"] {
-                if let Answer::Data(d) =
-                    probe(tftp[peer], &pxelinux_path(*m), Duration::from_millis(200))
-                {
-                    let text = String::from_utf8_lossy(&d);
-                    assert!(
-                        text.contains("marker=after-change"),
-                        "{peer} serves the config of {id} from before the change:\n{text}"
-                    );
-                    served.insert(id.clone(), (peer.to_string(), t0.elapsed()));
-                }
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let served = wait_configs_served(&tftp, &nodes, t0, Duration::from_secs(15), |peer, id, d| {
+        let text = String::from_utf8_lossy(d);
+        assert!(
+            text.contains("marker=after-change"),
+            "{peer} serves the config of {id} from before the change:\n{text}"
+        );
+    });
     let stuck: Vec<String> = nodes
         .iter()
         .map(|(id, _)| {
@@ -830,17 +844,7 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
     p.wait_batches(3);
     let t_cont = p.now();
     f.host_mut("h1").sigcont();
-    // h1 learns the new owners and renews its lease (it is `up` again).
-    let h1_caught_up = wait_until(Duration::from_secs(20), "h1 learns the new owners", || {
-        let o = h1.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
-        let all_moved = o
-            .json()
-            .as_array()?
-            .iter()
-            .all(|n| n["owner"] != json!("h1"));
-        let up = host_states(&h1).get("h1").is_some_and(|s| s == "up");
-        (all_moved && up).then(|| p.now())
-    });
+    let h1_caught_up = wait_caught_up(&h1, "h1", Duration::from_secs(20), || p.now());
     p.wait_batches(10);
     let (events, epochs) = p.finish();
 
@@ -1021,20 +1025,7 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
     let t_heal = p.now();
     let wall_heal = wall_ms();
     lab.heal(1);
-    let h1_caught_up = wait_until(
-        Duration::from_secs(30),
-        "h1 rejoins and learns the new owners",
-        || {
-            let o = h1.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
-            let moved = o
-                .json()
-                .as_array()?
-                .iter()
-                .all(|n| n["owner"] != json!("h1"));
-            let up = host_states(&h1).get("h1").is_some_and(|s| s == "up");
-            (moved && up).then(|| p.now())
-        },
-    );
+    let h1_caught_up = wait_caught_up(&h1, "h1", Duration::from_secs(30), || p.now());
     p.wait_batches(10);
     let (events, epochs) = p.finish();
 

@@ -2,7 +2,7 @@
 //! line, waits on it bounded in time, ended by its own PID (SIGTERM, or SIGKILL when it
 //! is dropped), and its output printed when the test fails.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -31,16 +31,7 @@ impl Child {
         let mut proc = cmd.spawn()?;
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = proc.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                on_line(&line);
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        capture_lines(stderr, log.clone(), move |l| on_line(l));
         Ok(Child {
             proc,
             log,
@@ -121,6 +112,90 @@ impl Child {
             }
         }
     }
+}
+
+/// Polls `child` until it exits or `timeout` passes (`None`: still running, or it
+/// could not be polled).
+pub fn wait_with_deadline(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output, raw.
+    pub stdout: Vec<u8>,
+    /// Standard error, lossy text.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion within `timeout`, killing it (by PID) otherwise; output is
+/// drained by threads so a chatty command cannot block. `Err` says why it did not
+/// finish (with what it printed on stderr).
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {desc}: {e}"))?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err_t = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_with_deadline(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr,
+        }),
+        None => Err(format!(
+            "{desc} did not finish within {timeout:?} and was killed; stderr:\n{stderr}"
+        )),
+    }
+}
+
+/// Appends each line `r` yields to `sink` (on a thread of its own, until EOF), after
+/// showing it to `on_line`.
+pub fn capture_lines(
+    r: impl io::Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) {
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            on_line(&line);
+            let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
 }
 
 impl Drop for Child {

@@ -5,7 +5,6 @@
 //! is recorded in the Raft membership when it joins). A host's stderr is kept across
 //! its runs. Hosts are killed (SIGKILL, by PID) when dropped.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::child::capture_lines;
 use super::http::{serve_has_flag, Api, Reply, TOKEN};
 use super::{baton_bin, wait_with_deadline};
 
@@ -176,15 +176,7 @@ impl Host {
             ));
         }
         let stderr = child.stderr.take().expect("piped stderr");
-        let sink = self.log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        capture_lines(stderr, self.log.clone(), |_| {});
         self.child = Some(child);
     }
 

@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+#[path = "child.rs"]
+mod child;
+use child::capture_lines;
 
 /// API token of every fleet host.
 pub const TOKEN: &str = "fleet-token-3b9d0c7e41";
@@ -290,18 +294,7 @@ impl Drop for Lab {
 // Processes.
 // ---------------------------------------------------------------------------------
 
-/// Polls `child` until it exits or `timeout` passes.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() >= deadline => return None,
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(_) => return None,
-        }
-    }
-}
+pub use child::wait_with_deadline as wait_child;
 
 /// Runs `cmd` to completion within `timeout` (killed by PID otherwise): exit status,
 /// stdout, stderr.
@@ -309,37 +302,7 @@ pub fn run_bounded(
     cmd: &mut Command,
     timeout: Duration,
 ) -> Result<(ExitStatus, Vec<u8>, String), String> {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {desc}: {e}"))?;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_child(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!(
-            "{desc} did not finish within {timeout:?} and was killed"
-        ));
-    };
-    Ok((
-        status,
-        out_t.join().unwrap_or_default(),
-        String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
-    ))
+    child::run_bounded(cmd, timeout).map(|o| (o.status, o.stdout, o.stderr))
 }
 
 /// How to run one host.
@@ -506,15 +469,7 @@ impl Host {
             ));
         }
         let stderr = child.stderr.take().expect("piped stderr");
-        let sink = self.log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        capture_lines(stderr, self.log.clone(), |_| {});
         self.child = Some(child);
         self.stopped = false;
     }

@@ -14,14 +14,12 @@ pub mod http;
 pub mod pxe;
 pub mod raw;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -236,66 +234,12 @@ impl Server {
     }
 }
 
-/// Polls `child` until it exits or `timeout` passes.
-pub fn wait_with_deadline(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() >= deadline => return None,
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("waiting for child {}: {e}", child.id()),
-        }
-    }
-}
-
-/// What a finished command printed.
-#[derive(Debug)]
-pub struct Output {
-    /// Exit status.
-    pub status: ExitStatus,
-    /// Standard output, raw.
-    pub stdout: Vec<u8>,
-    /// Standard error, lossy text.
-    pub stderr: String,
-}
+pub use child::{wait_with_deadline, Output};
 
 /// Runs `cmd` to completion, killing it (by PID) and panicking if it takes longer
-/// than `timeout`. Output is drained by threads so a chatty command cannot block.
+/// than `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_with_deadline(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-        panic!("{desc} did not finish within {timeout:?} and was killed; stderr:\n{stderr}");
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
-    }
+    child::run_bounded(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// True when `bin` is on PATH. When it is not: in CI (env `CI` set) the test fails;
