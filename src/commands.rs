@@ -44,19 +44,23 @@ fn print(api: &ApiArgs, v: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
+/// The elements of a JSON array (none for anything else).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(|a| a.as_slice()).unwrap_or_default()
+}
+
+/// A JSON array of strings, comma-separated.
+fn joined(v: &Value) -> String {
+    items(v).iter().map(s).collect::<Vec<_>>().join(",")
+}
+
 fn node_rows(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|n| {
             vec![
                 s(&n["id"]),
-                n["macs"]
-                    .as_array()
-                    .map(|m| m.iter().map(s).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default(),
+                joined(&n["macs"]),
                 s(&n["group"]),
                 s(&n["owner"]),
                 s(&n["epoch"]),
@@ -79,10 +83,7 @@ fn node_rows(v: &Value) -> String {
 
 /// A node's served files (a JSON array of NodeFile) as a table.
 fn files_table(files: &Value) -> String {
-    let rows: Vec<Vec<String>> = files
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(files)
         .iter()
         .map(|f| vec![s(&f["path"]), s(&f["size"]), s(&f["digest"])])
         .collect();
@@ -403,20 +404,14 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
         ArtifactCmd::List => {
             let v = c.get("/v1/artifacts")?;
             print(api, &v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
+                let rows: Vec<Vec<String>> = items(v)
                     .iter()
                     .map(|a| {
                         vec![
                             s(&a["digest"]),
                             s(&a["size"]),
                             s(&a["name"]),
-                            a["hosts"]
-                                .as_array()
-                                .map(|h| h.iter().map(s).collect::<Vec<_>>().join(","))
-                                .unwrap_or_default(),
+                            joined(&a["hosts"]),
                         ]
                     })
                     .collect();
@@ -455,10 +450,7 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
         HostCmd::List => {
             let v = c.get("/v1/hosts")?;
             print(api, &v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
+                let rows: Vec<Vec<String>> = items(v)
                     .iter()
                     .map(|h| {
                         let me = if h["self"] == json!(true) { "*" } else { "" };
@@ -468,10 +460,7 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
                             s(&h["state"]),
                             s(&h["nodes"]),
                             format!("{} ms ago", s(&h["heartbeat_age_ms"])),
-                            h["host"]["addresses"]
-                                .as_array()
-                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                                .unwrap_or_default(),
+                            joined(&h["host"]["addresses"]),
                         ]
                     })
                     .collect();
@@ -560,10 +549,7 @@ fn cluster_text(c: &Value) -> String {
         s(&c["applied_index"]),
         s(&c["snapshot_index"]),
     );
-    let rows: Vec<Vec<String>> = c["members"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&c["members"])
         .iter()
         .map(|m| {
             vec![
@@ -609,11 +595,7 @@ pub fn events(api: &ApiArgs, since: u64, follow: bool) -> anyhow::Result<()> {
     loop {
         let wait = if follow { 30 } else { 0 };
         let v = c.get(&format!("/v1/events?since={since}&wait={wait}"))?;
-        for e in v["events"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
-        {
+        for e in items(&v["events"]) {
             if api.json {
                 println!("{e}");
             } else {

@@ -26,8 +26,8 @@ use baton::pcap::{read_udp, UdpRecord};
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::http::Api;
-use common::pxe::{free_udp_ports, PxeBaton, PxeBatonBuilder};
+use common::http::{Api, Baton, BatonBuilder};
+use common::pxe::free_udp_ports;
 use common::{pattern, run_with_timeout};
 
 /// The client of all three captures.
@@ -546,13 +546,13 @@ fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------------
 
 struct Dhcp {
-    baton: PxeBaton,
+    baton: Baton,
     dhcp: SocketAddr,
     pxe: SocketAddr,
 }
 
 /// Starts `b` with proxy-DHCP on two free loopback ports and `--capture capture`.
-fn start_with_dhcp(b: PxeBatonBuilder, capture: &Path) -> Dhcp {
+fn start_with_dhcp(b: BatonBuilder, capture: &Path) -> Dhcp {
     let mut last = String::new();
     for _ in 0..3 {
         let (p1, p2) = free_udp_ports();
@@ -927,7 +927,7 @@ fn replay_everything() -> Option<Replayed> {
     assert_eq!(files.get("efi64/syslinux.efi").map(Vec::len), Some(171_456));
 
     let s = start_with_dhcp(
-        PxeBatonBuilder::temp().host("h1").tftp_root(&root),
+        BatonBuilder::pxe_temp().host("h1").tftp_root(&root),
         &capture_file,
     );
     enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
@@ -1069,10 +1069,11 @@ fn replay_dhcp(captures: &[(&'static str, Vec<UdpRecord>)], s: &Dhcp, t: &mut Tr
                         assert_eq!(req.opt(54), Some(&REF_DHCP.octets()[..]), "{what}");
                     }
                     let metric = format!("baton_dhcp_ignored_total{{reason=\"{reason}\"}}");
-                    let before = s.baton.metric(&metric);
+                    let before = s.baton.metric_or_zero(&metric);
                     send(&sock, to, &r.payload, t);
                     // Wait until Baton has decided, then make sure nothing came.
-                    let counted = eventually(ANSWER_TIMEOUT, || s.baton.metric(&metric) > before);
+                    let counted =
+                        eventually(ANSWER_TIMEOUT, || s.baton.metric_or_zero(&metric) > before);
                     if !counted {
                         faults.push(format!(
                             "{name} frame {i}: {what}: not counted as ignored ({reason})"
@@ -1544,15 +1545,12 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     let data = TempDir::new().unwrap();
     let tmp = TempDir::new().unwrap();
     // Host "a" enrolls n2 (and so owns it), then stops.
-    let mut a = PxeBatonBuilder::new(data.path())
-        .host("a")
-        .no_dhcp()
-        .start();
+    let mut a = BatonBuilder::pxe(data.path()).host("a").no_dhcp().start();
     enroll_deploy(&a.api, "n2", OTHER_MAC_STR, 2);
     assert!(a.terminate(Duration::from_secs(15)).success());
     // Host "b" starts on the same store, with proxy-DHCP, and enrolls n1.
     let s = start_with_dhcp(
-        PxeBatonBuilder::new(data.path()).host("b"),
+        BatonBuilder::pxe(data.path()).host("b"),
         &tmp.path().join("b.pcap"),
     );
     enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
@@ -1590,10 +1588,10 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
             match reason {
                 Some(reason) => {
                     let metric = format!("baton_dhcp_ignored_total{{reason=\"{reason}\"}}");
-                    let before = s.baton.metric(&metric);
+                    let before = s.baton.metric_or_zero(&metric);
                     send(&sock, to, &p, &mut t);
                     assert!(
-                        eventually(ANSWER_TIMEOUT, || s.baton.metric(&metric) > before),
+                        eventually(ANSWER_TIMEOUT, || s.baton.metric_or_zero(&metric) > before),
                         "{name} frame {i} with MAC {mac:02x?}: not counted as {reason}"
                     );
                     if let Some((raw, from)) = recv(&sock, SILENCE, &mut t) {
@@ -1648,7 +1646,7 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     }
     let refused = s
         .baton
-        .metric("baton_tftp_refused_total{reason=\"not_owner\"}");
+        .metric_or_zero("baton_tftp_refused_total{reason=\"not_owner\"}");
     assert_eq!(refused as usize, paths.len());
     match tftp_replay(s.baton.tftp, &rrq(SCRIPT, &[]), None, &mut t) {
         Ok(TftpEnd::Done { data, .. }) => {

@@ -39,9 +39,9 @@ use baton::pcap::read_udp;
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::http::Api;
+use common::http::{Api, Baton, BatonBuilder};
 use common::pattern;
-use common::pxe::{netns_available, Netns, Proc, PxeBaton, PxeBatonBuilder};
+use common::pxe::{netns_available, Netns, Proc};
 
 const BOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -214,7 +214,7 @@ impl Firmware {
 /// Everything one boot set up; dropped in field order: processes before namespaces.
 struct Lab {
     qemu: Option<Proc>,
-    baton: Option<PxeBaton>,
+    baton: Option<Baton>,
     dnsmasq: Option<Proc>,
     netns: Vec<Netns>,
     tmp: TempDir,
@@ -387,7 +387,7 @@ fn lab(fw: Firmware) -> Lab {
     std::fs::copy("/usr/lib/ipxe/ipxe.efi", root.join("ipxe.efi")).ok();
     std::fs::copy("/usr/lib/ipxe/undionly.kpxe", root.join("undionly.kpxe")).ok();
     for (host, node, mac, seed) in [("other", "n2", OTHER_MAC, 2), ("h1", "n1", fw.mac(), 1)] {
-        let mut b = PxeBatonBuilder::new(&data)
+        let mut b = BatonBuilder::pxe(&data)
             .host(host)
             .template_dir(&tpl)
             .tftp_root(&root)
@@ -399,7 +399,7 @@ fn lab(fw: Firmware) -> Lab {
     }
     // Baton as proxy-DHCP + TFTP on the lab segment.
     lab.baton = Some(
-        PxeBatonBuilder::new(&data)
+        BatonBuilder::pxe(&data)
             .host("h1")
             .netns(lab.netns[2].name())
             .tftp_listen(&format!("{BOOT_IP}:69"))

@@ -145,6 +145,8 @@ const V4: &str = r#"
 ALTER TABLE hosts ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN fence_host TEXT;
 ALTER TABLE nodes ADD COLUMN fence_seq INTEGER;
+-- Every heartbeat clears the fences its host confirms: find them without a scan.
+CREATE INDEX nodes_fence_host ON nodes(fence_host) WHERE fence_host IS NOT NULL;
 CREATE TABLE inline_files (
     digest  TEXT PRIMARY KEY,
     content BLOB NOT NULL

@@ -180,6 +180,35 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, Strin
     }
 }
 
+/// Spawns one run of a process that is restarted during a test: stdin and stdout
+/// closed, stderr appended to `log` (which keeps every run) after a
+/// `===== NAME run N (pid P) =====` line. Returns the process and where this run's
+/// output starts in `log`.
+pub fn spawn_run(
+    cmd: &mut Command,
+    log: &Arc<Mutex<String>>,
+    name: &str,
+    run: usize,
+) -> io::Result<(std::process::Child, usize)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let offset = {
+        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+        let offset = l.len();
+        l.push_str(&format!(
+            "===== {name} run {run} (pid {}) =====\n",
+            child.id()
+        ));
+        offset
+    };
+    let stderr = child.stderr.take().expect("piped stderr");
+    capture_lines(stderr, log.clone(), |_| {});
+    Ok((child, offset))
+}
+
 /// Appends each line `r` yields to `sink` (on a thread of its own, until EOF), after
 /// showing it to `on_line`.
 pub fn capture_lines(

@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::child::capture_lines;
+use super::child::spawn_run;
 use super::http::{serve_has_flag, Api, Reply, TOKEN};
 use super::{baton_bin, wait_with_deadline};
 
@@ -156,27 +156,15 @@ impl Host {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name());
         std::fs::create_dir_all(&self.spec.data_dir).expect("create the data dir");
-        let mut child = self
-            .spec
-            .command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
         self.runs += 1;
-        {
-            let mut l = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            self.run_offset = l.len();
-            l.push_str(&format!(
-                "===== {} run {} (pid {}) =====\n",
-                self.spec.name,
-                self.runs,
-                child.id()
-            ));
-        }
-        let stderr = child.stderr.take().expect("piped stderr");
-        capture_lines(stderr, self.log.clone(), |_| {});
+        let (child, offset) = spawn_run(
+            &mut self.spec.command(),
+            &self.log,
+            &self.spec.name,
+            self.runs,
+        )
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
+        self.run_offset = offset;
         self.child = Some(child);
     }
 

@@ -25,7 +25,7 @@ use tempfile::TempDir;
 
 #[path = "child.rs"]
 mod child;
-use child::capture_lines;
+use child::spawn_run;
 
 /// API token of every fleet host.
 pub const TOKEN: &str = "fleet-token-3b9d0c7e41";
@@ -450,26 +450,11 @@ impl Host {
         cmd.env_remove("RUST_LOG")
             .env_remove("BATON_CONFIG")
             .env_remove("BATON_API_TOKEN")
-            .env("BATON_CLUSTER_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+            .env("BATON_CLUSTER_SECRET", SECRET);
         self.runs += 1;
-        {
-            let mut l = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            self.run_offset = l.len();
-            l.push_str(&format!(
-                "===== {} run {} (pid {}) =====\n",
-                self.spec.name,
-                self.runs,
-                child.id()
-            ));
-        }
-        let stderr = child.stderr.take().expect("piped stderr");
-        capture_lines(stderr, self.log.clone(), |_| {});
+        let (child, offset) = spawn_run(&mut cmd, &self.log, &self.spec.name, self.runs)
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        self.run_offset = offset;
         self.child = Some(child);
         self.stopped = false;
     }

@@ -27,6 +27,7 @@ pub const TFTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 const TFTP_LISTENING: &str = "tftp server listening";
 const HTTP_LISTENING: &str = "http server listening";
+const DHCP_LISTENING: &str = "proxy-dhcp listening";
 
 /// How to start a `baton serve` with HTTP.
 #[derive(Clone)]
@@ -35,8 +36,13 @@ pub struct BatonBuilder {
     /// Keeps a temporary data directory alive as long as a builder or server uses it.
     temp: Option<Arc<TempDir>>,
     host: String,
+    netns: Option<String>,
+    tftp_listen: String,
+    http_listen: String,
+    tftp_root: Option<PathBuf>,
     template_dir: Option<PathBuf>,
     token: TokenSource,
+    dhcp: bool,
     log_level: String,
     args: Vec<String>,
 }
@@ -53,14 +59,20 @@ pub enum TokenSource {
 }
 
 impl BatonBuilder {
-    /// A server on `data_dir` (kept after the server stops), host name `h1`.
+    /// A server on `data_dir` (kept after the server stops), host name `h1`, TFTP and
+    /// HTTP on ephemeral loopback ports, no proxy-DHCP, API token [`TOKEN`].
     pub fn new(data_dir: &Path) -> Self {
         BatonBuilder {
             data_dir: data_dir.to_path_buf(),
             temp: None,
             host: "h1".into(),
+            netns: None,
+            tftp_listen: "127.0.0.1:0".into(),
+            http_listen: "127.0.0.1:0".into(),
+            tftp_root: None,
             template_dir: None,
             token: TokenSource::Flag(TOKEN.into()),
+            dhcp: false,
             log_level: "info".into(),
             args: Vec::new(),
         }
@@ -75,9 +87,56 @@ impl BatonBuilder {
         b
     }
 
+    /// For the PXE tests: like [`BatonBuilder::new`] with proxy-DHCP on (give its
+    /// flags with [`BatonBuilder::flag`]) and a debug log.
+    pub fn pxe(data_dir: &Path) -> Self {
+        Self::new(data_dir).with_dhcp().log_level("debug")
+    }
+
+    /// [`BatonBuilder::pxe`] on a fresh temporary data directory.
+    pub fn pxe_temp() -> Self {
+        Self::temp().with_dhcp().log_level("debug")
+    }
+
     /// `--host-name`.
     pub fn host(mut self, name: &str) -> Self {
         self.host = name.into();
+        self
+    }
+
+    /// Runs the server inside network namespace `ns` (`ip netns exec`).
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.into());
+        self
+    }
+
+    /// `--tftp-listen`.
+    pub fn tftp_listen(mut self, addr: &str) -> Self {
+        self.tftp_listen = addr.into();
+        self
+    }
+
+    /// `--http-listen`.
+    pub fn http_listen(mut self, addr: &str) -> Self {
+        self.http_listen = addr.into();
+        self
+    }
+
+    /// `--tftp-root`.
+    pub fn tftp_root(mut self, dir: &Path) -> Self {
+        self.tftp_root = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Proxy-DHCP on: the server must then also report both DHCP listeners.
+    pub fn with_dhcp(mut self) -> Self {
+        self.dhcp = true;
+        self
+    }
+
+    /// `--no-dhcp` (the default of [`BatonBuilder::new`]).
+    pub fn no_dhcp(mut self) -> Self {
+        self.dhcp = false;
         self
     }
 
@@ -105,35 +164,53 @@ impl BatonBuilder {
         self
     }
 
+    /// A flag with its value.
+    pub fn flag(self, name: &str, value: impl ToString) -> Self {
+        self.arg(name).arg(&value.to_string())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// Starts the server and waits until both TFTP and HTTP listen; panics with its
-    /// output if it exits or stays silent for [`START_TIMEOUT`].
+    /// Starts the server and waits until TFTP, HTTP and (with proxy-DHCP) both DHCP
+    /// ports listen; panics with its output if it exits or stays silent for
+    /// [`START_TIMEOUT`].
     pub fn start(&self) -> Baton {
-        let mut cmd = Command::new(baton_bin());
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`BatonBuilder::start`] that returns what went wrong instead of panicking
+    /// (e.g. a port taken between choosing and binding it).
+    pub fn try_start(&self) -> Result<Baton, String> {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the binary: the PID is baton's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(baton_bin());
+                c
+            }
+            None => Command::new(baton_bin()),
+        };
         cmd.arg("serve")
-            .args([
-                "--tftp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--tftp-listen", &self.tftp_listen])
+            .args(["--http-listen", &self.http_listen])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--host-name", &self.host])
-            .args(["--log-level", &self.log_level])
-            .args(&self.args);
+            .args(["--log-level", &self.log_level]);
+        if let Some(d) = &self.tftp_root {
+            cmd.arg("--tftp-root").arg(d);
+        }
         if let Some(d) = &self.template_dir {
             cmd.arg("--template-dir").arg(d);
         }
-        // These tests need no proxy-DHCP (it would want udp/67).
-        if serve_has_flag("--no-dhcp") {
+        if !self.dhcp {
             cmd.arg("--no-dhcp");
         }
-        cmd.env_remove("RUST_LOG")
+        cmd.args(&self.args)
+            .env_remove("RUST_LOG")
             .env_remove("BATON_CONFIG")
             .env_remove("BATON_API_TOKEN");
         match &self.token {
@@ -145,22 +222,25 @@ impl BatonBuilder {
             }
             TokenSource::File => {}
         }
-        let (tx, rx) = mpsc::channel::<(bool, SocketAddr)>();
+        let desc = format!("{cmd:?}");
+        // (kind, address): 0 tftp, 1 http, 2 proxy-dhcp.
+        let (tx, rx) = mpsc::channel::<(u8, Option<SocketAddr>)>();
         let child = Child::spawn(
             &mut cmd,
             format!("baton serve ({})", self.host),
             move |line| {
-                for (is_http, needle) in [(false, TFTP_LISTENING), (true, HTTP_LISTENING)] {
+                for (kind, needle) in [
+                    (0u8, TFTP_LISTENING),
+                    (1, HTTP_LISTENING),
+                    (2, DHCP_LISTENING),
+                ] {
                     if line.contains(needle) {
-                        if let Some(addr) = parse_listen_addr(line) {
-                            let _ = tx.send((is_http, addr));
-                        }
+                        let _ = tx.send((kind, parse_listen_addr(line)));
                     }
                 }
             },
         )
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin()));
-
+        .map_err(|e| format!("cannot run {desc}: {e}"))?;
         let mut s = Baton {
             child,
             tftp: "0.0.0.0:0".parse().unwrap(),
@@ -169,33 +249,36 @@ impl BatonBuilder {
             builder: self.clone(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut tftp, mut http) = (None, None);
-        while tftp.is_none() || http.is_none() {
+        let (mut tftp, mut http, mut dhcp) = (None, None, 0);
+        let want_dhcp = if self.dhcp { 2 } else { 0 };
+        while tftp.is_none() || http.is_none() || dhcp < want_dhcp {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok((true, a)) => http = Some(a),
-                Ok((false, a)) => tftp = Some(a),
+                Ok((0, a)) => tftp = a,
+                Ok((1, a)) => http = a,
+                Ok(_) => dhcp += 1,
                 Err(e) => {
                     let status = s.child.try_wait();
-                    panic!(
-                        "baton serve did not report `{TFTP_LISTENING}` and `{HTTP_LISTENING}` \
-                         ({e:?}; exit status {status:?}). Its stderr:\n{}",
+                    return Err(format!(
+                        "{desc}: did not report `{TFTP_LISTENING}`, `{HTTP_LISTENING}` and \
+                         {want_dhcp} x `{DHCP_LISTENING}` ({e:?}; exit status {status:?}). \
+                         Its stderr:\n{}",
                         s.log()
-                    );
+                    ));
                 }
             }
         }
-        s.tftp = tftp.unwrap();
-        s.http = http.unwrap();
+        s.tftp = tftp.expect("tftp address");
+        s.http = http.expect("http address");
         let token = match &self.token {
             TokenSource::Flag(t) | TokenSource::Env(t) => t.clone(),
             TokenSource::File => std::fs::read_to_string(self.data_dir.join("api-token"))
-                .expect("the server writes <data-dir>/api-token before it listens")
+                .map_err(|e| format!("the server did not write <data-dir>/api-token: {e}"))?
                 .trim()
                 .to_string(),
         };
         s.api = Api::new(s.http, &token);
-        s
+        Ok(s)
     }
 }
 
@@ -236,6 +319,11 @@ impl Baton {
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
         self.child.log()
+    }
+
+    /// Log lines containing all of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.child.log_lines(needles)
     }
 
     /// Waits until the log has a line containing all of `needles`; returns that line.
@@ -287,12 +375,23 @@ impl Baton {
         }
     }
 
-    /// Value of an unlabeled metric in `/metrics`.
-    pub fn metric(&self, name: &str) -> f64 {
+    /// The `/metrics` text (loopback servers only).
+    pub fn metrics(&self) -> String {
         let r = self.api.anonymous("GET", "/metrics", &[], None);
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
-        metric_value(&r.text(), name)
-            .unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{}", r.text()))
+        r.text()
+    }
+
+    /// Value of a metric in `/metrics`, which must be there.
+    pub fn metric(&self, name: &str) -> f64 {
+        let m = self.metrics();
+        metric_value(&m, name).unwrap_or_else(|| panic!("no metric {name} in /metrics:\n{m}"))
+    }
+
+    /// A sample of `/metrics` by its full name, labels included
+    /// (`baton_dhcp_answered_total{type="offer"}`); 0 when absent (not counted yet).
+    pub fn metric_or_zero(&self, name: &str) -> f64 {
+        metric_value(&self.metrics(), name).unwrap_or(0.0)
     }
 }
 
