@@ -184,6 +184,28 @@ fn wait_configs_served(
     served
 }
 
+/// The probe saw `host` refuse `node` with ERROR 2 after `after` (`when`, for the message).
+#[track_caller]
+fn assert_refuses_after(events: &[Event], node: &str, host: &str, after: Duration, when: &str) {
+    assert!(
+        events.iter().any(|e| e.node == node
+            && e.host == host
+            && e.at > after
+            && matches!(e.seen, Seen::Refused(2))),
+        "after {when}, {host} must refuse {node} with ERROR 2"
+    );
+}
+
+/// `host` answered `node` as its owner at `epoch` (as the probe recorded it).
+#[track_caller]
+fn assert_answered_at_epoch(epochs: &Epochs, node: &str, host: &str, epoch: u64) {
+    assert_eq!(
+        epochs.get(&(node.to_string(), host.to_string())),
+        Some(&(host.to_string(), epoch)),
+        "{host} answered {node} as its owner at epoch {epoch}"
+    );
+}
+
 /// Owner of each node as `api` sees it.
 fn owners(api: &Api) -> BTreeMap<String, (String, u64)> {
     api.get_ok("/v1/nodes")
@@ -879,13 +901,7 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
                 );
             }
         }
-        assert!(
-            events.iter().any(|e| e.node == *id
-                && e.host == "h1"
-                && e.at > t_cont
-                && matches!(e.seen, Seen::Refused(2))),
-            "after SIGCONT, h1 must refuse {id} with ERROR 2"
-        );
+        assert_refuses_after(&events, id, "h1", t_cont, "SIGCONT");
         for via in [Via::Tftp, Via::Dhcp] {
             assert!(
                 events.iter().any(|e| e.node == *id
@@ -895,18 +911,8 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
             );
         }
         // The epoch the answering host reported.
-        assert_eq!(
-            epochs.get(&(id.clone(), "h1".into())),
-            Some(&("h1".to_string(), epoch0[id])),
-            "h1 answered {id} as its owner at epoch {}",
-            epoch0[id]
-        );
-        assert_eq!(
-            epochs.get(&(id.clone(), owner.clone())),
-            Some(&(owner.clone(), epoch0[id] + 1)),
-            "{owner} answered {id} as its owner at epoch {}",
-            epoch0[id] + 1
-        );
+        assert_answered_at_epoch(&epochs, id, "h1", epoch0[id]);
+        assert_answered_at_epoch(&epochs, id, owner, epoch0[id] + 1);
     }
     let first_new = events
         .iter()
@@ -1057,19 +1063,8 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
                 );
             }
         }
-        assert!(
-            events.iter().any(|e| e.node == *id
-                && e.host == "h1"
-                && e.at > h1_caught_up
-                && matches!(e.seen, Seen::Refused(2))),
-            "after healing, h1 must refuse {id} with ERROR 2"
-        );
-        assert_eq!(
-            epochs.get(&(id.clone(), owner.clone())),
-            Some(&(owner.clone(), epoch0[id] + 1)),
-            "{owner} answered {id} as its owner at epoch {}",
-            epoch0[id] + 1
-        );
+        assert_refuses_after(&events, id, "h1", h1_caught_up, "healing");
+        assert_answered_at_epoch(&epochs, id, owner, epoch0[id] + 1);
     }
     // Decisions of the deposed leader must not reach the log after the heal: no node
     // of a live owner flagged as "cannot be taken over".

@@ -25,7 +25,10 @@ use tempfile::TempDir;
 
 #[path = "child.rs"]
 mod child;
+#[path = "data.rs"]
+mod data;
 use child::spawn_run;
+pub use data::pattern;
 
 /// API token of every fleet host.
 pub const TOKEN: &str = "fleet-token-3b9d0c7e41";
@@ -1008,20 +1011,6 @@ pub fn pxelinux_path(m: [u8; 6]) -> String {
             .collect::<Vec<_>>()
             .join("-")
     )
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 // ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 pub mod child;
 pub mod cluster;
+pub mod data;
 pub mod http;
 pub mod pxe;
 pub mod raw;
@@ -24,6 +25,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use child::Child;
+#[allow(unused_imports)] // not every test binary uses it
+pub use data::pattern;
 
 /// How long `baton serve` may take to say it is listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -276,20 +279,6 @@ pub fn mkfifo(path: &Path) {
         path.display(),
         std::io::Error::last_os_error()
     );
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), different for each `seed`.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// Asserts two byte strings are equal, reporting length and first difference rather
