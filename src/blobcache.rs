@@ -1,5 +1,6 @@
 //! In-memory copies of blobs being served, keyed by digest: one copy per artifact
 //! however many transfers (TFTP or HTTP) read it. Content-addressed, so never stale.
+//! [`ServedBlobs`] is the handle the TFTP and HTTP drivers load served bytes through.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::blobs::Digest;
+use crate::blobs::{BlobError, BlobStore, Digest};
+use crate::store::Store;
 use crate::tftp::files::{FileData, OpenError};
 
 struct Entry {
@@ -84,5 +86,63 @@ impl BlobCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(d);
+    }
+}
+
+/// The bytes boot clients are served, by digest: the blob store, or for a small
+/// rendered file not fetched yet the store itself, loaded once, verified, and shared.
+#[derive(Clone)]
+pub struct ServedBlobs {
+    blobs: Arc<BlobStore>,
+    store: Arc<Store>,
+    cache: Arc<BlobCache>,
+}
+
+impl ServedBlobs {
+    /// Serves from `blobs` (and inline files of `store`), keeping about `budget` bytes
+    /// of idle copies in memory.
+    pub fn new(blobs: Arc<BlobStore>, store: Arc<Store>, budget: u64) -> Self {
+        ServedBlobs {
+            blobs,
+            store,
+            cache: Arc::new(BlobCache::new(budget)),
+        }
+    }
+
+    /// The blob store on disk.
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.blobs
+    }
+
+    /// Drops a blob's in-memory copy (after removal).
+    pub fn forget(&self, d: &Digest) {
+        self.cache.forget(d)
+    }
+
+    /// The bytes of a blob this host holds, shared across transfers.
+    pub async fn bytes(&self, digest: &Digest) -> Result<Arc<FileData>, OpenError> {
+        let blobs = self.blobs.clone();
+        let store = self.store.clone();
+        let d = *digest;
+        self.cache
+            .get_or_load(d, move || {
+                let bytes = match blobs.read(&d) {
+                    Ok(b) => b,
+                    // A small rendered file not fetched yet: the store itself has it.
+                    Err(BlobError::NotFound(_)) => store
+                        .inline_file(&d)
+                        .map_err(|e| OpenError::Io(e.to_string()))?
+                        .map(Bytes::from)
+                        .ok_or(OpenError::Denied("blob_missing"))?,
+                    Err(e) => return Err(OpenError::Io(e.to_string())),
+                };
+                // Verified once per load into memory: a damaged blob is never served.
+                if Digest::of(&bytes) != d {
+                    tracing::error!(digest = %d, "blob content does not match its digest; refusing to serve it");
+                    return Err(OpenError::Io(format!("blob {d} is corrupt")));
+                }
+                Ok(bytes)
+            })
+            .await
     }
 }

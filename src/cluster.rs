@@ -10,34 +10,30 @@ use openraft::{Config as RaftConfig, SnapshotPolicy};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{event_notifier, App, AppParts};
-use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::http::cluster::JoinRequest;
 use crate::metrics::Metrics;
-use crate::render::Renderer;
+use crate::store::feed::EventFeed;
 use crate::store::raft::log::LogStore;
 use crate::store::raft::machine::StateMachine;
 use crate::store::raft::network::{Network, SECRET_HEADER};
+use crate::store::raft::propose::Proposer;
 use crate::store::raft::{node_id, BatonRaft, Peer};
 use crate::store::Store;
 
 /// How long a joining host keeps trying before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Opens the Raft log and state machine and builds the shared [`App`].
-#[allow(clippy::too_many_arguments)]
+/// Opens the Raft log and state machine: the write path and the event feed.
 pub async fn start(
     cfg: &Config,
     host: &str,
     advertise: &str,
     store: Arc<Store>,
-    blobs: Arc<BlobStore>,
-    renderer: Renderer,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Arc<App>> {
+) -> anyhow::Result<(Proposer, EventFeed)> {
     let id = node_id(&cfg.data_dir).context("cannot read or create <data-dir>/node-id")?;
-    let (events, on_apply) = event_notifier(store.clone());
+    let (feed, on_apply) = EventFeed::new(store.clone());
     let sm = StateMachine::new(store.clone(), cfg.data_dir.join("snapshots"), on_apply)
         .context("cannot open the state machine")?;
     let log =
@@ -60,80 +56,72 @@ pub async fn start(
         .await
         .context("cannot start the replicated log")?;
     info!(node_id = id, host, advertise, "replicated store opened");
-    Ok(Arc::new(App::new(AppParts {
-        host: host.to_string(),
-        group: cfg.group.clone(),
-        node_id: id,
-        store,
-        raft,
-        net,
-        secret,
-        blobs,
-        renderer,
-        metrics,
-        cache_budget: cfg.tftp.cache_bytes,
-        events,
-        lease_times: crate::ownership::state::LeaseTimes {
-            interval_ms: cfg.ownership.lease_interval_ms,
-            ttl_ms: cfg.ownership.lease_ttl_ms,
-            grace_ms: cfg.ownership.grace_ms,
-        },
-        max_nodes: cfg.ownership.max_nodes_per_host,
-    })))
+    let proposer = Proposer::new(raft, id, net, secret.is_some(), metrics);
+    Ok((proposer, feed))
 }
 
 /// First start: initialize a one-member cluster, or join `cluster.join`. Then waits for
 /// a leader and for this replica to catch up with what is committed, so nothing is
 /// answered from stale state.
-pub async fn bootstrap(cfg: &Config, app: &Arc<App>, advertise: &str) -> anyhow::Result<()> {
-    let initialized = app.raft.is_initialized().await.context("raft stopped")?;
+pub async fn bootstrap(
+    cfg: &Config,
+    host: &str,
+    p: &Proposer,
+    advertise: &str,
+) -> anyhow::Result<()> {
+    let raft: &BatonRaft = p.raft();
+    let initialized = raft.is_initialized().await.context("raft stopped")?;
     if !initialized {
         match &cfg.cluster.join {
             None => {
                 let mut m = BTreeMap::new();
                 m.insert(
-                    app.node_id,
+                    p.node_id(),
                     Peer {
                         addr: advertise.to_string(),
-                        host: app.host.clone(),
+                        host: host.to_string(),
                     },
                 );
-                app.raft
-                    .initialize(m)
+                raft.initialize(m)
                     .await
                     .context("cannot initialize a one-host cluster")?;
                 info!(
-                    node_id = app.node_id,
+                    node_id = p.node_id(),
                     "initialized a new cluster with this host as its only member"
                 );
             }
-            Some(url) => join(app, url, advertise).await?,
+            Some(url) => join(cfg, host, p.node_id(), url, advertise).await?,
         }
     } else if let Some(url) = &cfg.cluster.join {
         info!(join = %url, "already a cluster member; --join ignored");
     }
-    let m = app
-        .raft
+    let m = raft
         .wait(Some(Duration::from_secs(60)))
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await
         .context("no cluster leader within 60 s: is a majority of hosts up and reachable?")?;
     // Catch up with the leader's log before answering anything.
     if let Some(last) = m.last_log_index {
-        let _ = app
-            .raft
+        let _ = raft
             .wait(Some(Duration::from_secs(60)))
             .applied_index_at_least(Some(last), "caught up")
             .await;
     }
-    info!(leader = ?m.current_leader, applied = ?app.raft.metrics().borrow().last_applied.map(|l| l.index), "cluster ready");
+    info!(leader = ?m.current_leader, applied = ?raft.metrics().borrow().last_applied.map(|l| l.index), "cluster ready");
     Ok(())
 }
 
 /// Asks the cluster at `url` to add this host, following leader hints, until it is a
 /// voter.
-async fn join(app: &Arc<App>, url: &str, advertise: &str) -> anyhow::Result<()> {
-    let secret = app
+async fn join(
+    cfg: &Config,
+    host: &str,
+    node_id: crate::store::raft::NodeId,
+    url: &str,
+    advertise: &str,
+) -> anyhow::Result<()> {
+    let secret = cfg
+        .cluster
         .secret
         .clone()
         .context("joining needs the cluster secret")?;
@@ -142,14 +130,14 @@ async fn join(app: &Arc<App>, url: &str, advertise: &str) -> anyhow::Result<()> 
         .build()
         .context("http client")?;
     let req = JoinRequest {
-        node_id: app.node_id,
+        node_id,
         addr: advertise.to_string(),
-        host: app.host.clone(),
+        host: host.to_string(),
     };
     let start = Instant::now();
     let mut target = url.trim_end_matches('/').to_string();
     loop {
-        info!(via = %target, node_id = app.node_id, "joining cluster (as learner first, catching up, then as voter)");
+        info!(via = %target, node_id, "joining cluster (as learner first, catching up, then as voter)");
         let r = client
             .post(format!("{target}/cluster/join"))
             .header(SECRET_HEADER, &secret)

@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod capture;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -9,14 +9,21 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::app::{now_ms, App};
+use crate::app::App;
+use crate::blobcache::ServedBlobs;
+use crate::blobs::fetch::{ReplicationProgress, Replicator};
 use crate::blobs::BlobStore;
 use crate::capture::Capture;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::dhcp::server::DhcpServer;
+use crate::dhcp::server::{DhcpDeps, DhcpServer};
 use crate::metrics::Metrics;
+use crate::ownership::gate::Gate;
+use crate::ownership::lease::Renewer;
+use crate::ownership::reconcile::Reconciler;
+use crate::ownership::state::LeaseTimes;
 use crate::render::embedded::STATIC_FILES;
-use crate::render::{rerender_all, watch_templates, Renderer, TemplateWatcher};
+use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
 use crate::store::{Command, Store};
 use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
@@ -102,13 +109,13 @@ fn start_template_watch(app: &Arc<App>, dir: &Path) -> anyhow::Result<TemplateWa
     let app = app.clone();
     let w = watch_templates(dir, Duration::from_millis(300), move |r| match r {
         Ok(renderer) => {
-            app.set_renderer(renderer);
-            let r = app.renderer();
-            match rerender_all(&app.store, &app.blobs, &r, &app.host, now_ms()) {
+            app.renderer.set(renderer);
+            let r = app.renderer.get();
+            match rerender_all(&app.store, app.blobs.store(), &r, &app.host, now_ms()) {
                 Ok(re) => {
                     let mut applied = 0;
                     for cmd in &re.commands {
-                        match app.propose_blocking(cmd) {
+                        match app.proposer.propose_blocking(cmd) {
                             Ok(o) if o.is_applied() => applied += 1,
                             Ok(o) => warn!(outcome = ?o, "re-render of a node refused"),
                             Err(e) => error!(error = %e, "re-render could not be stored"),
@@ -175,21 +182,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             format!("http://{}", std::net::SocketAddr::new(ip, http_addr.port()))
         }
     };
-    let app = crate::cluster::start(
-        &cfg,
-        &host,
-        &advertise,
-        store,
-        blobs,
-        renderer,
-        metrics.clone(),
-    )
-    .await?;
+    let (proposer, feed) =
+        crate::cluster::start(&cfg, &host, &advertise, store.clone(), metrics.clone()).await?;
+    let lease_times = LeaseTimes {
+        interval_ms: cfg.ownership.lease_interval_ms,
+        ttl_ms: cfg.ownership.lease_ttl_ms,
+        grace_ms: cfg.ownership.grace_ms,
+    };
+    let gate = Gate::new(&host, store.clone(), lease_times);
+    let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
+    let replication = ReplicationProgress::default();
+    let app = Arc::new(App {
+        host: host.clone(),
+        group: cfg.group.clone(),
+        store: store.clone(),
+        proposer: proposer.clone(),
+        gate: gate.clone(),
+        blobs: served.clone(),
+        renderer: CurrentRenderer::new(renderer),
+        metrics: metrics.clone(),
+        feed: feed.clone(),
+        replication: replication.clone(),
+        secret: cfg.cluster.secret.clone(),
+        max_nodes: cfg.ownership.max_nodes_per_host,
+    });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
     info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
-    let source: Arc<dyn crate::tftp::files::FileSource> =
-        Arc::new(StoreSource::new(app.clone(), shared));
+    let source = Arc::new(StoreSource::new(
+        gate.clone(),
+        store.clone(),
+        served,
+        shared,
+    ));
     let http_task = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
@@ -197,7 +222,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         source.clone(),
         shutdown.clone(),
     ));
-    crate::cluster::bootstrap(&cfg, &app, &advertise).await?;
+    crate::cluster::bootstrap(&cfg, &host, &proposer, &advertise).await?;
 
     let reg = Command::RegisterHost {
         name: host.clone(),
@@ -206,20 +231,45 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         at: now_ms(),
     };
     let sent = std::time::Instant::now();
-    let out = app.propose(reg).await?;
+    let out = proposer.propose(reg).await?;
     if !out.is_applied() {
         anyhow::bail!("cannot register host {host}: {out:?}");
     }
     // Registration is a heartbeat: the lease is fresh from here.
-    app.renew_lease(sent);
-    let lease = tokio::spawn(crate::ownership::lease::run(app.clone(), shutdown.clone()));
+    gate.renew(sent);
+    let lease = tokio::spawn(crate::ownership::lease::run(
+        Renewer {
+            gate: gate.clone(),
+            proposer: proposer.clone(),
+            store: store.clone(),
+            feed: feed.clone(),
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
     let reconciler = tokio::spawn(crate::ownership::reconcile::run(
-        app.clone(),
+        Reconciler {
+            store: store.clone(),
+            proposer: proposer.clone(),
+            lease_times,
+            max_nodes: cfg.ownership.max_nodes_per_host,
+            metrics: metrics.clone(),
+        },
         shutdown.clone(),
     ));
     let fetcher = tokio::spawn(crate::blobs::fetch::run(
-        app.clone(),
-        cfg.cluster.replication_rate,
+        Replicator {
+            host: host.clone(),
+            group: cfg.group.clone(),
+            store: store.clone(),
+            blobs: blobs.clone(),
+            proposer: proposer.clone(),
+            feed: feed.clone(),
+            secret: cfg.cluster.secret.clone(),
+            lease_times,
+            progress: replication,
+            rate: cfg.cluster.replication_rate,
+        },
         shutdown.clone(),
     ));
     let _watcher = match &cfg.template_dir {
@@ -240,7 +290,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(
             cfg.dhcp.clone(),
-            app.clone(),
+            DhcpDeps {
+                store: store.clone(),
+                gate: gate.clone(),
+                metrics: metrics.clone(),
+            },
             http_port,
             capture.clone(),
         )?)
@@ -264,7 +318,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = fetcher.await;
     let _ = lease.await;
     let _ = reconciler.await;
-    if let Err(e) = app.raft.shutdown().await {
+    if let Err(e) = proposer.raft().shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {

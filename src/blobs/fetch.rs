@@ -6,36 +6,96 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Digest;
-use crate::app::{now_ms, App};
+use super::{BlobStore, Digest};
+use crate::clock::now_ms;
+use crate::ownership::state::LeaseTimes;
+use crate::store::feed::EventFeed;
 use crate::store::raft::network::SECRET_HEADER;
-use crate::store::Command;
+use crate::store::raft::propose::Proposer;
+use crate::store::{Command, Store};
+
+/// Progress of artifact replication to this host, for `baton status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplicationStatus {
+    /// Blobs this host still lacks.
+    pub missing: usize,
+    /// The blob being fetched, if any.
+    pub current: Option<String>,
+    /// Bytes of it received (including a resumed part).
+    pub bytes: u64,
+    /// Its size.
+    pub total: u64,
+    /// Host it comes from.
+    pub from: Option<String>,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Shared view of [`ReplicationStatus`]: written by the replicator, read by the API.
+#[derive(Clone, Default)]
+pub struct ReplicationProgress(Arc<Mutex<ReplicationStatus>>);
+
+impl ReplicationProgress {
+    /// A copy of the current status.
+    pub fn get(&self) -> ReplicationStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ReplicationStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// What the replicator works with.
+pub struct Replicator {
+    /// This host's name.
+    pub host: String,
+    /// Its group: blobs of this group's nodes are replicated here.
+    pub group: String,
+    /// The local replica.
+    pub store: Arc<Store>,
+    /// Where fetched blobs go.
+    pub blobs: Arc<BlobStore>,
+    /// To record holdings and find peers.
+    pub proposer: Proposer,
+    /// Wakes on applied changes.
+    pub feed: EventFeed,
+    /// Cluster secret (fetching from peers needs it).
+    pub secret: Option<String>,
+    /// To try live holders first.
+    pub lease_times: LeaseTimes,
+    /// Published progress.
+    pub progress: ReplicationProgress,
+    /// Bytes per second cap (0: none).
+    pub rate: u64,
+}
 
 /// Blobs this host must hold and lacks: those referenced by nodes of its group.
-pub fn missing(app: &App) -> Vec<Digest> {
+pub fn missing(store: &Store, blobs: &BlobStore, group: &str) -> Vec<Digest> {
     let mut want = BTreeSet::new();
-    let Ok(nodes) = app.store.nodes() else {
+    let Ok(nodes) = store.nodes() else {
         return Vec::new();
     };
-    for n in nodes.iter().filter(|n| n.group == app.group) {
-        if let Ok(files) = app.store.node_files(&n.id) {
+    for n in nodes.iter().filter(|n| n.group == group) {
+        if let Ok(files) = store.node_files(&n.id) {
             want.extend(files.into_iter().map(|f| f.digest));
         }
     }
-    want.into_iter().filter(|d| !app.blobs.has(d)).collect()
+    want.into_iter().filter(|d| !blobs.has(d)).collect()
 }
 
 /// Runs until `shutdown`: wakes on every applied change (and every few seconds), fetches
 /// what is missing, one blob at a time.
-pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
-    let mut events = app.subscribe_events();
+pub async fn run(app: Replicator, shutdown: CancellationToken) {
+    let rate = app.rate;
+    let mut events = app.feed.subscribe();
     // A frozen holder must not stall replication: bounded connect and per-read waits.
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
@@ -51,7 +111,7 @@ pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
     loop {
         // Holding records also matter for blobs we have but the store doesn't know of
         // (e.g. a fetch that finished just before a crash).
-        let todo = missing(&app);
+        let todo = missing(&app.store, &app.blobs, &app.group);
         set_status(&app, |s| s.missing = todo.len());
         for d in todo {
             if shutdown.is_cancelled() {
@@ -65,7 +125,7 @@ pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
                 }
             }
         }
-        let todo = missing(&app).len();
+        let todo = missing(&app.store, &app.blobs, &app.group).len();
         set_status(&app, |s| {
             s.missing = todo;
             s.current = None;
@@ -79,18 +139,17 @@ pub async fn run(app: Arc<App>, rate: u64, shutdown: CancellationToken) {
     }
 }
 
-fn set_status(app: &App, f: impl FnOnce(&mut crate::app::ReplicationStatus)) {
-    let mut s = app.replication.lock().unwrap_or_else(|p| p.into_inner());
-    f(&mut s);
+fn set_status(app: &Replicator, f: impl FnOnce(&mut ReplicationStatus)) {
+    app.progress.update(f);
 }
 
-fn partial_path(app: &App, d: &Digest) -> PathBuf {
+fn partial_path(app: &Replicator, d: &Digest) -> PathBuf {
     app.blobs.root().join("partial").join(format!("{d}.part"))
 }
 
 /// Fetches one blob from any holder, resuming a partial download.
 async fn fetch_one(
-    app: &Arc<App>,
+    app: &Replicator,
     client: &reqwest::Client,
     d: &Digest,
     rate: u64,
@@ -125,7 +184,7 @@ async fn fetch_one(
         .hosts
         .iter()
         .filter(|h| **h != app.host)
-        .filter_map(|h| app.peer_url(h).map(|u| (h.clone(), u)))
+        .filter_map(|h| app.proposer.peer_url(h).map(|u| (h.clone(), u)))
         .collect();
     holders.sort_by_key(|(h, _)| !up(h));
     if holders.is_empty() {
@@ -178,12 +237,13 @@ async fn fetch_one(
 
 /// Records in the store that this host now holds `d` (copied from `from`).
 async fn record_held(
-    app: &Arc<App>,
+    app: &Replicator,
     d: &Digest,
     from: &str,
     art: &crate::store::Artifact,
 ) -> Result<(), String> {
     let out = app
+        .proposer
         .propose(Command::RecordHostArtifact {
             host: app.host.clone(),
             digest: *d,
@@ -198,7 +258,7 @@ async fn record_held(
 
 #[allow(clippy::too_many_arguments)]
 async fn download(
-    app: &App,
+    app: &Replicator,
     client: &reqwest::Client,
     secret: &str,
     base: &str,

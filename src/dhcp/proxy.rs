@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::MessageType;
 use serde::{Deserialize, Serialize};
 
+use crate::ownership::gate::NotServed;
 use crate::store::{BootProfile, MacAddr, Node};
 use crate::wire::dhcp::{classify_arch, ArchClass, PxeReply, PxeRequest};
 
@@ -78,8 +79,6 @@ pub enum ScriptVia {
 /// What this host answers, and for whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// This host's name (owner field of the nodes it serves).
-    pub host: String,
     /// First-stage loaders.
     pub boot_files: BootFiles,
     /// iPXE script transport.
@@ -102,10 +101,8 @@ pub enum Ignored {
     OtherServer,
     /// No node has this MAC.
     UnknownMac,
-    /// The node is owned by another host.
-    NotOwner,
-    /// This host may not serve right now (lease not fresh).
-    NotServing,
+    /// The serve gate refuses this node here (another owner, stale lease, fence).
+    NotServed(NotServed),
     /// The node has no boot profile.
     NoProfile,
     /// The node boots locally and local answers are off.
@@ -122,8 +119,7 @@ impl Ignored {
             Ignored::MessageType => "message_type",
             Ignored::OtherServer => "other_server",
             Ignored::UnknownMac => "unknown_mac",
-            Ignored::NotOwner => "not_owner",
-            Ignored::NotServing => "not_serving",
+            Ignored::NotServed(r) => r.label(),
             Ignored::NoProfile => "no_profile",
             Ignored::LocalBoot => "local_boot",
             Ignored::UnsupportedArch => "unsupported_arch",
@@ -148,12 +144,13 @@ pub enum Decision {
 }
 
 /// Decides the answer to `req` arriving on `port`. `node` is the node with the request's
-/// MAC (if any); `serving` says whether this host may answer for the nodes it owns now.
+/// MAC (if any) and `verdict` the serve gate's answer for it
+/// ([`crate::ownership::gate::Gate::check`]): the gate alone decides ownership.
 pub fn decide(
     req: &PxeRequest,
     port: Port,
     node: Option<&Node>,
-    serving: bool,
+    verdict: Result<(), NotServed>,
     policy: &Policy,
     server_ip: Ipv4Addr,
 ) -> Decision {
@@ -173,11 +170,8 @@ pub fn decide(
     let Some(node) = node else {
         return Decision::Ignore(Ignored::UnknownMac);
     };
-    if node.owner != policy.host {
-        return Decision::Ignore(Ignored::NotOwner);
-    }
-    if !serving {
-        return Decision::Ignore(Ignored::NotServing);
+    if let Err(r) = verdict {
+        return Decision::Ignore(Ignored::NotServed(r));
     }
     match &node.boot_profile {
         None => return Decision::Ignore(Ignored::NoProfile),
@@ -259,7 +253,6 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            host: "h1".into(),
             boot_files: BootFiles::default(),
             script_via: ScriptVia::Tftp,
             http_port: 8069,
@@ -296,7 +289,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            file(decide(&bios, Port::Dhcp, Some(&n), true, &p, IP)),
+            file(decide(&bios, Port::Dhcp, Some(&n), Ok(()), &p, IP)),
             ("undionly.kpxe".into(), "loader", MessageType::Offer)
         );
         let efi = req(
@@ -306,7 +299,7 @@ mod tests {
             false,
         );
         assert_eq!(
-            file(decide(&efi, Port::BootServer, Some(&n), true, &p, IP)),
+            file(decide(&efi, Port::BootServer, Some(&n), Ok(()), &p, IP)),
             ("ipxe.efi".into(), "loader", MessageType::Ack)
         );
         let ipxe = req(
@@ -316,13 +309,13 @@ mod tests {
             true,
         );
         assert_eq!(
-            file(decide(&ipxe, Port::Dhcp, Some(&n), true, &p, IP)).0,
+            file(decide(&ipxe, Port::Dhcp, Some(&n), Ok(()), &p, IP)).0,
             "ipxe/52-54-00-77-e2-01.ipxe"
         );
         let mut ph = policy();
         ph.script_via = ScriptVia::Http;
         assert_eq!(
-            file(decide(&ipxe, Port::Dhcp, Some(&n), true, &ph, IP)).0,
+            file(decide(&ipxe, Port::Dhcp, Some(&n), Ok(()), &ph, IP)).0,
             "http://10.77.0.1:8069/ipxe/52-54-00-77-e2-01.ipxe"
         );
         let http = req(
@@ -331,7 +324,7 @@ mod tests {
             16,
             false,
         );
-        let d = decide(&http, Port::Dhcp, Some(&n), true, &p, IP);
+        let d = decide(&http, Port::Dhcp, Some(&n), Ok(()), &p, IP);
         let Decision::Answer { reply, stage, .. } = d else {
             panic!()
         };
@@ -350,22 +343,24 @@ mod tests {
             0,
             false,
         );
-        let dec = |n: Option<&Node>, serving| decide(&r, Port::Dhcp, n, serving, &p, IP);
-        assert_eq!(dec(None, true), Decision::Ignore(Ignored::UnknownMac));
+        let dec = |n: Option<&Node>, v| decide(&r, Port::Dhcp, n, v, &p, IP);
+        assert_eq!(dec(None, Ok(())), Decision::Ignore(Ignored::UnknownMac));
+        for refusal in [
+            NotServed::NotOwner,
+            NotServed::LeaseStale,
+            NotServed::AwaitingOldOwner,
+        ] {
+            assert_eq!(
+                dec(Some(&node("h1", deploy())), Err(refusal)),
+                Decision::Ignore(Ignored::NotServed(refusal))
+            );
+        }
         assert_eq!(
-            dec(Some(&node("h2", deploy())), true),
-            Decision::Ignore(Ignored::NotOwner)
-        );
-        assert_eq!(
-            dec(Some(&node("h1", deploy())), false),
-            Decision::Ignore(Ignored::NotServing)
-        );
-        assert_eq!(
-            dec(Some(&node("h1", None)), true),
+            dec(Some(&node("h1", None)), Ok(())),
             Decision::Ignore(Ignored::NoProfile)
         );
         assert_eq!(
-            dec(Some(&node("h1", Some(BootProfile::Local))), true),
+            dec(Some(&node("h1", Some(BootProfile::Local))), Ok(())),
             Decision::Ignore(Ignored::LocalBoot)
         );
         let mut pl = policy();
@@ -375,7 +370,7 @@ mod tests {
                 &r,
                 Port::Dhcp,
                 Some(&node("h1", Some(BootProfile::Local))),
-                true,
+                Ok(()),
                 &pl,
                 IP
             ),
@@ -387,7 +382,7 @@ mod tests {
                 &plain,
                 Port::Dhcp,
                 Some(&node("h1", deploy())),
-                true,
+                Ok(()),
                 &p,
                 IP
             ),
@@ -395,7 +390,14 @@ mod tests {
         );
         let rel = req(MessageType::Release, "PXEClient", 0, false);
         assert_eq!(
-            decide(&rel, Port::Dhcp, Some(&node("h1", deploy())), true, &p, IP),
+            decide(
+                &rel,
+                Port::Dhcp,
+                Some(&node("h1", deploy())),
+                Ok(()),
+                &p,
+                IP
+            ),
             Decision::Ignore(Ignored::MessageType)
         );
         let other = req(MessageType::Request, "PXEClient", 0, false);
@@ -404,7 +406,7 @@ mod tests {
                 &other,
                 Port::Dhcp,
                 Some(&node("h1", deploy())),
-                true,
+                Ok(()),
                 &p,
                 IP
             ),
@@ -413,7 +415,7 @@ mod tests {
         let weird = req(MessageType::Discover, "PXEClient", 0x99, false);
         let n = node("h1", deploy());
         assert_eq!(
-            decide(&weird, Port::Dhcp, Some(&n), true, &p, IP),
+            decide(&weird, Port::Dhcp, Some(&n), Ok(()), &p, IP),
             Decision::Ignore(Ignored::UnsupportedArch)
         );
     }

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::proxy::{decide, Decision, Ignored, Policy, Port};
-use crate::app::{App, NotServed};
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
+use crate::metrics::Metrics;
 use crate::net::{iface, udp};
+use crate::ownership::gate::Gate;
 use crate::store::MacAddr;
+use crate::store::Store;
 use crate::wire::dhcp::{self, build_reply, classify_arch};
 
 /// Why proxy-DHCP could not start.
@@ -60,10 +62,22 @@ struct Listener {
     iface: Option<String>,
 }
 
+/// What the proxy-DHCP driver reads: the replica (MAC -> node), the serve gate, and
+/// its counters.
+#[derive(Clone)]
+pub struct DhcpDeps {
+    /// The local replica.
+    pub store: Arc<Store>,
+    /// The serve gate.
+    pub gate: Gate,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
 /// A bound proxy-DHCP server.
 pub struct DhcpServer {
     listeners: Vec<Listener>,
-    app: Arc<App>,
+    app: DhcpDeps,
     cfg: DhcpConfig,
     policy: Policy,
     capture: Option<Capture>,
@@ -106,7 +120,7 @@ impl DhcpServer {
     /// Binds udp/67 and udp/4011 (or the configured ports).
     pub fn bind(
         cfg: DhcpConfig,
-        app: Arc<App>,
+        app: DhcpDeps,
         http_port: u16,
         capture: Option<Capture>,
     ) -> Result<Self, DhcpBindError> {
@@ -132,7 +146,6 @@ impl DhcpServer {
             }
         }
         let policy = Policy {
-            host: app.host.clone(),
             boot_files: cfg.boot_files.clone(),
             script_via: cfg.ipxe_script,
             http_port,
@@ -178,7 +191,7 @@ impl DhcpServer {
 }
 
 struct Shared {
-    app: Arc<App>,
+    app: DhcpDeps,
     cfg: DhcpConfig,
     policy: Policy,
     capture: Option<Capture>,
@@ -245,23 +258,13 @@ impl Shared {
                 return;
             }
         };
-        // Owned + lease fresh + migration flip confirmed; `decide` tells owner apart.
-        let serving = match &node {
-            Some(n) if n.owner == self.app.host => match self.app.may_serve(n) {
-                Err(NotServed::AwaitingOldOwner) => {
-                    m.ignored.inc(NotServed::AwaitingOldOwner.as_str());
-                    info!(mac = %mac, node = %n.id, epoch = n.epoch, "pxe request not answered: old owner has not confirmed the migration yet");
-                    return;
-                }
-                r => r.is_ok(),
-            },
-            _ => self.app.serving(),
-        };
+        // The serve gate alone decides whether this host answers for the node.
+        let verdict = node.as_ref().map_or(Ok(()), |n| self.app.gate.check(n));
         match decide(
             &req,
             l.port,
             node.as_ref(),
-            serving,
+            verdict,
             &self.policy,
             server_ip,
         ) {
@@ -272,7 +275,7 @@ impl Shared {
                     Ignored::NotPxe | Ignored::OtherServer | Ignored::MessageType
                 );
                 if noteworthy {
-                    info!(mac = %mac, arch = arch.as_str(), node = node.as_ref().map(|n| n.id.as_str()).unwrap_or("-"), reason = reason.as_str(), "pxe request not answered");
+                    info!(mac = %mac, arch = arch.as_str(), node = node.as_ref().map(|n| n.id.as_str()).unwrap_or("-"), epoch = node.as_ref().map(|n| n.epoch), reason = reason.as_str(), "pxe request not answered");
                 } else {
                     debug!(mac = %mac, reason = reason.as_str(), "dhcp request ignored");
                 }

@@ -19,9 +19,11 @@ use tracing::info;
 
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
-use crate::app::{now_ms, App, ProposeError};
+use crate::app::App;
 use crate::blobs::Digest;
+use crate::clock::now_ms;
 use crate::render::{boot_profile_command_with, RenderError};
+use crate::store::raft::propose::ProposeError;
 use crate::store::{
     Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection,
     Reservation,
@@ -104,7 +106,7 @@ pub fn rejection_error(r: Rejection) -> ApiError {
 
 /// Proposes and turns a rejection into an error.
 async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
-    match app.propose(cmd).await? {
+    match app.proposer.propose(cmd).await? {
         Outcome::Applied(a) => Ok(a),
         Outcome::Rejected(r) => Err(rejection_error(r)),
     }
@@ -114,13 +116,12 @@ async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
 /// commit yet (e.g. an enroll just made through another host), catch up first.
 async fn fresh_node(app: &Arc<App>, id: &str) -> Result<Node, ApiError> {
     match get_node(app, id) {
-        Err(ApiError::NotFound(_))
-            if app.raft.metrics().borrow().current_leader != Some(app.node_id) =>
-        {
+        Err(ApiError::NotFound(_)) if !app.proposer.is_leader() => {
             if let Some(lm) = leader_metrics(app).await {
                 if let Some(l) = lm.last_applied {
                     let _ = app
-                        .raft
+                        .proposer
+                        .raft()
                         .wait(Some(Duration::from_secs(3)))
                         .applied_index_at_least(Some(l.index), "read barrier")
                         .await;
@@ -331,7 +332,7 @@ impl ProfileRequest {
             })?;
             for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
                 let registered = app.store.artifact(&d).ok().flatten().is_some();
-                if !app.blobs.has(&d) && !registered {
+                if !app.blobs.store().has(&d) && !registered {
                     return Err(ApiError::field(
                         field,
                         format!(
@@ -395,11 +396,11 @@ async fn render_command(
 ) -> Result<Command, ApiError> {
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || {
-        let renderer = app2.renderer();
+        let renderer = app2.renderer.get();
         let known = |d: &Digest| app2.store.artifact(d).ok().flatten().map(|a| a.size);
         boot_profile_command_with(
             &renderer,
-            &app2.blobs,
+            app2.blobs.store(),
             &known,
             &node,
             profile,
@@ -578,7 +579,7 @@ async fn show_artifact(
         .ok_or_else(|| ApiError::NotFound(format!("artifact {d}")))?;
     let nodes = app.store.nodes_using(&d)?;
     Ok(Json(
-        json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.has(&d) }),
+        json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.store().has(&d) }),
     ))
 }
 
@@ -595,12 +596,12 @@ async fn delete_artifact(
         },
     )
     .await?;
-    let blobs = app.blobs.clone();
+    let blobs = app.blobs.store().clone();
     tokio::task::spawn_blocking(move || blobs.remove(&d))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.blob_cache.forget(&d);
+    app.blobs.forget(&d);
     info!(digest = %d, "artifact removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -636,6 +637,7 @@ async fn upload_artifact(
         .and_then(|v| v.parse().ok());
     let mut w = app
         .blobs
+        .store()
         .writer()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut stream = body.into_data_stream();
@@ -699,7 +701,7 @@ async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let mut rx = app.subscribe_events();
+    let mut rx = app.feed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
     loop {
         let ev = app.store.events_since(q.since, limit)?;
@@ -727,7 +729,7 @@ async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Valu
     let out: Vec<_> = hosts
         .iter()
         .map(|h| {
-            let state = crate::ownership::state::classify(h, now, &app.lease_times);
+            let state = crate::ownership::state::classify(h, now, app.gate.times());
             json!({
                 "host": h,
                 "state": state,
@@ -757,7 +759,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, 
         "owned_nodes": owned,
         "artifacts": artifacts,
         "store_bytes": store_bytes,
-        "last_event": *app.subscribe_events().borrow(),
+        "last_event": app.feed.last(),
         "cluster": cluster_view(&app).await,
         "tftp": {
             "active": t.active.get(),
@@ -774,9 +776,9 @@ async fn cluster_status(State(app): State<Arc<App>>) -> Result<Json<serde_json::
 
 /// Leader-side Raft metrics: local when this host leads, else fetched from the leader.
 async fn leader_metrics(app: &Arc<App>) -> Option<crate::store::raft::typ::Metrics> {
-    let m = app.raft.metrics().borrow().clone();
+    let m = app.proposer.raft().metrics().borrow().clone();
     let leader = m.current_leader?;
-    if leader == app.node_id {
+    if leader == app.proposer.node_id() {
         return Some(m);
     }
     let peer = m.membership_config.membership().get_node(&leader)?.clone();
@@ -794,7 +796,7 @@ async fn leader_metrics(app: &Arc<App>) -> Option<crate::store::raft::typ::Metri
 
 /// Cluster summary for `/v1/cluster` and `/v1/status`.
 pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
-    let m = app.raft.metrics().borrow().clone();
+    let m = app.proposer.raft().metrics().borrow().clone();
     let lm = leader_metrics(app).await;
     let leader_last = lm.as_ref().and_then(|l| l.last_log_index).unwrap_or(0);
     let voters: std::collections::BTreeSet<u64> =
@@ -809,7 +811,7 @@ pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index);
             let is_leader = m.current_leader == Some(*id);
-            let applied = if *id == app.node_id { m.last_applied.map(|l| l.index) } else { None };
+            let applied = if *id == app.proposer.node_id() { m.last_applied.map(|l| l.index) } else { None };
             json!({
                 "node_id": id,
                 "host": p.host,
@@ -818,17 +820,13 @@ pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
                 "matched_index": if is_leader { Some(leader_last) } else { matched },
                 "lag": if is_leader { Some(0) } else { matched.map(|x| leader_last.saturating_sub(x)) },
                 "applied_index": applied,
-                "self": *id == app.node_id,
+                "self": *id == app.proposer.node_id(),
             })
         })
         .collect();
-    let replication = app
-        .replication
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let replication = app.replication.get();
     json!({
-        "node_id": app.node_id,
+        "node_id": app.proposer.node_id(),
         "state": format!("{:?}", m.state),
         "term": m.current_term,
         "leader": m.current_leader,
@@ -855,6 +853,7 @@ async fn remove_host(
     ApiQuery(q): ApiQuery<RemoveHostQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ids: Vec<u64> = app
+        .proposer
         .members()
         .into_iter()
         .filter(|(id, p)| p.host == host && q.id.is_none_or(|want| want == *id))
@@ -863,7 +862,7 @@ async fn remove_host(
     if ids.is_empty() {
         return Err(ApiError::NotFound(format!("cluster member {host}")));
     }
-    let m = app.raft.metrics().borrow().clone();
+    let m = app.proposer.raft().metrics().borrow().clone();
     let leader = m
         .current_leader
         .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
@@ -913,7 +912,7 @@ async fn migrate_node(
         .store
         .host(&r.to)?
         .ok_or_else(|| ApiError::field("to", format!("unknown host {}", r.to)))?;
-    let state = crate::ownership::state::classify(&target, now_ms(), &app.lease_times);
+    let state = crate::ownership::state::classify(&target, now_ms(), app.gate.times());
     if !state.accepts_nodes() {
         return Err(ApiError::Conflict {
             message: format!(

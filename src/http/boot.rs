@@ -18,10 +18,11 @@ use tracing::{debug, info};
 
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
-use crate::app::{App, NotServed};
+use crate::app::App;
 use crate::metrics::Metrics;
+use crate::ownership::gate::NotServed;
 use crate::tftp::files::{FileSource, OpenError};
-use crate::tftp::store_source::owned_node_file;
+use crate::tftp::store_source::StoreSource;
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
@@ -43,28 +44,27 @@ pub async fn boot_file(
         .into_iter()
         .find(|f| f.path == want)
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
-    match app.may_serve(&n) {
-        Ok(()) => {}
-        Err(NotServed::NotOwner) => {
-            app.metrics.http.boot_failed.inc("not_owner");
-            return Err(ApiError::Conflict {
-                message: format!(
+    if let Err(r) = app.gate.check(&n) {
+        app.metrics.http.boot_failed.inc(r.label());
+        let message = match r {
+            NotServed::NotOwner => {
+                format!(
                     "node {node} is served by host {}, not {}",
                     n.owner, app.host
-                ),
-                details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
-            });
-        }
-        Err(r) => {
-            app.metrics.http.boot_failed.inc(r.as_str());
-            return Err(ApiError::Unavailable(format!(
-                "host {} owns node {node} but may not serve it yet ({})",
-                app.host,
-                r.as_str().replace('_', " ")
-            )));
-        }
+                )
+            }
+            r => format!(
+                "host {} owns node {node} but may not serve it yet: {r}",
+                app.host
+            ),
+        };
+        return Err(ApiError::NotServed {
+            reason: r,
+            message,
+            details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
+        });
     }
-    let data = app.blob_bytes(&nf.digest).await.map_err(|e| match e {
+    let data = app.blobs.bytes(&nf.digest).await.map_err(|e| match e {
         OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
         e => ApiError::Internal(e.to_string()),
     })?;
@@ -85,7 +85,7 @@ pub async fn boot_file(
 /// clients fetch their loader from.
 pub async fn namespace_file(
     State(app): State<Arc<App>>,
-    Extension(source): Extension<Arc<dyn FileSource>>,
+    Extension(source): Extension<Arc<StoreSource>>,
     method: Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
@@ -99,12 +99,15 @@ pub async fn namespace_file(
     }
     let path =
         percent_decode(path).ok_or_else(|| ApiError::field("path", "invalid percent-encoding"))?;
-    match owned_node_file(&app, &path) {
+    match source.owned_node_file(&path) {
         Ok(Some(nf)) => {
-            let data = app
-                .blob_bytes(&nf.digest)
+            let data = source
+                .node_file_bytes(&path, &nf)
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    OpenError::NotServed(r) => not_served(&app, r, &path),
+                    e => ApiError::Internal(e.to_string()),
+                })?;
             return respond(
                 &app,
                 &method,
@@ -116,19 +119,10 @@ pub async fn namespace_file(
             );
         }
         Ok(None) => {}
-        Err(OpenError::Denied(r @ ("not_owner" | "not_serving" | "awaiting_old_owner"))) => {
-            app.metrics.http.boot_failed.inc(r);
-            return Err(ApiError::Conflict {
-                message: format!(
-                    "{path} belongs to a node this host ({}) does not serve",
-                    app.host
-                ),
-                details: serde_json::json!({}),
-            });
-        }
+        Err(OpenError::NotServed(r)) => return Err(not_served(&app, r, &path)),
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
-    match source.open(&path).await {
+    match source.shared().open(&path).await {
         Ok(d) => respond(
             &app,
             &method,
@@ -144,6 +138,19 @@ pub async fn namespace_file(
             details: serde_json::json!({ "reason": r }),
         }),
         Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// A namespace path that belongs to a node the gate refuses here.
+fn not_served(app: &App, r: NotServed, path: &str) -> ApiError {
+    app.metrics.http.boot_failed.inc(r.label());
+    ApiError::NotServed {
+        reason: r,
+        message: format!(
+            "{path} belongs to a node this host ({}) does not serve: {r}",
+            app.host
+        ),
+        details: serde_json::json!({}),
     }
 }
 

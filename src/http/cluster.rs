@@ -24,24 +24,7 @@ use super::range::{plan, RangePlan};
 use crate::app::App;
 use crate::store::raft::network::{SECRET_HEADER, TARGET_HEADER};
 use crate::store::raft::{NodeId, Peer, TypeConfig};
-use crate::store::{Command, Outcome};
-
-/// A forwarded write, committed: its outcome and log index.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposed {
-    /// Outcome of applying it.
-    pub outcome: Outcome,
-    /// Log index it was committed at.
-    pub index: u64,
-}
-
-/// Why the leader did not take a forwarded write (then the sender retries).
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-#[error("{reason}")]
-pub struct ProposeRefused {
-    /// Why.
-    pub reason: String,
-}
+use crate::store::Command;
 
 /// A host asking to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,8 +80,8 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
 /// data): refused, so the leader treats that identity as unreachable.
 fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
     let target: u64 = headers.get(TARGET_HEADER)?.to_str().ok()?.parse().ok()?;
-    (target != app.node_id).then(|| {
-        let msg = format!("this is node {}, not {target}", app.node_id);
+    (target != app.proposer.node_id()).then(|| {
+        let msg = format!("this is node {}, not {target}", app.proposer.node_id());
         (
             StatusCode::MISDIRECTED_REQUEST,
             Json(json!({"error": {"code": "misdirected", "message": msg}})),
@@ -115,7 +98,7 @@ async fn append(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    Json(app.raft.append_entries(req).await).into_response()
+    Json(app.proposer.raft().append_entries(req).await).into_response()
 }
 
 async fn vote(
@@ -126,7 +109,7 @@ async fn vote(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    Json(app.raft.vote(req).await).into_response()
+    Json(app.proposer.raft().vote(req).await).into_response()
 }
 
 async fn snapshot(
@@ -137,25 +120,11 @@ async fn snapshot(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    Json(app.raft.install_snapshot(req).await).into_response()
+    Json(app.proposer.raft().install_snapshot(req).await).into_response()
 }
 
 async fn propose(State(app): State<Arc<App>>, Json(cmd): Json<Command>) -> impl IntoResponse {
-    let r: Result<Proposed, ProposeRefused> = match app.raft.client_write(cmd).await {
-        Ok(w) => match w.data {
-            Some(outcome) => Ok(Proposed {
-                outcome,
-                index: w.log_id.index,
-            }),
-            None => Err(ProposeRefused {
-                reason: "no outcome".into(),
-            }),
-        },
-        Err(e) => Err(ProposeRefused {
-            reason: e.to_string(),
-        }),
-    };
-    Json(r)
+    Json(app.proposer.accept_forwarded(cmd).await)
 }
 
 /// Adds a host as a learner, waits for it to catch up, then makes it a voter.
@@ -171,12 +140,14 @@ async fn join(
     let unavailable = |e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>| {
         leader_hint(&e).unwrap_or_else(|| ApiError::Unavailable(e.to_string()))
     };
-    app.raft
+    app.proposer
+        .raft()
         .add_learner(j.node_id, peer, true)
         .await
         .map_err(unavailable)?;
     let voters = BTreeSet::from([j.node_id]);
-    app.raft
+    app.proposer
+        .raft()
         .change_membership(ChangeMembers::AddVoterIds(voters), false)
         .await
         .map_err(unavailable)?;
@@ -197,12 +168,13 @@ async fn remove(
     Json(r): Json<RemoveRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ids: BTreeSet<NodeId> = r.node_ids.iter().copied().collect();
-    let m = app.raft.metrics().borrow().clone();
+    let m = app.proposer.raft().metrics().borrow().clone();
     let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
     let remove_voters: BTreeSet<NodeId> = ids.intersection(&voters).copied().collect();
     if !remove_voters.is_empty() {
         if let Err(e) = app
-            .raft
+            .proposer
+            .raft()
             .change_membership(ChangeMembers::RemoveVoters(remove_voters), false)
             .await
         {
@@ -210,7 +182,8 @@ async fn remove(
         }
     }
     let res = app
-        .raft
+        .proposer
+        .raft()
         .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
         .await;
     match res {
@@ -241,7 +214,7 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Api
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let m = app.raft.metrics().borrow().clone();
+    let m = app.proposer.raft().metrics().borrow().clone();
     Json(json!(m))
 }
 
@@ -254,7 +227,7 @@ async fn blob(
     let d: crate::blobs::Digest = d
         .parse()
         .map_err(|_| ApiError::field("digest", "not a sha256 digest"))?;
-    let Some(path) = app.blobs.get(&d) else {
+    let Some(path) = app.blobs.store().get(&d) else {
         return Err(ApiError::NotFound(format!("blob {d}")));
     };
     let file = tokio::fs::File::open(&path)

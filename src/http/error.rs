@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::ownership::gate::NotServed;
+
 /// An API request that cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -44,6 +46,16 @@ pub enum ApiError {
     /// The service is not ready (e.g. store unavailable).
     #[error("{0}")]
     Unavailable(String),
+    /// The serve gate refused: this host may not answer for the node now.
+    #[error("{message}")]
+    NotServed {
+        /// The gate's reason (decides status and code).
+        reason: NotServed,
+        /// What was refused and why.
+        message: String,
+        /// Machine-readable details.
+        details: serde_json::Value,
+    },
 }
 
 impl ApiError {
@@ -67,6 +79,8 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotServed { reason, .. } => StatusCode::from_u16(reason.http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 
@@ -82,6 +96,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotServed { reason, .. } => reason.label(),
         }
     }
 }
@@ -91,7 +106,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         match &self {
             ApiError::BadRequest { field: Some(f), .. } => body["error"]["field"] = json!(f),
-            ApiError::Conflict { details, .. } => body["error"]["details"] = details.clone(),
+            ApiError::Conflict { details, .. } | ApiError::NotServed { details, .. } => {
+                body["error"]["details"] = details.clone()
+            }
             _ => {}
         }
         let mut resp = (self.status(), axum::Json(body)).into_response();

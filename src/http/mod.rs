@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
-use crate::tftp::files::FileSource;
+use crate::tftp::store_source::StoreSource;
 use axum::Extension;
 
 /// Why the HTTP listener could not start.
@@ -38,7 +38,7 @@ pub enum HttpError {
 }
 
 /// Builds the whole router.
-pub fn router(app: Arc<App>, token: String, source: Arc<dyn FileSource>) -> Router {
+pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
     let token = auth::Token(Arc::new(token));
     let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
@@ -63,7 +63,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         .map(|m| m.len())
         .unwrap_or(0);
     let nodes = app.store.nodes().map(|n| n.len()).unwrap_or(0);
-    let events = *app.subscribe_events().borrow();
+    let events = app.feed.last();
     body.push_str(&format!(
         "# HELP baton_store_bytes Size of the store's database file.\n# TYPE baton_store_bytes gauge\nbaton_store_bytes {store_bytes}\n\
          # HELP baton_store_nodes Nodes in the store.\n# TYPE baton_store_nodes gauge\nbaton_store_nodes {nodes}\n\
@@ -129,7 +129,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     token: String,
-    source: Arc<dyn FileSource>,
+    source: Arc<StoreSource>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;

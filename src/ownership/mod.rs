@@ -2,6 +2,7 @@
 //! reconciler that takes over dead hosts' nodes, completes or rolls back migrations and
 //! drains hosts. Every ownership change is a committed, epoch-fenced store command.
 
+pub mod gate;
 pub mod lease;
 pub mod placement;
 pub mod reconcile;

@@ -15,10 +15,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::gate::fence_cleared;
 use super::placement::{pick, Candidate};
-use super::state::{classify, fence_cleared, HostState, LeaseTimes};
-use crate::app::{now_ms, App};
+use super::state::{classify, HostState, LeaseTimes};
 use crate::blobs::Digest;
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+use crate::store::raft::propose::Proposer;
+use crate::store::Store;
 use crate::store::{Command, HandoffState, Host, Millis, Node, TransferReason};
 
 /// What the cluster looks like to the reconciler.
@@ -195,8 +199,22 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
     out
 }
 
-/// Runs the reconciler on whichever host is the Raft leader, every half second.
-pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+/// What the reconciler works with.
+pub struct Reconciler {
+    /// The local replica (the leader's, when it acts).
+    pub store: Arc<Store>,
+    /// Leader-only writes.
+    pub proposer: Proposer,
+    /// Lease timing.
+    pub lease_times: LeaseTimes,
+    /// Most nodes one host may own, if limited.
+    pub max_nodes: Option<usize>,
+    /// Transfer and stuck-node counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs the reconciler on whichever host is the Raft leader, every quarter second.
+pub async fn run(app: Reconciler, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -204,8 +222,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let m = app.raft.metrics().borrow().clone();
-        if m.current_leader != Some(app.node_id) {
+        if !app.proposer.is_leader() {
             continue;
         }
         if let Err(e) = once(&app).await {
@@ -214,7 +231,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     }
 }
 
-async fn once(app: &Arc<App>) -> Result<(), String> {
+async fn once(app: &Reconciler) -> Result<(), String> {
     let hosts = app.store.hosts().map_err(|e| e.to_string())?;
     let nodes = app.store.nodes().map_err(|e| e.to_string())?;
     // Files kept in the store are on every replica: only blobs decide who may take over.
@@ -255,6 +272,7 @@ async fn once(app: &Arc<App>) -> Result<(), String> {
             _ => "flag".into(),
         };
         let Some(out) = app
+            .proposer
             .propose_as_leader(cmd.clone())
             .await
             .map_err(|e| e.to_string())?

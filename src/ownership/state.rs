@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::store::{Fence, Host, Millis};
+use crate::store::{Host, Millis};
 
 /// Lease timing, shared by every host of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +60,6 @@ pub fn classify(h: &Host, now: Millis, t: &LeaseTimes) -> HostState {
     }
 }
 
-/// Whether the new owner of a node flipped by migration may answer: the old owner
-/// confirmed the flip (it had applied it when it sent a heartbeat), is down (its lease
-/// and the grace ran out, as for a takeover), or is no longer a member.
-pub fn fence_cleared(fence: &Fence, old: Option<&Host>, now: Millis, t: &LeaseTimes) -> bool {
-    old.is_none_or(|h| h.seen_seq >= fence.seq || classify(h, now, t) == HostState::Down)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,39 +86,5 @@ mod tests {
         h.draining = true;
         assert_eq!(classify(&h, 12_000, &t), HostState::Draining);
         assert_eq!(classify(&h, 14_001, &t), HostState::Down);
-    }
-
-    #[test]
-    fn fence() {
-        let t = LeaseTimes {
-            interval_ms: 1000,
-            ttl_ms: 3000,
-            grace_ms: 1000,
-        };
-        let mut old = Host {
-            name: "h1".into(),
-            group: "g".into(),
-            addresses: vec![],
-            registered_at: 0,
-            last_heartbeat: 10_000,
-            draining: false,
-            seen_seq: 6,
-        };
-        let f = Fence {
-            host: "h1".into(),
-            seq: 7,
-        };
-        assert!(
-            !fence_cleared(&f, Some(&old), 11_000, &t),
-            "alive, unconfirmed"
-        );
-        assert!(
-            !fence_cleared(&f, Some(&old), 13_500, &t),
-            "suspect is not down"
-        );
-        assert!(fence_cleared(&f, Some(&old), 14_001, &t), "down");
-        assert!(fence_cleared(&f, None, 11_000, &t), "removed");
-        old.seen_seq = 7;
-        assert!(fence_cleared(&f, Some(&old), 11_000, &t), "confirmed");
     }
 }

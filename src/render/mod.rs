@@ -167,6 +167,29 @@ struct Ctx<'a> {
     profile: ProfileCtx<'a>,
 }
 
+/// The templates in use, swapped whole when the template directory changes.
+#[derive(Clone)]
+pub struct CurrentRenderer(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Renderer>>>);
+
+impl CurrentRenderer {
+    /// Starts with `r`.
+    pub fn new(r: Renderer) -> Self {
+        CurrentRenderer(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(r),
+        )))
+    }
+
+    /// The current templates.
+    pub fn get(&self) -> std::sync::Arc<Renderer> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the templates (after a valid template change).
+    pub fn set(&self, r: Renderer) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(r);
+    }
+}
+
 /// Compiled templates, validated at load.
 #[derive(Debug)]
 pub struct Renderer {

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod feed;
 pub mod raft;
 pub mod read;
 pub mod schema;

@@ -7,7 +7,7 @@ use crate::blobs::Digest;
 
 /// Unix time in milliseconds, always stamped by the proposer of a command: applying a
 /// command never reads the clock, so every replica computes the same state.
-pub type Millis = i64;
+pub use crate::clock::Millis;
 
 /// Longest kernel command line accepted (Linux x86 allows 2048 by default, some
 /// configurations more; above this a mistake is more likely than a real need).

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::ownership::gate::NotServed;
 use crate::wire::tftp::{to_netascii, ErrorCode};
 
 /// The content of one file version, shared by every transfer of it.
@@ -50,6 +51,9 @@ pub enum OpenError {
     /// The name would leave the served namespace, or names something not servable.
     #[error("access violation: {0}")]
     Denied(&'static str),
+    /// A node's file, and the serve gate says this host may not answer for that node.
+    #[error("access violation: {0}")]
+    NotServed(NotServed),
     /// Reading failed.
     #[error("cannot read file: {0}")]
     Io(String),
@@ -61,6 +65,7 @@ impl OpenError {
         match self {
             OpenError::NotFound => ErrorCode::FileNotFound,
             OpenError::Denied(_) => ErrorCode::AccessViolation,
+            OpenError::NotServed(r) => r.tftp_code(),
             OpenError::Io(_) => ErrorCode::NotDefined,
         }
     }
@@ -70,6 +75,7 @@ impl OpenError {
         match self {
             OpenError::NotFound => "not_found",
             OpenError::Denied(r) => r,
+            OpenError::NotServed(r) => r.label(),
             OpenError::Io(_) => "io_error",
         }
     }

@@ -651,6 +651,7 @@ fn refusal_message(e: &OpenError) -> String {
     match e {
         OpenError::NotFound => "file not found".into(),
         OpenError::Denied(r) => format!("access violation ({})", r.replace('_', " ")),
+        OpenError::NotServed(r) => format!("access violation ({})", r.label().replace('_', " ")),
         OpenError::Io(_) => "server could not read the file".into(),
     }
 }

@@ -3,65 +3,81 @@
 
 use std::sync::Arc;
 
-use crate::app::App;
-use crate::store::{normalize_path, NodeFile};
+use crate::blobcache::ServedBlobs;
+use crate::ownership::gate::Gate;
+use crate::store::{normalize_path, NodeFile, Store};
 use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
 
 /// Node files first, shared directory second.
 pub struct StoreSource {
-    app: Arc<App>,
+    gate: Gate,
+    store: Arc<Store>,
+    blobs: ServedBlobs,
     shared: DirSource,
 }
 
 impl StoreSource {
-    /// A namespace over `app`'s store and the shared directory `shared`.
-    pub fn new(app: Arc<App>, shared: DirSource) -> Self {
-        StoreSource { app, shared }
+    /// A namespace over the node files of `store` (served as `gate` allows, bytes from
+    /// `blobs`) and the shared directory `shared`.
+    pub fn new(gate: Gate, store: Arc<Store>, blobs: ServedBlobs, shared: DirSource) -> Self {
+        StoreSource {
+            gate,
+            store,
+            blobs,
+            shared,
+        }
     }
 
     /// The shared directory part.
     pub fn shared(&self) -> &DirSource {
         &self.shared
     }
-}
 
-/// Looks a served path up among node files, and checks this host may serve it.
-///
-/// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
-pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenError> {
-    let Some(path) = normalize_path(&name.replace('\\', "/")) else {
-        return Ok(None);
-    };
-    let nf = match app.store.resolve_node_file(&path) {
-        Ok(Some(nf)) => nf,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(OpenError::Io(e.to_string())),
-    };
-    match app.store.node(&nf.node) {
-        // Owned per this replica, lease fresh, flip confirmed: never two hosts for one node.
-        Ok(Some(node)) => match app.may_serve(&node) {
-            Ok(()) => Ok(Some(nf)),
-            Err(r) => Err(OpenError::Denied(r.as_str())),
-        },
-        Ok(None) => Ok(None),
-        Err(e) => Err(OpenError::Io(e.to_string())),
+    /// Looks a served path up among node files, and checks this host may serve it.
+    ///
+    /// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
+    pub fn owned_node_file(&self, name: &str) -> Result<Option<NodeFile>, OpenError> {
+        let Some(path) = normalize_path(&name.replace('\\', "/")) else {
+            return Ok(None);
+        };
+        let nf = match self.store.resolve_node_file(&path) {
+            Ok(Some(nf)) => nf,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(OpenError::Io(e.to_string())),
+        };
+        match self.store.node(&nf.node) {
+            Ok(Some(node)) => match self.gate.check(&node) {
+                Ok(()) => Ok(Some(nf)),
+                Err(r) => Err(OpenError::NotServed(r)),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(OpenError::Io(e.to_string())),
+        }
+    }
+
+    /// The bytes of a node file this host may serve, checked again after loading:
+    /// loading can take a while (a large blob, a paused process).
+    pub async fn node_file_bytes(
+        &self,
+        name: &str,
+        nf: &NodeFile,
+    ) -> Result<Arc<FileData>, OpenError> {
+        let data = self.blobs.bytes(&nf.digest).await?;
+        match self.owned_node_file(name)? {
+            Some(again) if again.digest == nf.digest => Ok(data),
+            Some(_) => Err(OpenError::Denied("changed")),
+            None => Err(OpenError::NotServed(
+                crate::ownership::gate::NotServed::NotOwner,
+            )),
+        }
     }
 }
 
 impl FileSource for StoreSource {
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
         Box::pin(async move {
-            match owned_node_file(&self.app, name)? {
-                Some(nf) => {
-                    let data = self.app.blob_bytes(&nf.digest).await?;
-                    // Loading can take a while (a large blob, a paused process): check
-                    // ownership and the lease again just before the first packet goes out.
-                    match owned_node_file(&self.app, name)? {
-                        Some(again) if again.digest == nf.digest => Ok(data),
-                        Some(_) => Err(OpenError::Denied("changed")),
-                        None => Err(OpenError::Denied("not_owner")),
-                    }
-                }
+            match self.owned_node_file(name)? {
+                Some(nf) => self.node_file_bytes(name, &nf).await,
                 None => self.shared.open(name).await,
             }
         })

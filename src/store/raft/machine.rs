@@ -89,7 +89,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let store = self.store.clone();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            let stamp = crate::app::now_ms();
+            let stamp = crate::clock::now_ms();
             let tmp = dir.join(format!("build-{stamp}.db"));
             let _ = std::fs::remove_file(&tmp);
             store.backup_to(&tmp).map_err(sm_err)?;

@@ -6,6 +6,7 @@
 pub mod log;
 pub mod machine;
 pub mod network;
+pub mod propose;
 
 use std::fmt;
 use std::io::Cursor;

@@ -1,0 +1,350 @@
+//! The serve gate: "may this host answer for node X now?" — the product's central
+//! safety rule, decided here and nowhere else. DHCP, TFTP and HTTP boot all ask
+//! [`Gate::check`]; its refusals are one typed enum, mapped once to a TFTP error code,
+//! an HTTP status and a metric label.
+//!
+//! Safety: a host answers for a node only while (a) its replica says it owns the node,
+//! (b) its own lease is fresh, and (c) a migration flip to it was confirmed by the old
+//! owner or the old owner is down. Peers take a host's nodes only after its lease plus
+//! the grace ran out, and the old owner stops at its lease's end or as soon as it
+//! applies the flip, so no instant has two hosts answering for one node.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::Millis;
+use crate::ownership::state::{classify, HostState, LeaseTimes};
+use crate::store::{Fence, Host, Node, Store};
+use crate::wire::tftp::ErrorCode;
+
+/// Why this host does not answer for a node right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotServed {
+    /// Another host owns it (per this replica).
+    NotOwner,
+    /// This host owns it but its lease is not fresh.
+    LeaseStale,
+    /// This host owns it since a migration the old owner has not confirmed yet.
+    AwaitingOldOwner,
+}
+
+impl NotServed {
+    /// Label for logs, metrics and error details.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotServed::NotOwner => "not_owner",
+            NotServed::LeaseStale => "lease_stale",
+            NotServed::AwaitingOldOwner => "awaiting_old_owner",
+        }
+    }
+
+    /// The TFTP error a refused read gets: an access violation, whatever the reason.
+    pub fn tftp_code(self) -> ErrorCode {
+        ErrorCode::AccessViolation
+    }
+
+    /// The HTTP status a refused request gets: another host serves it (409), or this
+    /// host will once its lease or the old owner's confirmation arrives (503).
+    pub fn http_status(self) -> u16 {
+        match self {
+            NotServed::NotOwner => 409,
+            NotServed::LeaseStale | NotServed::AwaitingOldOwner => 503,
+        }
+    }
+
+    /// A sentence for operators (logs, HTTP error bodies).
+    pub fn explain(self) -> &'static str {
+        match self {
+            NotServed::NotOwner => "another host owns this node",
+            NotServed::LeaseStale => "this host's lease is not fresh",
+            NotServed::AwaitingOldOwner => {
+                "the node's previous owner has not confirmed the migration yet"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for NotServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.explain())
+    }
+}
+
+/// Everything the rule looks at, read from the local replica and this host's lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// This host's name.
+    pub me: &'a str,
+    /// The node, as this replica has it.
+    pub node: &'a Node,
+    /// Whether this host's own lease is fresh now.
+    pub lease_fresh: bool,
+    /// The host named by the node's migration fence, if the node has one: `None` when
+    /// that host is no longer a member.
+    pub fence_host: Option<&'a Host>,
+    /// Wall-clock now.
+    pub now: Millis,
+    /// Lease timing (the same on every host).
+    pub times: &'a LeaseTimes,
+}
+
+/// The rule, pure: whether `f.me` may answer for `f.node` now.
+///
+/// A `migrating` node is served by its current owner until the flip; a draining host
+/// serves what it still owns. Neither is a refusal.
+pub fn check(f: &Facts<'_>) -> Result<(), NotServed> {
+    if f.node.owner != f.me {
+        return Err(NotServed::NotOwner);
+    }
+    if !f.lease_fresh {
+        return Err(NotServed::LeaseStale);
+    }
+    if let Some(fence) = &f.node.fence {
+        if !fence_cleared(fence, f.fence_host, f.now, f.times) {
+            return Err(NotServed::AwaitingOldOwner);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the new owner of a node flipped by migration may answer: the old owner
+/// confirmed the flip (it had applied it when it sent a heartbeat), is down (its lease
+/// and the grace ran out, as for a takeover), or is no longer a member.
+pub fn fence_cleared(fence: &Fence, old: Option<&Host>, now: Millis, t: &LeaseTimes) -> bool {
+    old.is_none_or(|h| h.seen_seq >= fence.seq || classify(h, now, t) == HostState::Down)
+}
+
+/// This host's lease: fresh until the send time of the last committed renewal + TTL,
+/// on the monotonic clock.
+#[derive(Debug, Default)]
+struct LeaseClock {
+    until: Option<Instant>,
+}
+
+/// The gate handle the drivers share: this host's identity and lease, and the replica
+/// to read nodes and hosts from.
+#[derive(Clone)]
+pub struct Gate {
+    host: Arc<str>,
+    store: Arc<Store>,
+    times: LeaseTimes,
+    lease: Arc<Mutex<LeaseClock>>,
+}
+
+impl Gate {
+    /// A gate for `host`, whose lease is not fresh yet.
+    pub fn new(host: &str, store: Arc<Store>, times: LeaseTimes) -> Self {
+        Gate {
+            host: host.into(),
+            store,
+            times,
+            lease: Arc::default(),
+        }
+    }
+
+    /// This host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Lease timing.
+    pub fn times(&self) -> &LeaseTimes {
+        &self.times
+    }
+
+    /// Whether this host's lease is fresh now.
+    pub fn lease_fresh(&self) -> bool {
+        self.lease_until().is_some_and(|u| Instant::now() < u)
+    }
+
+    /// When the lease stops being fresh, unless renewed.
+    pub fn lease_until(&self) -> Option<Instant> {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).until
+    }
+
+    /// Records a committed renewal sent at `sent`: fresh until `sent + TTL`.
+    pub fn renew(&self, sent: Instant) {
+        let until = sent + Duration::from_millis(self.times.ttl_ms);
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if l.until.is_none_or(|u| u < until) {
+            l.until = Some(until);
+        }
+    }
+
+    /// Whether this host may answer for `node` now ([`check`] over this replica).
+    pub fn check(&self, node: &Node) -> Result<(), NotServed> {
+        let fence_host = match &node.fence {
+            // A store error keeps the fence closed: better silent than doubled.
+            Some(f) => match self.store.host(&f.host) {
+                Ok(h) => h,
+                Err(_) => return Err(NotServed::AwaitingOldOwner),
+            },
+            None => None,
+        };
+        check(&Facts {
+            me: &self.host,
+            node,
+            lease_fresh: self.lease_fresh(),
+            fence_host: fence_host.as_ref(),
+            now: crate::clock::now_ms(),
+            times: &self.times,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{HandoffState, ProvisionState};
+
+    const T: LeaseTimes = LeaseTimes {
+        interval_ms: 1000,
+        ttl_ms: 3000,
+        grace_ms: 1000,
+    };
+
+    fn node(owner: &str) -> Node {
+        Node {
+            id: "n1".into(),
+            macs: vec![],
+            group: "g".into(),
+            arch: None,
+            owner: owner.into(),
+            epoch: 3,
+            provision_state: ProvisionState::Available,
+            handoff: HandoffState::None,
+            boot_profile: None,
+            last_token: 0,
+            stuck: None,
+            fence: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn host(name: &str, last_heartbeat: Millis, seen_seq: u64) -> Host {
+        Host {
+            name: name.into(),
+            group: "g".into(),
+            addresses: vec![],
+            registered_at: 0,
+            last_heartbeat,
+            draining: false,
+            seen_seq,
+        }
+    }
+
+    fn facts<'a>(n: &'a Node, fresh: bool, old: Option<&'a Host>, now: Millis) -> Facts<'a> {
+        Facts {
+            me: "h2",
+            node: n,
+            lease_fresh: fresh,
+            fence_host: old,
+            now,
+            times: &T,
+        }
+    }
+
+    #[test]
+    fn owner_with_a_fresh_lease_serves() {
+        let n = node("h2");
+        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+    }
+
+    #[test]
+    fn another_owner_is_refused_whatever_the_lease() {
+        let n = node("h1");
+        assert_eq!(
+            check(&facts(&n, true, None, 10_000)),
+            Err(NotServed::NotOwner)
+        );
+        assert_eq!(
+            check(&facts(&n, false, None, 10_000)),
+            Err(NotServed::NotOwner)
+        );
+    }
+
+    #[test]
+    fn stale_lease_is_refused() {
+        let n = node("h2");
+        assert_eq!(
+            check(&facts(&n, false, None, 10_000)),
+            Err(NotServed::LeaseStale)
+        );
+    }
+
+    #[test]
+    fn migrating_node_is_served_by_its_owner_until_the_flip() {
+        let mut n = node("h2");
+        n.handoff = HandoffState::Migrating {
+            to: "h3".into(),
+            since: 9_000,
+        };
+        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+        let mut me = facts(&n, true, None, 10_000);
+        me.me = "h3";
+        assert_eq!(
+            check(&me),
+            Err(NotServed::NotOwner),
+            "target before the flip"
+        );
+    }
+
+    #[test]
+    fn fenced_flip_waits_for_the_old_owner() {
+        let mut n = node("h2");
+        n.fence = Some(Fence {
+            host: "h1".into(),
+            seq: 7,
+        });
+        let alive = host("h1", 10_000, 6);
+        assert_eq!(
+            check(&facts(&n, true, Some(&alive), 11_000)),
+            Err(NotServed::AwaitingOldOwner),
+            "alive, unconfirmed"
+        );
+        assert_eq!(
+            check(&facts(&n, true, Some(&alive), 13_500)),
+            Err(NotServed::AwaitingOldOwner),
+            "suspect is not down"
+        );
+        assert_eq!(
+            check(&facts(&n, true, Some(&alive), 14_001)),
+            Ok(()),
+            "down"
+        );
+        let confirmed = host("h1", 10_000, 7);
+        assert_eq!(check(&facts(&n, true, Some(&confirmed), 11_000)), Ok(()));
+        assert_eq!(
+            check(&facts(&n, true, None, 11_000)),
+            Ok(()),
+            "old owner removed"
+        );
+        assert_eq!(
+            check(&facts(&n, false, Some(&confirmed), 11_000)),
+            Err(NotServed::LeaseStale),
+            "a fresh lease is still needed"
+        );
+    }
+
+    #[test]
+    fn draining_host_serves_what_it_still_owns() {
+        // Draining is a host state, not a node state: the gate never looks at it, so
+        // a draining owner keeps answering until each node has moved.
+        let n = node("h2");
+        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+    }
+
+    #[test]
+    fn every_refusal_maps_to_codes() {
+        for r in [
+            NotServed::NotOwner,
+            NotServed::LeaseStale,
+            NotServed::AwaitingOldOwner,
+        ] {
+            assert_eq!(r.tftp_code(), ErrorCode::AccessViolation);
+            assert!(matches!(r.http_status(), 409 | 503));
+            assert!(!r.label().is_empty() && !r.explain().is_empty());
+        }
+    }
+}

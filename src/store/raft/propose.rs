@@ -1,0 +1,232 @@
+//! The write path: every change to the store is proposed here, committed through the
+//! replicated log and returned once this replica has applied it. A host that is not the
+//! leader forwards the command to the leader's `/cluster/propose`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::network::Network;
+use super::{BatonRaft, NodeId, Peer};
+use crate::metrics::Metrics;
+use crate::store::{Command, Outcome, StoreError};
+
+/// How long a write may wait for a leader before it fails.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Why a proposed command could not be applied (not a business rejection).
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking task died.
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// No leader could commit it in time.
+    #[error("no cluster leader committed the write within {0:?} (is a majority of hosts up?)")]
+    NoLeader(Duration),
+    /// Raft refused it for good.
+    #[error("replicated log refused the write: {0}")]
+    Raft(String),
+}
+
+/// A forwarded write, committed: its outcome and log index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposed {
+    /// Outcome of applying it.
+    pub outcome: Outcome,
+    /// Log index it was committed at.
+    pub index: u64,
+}
+
+/// Why the leader did not take a forwarded write (then the sender retries).
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{reason}")]
+pub struct ProposeRefused {
+    /// Why.
+    pub reason: String,
+}
+
+/// The write-path handle: the Raft handle plus the peer client to forward with.
+#[derive(Clone)]
+pub struct Proposer {
+    raft: BatonRaft,
+    node_id: NodeId,
+    net: Network,
+    can_forward: bool,
+    metrics: Arc<Metrics>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Proposer {
+    /// A proposer for this host (`node_id`); `can_forward` is false without a cluster
+    /// secret. Call from within the tokio runtime.
+    pub fn new(
+        raft: BatonRaft,
+        node_id: NodeId,
+        net: Network,
+        can_forward: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Proposer {
+            raft,
+            node_id,
+            net,
+            can_forward,
+            metrics,
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// The Raft handle (membership changes, metrics, RPC handlers).
+    pub fn raft(&self) -> &BatonRaft {
+        &self.raft
+    }
+
+    /// This host's Raft identity.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Whether this host is the leader, per its Raft metrics.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Members of the cluster as this host knows them: node id -> peer.
+    pub fn members(&self) -> BTreeMap<NodeId, Peer> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .nodes()
+            .map(|(id, p)| (*id, p.clone()))
+            .collect()
+    }
+
+    /// The HTTP base URL of a host, from the cluster membership.
+    pub fn peer_url(&self, host: &str) -> Option<String> {
+        self.members()
+            .into_values()
+            .find(|p| p.host == host)
+            .map(|p| p.addr)
+    }
+
+    /// Commits a command through the replicated log and returns its outcome once it is
+    /// applied here. Forwards to the leader when this host is not it.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let err = match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => return self.finish(r.data, r.log_id.index).await,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node {
+                        Some(peer) => match self.forward(f.leader_id, &peer, &cmd).await {
+                            Ok((out, index)) => return self.finish(Some(out), index).await,
+                            Err(e) => e,
+                        },
+                        None => "no leader known yet".to_string(),
+                    }
+                }
+                Err(e) => return Err(ProposeError::Raft(e.to_string())),
+            };
+            if start.elapsed() > PROPOSE_DEADLINE {
+                tracing::warn!(error = %err, "write failed: no leader");
+                return Err(ProposeError::NoLeader(PROPOSE_DEADLINE));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the local replica has applied `index` (so a read right after a
+    /// write sees it), then counts the outcome.
+    async fn finish(&self, out: Option<Outcome>, index: u64) -> Result<Outcome, ProposeError> {
+        // A write that this replica has not applied is not reported as done: a lease
+        // renewal in particular must not succeed on a replica that lags behind.
+        self.raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "write applied locally")
+            .await
+            .map_err(|e| ProposeError::Raft(format!("committed, but not applied here yet: {e}")))?;
+        let out =
+            out.ok_or_else(|| ProposeError::Raft("the log entry carried no command".into()))?;
+        self.metrics.store.commands.inc();
+        if !out.is_applied() {
+            self.metrics.store.rejected.inc();
+        }
+        Ok(out)
+    }
+
+    /// Sends a write to the leader's `/cluster/propose`. Gives up as soon as this
+    /// replica learns of another leader: a paused or cut-off leader would otherwise hold
+    /// the write (a lease renewal, say) until the request times out.
+    async fn forward(
+        &self,
+        leader_id: Option<NodeId>,
+        leader: &Peer,
+        cmd: &Command,
+    ) -> Result<(Outcome, u64), String> {
+        if !self.can_forward {
+            return Err("this host has no cluster secret to reach the leader".into());
+        }
+        let url = format!("{}/cluster/propose", leader.addr.trim_end_matches('/'));
+        let post =
+            self.net
+                .post::<_, Proposed, ProposeRefused>(0, &url, cmd, Duration::from_secs(10));
+        let mut metrics = self.raft.metrics();
+        let replaced = async {
+            loop {
+                if metrics.borrow_and_update().current_leader != leader_id {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = post => match r {
+                Ok(p) => Ok((p.outcome, p.index)),
+                Err(e) => Err(e.to_string()),
+            },
+            _ = replaced => Err(format!("leader {} replaced while the write was pending", leader.host)),
+        }
+    }
+
+    /// Proposes only if this host is the leader (no forwarding): for the reconciler,
+    /// whose decisions come from this replica and must not land after it lost the lead.
+    pub async fn propose_as_leader(&self, cmd: Command) -> Result<Option<Outcome>, ProposeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => self.finish(r.data, r.log_id.index).await.map(Some),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Commits on the leader a write forwarded by a peer (`/cluster/propose`).
+    pub async fn accept_forwarded(&self, cmd: Command) -> Result<Proposed, ProposeRefused> {
+        match self.raft.client_write(cmd).await {
+            Ok(w) => match w.data {
+                Some(outcome) => Ok(Proposed {
+                    outcome,
+                    index: w.log_id.index,
+                }),
+                None => Err(ProposeRefused {
+                    reason: "no outcome".into(),
+                }),
+            },
+            Err(e) => Err(ProposeRefused {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// [`Proposer::propose`] for threads outside the runtime (the template watcher).
+    pub fn propose_blocking(&self, cmd: &Command) -> Result<Outcome, ProposeError> {
+        self.rt.block_on(self.propose(cmd.clone()))
+    }
+}
