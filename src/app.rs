@@ -1,17 +1,17 @@
 //! The handles of a running host, as the HTTP layer (admin API, HTTP boot, cluster
 //! RPC) receives them. `serve` assembles them; every other driver gets only the handles
 //! it needs ([`crate::ownership::lease::Renewer`], [`crate::ownership::reconcile::Reconciler`],
-//! [`crate::blobs::fetch::Replicator`], [`crate::dhcp::server::DhcpDeps`],
+//! [`crate::replicate::Replicator`], [`crate::dhcp::server::DhcpDeps`],
 //! [`crate::tftp::store_source::StoreSource`]). Nothing below the HTTP layer imports
 //! this module, and it holds no logic of its own.
 
 use std::sync::Arc;
 
 use crate::blobcache::ServedBlobs;
-use crate::blobs::fetch::ReplicationProgress;
 use crate::metrics::Metrics;
 use crate::ownership::gate::Gate;
 use crate::render::CurrentRenderer;
+use crate::replicate::ReplicationProgress;
 use crate::store::feed::EventFeed;
 use crate::store::raft::propose::Proposer;
 use crate::store::Store;

@@ -16,8 +16,6 @@
 //! The blob store knows nothing of the SQLite store: whether a blob may be removed
 //! (no node references it) is decided by applying `Command::RemoveArtifact` first.
 
-pub mod fetch;
-
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

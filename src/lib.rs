@@ -17,6 +17,7 @@ pub mod net;
 pub mod ownership;
 pub mod pcap;
 pub mod render;
+pub mod replicate;
 pub mod serve;
 pub mod store;
 pub mod tftp;

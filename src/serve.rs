@@ -11,7 +11,6 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::blobcache::ServedBlobs;
-use crate::blobs::fetch::{ReplicationProgress, Replicator};
 use crate::blobs::BlobStore;
 use crate::capture::Capture;
 use crate::clock::now_ms;
@@ -24,6 +23,7 @@ use crate::ownership::reconcile::Reconciler;
 use crate::ownership::state::LeaseTimes;
 use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
+use crate::replicate::{ReplicationProgress, Replicator};
 use crate::store::{Command, Store};
 use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
@@ -257,7 +257,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
-    let fetcher = tokio::spawn(crate::blobs::fetch::run(
+    let fetcher = tokio::spawn(crate::replicate::run(
         Replicator {
             host: host.clone(),
             group: cfg.group.clone(),

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{BlobStore, Digest};
+use crate::blobs::{BlobStore, Digest};
 use crate::clock::now_ms;
 use crate::ownership::state::LeaseTimes;
 use crate::store::feed::EventFeed;
