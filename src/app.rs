@@ -13,6 +13,7 @@ use crate::ownership::gate::Gate;
 use crate::render::CurrentRenderer;
 use crate::replicate::ReplicationProgress;
 use crate::store::feed::EventFeed;
+use crate::store::raft::elect::Election;
 use crate::store::raft::propose::Proposer;
 use crate::store::Store;
 
@@ -26,6 +27,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// The write path and cluster membership.
     pub proposer: Proposer,
+    /// Leader contact and election timing, for pre-votes.
+    pub election: Election,
     /// The serve gate (and this host's lease).
     pub gate: Gate,
     /// Served blob bytes and the blob store.

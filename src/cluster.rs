@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::http::cluster::JoinRequest;
 use crate::metrics::Metrics;
 use crate::store::feed::EventFeed;
+use crate::store::raft::elect::{Election, ElectionTiming, LeaderContact};
 use crate::store::raft::log::LogStore;
 use crate::store::raft::machine::StateMachine;
 use crate::store::raft::network::{Network, SECRET_HEADER};
@@ -24,6 +25,18 @@ use crate::store::Store;
 /// How long a joining host keeps trying before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The replicated store, opened.
+pub struct Started {
+    /// The write path.
+    pub proposer: Proposer,
+    /// Applied-event pulse.
+    pub feed: EventFeed,
+    /// Leader contact and election timing.
+    pub election: Election,
+    /// Peer client (for the elector).
+    pub net: Network,
+}
+
 /// Opens the Raft log and state machine: the write path and the event feed.
 pub async fn start(
     cfg: &Config,
@@ -31,7 +44,7 @@ pub async fn start(
     advertise: &str,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(Proposer, EventFeed)> {
+) -> anyhow::Result<Started> {
     let id = node_id(&cfg.data_dir).context("cannot read or create <data-dir>/node-id")?;
     let (feed, on_apply) = EventFeed::new(store.clone());
     let sm = StateMachine::new(store.clone(), cfg.data_dir.join("snapshots"), on_apply)
@@ -40,13 +53,15 @@ pub async fn start(
         LogStore::open(&cfg.data_dir.join("raft-log.db")).context("cannot open the raft log")?;
     let secret = cfg.cluster.secret.clone();
     let net = Network::new(secret.clone().unwrap_or_default());
-    let hb = cfg.cluster.heartbeat_ms;
-    let et = cfg.cluster.election_timeout_ms;
+    let timing = cfg.raft_timing().context("invalid lease and raft timing")?;
     let rc = RaftConfig {
         cluster_name: "baton".into(),
-        heartbeat_interval: hb,
-        election_timeout_min: et,
-        election_timeout_max: et * 2,
+        heartbeat_interval: timing.heartbeat_ms,
+        // openraft's own timer is off: `store::raft::elect` stands with pre-vote. Its
+        // leader lease (= the max) is what voters grant a leader.
+        election_timeout_min: timing.election_timeout_ms,
+        election_timeout_max: timing.election_timeout_ms + 1,
+        enable_elect: false,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.cluster.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: cfg.cluster.keep_logs,
         ..Default::default()
@@ -55,9 +70,27 @@ pub async fn start(
     let raft: BatonRaft = openraft::Raft::new(id, rc, net.clone(), log, sm)
         .await
         .context("cannot start the replicated log")?;
-    info!(node_id = id, host, advertise, "replicated store opened");
-    let proposer = Proposer::new(raft, id, net, secret.is_some(), metrics);
-    Ok((proposer, feed))
+    info!(
+        node_id = id,
+        host,
+        advertise,
+        heartbeat_ms = timing.heartbeat_ms,
+        election_timeout_ms = timing.election_timeout_ms,
+        "replicated store opened"
+    );
+    let proposer = Proposer::new(raft, id, net.clone(), secret.is_some(), metrics);
+    let election = Election {
+        contact: LeaderContact::default(),
+        timing: ElectionTiming {
+            timeout: Duration::from_millis(timing.election_timeout_ms),
+        },
+    };
+    Ok(Started {
+        proposer,
+        feed,
+        election,
+        net,
+    })
 }
 
 /// First start: initialize a one-member cluster, or join `cluster.join`. Then waits for

@@ -1,6 +1,8 @@
 //! Configuration: a TOML file (all keys optional) overridden by command-line flags,
 //! validated once at start-up with errors that name the key and the fix.
 
+use crate::ownership::state::LeaseTimes;
+use crate::ownership::timing::{RaftTiming, TimingError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,10 +110,12 @@ pub struct ClusterConfig {
     /// This host's HTTP URL as peers reach it; default: `http://<http.listen>` (with
     /// 127.0.0.1 for a wildcard address, which only suits a single host).
     pub advertise_url: Option<String>,
-    /// Leader heartbeat interval.
-    pub heartbeat_ms: u64,
-    /// Election timeout (a random value between this and twice this).
-    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval (unset: derived from the lease, see
+    /// `ownership::timing`).
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout: a voter's lease to its leader, and a candidate's shortest wait
+    /// (it waits a random time up to twice this). Unset: derived from the lease.
+    pub election_timeout_ms: Option<u64>,
     /// Artifact replication bandwidth cap, bytes per second (0: no cap).
     pub replication_rate: u64,
     /// Build a store snapshot after this many log entries (a host too far behind, or
@@ -127,8 +131,8 @@ impl Default for ClusterConfig {
             secret: None,
             join: None,
             advertise_url: None,
-            heartbeat_ms: 150,
-            election_timeout_ms: 750,
+            heartbeat_ms: None,
+            election_timeout_ms: None,
             replication_rate: 100 << 20,
             snapshot_every: 5000,
             keep_logs: 1000,
@@ -318,6 +322,25 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Lease timing from `[ownership]`.
+    pub fn lease_times(&self) -> LeaseTimes {
+        LeaseTimes {
+            interval_ms: self.ownership.lease_interval_ms,
+            ttl_ms: self.ownership.lease_ttl_ms,
+            grace_ms: self.ownership.grace_ms,
+        }
+    }
+
+    /// The Raft timing in force: `[cluster]` values where set, the rest derived from
+    /// the lease (`ownership::timing`).
+    pub fn raft_timing(&self) -> Result<RaftTiming, TimingError> {
+        crate::ownership::timing::resolve(
+            &self.lease_times(),
+            self.cluster.heartbeat_ms,
+            self.cluster.election_timeout_ms,
+        )
+    }
+
     /// Loads `file` (if given), applies `o`, validates.
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
         let mut c = match file {
@@ -503,18 +526,19 @@ impl Config {
                 }
             }
         }
-        if cl.heartbeat_ms < 10 || cl.election_timeout_ms < 3 * cl.heartbeat_ms {
-            return bad(
-                "cluster.election_timeout_ms",
-                "must be at least 3 x cluster.heartbeat_ms (and heartbeat_ms >= 10)",
-            );
-        }
         let ow = &self.ownership;
         if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
             return bad(
                 "ownership.lease_ttl_ms",
                 "must be at least 2 x ownership.lease_interval_ms (and the interval >= 50 ms)",
             );
+        }
+        if let Err(e) = self.raft_timing() {
+            let key = match e {
+                TimingError::LeaseTooShort { .. } => "ownership.lease_ttl_ms",
+                _ => "cluster.election_timeout_ms",
+            };
+            return bad(key, &e.to_string());
         }
         if ow.grace_ms < 100 {
             return bad(

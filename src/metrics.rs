@@ -185,6 +185,8 @@ pub struct DhcpMetrics {
 pub struct OwnershipMetrics {
     /// 1 while this host's lease is fresh.
     pub lease_fresh: Gauge,
+    /// Times this host's lease ran out (counted the moment it did).
+    pub lease_lapses: Counter,
     /// Ownership changes proposed by this host's reconciler, by reason.
     pub transfers: LabeledCounter,
     /// Nodes no live host can take over (as of the last reconcile on the leader).
@@ -380,6 +382,12 @@ impl Metrics {
             "baton_lease_fresh",
             "1 while this host's lease is fresh (it answers for its nodes).",
             ow.lease_fresh.get(),
+        );
+        counter(
+            &mut o,
+            "baton_lease_lapses_total",
+            "Times this host's lease ran out before a renewal committed.",
+            ow.lease_lapses.get(),
         );
         labeled(
             &mut o,

@@ -1,4 +1,4 @@
-//! Artifact replication: every host holds each blob that the nodes of its group
+//! Artifact replication (a driver): every host holds each blob that the nodes of its group
 //! reference. A missing blob is fetched from a holder over the cluster port into a
 //! partial file (an interrupted fetch resumes with `Range`), rate-limited so boots keep
 //! priority, verified against its sha256, stored, and recorded in the replicated store.

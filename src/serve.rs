@@ -20,7 +20,6 @@ use crate::metrics::Metrics;
 use crate::ownership::gate::Gate;
 use crate::ownership::lease::Renewer;
 use crate::ownership::reconcile::Reconciler;
-use crate::ownership::state::LeaseTimes;
 use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
 use crate::replicate::{ReplicationProgress, Replicator};
@@ -182,14 +181,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             format!("http://{}", std::net::SocketAddr::new(ip, http_addr.port()))
         }
     };
-    let (proposer, feed) =
+    let started =
         crate::cluster::start(&cfg, &host, &advertise, store.clone(), metrics.clone()).await?;
-    let lease_times = LeaseTimes {
-        interval_ms: cfg.ownership.lease_interval_ms,
-        ttl_ms: cfg.ownership.lease_ttl_ms,
-        grace_ms: cfg.ownership.grace_ms,
-    };
-    let gate = Gate::new(&host, store.clone(), lease_times);
+    let (proposer, feed) = (started.proposer.clone(), started.feed.clone());
+    let elector = tokio::spawn(crate::store::raft::elect::run(
+        proposer.raft().clone(),
+        proposer.node_id(),
+        started.net.clone(),
+        started.election.contact.clone(),
+        started.election.timing,
+        shutdown.clone(),
+    ));
+    let lease_times = cfg.lease_times();
+    let bindings = crate::bindings::Bindings::default();
+    let gate = Gate::new(&host, store.clone(), lease_times, bindings.clone());
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
     let replication = ReplicationProgress::default();
     let app = Arc::new(App {
@@ -197,6 +202,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         group: cfg.group.clone(),
         store: store.clone(),
         proposer: proposer.clone(),
+        election: started.election.clone(),
         gate: gate.clone(),
         blobs: served.clone(),
         renderer: CurrentRenderer::new(renderer),
@@ -293,6 +299,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             DhcpDeps {
                 store: store.clone(),
                 gate: gate.clone(),
+                bindings: bindings.clone(),
                 metrics: metrics.clone(),
             },
             http_port,
@@ -318,6 +325,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = fetcher.await;
     let _ = lease.await;
     let _ = reconciler.await;
+    let _ = elector.await;
     if let Err(e) = proposer.raft().shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }

@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::proxy::{decide, Decision, Ignored, Policy, Port};
+use crate::bindings::{Bindings, Learned};
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
 use crate::metrics::Metrics;
 use crate::net::{iface, udp};
-use crate::ownership::gate::Gate;
+use crate::ownership::gate::{Gate, Purpose};
 use crate::store::MacAddr;
+use crate::store::Node;
 use crate::store::Store;
 use crate::wire::dhcp::{self, build_reply, classify_arch};
 
@@ -70,6 +72,8 @@ pub struct DhcpDeps {
     pub store: Arc<Store>,
     /// The serve gate.
     pub gate: Gate,
+    /// Client addresses learned from PXE exchanges.
+    pub bindings: Bindings,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -258,8 +262,13 @@ impl Shared {
                 return;
             }
         };
+        if let Some(n) = &node {
+            self.learn_addresses(n, &req, &meta, l.port);
+        }
         // The serve gate alone decides whether this host answers for the node.
-        let verdict = node.as_ref().map_or(Ok(()), |n| self.app.gate.check(n));
+        let verdict = node.as_ref().map_or(Ok(()), |n| {
+            self.app.gate.check(n, Purpose::Answer).map(|_| ())
+        });
         match decide(
             &req,
             l.port,
@@ -289,6 +298,9 @@ impl Shared {
                 );
                 match udp::send_v4_via(&l.sock, dst, Some(server_ip), ifindex, &bytes).await {
                     Ok(()) => {
+                        // This host may now finish the boot it answered, should the
+                        // node migrate away meanwhile.
+                        self.app.gate.note_answer(&node);
                         m.answered
                             .inc(&format!("{:?}", reply.msg_type).to_lowercase());
                         if let Some(c) = &self.capture {
@@ -302,6 +314,23 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Ties the addresses this exchange shows to the node (see [`crate::bindings`]):
+    /// the one it asks its address server for, its `ciaddr`, its 4011 source.
+    fn learn_addresses(&self, n: &Node, req: &dhcp::PxeRequest, meta: &udp::RecvMeta, port: Port) {
+        let b = &self.app.bindings;
+        if let Some(ip) = req.requested_ip {
+            b.learn(IpAddr::V4(ip), &n.id, Learned::RequestedAddress);
+        }
+        if !req.ciaddr.is_unspecified() {
+            b.learn(IpAddr::V4(req.ciaddr), &n.id, Learned::ClientAddress);
+        }
+        if port == Port::BootServer && req.giaddr.is_unspecified() {
+            b.learn(meta.src.ip(), &n.id, Learned::BootServerSource);
         }
     }
 }

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
 use crate::metrics::Metrics;
-use crate::ownership::gate::NotServed;
+use crate::ownership::gate::{NotServed, Purpose};
 use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::store_source::StoreSource;
 
@@ -44,7 +44,7 @@ pub async fn boot_file(
         .into_iter()
         .find(|f| f.path == want)
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
-    if let Err(r) = app.gate.check(&n) {
+    if let Err(r) = app.gate.check(&n, Purpose::Files { client: None }) {
         app.metrics.http.boot_failed.inc(r.label());
         let message = match r {
             NotServed::NotOwner => {

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,6 +24,7 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
+use crate::store::raft::elect::{self, PreVoteRequest, PreVoteResponse};
 use crate::store::raft::network::{SECRET_HEADER, TARGET_HEADER};
 use crate::store::raft::{NodeId, Peer, TypeConfig};
 use crate::store::Command;
@@ -42,6 +45,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/cluster/raft/append", post(append))
         .route("/cluster/raft/vote", post(vote))
+        .route("/cluster/raft/prevote", post(prevote))
         .route("/cluster/raft/snapshot", post(snapshot))
         .route("/cluster/propose", post(propose))
         .route("/cluster/join", post(join))
@@ -98,7 +102,30 @@ async fn append(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    Json(app.proposer.raft().append_entries(req).await).into_response()
+    let r = app.proposer.raft().append_entries(req).await;
+    // Contact from a leader this host accepts: it keeps the pre-vote closed.
+    if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+        app.election.contact.touch();
+    }
+    Json(r).into_response()
+}
+
+async fn prevote(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<PreVoteRequest>,
+) -> Response {
+    if let Some(r) = misdirected(&app, &headers) {
+        return r;
+    }
+    let a = &app.election;
+    let r: Result<PreVoteResponse, openraft::error::Infallible> = Ok(elect::answer(
+        app.proposer.raft(),
+        &a.contact,
+        &a.timing,
+        &req,
+    ));
+    Json(r).into_response()
 }
 
 async fn vote(
@@ -120,7 +147,12 @@ async fn snapshot(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    Json(app.proposer.raft().install_snapshot(req).await).into_response()
+    let vote = req.vote;
+    let r = app.proposer.raft().install_snapshot(req).await;
+    if matches!(&r, Ok(s) if s.vote <= vote) {
+        app.election.contact.touch();
+    }
+    Json(r).into_response()
 }
 
 async fn propose(State(app): State<Arc<App>>, Json(cmd): Json<Command>) -> impl IntoResponse {

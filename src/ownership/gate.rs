@@ -7,11 +7,22 @@
 //! (b) its own lease is fresh, and (c) a migration flip to it was confirmed by the old
 //! owner or the old owner is down. Peers take a host's nodes only after its lease plus
 //! the grace ran out, and the old owner stops at its lease's end or as soon as it
-//! applies the flip, so no instant has two hosts answering for one node.
+//! applies the flip, so no instant has two hosts answering a node's DHCP.
+//!
+//! Boots in flight across a migration: firmware fetches its files from the host whose
+//! offer it took. So a host that answered a node's DHCP keeps serving that node's
+//! *files* (never its DHCP) to that node's own address (see [`crate::bindings`]) for a
+//! short window after the node moved away ([`CONTINUE_WINDOW`], renewed by each file it
+//! serves, at most [`CONTINUE_MAX`]), provided its lease stayed fresh all along. Files are
+//! content-addressed, so both hosts serve the same bytes. A takeover never leaves such
+//! a window open: the old owner's lease lapsed first, which closes every window.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bindings::Bindings;
 use crate::clock::Millis;
 use crate::ownership::state::{classify, HostState, LeaseTimes};
 use crate::store::{Fence, Host, Node, Store};
@@ -70,6 +81,34 @@ impl std::fmt::Display for NotServed {
     }
 }
 
+/// How long after a DHCP answer (or the last file served for it) a host may finish a
+/// node's boot after the node migrated away.
+pub const CONTINUE_WINDOW: Duration = Duration::from_secs(30);
+/// The longest a boot may be finished by the old owner, from its DHCP answer.
+pub const CONTINUE_MAX: Duration = Duration::from_secs(300);
+
+/// What is asked for: DHCP answers are only ever the owner's; files may also finish a
+/// boot this host answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A DHCP offer or ACK.
+    Answer,
+    /// A boot file (TFTP or HTTP), asked for by `client`.
+    Files {
+        /// The requester's address.
+        client: Option<IpAddr>,
+    },
+}
+
+/// Why the gate lets a request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// This host owns the node.
+    Owner,
+    /// This host finishes a boot it answered before the node migrated away.
+    Continuing,
+}
+
 /// Everything the rule looks at, read from the local replica and this host's lease.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -86,14 +125,21 @@ pub struct Facts<'a> {
     pub now: Millis,
     /// Lease timing (the same on every host).
     pub times: &'a LeaseTimes,
+    /// What is asked for.
+    pub purpose: Purpose,
+    /// This host answered the node's DHCP within the continuation window.
+    pub boot_in_flight: bool,
 }
 
 /// The rule, pure: whether `f.me` may answer for `f.node` now.
 ///
 /// A `migrating` node is served by its current owner until the flip; a draining host
 /// serves what it still owns. Neither is a refusal.
-pub fn check(f: &Facts<'_>) -> Result<(), NotServed> {
+pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
     if f.node.owner != f.me {
+        if matches!(f.purpose, Purpose::Files { .. }) && f.boot_in_flight && f.lease_fresh {
+            return Ok(Serve::Continuing);
+        }
         return Err(NotServed::NotOwner);
     }
     if !f.lease_fresh {
@@ -104,7 +150,7 @@ pub fn check(f: &Facts<'_>) -> Result<(), NotServed> {
             return Err(NotServed::AwaitingOldOwner);
         }
     }
-    Ok(())
+    Ok(Serve::Owner)
 }
 
 /// Whether the new owner of a node flipped by migration may answer: the old owner
@@ -119,6 +165,8 @@ pub fn fence_cleared(fence: &Fence, old: Option<&Host>, now: Millis, t: &LeaseTi
 #[derive(Debug, Default)]
 struct LeaseClock {
     until: Option<Instant>,
+    /// When it last ran out before a renewal (closes every continuation window).
+    lapsed_at: Option<Instant>,
 }
 
 /// The gate handle the drivers share: this host's identity and lease, and the replica
@@ -129,16 +177,74 @@ pub struct Gate {
     store: Arc<Store>,
     times: LeaseTimes,
     lease: Arc<Mutex<LeaseClock>>,
+    boots: Arc<Mutex<HashMap<String, InFlight>>>,
+    bindings: Bindings,
+}
+
+/// A boot this host answered at `answered`: finishable until `until`, never past `cap`.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    answered: Instant,
+    until: Instant,
+    cap: Instant,
 }
 
 impl Gate {
-    /// A gate for `host`, whose lease is not fresh yet.
-    pub fn new(host: &str, store: Arc<Store>, times: LeaseTimes) -> Self {
+    /// A gate for `host`, whose lease is not fresh yet; `bindings` ties requesters'
+    /// addresses to nodes.
+    pub fn new(host: &str, store: Arc<Store>, times: LeaseTimes, bindings: Bindings) -> Self {
         Gate {
             host: host.into(),
             store,
             times,
             lease: Arc::default(),
+            boots: Arc::default(),
+            bindings,
+        }
+    }
+
+    /// Records that this host answered `node`'s DHCP now: it may finish that boot.
+    pub fn note_answer(&self, node: &str) {
+        let now = Instant::now();
+        let mut b = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        b.retain(|_, f| f.until > now);
+        b.insert(
+            node.to_string(),
+            InFlight {
+                answered: now,
+                until: now + CONTINUE_WINDOW,
+                cap: now + CONTINUE_MAX,
+            },
+        );
+    }
+
+    /// Whether `client` is finishing a boot of `node` that this host answered: the
+    /// window is open, the address belongs to the node, and the lease has not lapsed
+    /// since the answer. A file served for it renews the window (up to the cap).
+    fn boot_in_flight(&self, node: &str, client: Option<IpAddr>) -> bool {
+        let Some(client) = client else {
+            return false;
+        };
+        if self.bindings.node_of(client).as_deref() != Some(node) {
+            return false;
+        }
+        let lapsed_at = self
+            .lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lapsed_at;
+        let now = Instant::now();
+        let mut b = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        match b.get_mut(node) {
+            Some(f) if f.until > now && lapsed_at.is_none_or(|l| l < f.answered) => {
+                f.until = (now + CONTINUE_WINDOW).min(f.cap);
+                true
+            }
+            Some(_) => {
+                b.remove(node);
+                false
+            }
+            None => false,
         }
     }
 
@@ -166,13 +272,18 @@ impl Gate {
     pub fn renew(&self, sent: Instant) {
         let until = sent + Duration::from_millis(self.times.ttl_ms);
         let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(prev) = l.until.filter(|u| *u < sent) {
+            // The lease ran out before this renewal was even sent.
+            l.lapsed_at = Some(prev);
+        }
         if l.until.is_none_or(|u| u < until) {
             l.until = Some(until);
         }
     }
 
-    /// Whether this host may answer for `node` now ([`check`] over this replica).
-    pub fn check(&self, node: &Node) -> Result<(), NotServed> {
+    /// Whether this host may answer `purpose` for `node` now ([`check`] over this
+    /// replica).
+    pub fn check(&self, node: &Node, purpose: Purpose) -> Result<Serve, NotServed> {
         let fence_host = match &node.fence {
             // A store error keeps the fence closed: better silent than doubled.
             Some(f) => match self.store.host(&f.host) {
@@ -181,6 +292,12 @@ impl Gate {
             },
             None => None,
         };
+        let in_flight = match purpose {
+            Purpose::Files { client } if node.owner != *self.host => {
+                self.boot_in_flight(&node.id, client)
+            }
+            _ => false,
+        };
         check(&Facts {
             me: &self.host,
             node,
@@ -188,6 +305,8 @@ impl Gate {
             fence_host: fence_host.as_ref(),
             now: crate::clock::now_ms(),
             times: &self.times,
+            purpose,
+            boot_in_flight: in_flight,
         })
     }
 }
@@ -242,13 +361,17 @@ mod tests {
             fence_host: old,
             now,
             times: &T,
+            purpose: Purpose::Answer,
+            boot_in_flight: false,
         }
     }
+
+    const OWNER: Result<Serve, NotServed> = Ok(Serve::Owner);
 
     #[test]
     fn owner_with_a_fresh_lease_serves() {
         let n = node("h2");
-        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+        assert_eq!(check(&facts(&n, true, None, 10_000)), OWNER);
     }
 
     #[test]
@@ -280,7 +403,7 @@ mod tests {
             to: "h3".into(),
             since: 9_000,
         };
-        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+        assert_eq!(check(&facts(&n, true, None, 10_000)), OWNER);
         let mut me = facts(&n, true, None, 10_000);
         me.me = "h3";
         assert_eq!(
@@ -308,16 +431,12 @@ mod tests {
             Err(NotServed::AwaitingOldOwner),
             "suspect is not down"
         );
-        assert_eq!(
-            check(&facts(&n, true, Some(&alive), 14_001)),
-            Ok(()),
-            "down"
-        );
+        assert_eq!(check(&facts(&n, true, Some(&alive), 14_001)), OWNER, "down");
         let confirmed = host("h1", 10_000, 7);
-        assert_eq!(check(&facts(&n, true, Some(&confirmed), 11_000)), Ok(()));
+        assert_eq!(check(&facts(&n, true, Some(&confirmed), 11_000)), OWNER);
         assert_eq!(
             check(&facts(&n, true, None, 11_000)),
-            Ok(()),
+            OWNER,
             "old owner removed"
         );
         assert_eq!(
@@ -328,11 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn a_boot_in_flight_finishes_its_files_on_the_old_owner_but_never_its_dhcp() {
+        let n = node("h1"); // migrated from h2 to h1
+        let mut f = facts(&n, true, None, 10_000);
+        f.boot_in_flight = true;
+        assert_eq!(
+            check(&f),
+            Err(NotServed::NotOwner),
+            "DHCP stays the owner's"
+        );
+        f.purpose = Purpose::Files { client: None };
+        assert_eq!(check(&f), Ok(Serve::Continuing));
+        f.lease_fresh = false;
+        assert_eq!(
+            check(&f),
+            Err(NotServed::NotOwner),
+            "never without a fresh lease"
+        );
+        f.lease_fresh = true;
+        f.boot_in_flight = false;
+        assert_eq!(check(&f), Err(NotServed::NotOwner), "no boot answered here");
+    }
+
+    #[test]
     fn draining_host_serves_what_it_still_owns() {
         // Draining is a host state, not a node state: the gate never looks at it, so
         // a draining owner keeps answering until each node has moved.
         let n = node("h2");
-        assert_eq!(check(&facts(&n, true, None, 10_000)), Ok(()));
+        assert_eq!(check(&facts(&n, true, None, 10_000)), OWNER);
     }
 
     #[test]

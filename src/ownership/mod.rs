@@ -7,3 +7,4 @@ pub mod lease;
 pub mod placement;
 pub mod reconcile;
 pub mod state;
+pub mod timing;

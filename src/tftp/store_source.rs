@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::blobcache::ServedBlobs;
-use crate::ownership::gate::Gate;
+use crate::ownership::gate::{Gate, Purpose};
 use crate::store::{normalize_path, NodeFile, Store};
 use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
 
@@ -46,8 +46,8 @@ impl StoreSource {
             Err(e) => return Err(OpenError::Io(e.to_string())),
         };
         match self.store.node(&nf.node) {
-            Ok(Some(node)) => match self.gate.check(&node) {
-                Ok(()) => Ok(Some(nf)),
+            Ok(Some(node)) => match self.gate.check(&node, Purpose::Files { client: None }) {
+                Ok(_) => Ok(Some(nf)),
                 Err(r) => Err(OpenError::NotServed(r)),
             },
             Ok(None) => Ok(None),

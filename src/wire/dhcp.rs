@@ -147,6 +147,8 @@ pub struct PxeRequest {
     pub nii: Option<(u8, u8, u8)>,
     /// Option 54.
     pub server_id: Option<Ipv4Addr>,
+    /// Option 50: the address the client asks its address server for.
+    pub requested_ip: Option<Ipv4Addr>,
     /// Option 43 sub-option 71: (type, layer).
     pub boot_item: Option<(u16, u16)>,
     /// Option 57.
@@ -269,6 +271,10 @@ pub fn parse(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
         },
         server_id: match opts.get(OptionCode::ServerIdentifier) {
             Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        },
+        requested_ip: match opts.get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
             _ => None,
         },
         boot_item: bytes(OptionCode::VendorExtensions)

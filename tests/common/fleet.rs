@@ -60,24 +60,25 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// The defaults of `baton serve` (1 s / 3 s / 1 s, Raft 150 ms / 750 ms).
+    /// The defaults of `baton serve` (1 s / 3 s / 1 s, Raft timing derived from them:
+    /// 125 ms / 500 ms).
     pub const DEFAULT: Leases = Leases {
         interval_ms: 1000,
         ttl_ms: 3000,
         grace_ms: 1000,
-        raft_heartbeat_ms: 150,
-        election_ms: 750,
+        raft_heartbeat_ms: 125,
+        election_ms: 500,
     };
 
-    /// Short leases for fast tests (200 ms / 600 ms / 300 ms). The election timeout
-    /// stays well under the TTL, so the survivors of a dead leader renew their leases
-    /// before they look expired.
+    /// Short leases for fast tests (200 ms / 600 ms / 300 ms), with the Raft timing
+    /// `baton serve` derives from them (30 ms / 123 ms): an election fits inside the
+    /// TTL, so the survivors of a dead leader renew their leases before they expire.
     pub const SHORT: Leases = Leases {
         interval_ms: 200,
         ttl_ms: 600,
         grace_ms: 300,
-        raft_heartbeat_ms: 50,
-        election_ms: 250,
+        raft_heartbeat_ms: 30,
+        election_ms: 123,
     };
 
     /// Time after which peers may take over: TTL + grace.

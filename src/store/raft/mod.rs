@@ -3,6 +3,7 @@
 //! own SQLite file; peers talk over the HTTP port (`/cluster/...`), authenticated by the
 //! cluster secret.
 
+pub mod elect;
 pub mod log;
 pub mod machine;
 pub mod network;
