@@ -18,5 +18,6 @@ pub mod pcap;
 pub mod render;
 pub mod serve;
 pub mod store;
+pub mod storm;
 pub mod tftp;
 pub mod wire;
