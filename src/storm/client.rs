@@ -1178,6 +1178,7 @@ impl Client {
             lease: self.lease,
             completed: self.completed,
             local_boot: self.local_boot,
+            cut: self.stopped,
             failed_stage: if self.completed {
                 None
             } else {

@@ -9,6 +9,8 @@
 
 pub mod bootcfg;
 pub mod client;
+pub mod command;
+pub mod driver;
 pub mod profile;
 pub mod report;
 pub mod tftp;

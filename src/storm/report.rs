@@ -125,6 +125,8 @@ pub struct ClientRecord {
     pub completed: bool,
     /// The configuration said "boot the local disk".
     pub local_boot: bool,
+    /// Stopped by the storm's wall-clock limit before it ended.
+    pub cut: bool,
     /// Stage of the final failure.
     pub failed_stage: Option<Stage>,
     /// Error of the final failure.
@@ -183,7 +185,7 @@ pub struct Summary {
     pub completed: usize,
     /// Of those, told to boot locally.
     pub local_boots: usize,
-    /// Clients that failed, by the stage of their final failure.
+    /// Clients that failed (not cut by the limit), by the stage of their final failure.
     pub failed: BTreeMap<Stage, usize>,
     /// Clients still running when the wall-clock limit stopped the storm.
     pub unfinished: usize,
@@ -214,8 +216,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Builds the summary of `records`; `unfinished` of them were cut by the limit.
-    pub fn of(records: &[ClientRecord], unfinished: usize, wall_secs: f64) -> Summary {
+    /// Builds the summary of `records`.
+    pub fn of(records: &[ClientRecord], wall_secs: f64) -> Summary {
         let mut failed = BTreeMap::new();
         let mut per_stage: BTreeMap<Stage, Vec<f64>> = BTreeMap::new();
         let mut e2e = Vec::new();
@@ -225,7 +227,7 @@ impl Summary {
             completed: 0,
             local_boots: 0,
             failed: BTreeMap::new(),
-            unfinished,
+            unfinished: 0,
             stages: BTreeMap::new(),
             end_to_end: None,
             double_answers: 0,
@@ -247,6 +249,8 @@ impl Summary {
                 for (st, ms) in &r.stages {
                     per_stage.entry(*st).or_default().push(*ms);
                 }
+            } else if r.cut {
+                s.unfinished += 1;
             } else if let Some(st) = r.failed_stage {
                 *failed.entry(st).or_insert(0) += 1;
             }
@@ -380,6 +384,7 @@ mod tests {
             lease: None,
             completed,
             local_boot: false,
+            cut: false,
             failed_stage: (!completed).then_some(Stage::Kernel),
             error: None,
             attempts: 1,
@@ -426,7 +431,7 @@ mod tests {
         let rs: Vec<ClientRecord> = (0..5)
             .map(|i| rec(i, i != 4, 100.0 * (i + 1) as f64))
             .collect();
-        let s = Summary::of(&rs, 0, 2.0);
+        let s = Summary::of(&rs, 2.0);
         assert_eq!(s.completed, 4);
         assert_eq!(s.failed.get(&Stage::Kernel), Some(&1));
         assert_eq!(s.double_answers, 1);
