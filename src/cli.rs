@@ -331,9 +331,13 @@ pub struct StormArgs {
     /// every client) or JSON `{"nodes":[{"id","macs":[..],"files":{path:sha256}}],"files":{..}}`.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// Multiply the firmware timers (DHCP 4/8/16/32 s, TFTP timeouts) by this.
+    /// Multiply the firmware's DHCP timers (4/8/16/32 s; iPXE 1/2/4/8 s) by this.
     #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
     pub time_scale: f64,
+    /// Multiply the firmware's TFTP retransmission timers by this (kept at 1 by
+    /// default: shorter ones give up on a busy server sooner than real firmware would).
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub tftp_time_scale: f64,
     /// Wall-clock limit in seconds; clients still running then count as unfinished.
     #[arg(long, default_value_t = 600.0, value_name = "SECS")]
     pub limit: f64,

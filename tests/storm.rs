@@ -1,5 +1,5 @@
 //! `baton storm` end to end, in network namespaces this test creates: a bridge, an
-//! address-only dnsmasq, one Baton host with 20 enrolled nodes, and the storm in a
+//! address-only dnsmasq, one Baton host with 20 enrolled nodes (`BATON_STORM_NODES`), and the storm in a
 //! client namespace (one source address per client). Every client must boot with the
 //! node's own bytes (verified against the API and a manifest of the shared loaders)
 //! and no client may see two boot servers answer one DISCOVER. Then the same
@@ -24,7 +24,14 @@ use common::pattern;
 use common::pxe::netns_available;
 use storm_lab::{manifest_of, StormLab, StormRun, BOOT_IP};
 
-const NODES: usize = 20;
+/// Nodes and clients; `BATON_STORM_NODES` (up to 250) for a larger run by hand.
+fn nodes() -> usize {
+    std::env::var("BATON_STORM_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=250).contains(n))
+        .unwrap_or(20)
+}
 
 fn say(line: &str) {
     use std::io::Write;
@@ -69,13 +76,13 @@ fn check(run: &StormRun, what: &str, profiles: &[&str]) {
         )
     };
     assert_eq!(run.code, Some(0), "{}", ctx());
-    assert_eq!(s["clients"], json!(NODES), "{}", ctx());
-    assert_eq!(s["completed"], json!(NODES), "{}", ctx());
+    assert_eq!(s["clients"], json!(nodes()), "{}", ctx());
+    assert_eq!(s["completed"], json!(nodes()), "{}", ctx());
     assert_eq!(s["double_answers"], json!(0), "{}", ctx());
     assert_eq!(s["digest_mismatches"], json!(0), "{}", ctx());
     assert_eq!(s["unverified_files"], json!(0), "{}", ctx());
     assert_eq!(s["files_with_several_digests"], json!(0), "{}", ctx());
-    assert_eq!(run.records.len(), NODES);
+    assert_eq!(run.records.len(), nodes());
     for r in &run.records {
         assert!(profiles.contains(&r["profile"].as_str().unwrap()), "{r}");
         let files = r["files"].as_array().unwrap();
@@ -124,7 +131,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
         let mut b = BatonBuilder::new(&data).tftp_root(&root).start();
         let kd = b.api.upload("vmlinuz", &kernel);
         let rd = b.api.upload("initrd.img", &ramdisk);
-        for i in 0..NODES {
+        for i in 0..nodes() {
             let id = format!("n{:02}", i + 1);
             b.api
                 .post("/v1/nodes", json!({ "id": id, "macs": [mac(i)] }))
@@ -144,7 +151,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
         assert!(b.terminate(Duration::from_secs(15)).success());
     }
 
-    let lab = StormLab::new("a", NODES, t);
+    let lab = StormLab::new("a", nodes(), t);
     let baton = BatonBuilder::pxe(&data)
         .netns(lab.boot_ns())
         .tftp_listen(&format!("{BOOT_IP}:69"))
@@ -155,7 +162,8 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
         .start();
     let shared = t.join("loaders.sha256");
     manifest_of(&root, &shared);
-    let count = NODES.to_string();
+    let count = nodes().to_string();
+    let ips = format!("10.79.2.1-10.79.2.{}", nodes());
     let baton_run = lab.storm(
         t,
         "baton",
@@ -175,7 +183,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
             "--limit",
             "120",
             "--source-ips",
-            "10.79.2.1-10.79.2.20",
+            &ips,
         ],
         Duration::from_secs(180),
     );
@@ -241,7 +249,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
             "--limit",
             "120",
             "--source-ips",
-            "10.79.2.1-10.79.2.20",
+            &ips,
         ],
         Duration::from_secs(180),
     );

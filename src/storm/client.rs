@@ -27,8 +27,11 @@ use crate::wire::dhcp::{emit_client, parse_reply, ClientMessage, ServerReply};
 /// Settings shared by every client of a storm.
 #[derive(Debug, Clone)]
 pub struct StormParams {
-    /// Firmware timers are multiplied by this (0.1: DHCP retries at 0.4/0.8/1.6/3.2 s).
+    /// DHCP timers are multiplied by this (0.1: retries at 0.4/0.8/1.6/3.2 s), and so
+    /// is the pause before a reboot.
     pub time_scale: f64,
+    /// TFTP retransmission timers are multiplied by this.
+    pub tftp_time_scale: f64,
     /// Where DISCOVERs and REQUESTs go (255.255.255.255:67).
     pub dhcp_to: SocketAddrV4,
     /// Port of the PXE boot server (4011).
@@ -233,7 +236,7 @@ impl Client {
     pub fn new(spec: ClientSpec, p: Arc<StormParams>, now: Instant) -> Client {
         let fw = spec.profile.firmware();
         let mut c = Client {
-            tftp: fw.habits(p.time_scale).tftp,
+            tftp: fw.habits(p.tftp_time_scale).tftp,
             efi: matches!(fw, Firmware::Edk2 | Firmware::Ipxe { efi: true }),
             spec,
             p,
@@ -301,7 +304,7 @@ impl Client {
         self.stage_end.clear();
         self.lease = None;
         let fw = self.spec.profile.firmware();
-        self.tftp = fw.habits(self.p.time_scale).tftp;
+        self.tftp = fw.habits(self.p.tftp_time_scale).tftp;
         self.efi = matches!(fw, Firmware::Edk2 | Firmware::Ipxe { efi: true });
         self.start_dhcp(Stage::Dhcp, fw, now);
     }
@@ -363,7 +366,10 @@ impl Client {
         let run = DhcpRun {
             stage,
             fw,
-            habits: fw.habits(self.p.time_scale),
+            habits: Habits {
+                tftp: fw.habits(self.p.tftp_time_scale).tftp,
+                ..fw.habits(self.p.time_scale)
+            },
             xid,
             bs_xid: xid,
             step: Step::Discover,
@@ -678,7 +684,7 @@ impl Client {
                 );
                 return;
             };
-            let habits = fw.habits(self.p.time_scale).tftp;
+            let habits = fw.habits(self.p.tftp_time_scale).tftp;
             self.start_fetch(
                 Stage::Loader,
                 loc,
@@ -692,7 +698,7 @@ impl Client {
             );
         } else {
             self.tftp = Firmware::Ipxe { efi: self.efi }
-                .habits(self.p.time_scale)
+                .habits(self.p.tftp_time_scale)
                 .tftp;
             self.start_fetch(
                 Stage::Config,
@@ -933,7 +939,7 @@ impl Client {
 
     /// The loader is in memory: do what it does.
     fn loader_runs(&mut self, kind: LoaderKind, efi: bool, loader: Location, now: Instant) {
-        self.tftp = loader_tftp(kind, efi, self.p.time_scale);
+        self.tftp = loader_tftp(kind, efi, self.p.tftp_time_scale);
         let h = self.tftp.clone();
         match kind {
             LoaderKind::Ipxe => self.start_dhcp(Stage::LoaderDhcp, Firmware::Ipxe { efi }, now),
@@ -1231,6 +1237,7 @@ mod tests {
     fn params(scale: f64, attempts: u32) -> Arc<StormParams> {
         Arc::new(StormParams {
             time_scale: scale,
+            tftp_time_scale: scale,
             dhcp_to: SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
             pxe_port: 4011,
             tftp_port: 69,

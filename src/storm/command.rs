@@ -172,6 +172,9 @@ pub fn run(a: &StormArgs) -> anyhow::Result<bool> {
     if !(a.time_scale > 0.0 && a.time_scale <= 100.0) {
         bail!("--time-scale must be in (0, 100]");
     }
+    if !(a.tftp_time_scale > 0.0 && a.tftp_time_scale <= 100.0) {
+        bail!("--tftp-time-scale must be in (0, 100]");
+    }
     if !(a.limit > 0.0 && a.limit <= 86_400.0) {
         bail!("--limit must be in (0, 86400] seconds");
     }
@@ -259,6 +262,7 @@ pub fn run(a: &StormArgs) -> anyhow::Result<bool> {
         clients,
         params: StormParams {
             time_scale: a.time_scale,
+            tftp_time_scale: a.tftp_time_scale,
             dhcp_to: a.dhcp_server,
             pxe_port: a.pxe_port,
             tftp_port: a.tftp_port,
