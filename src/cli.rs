@@ -60,6 +60,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Boot-storm generator: N simulated PXE machines boot at once (DHCP with the
+    /// proxy's offer and udp/4011, loader, config, kernel, ramdisk over TFTP or HTTP)
+    /// against Baton or any PXE server; bytes verified, per-stage times, double answers.
+    ///
+    /// Prints one JSON line per client on stdout (or --records) and a summary on
+    /// stderr. Exits 0 when every client booted, 1 otherwise. Run it in a network
+    /// namespace of its own: it binds udp/68 (and udp/4011 for efi-x64) and broadcasts.
+    Storm(StormArgs),
     /// Print the event feed (ownership changes, enrollments, profiles...).
     Events {
         /// API connection.
@@ -282,6 +290,94 @@ pub enum HostCmd {
         #[arg(long)]
         id: Option<u64>,
     },
+}
+
+/// Flags of `baton storm`.
+#[derive(Debug, Args, Clone)]
+pub struct StormArgs {
+    /// Number of clients [default: every MAC given by --macs or the API].
+    #[arg(long, short = 'n')]
+    pub count: Option<usize>,
+    /// Firmware profiles, with weights: bios, efi-x64, ipxe, ipxe-http
+    /// (e.g. `bios:2,efi-x64:1,ipxe:1`); clients take them in turn.
+    #[arg(long, default_value = "ipxe", value_name = "MIX")]
+    pub profile: String,
+    /// Interface to broadcast on (SO_BINDTODEVICE); its address is the clients' source
+    /// address unless --source-ips is given.
+    #[arg(long, short = 'i', value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Source addresses for the clients' TFTP and HTTP, one each in turn: `A-B` or
+    /// `NET/LEN` (they must be on an interface of this namespace).
+    #[arg(long, value_name = "RANGE")]
+    pub source_ips: Option<String>,
+    /// First MAC; the others count up from it [default: the nodes' MACs from --api].
+    #[arg(long, value_name = "MAC")]
+    pub mac_base: Option<String>,
+    /// File with one MAC per line.
+    #[arg(long, value_name = "FILE")]
+    pub macs: Option<PathBuf>,
+    /// Baton API: MACs of the enrolled nodes and the sha256 of each node's files.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// API token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BATON_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Reference digests: `sha256sum` output (paths relative to the served root, for
+    /// every client) or JSON `{"nodes":[{"id","macs":[..],"files":{path:sha256}}],"files":{..}}`.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Multiply the firmware's DHCP timers (4/8/16/32 s; iPXE 1/2/4/8 s) by this.
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub time_scale: f64,
+    /// Multiply the firmware's TFTP retransmission timers by this (kept at 1 by
+    /// default: shorter ones give up on a busy server sooner than real firmware would).
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub tftp_time_scale: f64,
+    /// Wall-clock limit in seconds; clients still running then count as unfinished.
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub limit: f64,
+    /// Spread power-ons evenly over this many seconds [default: all at once].
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub ramp: f64,
+    /// Boot attempts per client: a machine whose boot fails is reset and tries again.
+    #[arg(long, default_value_t = 1)]
+    pub attempts: u32,
+    /// What the first boot file is when its name does not tell: ipxe, pxelinux, grub, shim.
+    #[arg(long, value_name = "KIND")]
+    pub loader: Option<String>,
+    /// Where DISCOVERs go.
+    #[arg(long, default_value = "255.255.255.255:67", value_name = "ADDR:PORT")]
+    pub dhcp_server: std::net::SocketAddrV4,
+    /// Local DHCP client port.
+    #[arg(long, default_value_t = 68)]
+    pub client_port: u16,
+    /// PXE boot-server port.
+    #[arg(long, default_value_t = 4011)]
+    pub pxe_port: u16,
+    /// TFTP server port.
+    #[arg(long, default_value_t = 69)]
+    pub tftp_port: u16,
+    /// HTTP port that `ipxe-http` clients chain to.
+    #[arg(long, default_value_t = 8069)]
+    pub http_port: u16,
+    /// The clients have addresses already (--source-ips): no address server needed,
+    /// no DHCP REQUEST sent.
+    #[arg(long)]
+    pub static_address: bool,
+    /// Write the per-client JSON lines here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<PathBuf>,
+    /// Also write the summary as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Flags of `baton serve`.

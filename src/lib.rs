@@ -21,5 +21,6 @@ pub mod render;
 pub mod replicate;
 pub mod serve;
 pub mod store;
+pub mod storm;
 pub mod tftp;
 pub mod wire;

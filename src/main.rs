@@ -44,6 +44,16 @@ fn main() -> ExitCode {
         Command::Artifact { api, cmd } => baton::commands::artifact(&api, cmd),
         Command::Host { api, cmd } => baton::commands::host(&api, cmd),
         Command::Status { api } => baton::commands::status(&api),
+        Command::Storm(args) => {
+            return match baton::storm::command::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("baton storm: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Events { api, since, follow } => baton::commands::events(&api, since, follow),
     };
     match r {

@@ -1,0 +1,228 @@
+//! The `baton storm` lab: a bridge in a namespace of its own, an address-only dnsmasq,
+//! a boot-server namespace (Baton, or dnsmasq in proxy mode with its TFTP server) and a
+//! client namespace where `baton storm` runs. Test-only; everything lives in namespaces
+//! this file creates, and processes are ended by PID (see [`super::pxe::Proc`]).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::pxe::{Netns, Proc};
+
+/// Boot server (Baton or dnsmasq proxy).
+pub const BOOT_IP: &str = "10.79.0.1";
+/// Address-only DHCP server.
+pub const DHCP_IP: &str = "10.79.0.2";
+/// The storm's namespace.
+pub const CLIENT_IP: &str = "10.79.0.3";
+
+/// The namespaces and the address server.
+pub struct StormLab {
+    /// dnsmasq (addresses only); dropped before the namespaces.
+    pub dhcp: Option<Proc>,
+    /// `lan` (bridge), `dhcp`, `boot`, `client`.
+    pub ns: Vec<Netns>,
+}
+
+impl StormLab {
+    /// Builds the bridge, the three hosts and starts the address server, which leases
+    /// from 10.79.1.1 to 10.79.8.250 (/16). `client_ips` extra addresses go on the
+    /// client's interface, from 10.79.2.1, for per-client source addresses.
+    pub fn new(tag: &str, client_ips: usize, tmp: &Path) -> StormLab {
+        let prefix = format!("bst{}{tag}", std::process::id());
+        let mut ns = Vec::new();
+        for n in ["lan", "dhcp", "boot", "client"] {
+            ns.push(Netns::add(&format!("{prefix}-{n}")));
+        }
+        let lan = &ns[0];
+        lan.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
+        lan.ip(&["link", "set", "br0", "up"]);
+        for (i, addr) in [(1usize, DHCP_IP), (2, BOOT_IP), (3, CLIENT_IP)] {
+            let port = format!("v{i}");
+            lan.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns[i].name(),
+            ]);
+            lan.ip(&["link", "set", &port, "master", "br0"]);
+            lan.ip(&["link", "set", &port, "up"]);
+            ns[i].ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
+            ns[i].ip(&["link", "set", "eth0", "up"]);
+        }
+        if client_ips > 0 {
+            // One `ip -batch` run instead of one process per address.
+            let batch = tmp.join("client-addrs");
+            let lines: String = (0..client_ips)
+                .map(|k| {
+                    format!(
+                        "addr add 10.79.{}.{}/16 dev eth0\n",
+                        2 + k / 250,
+                        1 + k % 250
+                    )
+                })
+                .collect();
+            std::fs::write(&batch, lines).unwrap();
+            ns[3].ip(&["-batch", batch.to_str().unwrap()]);
+        }
+        let leases = tmp.join("dnsmasq.leases");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns[1].name(), "dnsmasq"])
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=10.79.1.1,10.79.8.250,255.255.0.0,1h",
+                "--dhcp-lease-max=5000",
+                "--no-ping",
+                "--log-facility=-",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()));
+        let mut dhcp = Proc::spawn("dnsmasq (addresses)", &mut cmd);
+        let ready = dhcp.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
+            o.contains("DHCP, IP range") || e.contains("DHCP, IP range")
+        });
+        assert!(ready.is_some(), "the address server did not start");
+        StormLab {
+            dhcp: Some(dhcp),
+            ns,
+        }
+    }
+
+    /// The boot server's namespace.
+    pub fn boot_ns(&self) -> &str {
+        self.ns[2].name()
+    }
+
+    /// The client namespace.
+    pub fn client_ns(&self) -> &str {
+        self.ns[3].name()
+    }
+
+    /// Starts dnsmasq as proxy-DHCP + TFTP on the boot namespace, serving `root`:
+    /// classic PXE ROMs get `undionly.kpxe`, UEFI ones `ipxe.efi`, iPXE `boot.ipxe`.
+    pub fn dnsmasq_proxy(&self, root: &Path) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.boot_ns(), "dnsmasq"])
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=10.79.0.0,proxy,255.255.0.0",
+                "--dhcp-userclass=set:ipxe,iPXE",
+                "--pxe-prompt=storm,0",
+                "--pxe-service=tag:!ipxe,x86PC,undionly,undionly.kpxe",
+                "--pxe-service=tag:!ipxe,BC_EFI,ipxe,ipxe.efi",
+                "--pxe-service=tag:!ipxe,x86-64_EFI,ipxe,ipxe.efi",
+                "--pxe-service=tag:ipxe,x86PC,script,boot.ipxe",
+                "--pxe-service=tag:ipxe,BC_EFI,script,boot.ipxe",
+                "--pxe-service=tag:ipxe,x86-64_EFI,script,boot.ipxe",
+                "--enable-tftp",
+                "--log-facility=-",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .arg(format!("--tftp-root={}", root.display()));
+        let mut p = Proc::spawn("dnsmasq (proxy + tftp)", &mut cmd);
+        let ready = p.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
+            (o.to_string() + e).contains("TFTP root")
+        });
+        assert!(ready.is_some(), "dnsmasq proxy did not start");
+        p
+    }
+
+    /// Runs `baton storm ARGS` in the client namespace (bounded); returns (exit code,
+    /// JSON records, summary JSON, stderr).
+    pub fn storm(&self, tmp: &Path, tag: &str, args: &[&str], timeout: Duration) -> StormRun {
+        let records = tmp.join(format!("{tag}.jsonl"));
+        let summary = tmp.join(format!("{tag}-summary.json"));
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            self.client_ns(),
+            crate::common::baton_bin(),
+            "storm",
+        ])
+        .args(["--interface", "eth0", "--quiet"])
+        .arg("--records")
+        .arg(&records)
+        .arg("--summary")
+        .arg(&summary)
+        .args(args)
+        .env_remove("BATON_API_TOKEN");
+        let mut p = Proc::spawn("baton storm", &mut cmd);
+        let end = Instant::now() + timeout;
+        while p.try_wait().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = p.try_wait();
+        let stderr = p.stderr();
+        p.kill();
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&records)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let summary = std::fs::read(&summary)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        StormRun {
+            code: status.and_then(|s| s.code()),
+            records,
+            summary,
+            stderr,
+        }
+    }
+}
+
+impl Drop for StormLab {
+    fn drop(&mut self) {
+        self.dhcp.take();
+    }
+}
+
+/// What one `baton storm` run left.
+pub struct StormRun {
+    /// Exit code (`None`: killed at the deadline).
+    pub code: Option<i32>,
+    /// One JSON object per client.
+    pub records: Vec<serde_json::Value>,
+    /// The summary.
+    pub summary: serde_json::Value,
+    /// Its stderr (the human summary).
+    pub stderr: String,
+}
+
+/// `sha256sum`-style manifest of every file under `root`.
+pub fn manifest_of(root: &Path, out: &Path) {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, base: &Path, lines: &mut String) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, lines);
+            } else {
+                let d = hex::encode(Sha256::digest(std::fs::read(&p).unwrap()));
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                lines.push_str(&format!("{d}  {rel}\n"));
+            }
+        }
+    }
+    let mut lines = String::new();
+    walk(root, root, &mut lines);
+    std::fs::write(out, lines).unwrap();
+}
