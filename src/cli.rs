@@ -315,6 +315,9 @@ pub struct ServeArgs {
     /// Largest window granted to clients (RFC 7440) [default: 64].
     #[arg(long, value_name = "BLOCKS")]
     pub tftp_max_windowsize: Option<u16>,
+    /// File-name remapping rules, in tftpd-hpa's --map-file format [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub tftp_map_file: Option<PathBuf>,
     /// Address and TCP port of the HTTP server: API, HTTP boot, metrics [default: 0.0.0.0:8069].
     #[arg(long, value_name = "ADDR:PORT")]
     pub http_listen: Option<SocketAddr>,
@@ -384,6 +387,7 @@ impl ServeArgs {
             tftp_max_blksize: self.tftp_max_blksize,
             tftp_mtu: self.tftp_mtu,
             tftp_max_windowsize: self.tftp_max_windowsize,
+            tftp_map_file: self.tftp_map_file.clone(),
             host_name: self.host_name.clone(),
             group: self.group.clone(),
             template_dir: self.template_dir.clone(),

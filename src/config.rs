@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tftp::negotiate::Limits;
 use crate::tftp::transfer::Rollover;
+use crate::wire::remap::MapFile;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +245,8 @@ pub struct TftpConfig {
     pub cache_bytes: u64,
     /// Use UDP GSO for windows when the kernel offers it.
     pub gso: bool,
+    /// File-name remapping rules in tftpd-hpa's `--map-file` format.
+    pub map_file: Option<PathBuf>,
 }
 
 impl Default for TftpConfig {
@@ -262,6 +265,7 @@ impl Default for TftpConfig {
             max_transfers_per_client: 1024,
             cache_bytes: 1 << 30,
             gso: true,
+            map_file: None,
         }
     }
 }
@@ -285,6 +289,8 @@ pub struct Overrides {
     pub tftp_mtu: Option<u32>,
     /// `--tftp-max-windowsize`.
     pub tftp_max_windowsize: Option<u16>,
+    /// `--tftp-map-file`.
+    pub tftp_map_file: Option<PathBuf>,
     /// `--host-name`.
     pub host_name: Option<String>,
     /// `--group`.
@@ -347,6 +353,9 @@ impl Config {
         }
         if let Some(v) = o.tftp_max_windowsize {
             c.tftp.max_windowsize = v;
+        }
+        if let Some(v) = o.tftp_map_file {
+            c.tftp.map_file = Some(v);
         }
         if let Some(v) = o.host_name {
             c.host_name = Some(v);
@@ -562,6 +571,21 @@ impl Config {
 }
 
 impl TftpConfig {
+    /// Reads and parses `map_file`, if set; errors name the key, the file and the line.
+    pub fn load_map_file(&self) -> Result<Option<MapFile>, ConfigError> {
+        let Some(path) = &self.map_file else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "tftp.map_file",
+            message: format!("{}: {message}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        MapFile::parse(&text)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Negotiation limits derived from this configuration.
     pub fn limits(&self) -> Limits {
         Limits {

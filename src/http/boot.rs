@@ -22,6 +22,7 @@ use crate::app::{App, NotServed};
 use crate::metrics::Metrics;
 use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::store_source::owned_node_file;
+use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
@@ -30,18 +31,27 @@ const CHUNK: usize = 256 * 1024;
 pub async fn boot_file(
     State(app): State<Arc<App>>,
     method: Method,
-    Path((node, path)): Path<(String, String)>,
+    Path((node, _)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The path as sent (still percent-encoded): decoded once, by the path rules.
+    let raw = uri
+        .path()
+        .strip_prefix("/boot/")
+        .and_then(|r| r.split_once('/'))
+        .map_or("", |(_, p)| p);
+    let path = ClientPath::from_url(raw).map_err(|e| path_refused(&e, raw))?;
     let files = app.store.node_files(&node)?;
     let n = app
         .store
         .node(&node)?
         .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
-    let want = path.trim_start_matches('/');
-    let nf = files
-        .into_iter()
-        .find(|f| f.path == want)
+    let want = path.as_str();
+    let nf = path
+        .candidates()
+        .find_map(|c| files.iter().find(|f| f.path == c))
+        .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
     match app.may_serve(&n) {
         Ok(()) => {}
@@ -97,8 +107,7 @@ pub async fn namespace_file(
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::NotFound("route".into()));
     }
-    let path =
-        percent_decode(path).ok_or_else(|| ApiError::field("path", "invalid percent-encoding"))?;
+    let path = ClientPath::from_url(uri.path()).map_err(|e| path_refused(&e, uri.path()))?;
     match owned_node_file(&app, &path) {
         Ok(Some(nf)) => {
             let data = app
@@ -112,7 +121,7 @@ pub async fn namespace_file(
                 data.octets().clone(),
                 Some(nf.digest.to_string()),
                 &nf.node,
-                &path,
+                path.as_str(),
             );
         }
         Ok(None) => {}
@@ -136,7 +145,7 @@ pub async fn namespace_file(
             d.octets().clone(),
             None,
             "-",
-            &path,
+            path.as_str(),
         ),
         Err(OpenError::NotFound) => Err(ApiError::NotFound(format!("file {path}"))),
         Err(OpenError::Denied(r)) => Err(ApiError::Conflict {
@@ -147,21 +156,15 @@ pub async fn namespace_file(
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// The answer to a path the rules refuse: 400 when the request is malformed, else 404
+/// (no file can have that name), with the reason.
+fn path_refused(e: &PathError, raw: &str) -> ApiError {
+    let shown: String = raw.chars().take(120).collect();
+    if e.is_encoding() {
+        ApiError::field("path", format!("{e}: {shown}"))
+    } else {
+        ApiError::NotFound(format!("file {shown} ({e})"))
     }
-    String::from_utf8(out).ok()
 }
 
 /// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body.

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::store::{normalize_path, NodeFile};
+use crate::store::NodeFile;
 use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
+use crate::wire::path::ClientPath;
 
 /// Node files first, shared directory second.
 pub struct StoreSource {
@@ -28,11 +29,8 @@ impl StoreSource {
 /// Looks a served path up among node files, and checks this host may serve it.
 ///
 /// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
-pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenError> {
-    let Some(path) = normalize_path(&name.replace('\\', "/")) else {
-        return Ok(None);
-    };
-    let nf = match app.store.resolve_node_file(&path) {
+pub fn owned_node_file(app: &App, path: &ClientPath) -> Result<Option<NodeFile>, OpenError> {
+    let nf = match app.store.node_file_for(path) {
         Ok(Some(nf)) => nf,
         Ok(None) => return Ok(None),
         Err(e) => return Err(OpenError::Io(e.to_string())),
@@ -49,7 +47,7 @@ pub fn owned_node_file(app: &App, name: &str) -> Result<Option<NodeFile>, OpenEr
 }
 
 impl FileSource for StoreSource {
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
+    fn open<'a>(&'a self, name: &'a ClientPath) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
         Box::pin(async move {
             match owned_node_file(&self.app, name)? {
                 Some(nf) => {
