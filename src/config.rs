@@ -214,7 +214,8 @@ settings! {
 }
 
 /// The flags of `baton serve` that override the file: one per setting that has a flag
-/// (see [`settings!`]); only flags actually given (or set by their variable) count.
+/// (declared in `config/declare.rs`); only flags actually given (or set by their
+/// variable) count.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides(Option<clap::ArgMatches>);
 
