@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the sans-IO TFTP core: packet parsing
-//! ([`baton::wire::tftp::Packet::parse`]) and the read-transfer state machine
+//! ([`baton::wire::tftp::Packet::parse`]), request names
+//! ([`baton::wire::path::ClientPath`], with and without a map file) and the
+//! read-transfer state machine
 //! ([`baton::tftp::transfer::Transfer`]) driving a 1 MiB file in memory, blksize 1432,
 //! the client acknowledging the last block of each window; reported per DATA packet.
 //!
@@ -58,6 +60,43 @@ fn parse(c: &mut Criterion) {
                 black_box(p.is_ok())
             })
         });
+    }
+    g.finish();
+}
+
+/// Client path names as the TFTP server reads them: a plain name, a name that needs
+/// every rule (separators, `.`, the root prefix, an uppercase MAC), and both through
+/// tftpd-hpa's sample map file.
+fn path(c: &mut Criterion) {
+    use baton::wire::path::{ClientPath, PathRules};
+    use baton::wire::remap::MapFile;
+    let mut g = c.benchmark_group("path");
+    let client = "192.0.2.169".parse().unwrap();
+    let plain = PathRules::new(["/srv/tftp"]);
+    let map = MapFile::parse(concat!(
+        "ri ^[a-z]:\n",
+        "rg \\\\ /\n",
+        "rg \\# @\n",
+        "rg /../ /..no../\n",
+        "e ^ok/\n",
+        "r ^[^/] /srv/tftp/\\0\n",
+        "a \\.pvt$\n",
+    ))
+    .expect("sample map file");
+    let mapped = PathRules::new(["/srv/tftp"]).with_map(Some(std::sync::Arc::new(map)));
+    for (rules_name, rules) in [("rules", &plain), ("map_file", &mapped)] {
+        for (name, path) in [
+            ("plain", "pxelinux.cfg/01-52-54-00-12-34-56"),
+            ("odd", "/srv/tftp/pxelinux.cfg\\.//01-52-54-00-AB-CD-EF"),
+        ] {
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(format!("{rules_name}/{name}"), |b| {
+                b.iter(|| {
+                    let p = ClientPath::from_tftp(black_box(path), rules, client);
+                    black_box(p.is_ok())
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -129,5 +168,5 @@ fn transfer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, transfer);
+criterion_group!(benches, parse, path, transfer);
 criterion_main!(benches);

@@ -1,11 +1,10 @@
 //! Command-line interface: argument definitions (clap) and dispatch.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Overrides;
+use crate::config::{Overrides, DEFAULT_DATA_DIR};
 
 /// Baton: proxy-DHCP + TFTP + HTTP boot server for bare-metal fleets, with ownership
 /// handoff between management hosts.
@@ -108,7 +107,7 @@ pub struct ApiArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/var/lib/baton"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
     /// Print JSON instead of tables.
@@ -380,121 +379,14 @@ pub struct StormArgs {
     pub quiet: bool,
 }
 
-/// Flags of `baton serve`.
+/// Flags of `baton serve`: `--config`, then one flag per setting, declared with the
+/// setting in `config.rs`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE", env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory for Baton's state [default: /var/lib/baton].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info`, `debug`, `baton::tftp=debug` [default: info; env RUST_LOG wins].
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// Address and UDP port of the TFTP server [default: 0.0.0.0:69].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub tftp_listen: Option<SocketAddr>,
-    /// Directory served over TFTP [default: <data-dir>/tftp].
-    #[arg(long, value_name = "DIR")]
-    pub tftp_root: Option<PathBuf>,
-    /// Answer every transfer from the listening port (for NAT, a virtual IP or a container
-    /// network, where replies from ephemeral ports are dropped).
-    #[arg(long)]
-    pub tftp_single_port: bool,
-    /// Largest block size granted to clients, 8..=65464 [default: 65464].
-    #[arg(long, value_name = "BYTES")]
-    pub tftp_max_blksize: Option<u16>,
-    /// MTU that blocks must fit in [default: the MTU of the interface a request came in on].
-    #[arg(long, value_name = "BYTES")]
-    pub tftp_mtu: Option<u32>,
-    /// Largest window granted to clients (RFC 7440) [default: 64].
-    #[arg(long, value_name = "BLOCKS")]
-    pub tftp_max_windowsize: Option<u16>,
-    /// Address and TCP port of the HTTP server: API, HTTP boot, metrics [default: 0.0.0.0:8069].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub http_listen: Option<SocketAddr>,
-    /// This host's name among Baton hosts [default: the system host name].
-    #[arg(long, value_name = "NAME")]
-    pub host_name: Option<String>,
-    /// This host's group: the L2 segment whose nodes it serves [default: default].
-    #[arg(long, value_name = "NAME")]
-    pub group: Option<String>,
-    /// Boot file templates, watched for edits [default: the built-in templates].
-    #[arg(long, value_name = "DIR")]
-    pub template_dir: Option<PathBuf>,
-    /// Bearer token of the admin API [default: <data-dir>/api-token, created if missing].
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "BATON_API_TOKEN",
-        hide_env_values = true
-    )]
-    pub api_token: Option<String>,
-    /// Do not run the proxy-DHCP server (udp/67, udp/4011).
-    #[arg(long)]
-    pub no_dhcp: bool,
-    /// Answer PXE clients only on this interface (repeat for several) [default: all].
-    #[arg(long = "dhcp-interface", value_name = "IFACE")]
-    pub dhcp_interfaces: Vec<String>,
-    /// Address the proxy-DHCP sockets bind [default: 0.0.0.0, needed for broadcasts].
-    #[arg(long, value_name = "IPV4")]
-    pub dhcp_listen: Option<std::net::Ipv4Addr>,
-    /// DHCP server port [default: 67].
-    #[arg(long, value_name = "PORT")]
-    pub dhcp_port: Option<u16>,
-    /// PXE boot-server port [default: 4011].
-    #[arg(long, value_name = "PORT")]
-    pub dhcp_pxe_port: Option<u16>,
-    /// Address announced to clients as boot server [default: the receiving interface's].
-    #[arg(long, value_name = "IPV4")]
-    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
-    /// Write every DHCP and TFTP packet received and sent to this pcap file.
-    #[arg(long, value_name = "FILE.pcap")]
-    pub capture: Option<PathBuf>,
-    /// Join the cluster of this member on first start (e.g. http://10.0.0.1:8069).
-    #[arg(long, value_name = "PEER_URL")]
-    pub join: Option<String>,
-    /// Shared secret of the cluster (peers without it are refused).
-    #[arg(
-        long,
-        value_name = "SECRET",
-        env = "BATON_CLUSTER_SECRET",
-        hide_env_values = true
-    )]
-    pub cluster_secret: Option<String>,
-    /// This host's HTTP URL as peers reach it [default: http://<http-listen>].
-    #[arg(long, value_name = "URL")]
-    pub advertise_url: Option<String>,
-}
-
-impl ServeArgs {
-    /// The flags as configuration overrides.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            data_dir: self.data_dir.clone(),
-            log_level: self.log_level.clone(),
-            tftp_listen: self.tftp_listen,
-            tftp_root: self.tftp_root.clone(),
-            tftp_single_port: self.tftp_single_port,
-            tftp_max_blksize: self.tftp_max_blksize,
-            tftp_mtu: self.tftp_mtu,
-            tftp_max_windowsize: self.tftp_max_windowsize,
-            host_name: self.host_name.clone(),
-            group: self.group.clone(),
-            template_dir: self.template_dir.clone(),
-            http_listen: self.http_listen,
-            api_token: self.api_token.clone(),
-            no_dhcp: self.no_dhcp,
-            dhcp_interfaces: self.dhcp_interfaces.clone(),
-            dhcp_listen: self.dhcp_listen,
-            dhcp_port: self.dhcp_port,
-            dhcp_pxe_port: self.dhcp_pxe_port,
-            dhcp_server_ip: self.dhcp_server_ip,
-            capture: self.capture.clone(),
-            join: self.join.clone(),
-            cluster_secret: self.cluster_secret.clone(),
-            advertise_url: self.advertise_url.clone(),
-        }
-    }
+    /// The settings given as flags.
+    #[command(flatten)]
+    pub settings: Overrides,
 }

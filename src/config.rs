@@ -1,5 +1,6 @@
 //! Configuration: a TOML file (all keys optional) overridden by command-line flags,
-//! validated once at start-up with errors that name the key and the fix.
+//! validated once at start-up with errors that name the key and the fix. Each setting
+//! is declared once below (key, type, default, flag, range; see `declare.rs`).
 
 use crate::ownership::state::LeaseTimes;
 use crate::ownership::timing::{RaftTiming, TimingError};
@@ -7,10 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::tftp::negotiate::Limits;
 use crate::tftp::transfer::Rollover;
+use crate::wire::remap::MapFile;
+use crate::wire::tftp::{MAX_BLKSIZE, MIN_BLKSIZE};
+
+mod declare;
+use declare::settings;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,287 +45,249 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Directory for Baton's own state (store, blobs); created if missing.
-    pub data_dir: PathBuf,
-    /// Log filter (tracing's EnvFilter syntax, e.g. `info` or `baton=debug`).
-    pub log_level: String,
-    /// This host's name among Baton hosts; default: the system host name.
-    pub host_name: Option<String>,
-    /// This host's group: the L2 segment whose nodes it can serve.
-    pub group: String,
-    /// Directory of boot file templates, watched for changes; default: the templates
-    /// built into the binary (a copy of `tftp-root-template/`).
-    pub template_dir: Option<PathBuf>,
-    /// Bearer token of the admin API; default: read from (or created in)
-    /// `<data_dir>/api-token`.
-    pub api_token: Option<String>,
-    /// TFTP server.
-    pub tftp: TftpConfig,
-    /// HTTP server (API, HTTP boot, metrics).
-    pub http: HttpConfig,
-    /// Proxy-DHCP server.
-    pub dhcp: DhcpConfig,
-    /// Write every DHCP and TFTP packet to this pcap file.
-    pub capture: Option<PathBuf>,
-    /// Cluster membership and replication.
-    pub cluster: ClusterConfig,
-    /// Leases and takeover.
-    pub ownership: OwnershipConfig,
-}
+/// Default of `data_dir`, also where the CLI looks for the API token.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/baton";
 
-/// Lease and placement settings (keep them the same on every host).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OwnershipConfig {
-    /// How often a host renews its lease.
-    pub lease_interval_ms: u64,
-    /// How long a renewal keeps a host serving.
-    pub lease_ttl_ms: u64,
-    /// Extra wait after a lease expires before peers take its nodes.
-    pub grace_ms: u64,
-    /// Most nodes one host may own after a takeover or drain (unset: no limit).
-    pub max_nodes_per_host: Option<usize>,
-}
+settings! {
+    /// The whole configuration.
+    pub struct Config in "" {
+        /// Directory for Baton's state (store, blobs); created if missing.
+        data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR),
+            flag [value "data-dir" PathBuf, "DIR"];
+        /// Log filter in tracing's EnvFilter syntax, e.g. `info`, `debug`,
+        /// `baton::tftp=debug` (env RUST_LOG wins).
+        log_level: String = "info".into(),
+            flag [value "log-level" String, "FILTER"];
+        /// This host's name among Baton hosts; default: the system host name.
+        host_name: Option<String> = None,
+            flag [value "host-name" String, "NAME"];
+        /// This host's group: the L2 segment whose nodes it serves.
+        group: String = "default".into(),
+            flag [value "group" String, "NAME"];
+        /// Directory of boot file templates, watched for edits; default: the templates
+        /// built into the binary (a copy of `tftp-root-template/`).
+        template_dir: Option<PathBuf> = None,
+            flag [value "template-dir" PathBuf, "DIR"];
+        /// Bearer token of the admin API; default: read from (or created in)
+        /// `<data_dir>/api-token`.
+        api_token: Option<String> = None,
+            flag [value "api-token" String, "TOKEN", env "BATON_API_TOKEN"];
+        /// Write every DHCP and TFTP packet received and sent to this pcap file.
+        capture: Option<PathBuf> = None,
+            flag [value "capture" PathBuf, "FILE.pcap"];
+    } sections {
+        /// TFTP server.
+        tftp: TftpConfig;
+        /// HTTP server (API, HTTP boot, metrics).
+        http: HttpConfig;
+        /// Proxy-DHCP server.
+        dhcp: DhcpConfig;
+        /// Cluster membership and replication.
+        cluster: ClusterConfig;
+        /// Leases and takeover.
+        ownership: OwnershipConfig;
+    }
 
-impl Default for OwnershipConfig {
-    fn default() -> Self {
-        OwnershipConfig {
-            lease_interval_ms: 1000,
-            lease_ttl_ms: 3000,
-            grace_ms: 1000,
-            max_nodes_per_host: None,
-        }
+    /// TFTP server settings.
+    pub struct TftpConfig in "tftp." {
+        /// Address and UDP port of the TFTP server.
+        listen: SocketAddr = "0.0.0.0:69".parse().expect("valid literal"),
+            flag [value "tftp-listen" SocketAddr, "ADDR:PORT"];
+        /// Directory served over TFTP; default: `<data_dir>/tftp`.
+        root: Option<PathBuf> = None,
+            flag [value "tftp-root" PathBuf, "DIR"];
+        /// Answer every transfer from the listening port (for NAT, a virtual IP or a
+        /// container network, where replies from ephemeral ports are dropped).
+        single_port: bool = false,
+            flag [switch "tftp-single-port"];
+        /// Largest block size granted to clients (RFC 2348).
+        max_blksize: u16 = MAX_BLKSIZE,
+            flag [value "tftp-max-blksize" u16, "BYTES"],
+            range [MIN_BLKSIZE..=MAX_BLKSIZE, " (RFC 2348)"];
+        /// MTU that blocks must fit in; default: the MTU of the interface a request came
+        /// in on.
+        mtu: Option<u32> = None,
+            flag [value "tftp-mtu" u32, "BYTES"],
+            range [68..=65536];
+        /// Largest window granted to clients (RFC 7440).
+        max_windowsize: u16 = 64,
+            flag [value "tftp-max-windowsize" u16, "BLOCKS"],
+            range [1..=32768];
+        /// File-name remapping rules in tftpd-hpa's `--map-file` format, applied to
+        /// every TFTP request name first.
+        map_file: Option<PathBuf> = None,
+            flag [value "tftp-map-file" PathBuf, "FILE"];
+        /// Retransmission timeout when the client asks for none, in milliseconds.
+        timeout_ms: u64 = 1000,
+            range [10..=255_000, " milliseconds"];
+        /// Timeouts in a row before a transfer is dropped.
+        max_retries: u32 = 5,
+            range [1..=100];
+        /// What block 65535 is followed by.
+        rollover: Rollover = Rollover::Zero;
+        /// Most transfers at once.
+        max_transfers: usize = 4096,
+            range [1..];
+        /// Most transfers at once from one client address.
+        max_transfers_per_client: usize = 1024,
+            range [1..];
+        /// Bytes of idle files kept in memory.
+        cache_bytes: u64 = 1 << 30;
+        /// Use UDP GSO for windows when the kernel offers it.
+        gso: bool = true;
+    }
+
+    /// HTTP server settings.
+    pub struct HttpConfig in "http." {
+        /// Address and TCP port of the HTTP server: API, HTTP boot, metrics.
+        listen: SocketAddr = "0.0.0.0:8069".parse().expect("valid literal"),
+            flag [value "http-listen" SocketAddr, "ADDR:PORT"];
+    }
+
+    /// Proxy-DHCP settings.
+    pub struct DhcpConfig in "dhcp." {
+        /// Answer PXE clients (udp/67 and udp/4011); `--no-dhcp` turns it off.
+        enabled: bool = true,
+            flag [switch_off "no-dhcp"];
+        /// Answer PXE clients only on these interfaces (SO_BINDTODEVICE; the flag is
+        /// repeated for several); default: all.
+        interfaces: Vec<String> = Vec::new(),
+            flag [list "dhcp-interface" String, "IFACE"];
+        /// Address the proxy-DHCP sockets bind (0.0.0.0 to receive broadcasts).
+        listen: std::net::Ipv4Addr = std::net::Ipv4Addr::UNSPECIFIED,
+            flag [value "dhcp-listen" std::net::Ipv4Addr, "IPV4"];
+        /// DHCP server port.
+        port: u16 = 67,
+            flag [value "dhcp-port" u16, "PORT"];
+        /// PXE boot-server port.
+        pxe_port: u16 = 4011,
+            flag [value "dhcp-pxe-port" u16, "PORT"];
+        /// Address announced to clients as boot and TFTP server; default: the address of
+        /// the interface the request came in on.
+        server_ip: Option<std::net::Ipv4Addr> = None,
+            flag [value "dhcp-server-ip" std::net::Ipv4Addr, "IPV4"];
+        /// First-stage boot loaders per architecture.
+        boot_files: crate::dhcp::proxy::BootFiles = Default::default();
+        /// How iPXE clients fetch their node's script: "tftp" or "http".
+        ipxe_script: crate::dhcp::proxy::ScriptVia = Default::default();
+        /// Answer nodes whose profile is `local` (their files boot the local disk); when
+        /// false they get no answer and the firmware tries its next boot device.
+        answer_local: bool = true;
+    }
+
+    /// Cluster settings.
+    pub struct ClusterConfig in "cluster." {
+        /// Shared secret of the cluster (peers without it are refused); without it this
+        /// host stays a cluster of one and refuses every peer request.
+        secret: Option<String> = None,
+            flag [value "cluster-secret" String, "SECRET", env "BATON_CLUSTER_SECRET"];
+        /// Join the cluster of this member on first start (e.g. `http://10.0.0.1:8069`).
+        join: Option<String> = None,
+            flag [value "join" String, "PEER_URL"];
+        /// This host's HTTP URL as peers reach it; default: `http://<http.listen>` (with
+        /// 127.0.0.1 for a wildcard address, which only suits a single host).
+        advertise_url: Option<String> = None,
+            flag [value "advertise-url" String, "URL"];
+        /// Leader heartbeat interval (unset: derived from the lease, see
+        /// `ownership::timing`).
+        heartbeat_ms: Option<u64> = None;
+        /// Election timeout: a voter's lease to its leader, and a candidate's shortest
+        /// wait (it waits a random time up to twice this). Unset: derived from the lease.
+        election_timeout_ms: Option<u64> = None;
+        /// Artifact replication bandwidth cap, bytes per second (0: no cap).
+        replication_rate: u64 = 100 << 20;
+        /// Build a store snapshot after this many log entries (a host too far behind, or
+        /// new, receives the snapshot plus the log tail).
+        snapshot_every: u64 = 5000;
+        /// Log entries kept after a snapshot for followers slightly behind.
+        keep_logs: u64 = 1000;
+    }
+
+    /// Lease and placement settings (keep them the same on every host).
+    pub struct OwnershipConfig in "ownership." {
+        /// How often a host renews its lease.
+        lease_interval_ms: u64 = 1000;
+        /// How long a renewal keeps a host serving.
+        lease_ttl_ms: u64 = 3000;
+        /// Extra wait after a lease expires before peers take its nodes.
+        grace_ms: u64 = 1000,
+            range [100.., " ms (it covers clock skew between hosts)"];
+        /// Most nodes one host may own after a takeover or drain (unset: no limit).
+        max_nodes_per_host: Option<usize> = None;
     }
 }
 
-/// Cluster settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// Shared secret of the cluster; without it this host stays a cluster of one and
-    /// refuses every peer request.
-    pub secret: Option<String>,
-    /// URL of any member to join on first start (e.g. `http://10.0.0.1:8069`).
-    pub join: Option<String>,
-    /// This host's HTTP URL as peers reach it; default: `http://<http.listen>` (with
-    /// 127.0.0.1 for a wildcard address, which only suits a single host).
-    pub advertise_url: Option<String>,
-    /// Leader heartbeat interval (unset: derived from the lease, see
-    /// `ownership::timing`).
-    pub heartbeat_ms: Option<u64>,
-    /// Election timeout: a voter's lease to its leader, and a candidate's shortest wait
-    /// (it waits a random time up to twice this). Unset: derived from the lease.
-    pub election_timeout_ms: Option<u64>,
-    /// Artifact replication bandwidth cap, bytes per second (0: no cap).
-    pub replication_rate: u64,
-    /// Build a store snapshot after this many log entries (a host too far behind, or
-    /// new, receives the snapshot plus the log tail).
-    pub snapshot_every: u64,
-    /// Log entries kept after a snapshot for followers slightly behind.
-    pub keep_logs: u64,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            secret: None,
-            join: None,
-            advertise_url: None,
-            heartbeat_ms: None,
-            election_timeout_ms: None,
-            replication_rate: 100 << 20,
-            snapshot_every: 5000,
-            keep_logs: 1000,
-        }
-    }
-}
-
-/// Proxy-DHCP settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DhcpConfig {
-    /// Answer PXE clients (udp/67 and udp/4011).
-    pub enabled: bool,
-    /// Only these interfaces (SO_BINDTODEVICE); empty: all.
-    pub interfaces: Vec<String>,
-    /// Address to bind (0.0.0.0 to receive broadcasts).
-    pub listen: std::net::Ipv4Addr,
-    /// DHCP server port.
-    pub port: u16,
-    /// PXE boot-server port.
-    pub pxe_port: u16,
-    /// Address announced as server and TFTP server; default: the address of the
-    /// interface the request came in on.
-    pub server_ip: Option<std::net::Ipv4Addr>,
-    /// First-stage boot loaders per architecture.
-    pub boot_files: crate::dhcp::proxy::BootFiles,
-    /// How iPXE clients fetch their node's script: "tftp" or "http".
-    pub ipxe_script: crate::dhcp::proxy::ScriptVia,
-    /// Answer nodes whose profile is `local` (their files boot the local disk); when
-    /// false they get no answer and the firmware tries its next boot device.
-    pub answer_local: bool,
-}
-
-impl Default for DhcpConfig {
-    fn default() -> Self {
-        DhcpConfig {
-            enabled: true,
-            interfaces: Vec::new(),
-            listen: std::net::Ipv4Addr::UNSPECIFIED,
-            port: 67,
-            pxe_port: 4011,
-            server_ip: None,
-            boot_files: Default::default(),
-            ipxe_script: Default::default(),
-            answer_local: true,
-        }
-    }
-}
-
-/// HTTP server settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address and TCP port.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "0.0.0.0:8069".parse().expect("valid literal"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: PathBuf::from("/var/lib/baton"),
-            log_level: "info".into(),
-            host_name: None,
-            group: "default".into(),
-            template_dir: None,
-            api_token: None,
-            tftp: TftpConfig::default(),
-            http: HttpConfig::default(),
-            dhcp: DhcpConfig::default(),
-            capture: None,
-            cluster: ClusterConfig::default(),
-            ownership: OwnershipConfig::default(),
-        }
-    }
-}
-
-/// TFTP server settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TftpConfig {
-    /// Address and port to listen on.
-    pub listen: SocketAddr,
-    /// Served directory; default `<data_dir>/tftp`.
-    pub root: Option<PathBuf>,
-    /// Answer every transfer from the listening port (for NAT, VIPs, containers).
-    pub single_port: bool,
-    /// Largest block size granted (8..=65464).
-    pub max_blksize: u16,
-    /// Interface MTU to fit blocks into; default: the MTU of the interface the request
-    /// arrived on.
-    pub mtu: Option<u32>,
-    /// Largest window granted (RFC 7440).
-    pub max_windowsize: u16,
-    /// Retransmission timeout when the client asks for none, in milliseconds.
-    pub timeout_ms: u64,
-    /// Timeouts in a row before a transfer is dropped.
-    pub max_retries: u32,
-    /// What block 65535 is followed by.
-    pub rollover: Rollover,
-    /// Most transfers at once.
-    pub max_transfers: usize,
-    /// Most transfers at once from one client address.
-    pub max_transfers_per_client: usize,
-    /// Bytes of idle files kept in memory.
-    pub cache_bytes: u64,
-    /// Use UDP GSO for windows when the kernel offers it.
-    pub gso: bool,
-}
-
-impl Default for TftpConfig {
-    fn default() -> Self {
-        TftpConfig {
-            listen: "0.0.0.0:69".parse().expect("valid literal"),
-            root: None,
-            single_port: false,
-            max_blksize: 65464,
-            mtu: None,
-            max_windowsize: 64,
-            timeout_ms: 1000,
-            max_retries: 5,
-            rollover: Rollover::Zero,
-            max_transfers: 4096,
-            max_transfers_per_client: 1024,
-            cache_bytes: 1 << 30,
-            gso: true,
-        }
-    }
-}
-
-/// Command-line values that override the file.
+/// The flags of `baton serve` that override the file: one per setting that has a flag
+/// (declared in `config/declare.rs`); only flags actually given (or set by their
+/// variable) count.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// `--log-level`.
-    pub log_level: Option<String>,
-    /// `--tftp-listen`.
-    pub tftp_listen: Option<SocketAddr>,
-    /// `--tftp-root`.
-    pub tftp_root: Option<PathBuf>,
-    /// `--tftp-single-port`.
-    pub tftp_single_port: bool,
-    /// `--tftp-max-blksize`.
-    pub tftp_max_blksize: Option<u16>,
-    /// `--tftp-mtu`.
-    pub tftp_mtu: Option<u32>,
-    /// `--tftp-max-windowsize`.
-    pub tftp_max_windowsize: Option<u16>,
-    /// `--host-name`.
-    pub host_name: Option<String>,
-    /// `--group`.
-    pub group: Option<String>,
-    /// `--template-dir`.
-    pub template_dir: Option<PathBuf>,
-    /// `--http-listen`.
-    pub http_listen: Option<SocketAddr>,
-    /// `--api-token` / `BATON_API_TOKEN`.
-    pub api_token: Option<String>,
-    /// `--no-dhcp`.
-    pub no_dhcp: bool,
-    /// `--dhcp-interface`.
-    pub dhcp_interfaces: Vec<String>,
-    /// `--dhcp-listen`.
-    pub dhcp_listen: Option<std::net::Ipv4Addr>,
-    /// `--dhcp-port`.
-    pub dhcp_port: Option<u16>,
-    /// `--dhcp-pxe-port`.
-    pub dhcp_pxe_port: Option<u16>,
-    /// `--dhcp-server-ip`.
-    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
-    /// `--capture`.
-    pub capture: Option<PathBuf>,
-    /// `--join`.
-    pub join: Option<String>,
-    /// `--cluster-secret` / `BATON_CLUSTER_SECRET`.
-    pub cluster_secret: Option<String>,
-    /// `--advertise-url`.
-    pub advertise_url: Option<String>,
+pub struct Overrides(Option<clap::ArgMatches>);
+
+impl Overrides {
+    /// Parses `args` (flags only, no program name), for tests and tools.
+    pub fn from_args<I, T>(args: I) -> Result<Overrides, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cmd = clap::Command::new("baton-serve")
+            .no_binary_name(true)
+            .args(Config::flag_args());
+        Ok(Overrides(Some(cmd.try_get_matches_from(args)?)))
+    }
+
+    fn apply(&self, c: &mut Config) {
+        if let Some(m) = &self.0 {
+            c.apply_flags(m);
+        }
+    }
+}
+
+impl clap::FromArgMatches for Overrides {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Overrides(Some(m.clone())))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0 = Some(m.clone());
+        Ok(())
+    }
+}
+
+impl clap::Args for Overrides {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(Config::flag_args())
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 impl Config {
+    /// Loads `file` (if given), applies the flags given in `o` over it, validates.
+    pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(p) => Self::parse_file(p)?,
+            None => Config::default(),
+        };
+        o.apply(&mut c);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses a TOML file without validating.
+    pub fn parse_file(p: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
     /// Lease timing from `[ownership]`.
     pub fn lease_times(&self) -> LeaseTimes {
         LeaseTimes {
@@ -341,132 +307,16 @@ impl Config {
         )
     }
 
-    /// Loads `file` (if given), applies `o`, validates.
-    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
-        let mut c = match file {
-            Some(p) => Self::parse_file(p)?,
-            None => Config::default(),
-        };
-        if let Some(v) = o.data_dir {
-            c.data_dir = v;
-        }
-        if let Some(v) = o.log_level {
-            c.log_level = v;
-        }
-        if let Some(v) = o.tftp_listen {
-            c.tftp.listen = v;
-        }
-        if let Some(v) = o.tftp_root {
-            c.tftp.root = Some(v);
-        }
-        if o.tftp_single_port {
-            c.tftp.single_port = true;
-        }
-        if let Some(v) = o.tftp_max_blksize {
-            c.tftp.max_blksize = v;
-        }
-        if let Some(v) = o.tftp_mtu {
-            c.tftp.mtu = Some(v);
-        }
-        if let Some(v) = o.tftp_max_windowsize {
-            c.tftp.max_windowsize = v;
-        }
-        if let Some(v) = o.host_name {
-            c.host_name = Some(v);
-        }
-        if let Some(v) = o.group {
-            c.group = v;
-        }
-        if let Some(v) = o.template_dir {
-            c.template_dir = Some(v);
-        }
-        if let Some(v) = o.http_listen {
-            c.http.listen = v;
-        }
-        if let Some(v) = o.api_token {
-            c.api_token = Some(v);
-        }
-        if o.no_dhcp {
-            c.dhcp.enabled = false;
-        }
-        if !o.dhcp_interfaces.is_empty() {
-            c.dhcp.interfaces = o.dhcp_interfaces;
-        }
-        if let Some(v) = o.dhcp_listen {
-            c.dhcp.listen = v;
-        }
-        if let Some(v) = o.dhcp_port {
-            c.dhcp.port = v;
-        }
-        if let Some(v) = o.dhcp_pxe_port {
-            c.dhcp.pxe_port = v;
-        }
-        if let Some(v) = o.dhcp_server_ip {
-            c.dhcp.server_ip = Some(v);
-        }
-        if let Some(v) = o.capture {
-            c.capture = Some(v);
-        }
-        if let Some(v) = o.join {
-            c.cluster.join = Some(v);
-        }
-        if let Some(v) = o.cluster_secret {
-            c.cluster.secret = Some(v);
-        }
-        if let Some(v) = o.advertise_url {
-            c.cluster.advertise_url = Some(v);
-        }
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// Parses a TOML file without validating.
-    pub fn parse_file(p: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-            path: p.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: p.to_path_buf(),
-            message: e.to_string(),
-        })
-    }
-
     /// Checks every value's range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let t = &self.tftp;
+        // Ranges are declared with their settings; what follows relates settings.
+        self.check_ranges()?;
         let bad = |key, message: &str| {
             Err(ConfigError::Invalid {
                 key,
                 message: message.to_string(),
             })
         };
-        if !(8..=65464).contains(&t.max_blksize) {
-            return bad("tftp.max_blksize", "must be between 8 and 65464 (RFC 2348)");
-        }
-        if t.max_windowsize == 0 || t.max_windowsize > 32768 {
-            return bad("tftp.max_windowsize", "must be between 1 and 32768");
-        }
-        if !(10..=255_000).contains(&t.timeout_ms) {
-            return bad(
-                "tftp.timeout_ms",
-                "must be between 10 and 255000 milliseconds",
-            );
-        }
-        if !(1..=100).contains(&t.max_retries) {
-            return bad("tftp.max_retries", "must be between 1 and 100");
-        }
-        if t.max_transfers == 0 {
-            return bad("tftp.max_transfers", "must be at least 1");
-        }
-        if t.max_transfers_per_client == 0 {
-            return bad("tftp.max_transfers_per_client", "must be at least 1");
-        }
-        if let Some(m) = t.mtu {
-            if !(68..=65536).contains(&m) {
-                return bad("tftp.mtu", "must be between 68 and 65536");
-            }
-        }
         if let Some(h) = &self.host_name {
             crate::store::types::check_name("host name", h).map_err(|m| ConfigError::Invalid {
                 key: "host_name",
@@ -540,12 +390,6 @@ impl Config {
             };
             return bad(key, &e.to_string());
         }
-        if ow.grace_ms < 100 {
-            return bad(
-                "ownership.grace_ms",
-                "must be at least 100 ms (it covers clock skew between hosts)",
-            );
-        }
         if self.log_level.trim().is_empty() {
             return bad("log_level", "must not be empty (e.g. `info`)");
         }
@@ -586,6 +430,21 @@ impl Config {
 }
 
 impl TftpConfig {
+    /// Reads and parses `map_file`, if set; errors name the key, the file and the line.
+    pub fn load_map_file(&self) -> Result<Option<MapFile>, ConfigError> {
+        let Some(path) = &self.map_file else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "tftp.map_file",
+            message: format!("{}: {message}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        MapFile::parse(&text)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Negotiation limits derived from this configuration.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -613,10 +472,7 @@ mod tests {
         .unwrap();
         let c = Config::load(
             Some(&f),
-            Overrides {
-                tftp_max_windowsize: Some(16),
-                ..Default::default()
-            },
+            &Overrides::from_args(["--tftp-max-windowsize", "16"]).unwrap(),
         )
         .unwrap();
         assert_eq!(c.tftp.listen, "127.0.0.1:6969".parse().unwrap());
@@ -629,14 +485,289 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("b.toml");
         std::fs::write(&f, "[tftp]\nmax_blksize = 4\n").unwrap();
-        let e = Config::load(Some(&f), Overrides::default())
+        let e = Config::load(Some(&f), &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("tftp.max_blksize"), "{e}");
         std::fs::write(&f, "[tftp]\nmax_blksiz = 4\n").unwrap();
-        let e = Config::load(Some(&f), Overrides::default())
+        let e = Config::load(Some(&f), &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_blksiz"), "{e}");
+    }
+
+    fn load(toml: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.toml");
+        std::fs::write(&f, toml).unwrap();
+        Config::load(Some(&f), &Overrides::from_args(flags).unwrap())
+    }
+
+    /// Every flag is the override of one TOML key: the file sets it, the flag wins, and
+    /// without either the default holds.
+    #[test]
+    fn each_flag_overrides_its_key() {
+        type Get = fn(&Config) -> String;
+        let cases: &[(&str, &str, &str, &str, Get)] = &[
+            ("data_dir = \"/f\"", "--data-dir", "/x", "/x", |c| {
+                c.data_dir.display().to_string()
+            }),
+            (
+                "log_level = \"warn\"",
+                "--log-level",
+                "debug",
+                "debug",
+                |c| c.log_level.clone(),
+            ),
+            (
+                "host_name = \"f\"",
+                "--host-name",
+                "x",
+                "Some(\"x\")",
+                |c| format!("{:?}", c.host_name),
+            ),
+            ("group = \"f\"", "--group", "x", "x", |c| c.group.clone()),
+            (
+                "[tftp]\nlisten = \"127.0.0.1:1\"",
+                "--tftp-listen",
+                "127.0.0.1:2",
+                "127.0.0.1:2",
+                |c| c.tftp.listen.to_string(),
+            ),
+            (
+                "[tftp]\nmax_blksize = 1000",
+                "--tftp-max-blksize",
+                "1400",
+                "1400",
+                |c| c.tftp.max_blksize.to_string(),
+            ),
+            (
+                "[tftp]\nmtu = 9000",
+                "--tftp-mtu",
+                "1500",
+                "Some(1500)",
+                |c| format!("{:?}", c.tftp.mtu),
+            ),
+            (
+                "[tftp]\nmap_file = \"/f\"",
+                "--tftp-map-file",
+                "/x",
+                "Some(\"/x\")",
+                |c| format!("{:?}", c.tftp.map_file),
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"",
+                "--http-listen",
+                "127.0.0.1:2",
+                "127.0.0.1:2",
+                |c| c.http.listen.to_string(),
+            ),
+            ("[dhcp]\nport = 1067", "--dhcp-port", "2067", "2067", |c| {
+                c.dhcp.port.to_string()
+            }),
+            (
+                "[dhcp]\ninterfaces = [\"f0\"]",
+                "--dhcp-interface",
+                "x0",
+                "[\"x0\"]",
+                |c| format!("{:?}", c.dhcp.interfaces),
+            ),
+            (
+                "[cluster]\nadvertise_url = \"http://f:1\"",
+                "--advertise-url",
+                "http://x:1",
+                "Some(\"http://x:1\")",
+                |c| format!("{:?}", c.cluster.advertise_url),
+            ),
+        ];
+        let default = Config::default();
+        for (toml, flag, value, want, get) in cases {
+            let from_file = load(toml, &[]).unwrap();
+            assert_ne!(
+                get(&from_file),
+                get(&default),
+                "{toml}: the file must change it"
+            );
+            let both = load(toml, &[flag, value]).unwrap();
+            assert_eq!(&get(&both), want, "{flag} must win over `{toml}`");
+            let flag_only = load("", &[flag, value]).unwrap();
+            assert_eq!(&get(&flag_only), want, "{flag}");
+            assert_eq!(
+                get(&load("", &[]).unwrap()),
+                get(&default),
+                "{flag}: default"
+            );
+        }
+        // Switches: given, they win; absent, the file holds.
+        let c = load(
+            "[tftp]\nsingle_port = false\n[dhcp]\nenabled = true\n",
+            &["--tftp-single-port", "--no-dhcp"],
+        )
+        .unwrap();
+        assert!(c.tftp.single_port && !c.dhcp.enabled);
+        let c = load("[tftp]\nsingle_port = true\n[dhcp]\nenabled = false\n", &[]).unwrap();
+        assert!(c.tftp.single_port && !c.dhcp.enabled);
+        // Repeated list flags replace the file's list.
+        let c = load(
+            "[dhcp]\ninterfaces = [\"f0\"]\n",
+            &["--dhcp-interface", "a0", "--dhcp-interface", "b0"],
+        )
+        .unwrap();
+        assert_eq!(c.dhcp.interfaces, ["a0", "b0"]);
+    }
+
+    #[test]
+    fn ranges_are_checked_for_flags_and_file_alike() {
+        for (toml, flags, key, message) in [
+            (
+                "",
+                &["--tftp-max-blksize", "4"][..],
+                "tftp.max_blksize",
+                "must be between 8 and 65464 (RFC 2348)",
+            ),
+            (
+                "[tftp]\nmax_blksize = 65465",
+                &[],
+                "tftp.max_blksize",
+                "must be between 8 and 65464 (RFC 2348)",
+            ),
+            (
+                "[tftp]\nmax_windowsize = 0",
+                &[],
+                "tftp.max_windowsize",
+                "must be between 1 and 32768",
+            ),
+            (
+                "",
+                &["--tftp-mtu", "67"],
+                "tftp.mtu",
+                "must be between 68 and 65536",
+            ),
+            (
+                "[tftp]\ntimeout_ms = 5",
+                &[],
+                "tftp.timeout_ms",
+                "must be between 10 and 255000 milliseconds",
+            ),
+            (
+                "[tftp]\nmax_retries = 0",
+                &[],
+                "tftp.max_retries",
+                "must be between 1 and 100",
+            ),
+            (
+                "[tftp]\nmax_transfers = 0",
+                &[],
+                "tftp.max_transfers",
+                "must be at least 1",
+            ),
+            (
+                "[tftp]\nmax_transfers_per_client = 0",
+                &[],
+                "tftp.max_transfers_per_client",
+                "must be at least 1",
+            ),
+            (
+                "[ownership]\ngrace_ms = 99",
+                &[],
+                "ownership.grace_ms",
+                "must be at least 100 ms (it covers clock skew between hosts)",
+            ),
+        ] {
+            match load(toml, flags) {
+                Err(ConfigError::Invalid { key: k, message: m }) => {
+                    assert_eq!((k, m.as_str()), (key, message), "{toml} {flags:?}");
+                }
+                other => panic!("{toml} {flags:?}: {other:?}"),
+            }
+        }
+        let edge = load(
+            "[tftp]\nmax_blksize = 8\nmtu = 65536\nmax_windowsize = 32768\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!((edge.tftp.max_blksize, edge.tftp.mtu), (8, Some(65536)));
+    }
+
+    /// packaging/baton.toml says its values are the defaults and shows every key: it
+    /// must parse, agree with the defaults, and name each key in its section (set or
+    /// commented out).
+    #[test]
+    fn example_config_shows_every_key_and_the_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/baton.toml");
+        let c = Config::parse_file(&p).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut section = String::new();
+        let mut shown = Vec::new();
+        for line in text.lines() {
+            let l = line.trim_start_matches('#').trim();
+            if l.starts_with('[') && !line.starts_with('#') {
+                let name = l.trim_matches(|c| c == '[' || c == ']');
+                shown.push(name.to_string());
+                section = format!("{name}.");
+            } else if let Some((k, _)) = l.split_once(" = ") {
+                if !k.contains(' ') {
+                    shown.push(format!("{}{k}", if section == "." { "" } else { &section }));
+                }
+            }
+        }
+        for key in Config::keys() {
+            assert!(
+                shown.iter().any(|s| s == key),
+                "packaging/baton.toml does not show `{key}`"
+            );
+        }
+    }
+
+    /// Every `--flag` the README names is a flag of `baton serve`, and every flag of
+    /// `baton serve` is a key of the TOML file.
+    #[test]
+    fn readme_flags_exist_and_flags_are_keys() {
+        let flags: Vec<String> = Config::flag_args()
+            .iter()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let synopsis = &readme[readme.find("baton serve [--config FILE]").unwrap()..];
+        let synopsis = &synopsis[..synopsis.find("```").unwrap()];
+        for word in synopsis.split(|c: char| c.is_whitespace() || c == '[' || c == ']') {
+            if word.starts_with("--") && word != "--config" {
+                assert!(
+                    flags.iter().any(|f| f == word),
+                    "README names {word}, not a flag of baton serve"
+                );
+            }
+        }
+        let mut all = toml::Value::try_from(Config::default()).unwrap();
+        for a in Config::flag_args() {
+            let key = a.get_id().as_str();
+            let (section, field) = key.rsplit_once('.').unwrap_or(("", key));
+            let table = if section.is_empty() {
+                &mut all
+            } else {
+                all.get_mut(section).unwrap()
+            };
+            // Optional keys are absent from the serialized defaults: set one to check.
+            table
+                .as_table_mut()
+                .unwrap()
+                .entry(field)
+                .or_insert(toml::Value::String("127.0.0.1:1".into()));
+            let text = toml::to_string(&all).unwrap();
+            let err = toml::from_str::<Config>(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                !err.contains("unknown field"),
+                "flag {} names key {key}, unknown to the file: {err}",
+                a.get_long().unwrap()
+            );
+            all = toml::Value::try_from(Config::default()).unwrap();
+        }
     }
 }

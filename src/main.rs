@@ -8,7 +8,7 @@ use baton::cli::{Cli, Command};
 use baton::config::Config;
 
 fn serve(args: baton::cli::ServeArgs) -> ExitCode {
-    let cfg = match Config::load(args.config.as_deref(), args.overrides()) {
+    let cfg = match Config::load(args.config.as_deref(), &args.settings) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("baton: {e}");

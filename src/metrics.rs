@@ -111,6 +111,8 @@ pub struct TftpMetrics {
     pub refused: LabeledCounter,
     /// Datagrams that were not valid TFTP, by reason.
     pub bad_packets: LabeledCounter,
+    /// Request names repaired before lookup, by kind (`trailing_byte`, `remapped`).
+    pub name_fixups: LabeledCounter,
     /// Options ignored, by reason.
     pub options_ignored: LabeledCounter,
     /// Packets from a wrong transfer ID (answered with ERROR 5).
@@ -271,6 +273,13 @@ impl Metrics {
             "Datagrams that are not valid TFTP.",
             "reason",
             &t.bad_packets,
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_name_fixups_total",
+            "Request file names repaired before lookup (a trailing 0xFF dropped, the map file).",
+            "kind",
+            &t.name_fixups,
         );
         labeled(
             &mut o,

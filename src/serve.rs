@@ -27,6 +27,7 @@ use crate::store::{Command, Store};
 use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
 use crate::tftp::store_source::StoreSource;
+use crate::wire::path::PathRules;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).
 pub fn init_logging(filter: &str) {
@@ -146,6 +147,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )
     })?;
     let host = cfg.host_name();
+    let map_file = cfg.tftp.load_map_file()?.map(Arc::new);
     let root = cfg.tftp_root();
     prepare_root(&root)?;
     let store = Arc::new(
@@ -215,6 +217,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
     info!(host = %host, group = %cfg.group, root = %shared.canonical_root().display(), data_dir = %cfg.data_dir.display(), "baton starting");
+    let paths = PathRules::new(shared.roots()).with_map(map_file);
+    if let Some(m) = paths.map() {
+        info!(rules = m.len(), file = ?cfg.tftp.map_file, "tftp map file loaded");
+    }
     let source = Arc::new(StoreSource::new(
         gate.clone(),
         store.clone(),
@@ -290,8 +296,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let tftp = TftpServer::bind(cfg.tftp.clone(), source, metrics.clone(), shutdown.clone())?
-        .with_capture(capture.clone());
+    let tftp = TftpServer::bind(
+        cfg.tftp.clone(),
+        source,
+        paths,
+        metrics.clone(),
+        shutdown.clone(),
+    )?
+    .with_capture(capture.clone());
     let http_port = http_addr.port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(

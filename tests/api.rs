@@ -427,6 +427,131 @@ fn ipxe_script_fetched_over_http_can_fetch_its_kernel_and_ramdisk() {
     }
 }
 
+/// `tftp -m octet HOST PORT -c get NAME LOCAL` with a name of raw bytes (tftp-hpa sends
+/// them as given). `Err` holds what the client printed.
+fn tftp_hpa_raw(s: &Baton, name: &[u8]) -> Result<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("out");
+    let out = common::run_with_timeout(
+        std::process::Command::new("tftp")
+            .args(["-m", "octet"])
+            .arg(s.tftp.ip().to_string())
+            .arg(s.tftp.port().to_string())
+            .args(["-c", "get"])
+            .arg(std::ffi::OsStr::from_bytes(name))
+            .arg(&local),
+        Duration::from_secs(30),
+    );
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
+    if !out.status.success() || printed.contains("Error") || printed.contains("imed out") {
+        return Err(printed);
+    }
+    std::fs::read(&local).map_err(|e| format!("no output file: {e}; {printed}"))
+}
+
+/// Node files are found by the names firmware and tools really send, with the same
+/// rules as the shared directory (issues 12 and 18): doubled or Windows separators,
+/// `.` components, MACs in uppercase, a trailing 0xFF after the name, over TFTP and
+/// HTTP alike.
+#[test]
+fn node_files_are_found_by_the_names_firmware_sends() {
+    if !have_tftp_hpa() {
+        return;
+    }
+    let b = booted(BatonBuilder::temp());
+    let s = &b.s;
+    let pxe = s.tftp_ok(&pxelinux(MAC_DASHES));
+    let upper = MAC_DASHES.to_uppercase();
+    for name in [
+        format!("pxelinux.cfg//01-{MAC_DASHES}"),
+        format!("./pxelinux.cfg/01-{MAC_DASHES}"),
+        format!("pxelinux.cfg\\01-{MAC_DASHES}"),
+        format!("/pxelinux.cfg/./01-{MAC_DASHES}"),
+        pxelinux(&upper),
+        "pxelinux.cfg//01-52-54-00-Ec-33-81".to_string(),
+    ] {
+        assert_same_bytes(&s.tftp_ok(&name), &pxe, &name);
+    }
+    let g = s.tftp_ok(&grub(MAC_DASHES));
+    assert_same_bytes(&s.tftp_ok(&grub(&upper)), &g, "GRUB config, uppercase MAC");
+    let i = s.tftp_ok(&ipxe(MAC_DASHES));
+    assert_same_bytes(&s.tftp_ok(&ipxe(&upper)), &i, "iPXE script, uppercase MAC");
+    assert_same_bytes(
+        &s.tftp_ok("nodes//n1/./kernel"),
+        &b.kernel,
+        "kernel by an odd name",
+    );
+    // The byte old PXE ROMs append (they read past the DHCP boot-file option into its
+    // END option): dropped and counted; any other non-UTF-8 byte is refused.
+    let mut name = pxelinux(MAC_DASHES).into_bytes();
+    name.push(0xff);
+    let got = tftp_hpa_raw(s, &name).unwrap_or_else(|e| panic!("name + 0xFF: {e}"));
+    assert_same_bytes(&got, &pxe, "name + 0xFF");
+    assert!(
+        s.metric_or_zero("baton_tftp_name_fixups_total{kind=\"trailing_byte\"}") >= 1.0,
+        "{}",
+        s.metrics()
+    );
+    name.pop();
+    name.extend_from_slice(&[0xfe]);
+    let e = tftp_hpa_raw(s, &name).expect_err("name + 0xFE must be refused");
+    assert_eq!(
+        common::http::tftp_error_code(&e),
+        Some(TFTP_FILE_NOT_FOUND),
+        "{e}"
+    );
+    // HTTP: the same names, percent-decoded once. Sent raw: HTTP client libraries
+    // resolve `%2e%2e` and `//` themselves before sending.
+    for path in [
+        format!("/boot/n1/pxelinux.cfg//01-{upper}"),
+        format!("/boot/n1/pxelinux.cfg%2f01-{MAC_DASHES}"),
+        format!("/pxelinux.cfg//01-{upper}"),
+        format!("//pxelinux.cfg/%2e/01-{MAC_DASHES}"),
+    ] {
+        let (status, body) = raw_get(s, &path);
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        assert_same_bytes(&body, &pxe, &path);
+    }
+    for (path, want) in [
+        ("/boot/n1/pxelinux.cfg/%2e%2e/nodes/n1/kernel", 404),
+        ("/boot/n1/%2e%2e/%2e%2e/etc/passwd", 404),
+        ("/boot/n1/nodes/n1/..", 404),
+        ("/nodes/n1/%2e%2e/n1/kernel", 404),
+        ("/nodes/n1/%2E%2e/n1/kernel", 404),
+        ("/nodes/n1/k%00", 404),
+        ("/nodes/n1/%zz", 400),
+        ("/nodes/n1/%ff", 400),
+    ] {
+        let (status, body) = raw_get(s, path);
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+/// `GET path` on a fresh connection, the path sent byte for byte.
+fn raw_get(s: &Baton, path: &str) -> (u16, Vec<u8>) {
+    let mut c = TcpStream::connect(s.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no response head"));
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
+    (status, resp[split + 4..].to_vec())
+}
+
 #[test]
 fn profile_changes_are_served_at_once() {
     if !have_tftp_hpa() {
@@ -603,6 +728,13 @@ fn another_hosts_node_files_are_refused() {
             grub(MAC_DASHES),
             "nodes/n1/kernel".into(),
             "nodes/n1/ramdisk".into(),
+        ] {
+            assert_eq!(b.tftp_error(&path), TFTP_ACCESS_VIOLATION, "{path}");
+        }
+        // Names that read as the node's files by the path rules are refused too.
+        for path in [
+            format!("pxelinux.cfg//01-{}", MAC_DASHES.to_uppercase()),
+            "/nodes/n1//kernel".into(),
         ] {
             assert_eq!(b.tftp_error(&path), TFTP_ACCESS_VIOLATION, "{path}");
         }

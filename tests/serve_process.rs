@@ -141,3 +141,25 @@ fn port_in_use_is_fatal_with_a_fix() {
     );
     drop(holder);
 }
+
+#[test]
+fn bad_map_file_is_named_and_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("rules");
+    std::fs::write(&map, "# ok\nr ^a b\nrx (unclosed\n").unwrap();
+    let map = map.display().to_string();
+    for (args, config) in [
+        (vec!["--tftp-map-file", map.as_str()], None),
+        (vec![], Some(format!("[tftp]\nmap_file = \"{map}\"\n"))),
+    ] {
+        let mut args = args;
+        args.extend(["--tftp-listen", "127.0.0.1:0"]);
+        let out = serve_expecting_exit(&args, config.as_deref());
+        assert!(!out.status.success(), "must fail; stderr:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains("tftp.map_file") && out.stderr.contains("line 3"),
+            "the message must name the key and the line; stderr:\n{}",
+            out.stderr
+        );
+    }
+}

@@ -310,3 +310,73 @@ fn single_port_mode_with_atftp_windows() {
         atftp_get(s, &["blksize 1432", "windowsize 16"], f)
     });
 }
+
+// ---------------------------------------------------------------------------------
+// Legacy names: a tftpd-hpa map file
+// ---------------------------------------------------------------------------------
+
+/// A map file in tftpd-hpa's format, as a site migrating from tftpd-hpa keeps it.
+const MAP_FILE: &str = r"
+# Names old firmware and old DHCP configurations still ask for.
+rg  \\                    /                    # Windows clients' separators
+ri  ^/?tftpboot/                               # the old server's root, dropped
+r   ^pxelinux\.0$         bios/pxelinux.0      # moved into bios/
+ri  ^BOOT/(.*)$           boot/\L\1            # an old ROM that shouts
+r   ^host\.cfg$           hosts/\i.cfg         # one file per client address
+a   \.pvt$                private\ file        # never served
+";
+
+/// `tftp -c get` that must fail; returns what tftp-hpa printed.
+fn tftp_hpa_refused(s: &Server, remote: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_timeout(
+        Command::new("tftp")
+            .arg(s.addr.ip().to_string())
+            .arg(s.port().to_string())
+            .args(["-c", "get", remote])
+            .arg(dir.path().join("out")),
+        common::CLIENT_TIMEOUT,
+    );
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr)
+}
+
+#[test]
+fn map_file_rewrites_legacy_names_for_tftp_hpa() {
+    if !have_tftp_hpa() {
+        return;
+    }
+    let conf = tempfile::tempdir().unwrap();
+    let map = conf.path().join("tftpd.rules");
+    std::fs::write(&map, MAP_FILE).unwrap();
+    let s = Server::builder()
+        .flag("--tftp-map-file", map.display())
+        .start();
+    s.put("bios/pxelinux.0", b"pxelinux\n");
+    s.put("boot/vmlinuz", b"kernel\n");
+    s.put("hosts/127.0.0.1.cfg", b"for 127.0.0.1\n");
+    s.put("x.pvt", b"secret\n");
+    for (name, want) in [
+        ("pxelinux.0", &b"pxelinux\n"[..]),
+        ("/tftpboot/pxelinux.0", b"pxelinux\n"),
+        ("TFTPBOOT/bios/pxelinux.0", b"pxelinux\n"),
+        ("BOOT/VMLINUZ", b"kernel\n"),
+        // The map file sees the name as sent, then Baton's own rules apply (`.`).
+        ("BOOT\\.\\VMLINUZ", b"kernel\n"),
+        ("host.cfg", b"for 127.0.0.1\n"),
+    ] {
+        let got = tftp_hpa_get(&s, "octet", name, common::CLIENT_TIMEOUT);
+        assert_same_bytes(&got, want, name);
+    }
+    s.expect_log(
+        &["file name rewritten by the map file", "mapped=boot/vmlinuz"],
+        Duration::from_secs(5),
+    );
+    // An `a` rule refuses with its message; a rewrite cannot climb out of the root.
+    let printed = tftp_hpa_refused(&s, "x.pvt");
+    assert!(
+        printed.contains("Error code 2") && printed.contains("private file"),
+        "{printed}"
+    );
+    let printed = tftp_hpa_refused(&s, "/tftpboot/../etc/passwd");
+    assert!(printed.contains("Error code 2"), "{printed}");
+}

@@ -30,7 +30,7 @@ use crate::store::{
 };
 
 /// Longest a reservation may be taken for.
-const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+const MAX_TTL_SECS: u64 = crate::store::apply::MAX_TTL_MS / 1000;
 /// Longest an events long-poll waits.
 const MAX_WAIT_SECS: u64 = 60;
 

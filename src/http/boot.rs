@@ -2,13 +2,14 @@
 //! clients, with `Range`, `ETag` (the sha256), `If-None-Match` and `HEAD`. The same
 //! owned-node rule as TFTP applies. Bodies stream from the shared in-memory copy.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::ownership::gate::{NotServed, Purpose};
 use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::store_source::StoreSource;
+use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
@@ -30,21 +32,32 @@ const CHUNK: usize = 256 * 1024;
 /// `GET|HEAD /boot/{node}/{*path}`.
 pub async fn boot_file(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
-    Path((node, path)): Path<(String, String)>,
+    Path((node, _)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The path as sent (still percent-encoded): decoded once, by the path rules.
+    let raw = uri
+        .path()
+        .strip_prefix("/boot/")
+        .and_then(|r| r.split_once('/'))
+        .map_or("", |(_, p)| p);
+    let path = ClientPath::from_url(raw).map_err(|e| path_refused(&e, raw))?;
     let files = app.store.node_files(&node)?;
     let n = app
         .store
         .node(&node)?
         .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
-    let want = path.trim_start_matches('/');
-    let nf = files
-        .into_iter()
-        .find(|f| f.path == want)
+    let want = path.as_str();
+    let nf = path
+        .candidates()
+        .find_map(|c| files.iter().find(|f| f.path == c))
+        .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
-    if let Err(r) = app.gate.check(&n, Purpose::Files { client: None }) {
+    let client = Some(peer.ip());
+    if let Err(r) = app.gate.check(&n, Purpose::Files { client }) {
         app.metrics.http.boot_failed.inc(r.label());
         let message = match r {
             NotServed::NotOwner => {
@@ -85,6 +98,7 @@ pub async fn boot_file(
 /// clients fetch their loader from.
 pub async fn namespace_file(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(source): Extension<Arc<StoreSource>>,
     method: Method,
     uri: axum::http::Uri,
@@ -97,15 +111,15 @@ pub async fn namespace_file(
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::NotFound("route".into()));
     }
-    let path =
-        percent_decode(path).ok_or_else(|| ApiError::field("path", "invalid percent-encoding"))?;
-    match source.owned_node_file(&path) {
+    let path = ClientPath::from_url(uri.path()).map_err(|e| path_refused(&e, uri.path()))?;
+    let client = Some(peer.ip());
+    match source.owned_node_file(&path, client) {
         Ok(Some(nf)) => {
             let data = source
-                .node_file_bytes(&path, &nf)
+                .node_file_bytes(&path, client, &nf)
                 .await
                 .map_err(|e| match e {
-                    OpenError::NotServed(r) => not_served(&app, r, &path),
+                    OpenError::NotServed(r) => not_served(&app, r, path.as_str()),
                     e => ApiError::Internal(e.to_string()),
                 })?;
             return respond(
@@ -115,14 +129,14 @@ pub async fn namespace_file(
                 data.octets().clone(),
                 Some(nf.digest.to_string()),
                 &nf.node,
-                &path,
+                path.as_str(),
             );
         }
         Ok(None) => {}
-        Err(OpenError::NotServed(r)) => return Err(not_served(&app, r, &path)),
+        Err(OpenError::NotServed(r)) => return Err(not_served(&app, r, path.as_str())),
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
-    match source.shared().open(&path).await {
+    match source.shared().open(&path, client).await {
         Ok(d) => respond(
             &app,
             &method,
@@ -130,7 +144,7 @@ pub async fn namespace_file(
             d.octets().clone(),
             None,
             "-",
-            &path,
+            path.as_str(),
         ),
         Err(OpenError::NotFound) => Err(ApiError::NotFound(format!("file {path}"))),
         Err(OpenError::Denied(r)) => Err(ApiError::Conflict {
@@ -154,21 +168,15 @@ fn not_served(app: &App, r: NotServed, path: &str) -> ApiError {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// The answer to a path the rules refuse: 400 when the request is malformed, else 404
+/// (no file can have that name), with the reason.
+fn path_refused(e: &PathError, raw: &str) -> ApiError {
+    let shown: String = raw.chars().take(120).collect();
+    if e.is_encoding() {
+        ApiError::field("path", format!("{e}: {shown}"))
+    } else {
+        ApiError::NotFound(format!("file {shown} ({e})"))
     }
-    String::from_utf8(out).ok()
 }
 
 /// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body.

@@ -32,6 +32,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::blobs::Digest;
+use crate::wire::path::ClientPath;
 
 pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
 pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
@@ -177,14 +178,27 @@ impl Store {
         }
     }
 
-    /// Which node serves `path`, and what (what TFTP and HTTP ask). The path is
-    /// normalized first (leading `/` dropped); a path that could escape the namespace
-    /// resolves to nothing. The caller still checks that this host owns the node.
+    /// Which node serves `path`, and what: [`Store::node_file_for`] of the path as
+    /// [`ClientPath::parse`] reads it (leading `/` dropped); a path that could escape
+    /// the namespace resolves to nothing.
     pub fn resolve_node_file(&self, path: &str) -> Result<Option<NodeFile>, StoreError> {
-        let Some(path) = normalize_path(path) else {
-            return Ok(None);
-        };
-        read::node_file(&lock(&self.reader), &path)
+        match ClientPath::parse(path) {
+            Ok(p) => self.node_file_for(&p),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Which node serves a client's path, and what (what TFTP and HTTP ask): the first
+    /// of its candidates with a row (as sent, then with lowercase MACs). The caller still
+    /// checks that this host may serve the node.
+    pub fn node_file_for(&self, path: &ClientPath) -> Result<Option<NodeFile>, StoreError> {
+        let conn = lock(&self.reader);
+        for p in path.candidates() {
+            if let Some(f) = read::node_file(&conn, p)? {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
     }
 
     /// A node's whole served namespace, by path.

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::blobs::Digest;
+use crate::wire::path::ClientPath;
 
 /// Unix time in milliseconds, always stamped by the proposer of a command: applying a
 /// command never reads the clock, so every replica computes the same state.
@@ -275,23 +276,13 @@ pub fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Longest served path accepted (TFTP file names fit in one 512-byte packet).
-pub const MAX_PATH: usize = 255;
-
-/// Normalizes a served path to the form stored in `node_files`: no leading `/`, `/` as
-/// separator. Returns `None` for anything that could escape or confuse the namespace:
-/// empty segments, `.` or `..`, backslashes, control characters (NUL included).
+/// Checks a path stored in `node_files`: it must already be in the form
+/// [`ClientPath::parse`] gives (leading `/`s aside), so every client name that
+/// normalizes to it finds it. Returns it without the leading `/`; `None` for anything
+/// else (empty components, `.` or `..`, backslashes, control characters, too long).
 pub fn normalize_path(path: &str) -> Option<String> {
-    let p = path.trim_start_matches('/');
-    if p.is_empty() || p.len() > MAX_PATH || p.contains('\\') || p.chars().any(char::is_control) {
-        return None;
-    }
-    if p.split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return None;
-    }
-    Some(p.to_string())
+    let p = ClientPath::parse(path).ok()?;
+    (p.as_str() == path.trim_start_matches('/')).then(|| p.as_str().to_string())
 }
 
 #[cfg(test)]

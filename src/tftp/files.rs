@@ -1,10 +1,12 @@
-//! Where TFTP file names lead: path rules (nothing escapes the served root) and the
-//! shared in-memory copy of each file that all transfers of it read from.
+//! Where TFTP file names lead: the shared directory (nothing escapes the served root,
+//! symlinks included) and the shared in-memory copy of each file that all transfers of
+//! it read from. Names arrive parsed ([`ClientPath`], `wire::path`).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -12,6 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::ownership::gate::NotServed;
+use crate::wire::path::ClientPath;
 use crate::wire::tftp::{to_netascii, ErrorCode};
 
 /// The content of one file version, shared by every transfer of it.
@@ -84,51 +87,16 @@ impl OpenError {
 /// A boxed future, so sources can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Something that maps a requested name to file content: a directory today, the node
-/// store later.
+/// Something that maps a requested name to file content: the shared directory, the
+/// node store in front of it.
 pub trait FileSource: Send + Sync + 'static {
-    /// Opens `name` (as sent by the client) for reading.
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>>;
-}
-
-/// Normalises a requested name to a relative path inside the root, or refuses it.
-///
-/// Backslashes count as separators (Windows PXE clients send them); an absolute name is
-/// accepted only when it already points inside the root (as dnsmasq does); `..` is
-/// refused outright rather than resolved, so no name can climb out.
-pub fn sanitize(name: &str, root: &Path) -> Result<PathBuf, OpenError> {
-    if name.contains('\0') {
-        return Err(OpenError::Denied("nul_byte"));
-    }
-    let name = name.replace('\\', "/");
-    let rel: &str = if let Some(stripped) = name.strip_prefix('/') {
-        let root_s = root.to_string_lossy();
-        let root_s = root_s.trim_end_matches('/');
-        match name.strip_prefix(root_s) {
-            Some(r) if !root_s.is_empty() && r.starts_with('/') => r.trim_start_matches('/'),
-            _ => {
-                let _ = stripped;
-                return Err(OpenError::Denied("absolute_path"));
-            }
-        }
-    } else {
-        &name
-    };
-    let mut out = PathBuf::new();
-    for c in Path::new(rel).components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(OpenError::Denied("parent_dir")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(OpenError::Denied("absolute_path"))
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(OpenError::NotFound);
-    }
-    Ok(out)
+    /// Opens `path` (a client's name, parsed once by the caller) for reading, for the
+    /// client at `client` (node files may depend on who asks; shared files do not).
+    fn open<'a>(
+        &'a self,
+        path: &'a ClientPath,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>>;
 }
 
 /// Identity of one version of a file: a replaced or rewritten file gets a new one.
@@ -184,15 +152,31 @@ impl DirSource {
         &self.canonical_root
     }
 
-    async fn open_inner(&self, name: &str) -> Result<Arc<FileData>, OpenError> {
-        let rel = sanitize(name, &self.root).or_else(|e| {
-            // An absolute name may also be given through the canonical root.
-            if e == OpenError::Denied("absolute_path") {
-                sanitize(name, &self.canonical_root)
-            } else {
-                Err(e)
+    /// The served directory as configured and canonical: an absolute client name under
+    /// either is taken relative to it (see `wire::path::PathRules`).
+    pub fn roots(&self) -> [&Path; 2] {
+        [&self.root, &self.canonical_root]
+    }
+
+    /// The first of `path`'s candidates (as sent, then with lowercase MACs) that exists.
+    /// An absolute name outside the root is served relative to the root when it names a
+    /// file there, and refused as an absolute path otherwise.
+    async fn open_inner(&self, path: &ClientPath) -> Result<Arc<FileData>, OpenError> {
+        for rel in path.candidates() {
+            match self.open_rel(rel).await {
+                Err(OpenError::NotFound) => {}
+                r => return r,
             }
-        })?;
+        }
+        if path.is_absolute() {
+            Err(OpenError::Denied("absolute_path"))
+        } else {
+            Err(OpenError::NotFound)
+        }
+    }
+
+    async fn open_rel(&self, rel: &str) -> Result<Arc<FileData>, OpenError> {
+        let rel = PathBuf::from(rel);
         let root = self.canonical_root.clone();
         // Path resolution and open are blocking file-system calls.
         let (path, file, fp) = tokio::task::spawn_blocking(move || -> Result<_, OpenError> {
@@ -284,44 +268,99 @@ fn io_to_open(e: std::io::Error) -> OpenError {
 }
 
 impl FileSource for DirSource {
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
-        Box::pin(self.open_inner(name))
+    fn open<'a>(
+        &'a self,
+        path: &'a ClientPath,
+        _client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
+        Box::pin(self.open_inner(path))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::path::PathRules;
 
-    #[test]
-    fn sanitize_rules() {
-        let root = Path::new("/srv/tftp");
-        assert_eq!(sanitize("a/b.cfg", root).unwrap(), PathBuf::from("a/b.cfg"));
-        assert_eq!(sanitize("./a//b", root).unwrap(), PathBuf::from("a/b"));
-        assert_eq!(sanitize("a\\b", root).unwrap(), PathBuf::from("a/b"));
-        assert_eq!(sanitize("/srv/tftp/x", root).unwrap(), PathBuf::from("x"));
-        assert_eq!(
-            sanitize("/srv/tftpx", root),
-            Err(OpenError::Denied("absolute_path"))
-        );
-        assert_eq!(
-            sanitize("/etc/passwd", root),
-            Err(OpenError::Denied("absolute_path"))
-        );
-        assert_eq!(
-            sanitize("../etc/passwd", root),
-            Err(OpenError::Denied("parent_dir"))
-        );
-        assert_eq!(
-            sanitize("a/../../b", root),
-            Err(OpenError::Denied("parent_dir"))
-        );
-        assert_eq!(
-            sanitize("..\\x", root),
-            Err(OpenError::Denied("parent_dir"))
-        );
-        assert_eq!(sanitize("a\0b", root), Err(OpenError::Denied("nul_byte")));
-        assert_eq!(sanitize(".", root), Err(OpenError::NotFound));
+    fn p(name: &str) -> ClientPath {
+        ClientPath::parse(name).unwrap()
+    }
+
+    /// What a TFTP client gets for `name`: the content, or the refusal's label. Names
+    /// are parsed as the TFTP server does, with the root directory as its only root.
+    async fn fetch(s: &DirSource, name: &str) -> Result<String, &'static str> {
+        let rules = PathRules::new(s.roots());
+        let p = ClientPath::from_tftp(name, &rules, "127.0.0.1".parse().unwrap())
+            .map_err(|e| e.as_str())?;
+        let d = s.open(&p, None).await.map_err(|e| e.reason())?;
+        Ok(String::from_utf8_lossy(d.octets()).into_owned())
+    }
+
+    #[tokio::test]
+    async fn name_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("srv");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/b.cfg"), b"b.cfg").unwrap();
+        std::fs::write(root.join("a/b"), b"b").unwrap();
+        std::fs::write(root.join("x"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("srvx")).unwrap();
+        std::fs::write(dir.path().join("srvx/x"), b"sibling").unwrap();
+        let s = DirSource::new(&root, 1 << 20).unwrap();
+        let r = root.display();
+        for (name, want) in [
+            ("a/b.cfg".to_string(), Ok("b.cfg")),
+            ("./a//b".into(), Ok("b")),
+            ("a\\b".into(), Ok("b")),
+            (format!("{r}/x"), Ok("x")),
+            // tftpd-hpa: an absolute name is relative to the root...
+            ("/x".into(), Ok("x")),
+            ("\\a\\b".into(), Ok("b")),
+            // ...and refused as outside the root when it names nothing there.
+            (format!("{r}x/x"), Err("absolute_path")),
+            ("/etc/passwd".into(), Err("absolute_path")),
+            ("../etc/passwd".into(), Err("parent_dir")),
+            ("a/../../b".into(), Err("parent_dir")),
+            ("..\\x".into(), Err("parent_dir")),
+            (format!("{r}/../srvx/x"), Err("parent_dir")),
+            ("a\0b".into(), Err("nul_byte")),
+            (".".into(), Err("empty_filename")),
+            ("nope".into(), Err("not_found")),
+        ] {
+            let got = fetch(&s, &name).await;
+            assert_eq!(got.as_deref().map_err(|e| *e), want, "{name:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mac_names_match_in_either_case() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pxelinux.cfg")).unwrap();
+        std::fs::write(
+            dir.path().join("pxelinux.cfg/01-52-54-00-ab-cd-ef"),
+            b"lower",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("pxelinux.cfg/01-52-54-00-AB-CD-00"),
+            b"upper",
+        )
+        .unwrap();
+        let s = DirSource::new(dir.path(), 1 << 20).unwrap();
+        for (name, want) in [
+            ("pxelinux.cfg/01-52-54-00-ab-cd-ef", Ok("lower")),
+            ("pxelinux.cfg/01-52-54-00-AB-CD-EF", Ok("lower")),
+            ("pxelinux.cfg/01-52-54-00-Ab-cD-eF", Ok("lower")),
+            // A file written in uppercase is still found by its exact name.
+            ("pxelinux.cfg/01-52-54-00-AB-CD-00", Ok("upper")),
+            ("pxelinux.cfg/01-52-54-00-ab-cd-00", Err("not_found")),
+        ] {
+            assert_eq!(
+                fetch(&s, name).await.as_deref().map_err(|e| *e),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -334,29 +373,38 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
         std::os::unix::fs::symlink("f", dir.path().join("inside")).unwrap();
         let s = DirSource::new(dir.path(), 1 << 20).unwrap();
-        let a = s.open("f").await.unwrap();
-        let b = s.open("f").await.unwrap();
+        let a = s.open(&p("f"), None).await.unwrap();
+        let b = s.open(&p("f"), None).await.unwrap();
         assert!(Arc::ptr_eq(&a, &b), "one shared copy");
         assert_eq!(&a.octets()[..], b"one");
-        assert_eq!(&s.open("inside").await.unwrap().octets()[..], b"one");
         assert_eq!(
-            s.open("link").await.unwrap_err(),
+            &s.open(&p("inside"), None).await.unwrap().octets()[..],
+            b"one"
+        );
+        assert_eq!(
+            s.open(&p("link"), None).await.unwrap_err(),
             OpenError::Denied("symlink_escape")
         );
         assert_eq!(
-            s.open("d").await.unwrap_err(),
+            s.open(&p("d"), None).await.unwrap_err(),
             OpenError::Denied("not_a_file")
         );
-        assert_eq!(s.open("nope").await.unwrap_err(), OpenError::NotFound);
-        assert_eq!(s.open("f/x").await.unwrap_err(), OpenError::NotFound);
+        assert_eq!(
+            s.open(&p("nope"), None).await.unwrap_err(),
+            OpenError::NotFound
+        );
+        assert_eq!(
+            s.open(&p("f/x"), None).await.unwrap_err(),
+            OpenError::NotFound
+        );
         // Replace by rename: new content at once.
         std::fs::write(dir.path().join("f.new"), b"two!").unwrap();
         std::fs::rename(dir.path().join("f.new"), dir.path().join("f")).unwrap();
-        assert_eq!(&s.open("f").await.unwrap().octets()[..], b"two!");
+        assert_eq!(&s.open(&p("f"), None).await.unwrap().octets()[..], b"two!");
         // The old version is still intact for transfers that hold it.
         assert_eq!(&a.octets()[..], b"one");
         let abs = format!("{}/f", dir.path().display());
-        assert_eq!(&s.open(&abs).await.unwrap().octets()[..], b"two!");
+        assert_eq!(fetch(&s, &abs).await.as_deref(), Ok("two!"));
     }
 
     #[tokio::test]
@@ -367,7 +415,7 @@ mod tests {
         }
         let s = DirSource::new(dir.path(), 3000).unwrap();
         for i in 0..10 {
-            s.open(&format!("f{i}")).await.unwrap();
+            s.open(&p(&format!("f{i}")), None).await.unwrap();
         }
         assert!(s.cache.lock().unwrap().len() <= 3);
     }

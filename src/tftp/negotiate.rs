@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::tftp::transfer::{Params, Rollover};
-use crate::wire::tftp::{AcceptedOptions, RequestOptions, DEFAULT_BLKSIZE, MIN_BLKSIZE};
+use crate::wire::tftp::{
+    AcceptedOptions, RequestOptions, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE,
+};
 
 /// Server-side limits and defaults for negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +68,7 @@ pub fn blksize_for_mtu(mtu: u32, ipv6: bool) -> u16 {
     // IP header + UDP header (8) + TFTP DATA header (4).
     let overhead = if ipv6 { 40 + 8 + 4 } else { 20 + 8 + 4 };
     mtu.saturating_sub(overhead)
-        .clamp(u32::from(MIN_BLKSIZE), 65464) as u16
+        .clamp(u32::from(MIN_BLKSIZE), u32::from(MAX_BLKSIZE)) as u16
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::net::udp;
 use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::negotiate::{blksize_for_mtu, negotiate, Limits};
 use crate::tftp::transfer::{Outcome, Transfer, Transmit};
+use crate::wire::path::{ClientPath, PathError, PathRules};
 use crate::wire::tftp::{self, ErrorCode, Mode, Packet, Request};
 
 /// Largest datagram the listener reads; longer requests are truncated and then refused.
@@ -69,6 +70,8 @@ struct Shared {
     cfg: TftpConfig,
     limits: Limits,
     source: Arc<dyn FileSource>,
+    /// How request names are read (root directories, map file).
+    paths: PathRules,
     metrics: Arc<Metrics>,
     slots: Mutex<Slots>,
     routes: Mutex<HashMap<SocketAddr, Route>>,
@@ -120,10 +123,12 @@ pub struct TftpServer {
 }
 
 impl TftpServer {
-    /// Binds the listening socket. Errors say how to fix the usual causes.
+    /// Binds the listening socket. Errors say how to fix the usual causes. Request
+    /// names are parsed with `paths`, then opened in `source`.
     pub fn bind(
         cfg: TftpConfig,
         source: Arc<dyn FileSource>,
+        paths: PathRules,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
@@ -147,6 +152,7 @@ impl TftpServer {
                 cfg,
                 limits,
                 source,
+                paths,
                 metrics,
                 slots: Mutex::new(Slots::default()),
                 routes: Mutex::new(HashMap::new()),
@@ -452,6 +458,31 @@ fn start_read(
         );
         return;
     }
+    // The name is parsed once, here: every lookup after this sees the same path.
+    let path = match ClientPath::from_tftp(req.filename, &shared.paths, client.ip()) {
+        Ok(p) => p,
+        Err(e) => {
+            m.refused.inc(e.as_str());
+            info!(client = %client, path = %req.filename.escape_debug(), reason = e.as_str(), error = %e, "tftp request refused");
+            reply_error(
+                shared,
+                sock,
+                local_ip,
+                client,
+                e.tftp_code(),
+                &path_refusal_message(&e),
+            );
+            return;
+        }
+    };
+    if req.dropped_trailing_byte {
+        m.name_fixups.inc("trailing_byte");
+        debug!(client = %client, path = req.filename, "trailing 0xFF after the file name dropped (PXE ROM quirk)");
+    }
+    if path.was_remapped() {
+        m.name_fixups.inc("remapped");
+        debug!(client = %client, path = req.filename, mapped = %path, "file name rewritten by the map file");
+    }
     // Single-port: a second RRQ from the same client port either repeats the first
     // (nothing heard back yet: drop it, the transfer retransmits on its own) or starts
     // over (e.g. the real download after a size probe): then the old transfer ends.
@@ -542,7 +573,7 @@ fn start_read(
     tokio::spawn(async move {
         let _slot = slot;
         serve_read(
-            &shared, link, client, local_ip, filename, mode, opts, path_cap,
+            &shared, link, client, local_ip, filename, path, mode, opts, path_cap,
         )
         .await;
     });
@@ -564,12 +595,13 @@ async fn serve_read(
     client: SocketAddr,
     local_ip: IpAddr,
     filename: String,
+    path: ClientPath,
     mode: Mode,
     opts: RequestOptions,
     path_cap: Option<u16>,
 ) {
     let m = &shared.metrics.tftp;
-    let data = match shared.source.open(&filename).await {
+    let data = match shared.source.open(&path, Some(client.ip())).await {
         Ok(d) => d,
         Err(e) => {
             m.refused.inc(e.reason());
@@ -653,6 +685,17 @@ fn refusal_message(e: &OpenError) -> String {
         OpenError::Denied(r) => format!("access violation ({})", r.replace('_', " ")),
         OpenError::NotServed(r) => format!("access violation ({})", r.label().replace('_', " ")),
         OpenError::Io(_) => "server could not read the file".into(),
+    }
+}
+
+/// What the client reads in an ERROR for a name refused before any lookup.
+fn path_refusal_message(e: &PathError) -> String {
+    match e {
+        PathError::MapRefused {
+            message: Some(m), ..
+        } => m.clone(),
+        e if e.tftp_code() == ErrorCode::AccessViolation => format!("access violation ({e})"),
+        e => e.to_string(),
     }
 }
 

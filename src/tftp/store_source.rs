@@ -1,12 +1,14 @@
 //! The TFTP (and HTTP boot) namespace of a host: the files of the nodes it owns, from
 //! the store, then the shared files of the TFTP root directory.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::blobcache::ServedBlobs;
-use crate::ownership::gate::{Gate, Purpose};
-use crate::store::{normalize_path, NodeFile, Store};
+use crate::ownership::gate::{Gate, NotServed, Purpose};
+use crate::store::{NodeFile, Store};
 use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
+use crate::wire::path::ClientPath;
 
 /// Node files first, shared directory second.
 pub struct StoreSource {
@@ -33,20 +35,22 @@ impl StoreSource {
         &self.shared
     }
 
-    /// Looks a served path up among node files, and checks this host may serve it.
+    /// Looks a served path up among node files, and checks (through the serve gate)
+    /// that this host may serve it to `client`.
     ///
     /// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
-    pub fn owned_node_file(&self, name: &str) -> Result<Option<NodeFile>, OpenError> {
-        let Some(path) = normalize_path(&name.replace('\\', "/")) else {
-            return Ok(None);
-        };
-        let nf = match self.store.resolve_node_file(&path) {
+    pub fn owned_node_file(
+        &self,
+        path: &ClientPath,
+        client: Option<IpAddr>,
+    ) -> Result<Option<NodeFile>, OpenError> {
+        let nf = match self.store.node_file_for(path) {
             Ok(Some(nf)) => nf,
             Ok(None) => return Ok(None),
             Err(e) => return Err(OpenError::Io(e.to_string())),
         };
         match self.store.node(&nf.node) {
-            Ok(Some(node)) => match self.gate.check(&node, Purpose::Files { client: None }) {
+            Ok(Some(node)) => match self.gate.check(&node, Purpose::Files { client }) {
                 Ok(_) => Ok(Some(nf)),
                 Err(r) => Err(OpenError::NotServed(r)),
             },
@@ -59,26 +63,29 @@ impl StoreSource {
     /// loading can take a while (a large blob, a paused process).
     pub async fn node_file_bytes(
         &self,
-        name: &str,
+        path: &ClientPath,
+        client: Option<IpAddr>,
         nf: &NodeFile,
     ) -> Result<Arc<FileData>, OpenError> {
         let data = self.blobs.bytes(&nf.digest).await?;
-        match self.owned_node_file(name)? {
+        match self.owned_node_file(path, client)? {
             Some(again) if again.digest == nf.digest => Ok(data),
             Some(_) => Err(OpenError::Denied("changed")),
-            None => Err(OpenError::NotServed(
-                crate::ownership::gate::NotServed::NotOwner,
-            )),
+            None => Err(OpenError::NotServed(NotServed::NotOwner)),
         }
     }
 }
 
 impl FileSource for StoreSource {
-    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
+    fn open<'a>(
+        &'a self,
+        path: &'a ClientPath,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
         Box::pin(async move {
-            match self.owned_node_file(name)? {
-                Some(nf) => self.node_file_bytes(name, &nf).await,
-                None => self.shared.open(name).await,
+            match self.owned_node_file(path, client)? {
+                Some(nf) => self.node_file_bytes(path, client, &nf).await,
+                None => self.shared.open(path, client).await,
             }
         })
     }

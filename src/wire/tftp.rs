@@ -216,6 +216,8 @@ impl RequestOptions<'_> {
 pub struct Request<'a> {
     /// File name as sent (validated UTF-8, no NUL, at most [`MAX_FILENAME_LEN`] bytes).
     pub filename: &'a str,
+    /// A trailing `0xFF` after the name was dropped (see [`super::path::tftp_name`]).
+    pub dropped_trailing_byte: bool,
     /// Transfer mode.
     pub mode: Mode,
     /// Typed options.
@@ -386,7 +388,11 @@ fn parse_request(input: &[u8]) -> Result<Request<'_>, WireError> {
     if name.len() > MAX_FILENAME_LEN {
         return Err(WireError::FilenameTooLong);
     }
-    let filename = std::str::from_utf8(name).map_err(|_| WireError::FilenameNotUtf8)?;
+    let (filename, dropped_trailing_byte) =
+        super::path::tftp_name(name).map_err(|_| WireError::FilenameNotUtf8)?;
+    if filename.is_empty() {
+        return Err(WireError::EmptyFilename);
+    }
     let (mut rest, mode) = field(rest, "mode")?;
     let mode = if mode.eq_ignore_ascii_case(b"octet") {
         Mode::Octet
@@ -446,6 +452,7 @@ fn parse_request(input: &[u8]) -> Result<Request<'_>, WireError> {
     }
     Ok(Request {
         filename,
+        dropped_trailing_byte,
         mode,
         options,
     })
@@ -712,6 +719,31 @@ mod tests {
         assert_eq!(r.options.timeout, Some(3));
         assert_eq!(r.options.windowsize, Some(16));
         assert!(r.options.ignored.is_empty());
+        assert!(!r.dropped_trailing_byte);
+    }
+
+    /// Old PXE ROMs read the DHCP boot-file option as a C string and append the END
+    /// option (0xFF) to the name; that one byte is dropped, other bad bytes are not.
+    #[test]
+    fn trailing_ff_after_the_name_is_dropped() {
+        let mut b = vec![0, 1];
+        b.extend_from_slice(b"pxelinux.0\xff\x00octet\x00tsize\x000\x00");
+        let Packet::Rrq(r) = Packet::parse(&b).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.filename, "pxelinux.0");
+        assert!(r.dropped_trailing_byte);
+        assert_eq!(r.options.tsize, Some(0));
+        for bad in [&b"\xff\xff"[..], b"\xfe"] {
+            let mut b = vec![0, 1];
+            b.extend_from_slice(b"pxelinux.0");
+            b.extend_from_slice(bad);
+            b.extend_from_slice(b"\0octet\0");
+            let e = Packet::parse(&b).unwrap_err();
+            assert_eq!(e.error, WireError::FilenameNotUtf8, "{bad:?}");
+        }
+        let e = Packet::parse(b"\x00\x01\xff\x00octet\x00").unwrap_err();
+        assert_eq!(e.error, WireError::EmptyFilename);
     }
 
     #[test]
