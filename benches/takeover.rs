@@ -10,9 +10,10 @@
 //! even trials a follower. Prints p50/p99/max per lease setting.
 //!
 //! `cargo bench --bench takeover` runs the default leases (1 s / 3 s / 1 s) and the
-//! short ones of the tests (200 ms / 600 ms / 300 ms), 20 trials each; env
-//! `TAKEOVER_TRIALS=N`, `TAKEOVER_SETTINGS=default,short`. It stops by itself: at most
-//! `TAKEOVER_BUDGET_SECS` (default 420) in all, reporting what it measured.
+//! short ones of the tests (200 ms / 600 ms / 300 ms), 40 trials each (20 with the
+//! leader as the victim, 20 with a follower); env `TAKEOVER_TRIALS=N`,
+//! `TAKEOVER_SETTINGS=default,short`. It stops by itself: at most
+//! `TAKEOVER_BUDGET_SECS` (default 1200) in all, reporting what it measured.
 
 #[path = "../tests/common/fleet.rs"]
 mod fleet;
@@ -45,12 +46,12 @@ fn main() {
     let trials: usize = std::env::var("TAKEOVER_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(40);
     let budget = Duration::from_secs(
         std::env::var("TAKEOVER_BUDGET_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(420),
+            .unwrap_or(1200),
     );
     let settings = std::env::var("TAKEOVER_SETTINGS").unwrap_or_else(|_| "default,short".into());
     let deadline = Instant::now() + budget;

@@ -1830,3 +1830,484 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
         ),
     );
 }
+
+// ---------------------------------------------------------------------------------
+// 9. Handoff without collateral (issue 13): leader death, returning hosts, boots
+//    across a migration flip.
+// ---------------------------------------------------------------------------------
+
+/// Three loopback hosts with lease settings `l` (Raft timing derived from them).
+fn three_hosts_with(l: Leases, dhcp: bool) -> Fleet {
+    let cfg = l.toml("");
+    Fleet::start(
+        &bin(),
+        (1..=3)
+            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, dhcp))
+            .collect(),
+    )
+}
+
+/// Migrates `id` to `to` through `api` and waits until the flip is applied there.
+fn migrate_and_wait(api: &Api, id: &str, to: &str) {
+    api.post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": to }))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect(200);
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{id} moves to {to}"),
+        || {
+            let (o, _, h) = api.node(id);
+            (o == to && h == "none").then_some(())
+        },
+    );
+}
+
+/// The value of a metric line (`name` with its labels, as printed) on `api`.
+fn metric(api: &Api, name: &str) -> f64 {
+    let r = api.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Raft term and leader as `api` sees them.
+fn raft_term(api: &Api) -> (u64, Option<u64>) {
+    let m = api.get_ok("/v1/cluster");
+    (m["term"].as_u64().unwrap_or(0), m["leader"].as_u64())
+}
+
+/// Rounds in `[from, to)` in which `host` gave `node` no answer over `via`. An answer
+/// may land one window late (a loaded machine): round `b` counts as answered when the
+/// answers seen up to round `b + 1` cover every round up to `b`.
+fn unanswered_rounds(
+    events: &[Event],
+    node: &str,
+    host: &str,
+    via: Via,
+    from: u64,
+    to: u64,
+) -> Vec<u64> {
+    let mut per: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in events {
+        if e.node == node && e.host == host && matches!(e.seen, Seen::Answer(v) if v == via) {
+            *per.entry(e.batch).or_default() += 1;
+        }
+    }
+    let mut missing = Vec::new();
+    let mut got = 0u64;
+    for b in from..to {
+        got += per.get(&b).copied().unwrap_or(0);
+        let with_late = got + per.get(&(b + 1)).copied().unwrap_or(0);
+        if with_late < b - from + 1 {
+            missing.push(b);
+        }
+    }
+    missing
+}
+
+/// kill -9 of the Raft leader while every node is probed: the other hosts answer
+/// their own nodes in every round, and the leader's nodes are served by survivors
+/// within TTL + grace + 1 s.
+fn leader_death(l: Leases) {
+    let _g = serial();
+    let mut f = three_hosts_with(l, true);
+    let h1 = f.host("h1").api.clone();
+    let (nodes, _, _) = deploy_nodes(&h1, 6, &pattern(80_000, 51), &["h1", "h2", "h3"]);
+    // Two nodes per host.
+    for (i, (id, _)) in nodes.iter().enumerate() {
+        let to = format!("h{}", i % 3 + 1);
+        if to != "h1" {
+            migrate_and_wait(&h1, id, &to);
+        }
+    }
+    let leader = f.leader("h1").expect("a leader");
+    let survivor = if leader == "h1" { "h2" } else { "h1" };
+    let sapi = f.host(survivor).api.clone();
+    let owners0 = owners(&sapi);
+    let lapses0: BTreeMap<String, f64> = f
+        .hosts
+        .iter()
+        .filter(|h| h.name() != leader)
+        .map(|h| {
+            (
+                h.name().to_string(),
+                metric(&h.api, "baton_lease_lapses_total"),
+            )
+        })
+        .collect();
+    let targets: Vec<Target> = f
+        .hosts
+        .iter()
+        .map(|h| Target {
+            host: h.name().to_string(),
+            netns: None,
+            tftp: h.spec.tftp,
+            dhcp: Some(h.dhcp_addr()),
+            http: h.spec.http,
+        })
+        .collect();
+    let p = Prober::start(targets, nodes.clone(), Duration::from_secs(120));
+    p.wait_batches(5);
+    let b_kill = p.shared.batches.load(Ordering::SeqCst);
+    let t_kill = p.between_batches(|| {
+        let t = p.now();
+        f.host_mut(&leader).kill9();
+        t
+    });
+    let took = wait_until(
+        Duration::from_secs(30),
+        "the dead leader's nodes move",
+        || {
+            owners(&sapi)
+                .values()
+                .all(|(o, _)| *o != leader)
+                .then(|| p.now())
+        },
+    );
+    p.wait_batches(10);
+    let b_end = p.shared.batches.load(Ordering::SeqCst);
+    let (events, _) = p.finish();
+    check_single_answerer(&events, &format!("leader {leader} killed at {t_kill:?}"));
+
+    // Untouched nodes: answered in every round, through the election.
+    let mut gaps = Vec::new();
+    for (id, (owner, _)) in owners0.iter().filter(|(_, (o, _))| *o != leader) {
+        for via in [Via::Tftp, Via::Dhcp] {
+            let miss =
+                unanswered_rounds(&events, id, owner, via, b_kill.saturating_sub(3), b_end - 1);
+            if !miss.is_empty() {
+                gaps.push(format!("{id} on {owner} over {via:?}: rounds {miss:?}"));
+            }
+        }
+    }
+    // The dead leader's nodes: first answer by a survivor within TTL + grace + 1 s.
+    let bound = l.takeover_after() + Duration::from_secs(1);
+    let mut firsts = Vec::new();
+    for (id, _) in owners0.iter().filter(|(_, (o, _))| *o == leader) {
+        let first = events
+            .iter()
+            .filter(|e| e.node == *id && e.host != leader && e.at > t_kill)
+            .filter(|e| matches!(e.seen, Seen::Answer(_)))
+            .map(|e| e.at)
+            .min()
+            .unwrap_or_else(|| panic!("no survivor answered {id}"));
+        firsts.push((id.clone(), first - t_kill));
+    }
+    let lapses: Vec<(String, f64)> = f
+        .hosts
+        .iter()
+        .filter(|h| h.name() != leader)
+        .map(|h| {
+            let now = metric(&h.api, "baton_lease_lapses_total");
+            (h.name().to_string(), now - lapses0[h.name()])
+        })
+        .collect();
+    say(&format!(
+        "{}: leader {leader} killed at {t_kill:?}; its nodes moved in the store at {took:?}; \
+         first survivor answers after the kill: {firsts:?}; lease lapses on survivors: \
+         {lapses:?}; rounds {b_kill}..{b_end}",
+        l.label()
+    ));
+    assert!(
+        gaps.is_empty(),
+        "healthy hosts left their own nodes unanswered after the leader died:\n  {}",
+        gaps.join("\n  ")
+    );
+    for (h, n) in &lapses {
+        assert_eq!(*n, 0.0, "{h}'s lease lapsed while the leader was replaced");
+    }
+    for (id, d) in &firsts {
+        assert!(
+            *d <= bound + WINDOW,
+            "{id} of the dead leader first served {d:?} after the kill (bound {bound:?})"
+        );
+    }
+}
+
+#[test]
+fn leader_death_costs_the_healthy_hosts_nothing_with_short_leases() {
+    leader_death(Leases::SHORT);
+}
+
+#[test]
+fn leader_death_costs_the_healthy_hosts_nothing_with_default_leases() {
+    leader_death(Leases::DEFAULT);
+}
+
+/// A follower cut off (partition) or paused (SIGSTOP), then back: the Raft term and
+/// leader stay, no other host's lease lapses, and only its own nodes move (none, when
+/// it is back before its lease ran out).
+fn returning_follower(partition: bool) {
+    let _g = serial();
+    if partition && !require_netns() {
+        return;
+    }
+    let l = Leases::DEFAULT;
+    let lab = partition.then(|| Lab::new(3).unwrap_or_else(|e| panic!("test network: {e}")));
+    let cfg = l.toml("");
+    let mut f = match &lab {
+        Some(lab) => Fleet::start(
+            &bin(),
+            (1..=3).map(|i| HostSpec::in_lab(lab, i, &cfg)).collect(),
+        ),
+        None => three_hosts_with(l, false),
+    };
+    let h1 = f.host("h1").api.clone();
+    let (nodes, _, _) = deploy_nodes(&h1, 6, &pattern(50_000, 61), &["h1", "h2", "h3"]);
+    for (i, (id, _)) in nodes.iter().enumerate() {
+        let to = format!("h{}", i % 3 + 1);
+        if to != "h1" {
+            migrate_and_wait(&h1, id, &to);
+        }
+    }
+    let leader = f.leader("h1").expect("a leader");
+    let follower = ["h3", "h2", "h1"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .expect("a follower")
+        .to_string();
+    let fi: usize = follower[1..].parse().expect("host number");
+    let lapi = f.host(&leader).api.clone();
+    let others: Vec<String> = f
+        .hosts
+        .iter()
+        .map(|h| h.name().to_string())
+        .filter(|h| *h != follower)
+        .collect();
+    let lapses = |f: &Fleet| -> BTreeMap<String, f64> {
+        f.hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name().to_string(),
+                    metric(&h.api, "baton_lease_lapses_total"),
+                )
+            })
+            .collect()
+    };
+    let cut = |f: &mut Fleet, on: bool| match (&lab, on) {
+        (Some(lab), true) => lab.cut(fi),
+        (Some(lab), false) => lab.heal(fi),
+        (None, true) => f.host_mut(&follower).sigstop(),
+        (None, false) => f.host_mut(&follower).sigcont(),
+    };
+    // Short: back within its lease (fresh for TTL after its last renewal, at most one
+    // interval before the cut). Long: past TTL + grace, and long enough for an
+    // isolated host to have raised its term many times without pre-vote.
+    for (phase, away) in [
+        (
+            "short",
+            Duration::from_millis(l.ttl_ms - l.interval_ms - 500),
+        ),
+        ("long", Duration::from_secs(8)),
+    ] {
+        let owners0 = owners(&lapi);
+        let (term0, leader_id0) = raft_term(&lapi);
+        let lapses0 = lapses(&f);
+        cut(&mut f, true);
+        thread::sleep(away);
+        cut(&mut f, false);
+        let fapi = f.host(&follower).api.clone();
+        wait_until(Duration::from_secs(30), "the follower is back up", || {
+            let up = host_states(&lapi).get(&follower).is_some_and(|s| s == "up");
+            let o = fapi
+                .timeout(Duration::from_secs(1))
+                .get("/v1/cluster")
+                .ok()?;
+            (up && o.json()["leader"].as_u64() == leader_id0).then_some(())
+        });
+        // Give a disruption time to show.
+        thread::sleep(Duration::from_secs(2));
+        let owners1 = owners(&lapi);
+        let (term1, leader_id1) = raft_term(&lapi);
+        let lapses1 = lapses(&f);
+        say(&format!(
+            "{} {phase} ({away:?}) of follower {follower} (leader {leader}): term {term0} -> \
+             {term1}, leader {leader_id0:?} -> {leader_id1:?}; lease lapses {lapses0:?} -> \
+             {lapses1:?}",
+            if partition { "partition" } else { "SIGSTOP" }
+        ));
+        assert_eq!(
+            term1, term0,
+            "{phase}: the returning follower raised the Raft term"
+        );
+        assert_eq!(leader_id1, leader_id0, "{phase}: the leader changed");
+        for h in &others {
+            assert_eq!(
+                lapses1[h], lapses0[h],
+                "{phase}: {h}'s lease lapsed when {follower} came back"
+            );
+        }
+        for (id, (o0, e0)) in &owners0 {
+            let (o1, e1) = &owners1[id];
+            if *o0 == follower && phase == "long" {
+                assert_ne!(o1, &follower, "{id} of the away host was taken over");
+                assert_eq!(*e1, e0 + 1, "{id}: one takeover");
+            } else {
+                assert_eq!(
+                    (o1, e1),
+                    (o0, e0),
+                    "{phase}: {id} changed owner while {follower} was away"
+                );
+            }
+        }
+        if phase == "short" {
+            assert_eq!(
+                lapses1[&follower], lapses0[&follower],
+                "short: {follower} was back before its lease ran out"
+            );
+        }
+    }
+    drop(f);
+    drop(lab);
+}
+
+#[test]
+fn a_paused_follower_returns_without_disturbing_anyone() {
+    returning_follower(false);
+}
+
+#[test]
+fn a_partitioned_follower_returns_without_disturbing_anyone() {
+    returning_follower(true);
+}
+
+/// A PXE client's DHCPREQUEST to its address server, broadcast (proxies see it):
+/// option 50 names the address it takes, option 54 the address server.
+fn dhcp_request(mac: [u8; 6], xid: u32, ip: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut p = discover(mac, xid);
+    p.truncate(p.len() - 1); // the end option
+                             // Message type 3 (REQUEST) in place of 1.
+    let at = p
+        .windows(3)
+        .position(|w| w == [53, 1, 1])
+        .expect("message type option");
+    p[at + 2] = 3;
+    p.extend_from_slice(&[50, 4]);
+    p.extend_from_slice(&ip.octets());
+    p.extend_from_slice(&[54, 4, 127, 0, 0, 254]);
+    p.push(255);
+    p
+}
+
+/// One firmware-like boot sequence of `m` from a client at `ip`: DISCOVER to every
+/// host (a broadcast reaches them all) with retries, the address server REQUEST, then
+/// the node's config and kernel over TFTP from the host that offered. Returns who
+/// offered and whether the owner changed before the files were fetched.
+fn boot_sequence(
+    dhcp: &[(String, SocketAddr, SocketAddr)],
+    m: [u8; 6],
+    ip: std::net::Ipv4Addr,
+    xid: u32,
+    between: impl FnOnce(&str),
+) -> Result<String, String> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::from((ip, 0))).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let mut offered = None;
+    // Firmware retries DISCOVER (4/8/16/32 s); scaled down here.
+    'rounds: for round in 0..6u32 {
+        for (_, d, _) in dhcp {
+            let _ = sock.send_to(&discover(m, xid + round), *d);
+        }
+        let until = Instant::now() + Duration::from_millis(400);
+        let mut from_hosts = Vec::new();
+        while Instant::now() < until {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if offer_for(&buf[..n], m, xid + round).is_some() {
+                    let h = dhcp.iter().find(|(_, d, _)| *d == from);
+                    from_hosts.push(h.map(|(n, _, t)| (n.clone(), *t)));
+                }
+            }
+        }
+        match from_hosts.as_slice() {
+            [] => continue,
+            [Some(one)] => {
+                offered = Some(one.clone());
+                break 'rounds;
+            }
+            more => return Err(format!("double DHCP answer: {more:?}")),
+        }
+    }
+    let (host, tftp) = offered.ok_or("no DHCP offer after 6 rounds")?;
+    for (_, d, _) in dhcp {
+        let _ = sock.send_to(&dhcp_request(m, xid, ip), *d);
+    }
+    between(&host);
+    for path in [pxelinux_path(m), "nodes/n1/kernel".to_string()] {
+        match fleet::tftp_fetch_from(ip, tftp, &path, &[], Duration::from_secs(2), None, None) {
+            Answer::Data(_) => {}
+            other => return Err(format!("{path} from {host} (which offered): {other:?}")),
+        }
+    }
+    Ok(host)
+}
+
+/// Migrations while a client boots in a loop: no boot sequence fails, also when the
+/// flip lands between the DHCP offer and the file fetches, and DHCP is never answered
+/// by two hosts.
+#[test]
+fn migrations_never_fail_a_boot_in_flight() {
+    let _g = serial();
+    let f = three_hosts(true);
+    let h1 = f.host("h1").api.clone();
+    let (nodes, _, _) = deploy_nodes(&h1, 1, &pattern(100_000, 71), &["h1", "h2", "h3"]);
+    let m = nodes[0].1;
+    let dhcp: Vec<(String, SocketAddr, SocketAddr)> = f
+        .hosts
+        .iter()
+        .map(|h| (h.name().to_string(), h.dhcp_addr(), h.spec.tftp))
+        .collect();
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 77);
+    let hosts = ["h1", "h2", "h3"];
+
+    // The issue's case, made certain: the flip lands between offer and fetch.
+    let mut flipped = 0;
+    for k in 0..4u32 {
+        let r = boot_sequence(&dhcp, m, ip, 0x7100_0000 + k * 16, |offerer| {
+            let next = hosts[(hosts.iter().position(|h| *h == offerer).unwrap() + 1) % 3];
+            migrate_and_wait(&h1, "n1", next);
+            flipped += 1;
+        });
+        if let Err(e) = r {
+            panic!("boot sequence {k} failed across a migration flip: {e}");
+        }
+    }
+    assert_eq!(flipped, 4);
+
+    // And a client booting in a loop while the node migrates every ~0.7 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, dhcp) = (stop.clone(), dhcp.clone());
+        thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut k = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                match boot_sequence(&dhcp, m, ip, 0x7200_0000 + k * 16, |_| {}) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                k += 1;
+            }
+            (ok, failed)
+        })
+    };
+    let mut migrations = 0;
+    for _ in 0..9 {
+        thread::sleep(Duration::from_millis(700));
+        let (owner, _, _) = h1.node("n1");
+        let next = hosts[(hosts.iter().position(|h| *h == owner).unwrap() + 1) % 3];
+        migrate_and_wait(&h1, "n1", next);
+        migrations += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = client.join().expect("client thread");
+    say(&format!(
+        "boot loop across {migrations} migrations: {ok} sequences completed, {} failed",
+        failed.len()
+    ));
+    assert!(ok >= 10, "too few sequences ran: {ok}");
+    assert!(failed.is_empty(), "failed boot sequences: {failed:#?}");
+}

@@ -1093,14 +1093,25 @@ pub fn tftp_fetch(
     pace: Option<Pace>,
     progress: Option<&AtomicU64>,
 ) -> Answer {
-    let sock = UdpSocket::bind(SocketAddr::from((
-        match server.ip() {
-            std::net::IpAddr::V4(a) if a.is_loopback() => Ipv4Addr::LOCALHOST,
-            _ => Ipv4Addr::UNSPECIFIED,
-        },
-        0,
-    )))
-    .expect("bind a TFTP client socket");
+    let local = match server.ip() {
+        std::net::IpAddr::V4(a) if a.is_loopback() => Ipv4Addr::LOCALHOST,
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    tftp_fetch_from(local, server, path, opts, wait, pace, progress)
+}
+
+/// [`tftp_fetch`] from the local address `local` (a client with an address of its own,
+/// e.g. 127.0.0.77 on loopback).
+pub fn tftp_fetch_from(
+    local: Ipv4Addr,
+    server: SocketAddr,
+    path: &str,
+    opts: &[(&str, &str)],
+    wait: Duration,
+    pace: Option<Pace>,
+    progress: Option<&AtomicU64>,
+) -> Answer {
+    let sock = UdpSocket::bind(SocketAddr::from((local, 0))).expect("bind a TFTP client socket");
     sock.set_read_timeout(Some(wait)).expect("set timeout");
     let req = rrq(path, opts);
     let _ = sock.send_to(&req, server);
