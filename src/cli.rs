@@ -100,7 +100,7 @@ pub struct ApiArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/var/lib/baton"
+        default_value = crate::api::DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
     /// Print JSON instead of tables.

@@ -197,7 +197,7 @@ impl Default for HttpConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            data_dir: PathBuf::from("/var/lib/baton"),
+            data_dir: PathBuf::from(crate::api::DEFAULT_DATA_DIR),
             log_level: "info".into(),
             host_name: None,
             group: "default".into(),

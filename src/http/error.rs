@@ -2,8 +2,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use crate::api::{ErrorBody, ErrorInfo};
 use crate::ownership::gate::NotServed;
 
 /// An API request that cannot be served.
@@ -103,14 +103,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        match &self {
-            ApiError::BadRequest { field: Some(f), .. } => body["error"]["field"] = json!(f),
+        let (field, details) = match &self {
+            ApiError::BadRequest { field, .. } => (field.clone(), None),
             ApiError::Conflict { details, .. } | ApiError::NotServed { details, .. } => {
-                body["error"]["details"] = details.clone()
+                (None, Some(details.clone()))
             }
-            _ => {}
-        }
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                field,
+                details,
+            },
+        };
         let mut resp = (self.status(), axum::Json(body)).into_response();
         match &self {
             ApiError::Unauthorized => {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use serde::{Deserialize, Serialize};
 
-use super::network::Network;
+use super::peer::PeerClient;
 use super::{BatonRaft, NodeId, Peer};
+use crate::api::peer::{ProposeRefused, Proposed};
 use crate::metrics::Metrics;
 use crate::store::{Command, Outcome, StoreError};
 
@@ -34,52 +34,31 @@ pub enum ProposeError {
     Raft(String),
 }
 
-/// A forwarded write, committed: its outcome and log index.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposed {
-    /// Outcome of applying it.
-    pub outcome: Outcome,
-    /// Log index it was committed at.
-    pub index: u64,
-}
-
-/// Why the leader did not take a forwarded write (then the sender retries).
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-#[error("{reason}")]
-pub struct ProposeRefused {
-    /// Why.
-    pub reason: String,
-}
-
 /// The write-path handle: the Raft handle plus the peer client to forward with.
 #[derive(Clone)]
 pub struct Proposer {
     raft: BatonRaft,
     node_id: NodeId,
-    net: Network,
-    can_forward: bool,
+    peers: PeerClient,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
 }
 
 impl Proposer {
-    /// A proposer for this host (`node_id`); `can_forward` is false without a cluster
-    /// secret. Call from within the tokio runtime.
-    pub fn new(
-        raft: BatonRaft,
-        node_id: NodeId,
-        net: Network,
-        can_forward: bool,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A proposer for this host (`node_id`). Call from within the tokio runtime.
+    pub fn new(raft: BatonRaft, node_id: NodeId, peers: PeerClient, metrics: Arc<Metrics>) -> Self {
         Proposer {
             raft,
             node_id,
-            net,
-            can_forward,
+            peers,
             metrics,
             rt: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The client of peer hosts (joining, membership, metrics, blob fetches).
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
     }
 
     /// The Raft handle (membership changes, metrics, RPC handlers).
@@ -170,13 +149,10 @@ impl Proposer {
         leader: &Peer,
         cmd: &Command,
     ) -> Result<(Outcome, u64), String> {
-        if !self.can_forward {
+        if !self.peers.has_secret() {
             return Err("this host has no cluster secret to reach the leader".into());
         }
-        let url = format!("{}/cluster/propose", leader.addr.trim_end_matches('/'));
-        let post =
-            self.net
-                .post::<_, Proposed, ProposeRefused>(0, &url, cmd, Duration::from_secs(10));
+        let post = self.peers.propose(&leader.addr, cmd);
         let mut metrics = self.raft.metrics();
         let replaced = async {
             loop {
@@ -190,7 +166,8 @@ impl Proposer {
         };
         tokio::select! {
             r = post => match r {
-                Ok(p) => Ok((p.outcome, p.index)),
+                Ok(Ok(p)) => Ok((p.outcome, p.index)),
+                Ok(Err(refused)) => Err(refused.to_string()),
                 Err(e) => Err(e.to_string()),
             },
             _ = replaced => Err(format!("leader {} replaced while the write was pending", leader.host)),
