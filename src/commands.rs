@@ -358,12 +358,12 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Renew {
             id,
             holder,
-            token,
+            fencing_token,
             ttl,
         } => {
             let req = RenewRequest {
                 holder,
-                token,
+                token: fencing_token,
                 ttl_secs: ttl,
             };
             let r: Reply<ReservationGrant> =
@@ -372,9 +372,17 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 format!("renewed {id} until {}\n", g.reservation.expires_at)
             });
         }
-        NodeCmd::Release { id, holder, token } => {
+        NodeCmd::Release {
+            id,
+            holder,
+            fencing_token,
+        } => {
             let path = format!("/v1/nodes/{id}/reservation");
-            c.delete::<()>(&with_query(&path, &ReleaseQuery { holder, token })?)?;
+            let query = ReleaseQuery {
+                holder,
+                token: fencing_token,
+            };
+            c.delete::<()>(&with_query(&path, &query)?)?;
             print_value(api, json!({ "released": id }), format!("released {id}\n"));
         }
     }
