@@ -55,7 +55,8 @@ pub async fn start(
         .await
         .context("cannot start the replicated log")?;
     info!(node_id = id, host, advertise, "replicated store opened");
-    let proposer = Proposer::new(raft, id, peers, metrics);
+    let deadline = Duration::from_millis(cfg.cluster.propose_deadline_ms);
+    let proposer = Proposer::new(raft, id, peers, deadline, metrics);
     Ok((proposer, feed))
 }
 

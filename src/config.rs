@@ -119,6 +119,9 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot for followers slightly behind.
     pub keep_logs: u64,
+    /// How long an API write waits for a leader to commit it before it is refused with
+    /// 503 and `Retry-After` (e.g. while a majority of hosts is down).
+    pub propose_deadline_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -132,6 +135,7 @@ impl Default for ClusterConfig {
             replication_rate: 100 << 20,
             snapshot_every: 5000,
             keep_logs: 1000,
+            propose_deadline_ms: 15_000,
         }
     }
 }
@@ -509,6 +513,12 @@ impl Config {
                 "must be at least 3 x cluster.heartbeat_ms (and heartbeat_ms >= 10)",
             );
         }
+        if cl.propose_deadline_ms < 2 * cl.election_timeout_ms {
+            return bad(
+                "cluster.propose_deadline_ms",
+                "must be at least 2 x cluster.election_timeout_ms (a write must outlast an election)",
+            );
+        }
         let ow = &self.ownership;
         if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
             return bad(
@@ -614,5 +624,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_blksiz"), "{e}");
+        // A write deadline shorter than an election could never see a new leader.
+        std::fs::write(&f, "[cluster]\npropose_deadline_ms = 1000\n").unwrap();
+        let e = Config::load(Some(&f), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.propose_deadline_ms"), "{e}");
     }
 }

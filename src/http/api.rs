@@ -1,7 +1,8 @@
 //! The admin REST API (`/v1/...`): nodes, boot profiles, artifacts, reservations,
 //! events, hosts and status. Bodies are the [`crate::api::v1`] types the CLI reads too.
 //! Every write becomes a store [`Command`] proposed through the [`Proposer`]; business
-//! refusals come back as 4xx with the rejection as details.
+//! refusals come back as 4xx with the rejection as details, a cluster without a leader
+//! as 503 with `Retry-After`.
 //!
 //! [`Proposer`]: crate::store::raft::propose::Proposer
 
@@ -81,7 +82,11 @@ pub fn routes() -> Router<Arc<App>> {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            // Not the request's fault nor the server's: the cluster has no leader now.
+            ProposeError::NoLeader(_) => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

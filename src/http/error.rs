@@ -6,6 +6,11 @@ use axum::response::{IntoResponse, Response};
 use crate::api::{ErrorBody, ErrorInfo};
 use crate::ownership::gate::NotServed;
 
+/// Seconds a client is told to wait (`Retry-After`) before retrying a request refused
+/// because the cluster is not ready: about one election, after which a leader usually
+/// exists again or the majority is really gone.
+pub const RETRY_AFTER_SECS: u32 = 2;
+
 /// An API request that cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -43,7 +48,8 @@ pub enum ApiError {
     /// The route exists, the method does not.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// The service is not ready (e.g. store unavailable).
+    /// The service or the cluster is not ready (no leader, shutting down...): 503 with
+    /// `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     /// The serve gate refused: this host may not answer for the node now.
@@ -132,8 +138,36 @@ impl IntoResponse for ApiError {
                         .insert(axum::http::header::CONTENT_RANGE, v);
                 }
             }
+            ApiError::Unavailable(_) => {
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+                );
+            }
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::raft::propose::ProposeError;
+
+    #[test]
+    fn no_leader_is_503_with_retry_after() {
+        let r = ApiError::from(ProposeError::NoLeader(Duration::from_secs(15))).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from(RETRY_AFTER_SECS))
+        );
+        // Other write failures stay server errors, without a retry hint.
+        let r = ApiError::from(ProposeError::Task("panicked".into())).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
     }
 }

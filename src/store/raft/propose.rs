@@ -14,9 +14,6 @@ use crate::api::peer::{ProposeRefused, Proposed};
 use crate::metrics::Metrics;
 use crate::store::{Command, Outcome, StoreError};
 
-/// How long a write may wait for a leader before it fails.
-const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
-
 /// Why a proposed command could not be applied (not a business rejection).
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -40,17 +37,26 @@ pub struct Proposer {
     raft: BatonRaft,
     node_id: NodeId,
     peers: PeerClient,
+    deadline: Duration,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
 }
 
 impl Proposer {
-    /// A proposer for this host (`node_id`). Call from within the tokio runtime.
-    pub fn new(raft: BatonRaft, node_id: NodeId, peers: PeerClient, metrics: Arc<Metrics>) -> Self {
+    /// A proposer for this host (`node_id`) whose writes wait at most `deadline` for a
+    /// leader. Call from within the tokio runtime.
+    pub fn new(
+        raft: BatonRaft,
+        node_id: NodeId,
+        peers: PeerClient,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Proposer {
             raft,
             node_id,
             peers,
+            deadline,
             metrics,
             rt: tokio::runtime::Handle::current(),
         }
@@ -99,25 +105,40 @@ impl Proposer {
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            let err = match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => return self.finish(r.data, r.log_id.index).await,
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match f.leader_node {
-                        Some(peer) => match self.forward(f.leader_id, &peer, &cmd).await {
-                            Ok((out, index)) => return self.finish(Some(out), index).await,
-                            Err(e) => e,
-                        },
-                        None => "no leader known yet".to_string(),
-                    }
-                }
-                Err(e) => return Err(ProposeError::Raft(e.to_string())),
+            // The deadline bounds each attempt too: a leader cut off from the majority
+            // (or a frozen one we forwarded to) would keep the write pending.
+            let left = self.deadline.saturating_sub(start.elapsed());
+            let err = match tokio::time::timeout(left, self.attempt(&cmd)).await {
+                Ok(Ok(Ok((out, index)))) => return self.finish(out, index).await,
+                Ok(Ok(Err(e))) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => "not committed in time: no majority answered the leader".into(),
             };
-            if start.elapsed() > PROPOSE_DEADLINE {
+            if start.elapsed() >= self.deadline {
                 tracing::warn!(error = %err, "write failed: no leader");
-                return Err(ProposeError::NoLeader(PROPOSE_DEADLINE));
+                return Err(ProposeError::NoLeader(self.deadline));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// One try: commit here if this host leads, else forward to the leader. The inner
+    /// error says why to try again; the outer one is final.
+    async fn attempt(
+        &self,
+        cmd: &Command,
+    ) -> Result<Result<(Option<Outcome>, u64), String>, ProposeError> {
+        match self.raft.client_write(cmd.clone()).await {
+            Ok(r) => Ok(Ok((r.data, r.log_id.index))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                Some(peer) => Ok(self
+                    .forward(f.leader_id, &peer, cmd)
+                    .await
+                    .map(|(out, index)| (Some(out), index))),
+                None => Ok(Err("no leader known yet".into())),
+            },
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
     }
 
