@@ -220,9 +220,9 @@ pub enum NodeCmd {
         /// Holder.
         #[arg(long)]
         holder: String,
-        /// Fencing token from `reserve`.
-        #[arg(long)]
-        token: u64,
+        /// Fencing token from `reserve` (`--token` is the API token).
+        #[arg(long, value_name = "N")]
+        fencing_token: u64,
         /// New time to live in seconds.
         #[arg(long, default_value_t = 60)]
         ttl: u64,
@@ -234,9 +234,9 @@ pub enum NodeCmd {
         /// Holder.
         #[arg(long)]
         holder: String,
-        /// Fencing token from `reserve`.
-        #[arg(long)]
-        token: u64,
+        /// Fencing token from `reserve` (`--token` is the API token).
+        #[arg(long, value_name = "N")]
+        fencing_token: u64,
     },
 }
 

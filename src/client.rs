@@ -1,10 +1,17 @@
 //! A blocking client of the admin API, used by the CLI (`baton node ...` and friends).
+//! It sends and reads the [`crate::api`] types the server handlers use, and keeps each
+//! answer's JSON as sent for `--json`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::api::v1::{UploadQuery, Uploaded};
+use crate::api::{ErrorBody, TOKEN_FILE};
 
 /// What went wrong talking to the API, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +25,7 @@ pub enum ClientError {
         reason: String,
     },
     /// 401.
-    #[error("the API refused the token: pass --token or set BATON_API_TOKEN (the server's token is in <data-dir>/api-token)")]
+    #[error("the API refused the token: pass --token or set BATON_API_TOKEN (the server's token is in <data-dir>/{TOKEN_FILE})")]
     Unauthorized,
     /// Any other 4xx/5xx, with the server's message.
     #[error("{message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
@@ -45,6 +52,16 @@ pub enum ClientError {
     /// The server answered something that is not the expected JSON.
     #[error("unexpected answer from the API: {0}")]
     Protocol(String),
+}
+
+/// An answer of the API: its body as the type the server sent, and as the JSON it sent
+/// (what `--json` prints).
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    /// The typed body.
+    pub body: T,
+    /// The JSON as sent (`null` for an empty body).
+    pub raw: Value,
 }
 
 /// An API client.
@@ -79,6 +96,7 @@ impl Client {
             .set("Authorization", &format!("Bearer {}", self.token))
     }
 
+    /// The JSON of a successful answer (`null` when empty), or the refusal.
     fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> Result<Value, ClientError> {
         match r {
             Ok(resp) => {
@@ -97,17 +115,21 @@ impl Client {
             Err(ureq::Error::Status(401, _)) => Err(ClientError::Unauthorized),
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
-                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let e = &v["error"];
-                Err(ClientError::Api {
-                    status,
-                    code: e["code"].as_str().unwrap_or("error").to_string(),
-                    message: e["message"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("HTTP {status}: {text:.200}")),
-                    field: e["field"].as_str().map(str::to_string),
-                    details: e.get("details").cloned(),
+                Err(match serde_json::from_str::<ErrorBody>(&text) {
+                    Ok(ErrorBody { error: e }) => ClientError::Api {
+                        status,
+                        code: e.code,
+                        message: e.message,
+                        field: e.field,
+                        details: e.details,
+                    },
+                    Err(_) => ClientError::Api {
+                        status,
+                        code: "error".into(),
+                        message: format!("HTTP {status}: {text:.200}"),
+                        field: None,
+                        details: None,
+                    },
                 })
             }
             Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable {
@@ -117,19 +139,36 @@ impl Client {
         }
     }
 
-    /// GET a JSON resource.
-    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.finish(self.req("GET", path).call())
+    /// [`Client::finish`], read as a `T`.
+    fn typed<T: DeserializeOwned>(
+        &self,
+        r: Result<ureq::Response, ureq::Error>,
+    ) -> Result<Reply<T>, ClientError> {
+        let raw = self.finish(r)?;
+        let body = T::deserialize(&raw)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {:.200}", raw.to_string())))?;
+        Ok(Reply { body, raw })
     }
 
-    /// DELETE a resource.
-    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
-        self.finish(self.req("DELETE", path).call())
+    /// GET a JSON resource.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
+        self.typed(self.req("GET", path).call())
+    }
+
+    /// DELETE a resource; the answer is read as a `T` (`()` for none).
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
+        self.typed(self.req("DELETE", path).call())
     }
 
     /// Sends a JSON body with `method`.
-    pub fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.finish(self.req(method, path).send_json(body.clone()))
+    pub fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<Reply<T>, ClientError> {
+        let json = serde_json::to_value(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.typed(self.req(method, path).send_json(json))
     }
 
     /// Uploads a file as an artifact, reporting `(sent, total)` as it goes.
@@ -138,7 +177,7 @@ impl Client {
         file: &Path,
         name: &str,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Reply<Uploaded>, ClientError> {
         let f = std::fs::File::open(file).map_err(|source| ClientError::File {
             path: file.to_path_buf(),
             source,
@@ -150,8 +189,12 @@ impl Client {
             total,
             cb: &mut progress,
         };
-        let path = format!("/v1/artifacts?name={}", urlencode(name));
-        self.finish(
+        let query = UploadQuery {
+            name: Some(name.to_string()),
+            sha256: None,
+        };
+        let path = with_query("/v1/artifacts", &query)?;
+        self.typed(
             self.req("POST", &path)
                 .set("Content-Type", "application/octet-stream")
                 .set("Content-Length", &total.to_string())
@@ -176,7 +219,17 @@ impl<R: Read> Read for Progress<'_, R> {
     }
 }
 
-/// Percent-encodes a query value.
+/// `path?query`, the query string from its [`crate::api`] type.
+pub fn with_query<Q: Serialize>(path: &str, query: &Q) -> Result<String, ClientError> {
+    let q = serde_urlencoded::to_string(query).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    })
+}
+
+/// Percent-encodes a path segment or query value.
 pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

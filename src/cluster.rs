@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::{Config as RaftConfig, SnapshotPolicy};
-use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::api::peer::JoinRequest;
 use crate::config::Config;
-use crate::http::cluster::JoinRequest;
 use crate::metrics::Metrics;
 use crate::store::feed::EventFeed;
 use crate::store::raft::elect::{Election, ElectionTiming, LeaderContact};
 use crate::store::raft::log::LogStore;
 use crate::store::raft::machine::StateMachine;
-use crate::store::raft::network::{Network, SECRET_HEADER};
+use crate::store::raft::network::Network;
+use crate::store::raft::peer::{PeerClient, PeerError};
 use crate::store::raft::propose::Proposer;
 use crate::store::raft::{node_id, BatonRaft, Peer};
 use crate::store::Store;
@@ -33,8 +33,6 @@ pub struct Started {
     pub feed: EventFeed,
     /// Leader contact and election timing.
     pub election: Election,
-    /// Peer client (for the elector).
-    pub net: Network,
 }
 
 /// Opens the Raft log and state machine: the write path and the event feed.
@@ -51,8 +49,7 @@ pub async fn start(
         .context("cannot open the state machine")?;
     let log =
         LogStore::open(&cfg.data_dir.join("raft-log.db")).context("cannot open the raft log")?;
-    let secret = cfg.cluster.secret.clone();
-    let net = Network::new(secret.clone().unwrap_or_default());
+    let peers = PeerClient::new(cfg.cluster.secret.clone());
     let timing = cfg.raft_timing().context("invalid lease and raft timing")?;
     let rc = RaftConfig {
         cluster_name: "baton".into(),
@@ -67,7 +64,7 @@ pub async fn start(
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().context("invalid raft settings")?);
-    let raft: BatonRaft = openraft::Raft::new(id, rc, net.clone(), log, sm)
+    let raft: BatonRaft = openraft::Raft::new(id, rc, Network::new(peers.clone()), log, sm)
         .await
         .context("cannot start the replicated log")?;
     info!(
@@ -78,7 +75,8 @@ pub async fn start(
         election_timeout_ms = timing.election_timeout_ms,
         "replicated store opened"
     );
-    let proposer = Proposer::new(raft, id, net.clone(), secret.is_some(), metrics);
+    let deadline = Duration::from_millis(cfg.cluster.propose_deadline_ms);
+    let proposer = Proposer::new(raft, id, peers, deadline, metrics);
     let election = Election {
         contact: LeaderContact::default(),
         timing: ElectionTiming {
@@ -89,7 +87,6 @@ pub async fn start(
         proposer,
         feed,
         election,
-        net,
     })
 }
 
@@ -123,7 +120,7 @@ pub async fn bootstrap(
                     "initialized a new cluster with this host as its only member"
                 );
             }
-            Some(url) => join(cfg, host, p.node_id(), url, advertise).await?,
+            Some(url) => join(p.peers(), host, p.node_id(), url, advertise).await?,
         }
     } else if let Some(url) = &cfg.cluster.join {
         info!(join = %url, "already a cluster member; --join ignored");
@@ -147,21 +144,15 @@ pub async fn bootstrap(
 /// Asks the cluster at `url` to add this host, following leader hints, until it is a
 /// voter.
 async fn join(
-    cfg: &Config,
+    peers: &PeerClient,
     host: &str,
     node_id: crate::store::raft::NodeId,
     url: &str,
     advertise: &str,
 ) -> anyhow::Result<()> {
-    let secret = cfg
-        .cluster
-        .secret
-        .clone()
-        .context("joining needs the cluster secret")?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .context("http client")?;
+    if !peers.has_secret() {
+        anyhow::bail!("joining needs the cluster secret");
+    }
     let req = JoinRequest {
         node_id,
         addr: advertise.to_string(),
@@ -171,32 +162,29 @@ async fn join(
     let mut target = url.trim_end_matches('/').to_string();
     loop {
         info!(via = %target, node_id, "joining cluster (as learner first, catching up, then as voter)");
-        let r = client
-            .post(format!("{target}/cluster/join"))
-            .header(SECRET_HEADER, &secret)
-            .json(&req)
-            .send()
-            .await;
-        match r {
-            Ok(resp) if resp.status().is_success() => {
+        match peers.join(&target, &req).await {
+            Ok(_) => {
                 info!(via = %target, "joined the cluster");
                 return Ok(());
             }
-            Ok(resp) if resp.status() == reqwest::StatusCode::FORBIDDEN => {
+            Err(PeerError::Forbidden { .. }) => {
                 anyhow::bail!(
                     "the cluster at {target} refused the cluster secret: check --cluster-secret"
                 );
             }
-            Ok(resp) => {
-                let v: Value = resp.json().await.unwrap_or(Value::Null);
-                if let Some(leader) = v["error"]["details"]["leader"].as_str() {
+            Err(e) => {
+                if let Some(leader) = e.leader_hint() {
                     target = leader.trim_end_matches('/').to_string();
                     continue;
                 }
-                warn!(via = %target, answer = %v, "join not accepted yet; retrying");
-            }
-            Err(e) => {
-                warn!(via = %target, error = %e, "cannot reach the cluster to join; retrying")
+                match e {
+                    PeerError::Refused { .. } | PeerError::Decode { .. } => {
+                        warn!(via = %target, answer = %e, "join not accepted yet; retrying")
+                    }
+                    e => {
+                        warn!(via = %target, error = %e, "cannot reach the cluster to join; retrying")
+                    }
+                }
             }
         }
         if start.elapsed() > JOIN_DEADLINE {

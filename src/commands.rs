@@ -1,20 +1,32 @@
 //! The CLI's client subcommands: each turns arguments into API calls and prints a table
-//! (or JSON with `--json`).
+//! (or, with `--json`, the JSON the server sent). Answers are read as the [`crate::api`]
+//! types the server handlers send, so a renamed field breaks the build, not the output.
 
+use std::fmt::Display;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::api::v1::{
+    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
+    HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery, ProfileRequest,
+    ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView, UpdateRequest,
+    Uploaded,
+};
+use crate::api::TOKEN_FILE;
+use crate::blobs::Digest;
 use crate::cli::{ApiArgs, ArtifactCmd, HostCmd, NodeCmd};
-use crate::client::{table, Client};
+use crate::client::{table, urlencode, with_query, Client, Reply};
+use crate::store::{Artifact, HandoffState, MacAddr, Node, NodeFile, ProvisionState};
 
 /// Connects with the given or the local token.
 fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
     let token = match &api.token {
         Some(t) => t.clone(),
         None => {
-            let p = api.data_dir.join(crate::serve::TOKEN_FILE);
+            let p = api.data_dir.join(TOKEN_FILE);
             std::fs::read_to_string(&p)
                 .map(|t| t.trim().to_string())
                 .with_context(|| {
@@ -28,47 +40,65 @@ fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
     Ok(Client::new(&api.api, &token))
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    }
+/// A value, or `-` when there is none.
+fn opt<T: Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
-fn print(api: &ApiArgs, v: &Value, human: impl FnOnce(&Value) -> String) {
+/// Items joined by `sep`.
+fn joined<T: Display>(items: &[T], sep: &str) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(sep)
+}
+
+/// A value as JSON text (lists in the detail views).
+fn json_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Prints the answer: the server's JSON with `--json`, else `human` of its body.
+fn print<T>(api: &ApiArgs, reply: &Reply<T>, human: impl FnOnce(&T) -> String) {
     if api.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        print_json(&reply.raw);
     } else {
-        print!("{}", human(v));
+        print!("{}", human(&reply.body));
     }
 }
 
-/// The elements of a JSON array (none for anything else).
-fn items(v: &Value) -> &[Value] {
-    v.as_array().map(|a| a.as_slice()).unwrap_or_default()
+/// Prints a CLI-made answer (e.g. of a delete, which has no body).
+fn print_value(api: &ApiArgs, v: Value, text: String) {
+    if api.json {
+        print_json(&v);
+    } else {
+        print!("{text}");
+    }
 }
 
-/// A JSON array of strings, comma-separated.
-fn joined(v: &Value) -> String {
-    items(v).iter().map(s).collect::<Vec<_>>().join(",")
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn node_rows(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(v)
+fn handoff_label(h: &HandoffState) -> &'static str {
+    match h {
+        HandoffState::None => "none",
+        HandoffState::Migrating { .. } => "migrating",
+    }
+}
+
+fn node_rows(nodes: &[Node]) -> String {
+    let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
             vec![
-                s(&n["id"]),
-                joined(&n["macs"]),
-                s(&n["group"]),
-                s(&n["owner"]),
-                s(&n["epoch"]),
-                s(&n["provision_state"]),
-                s(&n["handoff"]["state"]),
-                n["boot_profile"]["kind"]
-                    .as_str()
-                    .unwrap_or("none")
+                n.id.clone(),
+                joined(&n.macs, ","),
+                n.group.clone(),
+                n.owner.clone(),
+                n.epoch.to_string(),
+                n.provision_state.as_str().to_string(),
+                handoff_label(&n.handoff).to_string(),
+                n.boot_profile
+                    .as_ref()
+                    .map_or("none", |p| p.kind())
                     .to_string(),
             ]
         })
@@ -81,99 +111,87 @@ fn node_rows(v: &Value) -> String {
     )
 }
 
-/// A node's served files (a JSON array of NodeFile) as a table.
-fn files_table(files: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(files)
+/// A node's served files as a table.
+fn files_table(files: &[NodeFile]) -> String {
+    let rows: Vec<Vec<String>> = files
         .iter()
-        .map(|f| vec![s(&f["path"]), s(&f["size"]), s(&f["digest"])])
+        .map(|f| vec![f.path.clone(), f.size.to_string(), f.digest.to_string()])
         .collect();
     table(&["PATH", "SIZE", "SHA256"], &rows)
 }
 
-fn node_detail(n: &Value) -> String {
+fn node_detail(d: &NodeDetail) -> String {
+    let n = &d.node;
     let mut out = String::new();
-    for k in [
-        "id",
-        "group",
-        "arch",
-        "owner",
-        "epoch",
-        "provision_state",
-        "last_token",
+    for (k, v) in [
+        ("id", n.id.clone()),
+        ("group", n.group.clone()),
+        ("arch", opt(&n.arch)),
+        ("owner", n.owner.clone()),
+        ("epoch", n.epoch.to_string()),
+        ("provision_state", n.provision_state.as_str().to_string()),
+        ("last_token", n.last_token.to_string()),
     ] {
-        out.push_str(&format!("{k:<16} {}\n", s(&n[k])));
+        out.push_str(&format!("{k:<16} {v}\n"));
     }
-    let macs = n["macs"]
-        .as_array()
-        .map(|m| m.iter().map(s).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default();
-    out.push_str(&format!("{:<16} {macs}\n", "macs"));
-    let h = &n["handoff"];
-    let handoff = match h["state"].as_str() {
-        Some("migrating") => format!("migrating to {} since {}", s(&h["to"]), s(&h["since"])),
-        other => other.unwrap_or("none").to_string(),
+    out.push_str(&format!("{:<16} {}\n", "macs", joined(&n.macs, ", ")));
+    let handoff = match &n.handoff {
+        HandoffState::Migrating { to, since } => format!("migrating to {to} since {since}"),
+        h => handoff_label(h).to_string(),
     };
     out.push_str(&format!("{:<16} {handoff}\n", "handoff"));
-    let p = &n["boot_profile"];
+    let p = n.boot_profile.as_ref();
     out.push_str(&format!(
         "{:<16} {}\n",
         "profile",
-        p["kind"].as_str().unwrap_or("none")
+        p.map_or("none", |p| p.kind())
     ));
-    if p.get("kernel").is_some() {
+    if let Some(k) = p.and_then(|p| p.kernel_boot()) {
         out.push_str(&format!(
             "{:<16} {}\n{:<16} {}\n{:<16} {}\n",
-            "  kernel",
-            s(&p["kernel"]),
-            "  ramdisk",
-            s(&p["ramdisk"]),
-            "  cmdline",
-            s(&p["cmdline"])
+            "  kernel", k.kernel, "  ramdisk", k.ramdisk, "  cmdline", k.cmdline
         ));
     }
-    if !n["stuck"].is_null() {
-        out.push_str(&format!("{:<16} {}\n", "stuck", s(&n["stuck"])));
+    if let Some(s) = &n.stuck {
+        out.push_str(&format!("{:<16} {s}\n", "stuck"));
     }
-    let f = &n["fence"];
-    if !f.is_null() {
+    if let Some(f) = &n.fence {
         out.push_str(&format!(
             "{:<16} until {} confirms the migration (event {}) or is down\n",
-            "fenced",
-            s(&f["host"]),
-            s(&f["seq"])
+            "fenced", f.host, f.seq
         ));
     }
-    let r = &n["reservation"];
-    if !r.is_null() {
+    if let Some(r) = &d.reservation {
         out.push_str(&format!(
             "{:<16} {} (token {}, until {})\n",
-            "reserved by",
-            s(&r["holder"]),
-            s(&r["token"]),
-            s(&r["expires_at"])
+            "reserved by", r.holder, r.token, r.expires_at
         ));
     }
-    if n["files"].is_array() {
-        out.push_str("\nfiles:\n");
-        out.push_str(&files_table(&n["files"]));
-    }
+    out.push_str("\nfiles:\n");
+    out.push_str(&files_table(&d.files));
     out
 }
 
 /// A digest as given, or a file uploaded first.
-fn artifact_ref(c: &Client, api: &ApiArgs, v: &str) -> anyhow::Result<String> {
+fn artifact_ref(c: &Client, api: &ApiArgs, v: &str) -> anyhow::Result<Digest> {
     let p = Path::new(v);
     if p.is_file() {
-        let a = upload(c, api, p, None)?;
-        return Ok(s(&a["artifact"]["digest"]));
+        let up = upload(c, api, p, None)?;
+        return match up.body.artifact {
+            Some(a) => Ok(a.digest),
+            None => bail!("{v} was uploaded but the server lists no artifact for it"),
+        };
     }
-    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(v.to_string());
-    }
-    bail!("{v:?} is neither a file nor a sha256 digest")
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("{v:?} is neither a file nor a sha256 digest"))
 }
 
-fn upload(c: &Client, api: &ApiArgs, file: &Path, name: Option<&str>) -> anyhow::Result<Value> {
+fn upload(
+    c: &Client,
+    api: &ApiArgs,
+    file: &Path,
+    name: Option<&str>,
+) -> anyhow::Result<Reply<Uploaded>> {
     let name = name
         .map(str::to_string)
         .or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -197,6 +215,13 @@ fn upload(c: &Client, api: &ApiArgs, file: &Path, name: Option<&str>) -> anyhow:
     Ok(r?)
 }
 
+/// Boot MACs as given with `--mac`.
+fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
+    macs.iter()
+        .map(|m| m.parse().with_context(|| format!("--mac {m}")))
+        .collect()
+}
+
 /// `baton node ...`
 pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
     let c = connect(api)?;
@@ -207,39 +232,24 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             group,
             arch,
         } => {
-            let v = c.send(
-                "POST",
-                "/v1/nodes",
-                &json!({ "id": id, "macs": macs, "group": group, "arch": arch }),
-            )?;
-            print(api, &v, |v| {
-                format!(
-                    "enrolled {} (owner {}, epoch {})\n",
-                    s(&v["id"]),
-                    s(&v["owner"]),
-                    s(&v["epoch"])
-                )
+            let req = EnrollRequest {
+                id,
+                macs: parse_macs(&macs)?,
+                group,
+                arch,
+            };
+            let r: Reply<Node> = c.send("POST", "/v1/nodes", &req)?;
+            print(api, &r, |n| {
+                format!("enrolled {} (owner {}, epoch {})\n", n.id, n.owner, n.epoch)
             });
         }
         NodeCmd::List { owner, group } => {
-            let mut q = Vec::new();
-            if let Some(o) = owner {
-                q.push(format!("owner={}", crate::client::urlencode(&o)));
-            }
-            if let Some(g) = group {
-                q.push(format!("group={}", crate::client::urlencode(&g)));
-            }
-            let path = if q.is_empty() {
-                "/v1/nodes".to_string()
-            } else {
-                format!("/v1/nodes?{}", q.join("&"))
-            };
-            let v = c.get(&path)?;
-            print(api, &v, node_rows);
+            let r = c.get(&with_query("/v1/nodes", &NodeQuery { owner, group })?)?;
+            print(api, &r, |n: &Vec<Node>| node_rows(n));
         }
         NodeCmd::Show { id } => {
-            let v = c.get(&format!("/v1/nodes/{id}"))?;
-            print(api, &v, node_detail);
+            let r = c.get(&format!("/v1/nodes/{id}"))?;
+            print(api, &r, node_detail);
         }
         NodeCmd::Update {
             id,
@@ -248,27 +258,27 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             arch,
             provision_state,
         } => {
-            let mut body = json!({});
-            if !macs.is_empty() {
-                body["macs"] = json!(macs);
-            }
-            if let Some(g) = group {
-                body["group"] = json!(g);
-            }
-            if let Some(a) = arch {
-                body["arch"] = json!(a);
-            }
-            if let Some(p) = provision_state {
-                body["provision_state"] = json!(p);
-            }
-            let v = c.send("PATCH", &format!("/v1/nodes/{id}"), &body)?;
-            print(api, &v, |v| format!("updated {}\n", s(&v["id"])));
+            let provision_state = provision_state
+                .map(|p| {
+                    ProvisionState::parse(&p).with_context(|| {
+                        let all: Vec<_> = ProvisionState::ALL.iter().map(|s| s.as_str()).collect();
+                        format!("unknown provision state {p:?}: use {}", all.join(", "))
+                    })
+                })
+                .transpose()?;
+            let req = UpdateRequest {
+                macs: (!macs.is_empty()).then(|| parse_macs(&macs)).transpose()?,
+                group,
+                arch: arch.map(Some),
+                provision_state,
+                expected_epoch: None,
+            };
+            let r: Reply<Node> = c.send("PATCH", &format!("/v1/nodes/{id}"), &req)?;
+            print(api, &r, |n| format!("updated {}\n", n.id));
         }
         NodeCmd::Delete { id } => {
-            c.delete(&format!("/v1/nodes/{id}"))?;
-            print(api, &json!({ "deleted": id }), |_| {
-                format!("deleted {id}\n")
-            });
+            c.delete::<()>(&format!("/v1/nodes/{id}"))?;
+            print_value(api, json!({ "deleted": id }), format!("deleted {id}\n"));
         }
         NodeCmd::SetProfile {
             id,
@@ -277,46 +287,42 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             ramdisk,
             cmdline,
         } => {
-            let mut body = json!({ "kind": kind });
-            if let Some(k) = kernel {
-                body["kernel"] = json!(artifact_ref(&c, api, &k)?);
-            }
-            if let Some(r) = ramdisk {
-                body["ramdisk"] = json!(artifact_ref(&c, api, &r)?);
-            }
-            if let Some(cl) = cmdline {
-                body["cmdline"] = json!(cl);
-            }
-            let v = c.send("PUT", &format!("/v1/nodes/{id}/profile"), &body)?;
-            print(api, &v, node_detail);
+            let req = ProfileRequest {
+                kind,
+                kernel: kernel.map(|k| artifact_ref(&c, api, &k)).transpose()?,
+                ramdisk: ramdisk.map(|r| artifact_ref(&c, api, &r)).transpose()?,
+                cmdline,
+            };
+            let r = c.send("PUT", &format!("/v1/nodes/{id}/profile"), &req)?;
+            print(api, &r, node_detail);
         }
         NodeCmd::Migrate { id, to, wait } => {
-            let v = c.send(
+            let r: Reply<Node> = c.send(
                 "POST",
                 &format!("/v1/nodes/{id}/migrate"),
-                &json!({ "to": to }),
+                &MigrateRequest { to: to.clone() },
             )?;
-            let from = s(&v["owner"]);
-            let epoch = v["epoch"].as_u64().unwrap_or(0);
             if wait == 0 {
-                print(api, &v, |_| {
-                    format!("migrating {id} from {from} to {to} (epoch {epoch})\n")
+                print(api, &r, |n| {
+                    format!(
+                        "migrating {id} from {} to {to} (epoch {})\n",
+                        n.owner, n.epoch
+                    )
                 });
                 return Ok(());
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
             loop {
-                let n = c.get(&format!("/v1/nodes/{id}"))?;
-                if n["handoff"]["state"] != json!("migrating") {
-                    let done = n["owner"] == json!(to);
-                    print(api, &n, |n| {
+                let n: Reply<NodeDetail> = c.get(&format!("/v1/nodes/{id}"))?;
+                if !matches!(n.body.node.handoff, HandoffState::Migrating { .. }) {
+                    let done = n.body.node.owner == to;
+                    print(api, &n, |d| {
                         if done {
-                            format!("migrated {id} to {to} (epoch {})\n", s(&n["epoch"]))
+                            format!("migrated {id} to {to} (epoch {})\n", d.node.epoch)
                         } else {
                             format!(
                                 "migration of {id} rolled back; owner {} (epoch {})\n",
-                                s(&n["owner"]),
-                                s(&n["epoch"])
+                                d.node.owner, d.node.epoch
                             )
                         }
                     });
@@ -332,49 +338,52 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             }
         }
         NodeCmd::Files { id } => {
-            let v = c.get(&format!("/v1/nodes/{id}/files"))?;
-            print(api, &v, files_table);
+            let r = c.get(&format!("/v1/nodes/{id}/files"))?;
+            print(api, &r, |f: &Vec<NodeFile>| files_table(f));
         }
         NodeCmd::Reserve { id, holder, ttl } => {
-            let v = c.send(
-                "POST",
-                &format!("/v1/nodes/{id}/reservation"),
-                &json!({ "holder": holder, "ttl_secs": ttl }),
-            )?;
-            print(api, &v, |v| {
+            let req = AcquireRequest {
+                holder,
+                ttl_secs: ttl,
+            };
+            let r: Reply<ReservationGrant> =
+                c.send("POST", &format!("/v1/nodes/{id}/reservation"), &req)?;
+            print(api, &r, |g| {
                 format!(
                     "reserved {id} for {} (token {})\n",
-                    s(&v["reservation"]["holder"]),
-                    s(&v["reservation"]["token"])
+                    g.reservation.holder, g.reservation.token
                 )
             });
         }
         NodeCmd::Renew {
             id,
             holder,
-            token,
+            fencing_token,
             ttl,
         } => {
-            let v = c.send(
-                "PUT",
-                &format!("/v1/nodes/{id}/reservation"),
-                &json!({ "holder": holder, "token": token, "ttl_secs": ttl }),
-            )?;
-            print(api, &v, |v| {
-                format!(
-                    "renewed {id} until {}\n",
-                    s(&v["reservation"]["expires_at"])
-                )
+            let req = RenewRequest {
+                holder,
+                token: fencing_token,
+                ttl_secs: ttl,
+            };
+            let r: Reply<ReservationGrant> =
+                c.send("PUT", &format!("/v1/nodes/{id}/reservation"), &req)?;
+            print(api, &r, |g| {
+                format!("renewed {id} until {}\n", g.reservation.expires_at)
             });
         }
-        NodeCmd::Release { id, holder, token } => {
-            c.delete(&format!(
-                "/v1/nodes/{id}/reservation?holder={}&token={token}",
-                crate::client::urlencode(&holder)
-            ))?;
-            print(api, &json!({ "released": id }), |_| {
-                format!("released {id}\n")
-            });
+        NodeCmd::Release {
+            id,
+            holder,
+            fencing_token,
+        } => {
+            let path = format!("/v1/nodes/{id}/reservation");
+            let query = ReleaseQuery {
+                holder,
+                token: fencing_token,
+            };
+            c.delete::<()>(&with_query(&path, &query)?)?;
+            print_value(api, json!({ "released": id }), format!("released {id}\n"));
         }
     }
     Ok(())
@@ -385,33 +394,33 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
     let c = connect(api)?;
     match cmd {
         ArtifactCmd::Add { file, name } => {
-            let v = upload(&c, api, &file, name.as_deref())?;
-            print(api, &v, |v| {
-                let a = &v["artifact"];
-                let what = if v["created"] == json!(true) {
+            let r = upload(&c, api, &file, name.as_deref())?;
+            print(api, &r, |u| {
+                let what = if u.created {
                     "stored"
                 } else {
                     "already stored"
                 };
+                let a = u.artifact.as_ref();
                 format!(
                     "{what} {} ({} bytes) sha256 {}\n",
-                    s(&a["name"]),
-                    s(&a["size"]),
-                    s(&a["digest"])
+                    opt(&a.map(|a| &a.name)),
+                    opt(&a.map(|a| a.size)),
+                    opt(&a.map(|a| a.digest))
                 )
             });
         }
         ArtifactCmd::List => {
-            let v = c.get("/v1/artifacts")?;
-            print(api, &v, |v| {
-                let rows: Vec<Vec<String>> = items(v)
+            let r: Reply<Vec<Artifact>> = c.get("/v1/artifacts")?;
+            print(api, &r, |arts| {
+                let rows: Vec<Vec<String>> = arts
                     .iter()
                     .map(|a| {
                         vec![
-                            s(&a["digest"]),
-                            s(&a["size"]),
-                            s(&a["name"]),
-                            joined(&a["hosts"]),
+                            a.digest.to_string(),
+                            a.size.to_string(),
+                            a.name.clone(),
+                            joined(&a.hosts, ","),
                         ]
                     })
                     .collect();
@@ -419,25 +428,27 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
             });
         }
         ArtifactCmd::Show { digest } => {
-            let v = c.get(&format!("/v1/artifacts/{digest}"))?;
-            print(api, &v, |v| {
-                let a = &v["artifact"];
+            let r: Reply<ArtifactDetail> = c.get(&format!("/v1/artifacts/{digest}"))?;
+            print(api, &r, |d| {
+                let a = &d.artifact;
                 format!(
                     "sha256   {}\nname     {}\nsize     {}\nhosts    {}\nnodes    {}\nheld here {}\n",
-                    s(&a["digest"]),
-                    s(&a["name"]),
-                    s(&a["size"]),
-                    s(&a["hosts"]),
-                    s(&v["nodes"]),
-                    s(&v["held_here"])
+                    a.digest,
+                    a.name,
+                    a.size,
+                    json_text(&a.hosts),
+                    json_text(&d.nodes),
+                    d.held_here
                 )
             });
         }
         ArtifactCmd::Rm { digest } => {
-            c.delete(&format!("/v1/artifacts/{digest}"))?;
-            print(api, &json!({ "removed": digest }), |_| {
-                format!("removed {digest}\n")
-            });
+            c.delete::<()>(&format!("/v1/artifacts/{digest}"))?;
+            print_value(
+                api,
+                json!({ "removed": digest }),
+                format!("removed {digest}\n"),
+            );
         }
     }
     Ok(())
@@ -448,19 +459,19 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
     let c = connect(api)?;
     match cmd {
         HostCmd::List => {
-            let v = c.get("/v1/hosts")?;
-            print(api, &v, |v| {
-                let rows: Vec<Vec<String>> = items(v)
+            let r: Reply<Vec<HostView>> = c.get("/v1/hosts")?;
+            print(api, &r, |hosts| {
+                let rows: Vec<Vec<String>> = hosts
                     .iter()
                     .map(|h| {
-                        let me = if h["self"] == json!(true) { "*" } else { "" };
+                        let me = if h.is_self { "*" } else { "" };
                         vec![
-                            format!("{}{me}", s(&h["host"]["name"])),
-                            s(&h["host"]["group"]),
-                            s(&h["state"]),
-                            s(&h["nodes"]),
-                            format!("{} ms ago", s(&h["heartbeat_age_ms"])),
-                            joined(&h["host"]["addresses"]),
+                            format!("{}{me}", h.host.name),
+                            h.host.group.clone(),
+                            h.state.as_str().to_string(),
+                            h.nodes.to_string(),
+                            format!("{} ms ago", h.heartbeat_age_ms),
+                            joined(&h.host.addresses, ","),
                         ]
                     })
                     .collect();
@@ -478,31 +489,28 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
             });
         }
         HostCmd::Drain { host } => {
-            let v = c.send(
+            let r: Reply<HostChanged> = c.send(
                 "POST",
-                &format!("/v1/hosts/{}/drain", crate::client::urlencode(&host)),
+                &format!("/v1/hosts/{}/drain", urlencode(&host)),
                 &json!({}),
             )?;
-            print(api, &v, |_| {
+            print(api, &r, |_| {
                 format!("draining {host}: its nodes are being migrated away\n")
             });
         }
         HostCmd::Undrain { host } => {
-            let v = c.send(
+            let r: Reply<HostChanged> = c.send(
                 "POST",
-                &format!("/v1/hosts/{}/undrain", crate::client::urlencode(&host)),
+                &format!("/v1/hosts/{}/undrain", urlencode(&host)),
                 &json!({}),
             )?;
-            print(api, &v, |_| format!("{host} no longer draining\n"));
+            print(api, &r, |_| format!("{host} no longer draining\n"));
         }
         HostCmd::Remove { host, id } => {
-            let path = match id {
-                Some(i) => format!("/v1/hosts/{}?id={i}", crate::client::urlencode(&host)),
-                None => format!("/v1/hosts/{}", crate::client::urlencode(&host)),
-            };
-            let v = c.delete(&path)?;
-            print(api, &v, |v| {
-                format!("removed {host} (identities {})\n", v["removed"])
+            let path = format!("/v1/hosts/{}", urlencode(&host));
+            let r: Reply<HostRemoved> = c.delete(&with_query(&path, &RemoveHostQuery { id })?)?;
+            print(api, &r, |h| {
+                format!("removed {host} (identities {})\n", json_text(&h.removed))
             });
         }
     }
@@ -512,57 +520,51 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
 /// `baton status`
 pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
     let c = connect(api)?;
-    let v = c.get("/v1/status")?;
-    print(api, &v, |v| {
+    let r: Reply<StatusView> = c.get("/v1/status")?;
+    print(api, &r, |v| {
         format!(
             "host         {} (group {})\nversion      {}\nnodes        {} ({} owned here)\nartifacts    {}\nstore        {} bytes, schema {}, last event {}\ntftp         {} active, {} completed, {} bytes\n",
-            s(&v["host"]),
-            s(&v["group"]),
-            s(&v["version"]),
-            s(&v["nodes"]),
-            s(&v["owned_nodes"]),
-            s(&v["artifacts"]),
-            s(&v["store_bytes"]),
-            s(&v["schema_version"]),
-            s(&v["last_event"]),
-            s(&v["tftp"]["active"]),
-            s(&v["tftp"]["completed"]),
-            s(&v["tftp"]["bytes"]),
-        ) + &cluster_text(&v["cluster"])
+            v.host,
+            v.group,
+            v.version,
+            v.nodes,
+            v.owned_nodes,
+            v.artifacts,
+            v.store_bytes,
+            v.schema_version,
+            v.last_event,
+            v.tftp.active,
+            v.tftp.completed,
+            v.tftp.bytes,
+        ) + &cluster_text(&v.cluster)
     });
     Ok(())
 }
 
-fn cluster_text(c: &Value) -> String {
-    if c.is_null() {
-        return String::new();
-    }
+fn cluster_text(c: &ClusterView) -> String {
     let mut out = format!(
         "cluster      {} (term {}, leader {}, applied {}, snapshot {})\n",
-        if c["clustered"] == json!(true) {
+        if c.clustered {
             "enabled"
         } else {
             "single host"
         },
-        s(&c["term"]),
-        s(&c["leader_host"]),
-        s(&c["applied_index"]),
-        s(&c["snapshot_index"]),
+        c.term,
+        opt(&c.leader_host),
+        opt(&c.applied_index),
+        opt(&c.snapshot_index),
     );
-    let rows: Vec<Vec<String>> = items(&c["members"])
+    let rows: Vec<Vec<String>> = c
+        .members
         .iter()
         .map(|m| {
             vec![
-                format!(
-                    "{}{}",
-                    s(&m["host"]),
-                    if m["self"] == json!(true) { "*" } else { "" }
-                ),
-                s(&m["node_id"]),
-                s(&m["role"]),
-                s(&m["matched_index"]),
-                s(&m["lag"]),
-                s(&m["addr"]),
+                format!("{}{}", m.host, if m.is_self { "*" } else { "" }),
+                m.node_id.to_string(),
+                m.role.as_str().to_string(),
+                opt(&m.matched_index),
+                opt(&m.lag),
+                m.addr.clone(),
             ]
         })
         .collect();
@@ -570,19 +572,18 @@ fn cluster_text(c: &Value) -> String {
         &["MEMBER", "ID", "ROLE", "MATCHED", "LAG", "ADDRESS"],
         &rows,
     ));
-    let r = &c["artifact_replication"];
-    out.push_str(&format!("artifacts    {} missing here", s(&r["missing"])));
-    if !r["current"].is_null() {
+    let r = &c.artifact_replication;
+    out.push_str(&format!("artifacts    {} missing here", r.missing));
+    if let Some(current) = &r.current {
         out.push_str(&format!(
-            ", fetching {} from {}: {}/{} bytes",
-            s(&r["current"]),
-            s(&r["from"]),
-            s(&r["bytes"]),
-            s(&r["total"])
+            ", fetching {current} from {}: {}/{} bytes",
+            opt(&r.from),
+            r.bytes,
+            r.total
         ));
     }
-    if !r["last_error"].is_null() {
-        out.push_str(&format!(" (last error: {})", s(&r["last_error"])));
+    if let Some(e) = &r.last_error {
+        out.push_str(&format!(" (last error: {e})"));
     }
     out.push('\n');
     out
@@ -593,24 +594,31 @@ pub fn events(api: &ApiArgs, since: u64, follow: bool) -> anyhow::Result<()> {
     let c = connect(api)?;
     let mut since = since;
     loop {
-        let wait = if follow { 30 } else { 0 };
-        let v = c.get(&format!("/v1/events?since={since}&wait={wait}"))?;
-        for e in items(&v["events"]) {
-            if api.json {
+        let query = EventsQuery {
+            since,
+            wait: if follow { 30 } else { 0 },
+            limit: None,
+        };
+        let page: Reply<EventPage> = c.get(&with_query("/v1/events", &query)?)?;
+        if api.json {
+            // One line per event, as the server sent it.
+            for e in page.raw["events"].as_array().into_iter().flatten() {
                 println!("{e}");
-            } else {
+            }
+        } else {
+            for e in &page.body.events {
                 println!(
                     "{:>6}  {}  {:<24} node={} host={} {}",
-                    s(&e["seq"]),
-                    s(&e["at"]),
-                    s(&e["kind"]),
-                    s(&e["node"]),
-                    s(&e["host"]),
-                    e["data"]
+                    e.seq,
+                    e.at,
+                    e.kind,
+                    opt(&e.node),
+                    opt(&e.host),
+                    e.data
                 );
             }
         }
-        since = v["last"].as_u64().unwrap_or(since);
+        since = page.body.last;
         if !follow {
             return Ok(());
         }

@@ -45,8 +45,7 @@ pub enum ConfigError {
     },
 }
 
-/// Default of `data_dir`, also where the CLI looks for the API token.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/baton";
+pub use crate::api::DEFAULT_DATA_DIR;
 
 settings! {
     /// The whole configuration.
@@ -201,6 +200,9 @@ settings! {
         snapshot_every: u64 = 5000;
         /// Log entries kept after a snapshot for followers slightly behind.
         keep_logs: u64 = 1000;
+        /// How long an API write waits for a leader to commit it before it is refused
+        /// with 503 and `Retry-After` (e.g. while a majority of hosts is down).
+        propose_deadline_ms: u64 = 15_000;
     }
 
     /// Lease and placement settings (keep them the same on every host).
@@ -376,6 +378,16 @@ impl Config {
                 }
             }
         }
+        let worst = self
+            .raft_timing()
+            .map(|t| t.worst_election_ms())
+            .unwrap_or(0);
+        if cl.propose_deadline_ms < 2 * worst {
+            return bad(
+                "cluster.propose_deadline_ms",
+                "must be at least twice the worst election (2 x (2 x election_timeout_ms + 2 x heartbeat_ms)): a write must outlast an election",
+            );
+        }
         let ow = &self.ownership;
         if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
             return bad(
@@ -494,6 +506,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_blksiz"), "{e}");
+        // A write deadline shorter than an election could never see a new leader.
+        std::fs::write(&f, "[cluster]\npropose_deadline_ms = 1000\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.propose_deadline_ms"), "{e}");
     }
 
     fn load(toml: &str, flags: &[&str]) -> Result<Config, ConfigError> {

@@ -1,5 +1,6 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
 //! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+pub mod api;
 pub mod app;
 pub mod bindings;
 pub mod blobcache;

@@ -9,34 +9,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::v1::ReplicationStatus;
 use crate::blobs::{BlobStore, Digest};
 use crate::clock::now_ms;
 use crate::ownership::state::LeaseTimes;
 use crate::store::feed::EventFeed;
-use crate::store::raft::network::SECRET_HEADER;
+use crate::store::raft::peer::PeerClient;
 use crate::store::raft::propose::Proposer;
 use crate::store::{Command, Store};
-
-/// Progress of artifact replication to this host, for `baton status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReplicationStatus {
-    /// Blobs this host still lacks.
-    pub missing: usize,
-    /// The blob being fetched, if any.
-    pub current: Option<String>,
-    /// Bytes of it received (including a resumed part).
-    pub bytes: u64,
-    /// Its size.
-    pub total: u64,
-    /// Host it comes from.
-    pub from: Option<String>,
-    /// Last error, if the last attempt failed.
-    pub last_error: Option<String>,
-}
 
 /// Shared view of [`ReplicationStatus`]: written by the replicator, read by the API.
 #[derive(Clone, Default)]
@@ -63,12 +46,10 @@ pub struct Replicator {
     pub store: Arc<Store>,
     /// Where fetched blobs go.
     pub blobs: Arc<BlobStore>,
-    /// To record holdings and find peers.
+    /// To record holdings, find peers and fetch from them.
     pub proposer: Proposer,
     /// Wakes on applied changes.
     pub feed: EventFeed,
-    /// Cluster secret (fetching from peers needs it).
-    pub secret: Option<String>,
     /// To try live holders first.
     pub lease_times: LeaseTimes,
     /// Published progress.
@@ -96,18 +77,6 @@ pub fn missing(store: &Store, blobs: &BlobStore, group: &str) -> Vec<Digest> {
 pub async fn run(app: Replicator, shutdown: CancellationToken) {
     let rate = app.rate;
     let mut events = app.feed.subscribe();
-    // A frozen holder must not stall replication: bounded connect and per-read waits.
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .read_timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "artifact replication disabled: no http client");
-            return;
-        }
-    };
     loop {
         // Holding records also matter for blobs we have but the store doesn't know of
         // (e.g. a fetch that finished just before a crash).
@@ -117,7 +86,7 @@ pub async fn run(app: Replicator, shutdown: CancellationToken) {
             if shutdown.is_cancelled() {
                 return;
             }
-            match fetch_one(&app, &client, &d, rate, &shutdown).await {
+            match fetch_one(&app, &d, rate, &shutdown).await {
                 Ok(()) => set_status(&app, |s| s.last_error = None),
                 Err(e) => {
                     warn!(digest = %d, error = %e, "artifact replication failed; will retry");
@@ -150,7 +119,6 @@ fn partial_path(app: &Replicator, d: &Digest) -> PathBuf {
 /// Fetches one blob from any holder, resuming a partial download.
 async fn fetch_one(
     app: &Replicator,
-    client: &reqwest::Client,
     d: &Digest,
     rate: u64,
     shutdown: &CancellationToken,
@@ -169,10 +137,10 @@ async fn fetch_one(
         }
         return record_held(app, d, "store", &art).await;
     }
-    let secret = app
-        .secret
-        .clone()
-        .ok_or("no cluster secret: cannot fetch from peers")?;
+    let peers = app.proposer.peers();
+    if !peers.has_secret() {
+        return Err("no cluster secret: cannot fetch from peers".into());
+    }
     // Live holders first: a down or suspect host is tried last.
     let now = now_ms();
     let up = |h: &str| {
@@ -203,11 +171,7 @@ async fn fetch_one(
             s.total = art.size;
             s.from = Some(host.clone());
         });
-        match download(
-            app, client, &secret, &url, d, &part, have, art.size, rate, shutdown,
-        )
-        .await
-        {
+        match download(app, peers, &url, d, &part, have, art.size, rate, shutdown).await {
             Ok(()) => {}
             Err(e) => {
                 last_err = format!("from {host}: {e}");
@@ -259,8 +223,7 @@ async fn record_held(
 #[allow(clippy::too_many_arguments)]
 async fn download(
     app: &Replicator,
-    client: &reqwest::Client,
-    secret: &str,
+    peers: &PeerClient,
     base: &str,
     d: &Digest,
     part: &PathBuf,
@@ -272,17 +235,8 @@ async fn download(
     if have >= total && total > 0 {
         return Ok(());
     }
-    let mut req = client
-        .get(format!("{}/cluster/blob/{d}", base.trim_end_matches('/')))
-        .header(SECRET_HEADER, secret);
-    if have > 0 {
-        req = req.header("range", format!("bytes={have}-"));
-    }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
-    let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
-    if !resp.status().is_success() {
-        return Err(format!("peer answered {}", resp.status()));
-    }
+    let mut body = peers.blob(base, d, have).await.map_err(|e| e.to_string())?;
+    let resumed = body.resumed;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(resumed)
@@ -297,12 +251,10 @@ async fn download(
     let started = Instant::now();
     let mut sent_since = 0u64;
     let mut last_log = Instant::now();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = body.chunk().await.map_err(|e| e.to_string())? {
         if shutdown.is_cancelled() {
             return Err("shutting down".into());
         }
-        let chunk = chunk.map_err(|e| e.to_string())?;
         tokio::task::block_in_place(|| f.write_all(&chunk)).map_err(|e| e.to_string())?;
         done += chunk.len() as u64;
         sent_since += chunk.len() as u64;

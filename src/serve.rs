@@ -47,16 +47,13 @@ pub fn init_logging(filter: &str) {
         .try_init();
 }
 
-/// File name of the API token under the data directory.
-pub const TOKEN_FILE: &str = "api-token";
-
 /// The API token: configured, else read from `<data_dir>/api-token`, else created there
 /// (readable by the owner only) so the local CLI can find it.
 pub fn api_token(cfg: &Config) -> anyhow::Result<String> {
     if let Some(t) = &cfg.api_token {
         return Ok(t.clone());
     }
-    let path = cfg.data_dir.join(TOKEN_FILE);
+    let path = cfg.data_dir.join(crate::api::TOKEN_FILE);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
@@ -189,7 +186,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let elector = tokio::spawn(crate::store::raft::elect::run(
         proposer.raft().clone(),
         proposer.node_id(),
-        started.net.clone(),
+        proposer.peers().clone(),
         started.election.contact.clone(),
         started.election.timing,
         shutdown.clone(),
@@ -277,7 +274,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             blobs: blobs.clone(),
             proposer: proposer.clone(),
             feed: feed.clone(),
-            secret: cfg.cluster.secret.clone(),
             lease_times,
             progress: replication,
             rate: cfg.cluster.replication_rate,

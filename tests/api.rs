@@ -1591,3 +1591,182 @@ fn hosts_status_and_metrics_describe_the_server() {
     assert_eq!(s.metric("baton_store_rejected_total"), before + 1.0);
     assert!(text.contains("baton_http_requests_total{route="), "{text}");
 }
+
+/// Runs the `baton` CLI against `s`; returns what it printed, panicking with its stderr
+/// unless it succeeded.
+#[track_caller]
+fn cli(s: &Baton, args: &[&str]) -> String {
+    let (ok, out, err) = cli_result(s, args);
+    assert!(ok, "baton {}: failed\n{err}", args.join(" "));
+    out
+}
+
+/// Runs the `baton` CLI against `s`: (success, stdout, stderr).
+fn cli_result(s: &Baton, args: &[&str]) -> (bool, String, String) {
+    let api = format!("http://{}", s.http);
+    let out = common::run_with_timeout(
+        std::process::Command::new(common::baton_bin())
+            .args(args)
+            .args(["--api", &api, "--token", TOKEN])
+            .env_remove("BATON_API")
+            .env_remove("BATON_API_TOKEN"),
+        Duration::from_secs(30),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.stderr,
+    )
+}
+
+/// Every client subcommand reads the server's answer (the typed API both sides share)
+/// and prints its fields; `--json` prints the server's JSON as sent.
+#[test]
+fn cli_reads_every_answer_and_json_is_the_servers() {
+    let s = BatonBuilder::temp().host("mgmt-1").start();
+    let dir = tempfile::tempdir().unwrap();
+    let (kpath, rpath) = (dir.path().join("vmlinuz"), dir.path().join("initrd.img"));
+    std::fs::write(&kpath, pattern(70_000, 61)).unwrap();
+    std::fs::write(&rpath, pattern(90_000, 62)).unwrap();
+    let (kpath, rpath) = (kpath.to_str().unwrap(), rpath.to_str().unwrap());
+
+    let out = cli(&s, &["node", "enroll", "n1", "--mac", MAC]);
+    assert!(out.contains("enrolled n1 (owner mgmt-1, epoch "), "{out}");
+    let out = cli(&s, &["node", "list", "--owner", "mgmt-1"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("n1 ") && l.contains(MAC) && l.contains("enrolled")),
+        "{out}"
+    );
+    let out = cli(&s, &["node", "list", "--group", "elsewhere"]);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+
+    // Files given as kernel and ramdisk are uploaded first.
+    let out = cli(
+        &s,
+        &[
+            "node",
+            "set-profile",
+            "n1",
+            "--kind",
+            "deploy",
+            "--kernel",
+            kpath,
+            "--ramdisk",
+            rpath,
+            "--cmdline",
+            CMDLINE,
+        ],
+    );
+    assert!(out.contains("profile          deploy"), "{out}");
+    assert!(
+        out.contains(&format!("  cmdline        {CMDLINE}")),
+        "{out}"
+    );
+    assert!(out.contains(&pxelinux(MAC_DASHES)), "{out}");
+    let shown: Value = serde_json::from_str(&cli(&s, &["node", "show", "n1", "--json"]))
+        .expect("node show --json prints JSON");
+    assert_eq!(shown, s.api.get("/v1/nodes/n1").expect(200));
+    let files = cli(&s, &["node", "files", "n1"]);
+    assert!(files.contains(&ipxe(MAC_DASHES)), "{files}");
+
+    let out = cli(
+        &s,
+        &["node", "update", "n1", "--provision-state", "available"],
+    );
+    assert_eq!(out, "updated n1\n");
+    let (ok, _, err) = cli_result(&s, &["node", "update", "n1", "--provision-state", "nope"]);
+    assert!(
+        !ok && err.contains("available"),
+        "a bad state names the good ones: {err}"
+    );
+    let (ok, _, err) = cli_result(&s, &["node", "enroll", "n2", "--mac", "52:54:00"]);
+    assert!(!ok && err.contains("52:54:00"), "a bad MAC is named: {err}");
+
+    let out = cli(&s, &["node", "reserve", "n1", "--holder", "c1"]);
+    assert_eq!(out, "reserved n1 for c1 (token 1)\n");
+    let out = cli(
+        &s,
+        &[
+            "node",
+            "renew",
+            "n1",
+            "--holder",
+            "c1",
+            "--fencing-token",
+            "1",
+        ],
+    );
+    assert!(out.starts_with("renewed n1 until "), "{out}");
+    let out = cli(&s, &["node", "show", "n1"]);
+    assert!(
+        out.contains("reserved by      c1 (token 1, until "),
+        "{out}"
+    );
+    let out = cli(
+        &s,
+        &[
+            "node",
+            "release",
+            "n1",
+            "--holder",
+            "c1",
+            "--fencing-token",
+            "1",
+        ],
+    );
+    assert_eq!(out, "released n1\n");
+
+    let kd = sha256_hex(&pattern(70_000, 61));
+    let out = cli(&s, &["artifact", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&kd) && l.contains("70000") && l.contains("vmlinuz")),
+        "{out}"
+    );
+    let out = cli(&s, &["artifact", "show", &kd]);
+    assert!(out.contains("held here true"), "{out}");
+    assert!(out.contains("[\"n1\"]"), "{out}");
+    let out = cli(&s, &["artifact", "add", kpath, "--name", "again"]);
+    assert!(out.starts_with("already stored "), "{out}");
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"other bytes").unwrap();
+    let out = cli(&s, &["artifact", "add", other.to_str().unwrap()]);
+    let od = sha256_hex(b"other bytes");
+    assert_eq!(out, format!("stored other (11 bytes) sha256 {od}\n"));
+    assert_eq!(cli(&s, &["artifact", "rm", &od]), format!("removed {od}\n"));
+
+    let out = cli(&s, &["host", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("mgmt-1*") && l.contains(" up ")),
+        "{out}"
+    );
+    let out = cli(&s, &["status"]);
+    assert!(
+        out.starts_with("host         mgmt-1 (group default)\n"),
+        "{out}"
+    );
+    assert!(out.contains("nodes        1 (1 owned here)"), "{out}");
+    assert!(out.contains("cluster      single host (term "), "{out}");
+    assert!(out.contains("artifacts    0 missing here"), "{out}");
+    let st: Value = serde_json::from_str(&cli(&s, &["status", "--json"])).unwrap();
+    assert_eq!(st["host"], "mgmt-1", "{st}");
+
+    let out = cli(&s, &["events"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("node_enrolled") && l.contains("node=n1 host=mgmt-1")),
+        "{out}"
+    );
+    let lines = cli(&s, &["events", "--json", "--since", "1"]);
+    let server = s.api.get("/v1/events?since=1").expect(200);
+    let printed: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    assert_eq!(Some(&printed), server["events"].as_array(), "{lines}");
+
+    assert_eq!(cli(&s, &["node", "delete", "n1"]), "deleted n1\n");
+    s.api.get("/v1/nodes/n1").expect_error(404);
+}

@@ -865,3 +865,77 @@ fn peers_without_the_cluster_secret_are_refused() {
     lone.terminate();
     c.stop_and_compare_dumps();
 }
+
+/// Asserts that a write through `h` is refused as "cluster not ready": 503 with a
+/// `Retry-After` of whole seconds and code `unavailable`, within the propose deadline
+/// (plus slack for a loaded machine), not a 500 and not a hang.
+#[track_caller]
+fn assert_write_unavailable(h: &Host, id: &str, i: usize, deadline: Duration) {
+    let t = Instant::now();
+    let r = h
+        .api
+        .post("/v1/nodes", json!({ "id": id, "macs": [mac(i)] }));
+    let took = t.elapsed();
+    let e = r.expect_error(503);
+    assert_eq!(e["code"], "unavailable", "write through {}: {e}", h.name());
+    let retry = r
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("503 from {} without Retry-After: {:?}", h.name(), r.headers));
+    assert!(
+        retry.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After must be whole seconds, at least 1: {retry:?}"
+    );
+    assert!(
+        took < deadline + Duration::from_secs(3),
+        "the refusal from {} took {took:?}, the deadline is {deadline:?}",
+        h.name()
+    );
+    eprintln!("{}: 503 after {took:?}, Retry-After {retry}: {e}", h.name());
+}
+
+/// Without a majority no write can commit: whether it reaches the leader (nobody to
+/// commit with) or a follower (no leader to forward to), it is refused with 503 and
+/// `Retry-After` once the propose deadline passes, and writes succeed again once a
+/// majority is back.
+#[test]
+fn writes_without_a_majority_get_503_with_retry_after() {
+    let _g = serial();
+    // The default deadline is 15 s; a short one keeps this test quick.
+    let deadline = Duration::from_secs(3);
+    let mut c = Cluster::start(3, "[cluster]\npropose_deadline_ms = 3000\n");
+    enroll(&c.hosts[0], "before", 0);
+    let l = c.leader(Duration::from_secs(10));
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+
+    // The leader alone.
+    c.hosts[f1].kill9();
+    c.hosts[f2].kill9();
+    assert_write_unavailable(&c.hosts[l], "alone-at-leader", 1, deadline);
+
+    // A majority again: writes commit.
+    c.hosts[f1].start();
+    let mut tries = 0;
+    poll(
+        FAILOVER_BOUND,
+        "a write commits with two of three hosts up",
+        || {
+            // A fresh id each time: a refused try may still commit later.
+            tries += 1;
+            let r = c.hosts[f1].api.post(
+                "/v1/nodes",
+                json!({ "id": format!("after-{tries}"), "macs": [mac(100 + tries)] }),
+            );
+            (r.status == 201).then_some(())
+        },
+    );
+
+    // A follower alone: the leader it knew is gone and no election can succeed.
+    let l = c.leader(Duration::from_secs(10));
+    let survivor = c
+        .running()
+        .into_iter()
+        .find(|&i| i != l)
+        .expect("two hosts run");
+    c.hosts[l].kill9();
+    assert_write_unavailable(&c.hosts[survivor], "alone-at-follower", 3, deadline);
+}

@@ -1,6 +1,10 @@
 //! The admin REST API (`/v1/...`): nodes, boot profiles, artifacts, reservations,
-//! events, hosts and status. Every write becomes a store [`Command`] proposed through
-//! [`App::propose`]; business refusals come back as 4xx with the rejection as details.
+//! events, hosts and status. Bodies are the [`crate::api::v1`] types the CLI reads too.
+//! Every write becomes a store [`Command`] proposed through the [`Proposer`]; business
+//! refusals come back as 4xx with the rejection as details, a cluster without a leader
+//! as 503 with `Retry-After`.
+//!
+//! [`Proposer`]: crate::store::raft::propose::Proposer
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,20 +17,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use tracing::info;
 
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
+use crate::api::peer::RemoveRequest;
+use crate::api::v1::{
+    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
+    HostChanged, HostRemoved, HostView, MemberRole, MemberView, MigrateRequest, NodeDetail,
+    NodeQuery, ProfileRequest, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant,
+    ReservationState, StatusView, TftpTotals, UpdateRequest, UploadQuery, Uploaded,
+};
+use crate::api::ErrorBody;
 use crate::app::App;
 use crate::blobs::Digest;
 use crate::clock::now_ms;
 use crate::render::{boot_profile_command_with, RenderError};
+use crate::store::raft::peer::PeerError;
 use crate::store::raft::propose::ProposeError;
 use crate::store::{
-    Applied, BootProfile, Command, KernelBoot, MacAddr, Node, Outcome, ProvisionState, Rejection,
-    Reservation,
+    Applied, Artifact, BootProfile, Command, KernelBoot, Node, NodeFile, Outcome, Rejection,
 };
 
 /// Longest a reservation may be taken for.
@@ -71,7 +82,11 @@ pub fn routes() -> Router<Arc<App>> {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            // Not the request's fault nor the server's: the cluster has no leader now.
+            ProposeError::NoLeader(_) => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -139,19 +154,6 @@ fn get_node(app: &App, id: &str) -> Result<Node, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("node {id}")))
 }
 
-/// Absent stays `None`; `null` becomes `Some(None)`.
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-#[derive(Debug, Deserialize)]
-struct NodeQuery {
-    owner: Option<String>,
-    group: Option<String>,
-}
-
 async fn list_nodes(
     State(app): State<Arc<App>>,
     ApiQuery(q): ApiQuery<NodeQuery>,
@@ -164,17 +166,6 @@ async fn list_nodes(
         .filter(|n| q.group.as_ref().is_none_or(|g| &n.group == g))
         .collect();
     Ok(Json(nodes))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnrollRequest {
-    id: String,
-    macs: Vec<MacAddr>,
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    arch: Option<String>,
 }
 
 async fn enroll_node(
@@ -200,15 +191,6 @@ async fn enroll_node(
     Ok((StatusCode::CREATED, Json(get_node(&app, &r.id)?)).into_response())
 }
 
-/// A node with its files and reservation, for `show`.
-#[derive(Debug, Serialize)]
-struct NodeDetail {
-    #[serde(flatten)]
-    node: Node,
-    files: Vec<crate::store::NodeFile>,
-    reservation: Option<Reservation>,
-}
-
 async fn show_node(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -221,21 +203,6 @@ async fn show_node(
         files,
         reservation,
     }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateRequest {
-    #[serde(default)]
-    macs: Option<Vec<MacAddr>>,
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
-    arch: Option<Option<String>>,
-    #[serde(default)]
-    provision_state: Option<ProvisionState>,
-    #[serde(default)]
-    expected_epoch: Option<u64>,
 }
 
 async fn update_node(
@@ -306,85 +273,70 @@ async fn delete_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileRequest {
-    kind: String,
-    #[serde(default)]
-    kernel: Option<Digest>,
-    #[serde(default)]
-    ramdisk: Option<Digest>,
-    #[serde(default)]
-    cmdline: Option<String>,
-}
-
-impl ProfileRequest {
-    fn into_profile(self, app: &App) -> Result<Option<BootProfile>, ApiError> {
-        let kernel_boot = |k: Option<Digest>,
-                           r: Option<Digest>,
-                           c: Option<String>|
-         -> Result<KernelBoot, ApiError> {
-            let kernel = k.ok_or_else(|| {
-                ApiError::field("kernel", "required for this kind: the kernel's sha256")
-            })?;
-            let ramdisk = r.ok_or_else(|| {
-                ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256")
-            })?;
-            for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
-                let registered = app.store.artifact(&d).ok().flatten().is_some();
-                if !app.blobs.store().has(&d) && !registered {
+/// The boot profile a [`ProfileRequest`] asks for, checked against the known artifacts.
+fn requested_profile(req: ProfileRequest, app: &App) -> Result<Option<BootProfile>, ApiError> {
+    let kernel_boot = |k: Option<Digest>,
+                       r: Option<Digest>,
+                       c: Option<String>|
+     -> Result<KernelBoot, ApiError> {
+        let kernel = k.ok_or_else(|| {
+            ApiError::field("kernel", "required for this kind: the kernel's sha256")
+        })?;
+        let ramdisk = r.ok_or_else(|| {
+            ApiError::field("ramdisk", "required for this kind: the ramdisk's sha256")
+        })?;
+        for (field, d) in [("kernel", kernel), ("ramdisk", ramdisk)] {
+            let registered = app.store.artifact(&d).ok().flatten().is_some();
+            if !app.blobs.store().has(&d) && !registered {
+                return Err(ApiError::field(
+                    field,
+                    format!("artifact {d} is unknown: upload it first (`baton artifact add FILE`)"),
+                ));
+            }
+        }
+        Ok(KernelBoot {
+            kernel,
+            ramdisk,
+            cmdline: c.unwrap_or_default(),
+        })
+    };
+    let p = match req.kind.as_str() {
+        "deploy" => Some(BootProfile::Deploy(kernel_boot(
+            req.kernel,
+            req.ramdisk,
+            req.cmdline,
+        )?)),
+        "instance" => Some(BootProfile::Instance(kernel_boot(
+            req.kernel,
+            req.ramdisk,
+            req.cmdline,
+        )?)),
+        "local" | "none" => {
+            for (f, present) in [
+                ("kernel", req.kernel.is_some()),
+                ("ramdisk", req.ramdisk.is_some()),
+                ("cmdline", req.cmdline.is_some()),
+            ] {
+                if present {
                     return Err(ApiError::field(
-                        field,
-                        format!(
-                            "artifact {d} is unknown: upload it first (`baton artifact add FILE`)"
-                        ),
+                        f,
+                        format!("not allowed with kind {:?}", req.kind),
                     ));
                 }
             }
-            Ok(KernelBoot {
-                kernel,
-                ramdisk,
-                cmdline: c.unwrap_or_default(),
-            })
-        };
-        let p = match self.kind.as_str() {
-            "deploy" => Some(BootProfile::Deploy(kernel_boot(
-                self.kernel,
-                self.ramdisk,
-                self.cmdline,
-            )?)),
-            "instance" => Some(BootProfile::Instance(kernel_boot(
-                self.kernel,
-                self.ramdisk,
-                self.cmdline,
-            )?)),
-            "local" | "none" => {
-                for (f, present) in [
-                    ("kernel", self.kernel.is_some()),
-                    ("ramdisk", self.ramdisk.is_some()),
-                    ("cmdline", self.cmdline.is_some()),
-                ] {
-                    if present {
-                        return Err(ApiError::field(
-                            f,
-                            format!("not allowed with kind {:?}", self.kind),
-                        ));
-                    }
-                }
-                (self.kind == "local").then_some(BootProfile::Local)
-            }
-            k => {
-                return Err(ApiError::field(
-                    "kind",
-                    format!("unknown kind {k:?}: use deploy, instance, local or none"),
-                ))
-            }
-        };
-        if let Some(p) = &p {
-            p.validate().map_err(|m| ApiError::field("cmdline", m))?;
+            (req.kind == "local").then_some(BootProfile::Local)
         }
-        Ok(p)
+        k => {
+            return Err(ApiError::field(
+                "kind",
+                format!("unknown kind {k:?}: use deploy, instance, local or none"),
+            ))
+        }
+    };
+    if let Some(p) = &p {
+        p.validate().map_err(|m| ApiError::field("cmdline", m))?;
     }
+    Ok(p)
 }
 
 /// Renders a node's files (blocking: writes blobs) into a SetBootProfile command.
@@ -425,7 +377,7 @@ async fn set_profile(
     ApiJson(r): ApiJson<ProfileRequest>,
 ) -> Result<Json<NodeDetail>, ApiError> {
     let node = fresh_node(&app, &id).await?;
-    let profile = r.into_profile(&app)?;
+    let profile = requested_profile(r, &app)?;
     let kind = profile.as_ref().map(|p| p.kind()).unwrap_or("none");
     let cmd = render_command(&app, node, profile, now_ms()).await?;
     apply(&app, cmd).await?;
@@ -436,32 +388,21 @@ async fn set_profile(
 async fn node_files(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<NodeFile>>, ApiError> {
     get_node(&app, &id)?;
-    Ok(Json(json!(app.store.node_files(&id)?)))
+    Ok(Json(app.store.node_files(&id)?))
 }
 
 async fn show_reservation(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReservationState>, ApiError> {
     let node = fresh_node(&app, &id).await?;
-    let r = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
-    Ok(Json(
-        json!({ "reservation": r, "latest_token": node.last_token }),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireRequest {
-    holder: String,
-    #[serde(default = "default_ttl")]
-    ttl_secs: u64,
-}
-
-fn default_ttl() -> u64 {
-    60
+    let reservation = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
+    Ok(Json(ReservationState {
+        reservation,
+        latest_token: node.last_token,
+    }))
 }
 
 fn check_ttl(ttl: u64) -> Result<u64, ApiError> {
@@ -474,13 +415,13 @@ fn check_ttl(ttl: u64) -> Result<u64, ApiError> {
     Ok(ttl * 1000)
 }
 
-fn reservation_of(a: Applied) -> serde_json::Value {
+fn reservation_of(a: Applied) -> Result<Json<ReservationGrant>, ApiError> {
     match a {
         Applied::ReservationAcquired { reservation }
-        | Applied::ReservationRenewed { reservation } => {
-            json!({ "reservation": reservation })
-        }
-        other => json!(other),
+        | Applied::ReservationRenewed { reservation } => Ok(Json(ReservationGrant { reservation })),
+        other => Err(ApiError::Internal(format!(
+            "a reservation command applied as {other:?}"
+        ))),
     }
 }
 
@@ -488,7 +429,7 @@ async fn acquire(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<AcquireRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReservationGrant>, ApiError> {
     let ttl_ms = check_ttl(r.ttl_secs)?;
     let a = apply(
         &app,
@@ -500,23 +441,14 @@ async fn acquire(
         },
     )
     .await?;
-    Ok(Json(reservation_of(a)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewRequest {
-    holder: String,
-    token: u64,
-    #[serde(default = "default_ttl")]
-    ttl_secs: u64,
+    reservation_of(a)
 }
 
 async fn renew(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<RenewRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReservationGrant>, ApiError> {
     let ttl_ms = check_ttl(r.ttl_secs)?;
     let a = apply(
         &app,
@@ -529,14 +461,7 @@ async fn renew(
         },
     )
     .await?;
-    Ok(Json(reservation_of(a)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseQuery {
-    holder: String,
-    token: u64,
+    reservation_of(a)
 }
 
 async fn release(
@@ -559,8 +484,8 @@ async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_artifacts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!(app.store.artifacts()?)))
+async fn list_artifacts(State(app): State<Arc<App>>) -> Result<Json<Vec<Artifact>>, ApiError> {
+    Ok(Json(app.store.artifacts()?))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {
@@ -571,16 +496,17 @@ fn parse_digest(s: &str) -> Result<Digest, ApiError> {
 async fn show_artifact(
     State(app): State<Arc<App>>,
     Path(d): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ArtifactDetail>, ApiError> {
     let d = parse_digest(&d)?;
-    let a = app
+    let artifact = app
         .store
         .artifact(&d)?
         .ok_or_else(|| ApiError::NotFound(format!("artifact {d}")))?;
-    let nodes = app.store.nodes_using(&d)?;
-    Ok(Json(
-        json!({ "artifact": a, "nodes": nodes, "held_here": app.blobs.store().has(&d) }),
-    ))
+    Ok(Json(ArtifactDetail {
+        artifact,
+        nodes: app.store.nodes_using(&d)?,
+        held_here: app.blobs.store().has(&d),
+    }))
 }
 
 async fn delete_artifact(
@@ -604,12 +530,6 @@ async fn delete_artifact(
     app.blobs.forget(&d);
     info!(digest = %d, "artifact removed");
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-struct UploadQuery {
-    name: Option<String>,
-    sha256: Option<String>,
 }
 
 /// `POST /v1/artifacts?name=NAME[&sha256=HEX]` with the raw content as body.
@@ -675,23 +595,13 @@ async fn upload_artifact(
     .await?;
     let created = matches!(a, Applied::ArtifactRegistered { created: true, .. });
     info!(name = %name, digest = %info_.digest, bytes = info_.size, created, "artifact stored");
-    let art = app.store.artifact(&info_.digest)?;
+    let artifact = app.store.artifact(&info_.digest)?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "artifact": art, "created": created }))).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
-    #[serde(default)]
-    since: u64,
-    #[serde(default)]
-    wait: u64,
-    #[serde(default)]
-    limit: Option<usize>,
+    Ok((status, Json(Uploaded { artifact, created })).into_response())
 }
 
 /// `GET /v1/events?since=N[&wait=SECS][&limit=L]`: events after N; with `wait`, blocks
@@ -699,7 +609,7 @@ struct EventsQuery {
 async fn events(
     State(app): State<Arc<App>>,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut rx = app.feed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
@@ -707,18 +617,18 @@ async fn events(
         let ev = app.store.events_since(q.since, limit)?;
         if !ev.is_empty() || q.wait == 0 {
             let last = ev.last().map(|e| e.seq).unwrap_or(q.since);
-            return Ok(Json(json!({ "events": ev, "last": last })));
+            return Ok(Json(EventPage { events: ev, last }));
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return Err(ApiError::Unavailable("shutting down".into())) },
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(json!({ "events": [], "last": q.since })));
+                return Ok(Json(EventPage { events: Vec::new(), last: q.since }));
             }
         }
     }
 }
 
-async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<Vec<HostView>>, ApiError> {
     let hosts = app.store.hosts()?;
     let nodes = app.store.nodes()?;
     let mut owned: HashMap<&str, usize> = HashMap::new();
@@ -726,23 +636,20 @@ async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<serde_json::Valu
         *owned.entry(n.owner.as_str()).or_default() += 1;
     }
     let now = now_ms();
-    let out: Vec<_> = hosts
+    let out = hosts
         .iter()
-        .map(|h| {
-            let state = crate::ownership::state::classify(h, now, app.gate.times());
-            json!({
-                "host": h,
-                "state": state,
-                "heartbeat_age_ms": now.saturating_sub(h.last_heartbeat),
-                "nodes": owned.get(h.name.as_str()).copied().unwrap_or(0),
-                "self": h.name == app.host,
-            })
+        .map(|h| HostView {
+            state: crate::ownership::state::classify(h, now, app.gate.times()),
+            heartbeat_age_ms: now.saturating_sub(h.last_heartbeat),
+            nodes: owned.get(h.name.as_str()).copied().unwrap_or(0),
+            is_self: h.name == app.host,
+            host: h.clone(),
         })
         .collect();
-    Ok(Json(json!(out)))
+    Ok(Json(out))
 }
 
-async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(State(app): State<Arc<App>>) -> Result<Json<StatusView>, ApiError> {
     let nodes = app.store.nodes()?;
     let owned = nodes.iter().filter(|n| n.owner == app.host).count();
     let artifacts = app.store.artifacts()?.len();
@@ -750,27 +657,27 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, 
         .map(|m| m.len())
         .unwrap_or(0);
     let t = &app.metrics.tftp;
-    Ok(Json(json!({
-        "host": app.host,
-        "group": app.group,
-        "version": env!("CARGO_PKG_VERSION"),
-        "schema_version": app.store.schema_version()?,
-        "nodes": nodes.len(),
-        "owned_nodes": owned,
-        "artifacts": artifacts,
-        "store_bytes": store_bytes,
-        "last_event": app.feed.last(),
-        "cluster": cluster_view(&app).await,
-        "tftp": {
-            "active": t.active.get(),
-            "completed": t.completed.get(),
-            "bytes": t.bytes.get(),
+    Ok(Json(StatusView {
+        host: app.host.clone(),
+        group: app.group.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        schema_version: app.store.schema_version()?,
+        nodes: nodes.len(),
+        owned_nodes: owned,
+        artifacts,
+        store_bytes,
+        last_event: app.feed.last(),
+        cluster: cluster_view(&app).await,
+        tftp: TftpTotals {
+            active: t.active.get(),
+            completed: t.completed.get(),
+            bytes: t.bytes.get(),
         },
-    })))
+    }))
 }
 
 /// The cluster as the leader sees it (members, lag) plus this host's own view.
-async fn cluster_status(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn cluster_status(State(app): State<Arc<App>>) -> Result<Json<ClusterView>, ApiError> {
     Ok(Json(cluster_view(&app).await))
 }
 
@@ -782,26 +689,18 @@ async fn leader_metrics(app: &Arc<App>) -> Option<crate::store::raft::typ::Metri
         return Some(m);
     }
     let peer = m.membership_config.membership().get_node(&leader)?.clone();
-    let url = format!("{}/cluster/metrics", peer.addr.trim_end_matches('/'));
-    let secret = app.secret.clone()?;
-    let r = reqwest::Client::new()
-        .get(url)
-        .header(crate::store::raft::network::SECRET_HEADER, secret)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
+    app.proposer.peers().metrics(&peer.addr).await.ok()
 }
 
 /// Cluster summary for `/v1/cluster` and `/v1/status`.
-pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
+pub async fn cluster_view(app: &Arc<App>) -> ClusterView {
     let m = app.proposer.raft().metrics().borrow().clone();
     let lm = leader_metrics(app).await;
     let leader_last = lm.as_ref().and_then(|l| l.last_log_index).unwrap_or(0);
     let voters: std::collections::BTreeSet<u64> =
         m.membership_config.membership().voter_ids().collect();
-    let members: Vec<serde_json::Value> = m
+    let me = app.proposer.node_id();
+    let members = m
         .membership_config
         .nodes()
         .map(|(id, p)| {
@@ -811,38 +710,56 @@ pub async fn cluster_view(app: &Arc<App>) -> serde_json::Value {
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index);
             let is_leader = m.current_leader == Some(*id);
-            let applied = if *id == app.proposer.node_id() { m.last_applied.map(|l| l.index) } else { None };
-            json!({
-                "node_id": id,
-                "host": p.host,
-                "addr": p.addr,
-                "role": if is_leader { "leader" } else if voters.contains(id) { "voter" } else { "learner" },
-                "matched_index": if is_leader { Some(leader_last) } else { matched },
-                "lag": if is_leader { Some(0) } else { matched.map(|x| leader_last.saturating_sub(x)) },
-                "applied_index": applied,
-                "self": *id == app.proposer.node_id(),
-            })
+            let role = if is_leader {
+                MemberRole::Leader
+            } else if voters.contains(id) {
+                MemberRole::Voter
+            } else {
+                MemberRole::Learner
+            };
+            MemberView {
+                node_id: *id,
+                host: p.host.clone(),
+                addr: p.addr.clone(),
+                role,
+                matched_index: if is_leader {
+                    Some(leader_last)
+                } else {
+                    matched
+                },
+                lag: if is_leader {
+                    Some(0)
+                } else {
+                    matched.map(|x| leader_last.saturating_sub(x))
+                },
+                applied_index: if *id == me {
+                    m.last_applied.map(|l| l.index)
+                } else {
+                    None
+                },
+                is_self: *id == me,
+            }
         })
         .collect();
-    let replication = app.replication.get();
-    json!({
-        "node_id": app.proposer.node_id(),
-        "state": format!("{:?}", m.state),
-        "term": m.current_term,
-        "leader": m.current_leader,
-        "leader_host": m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|p| p.host.clone())),
-        "last_log_index": m.last_log_index,
-        "applied_index": m.last_applied.map(|l| l.index),
-        "snapshot_index": m.snapshot.map(|l| l.index),
-        "clustered": app.secret.is_some(),
-        "members": members,
-        "artifact_replication": replication,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct RemoveHostQuery {
-    id: Option<u64>,
+    let leader_host = m.current_leader.and_then(|l| {
+        m.membership_config
+            .membership()
+            .get_node(&l)
+            .map(|p| p.host.clone())
+    });
+    ClusterView {
+        node_id: me,
+        state: format!("{:?}", m.state),
+        term: m.current_term,
+        leader: m.current_leader,
+        leader_host,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        clustered: app.secret.is_some(),
+        members,
+        artifact_replication: app.replication.get(),
+    }
 }
 
 /// `DELETE /v1/hosts/{host}[?id=N]`: takes the host's Raft identities (or only `id`)
@@ -851,7 +768,7 @@ async fn remove_host(
     State(app): State<Arc<App>>,
     Path(host): Path<String>,
     ApiQuery(q): ApiQuery<RemoveHostQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HostRemoved>, ApiError> {
     let ids: Vec<u64> = app
         .proposer
         .members()
@@ -867,36 +784,42 @@ async fn remove_host(
         .current_leader
         .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
         .ok_or_else(|| ApiError::Unavailable("no cluster leader right now; retry".into()))?;
-    let secret = app
-        .secret
-        .clone()
-        .ok_or_else(|| ApiError::field("host", "clustering is disabled on this host"))?;
-    let url = format!("{}/cluster/remove", leader.addr.trim_end_matches('/'));
-    let r = reqwest::Client::new()
-        .post(url)
-        .header(crate::store::raft::network::SECRET_HEADER, secret)
-        .timeout(Duration::from_secs(30))
-        .json(&crate::http::cluster::RemoveRequest {
-            node_ids: ids.clone(),
-        })
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot reach the leader: {e}")))?;
-    if !r.status().is_success() {
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        return Err(ApiError::Conflict {
-            message: format!("the leader refused: {}", body["error"]["message"]),
-            details: body,
-        });
+    let peers = app.proposer.peers();
+    if !peers.has_secret() {
+        return Err(ApiError::field(
+            "host",
+            "clustering is disabled on this host",
+        ));
     }
+    let req = RemoveRequest {
+        node_ids: ids.clone(),
+    };
+    peers
+        .remove(&leader.addr, &req)
+        .await
+        .map_err(|e| match &e {
+            PeerError::Refused { error, .. } | PeerError::Forbidden { error, .. } => {
+                ApiError::Conflict {
+                    message: format!(
+                        "the leader refused: {}",
+                        error
+                            .as_ref()
+                            .map_or("no reason given", |r| r.message.as_str())
+                    ),
+                    details: error
+                        .as_ref()
+                        .map(|r| {
+                            json!(ErrorBody {
+                                error: (**r).clone()
+                            })
+                        })
+                        .unwrap_or_default(),
+                }
+            }
+            _ => ApiError::Unavailable(format!("cannot reach the leader: {e}")),
+        })?;
     info!(host = %host, node_ids = ?ids, "host removed from the cluster");
-    Ok(Json(json!({ "removed": ids, "host": host })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MigrateRequest {
-    to: String,
+    Ok(Json(HostRemoved { removed: ids, host }))
 }
 
 /// `POST /v1/nodes/{id}/migrate {to}`: the node enters `migrating`; the leader's
@@ -941,7 +864,7 @@ async fn set_draining(
     app: &Arc<App>,
     host: &str,
     draining: bool,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HostChanged>, ApiError> {
     apply(
         app,
         Command::SetDraining {
@@ -952,15 +875,16 @@ async fn set_draining(
     )
     .await?;
     info!(host = %host, draining, "host draining flag set");
-    let h = app.store.host(host)?;
-    Ok(Json(json!({ "host": h })))
+    Ok(Json(HostChanged {
+        host: app.store.host(host)?,
+    }))
 }
 
 /// `POST /v1/hosts/{host}/drain`: move all of the host's nodes away.
 async fn drain_host(
     State(app): State<Arc<App>>,
     Path(host): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HostChanged>, ApiError> {
     set_draining(&app, &host, true).await
 }
 
@@ -968,6 +892,6 @@ async fn drain_host(
 async fn undrain_host(
     State(app): State<Arc<App>>,
     Path(host): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HostChanged>, ApiError> {
     set_draining(&app, &host, false).await
 }

@@ -17,41 +17,32 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
+use crate::api::peer::{
+    self as wire, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse, RemoveRequest,
+    Removed, SECRET_HEADER, TARGET_HEADER,
+};
+use crate::api::ErrorBody;
 use crate::app::App;
-use crate::store::raft::elect::{self, PreVoteRequest, PreVoteResponse};
-use crate::store::raft::network::{SECRET_HEADER, TARGET_HEADER};
-use crate::store::raft::{NodeId, Peer, TypeConfig};
+use crate::store::raft::elect;
+use crate::store::raft::{typ, NodeId, Peer, TypeConfig};
 use crate::store::Command;
-
-/// A host asking to join.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinRequest {
-    /// Its Raft identity.
-    pub node_id: NodeId,
-    /// How peers reach it.
-    pub addr: String,
-    /// Its Baton host name.
-    pub host: String,
-}
 
 /// The `/cluster` routes.
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
-        .route("/cluster/raft/append", post(append))
-        .route("/cluster/raft/vote", post(vote))
-        .route("/cluster/raft/prevote", post(prevote))
-        .route("/cluster/raft/snapshot", post(snapshot))
-        .route("/cluster/propose", post(propose))
-        .route("/cluster/join", post(join))
-        .route("/cluster/remove", post(remove))
-        .route("/cluster/metrics", get(metrics))
-        .route("/cluster/blob/{digest}", get(blob))
+        .route(wire::APPEND, post(append))
+        .route(wire::VOTE, post(vote))
+        .route(wire::PREVOTE, post(prevote))
+        .route(wire::SNAPSHOT, post(snapshot))
+        .route(wire::PROPOSE, post(propose))
+        .route(wire::JOIN, post(join))
+        .route(wire::REMOVE, post(remove))
+        .route(wire::METRICS, get(metrics))
+        .route(&format!("{}/{{digest}}", wire::BLOB), get(blob))
         .route_layer(axum::middleware::from_fn_with_state(app, require_secret))
 }
 
@@ -60,7 +51,10 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
         app.metrics.http.errors.inc("cluster_disabled");
         return (
             StatusCode::FORBIDDEN,
-            Json(json!({"error": {"code": "cluster_disabled", "message": "this host has no cluster secret: clustering is disabled"}})),
+            Json(ErrorBody::new(
+                "cluster_disabled",
+                "this host has no cluster secret: clustering is disabled",
+            )),
         )
             .into_response();
     };
@@ -73,7 +67,10 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
         warn!(path = %req.uri().path(), "peer request with a wrong or missing cluster secret refused");
         return (
             StatusCode::FORBIDDEN,
-            Json(json!({"error": {"code": "forbidden", "message": "wrong or missing cluster secret"}})),
+            Json(ErrorBody::new(
+                "forbidden",
+                "wrong or missing cluster secret",
+            )),
         )
             .into_response();
     }
@@ -88,7 +85,7 @@ fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
         let msg = format!("this is node {}, not {target}", app.proposer.node_id());
         (
             StatusCode::MISDIRECTED_REQUEST,
-            Json(json!({"error": {"code": "misdirected", "message": msg}})),
+            Json(ErrorBody::new("misdirected", msg)),
         )
             .into_response()
     })
@@ -119,12 +116,7 @@ async fn prevote(
         return r;
     }
     let a = &app.election;
-    let r: Result<PreVoteResponse, openraft::error::Infallible> = Ok(elect::answer(
-        app.proposer.raft(),
-        &a.contact,
-        &a.timing,
-        &req,
-    ));
+    let r: PreVoteResponse = elect::answer(app.proposer.raft(), &a.contact, &a.timing, &req);
     Json(r).into_response()
 }
 
@@ -163,7 +155,7 @@ async fn propose(State(app): State<Arc<App>>, Json(cmd): Json<Command>) -> impl 
 async fn join(
     State(app): State<Arc<App>>,
     Json(j): Json<JoinRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Joined>, ApiError> {
     let peer = Peer {
         addr: j.addr.clone(),
         host: j.host.clone(),
@@ -184,21 +176,14 @@ async fn join(
         .await
         .map_err(unavailable)?;
     info!(node_id = j.node_id, host = %j.host, "host joined as voter");
-    Ok(Json(json!({ "joined": j.node_id })))
-}
-
-/// Which members to take out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoveRequest {
-    /// Raft identities to remove.
-    pub node_ids: Vec<NodeId>,
+    Ok(Json(Joined { joined: j.node_id }))
 }
 
 /// Removes members (voters and learners) from the cluster.
 async fn remove(
     State(app): State<Arc<App>>,
     Json(r): Json<RemoveRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     let ids: BTreeSet<NodeId> = r.node_ids.iter().copied().collect();
     let m = app.proposer.raft().metrics().borrow().clone();
     let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
@@ -221,7 +206,9 @@ async fn remove(
     match res {
         Ok(_) => {
             info!(node_ids = ?ids, "members removed");
-            Ok(Json(json!({ "removed": ids })))
+            Ok(Json(Removed {
+                removed: ids.into_iter().collect(),
+            }))
         }
         Err(e) => Err(membership_error(e)),
     }
@@ -232,7 +219,10 @@ fn leader_hint(e: &RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Option<
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(ApiError::Conflict {
             message: "not the leader".into(),
-            details: json!({ "leader": f.leader_node.as_ref().map(|p| p.addr.clone()) }),
+            details: serde_json::to_value(NotLeader {
+                leader: f.leader_node.as_ref().map(|p| p.addr.clone()),
+            })
+            .unwrap_or_default(),
         }),
         _ => None,
     }
@@ -245,9 +235,9 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Api
     })
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Arc<App>>) -> Json<typ::Metrics> {
     let m = app.proposer.raft().metrics().borrow().clone();
-    Json(json!(m))
+    Json(m)
 }
 
 /// A blob this host holds, with `Range` so an interrupted fetch resumes.

@@ -2,9 +2,14 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use crate::api::{ErrorBody, ErrorInfo};
 use crate::ownership::gate::NotServed;
+
+/// Seconds a client is told to wait (`Retry-After`) before retrying a request refused
+/// because the cluster is not ready: about one election, after which a leader usually
+/// exists again or the majority is really gone.
+pub const RETRY_AFTER_SECS: u32 = 2;
 
 /// An API request that cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,7 +48,8 @@ pub enum ApiError {
     /// The route exists, the method does not.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// The service is not ready (e.g. store unavailable).
+    /// The service or the cluster is not ready (no leader, shutting down...): 503 with
+    /// `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     /// The serve gate refused: this host may not answer for the node now.
@@ -103,14 +109,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        match &self {
-            ApiError::BadRequest { field: Some(f), .. } => body["error"]["field"] = json!(f),
+        let (field, details) = match &self {
+            ApiError::BadRequest { field, .. } => (field.clone(), None),
             ApiError::Conflict { details, .. } | ApiError::NotServed { details, .. } => {
-                body["error"]["details"] = details.clone()
+                (None, Some(details.clone()))
             }
-            _ => {}
-        }
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                field,
+                details,
+            },
+        };
         let mut resp = (self.status(), axum::Json(body)).into_response();
         match &self {
             ApiError::Unauthorized => {
@@ -125,8 +138,36 @@ impl IntoResponse for ApiError {
                         .insert(axum::http::header::CONTENT_RANGE, v);
                 }
             }
+            ApiError::Unavailable(_) => {
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+                );
+            }
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::raft::propose::ProposeError;
+
+    #[test]
+    fn no_leader_is_503_with_retry_after() {
+        let r = ApiError::from(ProposeError::NoLeader(Duration::from_secs(15))).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from(RETRY_AFTER_SECS))
+        );
+        // Other write failures stay server errors, without a retry hint.
+        let r = ApiError::from(ProposeError::Task("panicked".into())).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
     }
 }

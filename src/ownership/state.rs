@@ -1,6 +1,6 @@
 //! Host liveness from the replicated heartbeat times (sans-IO).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{Host, Millis};
 
@@ -16,7 +16,7 @@ pub struct LeaseTimes {
 }
 
 /// A host's state as peers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     /// Lease fresh.

@@ -37,7 +37,7 @@ use crate::wire::path::ClientPath;
 pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
 pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
 pub use types::{
-    normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, ProvisionState,
+    normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, NodeId, ProvisionState,
     TransferReason,
 };
 

@@ -10,6 +10,10 @@ use crate::wire::path::ClientPath;
 /// command never reads the clock, so every replica computes the same state.
 pub use crate::clock::Millis;
 
+/// A host's identity in the Raft group: random, created with its data directory, so a
+/// host that lost its data comes back under a new identity.
+pub type NodeId = u64;
+
 /// Longest kernel command line accepted (Linux x86 allows 2048 by default, some
 /// configurations more; above this a mistake is more likely than a real need).
 pub const MAX_CMDLINE: usize = 4096;

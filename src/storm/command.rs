@@ -86,37 +86,26 @@ struct Reference {
 
 fn from_api(base: &str, token: &str) -> anyhow::Result<Reference> {
     let c = crate::client::Client::new(base, token);
-    let nodes = c.get("/v1/nodes").context("listing the nodes")?;
+    let mut nodes: Vec<crate::store::Node> = c.get("/v1/nodes").context("listing the nodes")?.body;
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let mut r = Reference::default();
-    let mut list: Vec<&Value> = nodes
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    for n in list {
-        let Some(id) = n["id"].as_str() else { continue };
-        let files = c
-            .get(&format!("/v1/nodes/{}/files", crate::client::urlencode(id)))
-            .with_context(|| format!("reading the files of node {id}"))?;
+    for n in nodes {
+        let files: Vec<crate::store::NodeFile> = c
+            .get(&format!(
+                "/v1/nodes/{}/files",
+                crate::client::urlencode(&n.id)
+            ))
+            .with_context(|| format!("reading the files of node {}", n.id))?
+            .body;
         let map: BTreeMap<String, String> = files
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| {
-                Some((
-                    normalize(f["path"].as_str()?),
-                    f["digest"].as_str()?.to_string(),
-                ))
-            })
+            .iter()
+            .map(|f| (normalize(&f.path), f.digest.to_string()))
             .collect();
-        for (k, m) in n["macs"].as_array().into_iter().flatten().enumerate() {
-            let Some(mac) = m.as_str().and_then(|s| parse_mac(s).ok()) else {
-                continue;
-            };
+        for (k, mac) in n.macs.iter().enumerate() {
             if k == 0 {
-                r.order.push(mac);
+                r.order.push(mac.0);
             }
-            r.nodes.insert(mac, (id.to_string(), map.clone()));
+            r.nodes.insert(mac.0, (n.id.clone(), map.clone()));
         }
     }
     Ok(r)

@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{LogId, ServerState};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::network::Network;
+use super::peer::PeerClient;
 use super::{BatonRaft, NodeId};
+pub use crate::api::peer::{PreVoteRequest, PreVoteResponse};
 
 /// Election timing: the lease a voter gives a leader, and the candidate's base timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,24 +62,6 @@ impl LeaderContact {
     pub fn age(&self) -> Duration {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
-}
-
-/// "Would you vote for me?", sent before a real election.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PreVoteRequest {
-    /// The candidate.
-    pub candidate: NodeId,
-    /// The candidate's last log id.
-    pub last_log_id: Option<LogId<NodeId>>,
-}
-
-/// The answer to a [`PreVoteRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreVoteResponse {
-    /// Whether this voter would vote for the candidate now.
-    pub granted: bool,
-    /// Why not, when refused.
-    pub reason: Option<String>,
 }
 
 /// What a voter looks at to answer a pre-vote.
@@ -153,7 +135,7 @@ fn jitter(base: Duration) -> Duration {
 pub async fn run(
     raft: BatonRaft,
     node_id: NodeId,
-    net: Network,
+    net: PeerClient,
     contact: LeaderContact,
     timing: ElectionTiming,
     shutdown: CancellationToken,
@@ -195,7 +177,7 @@ fn is_sole_voter(m: &super::typ::Metrics, node_id: NodeId) -> bool {
 async fn stand(
     raft: &BatonRaft,
     node_id: NodeId,
-    net: &Network,
+    net: &PeerClient,
     contact: &LeaderContact,
     timing: &ElectionTiming,
 ) {
@@ -219,17 +201,11 @@ async fn stand(
         .iter()
         .filter(|(id, _)| *id != node_id)
         .map(|(id, addr)| {
-            let url = format!("{}/cluster/raft/prevote", addr.trim_end_matches('/'));
             let req = req.clone();
             async move {
-                net.post::<_, PreVoteResponse, openraft::error::Infallible>(
-                    *id,
-                    &url,
-                    &req,
-                    timing.timeout,
-                )
-                .await
-                .is_ok_and(|r| r.granted)
+                net.prevote(*id, addr, &req, timing.timeout)
+                    .await
+                    .is_ok_and(|r| r.granted)
             }
         });
     // This host's own vote, plus every yes.

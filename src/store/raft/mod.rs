@@ -7,6 +7,7 @@ pub mod elect;
 pub mod log;
 pub mod machine;
 pub mod network;
+pub mod peer;
 pub mod propose;
 
 use std::fmt;
@@ -16,9 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Command, Outcome};
 
-/// A host's identity in the Raft group: random, created with its data directory, so a
-/// host that lost its data comes back under a new identity.
-pub type NodeId = u64;
+pub use super::types::NodeId;
 
 /// How to reach a member: its HTTP base URL and Baton host name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,15 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use serde::{Deserialize, Serialize};
 
-use super::network::Network;
+use super::peer::PeerClient;
 use super::{BatonRaft, NodeId, Peer};
+use crate::api::peer::{ProposeRefused, Proposed};
 use crate::metrics::Metrics;
 use crate::store::{Command, Outcome, StoreError};
-
-/// How long a write may wait for a leader before it fails.
-const PROPOSE_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Why a proposed command could not be applied (not a business rejection).
 #[derive(Debug, thiserror::Error)]
@@ -34,52 +31,40 @@ pub enum ProposeError {
     Raft(String),
 }
 
-/// A forwarded write, committed: its outcome and log index.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposed {
-    /// Outcome of applying it.
-    pub outcome: Outcome,
-    /// Log index it was committed at.
-    pub index: u64,
-}
-
-/// Why the leader did not take a forwarded write (then the sender retries).
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-#[error("{reason}")]
-pub struct ProposeRefused {
-    /// Why.
-    pub reason: String,
-}
-
 /// The write-path handle: the Raft handle plus the peer client to forward with.
 #[derive(Clone)]
 pub struct Proposer {
     raft: BatonRaft,
     node_id: NodeId,
-    net: Network,
-    can_forward: bool,
+    peers: PeerClient,
+    deadline: Duration,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
 }
 
 impl Proposer {
-    /// A proposer for this host (`node_id`); `can_forward` is false without a cluster
-    /// secret. Call from within the tokio runtime.
+    /// A proposer for this host (`node_id`) whose writes wait at most `deadline` for a
+    /// leader. Call from within the tokio runtime.
     pub fn new(
         raft: BatonRaft,
         node_id: NodeId,
-        net: Network,
-        can_forward: bool,
+        peers: PeerClient,
+        deadline: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Proposer {
             raft,
             node_id,
-            net,
-            can_forward,
+            peers,
+            deadline,
             metrics,
             rt: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The client of peer hosts (joining, membership, metrics, blob fetches).
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
     }
 
     /// The Raft handle (membership changes, metrics, RPC handlers).
@@ -120,25 +105,40 @@ impl Proposer {
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            let err = match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => return self.finish(r.data, r.log_id.index).await,
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match f.leader_node {
-                        Some(peer) => match self.forward(f.leader_id, &peer, &cmd).await {
-                            Ok((out, index)) => return self.finish(Some(out), index).await,
-                            Err(e) => e,
-                        },
-                        None => "no leader known yet".to_string(),
-                    }
-                }
-                Err(e) => return Err(ProposeError::Raft(e.to_string())),
+            // The deadline bounds each attempt too: a leader cut off from the majority
+            // (or a frozen one we forwarded to) would keep the write pending.
+            let left = self.deadline.saturating_sub(start.elapsed());
+            let err = match tokio::time::timeout(left, self.attempt(&cmd)).await {
+                Ok(Ok(Ok((out, index)))) => return self.finish(out, index).await,
+                Ok(Ok(Err(e))) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => "not committed in time: no majority answered the leader".into(),
             };
-            if start.elapsed() > PROPOSE_DEADLINE {
+            if start.elapsed() >= self.deadline {
                 tracing::warn!(error = %err, "write failed: no leader");
-                return Err(ProposeError::NoLeader(PROPOSE_DEADLINE));
+                return Err(ProposeError::NoLeader(self.deadline));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// One try: commit here if this host leads, else forward to the leader. The inner
+    /// error says why to try again; the outer one is final.
+    async fn attempt(
+        &self,
+        cmd: &Command,
+    ) -> Result<Result<(Option<Outcome>, u64), String>, ProposeError> {
+        match self.raft.client_write(cmd.clone()).await {
+            Ok(r) => Ok(Ok((r.data, r.log_id.index))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                Some(peer) => Ok(self
+                    .forward(f.leader_id, &peer, cmd)
+                    .await
+                    .map(|(out, index)| (Some(out), index))),
+                None => Ok(Err("no leader known yet".into())),
+            },
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
     }
 
@@ -170,13 +170,10 @@ impl Proposer {
         leader: &Peer,
         cmd: &Command,
     ) -> Result<(Outcome, u64), String> {
-        if !self.can_forward {
+        if !self.peers.has_secret() {
             return Err("this host has no cluster secret to reach the leader".into());
         }
-        let url = format!("{}/cluster/propose", leader.addr.trim_end_matches('/'));
-        let post =
-            self.net
-                .post::<_, Proposed, ProposeRefused>(0, &url, cmd, Duration::from_secs(10));
+        let post = self.peers.propose(&leader.addr, cmd);
         let mut metrics = self.raft.metrics();
         let replaced = async {
             loop {
@@ -190,7 +187,8 @@ impl Proposer {
         };
         tokio::select! {
             r = post => match r {
-                Ok(p) => Ok((p.outcome, p.index)),
+                Ok(Ok(p)) => Ok((p.outcome, p.index)),
+                Ok(Err(refused)) => Err(refused.to_string()),
                 Err(e) => Err(e.to_string()),
             },
             _ = replaced => Err(format!("leader {} replaced while the write was pending", leader.host)),

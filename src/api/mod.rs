@@ -1,0 +1,22 @@
+//! The HTTP contract, declared once: the request and response bodies of the admin API
+//! (`/v1`, [`v1`]) and of the peer routes (`/cluster`, [`peer`]), the error body every
+//! refusal carries ([`error`]), and the files the local CLI shares with the server.
+//!
+//! The server handlers answer with these types and the clients (the CLI's
+//! [`crate::client`], the peer client [`crate::store::raft::peer`]) read them, so renaming
+//! a field breaks the build instead of the output. This room holds plain serde types over
+//! the store's value types: no logic, no I/O, nothing from the drivers.
+
+pub mod error;
+pub mod peer;
+pub mod v1;
+
+pub use error::{ErrorBody, ErrorInfo};
+
+/// Where `baton serve` keeps its state unless told otherwise, and where the local CLI
+/// looks for the API token.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/baton";
+
+/// File name of the API token under the data directory: written by the server, read by
+/// the local CLI when no `--token` is given.
+pub const TOKEN_FILE: &str = "api-token";

@@ -1,0 +1,108 @@
+//! The peer routes (`/cluster/...`) hosts of one cluster call on each other's HTTP port,
+//! as [`crate::http::cluster`] answers them and [`crate::store::raft::peer`] calls them:
+//! paths, headers and the bodies that are Baton's own (Raft messages are openraft's).
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{NodeId, Outcome};
+
+/// Header carrying the cluster secret on every peer request.
+pub const SECRET_HEADER: &str = "x-baton-cluster-secret";
+/// Header naming the Raft identity a request is meant for: a host that rejoined at the
+/// same address under a new identity must not take its old identity's messages.
+pub const TARGET_HEADER: &str = "x-baton-target-node";
+
+/// Raft `AppendEntries` (openraft's request and `Result` bodies).
+pub const APPEND: &str = "/cluster/raft/append";
+/// Raft `Vote`.
+pub const VOTE: &str = "/cluster/raft/vote";
+/// Pre-vote: "would you vote for me?", asked before a real election.
+pub const PREVOTE: &str = "/cluster/raft/prevote";
+/// Raft `InstallSnapshot`.
+pub const SNAPSHOT: &str = "/cluster/raft/snapshot";
+/// A write forwarded to the leader: a [`crate::store::Command`] in, a
+/// `Result<`[`Proposed`]`, `[`ProposeRefused`]`>` out.
+pub const PROPOSE: &str = "/cluster/propose";
+/// A host asking to join: [`JoinRequest`] in, [`Joined`] out.
+pub const JOIN: &str = "/cluster/join";
+/// Members taken out: [`RemoveRequest`] in, [`Removed`] out.
+pub const REMOVE: &str = "/cluster/remove";
+/// The host's Raft metrics (openraft's `RaftMetrics`).
+pub const METRICS: &str = "/cluster/metrics";
+/// A blob by digest (`/cluster/blob/{digest}`), with `Range`.
+pub const BLOB: &str = "/cluster/blob";
+
+/// A host asking to join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its Raft identity.
+    pub node_id: NodeId,
+    /// How peers reach it.
+    pub addr: String,
+    /// Its Baton host name.
+    pub host: String,
+}
+
+/// A host that joined, now a voter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joined {
+    /// Its Raft identity.
+    pub joined: NodeId,
+}
+
+/// Which members to take out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// Raft identities to remove.
+    pub node_ids: Vec<NodeId>,
+}
+
+/// Members taken out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    /// Raft identities removed.
+    pub removed: Vec<NodeId>,
+}
+
+/// The `details` of a membership call refused by a host that does not lead (409): where
+/// the caller should retry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotLeader {
+    /// The leader's base URL, if known.
+    pub leader: Option<String>,
+}
+
+/// A forwarded write, committed: its outcome and log index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposed {
+    /// Outcome of applying it.
+    pub outcome: Outcome,
+    /// Log index it was committed at.
+    pub index: u64,
+}
+
+/// Why the leader did not take a forwarded write (then the sender retries).
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{reason}")]
+pub struct ProposeRefused {
+    /// Why.
+    pub reason: String,
+}
+
+/// "Would you vote for me?", sent before a real election.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    /// The candidate.
+    pub candidate: crate::store::types::NodeId,
+    /// The candidate's last log id.
+    pub last_log_id: Option<openraft::LogId<crate::store::types::NodeId>>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    /// Whether this voter would vote for the candidate now.
+    pub granted: bool,
+    /// Why not, when refused.
+    pub reason: Option<String>,
+}

@@ -1,0 +1,424 @@
+//! Bodies and query strings of the admin API (`/v1/...`), as the handlers in
+//! [`crate::http::api`] answer them and the CLI reads them. Requests refuse unknown
+//! fields, so a misspelt field is an error naming it rather than a silent no-op.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::blobs::Digest;
+use crate::ownership::state::HostState;
+use crate::store::{
+    Artifact, Event, Host, MacAddr, Millis, Node, NodeFile, NodeId, ProvisionState, Reservation,
+};
+
+/// `GET /v1/nodes?owner=&group=`: which nodes to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeQuery {
+    /// Only nodes owned by this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Only nodes of this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// `POST /v1/nodes`: enroll a node on the host asked (which then owns it). Answered
+/// with the [`Node`] (201).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Node id.
+    pub id: String,
+    /// Boot MACs (at least one).
+    pub macs: Vec<MacAddr>,
+    /// Group; default: the group of the host asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Architecture hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+/// `PATCH /v1/nodes/{id}`: what to change (absent fields stay). Answered with the
+/// [`Node`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// New set of boot MACs (the node's files are re-rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs: Option<Vec<MacAddr>>,
+    /// New group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// New architecture hint: absent keeps it, `null` clears it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub arch: Option<Option<String>>,
+    /// New provision state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_state: Option<ProvisionState>,
+    /// Refuse unless the node is still at this ownership epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_epoch: Option<u64>,
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`.
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `PUT /v1/nodes/{id}/profile`: what the node boots. Answered with the [`NodeDetail`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRequest {
+    /// `deploy`, `instance`, `local` or `none`.
+    pub kind: String,
+    /// Kernel artifact (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Digest>,
+    /// Ramdisk artifact (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk: Option<Digest>,
+    /// Kernel command line (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// `GET /v1/nodes/{id}`: a node with its served files and live reservation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDetail {
+    /// The node (its fields at the top level).
+    #[serde(flatten)]
+    pub node: Node,
+    /// Its served files (`GET /v1/nodes/{id}/files` gives the same list).
+    pub files: Vec<NodeFile>,
+    /// Its reservation, while live.
+    pub reservation: Option<Reservation>,
+}
+
+/// `POST /v1/nodes/{id}/migrate`: move the node to another host of its group.
+/// Answered with the [`Node`] (now `migrating`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// Target host.
+    pub to: String,
+}
+
+/// Time to live of a reservation when none is given.
+pub const DEFAULT_TTL_SECS: u64 = 60;
+
+fn default_ttl() -> u64 {
+    DEFAULT_TTL_SECS
+}
+
+/// `GET /v1/nodes/{id}/reservation`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReservationState {
+    /// The live reservation, if any.
+    pub reservation: Option<Reservation>,
+    /// Newest fencing token issued for the node (0: never reserved).
+    pub latest_token: u64,
+}
+
+/// `POST /v1/nodes/{id}/reservation`: take the node's lock. Answered with a
+/// [`ReservationGrant`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Who holds it (e.g. a conductor's name).
+    pub holder: String,
+    /// Seconds until it lapses unless renewed.
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+}
+
+/// `PUT /v1/nodes/{id}/reservation`: extend it. Answered with a [`ReservationGrant`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// Holder.
+    pub holder: String,
+    /// Fencing token from the grant.
+    pub token: u64,
+    /// New time to live in seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+}
+
+/// `DELETE /v1/nodes/{id}/reservation?holder=&token=`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseQuery {
+    /// Holder.
+    pub holder: String,
+    /// Fencing token from the grant.
+    pub token: u64,
+}
+
+/// A reservation taken or renewed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReservationGrant {
+    /// It, with its fencing token and expiry.
+    pub reservation: Reservation,
+}
+
+/// `POST /v1/artifacts?name=&sha256=` (the content is the body).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UploadQuery {
+    /// Name to record (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Expected sha256: the upload is refused if the content differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// An artifact stored (201) or already there (200).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// The artifact as registered.
+    pub artifact: Option<Artifact>,
+    /// Whether this upload registered it.
+    pub created: bool,
+}
+
+/// `GET /v1/artifacts/{digest}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactDetail {
+    /// The artifact.
+    pub artifact: Artifact,
+    /// Nodes whose files use it.
+    pub nodes: Vec<String>,
+    /// Whether the host asked holds its bytes.
+    pub held_here: bool,
+}
+
+/// `GET /v1/events?since=&wait=&limit=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// Only events after this sequence number.
+    #[serde(default)]
+    pub since: u64,
+    /// Seconds to wait for one when there is none yet (long-poll; 0: answer at once).
+    #[serde(default)]
+    pub wait: u64,
+    /// Most events in one answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A page of the event feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventPage {
+    /// Events after the cursor, oldest first.
+    pub events: Vec<Event>,
+    /// Cursor for the next page (`since`).
+    pub last: u64,
+}
+
+/// One row of `GET /v1/hosts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    /// The host as registered.
+    pub host: Host,
+    /// Its state from its heartbeats.
+    pub state: HostState,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: Millis,
+    /// Nodes it owns.
+    pub nodes: usize,
+    /// Whether it is the host asked.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// `POST /v1/hosts/{host}/drain` and `/undrain`: the host after the change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostChanged {
+    /// The host.
+    pub host: Option<Host>,
+}
+
+/// `DELETE /v1/hosts/{host}?id=`: only this Raft identity of the host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoveHostQuery {
+    /// Raft identity; default: all of the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<NodeId>,
+}
+
+/// A host taken out of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRemoved {
+    /// Raft identities removed.
+    pub removed: Vec<NodeId>,
+    /// The host.
+    pub host: String,
+}
+
+/// `GET /v1/status`: the host asked, its store, transfers and cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Host name.
+    pub host: String,
+    /// Its group.
+    pub group: String,
+    /// Baton version.
+    pub version: String,
+    /// Store schema version.
+    pub schema_version: u32,
+    /// Nodes in the store.
+    pub nodes: usize,
+    /// Nodes this host owns.
+    pub owned_nodes: usize,
+    /// Artifacts in the store.
+    pub artifacts: usize,
+    /// Size of the store's database file.
+    pub store_bytes: u64,
+    /// Newest applied event.
+    pub last_event: u64,
+    /// The cluster as this host sees it.
+    pub cluster: ClusterView,
+    /// TFTP transfer counters.
+    pub tftp: TftpTotals,
+}
+
+/// TFTP transfer counters of `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TftpTotals {
+    /// Transfers in progress.
+    pub active: i64,
+    /// Transfers completed.
+    pub completed: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+/// `GET /v1/cluster`: the replicated log as this host sees it, with the leader's view
+/// of each member's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This host's Raft identity.
+    pub node_id: NodeId,
+    /// Its Raft state (`Leader`, `Follower`, `Candidate`, `Learner`...).
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader's identity, if known.
+    pub leader: Option<NodeId>,
+    /// Leader's host name, if known.
+    pub leader_host: Option<String>,
+    /// Newest log index here.
+    pub last_log_index: Option<u64>,
+    /// Newest applied index here.
+    pub applied_index: Option<u64>,
+    /// Index of the newest snapshot here.
+    pub snapshot_index: Option<u64>,
+    /// Whether clustering is enabled (a cluster secret is set).
+    pub clustered: bool,
+    /// Members.
+    pub members: Vec<MemberView>,
+    /// Artifact replication to this host.
+    pub artifact_replication: ReplicationStatus,
+}
+
+/// What a member is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// The current leader.
+    Leader,
+    /// A voter that does not lead.
+    Voter,
+    /// Receives the log, does not vote (a host catching up while it joins).
+    Learner,
+}
+
+impl MemberRole {
+    /// Label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Leader => "leader",
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
+/// One member of [`ClusterView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Raft identity.
+    pub node_id: NodeId,
+    /// Host name.
+    pub host: String,
+    /// Base URL peers reach it at.
+    pub addr: String,
+    /// Its role.
+    pub role: MemberRole,
+    /// Log index the leader knows it to hold (unknown when the leader is unreachable).
+    pub matched_index: Option<u64>,
+    /// How far it is behind the leader's log.
+    pub lag: Option<u64>,
+    /// Applied index (only known for the host asked).
+    pub applied_index: Option<u64>,
+    /// Whether it is the host asked.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// Progress of artifact replication to a host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// Blobs this host still lacks.
+    pub missing: usize,
+    /// The blob being fetched, if any.
+    pub current: Option<String>,
+    /// Bytes of it received (including a resumed part).
+    pub bytes: u64,
+    /// Its size.
+    pub total: u64,
+    /// Host it comes from.
+    pub from: Option<String>,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_keeps_absent_apart_from_null() {
+        let keep: UpdateRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(keep.arch, None);
+        let clear: UpdateRequest = serde_json::from_str(r#"{"arch": null}"#).unwrap();
+        assert_eq!(clear.arch, Some(None));
+        // And the client sends what it means.
+        assert_eq!(serde_json::to_string(&keep).unwrap(), "{}");
+        assert_eq!(serde_json::to_string(&clear).unwrap(), r#"{"arch":null}"#);
+    }
+
+    #[test]
+    fn self_is_the_wire_name() {
+        let m = MemberView {
+            node_id: 7,
+            host: "h1".into(),
+            addr: "http://127.0.0.1:1".into(),
+            role: MemberRole::Leader,
+            matched_index: None,
+            lag: Some(0),
+            applied_index: None,
+            is_self: true,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["self"], true);
+        assert_eq!(v["role"], "leader");
+        assert_eq!(v["matched_index"], serde_json::Value::Null);
+    }
+}
