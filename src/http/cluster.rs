@@ -54,6 +54,20 @@ pub struct JoinRequest {
     pub host: String,
 }
 
+/// A host's identity, wall clock and view of the membership (`GET /cluster/clock`):
+/// `baton doctor` measures clock skew between hosts with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClockReply {
+    /// Baton host name.
+    pub host: String,
+    /// Raft identity.
+    pub node_id: NodeId,
+    /// Wall clock, milliseconds since the Unix epoch, read as the request is answered.
+    pub now_ms: crate::store::Millis,
+    /// Cluster members as this host sees them.
+    pub members: std::collections::BTreeMap<NodeId, Peer>,
+}
+
 /// The `/cluster` routes.
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
@@ -64,6 +78,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/cluster/join", post(join))
         .route("/cluster/remove", post(remove))
         .route("/cluster/metrics", get(metrics))
+        .route("/cluster/clock", get(clock))
         .route("/cluster/blob/{digest}", get(blob))
         .route_layer(axum::middleware::from_fn_with_state(app, require_secret))
 }
@@ -243,6 +258,15 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Api
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let m = app.raft.metrics().borrow().clone();
     Json(json!(m))
+}
+
+async fn clock(State(app): State<Arc<App>>) -> Json<ClockReply> {
+    Json(ClockReply {
+        host: app.host.clone(),
+        node_id: app.node_id,
+        members: app.members(),
+        now_ms: crate::app::now_ms(),
+    })
 }
 
 /// A blob this host holds, with `Range` so an interrupted fetch resumes.
