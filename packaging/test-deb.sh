@@ -36,13 +36,6 @@ if dpkg -s baton >/dev/null 2>&1; then
 fi
 [ -e /var/lib/baton ] && fail "/var/lib/baton exists; purging the test package would delete it"
 
-t0=$(date +%s)
-echo "== cargo deb --no-dbgsym --strip"
-# The release metadata also builds a baton-dbgsym package (debug symbols); CI skips it.
-cargo deb --no-dbgsym --strip
-deb=$(ls -t target/debian/baton_*.deb | head -n 1)
-t_built=$(date +%s)
-
 work=$(mktemp -d)
 pid=
 cleanup() {
@@ -65,6 +58,14 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+
+t0=$(date +%s)
+echo "== cargo deb --no-dbgsym --strip --override-debug none"
+# A release build as `cargo deb` makes it, minus the debug info that only the
+# baton-dbgsym package would carry: about a quarter less CPU time.
+cargo deb --no-dbgsym --strip --override-debug none --output "$work/"
+deb=$(ls "$work"/baton_*.deb)
+t_built=$(date +%s)
 
 echo "== dpkg -i $deb"
 dpkg -i "$deb"
