@@ -8,7 +8,7 @@
 #
 # Usage: install-bootloaders.sh [--no-apt] ROOT [TEMPLATE_DIR]
 #   --no-apt       do not run apt-get (the packages are already installed)
-#   ROOT           served root, e.g. /var/lib/baton/root
+#   ROOT           served root: the TFTP root, by default /var/lib/baton/tftp
 #   TEMPLATE_DIR   default: the tftp-root-template next to this script's parent, else
 #                  /usr/share/baton/tftp-root-template
 set -eu

@@ -26,6 +26,13 @@ pub enum Command {
     /// Every flag can also be set in the TOML file given with --config (same names,
     /// e.g. `[tftp] listen = "0.0.0.0:69"`); flags win over the file.
     Serve(ServeArgs),
+    /// Check that this host can run `baton serve` with this configuration: ports,
+    /// capabilities, interfaces and MTU, firewall, boot loaders, data directory, cluster
+    /// peers and their clocks. Prints PASS/WARN/FAIL with a fix per check; exits 1 on
+    /// any FAIL.
+    ///
+    /// Takes the same --config file and flags as `baton serve`.
+    Doctor(DoctorArgs),
     /// Enroll, inspect and change nodes, their boot profiles and reservations.
     Node {
         /// API connection.
@@ -319,6 +326,7 @@ pub struct StormArgs {
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
     /// API token.
+
     #[arg(
         long,
         value_name = "TOKEN",
@@ -377,6 +385,23 @@ pub struct StormArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Flags of `baton doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The configuration to check, given as to `baton serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Fail when the data directory's file system has less free space than this.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub min_free_mb: u64,
+    /// Seconds to wait for each cluster peer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    pub peer_timeout: u64,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `baton serve`: `--config`, then one flag per setting, declared with the

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod dhcp;
+pub mod doctor;
 pub mod http;
 pub mod metrics;
 pub mod net;

@@ -36,10 +36,46 @@ fn serve(args: baton::cli::ServeArgs) -> ExitCode {
     }
 }
 
+fn doctor(args: baton::cli::DoctorArgs) -> ExitCode {
+    let cfg = match Config::load(args.serve.config.as_deref(), &args.serve.settings) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL  config: {e}\n      fix: correct the file or flag it names");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match &args.serve.config {
+        Some(p) => format!("{} (with command-line flags)", p.display()),
+        None => "built-in defaults (with command-line flags)".to_string(),
+    };
+    let opts = baton::doctor::Options {
+        min_free_bytes: args.min_free_mb.saturating_mul(1 << 20),
+        peer_timeout: std::time::Duration::from_secs(args.peer_timeout.max(1)),
+    };
+    let findings = baton::doctor::run(&cfg, &source, &opts);
+    if args.json {
+        match serde_json::to_string_pretty(&findings) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("baton: {e}"),
+        }
+    } else {
+        print!("{}", baton::doctor::render(&findings));
+    }
+    if findings
+        .iter()
+        .any(|f| f.status == baton::doctor::Status::Fail)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Serve(args) => return serve(args),
+        Command::Doctor(args) => return doctor(args),
         Command::Node { api, cmd } => baton::commands::node(&api, cmd),
         Command::Artifact { api, cmd } => baton::commands::artifact(&api, cmd),
         Command::Host { api, cmd } => baton::commands::host(&api, cmd),

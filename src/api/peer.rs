@@ -31,6 +31,8 @@ pub const REMOVE: &str = "/cluster/remove";
 pub const METRICS: &str = "/cluster/metrics";
 /// A blob by digest (`/cluster/blob/{digest}`), with `Range`.
 pub const BLOB: &str = "/cluster/blob";
+/// This host's wall clock, for `baton doctor`'s skew check.
+pub const CLOCK: &str = "/cluster/clock";
 
 /// A host asking to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,4 +107,18 @@ pub struct PreVoteResponse {
     pub granted: bool,
     /// Why not, when refused.
     pub reason: Option<String>,
+}
+
+/// A host's identity, wall clock and view of the membership (`GET /cluster/clock`):
+/// `baton doctor` measures clock skew between hosts with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClockReply {
+    /// Baton host name.
+    pub host: String,
+    /// Raft identity.
+    pub node_id: crate::store::types::NodeId,
+    /// Wall clock, milliseconds since the Unix epoch, read as the request is answered.
+    pub now_ms: crate::store::Millis,
+    /// Cluster members as this host sees them.
+    pub members: std::collections::BTreeMap<crate::store::types::NodeId, crate::store::raft::Peer>,
 }

@@ -22,8 +22,8 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::api::peer::{
-    self as wire, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse, RemoveRequest,
-    Removed, SECRET_HEADER, TARGET_HEADER,
+    self as wire, ClockReply, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse,
+    RemoveRequest, Removed, SECRET_HEADER, TARGET_HEADER,
 };
 use crate::api::ErrorBody;
 use crate::app::App;
@@ -42,6 +42,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route(wire::JOIN, post(join))
         .route(wire::REMOVE, post(remove))
         .route(wire::METRICS, get(metrics))
+        .route(wire::CLOCK, get(clock))
         .route(&format!("{}/{{digest}}", wire::BLOB), get(blob))
         .route_layer(axum::middleware::from_fn_with_state(app, require_secret))
 }
@@ -238,6 +239,15 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> Api
 async fn metrics(State(app): State<Arc<App>>) -> Json<typ::Metrics> {
     let m = app.proposer.raft().metrics().borrow().clone();
     Json(m)
+}
+
+async fn clock(State(app): State<Arc<App>>) -> Json<ClockReply> {
+    Json(ClockReply {
+        host: app.host.clone(),
+        node_id: app.proposer.node_id(),
+        members: app.proposer.members(),
+        now_ms: crate::clock::now_ms(),
+    })
 }
 
 /// A blob this host holds, with `Range` so an interrupted fetch resumes.

@@ -1,4 +1,5 @@
-//! Network interfaces: IPv4 address of an interface, interface index by name.
+//! Network interfaces: IPv4 address of an interface, interface index by name, and the
+//! list of interfaces with their flags and IPv4 addresses.
 
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
@@ -48,6 +49,68 @@ pub fn index_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// An interface as `getifaddrs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Name (`eth0`).
+    pub name: String,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// The loopback interface.
+    pub loopback: bool,
+    /// Its IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// Every interface with its IPv4 addresses, in the order `getifaddrs` lists them.
+pub fn list() -> Vec<Interface> {
+    let mut out: Vec<Interface> = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head`; freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: p walks the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: non-null, NUL-terminated name from getifaddrs.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        let i = match out.iter().position(|i| i.name == name) {
+            Some(i) => i,
+            None => {
+                out.push(Interface {
+                    name,
+                    up: ifa.ifa_flags & libc::IFF_UP as u32 != 0,
+                    loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
+                    ipv4: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null address from getifaddrs.
+        if unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int == libc::AF_INET {
+            // SAFETY: AF_INET means sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            out[i]
+                .ipv4
+                .push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        }
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -55,5 +118,11 @@ mod tests {
         let i = super::index_of("lo").expect("lo exists");
         assert_eq!(super::ipv4_of(i), Some(std::net::Ipv4Addr::LOCALHOST));
         assert_eq!(super::index_of("no-such-if0"), None);
+        let lo = super::list()
+            .into_iter()
+            .find(|i| i.name == "lo")
+            .expect("lo listed");
+        assert!(lo.loopback && lo.up);
+        assert!(lo.ipv4.contains(&std::net::Ipv4Addr::LOCALHOST));
     }
 }

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::{typ, NodeId, TypeConfig};
 use crate::api::peer::{
-    self as wire, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse, ProposeRefused,
-    Proposed, RemoveRequest, Removed, SECRET_HEADER, TARGET_HEADER,
+    self as wire, ClockReply, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse,
+    ProposeRefused, Proposed, RemoveRequest, Removed, SECRET_HEADER, TARGET_HEADER,
 };
 use crate::api::{ErrorBody, ErrorInfo};
 use crate::blobs::Digest;
@@ -327,6 +327,17 @@ impl PeerClient {
     /// Asks the leader at `base` to take members out.
     pub async fn remove(&self, base: &str, req: &RemoveRequest) -> Result<Removed, PeerError> {
         self.post(base, wire::REMOVE, None, req, MEMBERSHIP).await
+    }
+
+    /// The wall clock and membership of the host at `base` (`baton doctor`), within
+    /// `timeout`.
+    pub async fn clock(&self, base: &str, timeout: Duration) -> Result<ClockReply, PeerError> {
+        let url = url(base, wire::CLOCK);
+        let rb = self
+            .request(&self.rpc, reqwest::Method::GET, &url, None)?
+            .timeout(timeout);
+        let resp = Self::send(rb, &url, None).await?;
+        Self::decode(resp, &url).await
     }
 
     /// The Raft metrics of the member at `base`.

@@ -1,0 +1,478 @@
+//! `baton doctor` against real conditions: a port held by this test process, a missing
+//! boot loader, a read-only data directory, a firewall in a network namespace, a
+//! running server, and a running two-host cluster.
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::{free_tcp_port, free_udp_port, Cluster, SECRET};
+use common::{baton_bin, clean_env, run_with_timeout};
+
+/// Doctor reads /proc and asks peers with a 3 s timeout: well within this.
+const DOCTOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one `baton doctor` run printed.
+struct Report {
+    code: Option<i32>,
+    text: String,
+}
+
+impl Report {
+    /// The line of check `name` (`PASS  name: ...`), panicking with the report if absent.
+    fn line(&self, name: &str) -> &str {
+        self.text
+            .lines()
+            .find(|l| {
+                l.get(6..)
+                    .is_some_and(|r| r.starts_with(&format!("{name}:")))
+            })
+            .unwrap_or_else(|| panic!("no `{name}` line in the report:\n{}", self.text))
+    }
+
+    /// The line of `name`, asserting its status.
+    #[track_caller]
+    fn expect(&self, status: &str, name: &str) -> &str {
+        let l = self.line(name);
+        assert!(
+            l.starts_with(status),
+            "`{name}` is not {status}:\n{}",
+            self.text
+        );
+        l
+    }
+
+    /// The `fix:` line under check `name`.
+    fn fix(&self, name: &str) -> &str {
+        let l = self.line(name);
+        let mut it = self.text.lines().skip_while(|x| *x != l).skip(1);
+        it.next()
+            .filter(|x| x.trim_start().starts_with("fix:"))
+            .unwrap_or_else(|| panic!("no fix under `{name}`:\n{}", self.text))
+    }
+
+    fn fails(&self) -> Vec<&str> {
+        self.text
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+            .collect()
+    }
+}
+
+/// `baton doctor` with `args` (after cleaning the environment), plus `env`.
+fn doctor_cmd(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(baton_bin());
+    cmd.arg("doctor").args(args);
+    clean_env(&mut cmd).env_remove("BATON_CLUSTER_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Report {
+    let out = run_with_timeout(cmd, DOCTOR_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}{}", out.stderr);
+    Report {
+        code: out.status.code(),
+        text,
+    }
+}
+
+fn doctor(args: &[&str], env: &[(&str, &str)]) -> Report {
+    run(&mut doctor_cmd(args, env))
+}
+
+/// A loopback-only configuration with proxy-DHCP on free loopback ports, a TFTP root
+/// holding the two required loaders, and no optional ones.
+struct Setup {
+    dir: tempfile::TempDir,
+    tftp: u16,
+    dhcp: u16,
+    pxe: u16,
+    http: u16,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("tftp");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("undionly.kpxe"), vec![0x55; 4096]).unwrap();
+        std::fs::write(root.join("ipxe.efi"), vec![0x4d; 8192]).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        Setup {
+            dir,
+            tftp: free_udp_port(),
+            dhcp: free_udp_port(),
+            pxe: free_udp_port(),
+            http: free_tcp_port(),
+        }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("tftp")
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes the config file; returns its path.
+    fn config(&self) -> String {
+        let f = self.dir.path().join("baton.toml");
+        let toml = format!(
+            r#"data_dir = "{data}"
+[tftp]
+listen = "127.0.0.1:{tftp}"
+root = "{root}"
+[http]
+listen = "127.0.0.1:{http}"
+[dhcp]
+listen = "127.0.0.1"
+port = {dhcp}
+pxe_port = {pxe}
+[dhcp.boot_files]
+bios = "undionly.kpxe"
+efi_x64 = "ipxe.efi"
+"#,
+            data = self.data().display(),
+            root = self.root().display(),
+            tftp = self.tftp,
+            http = self.http,
+            dhcp = self.dhcp,
+            pxe = self.pxe,
+        );
+        std::fs::write(&f, toml).unwrap();
+        f.display().to_string()
+    }
+}
+
+#[test]
+fn all_pass_on_loopback() {
+    let s = Setup::new();
+    let r = doctor(&["--config", &s.config()], &[]);
+    assert!(r.fails().is_empty(), "{}", r.text);
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    for (name, want) in [
+        (format!("port udp/{} (tftp)", s.tftp), "free"),
+        (format!("port udp/{} (proxy-dhcp)", s.dhcp), "free"),
+        (format!("port udp/{} (pxe)", s.pxe), "free"),
+        (format!("port tcp/{} (http)", s.http), "free"),
+        ("boot loader bios".into(), "4096 bytes"),
+        ("boot loader efi_x64".into(), "8192 bytes"),
+        ("data dir".into(), "is writable"),
+        ("interface lo".into(), "MTU"),
+        ("firewall".into(), "loopback"),
+        ("cluster peers".into(), "single host"),
+    ] {
+        let l = r.expect("PASS", &name);
+        assert!(l.contains(want), "{l}");
+    }
+    assert!(r.text.contains("0 fail"), "{}", r.text);
+    // The same as JSON.
+    let j = doctor(&["--config", &s.config(), "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&j.text).expect("JSON report");
+    assert!(v.as_array().unwrap().iter().all(|f| f["status"] != "fail"));
+}
+
+#[test]
+fn port_busy_names_this_process() {
+    let s = Setup::new();
+    let udp = UdpSocket::bind(("127.0.0.1", s.tftp)).expect("hold the TFTP port");
+    let tcp = TcpListener::bind(("127.0.0.1", s.http)).expect("hold the HTTP port");
+    let me = std::process::id();
+    let r = doctor(&["--config", &s.config()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.text);
+    for name in [
+        format!("port udp/{} (tftp)", s.tftp),
+        format!("port tcp/{} (http)", s.http),
+    ] {
+        let l = r.expect("FAIL", &name);
+        assert!(l.contains(&format!("(pid {me})")), "{l}");
+        assert!(l.contains("held by"), "{l}");
+        assert!(r.fix(&name).contains("listen"), "{}", r.fix(&name));
+    }
+    r.expect("PASS", &format!("port udp/{} (pxe)", s.pxe));
+    // A flag moves the listener: the same file with --tftp-listen passes that port.
+    let other = free_udp_port();
+    let r = doctor(
+        &[
+            "--config",
+            &s.config(),
+            "--tftp-listen",
+            &format!("127.0.0.1:{other}"),
+        ],
+        &[],
+    );
+    r.expect("PASS", &format!("port udp/{other} (tftp)"));
+    drop((udp, tcp));
+}
+
+#[test]
+fn missing_loader_fails_with_the_installer() {
+    let s = Setup::new();
+    std::fs::remove_file(s.root().join("ipxe.efi")).unwrap();
+    let r = doctor(&["--config", &s.config()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.text);
+    r.expect("PASS", "boot loader bios");
+    let l = r.expect("FAIL", "boot loader efi_x64");
+    assert!(l.contains("ipxe.efi: missing"), "{l}");
+    let fix = r.fix("boot loader efi_x64");
+    assert!(
+        fix.contains("install-bootloaders.sh") && fix.contains(&s.root().display().to_string()),
+        "{fix}"
+    );
+    // An optional architecture only warns.
+    let cfg = s.config();
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str("efi_arm64 = \"arm64/ipxe.efi\"\n");
+    std::fs::write(&cfg, toml).unwrap();
+    std::fs::write(s.root().join("ipxe.efi"), b"x").unwrap();
+    let r = doctor(&["--config", &cfg], &[]);
+    r.expect("WARN", "boot loader efi_arm64");
+    assert_eq!(r.code, Some(0), "{}", r.text);
+}
+
+/// Runs doctor with the data dir read-only: a read-only bind mount in a private mount
+/// namespace as root (root ignores file modes), a 0555 directory otherwise.
+#[test]
+fn unwritable_data_dir_fails() {
+    let s = Setup::new();
+    let data = s.data();
+    let cfg = s.config();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let r = if root {
+        if !common::require_client("unshare", "util-linux") {
+            return;
+        }
+        let script = format!(
+            "mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' '{d}' && exec \"$0\" doctor --config '{cfg}'",
+            d = data.display(),
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(baton_bin());
+        clean_env(&mut cmd);
+        run(&mut cmd)
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let r = doctor(&["--config", &cfg], &[]);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        r
+    };
+    assert_eq!(r.code, Some(1), "{}", r.text);
+    let l = r.expect("FAIL", "data dir");
+    assert!(
+        l.contains("not writable") && (l.contains("Read-only") || l.contains("Permission denied")),
+        "{l}"
+    );
+    assert!(r.fix("data dir").contains("--data-dir"), "{}", r.text);
+    // A data dir that is a file cannot be created either.
+    let file = s.dir.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let r = doctor(
+        &["--config", &cfg, "--data-dir", &file.display().to_string()],
+        &[],
+    );
+    assert!(r.expect("FAIL", "data dir").contains("not a directory"));
+    // Disk space below a demanded minimum.
+    let r = doctor(&["--config", &cfg, "--min-free-mb", "999999999"], &[]);
+    r.expect("FAIL", "disk space");
+}
+
+#[test]
+fn ports_held_by_a_running_baton_pass() {
+    let s = Setup::new();
+    let mut cmd = Command::new(baton_bin());
+    cmd.args(["serve", "--config", &s.config(), "--log-level", "info"]);
+    clean_env(&mut cmd);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = common::child::Child::spawn(&mut cmd, "baton serve", move |l| {
+        if l.contains("tftp server listening") {
+            let _ = tx.send(());
+        }
+    })
+    .expect("start baton serve");
+    rx.recv_timeout(common::START_TIMEOUT)
+        .unwrap_or_else(|_| panic!("baton serve did not start:\n{}", server.log()));
+    let r = doctor(&["--config", &s.config()], &[]);
+    for name in [
+        format!("port udp/{} (tftp)", s.tftp),
+        format!("port udp/{} (proxy-dhcp)", s.dhcp),
+        format!("port udp/{} (pxe)", s.pxe),
+        format!("port tcp/{} (http)", s.http),
+    ] {
+        let l = r.expect("PASS", &name);
+        assert!(
+            l.contains("baton itself") && l.contains(&format!("pid {}", server.pid())),
+            "{l}"
+        );
+    }
+    assert_eq!(r.code, Some(0), "{}", r.text);
+    drop(server);
+}
+
+#[test]
+fn firewall_drop_in_a_namespace() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var_os("CI").is_some() {
+            panic!("firewall test needs root (network namespace) but CI is set");
+        }
+        eprintln!("\n*** SKIPPED: firewall test needs root ***\n");
+        return;
+    }
+    if !common::require_client("nft", "nftables") || !common::require_client("ip", "iproute2") {
+        return;
+    }
+    let ns = Netns::new(&format!("bdoc{}", std::process::id()));
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    ns.nft(
+        "table inet baton_test {
+           chain input {
+             type filter hook input priority 0; policy drop;
+             ct state established,related accept
+             iifname \"lo\" accept
+             udp dport { 67, 4011 } accept
+             udp dport 69 counter reject
+           }
+         }",
+    );
+    let s = Setup::new();
+    // Wildcard listeners on the standard ports: the ones PXE clients reach.
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, baton_bin(), "doctor", "--config"])
+        .arg(s.config())
+        .args([
+            "--tftp-listen",
+            "0.0.0.0:69",
+            "--dhcp-listen",
+            "0.0.0.0",
+            "--dhcp-port",
+            "67",
+            "--dhcp-pxe-port",
+            "4011",
+        ]);
+    clean_env(&mut cmd);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, Some(1), "{}", r.text);
+    let l = r.expect("FAIL", "firewall udp/69 (tftp)");
+    assert!(
+        l.contains("udp dport 69") && l.contains("baton_test"),
+        "{l}"
+    );
+    assert!(r
+        .fix("firewall udp/69 (tftp)")
+        .contains("udp dport 69 accept"));
+    r.expect("PASS", "firewall udp/67 (proxy-dhcp)");
+    r.expect("PASS", "firewall udp/4011 (pxe)");
+}
+
+/// A network namespace of this test, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed");
+        Netns { name: name.into() }
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = run_with_timeout(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args),
+            Duration::from_secs(20),
+        );
+        assert!(out.status.success(), "{args:?}: {}", out.stderr);
+    }
+
+    fn nft(&self, ruleset: &str) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), ruleset).unwrap();
+        self.run(&["nft", "-f", &f.path().display().to_string()]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn cluster_peers_and_clock_skew() {
+    let c = Cluster::start(2, "");
+    let h1 = &c.hosts[0].spec;
+    let args = |data: &Path| {
+        vec![
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--http-listen".into(),
+            h1.http.to_string(),
+            "--tftp-listen".into(),
+            h1.tftp.to_string(),
+            "--no-dhcp".into(),
+        ]
+    };
+    let a = args(&h1.data_dir);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let r = doctor(&a, &[("BATON_CLUSTER_SECRET", SECRET)]);
+    let l = r.expect("PASS", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    assert!(l.contains("clock") && l.contains(" ms"), "{l}");
+    assert!(
+        !r.text.contains("peer h1"),
+        "this host is not its own peer:\n{}",
+        r.text
+    );
+    r.expect("PASS", &format!("port tcp/{} (http)", h1.http.port()));
+    assert_eq!(r.code, Some(0), "{}", r.text);
+
+    // A wrong secret is named as such.
+    let r = doctor(
+        &a,
+        &[("BATON_CLUSTER_SECRET", "not-the-cluster-secret-0000")],
+    );
+    r.expect("FAIL", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    assert!(
+        r.text.contains("refused this host's cluster secret"),
+        "{}",
+        r.text
+    );
+
+    // A fresh host that would join: peers come from the join URL and its members;
+    // an unreachable member fails.
+    let fresh = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let mut b = args(fresh.path());
+    b[3] = format!("127.0.0.1:{}", free_tcp_port());
+    b[5] = format!("127.0.0.1:{}", free_udp_port());
+    let mut b2 = b.clone();
+    b.extend(["--join".to_string(), h1.url().clone()]);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let r = doctor(&b, &[("BATON_CLUSTER_SECRET", SECRET)]);
+    r.expect("PASS", &format!("peer h1 {}", h1.url()));
+    r.expect("PASS", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    b2.extend(["--join".to_string(), dead.clone()]);
+    let b2: Vec<&str> = b2.iter().map(String::as_str).collect();
+    let r = doctor(&b2, &[("BATON_CLUSTER_SECRET", SECRET)]);
+    let l = r.expect("FAIL", &format!("peer {dead}"));
+    assert!(l.contains("unreachable"), "{l}");
+    assert_eq!(r.code, Some(1));
+}
