@@ -6,11 +6,9 @@ use crate::ownership::state::LeaseTimes;
 use crate::ownership::timing::{RaftTiming, TimingError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::tftp::negotiate::Limits;
-use crate::tftp::transfer::Rollover;
 use crate::wire::remap::MapFile;
+use crate::wire::tftp::Rollover;
 use crate::wire::tftp::{MAX_BLKSIZE, MIN_BLKSIZE};
 
 mod declare;
@@ -455,17 +453,6 @@ impl TftpConfig {
         MapFile::parse(&text)
             .map(Some)
             .map_err(|e| invalid(e.to_string()))
-    }
-
-    /// Negotiation limits derived from this configuration.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_blksize: self.max_blksize,
-            max_windowsize: self.max_windowsize,
-            default_timeout: Duration::from_millis(self.timeout_ms),
-            max_retries: self.max_retries,
-            rollover: self.rollover,
-        }
     }
 }
 

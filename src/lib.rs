@@ -3,7 +3,6 @@
 pub mod api;
 pub mod app;
 pub mod bindings;
-pub mod blobcache;
 pub mod blobs;
 pub mod capture;
 pub mod cli;
@@ -16,6 +15,7 @@ pub mod dhcp;
 pub mod doctor;
 pub mod http;
 pub mod metrics;
+pub mod namespace;
 pub mod net;
 pub mod ownership;
 pub mod pcap;

@@ -10,13 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::blobcache::ServedBlobs;
 use crate::blobs::BlobStore;
 use crate::capture::Capture;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::dhcp::server::{DhcpDeps, DhcpServer};
 use crate::metrics::Metrics;
+use crate::namespace::cache::ServedBlobs;
+use crate::namespace::store_source::StoreSource;
+use crate::namespace::DirSource;
 use crate::ownership::gate::Gate;
 use crate::ownership::lease::Renewer;
 use crate::ownership::reconcile::Reconciler;
@@ -24,9 +26,7 @@ use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
 use crate::replicate::{ReplicationProgress, Replicator};
 use crate::store::{Command, Store};
-use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
-use crate::tftp::store_source::StoreSource;
 use crate::wire::path::PathRules;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).

@@ -21,9 +21,9 @@ use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
 use crate::metrics::Metrics;
+use crate::namespace::store_source::StoreSource;
+use crate::namespace::{FileSource, OpenError};
 use crate::ownership::gate::{NotServed, Purpose};
-use crate::tftp::files::{FileSource, OpenError};
-use crate::tftp::store_source::StoreSource;
 use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.

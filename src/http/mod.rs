@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
-use crate::tftp::store_source::StoreSource;
+use crate::namespace::store_source::StoreSource;
 use axum::Extension;
 
 /// Why the HTTP listener could not start.

@@ -1,7 +1,5 @@
-//! TFTP serving: the sans-IO transfer engine, option negotiation, the file namespace
-//! and the tokio driver.
-pub mod files;
+//! TFTP serving: the sans-IO transfer engine, option negotiation and the tokio driver.
+//! Files come from [`crate::namespace`].
 pub mod negotiate;
 pub mod server;
-pub mod store_source;
 pub mod transfer;

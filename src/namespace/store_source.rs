@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::blobcache::ServedBlobs;
+use crate::namespace::cache::ServedBlobs;
+use crate::namespace::{BoxFuture, DirSource, FileData, FileSource, OpenError};
 use crate::ownership::gate::{Gate, NotServed, Purpose};
 use crate::store::{NodeFile, Store};
-use crate::tftp::files::{BoxFuture, DirSource, FileData, FileSource, OpenError};
 use crate::wire::path::ClientPath;
 
 /// Node files first, shared directory second.

@@ -9,8 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::blobs::{BlobError, BlobStore, Digest};
+use crate::namespace::{FileData, OpenError};
 use crate::store::Store;
-use crate::tftp::files::{FileData, OpenError};
 
 struct Entry {
     cell: Arc<tokio::sync::OnceCell<Arc<FileData>>>,
