@@ -1,5 +1,8 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
-//! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+//! ownership handoff). See `DESIGN.md` in the shared folder for the architecture, and the
+//! README's layout section for the rooms: drivers (`serve`, `http`, `tftp::server`,
+//! `dhcp::server`, `replicate`, `ownership::lease`/`reconcile`) import cores (`wire`,
+//! `tftp::transfer`, `dhcp::proxy`, `ownership::gate`, `store`), never the other way.
 pub mod api;
 pub mod app;
 pub mod bindings;

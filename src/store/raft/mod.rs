@@ -1,7 +1,9 @@
 //! Raft glue (openraft 0.9, storage v2): the store's SQLite database is the state
 //! machine of a replicated log shared by all Baton hosts. The log and vote live in their
 //! own SQLite file; peers talk over the HTTP port (`/cluster/...`), authenticated by the
-//! cluster secret.
+//! cluster secret. [`propose`] is the write path every change goes through, [`peer`] the
+//! one client of other hosts, [`elect`] elections with pre-vote. Nothing here knows of
+//! nodes' ownership rules or the boot protocols.
 
 pub mod elect;
 pub mod log;
