@@ -25,6 +25,8 @@ pub enum Learned {
     ClientAddress,
     /// Source address of its udp/4011 request.
     BootServerSource,
+    /// Asked for a file named with its MAC right after its DHCP answer.
+    ConfigFetch,
 }
 
 #[derive(Debug, Clone)]

@@ -72,6 +72,12 @@ settings! {
         /// Write every DHCP and TFTP packet received and sent to this pcap file.
         capture: Option<PathBuf> = None,
             flag [value "capture" PathBuf, "FILE.pcap"];
+        /// Who may fetch a node's own files (configs, scripts, kernel, ramdisk): `bound`,
+        /// only addresses that node's PXE exchange showed; `open`, anyone (as dnsmasq).
+        /// Shared loaders are served to anyone either way.
+        node_files: crate::ownership::gate::NodeFileAccess =
+            crate::ownership::gate::NodeFileAccess::Open,
+            flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];
     } sections {
         /// TFTP server.
         tftp: TftpConfig;

@@ -193,7 +193,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     let lease_times = cfg.lease_times();
     let bindings = crate::bindings::Bindings::default();
-    let gate = Gate::new(&host, store.clone(), lease_times, bindings.clone());
+    let gate =
+        Gate::new(&host, store.clone(), lease_times, bindings.clone()).with_access(cfg.node_files);
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
     let replication = ReplicationProgress::default();
     let app = Arc::new(App {

@@ -1656,3 +1656,155 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
         other => panic!("{SCRIPT} of n1 over TFTP: {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Node files go only to their node (`node_files = "bound"`, the PXE builders' mode).
+// ---------------------------------------------------------------------------------
+
+/// A BIOS PXE DHCPDISCOVER (`msg` 1) or DHCPREQUEST (`msg` 3, with option 50 naming
+/// `requested` and option 54 the address server) from `mac`.
+fn pxe_dhcp(msg: u8, mac: [u8; 6], xid: u32, requested: Option<Ipv4Addr>) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[10] = 0x80;
+    p[28..34].copy_from_slice(&mac);
+    p.extend_from_slice(&[99, 130, 83, 99, 53, 1, msg]);
+    let vc = b"PXEClient:Arch:00000:UNDI:002001";
+    p.extend_from_slice(&[60, vc.len() as u8]);
+    p.extend_from_slice(vc);
+    p.extend_from_slice(&[93, 2, 0, 0, 94, 3, 1, 2, 1]);
+    if let Some(ip) = requested {
+        p.extend_from_slice(&[50, 4]);
+        p.extend_from_slice(&ip.octets());
+        p.extend_from_slice(&[54, 4, 127, 0, 0, 254]);
+    }
+    p.push(255);
+    p
+}
+
+/// A TFTP read of `path` from `local` (one block is enough to tell served from
+/// refused): `Ok(first block)` or `Err(error code)`.
+fn tftp_first_block(local: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>, u16> {
+    let sock = UdpSocket::bind((local, 0)).expect("bind a client address");
+    sock.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    sock.send_to(&rrq(path, &[]), server).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf).expect("an answer to the RRQ");
+    match opcode(&buf[..n]) {
+        3 => {
+            // ACK every block so the transfer ends cleanly.
+            let mut first = buf[4..n].to_vec();
+            let mut block = 1u16;
+            let mut len = n - 4;
+            while len == 512 {
+                sock.send_to(&tftp_ack(block), from).unwrap();
+                let (m, _) = sock.recv_from(&mut buf).expect("next block");
+                block = u16::from_be_bytes([buf[2], buf[3]]);
+                len = m - 4;
+                if first.len() < 4096 {
+                    first.extend_from_slice(&buf[4..m]);
+                }
+            }
+            sock.send_to(&tftp_ack(block), from).unwrap();
+            Ok(first)
+        }
+        5 => Err(u16::from_be_bytes([buf[2], buf[3]])),
+        op => panic!("unexpected TFTP opcode {op}"),
+    }
+}
+
+/// Status of an HTTP GET of `path` from `local`.
+fn http_status_from(local: Ipv4Addr, server: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((local, 0)).into()).unwrap();
+    s.connect_timeout(&server.into(), ANSWER_TIMEOUT).unwrap();
+    let mut s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+#[test]
+fn node_files_go_only_to_the_node_that_booted() {
+    let dir = TempDir::new().unwrap();
+    let s = start_with_dhcp(
+        BatonBuilder::pxe_temp().host("h1"),
+        &dir.path().join("c.pcap"),
+    );
+    enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
+    enroll_deploy(&s.baton.api, "n2", OTHER_MAC_STR, 2);
+    let tftp = s.baton.tftp;
+    let http = s.baton.http;
+    let cfg1 = "pxelinux.cfg/01-52-54-00-77-e2-01";
+    let cfg2 = "pxelinux.cfg/01-52-54-00-77-e2-02";
+    let stranger = Ipv4Addr::new(127, 0, 0, 5);
+    let node1 = Ipv4Addr::new(127, 0, 0, 9);
+    let node2 = Ipv4Addr::new(127, 0, 0, 21);
+
+    // Before any PXE exchange: node files are refused to everyone, shared files are not.
+    assert_eq!(tftp_first_block(stranger, tftp, cfg1), Err(2));
+    assert_eq!(tftp_first_block(stranger, tftp, "nodes/n1/kernel"), Err(2));
+    assert_eq!(
+        http_status_from(stranger, http, "/boot/n1/nodes/n1/kernel"),
+        403
+    );
+    assert_eq!(http_status_from(stranger, http, "/nodes/n1/kernel"), 403);
+    assert!(
+        tftp_first_block(stranger, tftp, "boot.ipxe").is_ok(),
+        "shared files stay open"
+    );
+
+    // n1's PXE exchange: DISCOVER (answered), then its REQUEST to the address server
+    // naming the address it takes. The proxy overhears it and binds the address.
+    let c = UdpSocket::bind((node1, 0)).unwrap();
+    c.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    c.send_to(&pxe_dhcp(DISCOVER, MAC, 0x1111, None), s.dhcp)
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = c.recv_from(&mut buf).expect("an offer for n1");
+    assert_eq!(buf[0], 2, "a BOOTREPLY");
+    assert!(n > 240);
+    c.send_to(&pxe_dhcp(REQUEST, MAC, 0x1111, Some(node1)), s.dhcp)
+        .unwrap();
+    assert!(eventually(ANSWER_TIMEOUT, || tftp_first_block(
+        node1, tftp, cfg1
+    )
+    .is_ok()));
+    assert!(tftp_first_block(node1, tftp, "nodes/n1/kernel").is_ok());
+    assert_eq!(
+        http_status_from(node1, http, "/boot/n1/nodes/n1/kernel"),
+        200
+    );
+    assert_eq!(http_status_from(node1, http, "/nodes/n1/kernel"), 200);
+    // Still nobody else's, and not n2's files either.
+    assert_eq!(tftp_first_block(stranger, tftp, "nodes/n1/kernel"), Err(2));
+    assert_eq!(tftp_first_block(node1, tftp, "nodes/n2/kernel"), Err(2));
+
+    // n2's firmware shows no address to the proxy (its REQUEST went unseen), but right
+    // after its DHCP answer it asks for its MAC-named config: that binds its address.
+    let c2 = UdpSocket::bind((node2, 0)).unwrap();
+    c2.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    c2.send_to(&pxe_dhcp(DISCOVER, OTHER_MAC, 0x2222, None), s.dhcp)
+        .unwrap();
+    c2.recv_from(&mut buf).expect("an offer for n2");
+    assert!(tftp_first_block(node2, tftp, cfg2).is_ok());
+    assert!(tftp_first_block(node2, tftp, "nodes/n2/kernel").is_ok());
+    assert_eq!(tftp_first_block(stranger, tftp, "nodes/n2/kernel"), Err(2));
+    // Another node's MAC-named config does not rebind an address already bound.
+    assert_eq!(tftp_first_block(node2, tftp, cfg1), Err(2));
+
+    let refused = s
+        .baton
+        .metric_or_zero("baton_tftp_refused_total{reason=\"wrong_client\"}");
+    assert!(refused >= 5.0, "refusals counted by reason: {refused}");
+}

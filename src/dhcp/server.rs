@@ -267,7 +267,7 @@ impl Shared {
         }
         // The serve gate alone decides whether this host answers for the node.
         let verdict = node.as_ref().map_or(Ok(()), |n| {
-            self.app.gate.check(n, Purpose::Answer).map(|_| ())
+            self.app.gate.check(n, Purpose::Answer, None).map(|_| ())
         });
         match decide(
             &req,

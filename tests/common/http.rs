@@ -90,12 +90,18 @@ impl BatonBuilder {
     /// For the PXE tests: like [`BatonBuilder::new`] with proxy-DHCP on (give its
     /// flags with [`BatonBuilder::flag`]) and a debug log.
     pub fn pxe(data_dir: &Path) -> Self {
-        Self::new(data_dir).with_dhcp().log_level("debug")
+        Self::new(data_dir)
+            .with_dhcp()
+            .log_level("debug")
+            .flag("--node-files", "bound")
     }
 
     /// [`BatonBuilder::pxe`] on a fresh temporary data directory.
     pub fn pxe_temp() -> Self {
-        Self::temp().with_dhcp().log_level("debug")
+        Self::temp()
+            .with_dhcp()
+            .log_level("debug")
+            .flag("--node-files", "bound")
     }
 
     /// `--host-name`.
