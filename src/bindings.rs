@@ -67,6 +67,18 @@ impl Bindings {
         }
     }
 
+    /// The addresses bound to `node`, sorted.
+    pub fn addresses_of(&self, node: &str) -> Vec<IpAddr> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<IpAddr> = m
+            .iter()
+            .filter(|(_, b)| b.node == node && b.seen.elapsed() < BINDING_TTL)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The node `ip` belongs to, if learned recently.
     pub fn node_of(&self, ip: IpAddr) -> Option<String> {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());

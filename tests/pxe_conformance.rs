@@ -1807,4 +1807,26 @@ fn node_files_go_only_to_the_node_that_booted() {
         .baton
         .metric_or_zero("baton_tftp_refused_total{reason=\"wrong_client\"}");
     assert!(refused >= 5.0, "refusals counted by reason: {refused}");
+
+    // `baton node show` explains who gets the files and what was refused.
+    let v = s.baton.api.get("/v1/nodes/n1").expect(200);
+    assert_eq!(v["access"]["mode"], "bound", "{v}");
+    assert_eq!(v["access"]["addresses"], json!(["127.0.0.9"]), "{v}");
+    assert!(v["access"]["refused"].as_u64().unwrap_or(0) >= 2, "{v}");
+    assert_eq!(
+        v["access"]["last_refused"][0], "127.0.0.21",
+        "n2 asked for n1's config last: {v}"
+    );
+    let out = run_with_timeout(
+        Command::new(common::baton_bin())
+            .args(["node", "show", "n1", "--api"])
+            .arg(format!("http://{http}"))
+            .args(["--token", common::http::TOKEN]),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("its own addresses: 127.0.0.9") && text.contains("from other addresses"),
+        "node show: {text}"
+    );
 }

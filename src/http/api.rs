@@ -198,10 +198,18 @@ async fn show_node(
     let node = get_node(&app, &id)?;
     let files = app.store.node_files(&id)?;
     let reservation = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
+    let (addresses, refused) = app.gate.access_of(&id);
+    let access = Some(crate::api::v1::NodeAccess {
+        mode: app.gate.access().to_string(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        refused: refused.count,
+        last_refused: refused.last.map(|(ip, at)| (ip.to_string(), at)),
+    });
     Ok(Json(NodeDetail {
         node,
         files,
         reservation,
+        access,
     }))
 }
 

@@ -227,7 +227,20 @@ pub struct Gate {
     boots: Arc<Mutex<HashMap<String, InFlight>>>,
     bindings: Bindings,
     access: NodeFileAccess,
+    refusals: Arc<Mutex<HashMap<String, Refusals>>>,
 }
+
+/// Node-file requests refused to other addresses, per node (for `baton node show`).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    /// How many.
+    pub count: u64,
+    /// The last one: requester and wall-clock time.
+    pub last: Option<(IpAddr, Millis)>,
+}
+
+/// Nodes whose refusals are remembered; beyond this the oldest entry goes.
+const MAX_REFUSAL_NODES: usize = 4096;
 
 /// A boot this host answered at `answered`: finishable until `until`, never past `cap`.
 #[derive(Debug, Clone, Copy)]
@@ -249,6 +262,42 @@ impl Gate {
             boots: Arc::default(),
             bindings,
             access: NodeFileAccess::default(),
+            refusals: Arc::default(),
+        }
+    }
+
+    /// Who may fetch node files.
+    pub fn access(&self) -> NodeFileAccess {
+        self.access
+    }
+
+    /// Addresses bound to `node` on this host, and the refusals of other addresses.
+    pub fn access_of(&self, node: &str) -> (Vec<IpAddr>, Refusals) {
+        let r = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        (self.bindings.addresses_of(node), r)
+    }
+
+    fn note_refusal(&self, node: &str, client: Option<IpAddr>) {
+        let mut m = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_REFUSAL_NODES && !m.contains_key(node) {
+            if let Some(oldest) = m
+                .iter()
+                .min_by_key(|(_, r)| r.last.map(|l| l.1))
+                .map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
+            }
+        }
+        let r = m.entry(node.to_string()).or_default();
+        r.count += 1;
+        if let Some(c) = client {
+            r.last = Some((c, crate::clock::now_ms()));
         }
     }
 
@@ -396,7 +445,7 @@ impl Gate {
             Purpose::Files { client } => self.client_is_node(node, path, client),
             Purpose::Answer => true,
         };
-        check(&Facts {
+        let verdict = check(&Facts {
             me: &self.host,
             node,
             lease_fresh: self.lease_fresh(),
@@ -406,7 +455,11 @@ impl Gate {
             purpose,
             boot_in_flight: in_flight,
             client_is_node,
-        })
+        });
+        if let (Err(NotServed::WrongClient), Purpose::Files { client }) = (&verdict, purpose) {
+            self.note_refusal(&node.id, client);
+        }
+        verdict
     }
 }
 
