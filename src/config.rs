@@ -69,6 +69,10 @@ settings! {
         /// `<data_dir>/api-token`.
         api_token: Option<String> = None,
             flag [value "api-token" String, "TOKEN", env "BATON_API_TOKEN"];
+        /// Read the API token from this file (e.g. a systemd credential); default: the
+        /// credential `baton-api-token` when systemd passes one.
+        api_token_file: Option<PathBuf> = None,
+            flag [value "api-token-file" PathBuf, "FILE"];
         /// Write every DHCP and TFTP packet received and sent to this pcap file.
         capture: Option<PathBuf> = None,
             flag [value "capture" PathBuf, "FILE.pcap"];
@@ -184,6 +188,10 @@ settings! {
         /// host stays a cluster of one and refuses every peer request.
         secret: Option<String> = None,
             flag [value "cluster-secret" String, "SECRET", env "BATON_CLUSTER_SECRET"];
+        /// Read the cluster secret from this file (e.g. a systemd credential); default:
+        /// the credential `baton-cluster-secret` when systemd passes one.
+        secret_file: Option<PathBuf> = None,
+            flag [value "cluster-secret-file" PathBuf, "FILE"];
         /// Join the cluster of this member on first start (e.g. `http://10.0.0.1:8069`).
         join: Option<String> = None,
             flag [value "join" String, "PEER_URL"];
@@ -278,8 +286,58 @@ impl Config {
             None => Config::default(),
         };
         o.apply(&mut c);
+        c.read_secret_files(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Fills the API token and the cluster secret from their files, or from systemd
+    /// credentials in `credentials` (`$CREDENTIALS_DIRECTORY`). A value given directly
+    /// and a file for the same secret conflict. Secrets are never logged.
+    pub fn read_secret_files(&mut self, credentials: Option<PathBuf>) -> Result<(), ConfigError> {
+        let cred = |name: &str| {
+            credentials
+                .as_ref()
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+        };
+        let read = |key: &'static str, p: &Path| -> Result<String, ConfigError> {
+            let s = std::fs::read_to_string(p).map_err(|e| ConfigError::Invalid {
+                key,
+                message: format!("cannot read {}: {e}", p.display()),
+            })?;
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is empty", p.display()),
+                });
+            }
+            Ok(s)
+        };
+        if let Some(p) = &self.api_token_file {
+            if self.api_token.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "api_token_file",
+                    message: "give the API token or a file holding it, not both".into(),
+                });
+            }
+            self.api_token = Some(read("api_token_file", p)?);
+        } else if let (None, Some(p)) = (&self.api_token, cred("baton-api-token")) {
+            self.api_token = Some(read("api_token_file", &p)?);
+        }
+        if let Some(p) = &self.cluster.secret_file {
+            if self.cluster.secret.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.secret_file",
+                    message: "give the cluster secret or a file holding it, not both".into(),
+                });
+            }
+            self.cluster.secret = Some(read("cluster.secret_file", p)?);
+        } else if let (None, Some(p)) = (&self.cluster.secret, cred("baton-cluster-secret")) {
+            self.cluster.secret = Some(read("cluster.secret_file", &p)?);
+        }
+        Ok(())
     }
 
     /// Parses a TOML file without validating.
@@ -465,6 +523,35 @@ impl TftpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_files_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let mut c = Config::default();
+        c.api_token_file = Some(token.clone());
+        c.read_secret_files(None).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("t0ken"));
+        // Both a value and a file: refused, naming the key.
+        let mut c = Config::default();
+        c.api_token = Some("x".into());
+        c.api_token_file = Some(token);
+        let e = c.read_secret_files(None).unwrap_err().to_string();
+        assert!(e.contains("api_token_file"), "{e}");
+        // systemd credentials, when nothing else is given.
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("baton-cluster-secret"), "s3cret").unwrap();
+        let mut c = Config::default();
+        c.read_secret_files(Some(creds.clone())).unwrap();
+        assert_eq!(c.cluster.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.api_token, None);
+        // An empty file is an error, not an empty secret.
+        std::fs::write(creds.join("baton-api-token"), "\n").unwrap();
+        let mut c = Config::default();
+        assert!(c.read_secret_files(Some(creds)).is_err());
+    }
 
     #[test]
     fn file_then_flags() {
