@@ -529,14 +529,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "t0ken\n").unwrap();
-        let mut c = Config::default();
-        c.api_token_file = Some(token.clone());
+        let mut c = Config {
+            api_token_file: Some(token.clone()),
+            ..Default::default()
+        };
         c.read_secret_files(None).unwrap();
         assert_eq!(c.api_token.as_deref(), Some("t0ken"));
         // Both a value and a file: refused, naming the key.
-        let mut c = Config::default();
-        c.api_token = Some("x".into());
-        c.api_token_file = Some(token);
+        let mut c = Config {
+            api_token: Some("x".into()),
+            api_token_file: Some(token),
+            ..Default::default()
+        };
         let e = c.read_secret_files(None).unwrap_err().to_string();
         assert!(e.contains("api_token_file"), "{e}");
         // systemd credentials, when nothing else is given.
