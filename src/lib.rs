@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod net;
 pub mod ownership;
 pub mod pcap;
+pub mod private_fs;
 pub mod render;
 pub mod serve;
 pub mod store;

@@ -672,14 +672,18 @@ async fn upload_artifact(
     )
     .await?;
     let created = matches!(a, Applied::ArtifactRegistered { created: true, .. });
-    info!(name = %name, digest = %info_.digest, bytes = info_.size, created, "artifact stored");
+    info!(name = %name, digest = %info_.digest, bytes = info_.size, created, repaired = info_.repaired, "artifact stored");
     let art = app.store.artifact(&info_.digest)?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "artifact": art, "created": created }))).into_response())
+    Ok((
+        status,
+        Json(json!({ "artifact": art, "created": created, "repaired": info_.repaired })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
