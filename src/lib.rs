@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod dhcp;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod net;

@@ -212,18 +212,25 @@ fn boot_item(v: &[u8]) -> Option<(u16, u16)> {
 }
 
 /// Decodes a datagram sent to a DHCP or PXE boot-server port.
+///
+/// dhcproto is not documented as panic-free on hostile input, so a panic inside the
+/// decoder is contained here and answered as [`DhcpError::Malformed`].
 pub fn parse(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
+    std::panic::catch_unwind(|| parse_uncontained(buf))
+        .unwrap_or_else(|_| Err(DhcpError::Malformed("decoder panicked".into())))
+}
+
+/// [`parse`] without the panic guard: what the fuzz target calls, so that a panic
+/// anywhere in decoding reaches the fuzzer instead of being turned into an error.
+pub fn parse_uncontained(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
     if buf.len() < MIN_DHCP_LEN {
         return Err(DhcpError::TooShort(buf.len()));
     }
     if buf.len() > MAX_DHCP_LEN {
         return Err(DhcpError::TooLong(buf.len()));
     }
-    // dhcproto is not documented as panic-free on hostile input: contain it.
-    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(buf)))
-        .map_err(|_| DhcpError::Malformed("decoder panicked".into()))?
-        .map_err(|e| DhcpError::Malformed(e.to_string()))?;
-    let m = decoded;
+    let m =
+        Message::decode(&mut Decoder::new(buf)).map_err(|e| DhcpError::Malformed(e.to_string()))?;
     if m.opcode() != Opcode::BootRequest {
         return Err(DhcpError::NotRequest);
     }
