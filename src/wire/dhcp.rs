@@ -222,7 +222,8 @@ fn boot_item(v: &[u8]) -> Option<(u16, u16)> {
 
 /// Whether `len` is a valid length for option `code`, for the options whose length
 /// dhcproto 0.15 only checks with `debug_assert!` (found by the `dhcp_request` fuzzer:
-/// a debug build panicked; a release build decoded a value the option does not hold).
+/// a debug build panicked; a release build read a short option as "stop decoding",
+/// dropping the options after it, and read a long one's first bytes as its value).
 fn option_length_ok(code: u8, len: usize) -> bool {
     match code {
         // Rapid Commit (RFC 4039).
