@@ -346,7 +346,12 @@ impl Config {
             path: p.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse_text(&text, p)
+    }
+
+    /// Parses TOML `text` (read from `p`, named in errors) without validating.
+    pub fn parse_text(text: &str, p: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: p.to_path_buf(),
             message: e.to_string(),
         })
@@ -444,14 +449,14 @@ impl Config {
             .raft_timing()
             .map(|t| t.worst_election_ms())
             .unwrap_or(0);
-        if cl.propose_deadline_ms < 2 * worst {
+        if cl.propose_deadline_ms < worst.saturating_mul(2) {
             return bad(
                 "cluster.propose_deadline_ms",
                 "must be at least twice the worst election (2 x (2 x election_timeout_ms + 2 x heartbeat_ms)): a write must outlast an election",
             );
         }
         let ow = &self.ownership;
-        if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
+        if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < ow.lease_interval_ms.saturating_mul(2) {
             return bad(
                 "ownership.lease_ttl_ms",
                 "must be at least 2 x ownership.lease_interval_ms (and the interval >= 50 ms)",
@@ -574,6 +579,25 @@ mod tests {
         assert_eq!(c.tftp.listen, "127.0.0.1:6969".parse().unwrap());
         assert_eq!(c.tftp.max_windowsize, 16);
         assert_eq!(c.tftp_root(), PathBuf::from("/x/tftp"));
+    }
+
+    #[test]
+    fn huge_intervals_are_refused_not_overflowing() {
+        // `3 * heartbeat_ms` overflowed: a panic in debug builds, a wrapped check in release.
+        for (text, key) in [
+            (
+                "[cluster]\nheartbeat_ms = 9223372036854775807\nelection_timeout_ms = 9223372036854775807\n",
+                "cluster.election_timeout_ms",
+            ),
+            (
+                "[ownership]\nlease_interval_ms = 9223372036854775807\nlease_ttl_ms = 9223372036854775807\n",
+                "ownership.lease_ttl_ms",
+            ),
+        ] {
+            let c = Config::parse_text(text, Path::new("t.toml")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Install the handlers first: a signal that arrives while starting up must stop the
     // server cleanly, not kill it with the default action.
     let signals = Signals::install()?;
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+    crate::private_fs::create_dir(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (use --data-dir)",
             cfg.data_dir.display()

@@ -899,6 +899,94 @@ fn api_token_from_env_or_data_dir_file() {
     s.api.get("/v1/status").expect(200);
 }
 
+#[test]
+fn bearer_scheme_is_case_insensitive() {
+    // RFC 9110 §11.1 (formerly RFC 7235): the auth scheme is case-insensitive.
+    let s = Baton::start();
+    for auth in [
+        format!("Bearer {TOKEN}"),
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("bEaReR  {TOKEN}"),
+    ] {
+        let r = s
+            .api
+            .try_send("GET", "/v1/status", Some(&auth), &[], None)
+            .unwrap();
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.text());
+    }
+    for auth in [format!("bearer {TOKEN}x"), format!("basic {TOKEN}")] {
+        let r = s
+            .api
+            .try_send("GET", "/v1/status", Some(&auth), &[], None)
+            .unwrap();
+        r.expect_error(401);
+    }
+}
+
+#[test]
+fn state_files_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    // A data directory the server creates itself.
+    let data = t.path().join("state");
+    let s = BatonBuilder::new(&data).start();
+    s.api.upload("k", b"kernel bytes");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700, "data dir");
+    for f in ["baton.db", "baton.db-wal", "raft-log.db", "raft-log.db-wal"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    for d in ["blobs", "snapshots"] {
+        assert_eq!(mode(&data.join(d)), 0o700, "{d}");
+    }
+}
+
+#[test]
+fn reupload_repairs_a_corrupt_blob_of_the_same_size() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = booted(BatonBuilder::temp());
+    let s = &b.s;
+    let path = "/boot/n1/nodes/n1/kernel";
+    // Damage the stored kernel on disk: same length, one byte changed.
+    let blob = s
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&b.kd[..2])
+        .join(&b.kd);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    assert_eq!(bytes, b.kernel);
+    bytes[1234] ^= 0xff;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let r = s.api.anonymous("GET", path, &[], None);
+    assert_ne!(r.status, 200, "a corrupt blob is never served");
+
+    // The same bytes again: the stored copy is hashed, found damaged and replaced.
+    let r = s
+        .api
+        .send("POST", "/v1/artifacts?name=vmlinuz", &[], Some(&b.kernel));
+    let v = r.expect(200);
+    assert_eq!(v["created"], false, "{v}");
+    assert_eq!(v["repaired"], true, "{v}");
+    assert_eq!(sha256_hex(&std::fs::read(&blob).unwrap()), b.kd);
+    let r = s.api.anonymous("GET", path, &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_same_bytes(&r.body, &b.kernel, "kernel after repair");
+    // An intact copy is kept as it is.
+    let v = s
+        .api
+        .send("POST", "/v1/artifacts?name=vmlinuz", &[], Some(&b.kernel))
+        .expect(200);
+    assert_eq!(v["repaired"], false, "{v}");
+}
+
 /// Reads one HTTP/1.1 response (head and `Content-Length` body) from `c`: (status,
 /// lowercase head). `None` if the connection ends or times out first.
 fn read_response(c: &mut TcpStream) -> Option<(u16, String)> {

@@ -36,7 +36,8 @@ fn rd<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 
 impl LogStore {
     /// Opens or creates the log database.
-    pub fn open(path: &Path) -> std::result::Result<Self, rusqlite::Error> {
+    pub fn open(path: &Path) -> std::result::Result<Self, crate::store::StoreError> {
+        crate::private_fs::prepare_db(path).map_err(crate::store::StoreError::io(path))?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;

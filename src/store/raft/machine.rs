@@ -61,8 +61,8 @@ impl StateMachine {
         dir: PathBuf,
         on_apply: OnApply,
     ) -> std::result::Result<Self, crate::store::StoreError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+        // Snapshots are whole copies of the database.
+        crate::private_fs::own_dir(&dir).map_err(crate::store::StoreError::io(&dir))?;
         let (applied, membership) = parse_state(store.replicated_state()?);
         Ok(StateMachine {
             store,
@@ -109,7 +109,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             std::fs::rename(&tmp, dir.join("current.db")).map_err(snap_err)?;
             let _ = std::fs::remove_file(tmp.with_extension("db-wal"));
             let _ = std::fs::remove_file(tmp.with_extension("db-shm"));
-            std::fs::write(dir.join("current.json"), serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
+            crate::private_fs::write(&dir.join("current.json"), &serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
             tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "store snapshot built");
             Ok(Snapshot {
                 meta,
@@ -192,10 +192,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta_json = serde_json::to_vec(meta).map_err(snap_err)?;
         let incoming = self.dir.join("incoming.db");
         tokio::task::spawn_blocking(move || -> Result<()> {
-            std::fs::write(&incoming, &bytes).map_err(snap_err)?;
+            crate::private_fs::write(&incoming, &bytes).map_err(snap_err)?;
             store.restore_from(&incoming).map_err(sm_err)?;
             std::fs::rename(&incoming, &db).map_err(snap_err)?;
-            std::fs::write(&js, meta_json).map_err(snap_err)?;
+            crate::private_fs::write(&js, &meta_json).map_err(snap_err)?;
             Ok(())
         })
         .await
