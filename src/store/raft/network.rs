@@ -41,6 +41,22 @@ fn rpc<Resp, E: std::error::Error>(
     }
 }
 
+/// The answer to an `AppendEntries` of which only the first `sent` entries fitted one
+/// body: success up to the last one sent (openraft sends the rest next).
+fn partial(
+    a: AppendEntriesResponse<NodeId>,
+    req: &AppendEntriesRequest<TypeConfig>,
+    sent: usize,
+) -> AppendEntriesResponse<NodeId> {
+    match a {
+        AppendEntriesResponse::Success if sent < req.entries.len() => {
+            let last = sent.checked_sub(1).map(|i| req.entries[i].log_id);
+            AppendEntriesResponse::PartialSuccess(last.or(req.prev_log_id))
+        }
+        a => a,
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
@@ -70,6 +86,7 @@ impl RaftNetwork<TypeConfig> for Conn {
             .peers
             .append(self.target, &self.base, &req, option.hard_ttl())
             .await;
+        let r = r.map(|(answer, sent)| answer.map(|a| partial(a, &req, sent)));
         rpc(self.target, r)
     }
 
