@@ -3,6 +3,11 @@
 //! Each `append` call writes all its entries in one transaction: one fsync for a batch,
 //! which is how a burst of client writes costs few fsyncs (openraft hands the log store
 //! every entry that queued up while the previous flush was running).
+//!
+//! The file stays bounded: openraft purges entries a snapshot covers (beyond the
+//! `keep_logs` tail), and the pages they held go back to the file system at once
+//! (`auto_vacuum = INCREMENTAL`, an incremental vacuum after each purge, the WAL
+//! truncated after checkpoints).
 
 // StorageError and RPCError are openraft's, fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
@@ -17,8 +22,14 @@ use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError,
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{typ, NodeId, TypeConfig};
+use crate::api::peer::APPEND_BATCH;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// `PRAGMA auto_vacuum` value of INCREMENTAL.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+/// The WAL is truncated to this after a checkpoint (a large batch may grow it beyond).
+const WAL_LIMIT: i64 = 4 << 20;
 
 /// The log store; cheap to clone (shares one connection).
 #[derive(Clone)]
@@ -39,8 +50,16 @@ impl LogStore {
     pub fn open(path: &Path) -> std::result::Result<Self, rusqlite::Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Set before any table exists, or converted once by VACUUM (logs written by
+        // older builds).
+        let vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if vacuum != AUTO_VACUUM_INCREMENTAL {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            conn.execute_batch("VACUUM")?;
+        }
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL) STRICT;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
@@ -108,6 +127,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let mut out = Vec::new();
             for r in rows {
                 out.push(serde_json::from_str(&r.map_err(rd)?).map_err(rd)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// What one `AppendEntries` carries: entries from `start` on, up to
+    /// [`APPEND_BATCH`] stored bytes (at least one entry), so neither the leader's
+    /// memory nor the body depends on how far behind a follower is.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<typ::Entry>> {
+        self.with(move |c| {
+            let mut st = c
+                .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(rd)?;
+            let mut rows = st
+                .query(params![start as i64, end.min(i64::MAX as u64) as i64])
+                .map_err(rd)?;
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            while let Some(r) = rows.next().map_err(rd)? {
+                let text = r.get_ref(0).map_err(rd)?.as_str().map_err(rd)?;
+                if !out.is_empty() && bytes + text.len() > APPEND_BATCH {
+                    break;
+                }
+                bytes += text.len();
+                out.push(serde_json::from_str(text).map_err(rd)?);
             }
             Ok(out)
         })
@@ -214,6 +259,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.execute("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])
                 .map_err(io)?;
             tx.commit().map_err(io)?;
+            // Give the freed pages back, so the file stays the size of what is kept.
+            c.execute_batch("PRAGMA incremental_vacuum").map_err(io)?;
             Ok(())
         })
         .await
