@@ -240,3 +240,427 @@ pub fn decode_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, W
         done: env.done,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, Membership, StoredMembership};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::api::peer::{
+        JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
+    };
+    use crate::blobs::Digest;
+    use crate::store::command::FileSpec;
+    use crate::store::types::{BootProfile, KernelBoot, ProvisionState, TransferReason};
+
+    const BIG: u64 = u64::MAX;
+    const MS: i64 = i64::MIN;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(BIG, BIG), index)
+    }
+
+    fn vote() -> Vote<NodeId> {
+        let mut v = Vote::new(BIG, BIG);
+        v.commit();
+        v
+    }
+
+    /// One of every command (the match below fails to compile when one is added).
+    fn samples() -> Vec<Command> {
+        let d = Digest::of(b"x");
+        let text = "line one\n\"quoted\"\tand \u{e9}\u{1F600}\n".repeat(300);
+        let profile = BootProfile::Deploy(KernelBoot {
+            kernel: d,
+            ramdisk: Digest::of(b"y"),
+            cmdline: "console=ttyS0".into(),
+        });
+        let file = |text: Option<String>| FileSpec {
+            path: "pxelinux.cfg/01-52-54-00-00-00-01".into(),
+            digest: d,
+            size: 10,
+            held: false,
+            text,
+        };
+        let v = vec![
+            Command::RegisterHost {
+                name: "h1".into(),
+                group: "g".into(),
+                addresses: vec!["http://127.0.0.1:1".into()],
+                at: MS,
+            },
+            Command::Heartbeat {
+                host: "h1".into(),
+                at: 1,
+                seen: BIG,
+            },
+            Command::EnrollNode {
+                node: "n".into(),
+                macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+                group: "g".into(),
+                arch: None,
+                owner: "h1".into(),
+                at: 2,
+            },
+            Command::UpdateNode {
+                node: "n".into(),
+                macs: None,
+                group: Some("g2".into()),
+                arch: Some(None),
+                expected_epoch: Some(3),
+                at: 3,
+            },
+            Command::UpdateNode {
+                node: "n".into(),
+                macs: Some(vec![]),
+                group: None,
+                arch: None,
+                expected_epoch: None,
+                at: 3,
+            },
+            Command::RemoveNode {
+                node: "n".into(),
+                at: 4,
+            },
+            Command::SetProvisionState {
+                node: "n".into(),
+                state: ProvisionState::Active,
+                expected_epoch: None,
+                at: 5,
+            },
+            Command::SetBootProfile {
+                node: "n".into(),
+                profile: Some(profile),
+                files: vec![file(Some(text)), file(None)],
+                host: "h1".into(),
+                expected_epoch: Some(1),
+                at: 6,
+            },
+            Command::SetBootProfile {
+                node: "n".into(),
+                profile: Some(BootProfile::Local),
+                files: vec![],
+                host: "h1".into(),
+                expected_epoch: None,
+                at: 6,
+            },
+            Command::BeginMigration {
+                node: "n".into(),
+                to: "h2".into(),
+                expected_epoch: 1,
+                at: 7,
+            },
+            Command::AbortMigration {
+                node: "n".into(),
+                expected_epoch: 2,
+                at: 8,
+            },
+            Command::SetDraining {
+                host: "h1".into(),
+                draining: true,
+                at: 9,
+            },
+            Command::FlagNode {
+                node: "n".into(),
+                stuck: Some("why".into()),
+                at: 10,
+            },
+            Command::TransferOwnership {
+                node: "n".into(),
+                to: "h2".into(),
+                expected_epoch: 1,
+                reason: TransferReason::Takeover,
+                stale_before: Some(11),
+                at: 11,
+            },
+            Command::RegisterArtifact {
+                digest: d,
+                size: BIG,
+                name: "vmlinuz".into(),
+                host: "h1".into(),
+                at: 12,
+            },
+            Command::RecordHostArtifact {
+                host: "h1".into(),
+                digest: d,
+                present: false,
+                at: 13,
+            },
+            Command::RemoveArtifact { digest: d, at: 14 },
+            Command::AcquireReservation {
+                node: "n".into(),
+                holder: "x".into(),
+                ttl_ms: 15,
+                at: 15,
+            },
+            Command::RenewReservation {
+                node: "n".into(),
+                holder: "x".into(),
+                token: BIG,
+                ttl_ms: 16,
+                at: 16,
+            },
+            Command::ReleaseReservation {
+                node: "n".into(),
+                holder: "x".into(),
+                token: 1,
+                at: 17,
+            },
+        ];
+        let mut v = v.clone();
+        v.push(Command::Batch {
+            commands: v.clone(),
+        });
+        for c in &v {
+            match c {
+                Command::RegisterHost { .. }
+                | Command::Heartbeat { .. }
+                | Command::EnrollNode { .. }
+                | Command::UpdateNode { .. }
+                | Command::RemoveNode { .. }
+                | Command::SetProvisionState { .. }
+                | Command::SetBootProfile { .. }
+                | Command::BeginMigration { .. }
+                | Command::AbortMigration { .. }
+                | Command::SetDraining { .. }
+                | Command::FlagNode { .. }
+                | Command::TransferOwnership { .. }
+                | Command::RegisterArtifact { .. }
+                | Command::RecordHostArtifact { .. }
+                | Command::RemoveArtifact { .. }
+                | Command::AcquireReservation { .. }
+                | Command::RenewReservation { .. }
+                | Command::ReleaseReservation { .. }
+                | Command::Batch { .. } => {}
+            }
+        }
+        v
+    }
+
+    fn membership(hosts: u64) -> Membership<NodeId, Peer> {
+        let nodes: BTreeMap<NodeId, Peer> = (0..hosts)
+            .map(|i| {
+                (
+                    BIG - i,
+                    Peer {
+                        addr: format!("http://[fd00:0:0:0:0:0:0:{i:x}]:65535/{}", "p".repeat(40)),
+                        host: format!("{i}{}", "h".repeat(63 - i.to_string().len())),
+                    },
+                )
+            })
+            .collect();
+        let voters: BTreeSet<NodeId> = nodes.keys().copied().collect();
+        Membership::new(vec![voters], nodes)
+    }
+
+    fn normal(index: u64, c: Command) -> typ::Entry {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(c),
+        }
+    }
+
+    fn append(entries: Vec<typ::Entry>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: vote(),
+            prev_log_id: Some(log_id(BIG)),
+            entries,
+            leader_commit: Some(log_id(BIG)),
+        }
+    }
+
+    /// The largest command a proposal may carry: exactly [`ENTRY_MAX`] bytes of JSON,
+    /// most of it one long unescaped string (CBOR's worst case against JSON).
+    fn largest_command() -> Command {
+        let with = |text: String| Command::SetBootProfile {
+            node: "n".repeat(64),
+            profile: Some(BootProfile::Local),
+            files: vec![FileSpec {
+                path: "p".into(),
+                digest: Digest::of(b""),
+                size: BIG,
+                held: true,
+                text: Some(text),
+            }],
+            host: "h".repeat(64),
+            expected_epoch: Some(BIG),
+            at: MS,
+        };
+        let base = check_command(&with(String::new())).unwrap();
+        let c = with("x".repeat(ENTRY_MAX - base));
+        assert_eq!(check_command(&c), Ok(ENTRY_MAX));
+        c
+    }
+
+    #[test]
+    fn every_command_round_trips_through_the_append_encoding() {
+        let mut entries: Vec<typ::Entry> = samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| normal(i as u64, c))
+            .collect();
+        entries.push(Entry {
+            log_id: log_id(100),
+            payload: EntryPayload::Membership(membership(5)),
+        });
+        entries.push(Entry {
+            log_id: log_id(101),
+            payload: EntryPayload::Blank,
+        });
+        let req = append(entries);
+        let (body, sent) = encode_append(&req).unwrap();
+        assert_eq!(sent, req.entries.len());
+        let back = decode_append(&body).unwrap();
+        assert_eq!(back.vote, req.vote);
+        assert_eq!(back.prev_log_id, req.prev_log_id);
+        assert_eq!(back.leader_commit, req.leader_commit);
+        assert_eq!(back.entries, req.entries);
+        // Binary, not a JSON array of numbers: about the size of the JSON, not 3x it.
+        let json = serde_json::to_vec(&req).unwrap();
+        assert!(body.len() <= json.len(), "{} > {}", body.len(), json.len());
+    }
+
+    #[test]
+    fn the_largest_bodies_the_code_produces_fit_their_routes() {
+        // One entry of the largest command, every number at its widest.
+        let c = largest_command();
+        let req = append(vec![normal(BIG, c.clone())]);
+        let (body, sent) = encode_append(&req).unwrap();
+        assert_eq!(sent, 1);
+        assert!(body.len() <= APPEND_BODY_MAX, "{}", body.len());
+        let forwarded = serde_json::to_vec(&c).unwrap();
+        assert!(forwarded.len() <= PROPOSE_BODY_MAX);
+
+        // A batch as the log reader packs it: stored bytes up to APPEND_BATCH.
+        let small = |i: u64| {
+            normal(
+                i,
+                Command::FlagNode {
+                    node: "n".repeat(64),
+                    stuck: Some("s".repeat(1000 + (i as usize % 100))),
+                    at: MS,
+                },
+            )
+        };
+        let mut entries = Vec::new();
+        let mut stored = 0;
+        for i in 0.. {
+            let e = small(i);
+            let n = serde_json::to_vec(&e).unwrap().len();
+            if stored + n > APPEND_BATCH {
+                break;
+            }
+            stored += n;
+            entries.push(e);
+        }
+        let n = entries.len();
+        let (body, sent) = encode_append(&append(entries)).unwrap();
+        assert_eq!(sent, n, "a packed batch goes whole");
+        assert!(body.len() <= APPEND_BODY_MAX);
+
+        // A full snapshot chunk with the metadata of a large membership.
+        let chunk = InstallSnapshotRequest::<TypeConfig> {
+            vote: vote(),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(BIG)),
+                last_membership: StoredMembership::new(Some(log_id(BIG)), membership(100)),
+                snapshot_id: format!("{BIG}-{BIG}-{BIG}-{BIG}"),
+            },
+            offset: BIG,
+            data: vec![0xa5; SNAPSHOT_CHUNK],
+            done: true,
+        };
+        let body = encode_chunk(&chunk).unwrap();
+        assert!(body.len() <= SNAPSHOT_BODY_MAX);
+        assert_eq!(decode_chunk(&body).unwrap(), chunk);
+
+        // The small JSON routes.
+        let small_bodies = [
+            serde_json::to_vec(&openraft::raft::VoteRequest::new(vote(), Some(log_id(BIG))))
+                .unwrap(),
+            serde_json::to_vec(&PreVoteRequest {
+                candidate: BIG,
+                last_log_id: Some(log_id(BIG)),
+            })
+            .unwrap(),
+            serde_json::to_vec(&JoinRequest {
+                node_id: BIG,
+                addr: format!("http://{}:65535", "a".repeat(253)),
+                host: "h".repeat(64),
+            })
+            .unwrap(),
+            serde_json::to_vec(&RemoveRequest {
+                node_ids: vec![BIG; 100],
+            })
+            .unwrap(),
+        ];
+        for b in small_bodies {
+            assert!(b.len() <= SMALL_BODY_MAX, "{}", b.len());
+        }
+    }
+
+    #[test]
+    fn too_many_entries_are_cut_to_the_longest_prefix_that_fits() {
+        let c = largest_command();
+        let entries: Vec<_> = (0..3).map(|i| normal(i, c.clone())).collect();
+        let req = append(entries);
+        let (body, sent) = encode_append(&req).unwrap();
+        assert_eq!(sent, 1, "one entry of ENTRY_MAX per body");
+        assert!(body.len() <= APPEND_BODY_MAX);
+        assert_eq!(decode_append(&body).unwrap().entries, req.entries[..1]);
+    }
+
+    #[test]
+    fn an_oversized_command_is_refused_before_the_log() {
+        let Command::SetBootProfile { mut files, .. } = largest_command() else {
+            unreachable!()
+        };
+        files[0].text.as_mut().unwrap().push('x');
+        let c = Command::SetBootProfile {
+            node: "n".repeat(64),
+            profile: Some(BootProfile::Local),
+            files,
+            host: "h".repeat(64),
+            expected_epoch: Some(BIG),
+            at: MS,
+        };
+        assert!(matches!(
+            check_command(&c),
+            Err(WireError::TooLarge { size, max: ENTRY_MAX, .. }) if size == ENTRY_MAX + 1
+        ));
+    }
+
+    #[test]
+    fn bodies_over_their_limit_are_refused() {
+        let big = vec![0u8; APPEND_BODY_MAX + 1];
+        assert!(matches!(
+            decode_append(&big),
+            Err(WireError::TooLarge { .. })
+        ));
+        let big = vec![0u8; SNAPSHOT_BODY_MAX + 1];
+        assert!(matches!(
+            decode_chunk(&big),
+            Err(WireError::TooLarge { .. })
+        ));
+        let mut lying = (u32::MAX).to_be_bytes().to_vec();
+        lying.extend_from_slice(b"{}");
+        assert!(matches!(
+            decode_chunk(&lying),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_append(&body);
+            let _ = decode_chunk(&body);
+            let mut framed = (body.len() as u32 / 2).to_be_bytes().to_vec();
+            framed.extend_from_slice(&body);
+            let _ = decode_chunk(&framed);
+        }
+    }
+}
