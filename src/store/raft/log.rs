@@ -285,6 +285,39 @@ mod tests {
     use super::*;
     use crate::store::Command;
 
+    fn entry(index: u64, text: usize) -> (i64, String) {
+        let e: typ::Entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::FlagNode {
+                node: "n".into(),
+                stuck: Some("x".repeat(text)),
+                at: 1,
+            }),
+        };
+        (index as i64, serde_json::to_string(&e).unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_append_carries_at_most_a_batch_of_bytes_and_at_least_one_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&tmp.path().join("raft-log.db")).unwrap();
+        let mut rows: Vec<_> = (1..=5).map(|i| entry(i, 300 << 10)).collect();
+        rows.push(entry(6, 3 << 20));
+        rows.push(entry(7, 10));
+        LogStore::insert(&mut store.conn.lock().unwrap(), &rows).unwrap();
+        let indexes = |v: Vec<typ::Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        // Three of 300 KiB fit APPEND_BATCH, a fourth would not.
+        let got = store.limited_get_log_entries(1, 8).await.unwrap();
+        assert_eq!(indexes(got), [1, 2, 3]);
+        let got = store.limited_get_log_entries(4, 8).await.unwrap();
+        assert_eq!(indexes(got), [4, 5]);
+        // An entry larger than a batch goes alone.
+        let got = store.limited_get_log_entries(6, 8).await.unwrap();
+        assert_eq!(indexes(got), [6]);
+        let got = store.limited_get_log_entries(7, 8).await.unwrap();
+        assert_eq!(indexes(got), [7]);
+    }
+
     fn file_bytes(path: &Path) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let wal = path.with_extension("db-wal");
