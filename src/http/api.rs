@@ -85,6 +85,8 @@ impl From<ProposeError> for ApiError {
         match e {
             // Not the request's fault nor the server's: the cluster has no leader now.
             ProposeError::NoLeader(_) => ApiError::Unavailable(e.to_string()),
+            // Larger than one log entry may be (see `api::peer::ENTRY_MAX`).
+            ProposeError::TooLarge(_) => ApiError::TooLarge,
             e => ApiError::Internal(e.to_string()),
         }
     }
