@@ -331,10 +331,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(c) = &capture {
         c.flush();
     }
-    let _ = fetcher.await;
-    let _ = lease.await;
-    let _ = reconciler.await;
-    let _ = elector.await;
+    // A task stuck on a write no leader commits (no quorum) must not hold the exit:
+    // each gets a few seconds, then it is aborted.
+    for (name, task) in [
+        ("artifact replication", fetcher),
+        ("lease renewal", lease),
+        ("reconciler", reconciler),
+        ("elector", elector),
+    ] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            warn!(task = name, "did not stop within 5 s; aborted");
+            abort.abort();
+        }
+    }
     if let Err(e) = proposer.raft().shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }
