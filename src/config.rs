@@ -82,6 +82,11 @@ settings! {
         node_files: crate::ownership::gate::NodeFileAccess =
             crate::ownership::gate::NodeFileAccess::Open,
             flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];
+        /// Once every listener is bound, write their addresses to this file as JSON
+        /// (`{"http", "tftp", "dhcp", "pxe"}`, replaced atomically): with port 0 in a
+        /// listen address, how a supervisor or a test learns the port the kernel chose.
+        port_file: Option<PathBuf> = None,
+            flag [value "port-file" PathBuf, "FILE.json"];
     } sections {
         /// TFTP server.
         tftp: TftpConfig;
@@ -414,8 +419,9 @@ impl Config {
                 );
             }
         }
-        if self.dhcp.enabled && self.dhcp.port == self.dhcp.pxe_port {
-            return bad("dhcp.pxe_port", "must differ from dhcp.port");
+        // Port 0 asks the kernel for a free port: two zeros still get two ports.
+        if self.dhcp.enabled && self.dhcp.port != 0 && self.dhcp.port == self.dhcp.pxe_port {
+            return bad("dhcp.pxe_port", "must differ from dhcp.port (or both be 0)");
         }
         if self.dhcp.boot_files.bios.is_empty() || self.dhcp.boot_files.efi_x64.is_empty() {
             return bad(
