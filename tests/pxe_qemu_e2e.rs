@@ -39,9 +39,12 @@ use baton::pcap::read_udp;
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::http::{Api, Baton, BatonBuilder};
+use common::api::Api;
+use common::child::Proc;
+use common::host::{Host, HostBuilder};
+use common::netns::{netns_available, Netns};
 use common::pattern;
-use common::pxe::{netns_available, Netns, Proc};
+use common::require::{file, require, say, tool};
 
 const BOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -52,64 +55,23 @@ const OTHER_MAC: &str = "52:54:00:77:e2:02";
 /// One boot at a time: QEMU under TCG needs a core of its own.
 static ONE_BOOT: Mutex<()> = Mutex::new(());
 
-/// Writes a line to the real stderr, past the test harness's output capture, so the
-/// timings and SKIPPED notes show in CI logs.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// Fails in CI, else prints a SKIPPED line; returns whether to go on.
-fn need(ok: Result<(), String>) -> bool {
-    match ok {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("pxe_qemu_e2e cannot run but CI is set: {why}");
-            }
-            say(&format!("\n*** SKIPPED: {why} ***\n"));
-            false
-        }
-    }
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        || Path::new("/usr/sbin").join(bin).is_file()
-}
-
-fn need_file(p: &str, package: &str) -> Result<(), String> {
-    if Path::new(p).exists() {
-        Ok(())
-    } else {
-        Err(format!("{p} missing (apt-get install {package})"))
-    }
-}
-
 /// Everything a boot needs on this machine.
 fn prerequisites(fw: Firmware) -> Result<(), String> {
     netns_available()?;
-    for (bin, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("dnsmasq", "dnsmasq-base"),
-    ] {
-        if !on_path(bin) {
-            return Err(format!("{bin} not installed (apt-get install {pkg})"));
-        }
-    }
+    tool("qemu-system-x86_64", "qemu-system-x86")?;
+    tool("dnsmasq", "dnsmasq-base")?;
     if !Path::new("/dev/net/tun").exists() {
         return Err("/dev/net/tun missing (QEMU needs a tap device)".into());
     }
     match fw {
-        Firmware::BiosIpxeRom => need_file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
+        Firmware::BiosIpxeRom => file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
         Firmware::UefiEdk2 => {
             ovmf().ok_or("OVMF firmware missing (apt-get install ovmf)")?;
-            need_file("/usr/lib/ipxe/ipxe.efi", "ipxe")
+            file("/usr/lib/ipxe/ipxe.efi", "ipxe")
         }
         Firmware::UefiIpxeRom => {
             ovmf().ok_or("OVMF firmware missing (apt-get install ovmf)")?;
-            need_file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu")
+            file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu")
         }
     }
 }
@@ -214,7 +176,7 @@ impl Firmware {
 /// Everything one boot set up; dropped in field order: processes before namespaces.
 struct Lab {
     qemu: Option<Proc>,
-    baton: Option<Baton>,
+    baton: Option<Host>,
     dnsmasq: Option<Proc>,
     netns: Vec<Netns>,
     tmp: TempDir,
@@ -295,7 +257,8 @@ fn lab(fw: Firmware) -> Lab {
     };
     // Namespaces and links.
     for n in ["lan", "dhcp", "boot", "probe"] {
-        lab.netns.push(Netns::add(&format!("{prefix}-{n}")));
+        lab.netns
+            .push(Netns::add(&format!("{prefix}-{n}")).unwrap_or_else(|e| panic!("{e}")));
     }
     let lan = &lab.netns[0];
     lan.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
@@ -387,7 +350,7 @@ fn lab(fw: Firmware) -> Lab {
     std::fs::copy("/usr/lib/ipxe/ipxe.efi", root.join("ipxe.efi")).ok();
     std::fs::copy("/usr/lib/ipxe/undionly.kpxe", root.join("undionly.kpxe")).ok();
     for (host, node, mac, seed) in [("other", "n2", OTHER_MAC, 2), ("h1", "n1", fw.mac(), 1)] {
-        let mut b = BatonBuilder::pxe(&data)
+        let mut b = HostBuilder::pxe(&data)
             .host(host)
             .template_dir(&tpl)
             .tftp_root(&root)
@@ -399,7 +362,7 @@ fn lab(fw: Firmware) -> Lab {
     }
     // Baton as proxy-DHCP + TFTP on the lab segment.
     lab.baton = Some(
-        BatonBuilder::pxe(&data)
+        HostBuilder::pxe(&data)
             .host("h1")
             .netns(lab.netns[2].name())
             .tftp_listen(&format!("{BOOT_IP}:69"))
@@ -517,7 +480,7 @@ fn plain(s: &str) -> String {
 
 fn boot(fw: Firmware) {
     let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
-    if !need(prerequisites(fw)) {
+    if !require(prerequisites(fw)) {
         return;
     }
     let (accel, why) = accelerator();

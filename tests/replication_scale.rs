@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
@@ -28,9 +27,10 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
 use serde_json::{json, Value};
 
-use common::cluster::{Cluster, Host, SECRET};
-use common::http::{Api, TOKEN};
-use common::{baton_bin, pattern, run_with_timeout};
+use common::api::{Api, SECRET_HEADER};
+use common::fleet::{replica_state, Fleet};
+use common::host::{Host, SECRET, TOKEN};
+use common::pattern;
 
 /// The whole scale scenario must end within this.
 const SCENARIO: Duration = Duration::from_secs(1200);
@@ -55,10 +55,7 @@ fn post_raw(h: &Host, path: &str, body: &[u8]) -> Option<u16> {
             "POST",
             path,
             None,
-            &[
-                ("Content-Type", ct),
-                (common::cluster::SECRET_HEADER, SECRET),
-            ],
+            &[("Content-Type", ct), (SECRET_HEADER, SECRET)],
             Some(body),
         )
         .ok()
@@ -91,7 +88,7 @@ type Body<'a> = Box<dyn FnMut(usize) -> Vec<u8> + 'a>;
 #[test]
 fn every_cluster_route_takes_its_largest_body_and_refuses_more() {
     let _g = serial();
-    let c = Cluster::start(1, "");
+    let c = Fleet::cluster(1, "");
     let h = &c.hosts[0];
     // A vote lower than the host's: it answers, and changes nothing.
     let low = Vote::new(0, 0);
@@ -187,7 +184,7 @@ fn every_cluster_route_takes_its_largest_body_and_refuses_more() {
         eprintln!("{path}: {max} bytes taken, {} refused", max + 1);
     }
     // The host is unharmed.
-    assert_eq!(h.cluster()["state"], "Leader");
+    assert_eq!(h.api.cluster()["state"], "Leader");
 }
 
 /// Peak and current resident memory of a process, in MiB.
@@ -210,7 +207,7 @@ fn file_mib(p: &std::path::Path) -> f64 {
 
 /// Size of a host's current snapshot data, in MiB.
 fn snapshot_mib(h: &Host) -> f64 {
-    let dir = h.spec.data_dir.join("snapshots");
+    let dir = h.data_dir().join("snapshots");
     std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -224,6 +221,7 @@ fn snapshot_mib(h: &Host) -> f64 {
 /// Index of the leader's last log entry, and its purge point.
 fn leader_log(h: &Host) -> (u64, u64) {
     let m = h
+        .api
         .peer("GET", "/cluster/metrics", Some(SECRET), None)
         .expect(200);
     (
@@ -233,17 +231,18 @@ fn leader_log(h: &Host) -> (u64, u64) {
 }
 
 fn applied(h: &Host) -> u64 {
-    h.try_cluster()
+    h.api
+        .try_cluster()
         .and_then(|c| c["applied_index"].as_u64())
         .unwrap_or(0)
 }
 
 /// Enrolls nodes `range` through the hosts in turn, each with a deploy profile, from
 /// `threads` concurrent clients.
-fn enroll(c: &Cluster, range: std::ops::Range<usize>, kernel: &str, ramdisk: &str) {
+fn enroll(c: &Fleet, range: std::ops::Range<usize>, kernel: &str, ramdisk: &str) {
     const THREADS: usize = 12;
     let next = AtomicUsize::new(range.start);
-    let addrs: Vec<_> = c.hosts.iter().map(|h| h.spec.http).collect();
+    let addrs: Vec<_> = c.hosts.iter().map(|h| h.http()).collect();
     let started = Instant::now();
     let total = range.len();
     thread::scope(|s| {
@@ -281,7 +280,7 @@ fn enroll(c: &Cluster, range: std::ops::Range<usize>, kernel: &str, ramdisk: &st
 }
 
 /// Writes (provision state changes) until the leader's log is purged past `index`.
-fn write_past_purge(c: &mut Cluster, index: u64, nodes: usize) {
+fn write_past_purge(c: &mut Fleet, index: u64, nodes: usize) {
     let started = Instant::now();
     let mut i = 0;
     loop {
@@ -310,7 +309,7 @@ fn write_past_purge(c: &mut Cluster, index: u64, nodes: usize) {
 }
 
 /// Waits until `h` applied what the leader logged when called; returns the time.
-fn catch_up(c: &mut Cluster, v: usize, since: Instant) -> Duration {
+fn catch_up(c: &mut Fleet, v: usize, since: Instant) -> Duration {
     let l = c.leader(Duration::from_secs(30));
     let (target, _) = leader_log(&c.hosts[l]);
     loop {
@@ -327,9 +326,9 @@ fn catch_up(c: &mut Cluster, v: usize, since: Instant) -> Duration {
     }
 }
 
-fn report_sizes(c: &Cluster, when: &str) {
+fn report_sizes(c: &Fleet, when: &str) {
     for h in &c.hosts {
-        let d = &h.spec.data_dir;
+        let d = h.data_dir();
         eprintln!(
             "{when}: {}: baton.db {:.1} MiB (+wal {:.1}), raft-log.db {:.2} MiB (+wal {:.2}), \
              snapshot {:.1} MiB",
@@ -363,7 +362,7 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
     // Leases long enough that no host's nodes are taken over while it is away or
     // while the harness restarts the cluster to compare dumps (takeover at this size is
     // issue 14's other part, not this test's).
-    let mut c = Cluster::start(
+    let mut c = Fleet::cluster(
         3,
         "[cluster]\nsnapshot_every = 500\nkeep_logs = 100\n\
          [ownership]\nlease_interval_ms = 20000\nlease_ttl_ms = 120000\n",
@@ -378,7 +377,7 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
     let l = c.leader(Duration::from_secs(30));
     let v = if l == 2 { 1 } else { 2 };
     let name = c.hosts[v].name().to_string();
-    c.hosts[v].terminate();
+    c.hosts[v].stop();
     let stopped_at = replica_index(&c.hosts[v]);
     eprintln!("{name} stopped at log index {stopped_at}");
     write_past_purge(&mut c, stopped_at, nodes);
@@ -415,7 +414,7 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
     let l = c.leader(Duration::from_secs(30));
     let v = if l == 1 { 2 } else { 1 };
     let name = c.hosts[v].name().to_string();
-    let old_id = c.hosts[v].node_id();
+    let old_id = c.hosts[v].api.node_id();
     c.hosts[v].kill9();
     c.hosts[v].wipe();
     let (leader_peak_before, _) = rss_mib(c.hosts[l].pid());
@@ -439,14 +438,9 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
         "RSS: leader peak {leader_peak_before:.0} -> {leader_peak:.0} MiB, \
          {name} peak {peak:.0} MiB (now {now:.0})"
     );
-    let out = run_with_timeout(
-        Command::new(baton_bin())
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN")
-            .args(["host", "remove", &name, "--id", &old_id.to_string()])
-            .args(["--api", &c.hosts[l].spec.url(), "--token", TOKEN]),
-        Duration::from_secs(60),
-    );
+    let out = c.hosts[l]
+        .api
+        .cli(&["host", "remove", &name, "--id", &old_id.to_string()]);
     assert!(out.status.success(), "host remove: {}", out.stderr);
     c.wait_members(3, Duration::from_secs(30));
     report_sizes(&c, "after wipe");
@@ -460,12 +454,10 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
 
 /// The applied log index of a stopped host's store.
 fn replica_index(h: &Host) -> u64 {
-    common::cluster::replica_state(&h.spec.data_dir.join("baton.db"))
-        .0
-        .unwrap_or(0)
+    replica_state(&h.data_dir().join("baton.db")).0.unwrap_or(0)
 }
 
-fn restart_all(c: &mut Cluster) {
+fn restart_all(c: &mut Fleet) {
     for h in &mut c.hosts {
         h.spawn();
     }

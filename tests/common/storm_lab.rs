@@ -1,13 +1,14 @@
 //! The `baton storm` lab: a bridge in a namespace of its own, an address-only dnsmasq,
 //! a boot-server namespace (Baton, or dnsmasq in proxy mode with its TFTP server) and a
 //! client namespace where `baton storm` runs. Test-only; everything lives in namespaces
-//! this file creates, and processes are ended by PID (see [`super::pxe::Proc`]).
+//! this file creates, and processes are ended by PID (see [`crate::common::child::Proc`]).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::pxe::{Netns, Proc};
+use crate::common::child::Proc;
+use crate::common::netns::Netns;
 
 /// Boot server (Baton or dnsmasq proxy).
 pub const BOOT_IP: &str = "10.79.0.1";
@@ -32,7 +33,7 @@ impl StormLab {
         let prefix = format!("bst{}{tag}", std::process::id());
         let mut ns = Vec::new();
         for n in ["lan", "dhcp", "boot", "client"] {
-            ns.push(Netns::add(&format!("{prefix}-{n}")));
+            ns.push(Netns::add(&format!("{prefix}-{n}")).unwrap_or_else(|e| panic!("{e}")));
         }
         let lan = &ns[0];
         lan.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
