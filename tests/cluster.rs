@@ -29,7 +29,7 @@ use common::fleet::Fleet;
 use common::host::{Host, HostBuilder, SECRET, TOKEN};
 use common::require::require_tftp_hpa;
 use common::tftp::{tftp_error_code, tftp_get};
-use common::{assert_same_bytes, pattern, run_with_timeout};
+use common::{assert_same_bytes, pattern, run_with_timeout, wait_until};
 
 /// How long a committed write may take to show on every replica.
 const REPLICATE: Duration = Duration::from_secs(10);
@@ -97,19 +97,6 @@ fn deploy(h: &Host, id: &str, kernel: &str, ramdisk: &str) -> Value {
                     "cmdline": "console=ttyS0,115200n8" }),
         )
         .expect(200)
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
-#[track_caller]
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The log index the leader `h` knows member `id` to have matched.
@@ -387,7 +374,7 @@ fn wiped_host_rejoins(same_address: bool) {
     deploy(&c.hosts[0], "node-00", &kd, &rd);
     c.wait_nodes(&want, REPLICATE);
     let l = c.leader(Duration::from_secs(10));
-    let purged = poll(Duration::from_secs(20), "leader purges its log", || {
+    let purged = wait_until(Duration::from_secs(20), "leader purges its log", || {
         let m = c.hosts[l]
             .api
             .peer("GET", "/cluster/metrics", Some(SECRET), None)
@@ -491,7 +478,7 @@ fn wiped_host_rejoins(same_address: bool) {
     );
 
     // It fetches again the artifacts its group uses, and takes writes.
-    poll(
+    wait_until(
         BLOBS,
         "the wiped host fetches the group's kernel again",
         || holds(&c.hosts[v], &kd).then_some(()),
@@ -514,7 +501,7 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
     let kd = c.hosts[1].api.upload("vmlinuz", &kernel);
     let rd = c.hosts[1].api.upload("initrd.img", &ramdisk);
     for h in &c.hosts {
-        poll(REPLICATE, "artifact registered on every replica", || {
+        wait_until(REPLICATE, "artifact registered on every replica", || {
             (h.api.get(&format!("/v1/artifacts/{kd}")).status == 200).then_some(())
         });
     }
@@ -532,7 +519,7 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
         let id = format!("n{}", i + 1);
         for (file, want) in [("kernel", &kernel), ("ramdisk", &ramdisk)] {
             let path = format!("nodes/{id}/{file}");
-            let got = poll(BLOBS, &format!("{} serves {path}", h.name()), || {
+            let got = wait_until(BLOBS, &format!("{} serves {path}", h.name()), || {
                 tftp_get(h.tftp(), &path).ok()
             });
             assert_same_bytes(&got, want, &format!("{path} over TFTP from {}", h.name()));
@@ -582,21 +569,21 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
             String::from_utf8_lossy(&served)
         );
         for h in &c.hosts {
-            let got = poll(BLOBS, &format!("{} holds {path}", h.name()), || {
+            let got = wait_until(BLOBS, &format!("{} holds {path}", h.name()), || {
                 peer_blob(h, digest)
             });
             assert_same_bytes(&got, &served, &format!("{path} held by {}", h.name()));
         }
     }
     for h in &c.hosts {
-        let got = poll(BLOBS, &format!("{} holds the kernel", h.name()), || {
+        let got = wait_until(BLOBS, &format!("{} holds the kernel", h.name()), || {
             peer_blob(h, &kd)
         });
         assert_same_bytes(&got, &kernel, &format!("kernel blob held by {}", h.name()));
     }
     // The store records every holder.
     for h in &c.hosts {
-        poll(REPLICATE, "every holder of the kernel recorded", || {
+        wait_until(REPLICATE, "every holder of the kernel recorded", || {
             let a = h.api.get(&format!("/v1/artifacts/{kd}")).expect(200);
             (a["artifact"]["hosts"] == json!(["h1", "h2", "h3"]) && a["held_here"] == true)
                 .then_some(())
@@ -617,7 +604,7 @@ fn only_hosts_that_hold_a_blob_are_recorded_as_holders() {
     let ramdisk = pattern(50_000, 42);
     let kd = c.hosts[1].api.upload("vmlinuz", &kernel);
     let rd = c.hosts[1].api.upload("initrd.img", &ramdisk);
-    poll(REPLICATE, "artifact registered on h1", || {
+    wait_until(REPLICATE, "artifact registered on h1", || {
         (c.hosts[0].api.get(&format!("/v1/artifacts/{kd}")).status == 200).then_some(())
     });
     c.hosts[1].stop();
@@ -643,7 +630,7 @@ fn only_hosts_that_hold_a_blob_are_recorded_as_holders() {
     // Back, h2 serves it to the others, which are then recorded.
     c.hosts[1].start();
     for h in &c.hosts {
-        poll(BLOBS, &format!("{} holds the kernel", h.name()), || {
+        wait_until(BLOBS, &format!("{} holds the kernel", h.name()), || {
             let a = h.api.get(&format!("/v1/artifacts/{kd}")).expect(200);
             (a["held_here"] == true && a["artifact"]["hosts"] == json!(["h1", "h2", "h3"]))
                 .then_some(())
@@ -666,7 +653,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
     deploy(&c.hosts[0], "big-node", &d, &s);
 
     // h2 fetches the blob at the capped rate: crash it part-way.
-    let at = poll(
+    let at = wait_until(
         Duration::from_secs(30),
         "h2 fetches part of the blob",
         || {
@@ -699,7 +686,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
         from >= 10 << 20 && from < SIZE as u64,
         "resumed from byte {from}, expected what it had fetched ({at}) or more"
     );
-    poll(Duration::from_secs(60), "h2 completes the blob", || {
+    wait_until(Duration::from_secs(60), "h2 completes the blob", || {
         holds(&c.hosts[1], &d).then_some(())
     });
     let rest = t.elapsed();
@@ -707,7 +694,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
     // The stored copy verifies: byte-identical to the upload.
     let got = peer_blob(&c.hosts[1], &d).expect("h2 serves the blob to peers");
     assert_same_bytes(&got, &big, "the blob h2 stored after resuming");
-    poll(Duration::from_secs(60), "h3 completes the blob", || {
+    wait_until(Duration::from_secs(60), "h3 completes the blob", || {
         holds(&c.hosts[2], &d).then_some(())
     });
     c.stop_and_compare_dumps();
@@ -908,7 +895,7 @@ fn writes_without_a_majority_get_503_with_retry_after() {
     // A majority again: writes commit.
     c.hosts[f1].start();
     let mut tries = 0;
-    poll(
+    wait_until(
         FAILOVER_BOUND,
         "a write commits with two of three hosts up",
         || {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::fleet::Fleet;
 use common::host::{baton_bin, clean_env, HostBuilder, SECRET};
-use common::netns::Netns;
+use common::netns::{unique_name, Netns};
 use common::require::{require_netns, require_nft, require_unshare};
 use common::run_with_timeout;
 
@@ -346,7 +346,7 @@ fn firewall_drop_in_a_namespace() {
     if !require_netns() || !require_nft() {
         return;
     }
-    let ns = Netns::add(&format!("bdoc{}", std::process::id())).unwrap_or_else(|e| panic!("{e}"));
+    let ns = Netns::add(&unique_name("doc")).unwrap_or_else(|e| panic!("{e}"));
     nft(
         &ns,
         "table inet baton_test {
@@ -361,17 +361,8 @@ fn firewall_drop_in_a_namespace() {
     );
     let s = Setup::new();
     // Wildcard listeners on the standard ports: the ones PXE clients reach.
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        ns.name(),
-        baton_bin(),
-        "doctor",
-        "--config",
-    ])
-    .arg(s.config())
-    .args([
+    let mut cmd = ns.command(baton_bin());
+    cmd.args(["doctor", "--config"]).arg(s.config()).args([
         "--tftp-listen",
         "0.0.0.0:69",
         "--dhcp-listen",
@@ -401,9 +392,7 @@ fn nft(ns: &Netns, ruleset: &str) {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), ruleset).unwrap();
     let out = run_with_timeout(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-f"])
-            .arg(f.path()),
+        ns.command("nft").arg("-f").arg(f.path()),
         Duration::from_secs(20),
     );
     assert!(out.status.success(), "nft -f: {}", out.stderr);

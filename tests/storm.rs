@@ -131,7 +131,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
         assert!(b.terminate(Duration::from_secs(15)).success());
     }
 
-    let lab = StormLab::new("a", nodes(), t);
+    let lab = StormLab::new(nodes(), t);
     let baton = HostBuilder::pxe(&data)
         .netns(lab.boot_ns())
         .tftp_listen(&format!("{BOOT_IP}:69"))

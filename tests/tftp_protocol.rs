@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use baton::wire::tftp::{AcceptedOptions, ErrorCode};
 use common::host::{Host, HostBuilder};
+use common::require::require_ipv6_loopback;
 use common::tftp::{
     fetch, fetch_ok, finish_fetch, request, rrq, Fetch, Peer, Reply, REPLY_TIMEOUT, SILENCE,
 };
@@ -765,18 +766,9 @@ fn errors_come_from_the_address_the_request_came_to() {
     assert_eq!(from.ip(), target.ip());
 }
 
-/// True when `::1` can be bound (IPv6 may be disabled in some containers).
-fn have_ipv6_loopback() -> bool {
-    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: IPv6 loopback (::1) is not available on this host ***\n");
-    false
-}
-
 #[test]
 fn ipv6_transfer_with_blksize_for_the_ipv6_mtu() {
-    if !have_ipv6_loopback() {
+    if !require_ipv6_loopback() {
         return;
     }
     let s = HostBuilder::tftp()
@@ -805,7 +797,7 @@ fn ipv6_transfer_with_blksize_for_the_ipv6_mtu() {
 
 /// A server on `[::]` (dual-stack) serving an IPv4 client.
 fn dual_stack_serves_ipv4(single_port: bool) {
-    if !have_ipv6_loopback() {
+    if !require_ipv6_loopback() {
         return;
     }
     let mut b = HostBuilder::tftp()

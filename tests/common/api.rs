@@ -7,14 +7,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::child::{run_bounded, Output};
 use super::host::baton_bin;
-use super::netns::in_netns;
+use super::netns::{command, in_netns};
 use super::wait_until;
 
 /// Deadline of one HTTP request (long-polls in the tests wait at most a few seconds).
@@ -367,14 +366,7 @@ impl Api {
     /// namespace, within [`CLI_TIMEOUT`].
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, baton_bin()]);
-                c
-            }
-            None => Command::new(baton_bin()),
-        };
+        let mut cmd = command(self.netns.as_deref(), baton_bin());
         cmd.args(args)
             .args(["--api", &self.url(), "--token", &self.token])
             .env_remove("BATON_API")

@@ -38,3 +38,15 @@ pub fn pxelinux_path(m: [u8; 6]) -> String {
             .join("-")
     )
 }
+
+/// `aa:bb:cc:dd:ee:ff` as bytes; panics on anything else.
+#[track_caller]
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    assert_eq!(parts.len(), 6, "not a MAC: {s:?}");
+    for (b, p) in m.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("not a MAC: {s:?}"));
+    }
+    m
+}

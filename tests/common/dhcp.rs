@@ -1,5 +1,5 @@
-//! Proxy-DHCP from the client side: a PXE DISCOVER, the REQUEST that follows an address
-//! offer, and the boot file of an answer.
+//! Proxy-DHCP from the client side: PXE DISCOVERs (firmware and iPXE), the REQUEST that
+//! follows an address offer, and the boot file of an answer.
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +24,27 @@ pub fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
     p.extend_from_slice(&[0x11; 10]);
     p.extend_from_slice(&mac);
     p.push(255);
+    p
+}
+
+/// A PXE DISCOVER as iPXE (BIOS) sends it for `mac`: user class (77) `iPXE`, no
+/// broadcast flag, padded to 300 bytes.
+pub fn ipxe_discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, 1]);
+    let vc = b"PXEClient:Arch:00000:UNDI:002001";
+    p.extend_from_slice(&[60, vc.len() as u8]);
+    p.extend_from_slice(vc);
+    p.extend_from_slice(&[93, 2, 0, 0, 77, 4]);
+    p.extend_from_slice(b"iPXE");
+    p.push(255);
+    p.resize(300, 0);
     p
 }
 

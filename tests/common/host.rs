@@ -23,7 +23,7 @@ use tempfile::TempDir;
 
 use super::api::{Api, HTTP_TIMEOUT};
 use super::child::{reaped, signal, spawn_run, wait_with_deadline};
-use super::netns::Lab;
+use super::netns::{command, Lab};
 use super::tftp::{tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
 
 /// API token the hosts are started with (unless told otherwise).
@@ -348,15 +348,8 @@ impl HostBuilder {
     /// config file.
     fn command_on(&self, http_listen: &str) -> Command {
         let data = self.data_dir();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                // `ip netns exec` execs the binary: the PID is baton's.
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
+        // In a namespace, the PID is still baton's (see `netns::command`).
+        let mut cmd = command(self.netns.as_deref(), &self.bin);
         cmd.arg("serve")
             .args(["--tftp-listen", &self.tftp_listen])
             .args(["--http-listen", http_listen])

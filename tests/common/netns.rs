@@ -1,17 +1,25 @@
-//! Network namespaces the tests create: one namespace ([`Netns`]), a bridge with a veth
-//! per host namespace ([`Lab`]), and running code or requests inside one
-//! ([`in_netns`]). Everything made here is deleted when dropped.
+//! Network namespaces the tests create: one namespace ([`Netns`]), one broadcast segment
+//! (a bridge with a veth to each member namespace, [`Segment`]), the cluster lab built on
+//! it ([`Lab`]), an address-only DHCP server on a segment ([`address_server`]), and
+//! running code, requests or commands inside a namespace ([`in_netns`], [`command`]).
+//! Everything made here is deleted when dropped; namespaces left by a test process that
+//! was killed are deleted by the next one ([`remove_stale`]).
 //!
 //! Inside a namespace of its own a test may use fixed addresses and ports: nothing else
 //! lives there, so nothing can race for them.
 
+use std::ffi::OsStr;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::child::run_bounded;
+use super::child::{run_bounded, Proc};
+
+/// First characters of every namespace the tests make (see [`unique_name`]).
+const PREFIX: &str = "bt";
 
 /// Runs `ip ARGS...` (bounded); `Err` holds its output when it fails.
 pub fn ip(args: &[&str]) -> Result<(), String> {
@@ -41,7 +49,7 @@ pub fn netns_available() -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
     }
-    let probe = format!("btprobe{}", std::process::id());
+    let probe = unique_name("probe");
     let made = Command::new("ip")
         .args(["netns", "add", &probe])
         .stdout(Stdio::null())
@@ -89,6 +97,70 @@ pub fn in_netns<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Sen
     }
 }
 
+/// `PROGRAM` run inside namespace `ns` (`ip netns exec NS PROGRAM`), or here when `None`.
+/// `ip netns exec` execs the program: the child's PID is the program's, so it can be
+/// signalled by PID.
+pub fn command(ns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A namespace name (or prefix) unique to this process and call:
+/// `bt<kind><pid>x<n>`, which [`remove_stale`] recognizes.
+pub fn unique_name(kind: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    assert!(
+        !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_lowercase()),
+        "namespace kind must be lowercase letters: {kind:?}"
+    );
+    format!(
+        "{PREFIX}{kind}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The PID in a name made by [`unique_name`] (or a name starting with one).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let (pid, _) = rest.split_once('x')?;
+    pid.parse().ok()
+}
+
+/// Names of the network namespaces that exist (`ip netns list`).
+pub fn list() -> Vec<String> {
+    let Ok(out) = run_bounded(
+        Command::new("ip").args(["netns", "list"]),
+        Duration::from_secs(20),
+    ) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Deletes the namespaces whose [`unique_name`] belongs to a process that is gone (a
+/// test killed before its `Drop` ran). Namespaces of running processes are left alone.
+pub fn remove_stale() {
+    for name in list() {
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
 /// A network namespace with its loopback up, deleted (`ip netns del`) when dropped.
 /// Drop the processes running in it first.
 pub struct Netns {
@@ -112,9 +184,19 @@ impl Netns {
     /// `ip -n NAME ARGS...`, which must succeed.
     #[track_caller]
     pub fn ip(&self, args: &[&str]) {
+        self.try_ip(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `ip -n NAME ARGS...`; `Err` holds its output when it fails.
+    pub fn try_ip(&self, args: &[&str]) -> Result<(), String> {
         let mut v = vec!["-n", self.name.as_str()];
         v.extend_from_slice(args);
-        ip_ok(&v);
+        ip(&v)
+    }
+
+    /// `PROGRAM` to be run inside this namespace (see [`command`]).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        command(Some(&self.name), program)
     }
 
     /// Runs `f` on a thread that has entered this namespace: the sockets `f` opens
@@ -134,58 +216,147 @@ impl Drop for Netns {
     }
 }
 
-/// Namespaces `<prefix>-br` (a bridge, 10.88.0.254/24) and `<prefix>-h1..hN` (each
-/// with `eth0` = 10.88.0.i/24, a veth whose other end `vbI` is a port of the bridge).
-/// Every namespace (and so every veth) is deleted when dropped: drop the processes
-/// running in them first.
-pub struct Lab {
+/// One broadcast segment: namespace `<prefix>-lan` holding bridge `br0`, and for each
+/// member `NAME` a namespace `<prefix>-NAME` whose `eth0` (with the member's address) is
+/// a veth to bridge port `vNAME`. Every namespace, and so every veth, is deleted when
+/// dropped, members first: drop the processes running in them first.
+pub struct Segment {
     prefix: String,
+    // Declared before `lan`: dropped first.
+    members: Vec<(String, Netns)>,
+    lan: Netns,
+}
+
+impl Segment {
+    /// Builds the segment under a [`unique_name`] of `kind` (after [`remove_stale`]);
+    /// `members` are (name, address/prefix length). `Err` if any step fails (what was
+    /// made is deleted).
+    pub fn new(kind: &str, members: &[(&str, &str)]) -> Result<Segment, String> {
+        remove_stale();
+        let prefix = unique_name(kind);
+        let lan = Netns::add(&format!("{prefix}-lan"))?;
+        lan.try_ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"])?;
+        lan.try_ip(&["link", "set", "br0", "up"])?;
+        let mut seg = Segment {
+            prefix,
+            members: Vec::new(),
+            lan,
+        };
+        for (name, cidr) in members {
+            let ns = Netns::add(&format!("{}-{name}", seg.prefix))?;
+            let port = format!("v{name}");
+            seg.lan.try_ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            seg.lan
+                .try_ip(&["link", "set", &port, "master", "br0", "up"])?;
+            ns.try_ip(&["addr", "add", cidr, "dev", "eth0"])?;
+            ns.try_ip(&["link", "set", "eth0", "up"])?;
+            seg.members.push((name.to_string(), ns));
+        }
+        Ok(seg)
+    }
+
+    /// The namespaces' common prefix (`<prefix>-lan`, `<prefix>-NAME`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The bridge's namespace.
+    pub fn lan(&self) -> &Netns {
+        &self.lan
+    }
+
+    /// Member `name`'s namespace.
+    #[track_caller]
+    pub fn member(&self, name: &str) -> &Netns {
+        self.members
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ns)| ns)
+            .unwrap_or_else(|| panic!("no member {name} on segment {}", self.prefix))
+    }
+
+    /// Cuts member `name`'s link (its bridge port goes down; its `eth0` loses carrier).
+    #[track_caller]
+    pub fn cut(&self, name: &str) {
+        self.lan.ip(&["link", "set", &format!("v{name}"), "down"]);
+    }
+
+    /// Restores member `name`'s link.
+    #[track_caller]
+    pub fn heal(&self, name: &str) {
+        self.lan.ip(&["link", "set", &format!("v{name}"), "up"]);
+    }
+}
+
+/// dnsmasq as the plain DHCP server of a segment, in namespace `ns` on its `eth0`:
+/// addresses from `range` (dnsmasq's `--dhcp-range`), leases in `leases`, no DNS, PXE or
+/// TFTP; `extra` flags after those. Returns once it says it serves the range.
+#[track_caller]
+pub fn address_server(ns: &Netns, range: &str, leases: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = ns.command("dnsmasq");
+    cmd.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        // No ICMP probe of an address before offering it (saves 3 s a lease).
+        "--no-ping",
+        "--log-facility=-",
+        "--user=root",
+        "--pid-file=",
+    ])
+    .arg(format!("--dhcp-range={range}"))
+    .arg(format!("--dhcp-leasefile={}", leases.display()))
+    .args(extra);
+    let mut p = Proc::spawn("dnsmasq (addresses)", &mut cmd);
+    let ready = p.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
+        o.contains("DHCP, IP range") || e.contains("DHCP, IP range")
+    });
+    assert!(
+        ready.is_some(),
+        "the address server (dnsmasq) did not start"
+    );
+    p
+}
+
+/// The cluster lab: a [`Segment`] with members `h1..hN`, host `i` in namespace
+/// [`Lab::host_ns`] at [`Lab::addr`]`(i)`/24.
+pub struct Lab {
+    seg: Segment,
     hosts: usize,
-    made: Vec<Netns>,
 }
 
 impl Lab {
     /// Builds the namespaces; `Err` if any step fails (what was made is deleted).
     pub fn new(hosts: usize) -> Result<Lab, String> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let prefix = format!(
-            "bt{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut lab = Lab {
-            prefix,
+        let members: Vec<(String, String)> = (1..=hosts)
+            .map(|i| (format!("h{i}"), format!("{}/24", Lab::addr(i))))
+            .collect();
+        let refs: Vec<(&str, &str)> = members
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.as_str()))
+            .collect();
+        Ok(Lab {
+            seg: Segment::new("lab", &refs)?,
             hosts,
-            made: Vec::new(),
-        };
-        let br = lab.bridge_ns();
-        lab.made.push(Netns::add(&br)?);
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &br, "addr", "add", "10.88.0.254/24", "dev", "br0"])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for i in 1..=hosts {
-            let ns = lab.host_ns(i);
-            lab.made.push(Netns::add(&ns)?);
-            let vb = format!("vb{i}");
-            ip(&[
-                "-n", &br, "link", "add", &vb, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
-            ip(&["-n", &br, "link", "set", &vb, "master", "br0", "up"])?;
-            let addr = format!("{}/24", Lab::addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        }
-        Ok(lab)
-    }
-
-    /// The bridge namespace.
-    pub fn bridge_ns(&self) -> String {
-        format!("{}-br", self.prefix)
+        })
     }
 
     /// Host `i`'s namespace (1-based).
     pub fn host_ns(&self, i: usize) -> String {
-        format!("{}-h{i}", self.prefix)
+        self.seg.member(&format!("h{i}")).name().to_string()
     }
 
     /// Host `i`'s address.
@@ -195,37 +366,16 @@ impl Lab {
 
     /// Cuts host `i`'s link (its bridge port goes down; its `eth0` loses carrier).
     pub fn cut(&self, i: usize) {
-        ip_ok(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &format!("vb{i}"),
-            "down",
-        ]);
+        self.seg.cut(&format!("h{i}"));
     }
 
     /// Restores host `i`'s link.
     pub fn heal(&self, i: usize) {
-        ip_ok(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &format!("vb{i}"),
-            "up",
-        ]);
+        self.seg.heal(&format!("h{i}"));
     }
 
     /// Number of host namespaces.
     pub fn hosts(&self) -> usize {
         self.hosts
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Host namespaces first, the bridge last.
-        while self.made.pop().is_some() {}
     }
 }

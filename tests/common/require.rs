@@ -103,6 +103,16 @@ pub fn require_unshare() -> bool {
     require(tool("unshare", "util-linux"))
 }
 
+/// IPv6 loopback (`::1`), which some containers disable.
+#[track_caller]
+pub fn require_ipv6_loopback() -> bool {
+    require(
+        std::net::UdpSocket::bind("[::1]:0")
+            .map(drop)
+            .map_err(|e| format!("IPv6 loopback (::1) is not available here: {e}")),
+    )
+}
+
 /// Network namespaces: root, iproute2 and kernel support.
 #[track_caller]
 pub fn require_netns() -> bool {

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use baton::wire::tftp::{emit_ack, emit_error, AcceptedOptions, ErrorCode, Packet};
 
 use super::child::run_bounded;
-use super::netns::in_private_netns;
+use super::netns::{command, in_private_netns};
 
 /// How long to wait for a reply that must come.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -678,14 +677,7 @@ pub fn tftp_hpa(
 ) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().expect("temp dir for a TFTP download");
     let local = dir.path().join("out");
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "tftp"]);
-            c
-        }
-        None => Command::new("tftp"),
-    };
+    let mut cmd = command(netns, "tftp");
     cmd.args(["-m", mode])
         .arg(server.ip().to_string())
         .arg(server.port().to_string())
