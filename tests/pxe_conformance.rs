@@ -31,7 +31,7 @@ use common::api::Api;
 use common::dhcp::{dhcp_request, discover};
 use common::host::{Host, HostBuilder};
 use common::require::{require, require_tshark};
-use common::tftp::{tftp_fetch_from, Answer};
+use common::tftp::{ack, rrq, tftp_fetch_from, Answer};
 use common::{eventually, pattern, run_with_timeout};
 
 /// The client of all three captures.
@@ -561,30 +561,11 @@ fn enroll_deploy(api: &Api, id: &str, mac: &str, seed: u64) {
 }
 
 // ---------------------------------------------------------------------------------
-// TFTP, encoded and decoded here.
+// TFTP, decoded here (requests and ACKs are the harness's hand-made ones).
 // ---------------------------------------------------------------------------------
 
 fn opcode(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
-}
-
-/// An octet-mode RRQ.
-fn rrq(path: &str, opts: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    for s in [path, "octet"]
-        .into_iter()
-        .chain(opts.iter().flat_map(|(k, v)| [*k, *v]))
-    {
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-    }
-    v
-}
-
-fn tftp_ack(block: u16) -> Vec<u8> {
-    let mut v = vec![0, 4];
-    v.extend_from_slice(&block.to_be_bytes());
-    v
 }
 
 /// NUL-separated strings after the opcode (RRQ: name, mode, options; OACK: options).
@@ -691,7 +672,7 @@ fn tftp_replay(
                 }
             }
             oack = Some(o);
-            send(&sock, tid, &tftp_ack(0), t);
+            send(&sock, tid, &ack(0), t);
         }
         3 => pending = Some(first),
         op => return Err(format!("opcode {op} in answer to an RRQ")),
@@ -733,7 +714,7 @@ fn tftp_replay(
                 data.extend_from_slice(chunk);
                 let last = chunk.len() < blksize;
                 if last || next.is_multiple_of(windowsize) {
-                    send(&sock, tid, &tftp_ack(block), t);
+                    send(&sock, tid, &ack(block), t);
                 }
                 if last {
                     return Ok(TftpEnd::Done {
