@@ -340,7 +340,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ("elector", elector),
     ] {
         let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
             warn!(task = name, "did not stop within 5 s; aborted");
             abort.abort();
         }
