@@ -220,10 +220,14 @@ impl Fleet {
         }
     }
 
-    /// Waits for a moment when every running host has applied everything the leader
-    /// logged (the same index everywhere), and returns right then.
+    /// Waits until every running host has applied everything the leader logged (the same
+    /// index everywhere) and the log has not moved for a moment.
     pub fn wait_quiet(&mut self, timeout: Duration) {
+        // Equal once is not quiet: replication records holdings in bursts, so the log must
+        // also stand still for QUIET before the hosts count as settled.
+        const QUIET: Duration = Duration::from_millis(1500);
         let deadline = Instant::now() + timeout;
+        let mut settled: Option<(Option<u64>, Instant)> = None;
         loop {
             let l = self.leader(timeout);
             let order: Vec<usize> = std::iter::once(l)
@@ -239,7 +243,16 @@ impl Fleet {
                 seen.push(c.and_then(|c| c["applied_index"].as_u64()));
             }
             if target.is_some() && seen.iter().all(|a| *a == target) {
-                return;
+                match settled {
+                    Some((t, since)) if t == target => {
+                        if since.elapsed() >= QUIET {
+                            return;
+                        }
+                    }
+                    _ => settled = Some((target, Instant::now())),
+                }
+            } else {
+                settled = None;
             }
             assert!(
                 Instant::now() < deadline,
