@@ -76,11 +76,12 @@ settings! {
         /// Write every DHCP and TFTP packet received and sent to this pcap file.
         capture: Option<PathBuf> = None,
             flag [value "capture" PathBuf, "FILE.pcap"];
-        /// Who may fetch a node's own files (configs, scripts, kernel, ramdisk): `bound`,
-        /// only addresses that node's PXE exchange showed; `open`, anyone (as dnsmasq).
+        /// Who may fetch a node's own files (configs, scripts, kernel, ramdisk): `bound`
+        /// (default), only addresses that node's PXE exchange with this host showed;
+        /// `open`, anyone (as dnsmasq), for hosts whose nodes get DHCP elsewhere.
         /// Shared loaders are served to anyone either way.
         node_files: crate::ownership::gate::NodeFileAccess =
-            crate::ownership::gate::NodeFileAccess::Open,
+            crate::ownership::gate::NodeFileAccess::Bound,
             flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];
         /// Once every listener is bound, write their addresses to this file as JSON
         /// (`{"http", "tftp", "dhcp", "pxe"}`, replaced atomically): with port 0 in a

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::namespace::cache::ServedBlobs;
 use crate::namespace::store_source::StoreSource;
 use crate::namespace::DirSource;
-use crate::ownership::gate::Gate;
+use crate::ownership::gate::{Gate, NodeFileAccess};
 use crate::ownership::lease::Renewer;
 use crate::ownership::reconcile::Reconciler;
 use crate::render::embedded::STATIC_FILES;
@@ -310,6 +310,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )?)
     } else {
         info!("proxy-dhcp disabled");
+        if gate.access() == NodeFileAccess::Bound {
+            // Bindings are learned from this host's own PXE answers: with DHCP elsewhere
+            // every node file would be refused.
+            warn!(
+                node_files = "bound",
+                "proxy-dhcp is off, so no node's address can be learned here and node files \
+                 will be refused; set node_files = \"open\" when another server answers DHCP"
+            );
+        }
         None
     };
     let bound = ListenAddrs {

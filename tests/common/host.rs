@@ -104,6 +104,7 @@ pub struct HostBuilder {
     group: Option<String>,
     dhcp: Dhcp,
     log_level: String,
+    node_files: Option<String>,
     config: Option<String>,
     args: Vec<String>,
     ready_timeout: Duration,
@@ -154,7 +155,7 @@ impl HostBuilder {
     fn pxe_defaults(self) -> Self {
         self.with_dhcp()
             .log_level("debug")
-            .flag("--node-files", "bound")
+            .node_files(Some("bound"))
     }
 
     /// A fleet member named `name`: the cluster secret [`SECRET`], [`READY_TIMEOUT`],
@@ -194,6 +195,9 @@ impl HostBuilder {
             group: None,
             dhcp: Dhcp::Off,
             log_level: "info".into(),
+            // The server's default is `bound`; most tests fetch node files from loopback
+            // without a PXE exchange first, as an operator with DHCP elsewhere would.
+            node_files: Some("open".into()),
             config: None,
             args: Vec::new(),
             ready_timeout: START_TIMEOUT,
@@ -298,6 +302,13 @@ impl HostBuilder {
         self
     }
 
+    /// `--node-files` (default `open` in tests, `bound` for [`HostBuilder::pxe`]); `None`
+    /// leaves it to the config file or the server's default (`bound`).
+    pub fn node_files(mut self, mode: Option<&str>) -> Self {
+        self.node_files = mode.map(Into::into);
+        self
+    }
+
     /// TOML text, written to `<data-dir>/baton.toml` and passed with `--config`.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.into());
@@ -359,6 +370,9 @@ impl HostBuilder {
             .arg(data.join(PORT_FILE))
             .args(["--host-name", &self.name])
             .args(["--log-level", &self.log_level]);
+        if let Some(m) = &self.node_files {
+            cmd.args(["--node-files", m]);
+        }
         if let Some(d) = &self.tftp_root {
             cmd.arg("--tftp-root").arg(d);
         }
