@@ -196,6 +196,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let gate =
         Gate::new(&host, store.clone(), lease_times, bindings.clone()).with_access(cfg.node_files);
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
+    let boot_file = cfg.data_dir.join("boots.db");
+    let local_boots = Arc::new(
+        crate::boots::local::LocalBoots::open(&boot_file)
+            .with_context(|| format!("cannot open the boot records {}", boot_file.display()))?,
+    );
+    let (boots, boot_queue) = crate::boots::BootRecorder::new(
+        &host,
+        store.clone(),
+        bindings.clone(),
+        local_boots.clone(),
+        Arc::default(),
+        cfg.boots.rules(),
+    );
+    boots.reload();
+    let boot_writer = tokio::spawn(crate::boots::recorder::run_writer(
+        boot_queue,
+        local_boots,
+        boots.metrics().clone(),
+        cfg.boots.retention(),
+        shutdown.clone(),
+    ));
     let replication = ReplicationProgress::default();
     let app = Arc::new(App {
         host: host.clone(),
@@ -211,6 +232,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         replication: replication.clone(),
         secret: cfg.cluster.secret.clone(),
         max_nodes: cfg.ownership.max_nodes_per_host,
+        boots: boots.clone(),
     });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
@@ -267,6 +289,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+    let detector = tokio::spawn(crate::boots::watch::run(
+        crate::boots::watch::Detector {
+            recorder: boots.clone(),
+            store: store.clone(),
+            proposer: proposer.clone(),
+        },
+        shutdown.clone(),
+    ));
     let fetcher = tokio::spawn(crate::replicate::run(
         Replicator {
             host: host.clone(),
@@ -300,7 +330,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     )?
-    .with_capture(capture.clone());
+    .with_capture(capture.clone())
+    .with_boots(boots.clone());
     let http_port = http_addr.port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(
@@ -310,6 +341,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: gate.clone(),
                 bindings: bindings.clone(),
                 metrics: metrics.clone(),
+                boots: boots.clone(),
             },
             http_port,
             capture.clone(),
@@ -332,6 +364,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         c.flush();
     }
     let _ = fetcher.await;
+    let _ = detector.await;
     let _ = lease.await;
     let _ = reconciler.await;
     let _ = elector.await;
@@ -344,6 +377,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "http server task failed"),
         Err(_) => warn!("http server did not stop within 5 s"),
     }
+    // Last: transfers that ended while stopping are recorded too.
+    let _ = boot_writer.await;
     info!(
         transfers_completed = metrics.tftp.completed.get(),
         bytes = metrics.tftp.bytes.get(),
