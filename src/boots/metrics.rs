@@ -209,6 +209,89 @@ impl BootMetrics {
 mod tests {
     use super::*;
 
+    /// Every string under `key` in `v`, recursively.
+    fn strings_under<'a>(v: &'a serde_json::Value, key: &str, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if k == key {
+                        if let Some(s) = x.as_str() {
+                            out.push(s);
+                        }
+                    }
+                    strings_under(x, key, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings_under(x, key, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_baton_exports() {
+        let text = include_str!("../../packaging/grafana-dashboard.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        // What `/metrics` serves: the process metrics and the boot metrics.
+        let mut body = crate::metrics::Metrics::default().render();
+        BootMetrics::default().render(&mut body);
+        let mut exported = std::collections::BTreeSet::new();
+        for l in body.lines() {
+            let Some(rest) = l.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (it.next(), it.next()) else {
+                continue;
+            };
+            exported.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+        let names = regex::Regex::new(r"\bbaton_[a-z0-9_]+").unwrap();
+        let mut exprs = Vec::new();
+        strings_under(&dash, "expr", &mut exprs);
+        strings_under(&dash, "definition", &mut exprs);
+        assert!(
+            exprs.len() >= 10,
+            "the dashboard has {} queries",
+            exprs.len()
+        );
+        let mut used = std::collections::BTreeSet::new();
+        for e in &exprs {
+            let found: Vec<&str> = names.find_iter(e).map(|m| m.as_str()).collect();
+            assert!(!found.is_empty(), "query names no Baton metric: {e}");
+            for n in found {
+                assert!(
+                    exported.contains(n),
+                    "the dashboard queries {n}, which Baton does not export ({e})"
+                );
+                used.insert(n);
+            }
+        }
+        // The boot metrics of issue 17 are all on it.
+        for m in [
+            "baton_boot_stages_total",
+            "baton_boot_seconds_bucket",
+            "baton_boot_stuck_nodes",
+            "baton_boot_stuck_total",
+        ] {
+            assert!(used.contains(m), "the dashboard does not show {m}");
+        }
+        let panels = dash["panels"].as_array().expect("panels");
+        let mut ids = std::collections::BTreeSet::new();
+        for p in panels {
+            assert!(
+                ids.insert(p["id"].as_u64().expect("panel id")),
+                "duplicate panel id"
+            );
+            assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()));
+            assert!(p["gridPos"]["w"].as_u64().is_some());
+        }
+    }
+
     #[test]
     fn renders_bounded_series() {
         let m = BootMetrics::default();
