@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 pub mod json;
 pub mod range;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))
+        .merge(ui::routes())
         .route("/metrics", get(metrics))
         .route(
             "/boot/{node}/{*path}",
