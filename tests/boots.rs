@@ -7,22 +7,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::Command;
+use std::net::Ipv4Addr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use baton::wire::dhcp::{build_request, Architecture};
-use dhcproto::v4::{DhcpOption, MessageType};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-use common::http::{Baton, BatonBuilder, TOKEN};
-use common::pxe::free_udp_ports;
-use common::raw::{fetch, rrq, Fetch, Peer};
-use common::{baton_bin, pattern, run_with_timeout};
+use common::api::{metric_value, raw_request};
+use common::dhcp::ask_from;
+use common::host::{Host, HostBuilder};
+use common::tftp::{fetch, rrq, Fetch, Peer};
+use common::{pattern, wait_until};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x5b, 0x00, 0x01];
 const MAC_STR: &str = "52:54:00:5b:00:01";
@@ -31,25 +26,17 @@ const MAC_DASHES: &str = "52-54-00-5b-00-01";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
 
 struct Lab {
-    s: Baton,
-    dhcp: SocketAddr,
+    s: Host,
     kernel: String,
     ramdisk: String,
-    _cfg: TempDir,
 }
 
 /// A PXE server with proxy-DHCP on loopback ports, node `n1` on a deploy profile and a
 /// loader in the TFTP root; `boots_toml` goes into `[boots]`.
-fn lab(builder: BatonBuilder, boots_toml: &str) -> Lab {
-    let cfg = TempDir::new().unwrap();
-    let f = cfg.path().join("baton.toml");
-    std::fs::write(&f, format!("[boots]\n{boots_toml}\n")).unwrap();
-    let (p1, p2) = free_udp_ports();
-    let s = builder
-        .flag("--dhcp-listen", "127.0.0.1")
-        .flag("--dhcp-port", p1)
-        .flag("--dhcp-pxe-port", p2)
-        .flag("--config", f.display())
+fn lab(boots_toml: &str) -> Lab {
+    let s = HostBuilder::pxe_temp()
+        .dhcp_loopback()
+        .config(&format!("[boots]\n{boots_toml}\n"))
         .start();
     s.api
         .post("/v1/nodes", json!({ "id": "n1", "macs": [MAC_STR] }))
@@ -62,90 +49,30 @@ fn lab(builder: BatonBuilder, boots_toml: &str) -> Lab {
             json!({ "kind": "deploy", "kernel": kernel, "ramdisk": ramdisk, "cmdline": "console=ttyS0" }),
         )
         .expect(200);
-    std::fs::write(
-        s.builder().data_dir().join("tftp").join("undionly.kpxe"),
-        pattern(40_000, 3),
-    )
-    .unwrap();
-    Lab {
-        dhcp: SocketAddr::from(([127, 0, 0, 1], p1)),
-        s,
-        kernel,
-        ramdisk,
-        _cfg: cfg,
-    }
+    s.put("undionly.kpxe", &pattern(40_000, 3));
+    Lab { s, kernel, ramdisk }
 }
 
-/// A BIOS PXE DISCOVER from [`MAC`] asking its address server for [`NODE_IP`].
-fn discover(xid: u32) -> Vec<u8> {
-    build_request(
-        MAC,
-        xid,
-        MessageType::Discover,
-        vec![
-            DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
-            DhcpOption::ClientSystemArchitecture(Architecture::from(0u16)),
-            DhcpOption::RequestedIpAddress(NODE_IP),
-        ],
-    )
-}
-
-/// Sends a DISCOVER from the node's address; the boot file of the answer, if any came.
-fn ask_dhcp(dhcp: SocketAddr, xid: u32) -> Option<String> {
-    let sock = UdpSocket::bind((NODE_IP, 0)).expect("bind the node's DHCP socket");
-    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    sock.send_to(&discover(xid), dhcp).unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).ok()?;
-    let p = &buf[..n];
-    let file = &p[108..236];
-    let end = file.iter().position(|&b| b == 0).unwrap_or(file.len());
-    Some(String::from_utf8_lossy(&file[..end]).into_owned())
+/// A DISCOVER from the node's address; the boot file of the answer, if any came.
+fn ask_dhcp(s: &Host, xid: u32) -> Option<String> {
+    ask_from(NODE_IP, s.dhcp(), MAC, xid, Duration::from_secs(3))
 }
 
 /// Fetches `name` over TFTP from the node's address.
-fn tftp(s: &Baton, name: &str, opts: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+fn tftp(s: &Host, name: &str, opts: &[(&str, &str)]) -> Result<Vec<u8>, String> {
     let peer = Peer::bind(&format!("{NODE_IP}:0"));
-    fetch(&peer, s.tftp, &rrq(name, opts), Fetch::default()).map(|d| d.data)
+    fetch(&peer, s.tftp(), &rrq(name, opts), Fetch::default())
+        .map(|d| d.data)
+        .map_err(|e| e.to_string())
 }
 
 /// A plain HTTP/1.1 request from `from` (no token); status and body.
-fn http_from(
-    from: Ipv4Addr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, Vec<u8>) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from((from, 0)).into()).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    sock.connect(&to.into()).unwrap();
-    let mut s: std::net::TcpStream = sock.into();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let end = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(out.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&out[..end]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out[end..].to_vec())
+fn http_from(from: Ipv4Addr, s: &Host, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    raw_request(Some(from), s.http(), method, path, Some(body))
 }
 
 /// The node file serving `digest`.
-fn file_of(s: &Baton, digest: &str) -> String {
+fn file_of(s: &Host, digest: &str) -> String {
     let files = s.api.get("/v1/nodes/n1/files").expect(200);
     files
         .as_array()
@@ -157,32 +84,9 @@ fn file_of(s: &Baton, digest: &str) -> String {
         .to_string()
 }
 
-/// Polls `f` every 100 ms until it gives `Some`, for at most `timeout`.
-#[track_caller]
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn cli(s: &Baton, args: &[&str]) -> String {
-    let out = run_with_timeout(
-        Command::new(baton_bin()).args(args).args([
-            "--api",
-            &format!("http://{}", s.http),
-            "--token",
-            TOKEN,
-        ]),
-        Duration::from_secs(30),
-    );
+/// `baton ARGS` against `s`, which must succeed; its stdout.
+fn cli(s: &Host, args: &[&str]) -> String {
+    let out = s.api.cli(args);
     assert!(
         out.status.success(),
         "baton {args:?}: {}\n{}",
@@ -207,11 +111,11 @@ fn steps(attempt: &Value) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn boots(s: &Baton) -> Value {
+fn boots(s: &Host) -> Value {
     s.api.get("/v1/nodes/n1/boots?attempts=5").expect(200)
 }
 
-fn events_of(s: &Baton, kind: &str) -> Vec<Value> {
+fn events_of(s: &Host, kind: &str) -> Vec<Value> {
     let e = s.api.get("/v1/events?since=0&limit=10000").expect(200);
     e["events"]
         .as_array()
@@ -224,10 +128,10 @@ fn events_of(s: &Baton, kind: &str) -> Vec<Value> {
 
 fn boot_once(l: &Lab) {
     let s = &l.s;
-    assert_eq!(ask_dhcp(l.dhcp, 1).as_deref(), Some("undionly.kpxe"));
+    assert_eq!(ask_dhcp(s, 1).as_deref(), Some("undionly.kpxe"));
     // The ROM's size probe, then the loader.
     let peer = Peer::bind(&format!("{NODE_IP}:0"));
-    peer.send(s.tftp, &rrq("undionly.kpxe", &[("tsize", "0")]));
+    peer.send(s.tftp(), &rrq("undionly.kpxe", &[("tsize", "0")]));
     let (_, from) = peer.expect("OACK of the size probe");
     peer.error(
         from,
@@ -240,12 +144,12 @@ fn boot_once(l: &Lab) {
     tftp(s, &format!("pxelinux.cfg/01-{MAC_DASHES}"), &[]).unwrap();
     tftp(s, &file_of(s, &l.kernel), &[("blksize", "1400")]).unwrap();
     // The ramdisk over HTTP boot.
-    let (st, body) = http_from(
-        NODE_IP,
-        s.http,
+    let (st, body) = raw_request(
+        Some(NODE_IP),
+        s.http(),
         "GET",
         &format!("/boot/n1/{}", file_of(s, &l.ramdisk)),
-        "",
+        None,
     );
     assert_eq!(st, 200);
     assert_eq!(body.len(), 300_000);
@@ -253,11 +157,11 @@ fn boot_once(l: &Lab) {
 
 #[test]
 fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
-    let l = lab(BatonBuilder::pxe_temp(), "");
+    let l = lab("");
     let s = &l.s;
     boot_once(&l);
     // The OS reports; only from the node's own address (node_files = bound).
-    let (st, body) = http_from(Ipv4Addr::LOCALHOST, s.http, "POST", "/boot/n1/done", "");
+    let (st, body) = http_from(Ipv4Addr::LOCALHOST, s, "POST", "/boot/n1/done", "");
     assert_eq!(
         st,
         403,
@@ -266,16 +170,16 @@ fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
     );
     let (st, body) = http_from(
         NODE_IP,
-        s.http,
+        s,
         "POST",
         "/boot/n1/done",
         r#"{"message": "deploy ramdisk up"}"#,
     );
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
-    let (st, _) = http_from(NODE_IP, s.http, "POST", "/boot/nope/done", "");
+    let (st, _) = http_from(NODE_IP, s, "POST", "/boot/nope/done", "");
     assert_eq!(st, 404);
 
-    let b = wait_for(Duration::from_secs(5), "the done record", || {
+    let b = wait_until(Duration::from_secs(5), "the done record", || {
         let b = boots(s);
         (b["attempts"][0]["health"]["state"] == "done").then_some(b)
     });
@@ -330,7 +234,7 @@ fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
     assert_eq!(shown["boot"]["health"]["state"], "done");
 
     // Metrics per group, no node label.
-    let m = s.metrics();
+    let m = s.api.metrics();
     for (series, want) in [
         (
             r#"baton_boot_stages_total{group="default",stage="kernel",status="ok"}"#,
@@ -349,11 +253,7 @@ fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
             1.0,
         ),
     ] {
-        assert_eq!(
-            common::http::metric_value(&m, series),
-            Some(want),
-            "{series} in\n{m}"
-        );
+        assert_eq!(metric_value(&m, series), Some(want), "{series} in\n{m}");
     }
     assert!(!m.contains("node=\""), "no per-node label in /metrics");
 
@@ -361,35 +261,34 @@ fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
     let b_before = boots(s);
     let mut l = l;
     l.s.kill9();
-    let builder = l.s.builder();
-    let s = builder.start();
-    let b_after = s.api.get("/v1/nodes/n1/boots?attempts=5").expect(200);
+    l.s.start();
+    let b_after = boots(&l.s);
     assert_eq!(
         steps(&b_after["attempts"][0]),
         steps(&b_before["attempts"][0])
     );
-    assert!(Path::new(&builder.data_dir().join("boots.db")).exists());
+    assert!(l.s.data_dir().join("boots.db").exists());
 }
 
 #[test]
 fn a_storm_of_records_adds_no_raft_entries() {
-    let l = lab(BatonBuilder::pxe_temp(), "");
+    let l = lab("");
     let s = &l.s;
-    let index = |s: &Baton| {
+    let index = |s: &Host| {
         s.api.get("/v1/cluster").expect(200)["last_log_index"]
             .as_u64()
             .unwrap()
     };
-    let written = |s: &Baton| s.metric("baton_boot_records_written_total");
+    let written = |s: &Host| s.api.metric("baton_boot_records_written_total");
     let before = index(s);
     let started = Instant::now();
     for i in 0..150 {
-        ask_dhcp(l.dhcp, 100 + i).expect("an answer");
+        ask_dhcp(s, 100 + i).expect("an answer");
     }
     for _ in 0..50 {
         tftp(s, "undionly.kpxe", &[("blksize", "1400")]).unwrap();
     }
-    wait_for(Duration::from_secs(5), "200 records written", || {
+    wait_until(Duration::from_secs(5), "200 records written", || {
         (written(s) >= 200.0).then_some(())
     });
     let grew = index(s) - before;
@@ -404,17 +303,14 @@ fn a_storm_of_records_adds_no_raft_entries() {
 
 #[test]
 fn a_dhcp_loop_and_a_stall_are_flagged_once_each() {
-    let l = lab(
-        BatonBuilder::pxe_temp(),
-        "stall_secs = 5\ndhcp_loop_requests = 3\ndhcp_loop_secs = 1",
-    );
+    let l = lab("stall_secs = 5\ndhcp_loop_requests = 3\ndhcp_loop_secs = 1");
     let s = &l.s;
     // The node asks and asks, and never fetches (a firewall on udp/69, say).
     for i in 0..5 {
-        assert!(ask_dhcp(l.dhcp, 10 + i).is_some());
+        assert!(ask_dhcp(s, 10 + i).is_some());
         thread::sleep(Duration::from_millis(300));
     }
-    let ev = wait_for(Duration::from_secs(10), "a boot_stuck event", || {
+    let ev = wait_until(Duration::from_secs(10), "a boot_stuck event", || {
         let e = events_of(s, "boot_stuck");
         (!e.is_empty()).then_some(e)
     });
@@ -429,9 +325,10 @@ fn a_dhcp_loop_and_a_stall_are_flagged_once_each() {
         "{ev:?}"
     );
     let stuck = r#"baton_boot_stuck_nodes{group="default"}"#;
-    assert_eq!(s.metric_or_zero(stuck), 1.0);
+    assert_eq!(s.api.metric_or_zero(stuck), 1.0);
     assert_eq!(
-        s.metric_or_zero(r#"baton_boot_stuck_total{group="default",kind="dhcp_loop"}"#),
+        s.api
+            .metric_or_zero(r#"baton_boot_stuck_total{group="default",kind="dhcp_loop"}"#),
         1.0
     );
     let shown = s.api.get("/v1/nodes/n1").expect(200);
@@ -444,22 +341,22 @@ fn a_dhcp_loop_and_a_stall_are_flagged_once_each() {
     );
     // More requests: still one event (one per transition, not per packet).
     for i in 0..3 {
-        ask_dhcp(l.dhcp, 20 + i);
+        ask_dhcp(s, 20 + i);
     }
     thread::sleep(Duration::from_secs(3));
     assert_eq!(events_of(s, "boot_stuck").len(), 1);
 
     // It fetches its loader: recovered, once.
     tftp(s, "undionly.kpxe", &[]).unwrap();
-    let rec = wait_for(Duration::from_secs(10), "a boot_recovered event", || {
+    let rec = wait_until(Duration::from_secs(10), "a boot_recovered event", || {
         let e = events_of(s, "boot_recovered");
         (!e.is_empty()).then_some(e)
     });
     assert_eq!(rec.len(), 1);
-    assert_eq!(s.metric_or_zero(stuck), 0.0);
+    assert_eq!(s.api.metric_or_zero(stuck), 0.0);
 
     // Then nothing more: after stall_secs the boot is stalled after its loader.
-    let ev = wait_for(Duration::from_secs(15), "a second boot_stuck", || {
+    let ev = wait_until(Duration::from_secs(15), "a second boot_stuck", || {
         let e = events_of(s, "boot_stuck");
         (e.len() == 2).then_some(e)
     });
@@ -468,15 +365,15 @@ fn a_dhcp_loop_and_a_stall_are_flagged_once_each() {
         ev[1]["data"]["reason"].as_str().unwrap().contains("loader"),
         "{ev:?}"
     );
-    assert_eq!(s.metric_or_zero(stuck), 1.0);
+    assert_eq!(s.api.metric_or_zero(stuck), 1.0);
     let b = boots(s);
     let last = b["attempts"].as_array().unwrap().last().unwrap();
     assert_eq!(last["health"]["kind"], "stalled", "{b:#}");
     // The flag survives a crash and a restart without a second event.
     let mut l = l;
     l.s.kill9();
-    let s = l.s.builder().start();
+    l.s.start();
     thread::sleep(Duration::from_secs(3));
-    assert_eq!(events_of(&s, "boot_stuck").len(), 2);
-    assert_eq!(events_of(&s, "boot_recovered").len(), 1);
+    assert_eq!(events_of(&l.s, "boot_stuck").len(), 2);
+    assert_eq!(events_of(&l.s, "boot_recovered").len(), 1);
 }

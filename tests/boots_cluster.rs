@@ -7,51 +7,29 @@
 //!
 //! Timing-heavy (leases, a takeover): run under `flock /tmp/baton-heavy.lock`.
 
-#[path = "common/fleet.rs"]
-mod fleet;
+mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use baton::wire::dhcp::{build_request, Architecture};
-use dhcproto::v4::{DhcpOption, MessageType};
 use serde_json::{json, Value};
 
-use fleet::{
-    mac, mac_colons, pattern, pxelinux_path, tftp_fetch_from, wait_nodes_replicated, wait_until,
-    Answer, Api, Fleet, HostSpec, Leases,
-};
+use common::api::Api;
+use common::data::{mac, mac_colons, pxelinux_path};
+use common::dhcp::ask_from;
+use common::fleet::{Fleet, Leases};
+use common::host::HostBuilder;
+use common::tftp::{tftp_fetch_from, Answer};
+use common::{pattern, wait_until};
 
 const L: Leases = Leases::SHORT;
 /// The node's own address on loopback.
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 78);
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
-}
-
-/// A BIOS PXE DISCOVER from `m`, asking its address server for [`NODE_IP`]; the boot
-/// file of the answer from `dhcp`, if one came.
+/// A DISCOVER from `m` at the node's address; the boot file of the answer from `dhcp`,
+/// if one came.
 fn ask_dhcp(dhcp: SocketAddr, m: [u8; 6], xid: u32) -> Option<String> {
-    let p = build_request(
-        m,
-        xid,
-        MessageType::Discover,
-        vec![
-            DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
-            DhcpOption::ClientSystemArchitecture(Architecture::from(0u16)),
-            DhcpOption::RequestedIpAddress(NODE_IP),
-        ],
-    );
-    let sock = UdpSocket::bind((NODE_IP, 0)).expect("bind the node's DHCP socket");
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    sock.send_to(&p, dhcp).unwrap();
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).ok()?;
-    let file = &buf[108..236.min(n)];
-    let end = file.iter().position(|&b| b == 0).unwrap_or(file.len());
-    Some(String::from_utf8_lossy(&file[..end]).into_owned())
+    ask_from(NODE_IP, dhcp, m, xid, Duration::from_secs(2))
 }
 
 #[track_caller]
@@ -105,28 +83,27 @@ fn st(h: &str, stage: &str, status: &str) -> (String, String, String) {
 fn a_takeover_mid_boot_shows_the_old_and_the_new_owners_stages_together() {
     let cfg = L.toml("");
     let mut f = Fleet::start(
-        &bin(),
         (1..=3)
-            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, true))
+            .map(|i| {
+                HostBuilder::member(&format!("h{i}"))
+                    .config(&cfg)
+                    .dhcp_loopback()
+            })
             .collect(),
     );
     for h in &f.hosts {
-        std::fs::write(
-            h.data_dir().join("tftp-root").join("undionly.kpxe"),
-            pattern(30_000, 7),
-        )
-        .unwrap();
+        h.put("undionly.kpxe", &pattern(30_000, 7));
     }
     let h1 = f.host("h1").api.clone();
     let m = mac(1);
     let kd = h1.upload("vmlinuz", &pattern(100_000, 1));
     let rd = h1.upload("initrd", &pattern(120_000, 2));
     h1.enroll_deploy("n1", &mac_colons(m), &kd, &rd);
-    wait_nodes_replicated(&h1, &["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
+    h1.wait_nodes_replicated(&["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
 
     // The node starts booting from its owner...
-    let h1_dhcp = f.host("h1").dhcp_addr();
-    let h1_tftp = f.host("h1").spec.tftp;
+    let h1_dhcp = f.host("h1").dhcp();
+    let h1_tftp = f.host("h1").tftp();
     assert_eq!(ask_dhcp(h1_dhcp, m, 1).as_deref(), Some("undionly.kpxe"));
     fetch(h1_tftp, "undionly.kpxe");
     fetch(h1_tftp, &pxelinux_path(m));
@@ -143,7 +120,7 @@ fn a_takeover_mid_boot_shows_the_old_and_the_new_owners_stages_together() {
         (o != "h1").then_some(o)
     });
     let new = f.host(&owner);
-    let (dhcp, tftp) = (new.dhcp_addr(), new.spec.tftp);
+    let (dhcp, tftp) = (new.dhcp(), new.tftp());
     let other = if owner == "h2" { "h3" } else { "h2" };
     // The firmware times out and boots again, now answered by the new owner.
     let file = wait_until(Duration::from_secs(10), "the new owner answers", || {

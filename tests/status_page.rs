@@ -1,253 +1,29 @@
 //! The status page in a real headless Chromium (Debian's `chromium`), driven over the
-//! DevTools protocol by a small client on a WebSocket (`tungstenite`), against three
-//! real `baton serve` hosts on loopback: before the token is given the page shows no
-//! fleet data; with it, the hosts and nodes appear (with a node's last boot stage), the
-//! search box filters, a migration shows up without a reload, and a screenshot is
-//! taken (a PNG under the test's temp dir, its path printed).
+//! DevTools protocol (`common::browser`), against three real `baton serve` hosts on
+//! loopback: the page is served read-only under a strict Content-Security-Policy;
+//! before the token is given it shows no fleet data; with it, the hosts and nodes
+//! appear (owner, epoch, a node's last boot stage), the search box filters, a stalled
+//! boot is shown stuck, no secret is in the page or its storage, a migration shows up
+//! without a reload, and a screenshot is taken (a PNG of more than 10 kB).
 //!
 //! Without chromium the test is skipped loudly; with env CI set it fails.
 //! Timing-heavy (three hosts, a browser): run under `flock /tmp/baton-heavy.lock`.
 
-#[path = "common/fleet.rs"]
-mod fleet;
+mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tempfile::TempDir;
 
-use fleet::{
-    mac, mac_colons, pattern, pxelinux_path, tftp_fetch, wait_nodes_replicated, Answer, Fleet,
-    HostSpec, Leases, TOKEN,
-};
-
-/// A minimal DevTools-protocol client of one headless Chromium and one page.
-mod cdp {
-    use std::io::{BufRead, BufReader};
-    use std::net::TcpStream;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
-
-    use serde_json::{json, Value};
-    use tempfile::TempDir;
-    use tungstenite::stream::MaybeTlsStream;
-    use tungstenite::{Message, WebSocket};
-
-    /// How long Chromium may take to start and open its DevTools socket.
-    const START: Duration = Duration::from_secs(60);
-    /// How long one DevTools call may take.
-    const CALL: Duration = Duration::from_secs(30);
-
-    /// A headless Chromium (killed by PID when dropped) with one page attached.
-    pub struct Browser {
-        child: Child,
-        ws: WebSocket<MaybeTlsStream<TcpStream>>,
-        session: String,
-        next: u64,
-        _profile: TempDir,
-    }
-
-    impl Browser {
-        /// Starts `bin` headless with a fresh profile and opens a blank page.
-        pub fn launch(bin: &str) -> Result<Browser, String> {
-            let profile = TempDir::new().map_err(|e| e.to_string())?;
-            let mut child = Command::new(bin)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--remote-debugging-address=127.0.0.1",
-                    "--remote-debugging-port=0",
-                ])
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .arg("about:blank")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot run {bin}: {e}"))?;
-            let stderr = child.stderr.take().expect("piped stderr");
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut seen = String::new();
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("ws://") {
-                        let _ = tx.send(Ok(line[i..].trim().to_string()));
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                let _ = tx.send(Err(seen));
-            });
-            let url = match rx.recv_timeout(START) {
-                Ok(Ok(u)) => u,
-                Ok(Err(out)) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("chromium exited without a DevTools socket:\n{out}"));
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "chromium opened no DevTools socket within {START:?}"
-                    ));
-                }
-            };
-            assert!(
-                url.starts_with("ws://127.0.0.1:"),
-                "DevTools must listen on loopback: {url}"
-            );
-            let (ws, _) = tungstenite::connect(url.as_str())
-                .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-            if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-                s.set_read_timeout(Some(Duration::from_millis(500)))
-                    .map_err(|e| e.to_string())?;
-            }
-            let mut b = Browser {
-                child,
-                ws,
-                session: String::new(),
-                next: 1,
-                _profile: profile,
-            };
-            let t = b.call_browser("Target.createTarget", json!({ "url": "about:blank" }))?;
-            let target = t["targetId"].as_str().ok_or("no targetId")?.to_string();
-            let a = b.call_browser(
-                "Target.attachToTarget",
-                json!({ "targetId": target, "flatten": true }),
-            )?;
-            b.session = a["sessionId"].as_str().ok_or("no sessionId")?.to_string();
-            Ok(b)
-        }
-
-        fn send(&mut self, method: &str, params: Value, session: bool) -> Result<Value, String> {
-            let id = self.next;
-            self.next += 1;
-            let mut msg = json!({ "id": id, "method": method, "params": params });
-            if session {
-                msg["sessionId"] = json!(self.session);
-            }
-            self.ws
-                .send(Message::text(msg.to_string()))
-                .map_err(|e| format!("{method}: {e}"))?;
-            let deadline = Instant::now() + CALL;
-            loop {
-                if Instant::now() > deadline {
-                    return Err(format!("{method}: no answer within {CALL:?}"));
-                }
-                let m = match self.ws.read() {
-                    Ok(m) => m,
-                    Err(tungstenite::Error::Io(e))
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(format!("{method}: {e}")),
-                };
-                let Ok(text) = m.into_text() else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
-                    continue;
-                };
-                // Events (no id) and other answers are not ours.
-                if v["id"].as_u64() != Some(id) {
-                    continue;
-                }
-                if let Some(e) = v.get("error") {
-                    return Err(format!("{method}: {e}"));
-                }
-                return Ok(v["result"].clone());
-            }
-        }
-
-        fn call_browser(&mut self, method: &str, params: Value) -> Result<Value, String> {
-            self.send(method, params, false)
-        }
-
-        /// A DevTools call on the page.
-        pub fn call(&mut self, method: &str, params: Value) -> Value {
-            self.send(method, params, true)
-                .unwrap_or_else(|e| panic!("DevTools {e}"))
-        }
-
-        /// Evaluates `expr` in the page (promises awaited); its value as JSON.
-        pub fn eval(&mut self, expr: &str) -> Value {
-            let r = self.call(
-                "Runtime.evaluate",
-                json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
-            );
-            if let Some(ex) = r.get("exceptionDetails") {
-                panic!("page script `{expr}` threw: {ex}");
-            }
-            r["result"]["value"].clone()
-        }
-
-        /// Evaluates `expr` every 200 ms until it is truthy; panics with `what` and
-        /// the last value after `timeout`.
-        #[track_caller]
-        pub fn wait_for(&mut self, expr: &str, timeout: Duration, what: &str) -> Value {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let v = self.eval(expr);
-                let truthy = match &v {
-                    Value::Null => false,
-                    Value::Bool(b) => *b,
-                    Value::String(s) => !s.is_empty(),
-                    Value::Number(n) => n.as_f64() != Some(0.0),
-                    _ => true,
-                };
-                if truthy {
-                    return v;
-                }
-                if Instant::now() > deadline {
-                    let text = self.eval("document.body.innerText");
-                    panic!("timed out after {timeout:?} waiting for {what} (last {v}); the page says:\n{}", text.as_str().unwrap_or(""));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-
-    impl Drop for Browser {
-        fn drop(&mut self) {
-            let _ = self.ws.close(None);
-            // This browser's PID only.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Chromium, if installed; in CI (env `CI`) its absence fails the test.
-fn chromium() -> Option<String> {
-    for c in ["chromium", "chromium-browser"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(c);
-            if p.is_file() {
-                return Some(p.display().to_string());
-            }
-        }
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("chromium is not installed but CI is set: apt-get install chromium");
-    }
-    eprintln!("\n*** SKIPPED: chromium not installed (apt-get install chromium) ***\n");
-    None
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
-}
+use common::api::raw_request;
+use common::browser::Browser;
+use common::data::{mac, mac_colons, pxelinux_path};
+use common::fleet::{Fleet, Leases};
+use common::host::{HostBuilder, SECRET, TOKEN};
+use common::pattern;
+use common::require::require_chromium;
+use common::tftp::{tftp_fetch, Answer};
 
 /// `document.querySelector(sel).textContent` as an expression.
 fn text_of(sel: &str) -> String {
@@ -258,7 +34,7 @@ fn text_of(sel: &str) -> String {
 }
 
 /// Types `text` into the search box (as an `input` event, like a keystroke).
-fn search(b: &mut cdp::Browser, text: &str) {
+fn search(b: &mut Browser, text: &str) {
     b.eval(&format!(
         "(() => {{ const s = document.getElementById('search'); s.value = {}; s.dispatchEvent(new Event('input')) }})()",
         json!(text)
@@ -267,12 +43,14 @@ fn search(b: &mut cdp::Browser, text: &str) {
 
 #[test]
 fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
-    let Some(chromium) = chromium() else { return };
-    let cfg = Leases::SHORT.toml("");
+    let Some(chromium) = require_chromium() else {
+        return;
+    };
+    // A boot quiet for 5 s counts as stalled: the page shows it stuck.
+    let cfg = Leases::SHORT.toml("") + "\n[boots]\nstall_secs = 5\n";
     let f = Fleet::start(
-        &bin(),
         (1..=3)
-            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, false))
+            .map(|i| HostBuilder::member(&format!("h{i}")).config(&cfg))
             .collect(),
     );
     let h1 = f.host("h1").api.clone();
@@ -282,15 +60,14 @@ fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
     h1.enroll_deploy("n1", &mac_colons(mac(1)), &kd, &rd);
     h1.enroll_deploy("n2", &mac_colons(mac(2)), &kd, &rd);
     h2.enroll_deploy("n3", &mac_colons(mac(3)), &kd, &rd);
-    wait_nodes_replicated(
-        &h1,
+    h1.wait_nodes_replicated(
         &["n1", "n2", "n3"],
         &["h1", "h2", "h3"],
         Duration::from_secs(30),
     );
     // n1 fetches its configuration from h1: a boot stage for the page.
     let got = tftp_fetch(
-        f.host("h1").spec.tftp,
+        f.host("h1").tftp(),
         &pxelinux_path(mac(1)),
         &[],
         Duration::from_secs(2),
@@ -299,12 +76,25 @@ fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
     );
     assert!(matches!(got, Answer::Data(_)), "{got:?}");
 
-    let mut b = cdp::Browser::launch(&chromium).unwrap_or_else(|e| panic!("{e}"));
+    // The page is served read-only, with a policy that allows its own files only.
+    let page = h1.anonymous("GET", "/", &[], None);
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    for (method, path) in [("POST", "/"), ("PUT", "/ui/app.js"), ("DELETE", "/ui")] {
+        let (st, _) = raw_request(None, h1.addr(), method, path, Some("{}"));
+        assert_eq!(st, 405, "{method} {path}");
+    }
+
+    let mut b = Browser::launch(chromium).unwrap_or_else(|e| panic!("{e}"));
     b.call(
         "Emulation.setDeviceMetricsOverride",
         json!({ "width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false }),
     );
-    let url = format!("http://{}/", f.host("h1").spec.http);
+    let url = format!("{}/", f.host("h1").url());
     b.call("Page.navigate", json!({ "url": url }));
     b.wait_for(
         "document.readyState === 'complete' && !!document.getElementById('login')",
@@ -368,11 +158,41 @@ fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
         "all nodes again",
     );
 
+    // n1 fetched its configuration and nothing since: after stall_secs it is stuck.
+    let stuck = b.wait_for(
+        "(() => { const c = document.querySelector('#nodes tr[data-node=\"n1\"] .boot .badge'); return c && c.textContent === 'stuck' ? c.title : '' })()",
+        Duration::from_secs(30),
+        "n1 shown stuck",
+    );
+    let stuck = stuck.as_str().unwrap_or_default();
+    assert!(
+        stuck.starts_with("stalled: ") && stuck.contains("config"),
+        "{stuck}"
+    );
+    assert_eq!(
+        b.eval(&text_of("#nodes tr[data-node=\"n2\"] .boot")),
+        json!(""),
+        "n2 never booted"
+    );
+
+    // Nothing secret in the page, its storage or the data it reads.
+    let html = b.eval("document.documentElement.outerHTML");
+    let html = html.as_str().unwrap_or_default();
+    let overview = h1.get("/v1/overview").expect(200).to_string();
+    for secret in [TOKEN, SECRET] {
+        assert!(!html.contains(secret), "a secret in the page:\n{html}");
+        assert!(!overview.contains(secret), "a secret in /v1/overview");
+    }
+    assert_eq!(
+        b.eval("document.cookie + localStorage.length + sessionStorage.length"),
+        json!("00"),
+        "the token is kept in page memory only"
+    );
+
     // A migration shows up without a reload.
     b.eval("window.__notReloaded = 17");
     let t0 = Instant::now();
     h1.post("/v1/nodes/n1/migrate", json!({ "to": "h3" }))
-        .unwrap_or_else(|e| panic!("{e}"))
         .expect(200);
     b.wait_for(
         &format!(

@@ -204,6 +204,9 @@ pub struct Uploaded {
     pub artifact: Option<Artifact>,
     /// Whether this upload registered it.
     pub created: bool,
+    /// Whether this upload replaced a damaged stored copy of the same content.
+    #[serde(default)]
+    pub repaired: bool,
 }
 
 /// `GET /v1/artifacts/{digest}`.
