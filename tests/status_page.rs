@@ -4,7 +4,8 @@
 //! before the token is given it shows no fleet data; with it, the hosts and nodes
 //! appear (owner, epoch, a node's last boot stage), the search box filters, a stalled
 //! boot is shown stuck, no secret is in the page or its storage, a migration shows up
-//! without a reload, and a screenshot is taken (a PNG of more than 10 kB).
+//! without a reload, and a screenshot is taken (a PNG of more than 10 kB; env
+//! BATON_SCREENSHOT=FILE keeps it).
 //!
 //! Without chromium the test is skipped loudly; with env CI set it fails.
 //! Timing-heavy (three hosts, a browser): run under `flock /tmp/baton-heavy.lock`.
@@ -14,7 +15,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tempfile::TempDir;
 
 use common::api::raw_request;
 use common::browser::Browser;
@@ -219,7 +219,7 @@ fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
         json!("1")
     );
 
-    // A screenshot of the whole page.
+    // A screenshot of the whole page, kept where env BATON_SCREENSHOT says, if set.
     let shot = b.call(
         "Page.captureScreenshot",
         json!({ "format": "png", "captureBeyondViewport": true }),
@@ -228,13 +228,16 @@ fn the_status_page_shows_the_fleet_and_a_migration_without_a_reload() {
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().expect("screenshot data"))
         .expect("base64 PNG");
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("status-page.png");
-    std::fs::write(&path, &png).unwrap();
+    let kept = match std::env::var_os("BATON_SCREENSHOT") {
+        Some(path) => {
+            std::fs::write(&path, &png).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+            format!(", saved to {}", path.to_string_lossy())
+        }
+        None => String::new(),
+    };
     println!(
-        "status page: migration shown {} ms after the request; screenshot {} ({} bytes)",
+        "status page: migration shown {} ms after the request; screenshot of {} bytes{kept}",
         shown_after.as_millis(),
-        path.display(),
         png.len()
     );
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
