@@ -45,4 +45,6 @@ pub struct App {
     pub secret: Option<String>,
     /// Most nodes one host may own (placement), if limited.
     pub max_nodes: Option<usize>,
+    /// Boot records: this host's, and the handle the drivers record through.
+    pub boots: crate::boots::BootRecorder,
 }

@@ -153,6 +153,16 @@ pub enum NodeCmd {
         /// Node id.
         id: String,
     },
+    /// Show a node's last boot attempts, merged from every host: DHCP, udp/4011, loader,
+    /// config, kernel and ramdisk with times, hosts, bytes and errors, and whether the
+    /// boot is stuck.
+    Boots {
+        /// Node id.
+        id: String,
+        /// How many of the newest attempts.
+        #[arg(long, default_value_t = 3)]
+        attempts: usize,
+    },
     /// Change a node's MACs, group, architecture or provision state.
     Update {
         /// Node id.

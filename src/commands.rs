@@ -161,6 +161,9 @@ fn node_detail(d: &NodeDetail) -> String {
             "fenced", f.host, f.seq
         ));
     }
+    if let Some(b) = &d.boot {
+        out.push_str(&crate::boots::text::summary_lines(b));
+    }
     if let Some(r) = &d.reservation {
         out.push_str(&format!(
             "{:<16} {} (token {}, until {})\n",
@@ -271,6 +274,13 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Show { id } => {
             let r = c.get(&format!("/v1/nodes/{id}"))?;
             print(api, &r, node_detail);
+        }
+        NodeCmd::Boots { id, attempts } => {
+            let q = crate::api::boots::BootsQuery {
+                attempts: Some(attempts),
+            };
+            let r = c.get(&with_query(&format!("/v1/nodes/{id}/boots"), &q)?)?;
+            print(api, &r, crate::boots::text::node_boots);
         }
         NodeCmd::Update {
             id,

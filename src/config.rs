@@ -99,6 +99,8 @@ settings! {
         cluster: ClusterConfig;
         /// Leases and takeover.
         ownership: OwnershipConfig;
+        /// Boot records and stuck boots.
+        boots: BootsConfig;
     }
 
     /// TFTP server settings.
@@ -234,6 +236,27 @@ settings! {
             range [100.., " ms (it covers clock skew between hosts)"];
         /// Most nodes one host may own after a takeover or drain (unset: no limit).
         max_nodes_per_host: Option<usize> = None;
+    }
+
+    /// Boot record settings: how long this host keeps its records, and when a boot
+    /// counts as stuck.
+    pub struct BootsConfig in "boots." {
+        /// A boot that has not delivered its kernel and ramdisk is stuck after this
+        /// long without any activity (no transfer running), in seconds.
+        stall_secs: u64 = 120,
+            range [5..=86_400, " seconds"];
+        /// A node that asks for DHCP this many times without fetching a file...
+        dhcp_loop_requests: u32 = 4,
+            range [2..=1000];
+        /// ...over at least this many seconds is stuck in a DHCP loop.
+        dhcp_loop_secs: u64 = 30,
+            range [1..=86_400, " seconds"];
+        /// Days this host keeps its boot records.
+        retention_days: u64 = 14,
+            range [1..=3650, " days"];
+        /// Most boot records this host keeps (the oldest go first).
+        max_records: u64 = 1_000_000,
+            range [1000..];
     }
 }
 
@@ -512,6 +535,25 @@ impl Config {
             .root
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tftp"))
+    }
+}
+
+impl BootsConfig {
+    /// The stuck rules these settings give.
+    pub fn rules(&self) -> crate::boots::Rules {
+        crate::boots::Rules {
+            stall_ms: self.stall_secs * 1000,
+            dhcp_loop_requests: self.dhcp_loop_requests,
+            dhcp_loop_ms: self.dhcp_loop_secs * 1000,
+        }
+    }
+
+    /// The retention of the local record file.
+    pub fn retention(&self) -> crate::boots::recorder::Retention {
+        crate::boots::recorder::Retention {
+            max_age_ms: (self.retention_days as i64).saturating_mul(86_400_000),
+            max_records: self.max_records,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod bindings;
 pub mod blobs;
+pub mod boots;
 pub mod capture;
 pub mod cli;
 pub mod client;

@@ -189,6 +189,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let gate =
         Gate::new(&host, store.clone(), lease_times, bindings.clone()).with_access(cfg.node_files);
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
+    let boot_file = cfg.data_dir.join("boots.db");
+    let local_boots = Arc::new(
+        crate::boots::local::LocalBoots::open(&boot_file)
+            .with_context(|| format!("cannot open the boot records {}", boot_file.display()))?,
+    );
+    let (boots, boot_queue) = crate::boots::BootRecorder::new(
+        &host,
+        store.clone(),
+        bindings.clone(),
+        local_boots.clone(),
+        Arc::default(),
+        cfg.boots.rules(),
+    );
+    boots.reload();
+    let boot_writer = tokio::spawn(crate::boots::recorder::run_writer(
+        boot_queue,
+        local_boots,
+        boots.metrics().clone(),
+        cfg.boots.retention(),
+        shutdown.clone(),
+    ));
     let replication = ReplicationProgress::default();
     let app = Arc::new(App {
         host: host.clone(),
@@ -204,6 +225,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         replication: replication.clone(),
         secret: cfg.cluster.secret.clone(),
         max_nodes: cfg.ownership.max_nodes_per_host,
+        boots: boots.clone(),
     });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
@@ -233,7 +255,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     )?
-    .with_capture(capture.clone());
+    .with_capture(capture.clone())
+    .with_boots(boots.clone());
     let http_task = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
@@ -276,6 +299,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+    let detector = tokio::spawn(crate::boots::watch::run(
+        crate::boots::watch::Detector {
+            recorder: boots.clone(),
+            store: store.clone(),
+            proposer: proposer.clone(),
+        },
+        shutdown.clone(),
+    ));
     let fetcher = tokio::spawn(crate::replicate::run(
         Replicator {
             host: host.clone(),
@@ -304,6 +335,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: gate.clone(),
                 bindings: bindings.clone(),
                 metrics: metrics.clone(),
+                boots: boots.clone(),
             },
             http_port,
             capture.clone(),
@@ -349,6 +381,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // each gets a few seconds, then it is aborted.
     for (name, task) in [
         ("artifact replication", fetcher),
+        ("stuck boot detector", detector),
         ("lease renewal", lease),
         ("reconciler", reconciler),
         ("elector", elector),
@@ -375,6 +408,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // The addresses die with the process; a stale file would send clients nowhere.
         let _ = std::fs::remove_file(p);
     }
+    // Last: transfers that ended while stopping are recorded too.
+    let _ = boot_writer.await;
     info!(
         transfers_completed = metrics.tftp.completed.get(),
         bytes = metrics.tftp.bytes.get(),

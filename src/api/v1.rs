@@ -101,6 +101,9 @@ pub struct NodeDetail {
     /// Who may fetch its files from the host that answered (absent from older hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<NodeAccess>,
+    /// Its newest boot attempt, merged from every host (absent when none is recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::api::boots::BootSummary>,
 }
 
 /// Who may fetch a node's files, as the answering host sees it.

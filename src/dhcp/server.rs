@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::proxy::{decide, Decision, Ignored, Policy, Port};
 use crate::bindings::{Bindings, Learned};
+use crate::boots::DhcpSeen;
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct DhcpDeps {
     pub bindings: Bindings,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Boot records.
+    pub boots: crate::boots::BootRecorder,
 }
 
 /// A bound proxy-DHCP server.
@@ -288,6 +291,7 @@ impl Shared {
         let verdict = node.as_ref().map_or(Ok(()), |n| {
             self.app.gate.check(n, Purpose::Answer, None).map(|_| ())
         });
+        let known = node.as_ref();
         match decide(
             &req,
             l.port,
@@ -298,6 +302,12 @@ impl Shared {
         ) {
             Decision::Ignore(reason) => {
                 m.ignored.inc(reason.as_str());
+                if let Some(n) = known {
+                    let bs = l.port == Port::BootServer;
+                    self.app
+                        .boots
+                        .dhcp(n, bs, &req, meta.src.ip(), DhcpSeen::Ignored(reason));
+                }
                 let noteworthy = !matches!(
                     reason,
                     Ignored::NotPxe | Ignored::OtherServer | Ignored::MessageType
@@ -320,6 +330,19 @@ impl Shared {
                         // This host may now finish the boot it answered, should the
                         // node migrate away meanwhile.
                         self.app.gate.note_answer(&node);
+                        if let Some(n) = known {
+                            let seen = DhcpSeen::Answered {
+                                boot_file: &reply.boot_file,
+                                arch: arch.as_str(),
+                            };
+                            self.app.boots.dhcp(
+                                n,
+                                l.port == Port::BootServer,
+                                &req,
+                                meta.src.ip(),
+                                seen,
+                            );
+                        }
                         m.answered
                             .inc(&format!("{:?}", reply.msg_type).to_lowercase());
                         if let Some(c) = &self.capture {
@@ -329,6 +352,15 @@ impl Shared {
                     }
                     Err(e) => {
                         m.ignored.inc("send_error");
+                        if let Some(n) = known {
+                            self.app.boots.dhcp(
+                                n,
+                                l.port == Port::BootServer,
+                                &req,
+                                meta.src.ip(),
+                                DhcpSeen::SendFailed,
+                            );
+                        }
                         warn!(mac = %mac, to = %dst, error = %e, "cannot send pxe answer");
                     }
                 }

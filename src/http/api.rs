@@ -207,11 +207,13 @@ async fn show_node(
         refused: refused.count,
         last_refused: refused.last.map(|(ip, at)| (ip.to_string(), at)),
     });
+    let boot = super::boots::merged_boots(&app, &id, 1).await.summary();
     Ok(Json(NodeDetail {
         node,
         files,
         reservation,
         access,
+        boot,
     }))
 }
 

@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
+use crate::boots::{LiveTransfer, Proto, Status};
 use crate::metrics::Metrics;
 use crate::namespace::store_source::StoreSource;
 use crate::namespace::{FileSource, OpenError};
@@ -51,17 +52,25 @@ pub async fn boot_file(
         .node(&node)?
         .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
     let want = path.as_str();
-    let nf = path
+    let Some(nf) = path
         .candidates()
         .find_map(|c| files.iter().find(|f| f.path == c))
         .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
+    else {
+        let e = OpenError::NotFound;
+        app.boots
+            .refused(Proto::Http, peer.ip(), &path, Some(&node), &e);
+        return Err(ApiError::NotFound(format!("file {want} of node {node}")));
+    };
     let client = Some(peer.ip());
     if let Err(r) = app
         .gate
         .check(&n, Purpose::Files { client }, Some(&nf.path))
     {
         app.metrics.http.boot_failed.inc(r.label());
+        let e = OpenError::NotServed(r);
+        app.boots
+            .refused(Proto::Http, peer.ip(), &path, Some(&node), &e);
         let message = match r {
             NotServed::NotOwner => {
                 format!(
@@ -91,7 +100,7 @@ pub async fn boot_file(
         data.octets().clone(),
         Some(nf.digest.to_string()),
         &node,
-        want,
+        (peer.ip(), &path),
     )
 }
 
@@ -121,9 +130,13 @@ pub async fn namespace_file(
             let data = source
                 .node_file_bytes(&path, client, &nf)
                 .await
-                .map_err(|e| match e {
-                    OpenError::NotServed(r) => not_served(&app, r, path.as_str()),
-                    e => ApiError::Internal(e.to_string()),
+                .map_err(|e| {
+                    app.boots
+                        .refused(Proto::Http, peer.ip(), &path, Some(&nf.node), &e);
+                    match e {
+                        OpenError::NotServed(r) => not_served(&app, r, path.as_str()),
+                        e => ApiError::Internal(e.to_string()),
+                    }
                 })?;
             return respond(
                 &app,
@@ -132,11 +145,14 @@ pub async fn namespace_file(
                 data.octets().clone(),
                 Some(nf.digest.to_string()),
                 &nf.node,
-                path.as_str(),
+                (peer.ip(), &path),
             );
         }
         Ok(None) => {}
-        Err(OpenError::NotServed(r)) => return Err(not_served(&app, r, path.as_str())),
+        Err(e @ OpenError::NotServed(r)) => {
+            app.boots.refused(Proto::Http, peer.ip(), &path, None, &e);
+            return Err(not_served(&app, r, path.as_str()));
+        }
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
     match source.shared().open(&path, client).await {
@@ -147,9 +163,12 @@ pub async fn namespace_file(
             d.octets().clone(),
             None,
             "-",
-            path.as_str(),
+            (peer.ip(), &path),
         ),
-        Err(OpenError::NotFound) => Err(ApiError::NotFound(format!("file {path}"))),
+        Err(e @ OpenError::NotFound) => {
+            app.boots.refused(Proto::Http, peer.ip(), &path, None, &e);
+            Err(ApiError::NotFound(format!("file {path}")))
+        }
         Err(OpenError::Denied(r)) => Err(ApiError::Conflict {
             message: format!("access to {path} refused ({})", r.replace('_', " ")),
             details: serde_json::json!({ "reason": r }),
@@ -182,7 +201,8 @@ fn path_refused(e: &PathError, raw: &str) -> ApiError {
     }
 }
 
-/// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body.
+/// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body; `who`
+/// is the requester and the path it asked for (for the boot timeline).
 fn respond(
     app: &Arc<App>,
     method: &Method,
@@ -190,8 +210,10 @@ fn respond(
     bytes: Bytes,
     digest: Option<String>,
     node: &str,
-    want: &str,
+    who: (std::net::IpAddr, &ClientPath),
 ) -> Result<Response, ApiError> {
+    let want = who.1.as_str();
+    let hint = (node != "-").then_some(node);
     let etag = digest.map(|d| format!("\"{d}\""));
     if let Some(etag) = &etag {
         if headers
@@ -228,11 +250,15 @@ fn respond(
         Response::new(Body::empty())
     } else {
         debug!(node = %node, path = %want, bytes = body_bytes.len(), "http boot download");
+        let live = app
+            .boots
+            .begin(Proto::Http, who.0, who.1, hint, body_bytes.len() as u64);
         Response::new(Body::from_stream(TrackedBody::new(
             body_bytes.clone(),
             app.metrics.clone(),
             node,
             want.to_string(),
+            live,
         )))
     };
     *resp.status_mut() = status;
@@ -269,10 +295,17 @@ struct TrackedBody {
     node: String,
     path: String,
     done: bool,
+    live: Option<LiveTransfer>,
 }
 
 impl TrackedBody {
-    fn new(bytes: Bytes, metrics: Arc<Metrics>, node: String, path: String) -> Self {
+    fn new(
+        bytes: Bytes,
+        metrics: Arc<Metrics>,
+        node: String,
+        path: String,
+        live: LiveTransfer,
+    ) -> Self {
         metrics.http.boot_started.inc();
         metrics.http.boot_active.add(1);
         TrackedBody {
@@ -283,6 +316,7 @@ impl TrackedBody {
             node,
             path,
             done: false,
+            live: Some(live),
         }
     }
 }
@@ -300,6 +334,9 @@ impl Stream for TrackedBody {
         let chunk = self.bytes.slice(self.sent..end);
         self.metrics.http.boot_bytes.add(chunk.len() as u64);
         self.sent = end;
+        if let Some(l) = &self.live {
+            l.progress(end as u64);
+        }
         // With Content-Length set, hyper stops polling after the last byte: count the
         // transfer as complete when its last chunk is handed over.
         if self.sent == self.bytes.len() {
@@ -318,6 +355,9 @@ impl TrackedBody {
         let m = &self.metrics.http;
         m.boot_completed.inc();
         m.boot_duration.observe(self.started.elapsed());
+        if let Some(l) = self.live.take() {
+            l.finish(Status::Ok, None, self.bytes.len() as u64);
+        }
         info!(node = %self.node, path = %self.path, bytes = self.bytes.len(), duration_ms = self.started.elapsed().as_millis() as u64, "http boot transfer completed");
     }
 }
@@ -327,6 +367,13 @@ impl Drop for TrackedBody {
         self.metrics.http.boot_active.add(-1);
         if !self.done {
             self.metrics.http.boot_failed.inc("client_disconnected");
+            if let Some(l) = self.live.take() {
+                l.finish(
+                    Status::Aborted,
+                    Some("client_disconnected".into()),
+                    self.sent as u64,
+                );
+            }
             info!(node = %self.node, path = %self.path, sent = self.sent, size = self.bytes.len(), "http boot transfer ended early");
         }
     }

@@ -6,10 +6,12 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod boots;
 pub mod cluster;
 pub mod error;
 pub mod json;
 pub mod range;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -42,14 +44,23 @@ pub enum HttpError {
 /// Builds the whole router.
 pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
     let token = auth::Token(Arc::new(token));
-    let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
+    let api = api::routes()
+        .merge(boots::api_routes())
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))
+        .merge(ui::routes())
         .route("/metrics", get(metrics))
         .route(
             "/boot/{node}/{*path}",
             get(boot::boot_file).head(boot::boot_file),
+        )
+        .route(
+            "/boot/{node}/done",
+            post(boots::report)
+                .get(boots::done_file)
+                .head(boots::done_file),
         )
         .fallback(boot::namespace_file)
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
@@ -61,6 +72,7 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut body = app.metrics.render();
+    app.boots.metrics().render(&mut body);
     let store_bytes = std::fs::metadata(app.store.path())
         .map(|m| m.len())
         .unwrap_or(0);

@@ -210,8 +210,50 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             token,
             at,
         } => release(tx, node, holder, *token, *at),
+        Command::BootNotices { host, notices, at } => boot_notices(tx, host, notices, *at),
         Command::Batch { commands } => batch(tx, commands),
     }
+}
+
+/// Appends one feed event per boot notice of a known node.
+fn boot_notices(
+    tx: &Transaction<'_>,
+    host: &str,
+    notices: &[super::command::BootNotice],
+    at: Millis,
+) -> R<Applied> {
+    if notices.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "{} boot notices, more than {MAX_BATCH}",
+            notices.len()
+        )));
+    }
+    let mut events = 0;
+    for n in notices {
+        let Some(node) = read::node(tx, &n.node)? else {
+            continue;
+        };
+        event(
+            tx,
+            at,
+            if n.stuck {
+                "boot_stuck"
+            } else {
+                "boot_recovered"
+            },
+            Some(&n.node),
+            Some(host),
+            json!({
+                "kind": n.kind,
+                "since": n.since,
+                "reason": n.reason,
+                "owner": node.owner,
+                "epoch": node.epoch,
+            }),
+        )?;
+        events += 1;
+    }
+    Ok(Applied::BootNoticed { events })
 }
 
 fn batch(tx: &Transaction<'_>, commands: &[Command]) -> R<Applied> {

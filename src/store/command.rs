@@ -262,6 +262,17 @@ pub enum Command {
         /// Proposer's time.
         at: Millis,
     },
+    /// Boot stuck-flag transitions one host saw for nodes it serves, as events of the
+    /// feed (`boot_stuck`, `boot_recovered`). Boot records themselves stay off the log
+    /// (see `crate::boots`); only these transitions, batched per detector pass, enter it.
+    BootNotices {
+        /// The host that saw them.
+        host: String,
+        /// The transitions (nodes no longer known are skipped).
+        notices: Vec<BootNotice>,
+        /// Proposer's time.
+        at: Millis,
+    },
     /// Applies `commands` in order, all or nothing: the first rejection rolls back the
     /// whole batch. Used where two changes must land together, e.g. a MAC change and
     /// the re-rendered files for the new MACs. Batches do not nest.
@@ -269,6 +280,21 @@ pub enum Command {
         /// The commands.
         commands: Vec<Command>,
     },
+}
+
+/// A node's boot became stuck, or stopped being stuck (see [`Command::BootNotices`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootNotice {
+    /// The node.
+    pub node: String,
+    /// Stuck now (`true`) or recovered.
+    pub stuck: bool,
+    /// How (`stalled`, `dhcp_loop`), or what ended it.
+    pub kind: String,
+    /// Since when.
+    pub since: Millis,
+    /// What the boot records show.
+    pub reason: String,
 }
 
 /// The result of applying a command: a change, or a business refusal with no effect.
@@ -411,6 +437,11 @@ pub enum Applied {
         node: String,
         /// The token that was released.
         token: u64,
+    },
+    /// Boot notices appended to the feed.
+    BootNoticed {
+        /// Events appended (notices of unknown nodes are skipped).
+        events: usize,
     },
     /// Every command of a batch applied, in order.
     Batch {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::boots::{BootRecorder, Proto};
 use crate::capture::Capture;
 use crate::config::TftpConfig;
 use crate::metrics::Metrics;
@@ -78,6 +79,7 @@ struct Shared {
     next_id: AtomicU64,
     shutdown: CancellationToken,
     capture: Option<Capture>,
+    boots: Option<BootRecorder>,
 }
 
 #[derive(Default)]
@@ -159,6 +161,7 @@ impl TftpServer {
                 next_id: AtomicU64::new(1),
                 shutdown,
                 capture: None,
+                boots: None,
             }),
         })
     }
@@ -167,6 +170,14 @@ impl TftpServer {
     pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
         if let Some(sh) = Arc::get_mut(&mut self.shared) {
             sh.capture = capture;
+        }
+        self
+    }
+
+    /// Records each transfer and refusal in the boot timeline.
+    pub fn with_boots(mut self, boots: BootRecorder) -> Self {
+        if let Some(sh) = Arc::get_mut(&mut self.shared) {
+            sh.boots = Some(boots);
         }
         self
     }
@@ -605,6 +616,9 @@ async fn serve_read(
         Ok(d) => d,
         Err(e) => {
             m.refused.inc(e.reason());
+            if let Some(b) = &shared.boots {
+                b.refused(Proto::Tftp, client.ip(), &path, None, &e);
+            }
             info!(client = %client, path = %filename, reason = e.reason(), "tftp request refused");
             let mut buf = Vec::new();
             tftp::emit_error(&mut buf, e.code(), &refusal_message(&e));
@@ -632,6 +646,8 @@ async fn serve_read(
     let started = Instant::now();
     let mut t = Transfer::new(bytes, params, started);
     m.started.inc();
+    let live =
+        (shared.boots.as_ref()).map(|b| b.begin(Proto::Tftp, client.ip(), &path, None, size));
     debug!(
         client = %client, path = %filename, mode = mode.as_str(), size,
         blksize = params.blksize, windowsize = params.windowsize, oack = params.oack.is_some(),
@@ -650,6 +666,9 @@ async fn serve_read(
         .outcome()
         .cloned()
         .unwrap_or(Outcome::Aborted("unfinished"));
+    if let Some(l) = live {
+        l.finish_tftp(&outcome, t.bytes_acked());
+    }
     match &outcome {
         Outcome::Completed => {
             m.completed.inc();

@@ -7,6 +7,7 @@
 //! - [`tftp`]: TFTP datagrams, a raw peer, the read client, tftp-hpa;
 //! - [`dhcp`]: proxy-DHCP DISCOVERs;
 //! - [`netns`]: network namespaces and bridge labs;
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol;
 //! - [`require`]: what a test needs from the machine, skipped loudly or failed in CI;
 //! - [`child`]: child processes bounded in time; [`data`]: test data.
 //!
@@ -20,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod browser;
 pub mod child;
 pub mod data;
 pub mod dhcp;

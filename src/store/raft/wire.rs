@@ -253,7 +253,7 @@ mod tests {
         JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
     };
     use crate::blobs::Digest;
-    use crate::store::command::FileSpec;
+    use crate::store::command::{BootNotice, FileSpec};
     use crate::store::types::{BootProfile, KernelBoot, ProvisionState, TransferReason};
 
     const BIG: u64 = u64::MAX;
@@ -409,6 +409,17 @@ mod tests {
                 token: 1,
                 at: 17,
             },
+            Command::BootNotices {
+                host: "h1".into(),
+                notices: vec![BootNotice {
+                    node: "n".into(),
+                    stuck: true,
+                    kind: "stalled".into(),
+                    since: MS,
+                    reason: "stalled after config ok \u{e9}".repeat(50),
+                }],
+                at: 18,
+            },
         ];
         let mut v = v.clone();
         v.push(Command::Batch {
@@ -434,6 +445,7 @@ mod tests {
                 | Command::AcquireReservation { .. }
                 | Command::RenewReservation { .. }
                 | Command::ReleaseReservation { .. }
+                | Command::BootNotices { .. }
                 | Command::Batch { .. } => {}
             }
         }
