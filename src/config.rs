@@ -83,6 +83,8 @@ settings! {
         cluster: ClusterConfig;
         /// Leases and takeover.
         ownership: OwnershipConfig;
+        /// A provisioning tool's TFTP tree taken in.
+        ingest: IngestConfig;
     }
 
     /// TFTP server settings.
@@ -214,6 +216,18 @@ settings! {
             range [100.., " ms (it covers clock skew between hosts)"];
         /// Most nodes one host may own after a takeover or drain (unset: no limit).
         max_nodes_per_host: Option<usize> = None;
+    }
+
+    /// Ingest of a TFTP tree that a provisioning tool (OpenStack Ironic, …) writes.
+    pub struct IngestConfig in "ingest." {
+        /// Directory to watch (e.g. `/tftpboot`): the per-node files a provisioning tool
+        /// writes there (Ironic's layout) become replicated node files; unset: no ingest.
+        dir: Option<PathBuf> = None,
+            flag [value "ingest-dir" PathBuf, "DIR"];
+        /// How long a file must stay unchanged before it is taken (a file being written
+        /// is never served half-written), in milliseconds.
+        quiet_ms: u64 = 250,
+            range [10..=60_000, " milliseconds"];
     }
 }
 

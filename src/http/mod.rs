@@ -8,6 +8,7 @@ pub mod auth;
 pub mod boot;
 pub mod cluster;
 pub mod error;
+pub mod ingest;
 pub mod json;
 pub mod range;
 
@@ -42,7 +43,9 @@ pub enum HttpError {
 /// Builds the whole router.
 pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
     let token = auth::Token(Arc::new(token));
-    let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
+    let api = api::routes()
+        .merge(ingest::routes())
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))
