@@ -17,6 +17,7 @@ pub mod config;
 pub mod dhcp;
 pub mod doctor;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod namespace;
