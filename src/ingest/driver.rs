@@ -95,6 +95,8 @@ pub struct Ingester {
     /// To propose the changes.
     pub proposer: Proposer,
     scanner: Arc<Mutex<Scanner>>,
+    /// Files (relative to the tree) modified since their last close, from the watcher.
+    writing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The source tag of `dir` ingested by `host`.
@@ -151,6 +153,7 @@ impl Ingester {
             blobs,
             proposer,
             scanner: Arc::new(Mutex::new(scanner)),
+            writing: Arc::default(),
         })
     }
 
@@ -160,11 +163,18 @@ impl Ingester {
         let scanner = self.scanner.clone();
         let store = self.store.clone();
         let source = self.source.clone();
+        let writing = self.writing.clone();
         let (scan, known) = tokio::task::spawn_blocking(move || {
             let mut s = scanner.lock().unwrap_or_else(|p| p.into_inner());
             let root = s.root().to_path_buf();
+            let open = |rel: &str| {
+                writing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(rel)
+            };
             let scan = s
-                .scan(SystemTime::now)
+                .scan(SystemTime::now, &open)
                 .map_err(|source| IngestError::Tree { path: root, source })?;
             Ok::<_, IngestError>((scan, known(&store)?))
         })
@@ -265,18 +275,46 @@ impl Ingester {
 pub async fn run(ing: Ingester, shutdown: CancellationToken) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = wake.clone();
+    let writing = ing.writing.clone();
+    let roots: Vec<PathBuf> = [Some(ing.dir.clone()), ing.dir.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+        .collect();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        use notify::event::{AccessKind, AccessMode};
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
         use notify::EventKind;
+        let rel = |p: &PathBuf| {
+            roots
+                .iter()
+                .find_map(|r| p.strip_prefix(r).ok())
+                .and_then(|r| r.to_str())
+                .map(str::to_string)
+        };
+        let mut open = writing.lock().unwrap_or_else(|p| p.into_inner());
         let relevant = match res {
             Ok(ev) => match ev.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                // Written to: open for writing until its close (IN_MODIFY .. IN_CLOSE_WRITE).
+                EventKind::Modify(ModifyKind::Data(_)) => {
+                    open.extend(ev.paths.iter().filter_map(rel));
+                    true
+                }
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Remove(_) => {
+                    for p in ev.paths.iter().filter_map(rel) {
+                        open.remove(&p);
+                    }
+                    true
+                }
                 EventKind::Access(_) => false,
                 _ => true,
             },
-            // A lost event (queue overflow) may hide a change.
-            Err(_) => true,
+            // A lost event (queue overflow) may hide a change, or a close: fall back to
+            // the quiet-time rule for every file.
+            Err(_) => {
+                open.clear();
+                true
+            }
         };
+        drop(open);
         if relevant {
             w.notify_one();
         }

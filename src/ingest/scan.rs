@@ -2,7 +2,9 @@
 //! links, and copies each file that holds still into the blob store. A file is adopted
 //! only when its identity (inode, size, mtime, ctime) was the same before and after it
 //! was read and it was last changed at least the settle time ago, so a half-written
-//! file is never taken; the caller scans again when [`Scan::retry`] says.
+//! file is never taken; the caller scans again when [`Scan::retry`] says. A driver that
+//! sees the file system's events also says which files are open for writing (modified
+//! since their last close): those wait for their close, however long the writer pauses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -120,8 +122,12 @@ impl Scanner {
         &self.root
     }
 
-    /// Walks the tree once.
-    pub fn scan(&mut self, now: impl Fn() -> SystemTime) -> std::io::Result<Scan> {
+    /// Walks the tree once. `writing(rel)` is true for a file still open for writing.
+    pub fn scan(
+        &mut self,
+        now: impl Fn() -> SystemTime,
+        writing: &dyn Fn(&str) -> bool,
+    ) -> std::io::Result<Scan> {
         let mut scan = Scan::default();
         let mut count = 0usize;
         let mut todo: Vec<(String, usize)> = Vec::new();
@@ -137,7 +143,7 @@ impl Scanner {
                     todo.push((name, 1));
                 }
             } else {
-                self.look(&name, ft, &now, &mut scan);
+                self.look(&name, ft, &now, writing, &mut scan);
             }
         }
         while let Some((dir, depth)) = todo.pop() {
@@ -161,7 +167,7 @@ impl Scanner {
                         todo.push((rel, depth + 1));
                     }
                 } else {
-                    self.look(&rel, ft, &now, &mut scan);
+                    self.look(&rel, ft, &now, writing, &mut scan);
                 }
             }
         }
@@ -182,7 +188,7 @@ impl Scanner {
             for t in targets {
                 match std::fs::symlink_metadata(self.root.join(&t)) {
                     Ok(m) if m.is_file() || m.file_type().is_symlink() => {
-                        self.look(&t, m.file_type(), &now, &mut scan)
+                        self.look(&t, m.file_type(), &now, writing, &mut scan)
                     }
                     Ok(_) => {
                         scan.seen
@@ -202,6 +208,7 @@ impl Scanner {
         rel: &str,
         ft: std::fs::FileType,
         now: &impl Fn() -> SystemTime,
+        writing: &dyn Fn(&str) -> bool,
         scan: &mut Scan,
     ) {
         if ft.is_symlink() {
@@ -218,7 +225,7 @@ impl Scanner {
         if !classify(rel).is_node() && !self.is_link_target(rel, scan) {
             return;
         }
-        let seen = self.read(rel, now, scan);
+        let seen = self.read(rel, now, writing, scan);
         scan.seen.insert(rel.to_string(), seen);
     }
 
@@ -229,7 +236,13 @@ impl Scanner {
     }
 
     /// Reads one file into the blob store if it holds still.
-    fn read(&mut self, rel: &str, now: &impl Fn() -> SystemTime, scan: &mut Scan) -> Seen {
+    fn read(
+        &mut self,
+        rel: &str,
+        now: &impl Fn() -> SystemTime,
+        writing: &dyn Fn(&str) -> bool,
+        scan: &mut Scan,
+    ) -> Seen {
         let full = self.root.join(rel);
         let before = match std::fs::symlink_metadata(&full) {
             Ok(m) => Fingerprint::of(&m),
@@ -247,6 +260,9 @@ impl Scanner {
             scan.retry = Some(scan.retry.map_or(d, |r| r.min(d)));
             Seen::Changing
         };
+        if writing(rel) {
+            return retry(self.quiet, scan);
+        }
         if let Settle::Retry(d) = settle(&before, &before, before.age(now()), self.quiet) {
             return retry(d, scan);
         }
@@ -387,12 +403,12 @@ mod tests {
         std::fs::write(root.join("pxelinux.0"), b"loader").unwrap();
         // Everything was just written: with a long quiet time nothing is taken yet.
         let mut s = Scanner::new(root, blobs.clone(), Duration::from_secs(60)).unwrap();
-        let scan = s.scan(SystemTime::now).unwrap();
+        let scan = s.scan(SystemTime::now, &|_| false).unwrap();
         assert_eq!(scan.seen[&format!("{node}/config")], Seen::Changing);
         assert!(scan.retry.is_some_and(|r| r > Duration::from_secs(50)));
         // Later (as if a minute passed): taken, links read, shared loader left alone.
         let later = || SystemTime::now() + Duration::from_secs(120);
-        let scan = s.scan(later).unwrap();
+        let scan = s.scan(later, &|_| false).unwrap();
         assert_eq!(scan.retry, None);
         assert_eq!(
             scan.seen[&format!("{node}/deploy_kernel")],
@@ -415,6 +431,11 @@ mod tests {
         assert!(!scan.seen.contains_key("master_images/abc.converted"));
         assert!(blobs.has(&Digest::of(b"kernel bytes")));
         // Unchanged files are not read again.
-        assert_eq!(s.scan(later).unwrap().bytes_read, 0);
+        assert_eq!(s.scan(later, &|_| false).unwrap().bytes_read, 0);
+        // A file open for writing waits, however old its last change.
+        std::fs::write(root.join(node).join("config"), b"default boot\\n").unwrap();
+        let open = format!("{node}/config");
+        let scan = s.scan(later, &|p| p == open).unwrap();
+        assert_eq!(scan.seen[&open], Seen::Changing);
     }
 }
