@@ -16,6 +16,8 @@ pub mod commands;
 pub mod config;
 pub mod dhcp;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod import;
 pub mod ingest;
@@ -24,6 +26,7 @@ pub mod namespace;
 pub mod net;
 pub mod ownership;
 pub mod pcap;
+pub mod private_fs;
 pub mod render;
 pub mod replicate;
 pub mod serve;

@@ -7,12 +7,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use baton::blobs::Digest;
-use common::cluster::{Cluster, Host, HostSpec};
+use common::fleet::Fleet;
+use common::host::{Host, HostBuilder};
 use common::pattern;
 
 const A: &str = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
@@ -24,42 +23,13 @@ fn dashes(mac: &str) -> String {
     mac.replace(':', "-")
 }
 
-/// `tftp -m octet 127.0.0.1 PORT -c get NAME`: the bytes, or what the client printed.
-/// tftp-hpa reads `a:b` as host `a`, file `b`: names with a colon (GRUB's `<mac>.conf`)
-/// go through curl's TFTP client instead.
+/// The bytes of `name` from `h`: tftp-hpa, or curl for names with a colon (GRUB's
+/// `<mac>.conf`), which tftp-hpa's command line reads as `host:file`.
 fn tftp_get(h: &Host, name: &str) -> Result<Vec<u8>, String> {
     if name.contains(':') {
-        return curl_tftp(h, name);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("out");
-    let out = common::run_with_timeout(
-        Command::new("tftp")
-            .args(["-m", "octet", "127.0.0.1"])
-            .arg(h.spec.tftp.port().to_string())
-            .args(["-c", "get", name])
-            .arg(&local),
-        Duration::from_secs(30),
-    );
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
-    if !out.status.success() || printed.contains("Error") || printed.contains("imed out") {
-        return Err(printed);
-    }
-    std::fs::read(&local).map_err(|e| format!("no output file: {e}; {printed}"))
-}
-
-/// `curl tftp://127.0.0.1:PORT/NAME`.
-fn curl_tftp(h: &Host, name: &str) -> Result<Vec<u8>, String> {
-    let out = common::run_with_timeout(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "20"])
-            .arg(format!("tftp://127.0.0.1:{}/{name}", h.spec.tftp.port())),
-        Duration::from_secs(30),
-    );
-    if out.status.success() {
-        Ok(out.stdout)
+        h.curl_tftp_get(name)
     } else {
-        Err(out.stderr)
+        h.tftp_get(name)
     }
 }
 
@@ -114,18 +84,9 @@ fn write_node(tree: &Path, node: &str, mac: &str, config: &[u8]) {
     std::os::unix::fs::symlink(&rel, tree.join(format!("{mac}.conf"))).unwrap();
 }
 
-fn blob_path(data_dir: &Path, content: &[u8]) -> PathBuf {
-    let hex = Digest::of(content).to_hex();
-    data_dir
-        .join("blobs")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
 #[test]
 fn ironic_tree_is_served_rewritten_and_survives_its_host() {
-    if !common::require_client("tftp", "tftp-hpa") || !common::require_client("curl", "curl") {
+    if !common::require::require_tftp_hpa() || !common::require::require_curl() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -144,35 +105,19 @@ fn ironic_tree_is_served_rewritten_and_survives_its_host() {
     std::fs::write(&map, "re ^/tftpboot/(.*) \\1\n").unwrap();
     // Default leases: 3 s TTL + 1 s grace before peers take over.
     let takeover_after = Duration::from_millis(3000 + 1000);
-    let config = dir.path().join("baton.toml");
-    std::fs::write(&config, format!("[tftp]\nmap_file = {map:?}\n")).unwrap();
-    let mut hosts = Vec::new();
-    for i in 1..=3 {
-        let name = format!("h{i}");
-        let mut spec = HostSpec::new(&name, &dir.path().join(&name));
-        spec.config = Some(config.clone());
-        if i == 1 {
-            spec.extra = [
-                "--ingest-dir",
-                tree.to_str().unwrap(),
-                "--tftp-root",
-                tree.to_str().unwrap(),
-            ]
-            .map(String::from)
-            .to_vec();
-        } else {
-            let h1: &Host = &hosts[0];
-            spec.join = Some(h1.spec.url());
-        }
-        let mut h = Host::new(spec);
-        h.start();
-        hosts.push(h);
-    }
-    let dir_keep = tempfile::tempdir().unwrap();
-    let mut c = Cluster {
-        hosts,
-        dir: dir_keep,
-    };
+    let config = format!("[tftp]\nmap_file = {map:?}\n");
+    let mut c = Fleet::start_hosts(
+        (1..=3)
+            .map(|i| {
+                let b = HostBuilder::member(&format!("h{i}")).config(&config);
+                if i == 1 {
+                    b.flag("--ingest-dir", tree.display()).tftp_root(&tree)
+                } else {
+                    b
+                }
+            })
+            .collect(),
+    );
     c.wait_members(3, Duration::from_secs(20));
 
     // Ironic prepares two nodes.
@@ -206,7 +151,7 @@ fn ironic_tree_is_served_rewritten_and_survives_its_host() {
     }
     // Enrolled with the ingest as source, owned by the ingesting host, on every replica.
     for h in &c.hosts {
-        let nodes = h.nodes();
+        let nodes = h.api.nodes();
         assert_eq!(
             nodes.get(A).map(|n| n.1.as_str()),
             Some("h1"),
@@ -290,7 +235,7 @@ fn ironic_tree_is_served_rewritten_and_survives_its_host() {
     let deadline = Instant::now() + Duration::from_secs(30);
     for content in [&kernel, &ramdisk] {
         for h in &c.hosts[1..] {
-            while !blob_path(&h.spec.data_dir, content).exists() {
+            while !h.holds_blob(content) {
                 assert!(
                     Instant::now() < deadline,
                     "{} does not hold the blobs",
@@ -334,7 +279,7 @@ fn ironic_tree_is_served_rewritten_and_survives_its_host() {
         );
     }
     assert_eq!(
-        p.nodes().get(A).map(|n| n.1.clone()),
+        p.api.nodes().get(A).map(|n| n.1.clone()),
         Some(p.name().to_string())
     );
 }

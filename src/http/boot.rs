@@ -57,7 +57,10 @@ pub async fn boot_file(
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
     let client = Some(peer.ip());
-    if let Err(r) = app.gate.check(&n, Purpose::Files { client }) {
+    if let Err(r) = app
+        .gate
+        .check(&n, Purpose::Files { client }, Some(&nf.path))
+    {
         app.metrics.http.boot_failed.inc(r.label());
         let message = match r {
             NotServed::NotOwner => {
