@@ -74,6 +74,26 @@ pub enum Command {
     /// stderr. Exits 0 when every client booted, 1 otherwise. Run it in a network
     /// namespace of its own: it binds udp/68 (and udp/4011 for efi-x64) and broadcasts.
     Storm(StormArgs),
+    /// Take in, once, the per-node boot files a provisioning tool wrote into DIR
+    /// (OpenStack Ironic's layout: `<node-uuid>/config`, `pxelinux.cfg/01-<mac>` links,
+    /// kernels and ramdisks, GRUB and iPXE names): unknown nodes are enrolled, files
+    /// become replicated node files. To follow a live tree, set `[ingest] dir` instead.
+    Ingest {
+        /// API connection.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tree, as an absolute path on the server's host.
+        dir: PathBuf,
+        /// How long a file must stay unchanged before it is taken, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        quiet_ms: u64,
+    },
+    /// Translate another boot server's configuration into Baton's.
+    Import {
+        /// What to read.
+        #[command(subcommand)]
+        cmd: ImportCmd,
+    },
     /// Print the event feed (ownership changes, enrollments, profiles...).
     Events {
         /// API connection.
@@ -424,4 +444,31 @@ pub struct ServeArgs {
     /// The settings given as flags.
     #[command(flatten)]
     pub settings: Overrides,
+}
+
+/// `baton import ...`
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// Read dnsmasq configuration files (dhcp-host, dhcp-boot, pxe-service, dhcp-match and
+    /// tags, dhcp-range=...,proxy, enable-tftp, tftp-root, tftp-max, tftp-mtu,
+    /// tftp-no-blocksize, tftp-single-port): print the Baton configuration they amount to,
+    /// enroll their hosts as nodes through the API, and list every line that has no Baton
+    /// equivalent with its file, line number and why (on stderr).
+    Dnsmasq {
+        /// API connection (for enrolling nodes).
+        #[command(flatten)]
+        api: ApiArgs,
+        /// dnsmasq configuration files, read in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Enroll nothing: show what would be enrolled.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the configuration to this file instead of stdout (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        config_out: Option<PathBuf>,
+        /// Group of the enrolled nodes (default: the group of the host asked).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }

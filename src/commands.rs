@@ -655,3 +655,127 @@ pub fn events(api: &ApiArgs, since: u64, follow: bool) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `baton ingest DIR`: one ingest pass on the server.
+pub fn ingest(api: &ApiArgs, dir: &Path, quiet_ms: u64) -> anyhow::Result<()> {
+    use crate::ingest::driver::IngestRequest;
+    use crate::ingest::IngestReport;
+    let c = connect(api)?;
+    let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let req = IngestRequest {
+        dir: dir.display().to_string(),
+        quiet_ms,
+    };
+    let r: Reply<IngestReport> = c.send("POST", "/v1/ingest", &req)?;
+    print(api, &r, |r| {
+        let mut out = format!(
+            "ingested {} as {}: {} node(s) enrolled, {} updated, {} byte(s) read\n",
+            r.dir,
+            r.source,
+            r.enrolled.len(),
+            r.updated.len(),
+            r.bytes_read
+        );
+        for n in &r.enrolled {
+            out.push_str(&format!("  enrolled {n}\n"));
+        }
+        for s in &r.refused {
+            out.push_str(&format!("  refused  {}: {}\n", s.path, s.why));
+        }
+        for s in &r.skipped {
+            out.push_str(&format!("  skipped  {}: {}\n", s.path, s.why));
+        }
+        for w in &r.waiting {
+            out.push_str(&format!("  waiting  {w}: still being written; run again\n"));
+        }
+        out
+    });
+    Ok(())
+}
+
+/// `baton import ...`.
+pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
+    let crate::cli::ImportCmd::Dnsmasq {
+        api,
+        files,
+        dry_run,
+        config_out,
+        group,
+    } = cmd;
+    let mut texts = Vec::new();
+    for f in &files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let t = crate::import::dnsmasq::translate(&texts);
+    let toml = t.config_toml();
+    match &config_out {
+        Some(p) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", p.display())
+                })?;
+            f.write_all(toml.as_bytes())?;
+            eprintln!("configuration written to {}", p.display());
+        }
+        None if !api.json => print!("{toml}"),
+        None => {}
+    }
+    for u in &t.untranslated {
+        eprintln!(
+            "{}:{}: not translated: {}\n    {}",
+            u.at.file, u.at.line, u.why, u.text
+        );
+    }
+    let mut enrolled = Vec::new();
+    let mut refused = Vec::new();
+    if dry_run {
+        for n in &t.nodes {
+            eprintln!(
+                "would enroll {} ({}) from {}:{}",
+                n.id,
+                joined(&n.macs, ","),
+                n.at.file,
+                n.at.line
+            );
+        }
+    } else if !t.nodes.is_empty() {
+        let c = connect(&api)?;
+        for n in &t.nodes {
+            let req = EnrollRequest {
+                id: n.id.clone(),
+                macs: n.macs.clone(),
+                group: group.clone(),
+                arch: None,
+            };
+            match c.send::<_, Node>("POST", "/v1/nodes", &req) {
+                Ok(_) => {
+                    eprintln!("enrolled {} ({})", n.id, joined(&n.macs, ","));
+                    enrolled.push(n.id.clone());
+                }
+                Err(e) => {
+                    eprintln!("not enrolled {} ({}:{}): {e}", n.id, n.at.file, n.at.line);
+                    refused.push(json!({ "node": n.id, "error": e.to_string() }));
+                }
+            }
+        }
+    }
+    if api.json {
+        print_json(&json!({
+            "translation": t,
+            "config": toml,
+            "enrolled": enrolled,
+            "refused": refused,
+        }));
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} node(s) were not enrolled", refused.len())
+    }
+}

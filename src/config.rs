@@ -101,6 +101,8 @@ settings! {
         ownership: OwnershipConfig;
         /// Boot records and stuck boots.
         boots: BootsConfig;
+        /// A provisioning tool's TFTP tree taken in.
+        ingest: IngestConfig;
     }
 
     /// TFTP server settings.
@@ -257,6 +259,18 @@ settings! {
         /// Most boot records this host keeps (the oldest go first).
         max_records: u64 = 1_000_000,
             range [1000..];
+    }
+
+    /// Ingest of a TFTP tree that a provisioning tool (OpenStack Ironic, …) writes.
+    pub struct IngestConfig in "ingest." {
+        /// Directory to watch (e.g. `/tftpboot`): the per-node files a provisioning tool
+        /// writes there (Ironic's layout) become replicated node files; unset: no ingest.
+        dir: Option<PathBuf> = None,
+            flag [value "ingest-dir" PathBuf, "DIR"];
+        /// How long a file must stay unchanged before it is taken (a file being written
+        /// is never served half-written), in milliseconds.
+        quiet_ms: u64 = 250,
+            range [10..=60_000, " milliseconds"];
     }
 }
 

@@ -20,6 +20,8 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod import;
+pub mod ingest;
 pub mod metrics;
 pub mod namespace;
 pub mod net;

@@ -234,12 +234,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(m) = paths.map() {
         info!(rules = m.len(), file = ?cfg.tftp.map_file, "tftp map file loaded");
     }
-    let source = Arc::new(StoreSource::new(
-        gate.clone(),
-        store.clone(),
-        served,
-        shared,
-    ));
+    // An ingested tree that is also the TFTP root: its per-node files are served
+    // from the store only (adopted whole), never straight from the directory.
+    let claims = cfg
+        .ingest
+        .dir
+        .as_ref()
+        .and_then(|d| d.canonicalize().ok())
+        .is_some_and(|d| d == shared.canonical_root());
+    let mut source = StoreSource::new(gate.clone(), store.clone(), served, shared);
+    if claims {
+        source = source.with_claimed(|p| crate::ingest::layout::classify(p).is_node());
+    }
+    let source = Arc::new(source);
     // TFTP bound before this host registers: the address it registers is the bound one.
     let capture = match &cfg.capture {
         Some(p) => Some(
@@ -321,6 +328,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+    let ingest = match &cfg.ingest.dir {
+        Some(dir) => {
+            let ing = crate::ingest::Ingester::new(
+                dir,
+                &host,
+                &cfg.group,
+                store.clone(),
+                blobs.clone(),
+                proposer.clone(),
+                Duration::from_millis(cfg.ingest.quiet_ms),
+            )
+            .with_context(|| format!("cannot ingest {}", dir.display()))?;
+            Some(tokio::spawn(crate::ingest::driver::run(
+                ing,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let _watcher = match &cfg.template_dir {
         Some(d) => Some(start_template_watch(&app, d)?),
         None => None,
@@ -385,7 +411,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ("lease renewal", lease),
         ("reconciler", reconciler),
         ("elector", elector),
-    ] {
+    ]
+    .into_iter()
+    .chain(ingest.map(|t| ("ingest", t)))
+    {
         let abort = task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod boots;
 pub mod cluster;
 pub mod error;
+pub mod ingest;
 pub mod json;
 pub mod range;
 pub mod ui;
@@ -46,6 +47,7 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
     let token = auth::Token(Arc::new(token));
     let api = api::routes()
         .merge(boots::api_routes())
+        .merge(ingest::routes())
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)

@@ -156,6 +156,13 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             *expected_epoch,
             *at,
         ),
+        Command::SetNodeFiles {
+            node,
+            files,
+            source,
+            host,
+            at,
+        } => set_node_files(tx, node, files, source, host, *at),
         Command::BeginMigration {
             node,
             to,
@@ -656,20 +663,7 @@ fn set_boot_profile(
     let node = load_node(tx, id)?;
     check_epoch(&node, expected_epoch)?;
     require_host(tx, host)?;
-    if files.len() > MAX_FILES {
-        return Err(invalid(format!("more than {MAX_FILES} files")));
-    }
-    // Normalize and de-duplicate paths; the BTreeSet gives a canonical order.
-    let mut wanted: BTreeSet<(String, Digest)> = BTreeSet::new();
-    let mut paths = BTreeSet::new();
-    for f in files {
-        let path = normalize_path(&f.path)
-            .ok_or_else(|| invalid(format!("invalid served path {:?}", f.path)))?;
-        if !paths.insert(path.clone()) {
-            return Err(invalid(format!("path {path} listed twice")));
-        }
-        wanted.insert((path, f.digest));
-    }
+    let (wanted, paths) = wanted_files(files)?;
     match profile {
         None if !files.is_empty() => {
             return Err(invalid("a node without boot profile serves no files"))
@@ -693,6 +687,61 @@ fn set_boot_profile(
             }
         }
     }
+    register_files(tx, files, host, at)?;
+    check_paths_free(tx, id, &paths)?;
+    let old = current_files(tx, id)?;
+    let changed = old != wanted || node.boot_profile.as_ref() != profile;
+    if changed {
+        let profile_json = profile
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Serde(e.to_string()))?;
+        replace_files(tx, id, &old, &wanted)?;
+        tx.execute(
+            "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, profile_json, at],
+        )?;
+        event(
+            tx,
+            at,
+            "boot_profile_set",
+            Some(id),
+            Some(host),
+            json!({ "profile": profile, "files": files_json(&wanted) }),
+        )?;
+    }
+    Ok(Applied::BootProfileSet {
+        node: id.to_string(),
+        files: wanted.len(),
+        changed,
+    })
+}
+
+/// A node's files as (normalized path, digest) rows in canonical order, and the set of
+/// paths; refuses bad and repeated paths.
+type FileRows = BTreeSet<(String, Digest)>;
+
+fn wanted_files(files: &[FileSpec]) -> R<(FileRows, BTreeSet<String>)> {
+    if files.len() > MAX_FILES {
+        return Err(invalid(format!("more than {MAX_FILES} files")));
+    }
+    // Normalize and de-duplicate paths; the BTreeSet gives a canonical order.
+    let mut wanted = BTreeSet::new();
+    let mut paths = BTreeSet::new();
+    for f in files {
+        let path = normalize_path(&f.path)
+            .ok_or_else(|| invalid(format!("invalid served path {:?}", f.path)))?;
+        if !paths.insert(path.clone()) {
+            return Err(invalid(format!("path {path} listed twice")));
+        }
+        wanted.insert((path, f.digest));
+    }
+    Ok((wanted, paths))
+}
+
+/// Registers the artifacts of `files` (held by `host` where the spec says so) and keeps
+/// their inline content, checked against digest and size.
+fn register_files(tx: &Transaction<'_>, files: &[FileSpec], host: &str, at: Millis) -> R<()> {
     for f in files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         ensure_artifact(tx, &f.digest, f.size, name, f.held.then_some(host), at)?;
@@ -713,7 +762,12 @@ fn set_boot_profile(
             )?;
         }
     }
-    for path in &paths {
+    Ok(())
+}
+
+/// Refuses paths another node serves.
+fn check_paths_free(tx: &Transaction<'_>, id: &str, paths: &BTreeSet<String>) -> R<()> {
+    for path in paths {
         let other: Option<String> = tx
             .query_row(
                 "SELECT node FROM node_files WHERE path = ?1 AND node != ?2",
@@ -728,40 +782,88 @@ fn set_boot_profile(
             }));
         }
     }
-    let old: BTreeSet<(String, Digest)> = read::node_files(tx, id)?
+    Ok(())
+}
+
+fn current_files(tx: &Transaction<'_>, id: &str) -> R<FileRows> {
+    Ok(read::node_files(tx, id)?
         .into_iter()
         .map(|f| (f.path, f.digest))
-        .collect();
-    let changed = old != wanted || node.boot_profile.as_ref() != profile;
-    if changed {
-        let profile_json = profile
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Serde(e.to_string()))?;
-        tx.execute("DELETE FROM node_files WHERE node = ?1", [id])?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)",
-            )?;
-            for (path, d) in &wanted {
-                stmt.execute(params![path, id, d.to_hex()])?;
-            }
+        .collect())
+}
+
+/// Replaces a node's rows `old` with `wanted`; inline contents no node serves any more
+/// are dropped (artifacts stay: other nodes may use them, and removing one is its own
+/// command).
+fn replace_files(tx: &Transaction<'_>, id: &str, old: &FileRows, wanted: &FileRows) -> R<()> {
+    tx.execute("DELETE FROM node_files WHERE node = ?1", [id])?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)")?;
+        for (path, d) in wanted {
+            stmt.execute(params![path, id, d.to_hex()])?;
         }
-        drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))?;
+    }
+    drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))
+}
+
+fn files_json(rows: &FileRows) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|(p, d)| json!({ "path": p, "digest": d }))
+        .collect()
+}
+
+/// Sets the files of a node whose boot files another tool writes (see
+/// [`Command::SetNodeFiles`]).
+fn set_node_files(
+    tx: &Transaction<'_>,
+    id: &str,
+    files: &[FileSpec],
+    source: &str,
+    host: &str,
+    at: Millis,
+) -> R<Applied> {
+    let node = load_node(tx, id)?;
+    require_host(tx, host)?;
+    valid(check_text("source", source, 300))?;
+    if node.boot_profile.is_some() {
+        return Err(invalid(format!(
+            "node {id} has a boot profile: Baton renders its files, so {source} may not set them"
+        )));
+    }
+    let (wanted, paths) = wanted_files(files)?;
+    register_files(tx, files, host, at)?;
+    check_paths_free(tx, id, &paths)?;
+    let old = current_files(tx, id)?;
+    let old_source: Option<String> = tx
+        .query_row(
+            "SELECT source FROM node_sources WHERE node = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let changed = old != wanted || old_source.as_deref() != Some(source);
+    if changed {
+        replace_files(tx, id, &old, &wanted)?;
         tx.execute(
-            "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, profile_json, at],
+            "INSERT INTO node_sources (node, source) VALUES (?1, ?2) \
+             ON CONFLICT (node) DO UPDATE SET source = excluded.source",
+            params![id, source],
+        )?;
+        tx.execute(
+            "UPDATE nodes SET updated_at = ?2 WHERE id = ?1",
+            params![id, at],
         )?;
         event(
             tx,
             at,
-            "boot_profile_set",
+            "node_files_set",
             Some(id),
             Some(host),
-            json!({ "profile": profile, "files": wanted.iter().map(|(p, d)| json!({ "path": p, "digest": d })).collect::<Vec<_>>() }),
+            json!({ "source": source, "files": files_json(&wanted) }),
         )?;
     }
-    Ok(Applied::BootProfileSet {
+    Ok(Applied::NodeFilesSet {
         node: id.to_string(),
         files: wanted.len(),
         changed,

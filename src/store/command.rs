@@ -138,6 +138,23 @@ pub enum Command {
         /// Proposer's time.
         at: Millis,
     },
+    /// Sets the whole served namespace of a node whose boot files another tool writes
+    /// (a provisioning tool's TFTP tree, ingested by `crate::ingest`), and records that
+    /// tool as the node's `source`. Refused for a node with a boot profile: its files
+    /// are Baton's to render. No epoch check: the files are the tool's, whoever owns
+    /// the node serves them.
+    SetNodeFiles {
+        /// The node.
+        node: String,
+        /// The node's complete file set after the command.
+        files: Vec<FileSpec>,
+        /// Who wrote the files, e.g. `ingest:h1:/tftpboot`.
+        source: String,
+        /// Host that holds the blobs.
+        host: String,
+        /// Proposer's time.
+        at: Millis,
+    },
     /// Starts an operator migration to host `to`; the owner keeps serving until
     /// [`Command::TransferOwnership`].
     BeginMigration {
@@ -363,6 +380,15 @@ pub enum Applied {
         /// Number of served files.
         files: usize,
         /// False when profile and files were already exactly these (no event logged).
+        changed: bool,
+    },
+    /// Files of an externally written node set.
+    NodeFilesSet {
+        /// The node.
+        node: String,
+        /// Number of served files.
+        files: usize,
+        /// False when files and source were already exactly these (no event logged).
         changed: bool,
     },
     /// Migration pending.

@@ -222,6 +222,16 @@ impl Store {
         Ok(None)
     }
 
+    /// Nodes whose files another tool writes, with that source (see
+    /// [`Command::SetNodeFiles`]), by node.
+    pub fn node_sources(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt =
+            conn.prepare_cached("SELECT node, source FROM node_sources ORDER BY node")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A node's whole served namespace, by path.
     pub fn node_files(&self, node: &str) -> Result<Vec<NodeFile>, StoreError> {
         read::node_files(&lock(&self.reader), node)
@@ -401,6 +411,7 @@ const DUMP: &[(&str, &str)] = &[
     ("artifacts", "digest"),
     ("host_artifacts", "host, digest"),
     ("node_files", "path"),
+    ("node_sources", "node"),
     ("inline_files", "digest"),
     ("reservations", "node"),
     ("events", "seq"),

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -150,5 +150,15 @@ CREATE INDEX nodes_fence_host ON nodes(fence_host) WHERE fence_host IS NOT NULL;
 CREATE TABLE inline_files (
     digest  TEXT PRIMARY KEY,
     content BLOB NOT NULL
+) STRICT;
+"#;
+
+/// Version 5: where the files of a node come from when another tool writes them (a
+/// provisioning tool's TFTP tree, see `crate::ingest`): an ingest only rewrites and
+/// clears nodes it is the source of.
+const V5: &str = r#"
+CREATE TABLE node_sources (
+    node    TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    source  TEXT NOT NULL
 ) STRICT;
 "#;

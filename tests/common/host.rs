@@ -24,7 +24,7 @@ use tempfile::TempDir;
 use super::api::{Api, HTTP_TIMEOUT};
 use super::child::{reaped, signal, spawn_run, wait_with_deadline};
 use super::netns::{command, Lab};
-use super::tftp::{tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
+use super::tftp::{curl_tftp, tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
 
 /// API token the hosts are started with (unless told otherwise).
 pub const TOKEN: &str = "test-token-5f0c2a9e";
@@ -824,6 +824,22 @@ impl Host {
     /// namespace). `Err` holds what the client printed (e.g. `Error code 1: ...`).
     pub fn tftp_get(&self, remote: &str) -> Result<Vec<u8>, String> {
         tftp_hpa(self.netns(), self.tftp(), "octet", remote, TFTP_TIMEOUT)
+    }
+
+    /// Fetches `remote` over TFTP with curl (from its namespace): for names with a
+    /// colon, which tftp-hpa's command line cannot carry.
+    pub fn curl_tftp_get(&self, remote: &str) -> Result<Vec<u8>, String> {
+        curl_tftp(self.netns(), self.tftp(), remote, TFTP_TIMEOUT)
+    }
+
+    /// Whether its blob store holds `content` (by its SHA-256 digest).
+    pub fn holds_blob(&self, content: &[u8]) -> bool {
+        let hex = baton::blobs::Digest::of(content).to_hex();
+        self.data_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
     }
 
     /// [`Host::tftp_get`] that must succeed.

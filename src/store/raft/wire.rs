@@ -347,6 +347,13 @@ mod tests {
                 expected_epoch: None,
                 at: 6,
             },
+            Command::SetNodeFiles {
+                node: "n".into(),
+                files: vec![file(None)],
+                source: "ingest:h1:/tftpboot".into(),
+                host: "h1".into(),
+                at: 6,
+            },
             Command::BeginMigration {
                 node: "n".into(),
                 to: "h2".into(),
@@ -434,6 +441,7 @@ mod tests {
                 | Command::RemoveNode { .. }
                 | Command::SetProvisionState { .. }
                 | Command::SetBootProfile { .. }
+                | Command::SetNodeFiles { .. }
                 | Command::BeginMigration { .. }
                 | Command::AbortMigration { .. }
                 | Command::SetDraining { .. }
