@@ -261,7 +261,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store: store.clone(),
             proposer: proposer.clone(),
             lease_times,
-            max_nodes: cfg.ownership.max_nodes_per_host,
+            policy: crate::ownership::reconcile::Policy {
+                capacity: cfg.ownership.max_nodes_per_host,
+                max_migrations: cfg.ownership.max_concurrent_migrations,
+            },
             metrics: metrics.clone(),
         },
         shutdown.clone(),
