@@ -43,6 +43,6 @@ pub struct App {
     pub replication: ReplicationProgress,
     /// Cluster secret, when clustering is enabled.
     pub secret: Option<String>,
-    /// Most nodes one host may own (placement), if limited.
-    pub max_nodes: Option<usize>,
+    /// Placement limits (`max_nodes_per_host`, `max_concurrent_migrations`).
+    pub policy: crate::ownership::reconcile::Policy,
 }

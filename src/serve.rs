@@ -196,6 +196,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let gate = Gate::new(&host, store.clone(), lease_times, bindings.clone());
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
     let replication = ReplicationProgress::default();
+    let policy = crate::ownership::reconcile::Policy {
+        capacity: cfg.ownership.max_nodes_per_host,
+        max_migrations: cfg.ownership.max_concurrent_migrations,
+    };
     let app = Arc::new(App {
         host: host.clone(),
         group: cfg.group.clone(),
@@ -209,7 +213,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         feed: feed.clone(),
         replication: replication.clone(),
         secret: cfg.cluster.secret.clone(),
-        max_nodes: cfg.ownership.max_nodes_per_host,
+        policy,
     });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
@@ -261,10 +265,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store: store.clone(),
             proposer: proposer.clone(),
             lease_times,
-            policy: crate::ownership::reconcile::Policy {
-                capacity: cfg.ownership.max_nodes_per_host,
-                max_migrations: cfg.ownership.max_concurrent_migrations,
-            },
+            policy,
             metrics: metrics.clone(),
         },
         shutdown.clone(),

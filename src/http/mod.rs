@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod json;
 pub mod range;
+pub mod rebalance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +41,9 @@ pub enum HttpError {
 /// Builds the whole router.
 pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
     let token = auth::Token(Arc::new(token));
-    let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
+    let api = api::routes()
+        .merge(rebalance::routes())
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))

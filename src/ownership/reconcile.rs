@@ -33,8 +33,8 @@ use crate::blobs::Digest;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::raft::propose::Proposer;
-use crate::store::Store;
 use crate::store::{Applied, Command, HandoffState, Host, Millis, Node, Outcome, TransferReason};
+use crate::store::{Store, StoreError};
 
 /// Most node changes per log entry.
 pub const STEPS_PER_ENTRY: usize = 500;
@@ -102,7 +102,7 @@ pub fn next_change(hosts: &[Host], now: Millis, t: &LeaseTimes) -> Option<Millis
 
 /// Loads with each migration in progress counted at its target: where the node will
 /// be, so placement does not overfill a host that is about to receive nodes.
-fn effective_loads<'a>(v: &'a View<'_>) -> BTreeMap<&'a str, usize> {
+pub fn effective_loads<'a>(v: &View<'a>) -> BTreeMap<&'a str, usize> {
     let mut load: BTreeMap<&str, usize> = v.loads.iter().map(|(h, n)| (h.as_str(), *n)).collect();
     for n in v.nodes {
         if let HandoffState::Migrating { to, .. } = &n.handoff {
@@ -130,6 +130,54 @@ pub fn rebalance_hosts<'a>(
         });
     }
     out
+}
+
+/// One group's share of a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMoves<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// Its hosts that take nodes, with their loads (migrations in progress counted at
+    /// their target).
+    pub hosts: Vec<HostLoad<'a>>,
+    /// Every move left, best first.
+    pub moves: Vec<rebalance::Move>,
+}
+
+/// What a rebalance still has to move, per group, given the loads `load`: nodes of
+/// hosts that take nodes, without migration, stuck flag, unconfirmed flip or live
+/// reservation, and not in `skip` (changed this round).
+pub fn rebalance_moves<'a>(
+    v: &View<'a>,
+    load: &BTreeMap<&str, usize>,
+    now: Millis,
+    t: &LeaseTimes,
+    capacity: Option<usize>,
+    skip: &BTreeSet<&str>,
+) -> Vec<GroupMoves<'a>> {
+    let nodes: &'a [Node] = v.nodes;
+    rebalance_hosts(v.hosts, load, now, t)
+        .into_iter()
+        .map(|(group, hosts)| {
+            let movable: Vec<Movable> = nodes
+                .iter()
+                .filter(|n| n.group == group && n.handoff == HandoffState::None)
+                .filter(|n| n.stuck.is_none() && n.fence.is_none())
+                .filter(|n| !v.reserved.contains(&n.id) && !skip.contains(n.id.as_str()))
+                .filter(|n| hosts.iter().any(|h| h.host == n.owner))
+                .map(|n| Movable {
+                    node: &n.id,
+                    owner: &n.owner,
+                })
+                .collect();
+            let moves = rebalance::plan(&hosts, &movable, capacity);
+            GroupMoves {
+                group,
+                hosts,
+                moves,
+            }
+        })
+        .collect()
 }
 
 /// Commands to propose now.
@@ -333,24 +381,10 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, p: &Policy) -> Vec<Comman
     }
     if v.rebalance {
         let mut left = 0;
-        for (group, hosts) in rebalance_hosts(v.hosts, &load, now, t) {
-            let movable: Vec<Movable> = v
-                .nodes
-                .iter()
-                .filter(|n| n.group == group && n.handoff == HandoffState::None)
-                .filter(|n| n.stuck.is_none() && n.fence.is_none())
-                .filter(|n| !v.reserved.contains(&n.id) && !touched.contains(n.id.as_str()))
-                .filter(|n| hosts.iter().any(|h| h.host == n.owner))
-                .map(|n| Movable {
-                    node: &n.id,
-                    owner: &n.owner,
-                })
-                .collect();
-            let moves = rebalance::plan(&hosts, &movable, p.capacity);
-            left += moves.len();
-            let epoch: HashMap<&str, u64> =
-                v.nodes.iter().map(|n| (n.id.as_str(), n.epoch)).collect();
-            for m in moves.into_iter().take(budget) {
+        let epoch: HashMap<&str, u64> = v.nodes.iter().map(|n| (n.id.as_str(), n.epoch)).collect();
+        for g in rebalance_moves(v, &load, now, t, p.capacity, &touched) {
+            left += g.moves.len();
+            for m in g.moves.into_iter().take(budget) {
                 budget -= 1;
                 out.push(Command::BeginMigration {
                     expected_epoch: epoch.get(m.node.as_str()).copied().unwrap_or(0),
@@ -463,90 +497,115 @@ pub async fn run(app: Reconciler, shutdown: CancellationToken) {
     }
 }
 
-/// One round: reads what may need a change, plans, proposes; returns how long until the
-/// next round is due by the clock.
-async fn once(app: &Reconciler) -> Result<Duration, String> {
-    let e = |e: crate::store::StoreError| e.to_string();
-    let t = &app.lease_times;
-    let now = now_ms();
-    let hosts = app.store.hosts().map_err(e)?;
-    let rebalance = app.store.rebalance_requested().map_err(e)?.is_some();
+/// What a round read from the replica (owned; [`Gathered::view`] lends it to [`plan`]).
+pub struct Gathered {
+    /// Hosts.
+    pub hosts: Vec<Host>,
+    /// Nodes that may need a change, by id.
+    pub nodes: Vec<Node>,
+    /// Nodes per owner (empty when nothing is to be placed).
+    pub loads: BTreeMap<String, usize>,
+    /// Blobs of the nodes that may move by takeover or migration flip.
+    pub node_digests: HashMap<String, BTreeSet<Digest>>,
+    /// Holders of those blobs.
+    pub holders: HashMap<Digest, BTreeSet<String>>,
+    /// Nodes under a live reservation (read with a rebalance only).
+    pub reserved: BTreeSet<String>,
+    /// A rebalance is active.
+    pub rebalance: bool,
+    /// Migrations in progress.
+    pub in_flight: usize,
+    /// Nodes flagged stuck.
+    pub stuck: usize,
+}
+
+impl Gathered {
+    /// The view [`plan`] takes.
+    pub fn view(&self) -> View<'_> {
+        View {
+            hosts: &self.hosts,
+            nodes: &self.nodes,
+            loads: &self.loads,
+            node_digests: &self.node_digests,
+            holders: &self.holders,
+            reserved: &self.reserved,
+            rebalance: self.rebalance,
+        }
+    }
+}
+
+/// Reads, through indexed queries only, the nodes that may need a change at `now`:
+/// migrating, stuck, owned by a down or draining host, and with a rebalance (active, or
+/// `preview`) the nodes of hosts above their share.
+pub fn gather(
+    store: &Store,
+    now: Millis,
+    t: &LeaseTimes,
+    policy: &Policy,
+    preview: bool,
+) -> Result<Gathered, StoreError> {
+    let hosts = store.hosts()?;
+    let rebalance = preview || store.rebalance_requested()?.is_some();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let migrating = app.store.migrating_nodes().map_err(e)?;
+    let migrating = store.migrating_nodes()?;
     let in_flight = migrating.len();
-    let stuck = app.store.stuck_nodes().map_err(e)?;
-    app.metrics.ownership.stuck_nodes.set(stuck.len() as i64);
-    app.metrics
-        .ownership
-        .migrations_in_flight
-        .set(in_flight as i64);
-    app.metrics.ownership.rebalancing.set(rebalance as i64);
+    let stuck_nodes = store.stuck_nodes()?;
+    let stuck = stuck_nodes.len();
     let owners = owners_to_read(&hosts, now, t);
-    let down: Vec<&str> = owners
-        .iter()
-        .copied()
-        .filter(|o| {
-            hosts
-                .iter()
-                .any(|h| h.name == *o && classify(h, now, t) == HostState::Down)
-        })
-        .collect();
     let mut node_digests: HashMap<String, BTreeSet<Digest>> = HashMap::new();
     for n in &migrating {
         node_digests.insert(
             n.id.clone(),
-            app.store
-                .blob_digests_of(&n.id)
-                .map_err(e)?
-                .into_iter()
-                .collect(),
+            store.blob_digests_of(&n.id)?.into_iter().collect(),
         );
     }
     for o in &owners {
-        for n in app.store.nodes_owned_by(o).map_err(e)? {
+        for n in store.nodes_owned_by(o)? {
             nodes.insert(n.id.clone(), n);
         }
-    }
-    for o in &down {
-        for (n, d) in app.store.blob_digests_owned_by(o).map_err(e)? {
-            node_digests.entry(n).or_default().insert(d);
+        let down = hosts
+            .iter()
+            .any(|h| h.name == *o && classify(h, now, t) == HostState::Down);
+        if down {
+            for (n, d) in store.blob_digests_owned_by(o)? {
+                node_digests.entry(n).or_default().insert(d);
+            }
         }
     }
-    for n in migrating.into_iter().chain(stuck) {
+    for n in migrating.into_iter().chain(stuck_nodes) {
         nodes.insert(n.id.clone(), n);
     }
-    let placing = !owners.is_empty() || rebalance;
-    let loads = if placing {
-        app.store.node_counts().map_err(e)?
+    let loads = if !owners.is_empty() || rebalance {
+        store.node_counts()?
     } else {
         BTreeMap::new()
     };
     let mut reserved = BTreeSet::new();
-    if rebalance && in_flight < app.policy.max_migrations {
+    if rebalance && (preview || in_flight < policy.max_migrations) {
         // The nodes of hosts above their share: the only ones a rebalance moves.
-        let mut eff: BTreeMap<&str, usize> = loads.iter().map(|(h, n)| (h.as_str(), *n)).collect();
-        for n in nodes.values() {
-            if let HandoffState::Migrating { to, .. } = &n.handoff {
-                if let Some(l) = eff.get_mut(n.owner.as_str()) {
-                    *l = l.saturating_sub(1);
-                }
-                *eff.entry(to.as_str()).or_default() += 1;
-            }
-        }
+        let listed: Vec<Node> = nodes.values().cloned().collect();
+        let v = View {
+            hosts: &hosts,
+            nodes: &listed,
+            loads: &loads,
+            node_digests: &node_digests,
+            holders: &HashMap::new(),
+            reserved: &reserved,
+            rebalance,
+        };
+        let eff = effective_loads(&v);
         let donors: Vec<String> = rebalance_hosts(&hosts, &eff, now, t)
             .values()
-            .flat_map(|g| rebalance::donors(g, app.policy.capacity))
+            .flat_map(|g| rebalance::donors(g, policy.capacity))
             .map(str::to_string)
             .collect();
         for d in donors {
-            for n in app.store.nodes_owned_by(&d).map_err(e)? {
+            for n in store.nodes_owned_by(&d)? {
                 nodes.entry(n.id.clone()).or_insert(n);
             }
         }
-        reserved = app
-            .store
-            .reservations()
-            .map_err(e)?
+        reserved = store
+            .reservations()?
             .into_iter()
             .filter(|r| r.is_live(now))
             .map(|r| r.node)
@@ -555,28 +614,36 @@ async fn once(app: &Reconciler) -> Result<Duration, String> {
     let mut holders: HashMap<Digest, BTreeSet<String>> = HashMap::new();
     for d in node_digests.values().flatten() {
         if !holders.contains_key(d) {
-            holders.insert(
-                *d,
-                app.store
-                    .recorded_holders(d)
-                    .map_err(e)?
-                    .into_iter()
-                    .collect(),
-            );
+            holders.insert(*d, store.recorded_holders(d)?.into_iter().collect());
         }
     }
-    let nodes: Vec<Node> = nodes.into_values().collect();
-    let view = View {
-        hosts: &hosts,
-        nodes: &nodes,
-        loads: &loads,
-        node_digests: &node_digests,
-        holders: &holders,
-        reserved: &reserved,
+    Ok(Gathered {
+        hosts,
+        nodes: nodes.into_values().collect(),
+        loads,
+        node_digests,
+        holders,
+        reserved,
         rebalance,
-    };
+        in_flight,
+        stuck,
+    })
+}
+
+/// One round: reads what may need a change, plans, proposes; returns how long until the
+/// next round is due by the clock.
+async fn once(app: &Reconciler) -> Result<Duration, String> {
+    let t = &app.lease_times;
+    let now = now_ms();
+    let g = gather(&app.store, now, t, &app.policy, false).map_err(|e| e.to_string())?;
+    let m = &app.metrics.ownership;
+    m.stuck_nodes.set(g.stuck as i64);
+    m.migrations_in_flight.set(g.in_flight as i64);
+    m.rebalancing.set(g.rebalance as i64);
+    let hosts = &g.hosts;
+    let view = g.view();
     let cmds = plan(&view, now, t, &app.policy);
-    let mut wait = next_change(&hosts, now_ms(), t)
+    let mut wait = next_change(hosts, now_ms(), t)
         .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64))
         .unwrap_or(SWEEP)
         .min(SWEEP);
