@@ -682,15 +682,17 @@ fn report(app: &Reconciler, cmd: &Command, out: &Outcome) -> usize {
             let mut moved: BTreeMap<(String, String), usize> = BTreeMap::new();
             let mut refused = 0;
             for (step, o) in steps.iter().zip(outcomes) {
-                if let Command::TransferOwnership { to, .. } = step {
+                if let Command::TransferOwnership { to, .. } | Command::BeginMigration { to, .. } =
+                    step
+                {
                     if o.is_applied() {
                         *moved.entry((label(step), to.clone())).or_default() += 1;
                     }
                 }
                 refused += report_one(app, step, o, false);
             }
-            for ((why, to), n) in moved {
-                info!(nodes = n, to = %to, reason = %why, "ownership transferred");
+            for ((what, to), n) in moved {
+                info!(nodes = n, to = %to, change = %what, "ownership changes applied");
             }
             refused
         }
@@ -732,8 +734,12 @@ fn report_one(app: &Reconciler, cmd: &Command, out: &Outcome, loud: bool) -> usi
             warn!(node = %node, "migration rolled back: target is down");
         }
         Command::BeginMigration { node, to, .. } => {
-            m.transfers.inc("drain");
-            info!(node = %node, to = %to, "migration started (drain or rebalance)");
+            m.transfers.inc("migration_start");
+            if loud {
+                info!(node = %node, to = %to, "migration started (drain or rebalance)");
+            } else {
+                debug!(node = %node, to = %to, "migration started (drain or rebalance)");
+            }
         }
         Command::FlagNode { node, stuck, .. } => match stuck {
             Some(r) => warn!(node = %node, reason = %r, "node cannot be taken over"),
