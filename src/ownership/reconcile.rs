@@ -447,13 +447,17 @@ pub struct Reconciler {
 }
 
 /// Runs the reconciler on whichever host is the Raft leader: a round whenever the log
-/// applies something, at the next lease deadline, and at least every [`SWEEP`].
+/// applies something, at the next lease deadline, and at least every [`SWEEP`]. A round
+/// woken by an entry that changed nothing it looks at (a heartbeat, see [`Fingerprint`])
+/// stops after two small reads.
 pub async fn run(app: Reconciler, shutdown: CancellationToken) {
     let me = app.proposer.node_id();
     let mut metrics = app.proposer.raft().metrics();
     let mut seen: (Option<u64>, bool) = (None, false);
     let mut next = Instant::now();
+    let mut sweep = Instant::now();
     let mut last_round: Option<Instant> = None;
+    let mut last: Option<Fingerprint> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -475,6 +479,7 @@ pub async fn run(app: Reconciler, shutdown: CancellationToken) {
             _ = tokio::time::sleep_until(next) => {}
         }
         if !app.proposer.is_leader() {
+            last = None;
             next = Instant::now() + SWEEP;
             continue;
         }
@@ -485,15 +490,42 @@ pub async fn run(app: Reconciler, shutdown: CancellationToken) {
             }
         }
         last_round = Some(Instant::now());
-        app.metrics.ownership.reconcile_runs.inc();
-        let wait = match once(&app).await {
+        let force = sweep <= Instant::now();
+        if force {
+            sweep = Instant::now() + SWEEP;
+        }
+        let wait = match once(&app, &mut last, force).await {
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "ownership reconcile failed");
+                last = None;
                 RETRY
             }
         };
-        next = Instant::now() + wait;
+        next = Instant::now() + wait.min(sweep.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// What a round's decisions depend on besides the nodes: the newest event (every change
+/// of a node, holding, reservation or rebalance appends one) and each host's state and
+/// confirmations. Heartbeats change neither unless a host changes state, so a round
+/// whose fingerprint equals the last one's has nothing new to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Newest event.
+    pub last_event: u64,
+    /// Each host with its state and the newest event it confirmed.
+    pub hosts: Vec<(String, HostState, u64)>,
+}
+
+/// The [`Fingerprint`] of the cluster at `now`.
+pub fn fingerprint(hosts: &[Host], last_event: u64, now: Millis, t: &LeaseTimes) -> Fingerprint {
+    Fingerprint {
+        last_event,
+        hosts: hosts
+            .iter()
+            .map(|h| (h.name.clone(), classify(h, now, t), h.seen_seq))
+            .collect(),
     }
 }
 
@@ -632,10 +664,28 @@ pub fn gather(
 
 /// One round: reads what may need a change, plans, proposes; returns how long until the
 /// next round is due by the clock.
-async fn once(app: &Reconciler) -> Result<Duration, String> {
+async fn once(
+    app: &Reconciler,
+    last: &mut Option<Fingerprint>,
+    force: bool,
+) -> Result<Duration, String> {
     let t = &app.lease_times;
     let now = now_ms();
-    let g = gather(&app.store, now, t, &app.policy, false).map_err(|e| e.to_string())?;
+    let until_change = |hosts: &[Host]| {
+        next_change(hosts, now_ms(), t)
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64))
+            .unwrap_or(SWEEP)
+            .min(SWEEP)
+    };
+    let e = |e: StoreError| e.to_string();
+    let hosts = app.store.hosts().map_err(e)?;
+    let fp = fingerprint(&hosts, app.store.last_event_seq().map_err(e)?, now, t);
+    if !force && last.as_ref() == Some(&fp) {
+        return Ok(until_change(&hosts));
+    }
+    *last = Some(fp);
+    app.metrics.ownership.reconcile_runs.inc();
+    let g = gather(&app.store, now, t, &app.policy, false).map_err(e)?;
     let m = &app.metrics.ownership;
     m.stuck_nodes.set(g.stuck as i64);
     m.migrations_in_flight.set(g.in_flight as i64);
@@ -643,10 +693,7 @@ async fn once(app: &Reconciler) -> Result<Duration, String> {
     let hosts = &g.hosts;
     let view = g.view();
     let cmds = plan(&view, now, t, &app.policy);
-    let mut wait = next_change(hosts, now_ms(), t)
-        .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64))
-        .unwrap_or(SWEEP)
-        .min(SWEEP);
+    let mut wait = until_change(hosts);
     if cmds.is_empty() {
         return Ok(wait);
     }
@@ -669,6 +716,8 @@ async fn once(app: &Reconciler) -> Result<Duration, String> {
         };
         let refused = report(app, &cmd, &out);
         if refused > 0 {
+            // Decide again soon, whatever the fingerprint says.
+            *last = None;
             wait = wait.min(RETRY);
         }
     }
@@ -1278,6 +1327,26 @@ mod tests {
         assert!(matches!(out[3], Command::SetRebalance { .. }));
         assert!(matches!(&out[4], Command::FlagNode { node, .. } if node == "n9999"));
         assert!(batch(Vec::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_leave_the_fingerprint_alone_until_a_state_changes() {
+        let mut hosts = vec![host("a", "g", 99_000, false), host("b", "g", 99_500, false)];
+        let fp = fingerprint(&hosts, 7, 100_000, &T);
+        hosts[0].last_heartbeat = 99_900;
+        assert_eq!(
+            fingerprint(&hosts, 7, 100_100, &T),
+            fp,
+            "a heartbeat is no news"
+        );
+        assert_ne!(fingerprint(&hosts, 8, 100_100, &T), fp, "an event is");
+        assert_ne!(
+            fingerprint(&hosts, 7, 103_000, &T),
+            fp,
+            "b turning suspect is"
+        );
+        hosts[1].seen_seq = 5;
+        assert_ne!(fingerprint(&hosts, 7, 100_100, &T), fp, "a confirmation is");
     }
 
     #[test]
