@@ -431,6 +431,7 @@ fn batched_migration_flips_are_each_fenced_until_the_old_owner_confirms() {
             times: &times,
             purpose: Purpose::Answer,
             boot_in_flight: false,
+            client_is_node: true,
         })
     };
     t.ok(Command::Heartbeat {
