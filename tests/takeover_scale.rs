@@ -17,26 +17,27 @@
 //! `BATON_SCALE_IDLE_SECS` (default 30). Run with the heavy lock:
 //! `flock /tmp/baton-heavy.lock cargo test --test takeover_scale -- --nocapture`.
 
-#[path = "common/fleet.rs"]
-mod fleet;
+mod common;
+
+// CPU time of a process from /proc, as the benches read it.
+#[path = "../benches/boot_storm/procstat.rs"]
+#[allow(dead_code)]
+mod procstat;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fleet::{
-    host_states, mac, mac_colons, pattern, pxelinux_path, tftp_fetch, wait_replicated, wait_until,
-    Answer, Api, Fleet, HostSpec, Leases,
-};
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
-}
+use common::api::{Api, Reply};
+use common::data::{mac, mac_colons, pattern, pxelinux_path};
+use common::fleet::{Fleet, Leases};
+use common::host::HostBuilder;
+use common::tftp::{tftp_fetch, Answer};
+use common::{wait_until, wait_until_every};
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -50,22 +51,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Calls `f` every `every` until it returns `Some`, panicking after `timeout` (for
-/// checks that cost the server a full read of the store).
-#[track_caller]
-fn poll<T>(timeout: Duration, every: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        thread::sleep(every);
-    }
-}
-
 fn say(s: &str) {
     eprintln!("[takeover_scale] {s}");
 }
@@ -73,21 +58,25 @@ fn say(s: &str) {
 /// Per-request API lines left out of the hosts' logs (thousands of writes).
 const QUIET: &str = "info,baton::http::api=warn";
 
-fn spec(name: &str, l: &Leases, extra_ownership: &str) -> HostSpec {
+fn spec(name: &str, l: &Leases, extra_ownership: &str) -> HostBuilder {
     let cfg = l.toml("").replacen(
         "[ownership]\n",
         &format!("[ownership]\n{extra_ownership}\n"),
         1,
     );
-    let mut s = HostSpec::loopback(name, &cfg, false);
-    s.log_level = QUIET.into();
-    s
+    HostBuilder::member(name).config(&cfg).log_level(QUIET)
+}
+
+/// Name of the running host that leads the cluster (waiting for an election if needed).
+fn leader_name(f: &mut Fleet) -> String {
+    let i = f.leader(Duration::from_secs(30));
+    f.hosts[i].name().to_string()
 }
 
 /// Sends a request until it gets an answer other than 503 (no leader for a moment) or
 /// a transport error; panics after 60 s. Also says whether an earlier try may have been
 /// applied without its answer arriving (a transport error).
-fn retry(what: &str, mut f: impl FnMut() -> Result<fleet::Resp, String>) -> (fleet::Resp, bool) {
+fn retry(what: &str, mut f: impl FnMut() -> Result<Reply, String>) -> (Reply, bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lost = false;
     loop {
@@ -125,9 +114,10 @@ fn enroll(api: &Api, range: std::ops::Range<usize>, k: &str, rd: &str, threads: 
                 for i in chunk {
                     let node = id(i);
                     let (r, lost) = retry("enroll", || {
-                        api.post(
+                        api.try_call(
+                            "POST",
                             "/v1/nodes",
-                            json!({ "id": node, "macs": [mac_colons(mac(i))] }),
+                            Some(&json!({ "id": node, "macs": [mac_colons(mac(i))] })),
                         )
                     });
                     // A try whose answer was lost may have enrolled it already.
@@ -141,10 +131,11 @@ fn enroll(api: &Api, range: std::ops::Range<usize>, k: &str, rd: &str, threads: 
                         r.text()
                     );
                     let (r, _) = retry("profile", || {
-                        api.put(
+                        api.try_call(
+                            "PUT",
                             &format!("/v1/nodes/{node}/profile"),
-                            json!({ "kind": "deploy", "kernel": k, "ramdisk": rd,
-                                    "cmdline": format!("console=ttyS0 baton.node={node}") }),
+                            Some(&json!({ "kind": "deploy", "kernel": k, "ramdisk": rd,
+                                    "cmdline": format!("console=ttyS0 baton.node={node}") })),
                         )
                     });
                     assert!(r.status == 200, "profile {node}: {} {}", r.status, r.text());
@@ -159,7 +150,7 @@ fn enroll(api: &Api, range: std::ops::Range<usize>, k: &str, rd: &str, threads: 
 
 /// `(last log index, applied index)` of the host `api` asks.
 fn log_index(api: &Api) -> (u64, u64) {
-    let v = api.get_ok("/v1/cluster");
+    let v = api.cluster();
     (
         v["last_log_index"].as_u64().unwrap_or(0),
         v["applied_index"].as_u64().unwrap_or(0),
@@ -181,47 +172,12 @@ fn loads(api: &Api) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `after` starts at field 3.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-fn metric(api: &Api, name: &str) -> f64 {
-    let r = api.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
-    r.text()
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-fn baton_cli(http: SocketAddr, args: &[&str], timeout: Duration) -> (bool, String) {
-    let (st, out, err) = fleet::run_bounded(
-        std::process::Command::new(bin())
-            .args(args)
-            .args(["--api", &format!("http://{http}"), "--token", fleet::TOKEN])
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN"),
-        timeout,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+/// Runs `baton ARGS` against `api` within `timeout`: success, and what it printed.
+fn baton_cli(api: &Api, args: &[&str], timeout: Duration) -> (bool, String) {
+    let out = api.cli_within(args, timeout);
     (
-        st.success(),
-        format!("{}{}", String::from_utf8_lossy(&out), err),
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr),
     )
 }
 
@@ -324,11 +280,8 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     let v_nodes = env_usize("BATON_SCALE_VICTIM", 3_400).min(n);
     let idle_secs = env_usize("BATON_SCALE_IDLE_SECS", 30) as u64;
     let l = Leases::DEFAULT;
-    let mut f = Fleet::start(
-        &bin(),
-        ["h1", "h2", "h3"].iter().map(|h| spec(h, &l, "")).collect(),
-    );
-    let leader0 = f.leader("h1").expect("a leader");
+    let mut f = Fleet::start(["h1", "h2", "h3"].iter().map(|h| spec(h, &l, "")).collect());
+    let leader0 = leader_name(&mut f);
     // The victim is a follower: its death tests the takeover, not an election.
     let victim = ["h1", "h2", "h3"]
         .into_iter()
@@ -385,15 +338,10 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     );
     // Every host holds the kernel and ramdisk, and has applied everything, before the
     // quiet period.
-    wait_replicated(
-        &lead,
-        &[&k, &rd],
-        &["h1", "h2", "h3"],
-        Duration::from_secs(60),
-    );
+    lead.wait_replicated(&[&k, &rd], &["h1", "h2", "h3"], Duration::from_secs(60));
     for h in ["h1", "h2", "h3"] {
         let api = f.host(h).api.clone();
-        poll(
+        wait_until_every(
             Duration::from_secs(300),
             Duration::from_millis(500),
             &format!("{h} caught up"),
@@ -406,29 +354,29 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
 
     // --- Idle CPU: leader against followers. ---
     thread::sleep(Duration::from_secs(5));
-    let leader = f.leader("h1").expect("a leader");
+    let leader = leader_name(&mut f);
     let pids: Vec<(String, u32)> = ["h1", "h2", "h3"]
         .iter()
         .map(|h| (h.to_string(), f.host(h).pid()))
         .collect();
-    let before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(*p)).collect();
-    let runs0 = metric(&f.host(&leader).api, "baton_reconcile_runs_total");
+    let before: Vec<Duration> = pids.iter().map(|(_, p)| procstat::tree_cpu(*p)).collect();
+    let runs0 = f.host(&leader).api.metric("baton_reconcile_runs_total");
     let (idle_idx0, _) = log_index(&f.host(&leader).api);
     thread::sleep(Duration::from_secs(idle_secs));
-    let after: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(*p)).collect();
-    let runs1 = metric(&f.host(&leader).api, "baton_reconcile_runs_total");
+    let after: Vec<Duration> = pids.iter().map(|(_, p)| procstat::tree_cpu(*p)).collect();
+    let runs1 = f.host(&leader).api.metric("baton_reconcile_runs_total");
     let (idle_idx1, _) = log_index(&f.host(&leader).api);
     // At rest the log grows by the lease heartbeats only: their rate, per host.
     let hb_per_host_s = (idle_idx1 - idle_idx0) as f64 / idle_secs as f64 / 3.0;
-    let hz = ticks_per_sec() as f64;
-    let mut leader_t = 0u64;
+    let mut leader_t = Duration::ZERO;
     let mut follower_t = Vec::new();
     for ((h, _), (b, a)) in pids.iter().zip(before.iter().zip(&after)) {
-        let t = a - b;
+        let t = a.saturating_sub(*b);
         say(&format!(
-            "idle {idle_secs} s at {n} nodes: {h}{} used {t} ticks = {:.2}% of a core",
+            "idle {idle_secs} s at {n} nodes: {h}{} used {} ms of CPU = {:.2}% of a core",
             if *h == leader { " (leader)" } else { "" },
-            t as f64 / hz / idle_secs as f64 * 100.0
+            t.as_millis(),
+            t.as_secs_f64() / idle_secs as f64 * 100.0
         ));
         if *h == leader {
             leader_t = t;
@@ -442,14 +390,14 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         runs1 - runs0,
         idle_idx1 - idle_idx0
     ));
-    let follower_max = follower_t.iter().copied().max().unwrap_or(0);
+    let follower_max = follower_t.iter().copied().max().unwrap_or_default();
     assert!(
-        leader_t <= 2 * follower_max.max(hz as u64 / 10),
-        "idle leader {leader_t} ticks, followers {follower_t:?}: the leader must stay within 2x"
+        leader_t <= 2 * follower_max.max(Duration::from_millis(100)),
+        "idle leader {leader_t:?}, followers {follower_t:?}: the leader must stay within 2x"
     );
 
     // --- Takeover: kill -9 the host owning V nodes. ---
-    let leader = f.leader(&survivors[0]).expect("a leader");
+    let leader = leader_name(&mut f);
     if leader == victim {
         say("the victim leads the cluster now: the takeover includes an election");
     }
@@ -458,7 +406,7 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     let lead = surv_api.clone();
     let before_loads = loads(&surv_api);
     assert_eq!(before_loads.get(&victim), Some(&v_nodes));
-    let tftp: Vec<SocketAddr> = survivors.iter().map(|h| f.host(h).spec.tftp).collect();
+    let tftp: Vec<SocketAddr> = survivors.iter().map(|h| f.host(h).tftp()).collect();
     let sample: Vec<usize> = (0..v_nodes).step_by((v_nodes / 96).max(1)).collect();
     let (idx_kill, _) = log_index(&lead);
     let bound = l.takeover_after() + Duration::from_secs(2);
@@ -469,17 +417,17 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         thread::spawn(move || first_served(&tftp, &sample, t_kill, Duration::from_secs(60)))
     };
     let every = Duration::from_millis(250);
-    let t_owned = poll(
+    let t_owned = wait_until_every(
         Duration::from_secs(60),
         every,
         "victim's nodes reassigned",
         || {
             let l = surv_api
                 .timeout(Duration::from_secs(5))
-                .get("/v1/hosts")
+                .try_get("/v1/hosts")
                 .ok()?;
             let left = l
-                .json()
+                .json_or_null()
                 .as_array()?
                 .iter()
                 .find(|h| h["host"]["name"] == json!(victim))?["nodes"]
@@ -537,16 +485,15 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     f.host_mut(&victim).start();
     let back = f.host(&victim).api.clone();
     wait_until(Duration::from_secs(60), "victim up again", || {
-        (host_states(&lead).get(&victim).map(String::as_str) == Some("up")).then_some(())
+        (lead.host_states().get(&victim).map(String::as_str) == Some("up")).then_some(())
     });
     assert_eq!(
         loads(&lead).get(&victim).copied().unwrap_or(0),
         0,
         "a returning host gets nothing by itself"
     );
-    let http = f.host(&victim).spec.http;
     let (ok, out) = baton_cli(
-        http,
+        &back,
         &["host", "rebalance", "--dry-run"],
         Duration::from_secs(60),
     );
@@ -561,7 +508,7 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     );
     let t_rb = Instant::now();
     let (ok, out) = baton_cli(
-        http,
+        &back,
         &["host", "rebalance", "--wait", "300"],
         Duration::from_secs(330),
     );
@@ -579,7 +526,7 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         );
     }
     // Nodes moved back are served by the victim.
-    let victim_tftp = [f.host(&victim).spec.tftp];
+    let victim_tftp = [f.host(&victim).tftp()];
     let mine: Vec<usize> = (0..n)
         .step_by(97)
         .filter(|i| back.node(&id(*i)).0 == victim)
@@ -596,7 +543,6 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
     let l = Leases::SHORT;
     let limits = "max_nodes_per_host = 50\nmax_concurrent_migrations = 8";
     let mut f = Fleet::start(
-        &bin(),
         ["h1", "h2", "h3"]
             .iter()
             .map(|h| spec(h, &l, limits))
@@ -617,17 +563,12 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
         t0.elapsed().as_secs_f64()
     ));
     assert_eq!(loads(&h1)["h1"], n);
-    wait_replicated(
-        &h1,
-        &[&k, &rd],
-        &["h1", "h2", "h3"],
-        Duration::from_secs(30),
-    );
+    h1.wait_replicated(&[&k, &rd], &["h1", "h2", "h3"], Duration::from_secs(30));
 
     // Dry run: a plan, and nothing moves.
-    let http = f.host("h2").spec.http;
+    let h2 = f.host("h2").api.clone();
     let (ok, out) = baton_cli(
-        http,
+        &h2,
         &["host", "rebalance", "--dry-run"],
         Duration::from_secs(30),
     );
@@ -654,7 +595,7 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
     // The rebalance: 80 migrations, at most 8 at once, through the fenced path.
     let t_rb = Instant::now();
     let (ok, out) = baton_cli(
-        http,
+        &h2,
         &["host", "rebalance", "--wait", "120"],
         Duration::from_secs(150),
     );
@@ -691,7 +632,7 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
         .count();
     assert_eq!(flips, 80, "every move is a migration flip");
     let (ok, out) = baton_cli(
-        http,
+        &h2,
         &["host", "rebalance", "--dry-run"],
         Duration::from_secs(30),
     );
@@ -708,7 +649,7 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
         (l.get("h1") == Some(&50) && l.get("h3") == Some(&50)).then_some(())
     });
     let stuck = wait_until(Duration::from_secs(10), "stuck nodes reported", || {
-        let s = metric(&h1, "baton_stuck_nodes");
+        let s = h1.metric("baton_stuck_nodes");
         (s == 20.0).then_some(s)
     });
     let blocked: Vec<Value> = all_events(&h1)
@@ -739,7 +680,7 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
     // h2 comes back: its nodes are no longer stuck, and it serves them again.
     f.host_mut("h2").start();
     wait_until(Duration::from_secs(20), "h2's nodes unflagged", || {
-        (metric(&h1, "baton_stuck_nodes") == 0.0).then_some(())
+        (h1.metric("baton_stuck_nodes") == 0.0).then_some(())
     });
     let back: Vec<usize> = on_h2
         .iter()
@@ -748,7 +689,7 @@ fn rebalance_limits_migrations_and_a_takeover_respects_capacity() {
         .collect();
     assert_eq!(back.len(), 20);
     first_served(
-        &[f.host("h2").spec.tftp],
+        &[f.host("h2").tftp()],
         &back,
         Instant::now(),
         Duration::from_secs(20),
