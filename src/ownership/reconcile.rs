@@ -704,17 +704,20 @@ async fn once(
         entries = entries.len(),
         "reconcile round"
     );
-    for cmd in entries {
-        let Some(out) = app
-            .proposer
-            .propose_as_leader(cmd.clone())
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+    // All entries at once, submitted in order: Raft pipelines them (appended together,
+    // applied in order) where waiting for each commit cost a round trip per entry.
+    let outs = futures_util::future::join_all(
+        entries
+            .iter()
+            .map(|cmd| app.proposer.propose_as_leader(cmd.clone())),
+    )
+    .await;
+    for (cmd, out) in entries.iter().zip(outs) {
+        let Some(out) = out.map_err(|e| e.to_string())? else {
             // Lost the lead: these decisions came from a replica that may be stale.
             return Ok(SWEEP);
         };
-        let refused = report(app, &cmd, &out);
+        let refused = report(app, cmd, &out);
         if refused > 0 {
             // Decide again soon, whatever the fingerprint says.
             *last = None;
