@@ -317,6 +317,22 @@ pub enum HostCmd {
         /// Host name.
         host: String,
     },
+    /// Move nodes back toward even placement over the live hosts of each group (e.g.
+    /// after a host returned from a failure): prints the plan, then the leader migrates
+    /// the nodes through the fenced migration path, `[ownership]
+    /// max_concurrent_migrations` at a time, never above `max_nodes_per_host`.
+    Rebalance {
+        /// Only print the plan; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the rebalance has finished, at most this many seconds, showing
+        /// progress.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// Stop an active rebalance (migrations in progress finish).
+        #[arg(long, conflicts_with_all = ["dry_run", "wait"])]
+        stop: bool,
+    },
     /// Take a host out of the cluster (all its identities, or one with --id, e.g. the
     /// old identity of a host that rejoined after losing its data).
     Remove {

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use crate::api::v1::{
     AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
     HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery, ProfileRequest,
-    ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView, UpdateRequest,
-    Uploaded,
+    RebalanceQuery, RebalanceView, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant,
+    StatusView, UpdateRequest, Uploaded,
 };
 use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
@@ -537,6 +537,11 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
             )?;
             print(api, &r, |_| format!("{host} no longer draining\n"));
         }
+        HostCmd::Rebalance {
+            dry_run,
+            wait,
+            stop,
+        } => rebalance(api, &c, dry_run, wait, stop)?,
         HostCmd::Remove { host, id } => {
             let path = format!("/v1/hosts/{}", urlencode(&host));
             let r: Reply<HostRemoved> = c.delete(&with_query(&path, &RemoveHostQuery { id })?)?;
@@ -546,6 +551,132 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Most moves listed one by one (all of them with `--json`).
+const MOVES_LISTED: usize = 40;
+
+/// The plan as a table of hosts (now -> after), moves per pair of hosts, and the first
+/// moves.
+fn rebalance_text(v: &RebalanceView) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = v
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.hosts.iter().map(|h| {
+                vec![
+                    g.group.clone(),
+                    h.host.clone(),
+                    h.nodes.to_string(),
+                    h.after.to_string(),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(&["GROUP", "HOST", "NODES", "AFTER"], &rows));
+    if v.moves.is_empty() {
+        out.push_str("nothing to move: every group is within one node of even\n");
+        return out;
+    }
+    let mut pairs: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for m in &v.moves {
+        *pairs.entry((m.from.as_str(), m.to.as_str())).or_default() += 1;
+    }
+    out.push_str(&format!(
+        "{} moves, at most {} migrations at once{}:\n",
+        v.moves.len(),
+        v.max_concurrent,
+        v.max_nodes_per_host
+            .map(|c| format!(", at most {c} nodes per host"))
+            .unwrap_or_default()
+    ));
+    for ((from, to), n) in &pairs {
+        out.push_str(&format!("  {from} -> {to}: {n} nodes\n"));
+    }
+    for m in v.moves.iter().take(MOVES_LISTED) {
+        out.push_str(&format!("  {}  {} -> {}\n", m.node, m.from, m.to));
+    }
+    if v.moves.len() > MOVES_LISTED {
+        out.push_str(&format!(
+            "  ... and {} more (--json lists them all)\n",
+            v.moves.len() - MOVES_LISTED
+        ));
+    }
+    out
+}
+
+/// `baton host rebalance [--dry-run] [--wait SECS] [--stop]`
+fn rebalance(
+    api: &ApiArgs,
+    c: &Client,
+    dry_run: bool,
+    wait: u64,
+    stop: bool,
+) -> anyhow::Result<()> {
+    const PATH: &str = "/v1/hosts/rebalance";
+    if stop {
+        let r: Reply<RebalanceView> = c.delete(PATH)?;
+        print(api, &r, |v| {
+            format!(
+                "rebalance {}; {} migrations still in progress finish\n",
+                if v.changed {
+                    "stopped"
+                } else {
+                    "was not active"
+                },
+                v.in_flight
+            )
+        });
+        return Ok(());
+    }
+    let path = with_query(PATH, &RebalanceQuery { dry_run })?;
+    let r: Reply<RebalanceView> = c.send("POST", &path, &json!({}))?;
+    print(api, &r, |v| {
+        let mut s = rebalance_text(v);
+        if dry_run {
+            s.push_str("dry run: nothing changed\n");
+        } else if !v.moves.is_empty() {
+            s.push_str(if v.changed {
+                "rebalance started\n"
+            } else {
+                "a rebalance was already active\n"
+            });
+        }
+        s
+    });
+    if dry_run || wait == 0 || r.body.moves.is_empty() {
+        return Ok(());
+    }
+    let total = r.body.moves.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut last = String::new();
+    loop {
+        let v: Reply<RebalanceView> = c.get(PATH)?;
+        let left = v.body.moves.len();
+        if !v.body.active && v.body.in_flight == 0 {
+            if !api.json {
+                println!(
+                    "rebalance finished: {} nodes moved, {left} left",
+                    total.saturating_sub(left)
+                );
+            }
+            return Ok(());
+        }
+        let line = format!(
+            "moved {}/{total}, {} migrations in progress",
+            total.saturating_sub(left),
+            v.body.in_flight
+        );
+        if line != last && !api.json {
+            eprintln!("{line}");
+            last = line;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("rebalance not finished within {wait} s ({left} moves left); it goes on: see `baton host rebalance --dry-run`");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// `baton status`

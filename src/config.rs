@@ -236,8 +236,13 @@ settings! {
         /// Extra wait after a lease expires before peers take its nodes.
         grace_ms: u64 = 1000,
             range [100.., " ms (it covers clock skew between hosts)"];
-        /// Most nodes one host may own after a takeover or drain (unset: no limit).
+        /// Most nodes one host may own after a takeover, drain or rebalance (unset: no
+        /// limit).
         max_nodes_per_host: Option<usize> = None;
+        /// Most migrations in progress at once that the leader starts for a drain or a
+        /// rebalance (operator migrations are not held back).
+        max_concurrent_migrations: usize = 64,
+            range [1..];
     }
 
     /// Boot record settings: how long this host keeps its records, and when a boot

@@ -195,6 +195,12 @@ pub struct OwnershipMetrics {
     pub stuck_nodes: Gauge,
     /// Migrations rolled back.
     pub aborted_migrations: Counter,
+    /// Reconciler rounds run by this host (as leader).
+    pub reconcile_runs: Counter,
+    /// Migrations in progress (as of the last reconcile on the leader).
+    pub migrations_in_flight: Gauge,
+    /// 1 while a rebalance is active (as of the last reconcile on the leader).
+    pub rebalancing: Gauge,
 }
 
 /// Every metric of the process.
@@ -416,6 +422,24 @@ impl Metrics {
             "baton_migrations_aborted_total",
             "Migrations rolled back (target died).",
             ow.aborted_migrations.get(),
+        );
+        counter(
+            &mut o,
+            "baton_reconcile_runs_total",
+            "Reconciler rounds run by this host while it led the cluster.",
+            ow.reconcile_runs.get(),
+        );
+        gauge(
+            &mut o,
+            "baton_migrations_in_flight",
+            "Migrations in progress (leader's view).",
+            ow.migrations_in_flight.get(),
+        );
+        gauge(
+            &mut o,
+            "baton_rebalancing",
+            "1 while a rebalance is active (leader's view).",
+            ow.rebalancing.get(),
         );
         let st = &self.store;
         counter(

@@ -211,6 +211,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let replication = ReplicationProgress::default();
+    let policy = crate::ownership::reconcile::Policy {
+        capacity: cfg.ownership.max_nodes_per_host,
+        max_migrations: cfg.ownership.max_concurrent_migrations,
+    };
     let app = Arc::new(App {
         host: host.clone(),
         group: cfg.group.clone(),
@@ -224,8 +228,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         feed: feed.clone(),
         replication: replication.clone(),
         secret: cfg.cluster.secret.clone(),
-        max_nodes: cfg.ownership.max_nodes_per_host,
         boots: boots.clone(),
+        policy,
     });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
@@ -301,7 +305,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store: store.clone(),
             proposer: proposer.clone(),
             lease_times,
-            max_nodes: cfg.ownership.max_nodes_per_host,
+            policy,
             metrics: metrics.clone(),
         },
         shutdown.clone(),

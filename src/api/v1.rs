@@ -259,6 +259,59 @@ pub struct HostView {
     pub is_self: bool,
 }
 
+/// `POST /v1/hosts/rebalance?dry_run=`: start a rebalance, or with `dry_run` only show
+/// its plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceQuery {
+    /// Only show the plan; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `GET`, `POST` and `DELETE /v1/hosts/rebalance`: what a rebalance moves (or still has
+/// to move) and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceView {
+    /// A rebalance is active: the leader migrates nodes toward the targets.
+    pub active: bool,
+    /// This request started (POST) or stopped (DELETE) it.
+    pub changed: bool,
+    /// The plan only (nothing changed).
+    pub dry_run: bool,
+    /// Migrations in progress now (whatever started them).
+    pub in_flight: usize,
+    /// Most migrations a rebalance or drain keeps in progress at once
+    /// (`max_concurrent_migrations`).
+    pub max_concurrent: usize,
+    /// Most nodes one host may own (`max_nodes_per_host`), if limited.
+    pub max_nodes_per_host: Option<usize>,
+    /// Per group, the hosts that take nodes with their node counts now and after.
+    pub groups: Vec<RebalanceGroup>,
+    /// Every move left, best first.
+    pub moves: Vec<crate::ownership::rebalance::Move>,
+}
+
+/// One group of a [`RebalanceView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceGroup {
+    /// The group.
+    pub group: String,
+    /// Its hosts that take nodes (up, not draining).
+    pub hosts: Vec<RebalanceHost>,
+}
+
+/// One host of a [`RebalanceGroup`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceHost {
+    /// Host name.
+    pub host: String,
+    /// Nodes it owns now (a node migrating counts at its target).
+    pub nodes: usize,
+    /// Nodes it owns once every move is made.
+    pub after: usize,
+}
+
 /// `POST /v1/hosts/{host}/drain` and `/undrain`: the host after the change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostChanged {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ingest;
 pub mod json;
 pub mod range;
+pub mod rebalance;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
     let api = api::routes()
         .merge(boots::api_routes())
         .merge(ingest::routes())
+        .merge(rebalance::routes())
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)

@@ -13,7 +13,9 @@ use serde_json::json;
 
 use crate::blobs::Digest;
 
-use super::command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
+use super::command::{
+    Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX, MAX_RECORDED, MAX_STEPS,
+};
 use super::read::{self, Node, Reservation};
 use super::types::{
     check_name, check_text, normalize_path, BootProfile, HandoffState, MacAddr, Millis,
@@ -218,6 +220,11 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             at,
         } => release(tx, node, holder, *token, *at),
         Command::BootNotices { host, notices, at } => boot_notices(tx, host, notices, *at),
+        Command::RecordHostArtifacts { host, digests, at } => {
+            record_host_artifacts(tx, host, digests, *at)
+        }
+        Command::OwnershipSteps { steps } => ownership_steps(tx, steps),
+        Command::SetRebalance { active, at } => set_rebalance(tx, *active, *at),
         Command::Batch { commands } => batch(tx, commands),
     }
 }
@@ -1293,4 +1300,125 @@ fn flag_node(tx: &Transaction<'_>, id: &str, stuck: Option<&str>, at: Millis) ->
     Ok(Applied::NodeFlagged {
         node: id.to_string(),
     })
+}
+
+/// Many holdings of one host in one command; new ones get one event between them.
+fn record_host_artifacts(
+    tx: &Transaction<'_>,
+    host: &str,
+    digests: &[Digest],
+    at: Millis,
+) -> R<Applied> {
+    require_host(tx, host)?;
+    if digests.len() > MAX_RECORDED {
+        return Err(invalid(format!(
+            "{} digests in one record, more than {MAX_RECORDED}",
+            digests.len()
+        )));
+    }
+    // Sorted and de-duplicated: the event lists them in a canonical order.
+    let set: BTreeSet<&Digest> = digests.iter().collect();
+    let mut recorded = Vec::new();
+    let mut unknown = Vec::new();
+    let mut known = tx.prepare_cached("SELECT 1 FROM artifacts WHERE digest = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for d in set {
+        let hex = d.to_hex();
+        if known
+            .query_row([&hex], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_none()
+        {
+            unknown.push(*d);
+            continue;
+        }
+        if insert.execute(params![host, hex, at])? > 0 {
+            recorded.push(*d);
+        }
+    }
+    if !recorded.is_empty() {
+        event(
+            tx,
+            at,
+            "host_artifacts_recorded",
+            None,
+            Some(host),
+            json!({ "digests": recorded, "present": true }),
+        )?;
+    }
+    Ok(Applied::HostArtifactsRecorded {
+        host: host.to_string(),
+        recorded: recorded.len(),
+        unknown,
+    })
+}
+
+/// Each step in its own savepoint: a refused step leaves no trace and the others stand.
+fn ownership_steps(tx: &Transaction<'_>, steps: &[Command]) -> R<Applied> {
+    if steps.len() > MAX_STEPS {
+        return Err(invalid(format!(
+            "{} ownership steps, more than {MAX_STEPS}",
+            steps.len()
+        )));
+    }
+    if let Some(i) = steps.iter().position(|c| !c.is_ownership_step()) {
+        return Err(invalid(format!(
+            "ownership step {i} is not a transfer, migration start or abort, or flag"
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(steps.len());
+    for step in steps {
+        tx.execute_batch("SAVEPOINT baton_step")?;
+        match dispatch(tx, step) {
+            Ok(a) => {
+                tx.execute_batch("RELEASE baton_step")?;
+                outcomes.push(Outcome::Applied(a));
+            }
+            Err(Fail::Reject(r)) => {
+                tx.execute_batch("ROLLBACK TO baton_step; RELEASE baton_step")?;
+                outcomes.push(Outcome::Rejected(r));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Applied::Steps { outcomes })
+}
+
+fn set_rebalance(tx: &Transaction<'_>, active: bool, at: Millis) -> R<Applied> {
+    let current: Option<i64> = tx
+        .query_row("SELECT requested_at FROM rebalance WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let changed = match (active, current) {
+        (true, None) => {
+            tx.execute(
+                "INSERT INTO rebalance (id, requested_at) VALUES (1, ?1)",
+                [at],
+            )?;
+            true
+        }
+        (false, Some(_)) => {
+            tx.execute("DELETE FROM rebalance WHERE id = 1", [])?;
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        event(
+            tx,
+            at,
+            if active {
+                "rebalance_started"
+            } else {
+                "rebalance_ended"
+            },
+            None,
+            None,
+            json!({ "active": active, "requested_at": current }),
+        )?;
+    }
+    Ok(Applied::RebalanceSet { active, changed })
 }

@@ -34,6 +34,26 @@ pub struct FileSpec {
 /// Largest file carried inline in a [`Command::SetBootProfile`].
 pub const INLINE_MAX: usize = 64 * 1024;
 
+/// Most digests in one [`Command::RecordHostArtifacts`].
+pub const MAX_RECORDED: usize = 4096;
+
+/// Most steps in one [`Command::OwnershipSteps`].
+pub const MAX_STEPS: usize = 1000;
+
+impl Command {
+    /// Whether the command may be a step of [`Command::OwnershipSteps`]: a change of one
+    /// node's ownership or handoff state.
+    pub fn is_ownership_step(&self) -> bool {
+        matches!(
+            self,
+            Command::TransferOwnership { .. }
+                | Command::BeginMigration { .. }
+                | Command::AbortMigration { .. }
+                | Command::FlagNode { .. }
+        )
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -290,6 +310,36 @@ pub enum Command {
         /// Proposer's time.
         at: Millis,
     },
+    /// Records that `host` holds the blobs `digests` (fetched by artifact replication):
+    /// one entry per batch of fetched blobs instead of one per blob. Digests no longer
+    /// registered (removed meanwhile) are skipped and reported. Small rendered files
+    /// kept in the store need no record: every replica holds them.
+    RecordHostArtifacts {
+        /// The host.
+        host: String,
+        /// The blobs it now holds (at most [`MAX_RECORDED`]).
+        digests: Vec<Digest>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// The reconciler's ownership changes of one round, many nodes per log entry. Each
+    /// step ([`Command::TransferOwnership`], [`Command::BeginMigration`],
+    /// [`Command::AbortMigration`] or [`Command::FlagNode`]) is checked and applied on
+    /// its own, with its own fencing (epoch, lease) and its own event, so one refused step
+    /// leaves the others applied (unlike [`Command::Batch`]).
+    OwnershipSteps {
+        /// The steps, in order (at most [`MAX_STEPS`]).
+        steps: Vec<Command>,
+    },
+    /// Starts (`active`) or ends a rebalance: while one is active the leader's
+    /// reconciler migrates nodes toward even placement, a few at a time, and ends it when
+    /// nothing is left to move.
+    SetRebalance {
+        /// Start or end.
+        active: bool,
+        /// Proposer's time.
+        at: Millis,
+    },
     /// Applies `commands` in order, all or nothing: the first rejection rolls back the
     /// whole batch. Used where two changes must land together, e.g. a MAC change and
     /// the re-rendered files for the new MACs. Batches do not nest.
@@ -468,6 +518,28 @@ pub enum Applied {
     BootNoticed {
         /// Events appended (notices of unknown nodes are skipped).
         events: usize,
+    },
+    /// Host/blob associations recorded in one go.
+    HostArtifactsRecorded {
+        /// The host.
+        host: String,
+        /// How many were new.
+        recorded: usize,
+        /// Digests skipped because no such artifact is registered (any more).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<Digest>,
+    },
+    /// The outcome of each step of an [`Command::OwnershipSteps`], in order.
+    Steps {
+        /// One per step.
+        outcomes: Vec<Outcome>,
+    },
+    /// A rebalance started or ended.
+    RebalanceSet {
+        /// Active now.
+        active: bool,
+        /// False when it already was in that state.
+        changed: bool,
     },
     /// Every command of a batch applied, in order.
     Batch {

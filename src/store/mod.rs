@@ -22,6 +22,8 @@ pub mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_scale;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -415,6 +417,7 @@ const DUMP: &[(&str, &str)] = &[
     ("inline_files", "digest"),
     ("reservations", "node"),
     ("events", "seq"),
+    ("rebalance", "id"),
 ];
 
 /// See [`Store::canonical_dump`].
@@ -440,4 +443,65 @@ pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
         }
     }
     Ok(out)
+}
+
+/// Indexed reads for the reconciler and artifact replication (see [`read`]).
+impl Store {
+    /// Nodes owned by `owner`, by id.
+    pub fn nodes_owned_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
+        read::nodes_owned_by(&lock(&self.reader), owner)
+    }
+
+    /// Nodes with a migration in progress, by id.
+    pub fn migrating_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        read::migrating_nodes(&lock(&self.reader))
+    }
+
+    /// Nodes flagged as impossible to take over, by id.
+    pub fn stuck_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        read::stuck_nodes(&lock(&self.reader))
+    }
+
+    /// Nodes per owning host.
+    pub fn node_counts(&self) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        read::node_counts(&lock(&self.reader))
+    }
+
+    /// (node, digest) of the blobs the nodes of `owner` serve (files kept in the store
+    /// left out).
+    pub fn blob_digests_owned_by(&self, owner: &str) -> Result<Vec<(String, Digest)>, StoreError> {
+        read::blob_digests_owned_by(&lock(&self.reader), owner)
+    }
+
+    /// The blobs one node serves (files kept in the store left out).
+    pub fn blob_digests_of(&self, node: &str) -> Result<Vec<Digest>, StoreError> {
+        read::blob_digests_of(&lock(&self.reader), node)
+    }
+
+    /// Hosts recorded as holding blob `d`.
+    pub fn recorded_holders(&self, d: &Digest) -> Result<Vec<String>, StoreError> {
+        read::recorded_holders(&lock(&self.reader), d)
+    }
+
+    /// When the active rebalance was asked for, if one is.
+    pub fn rebalance_requested(&self) -> Result<Option<Millis>, StoreError> {
+        read::rebalance_requested(&lock(&self.reader))
+    }
+
+    /// Blobs the nodes of `group` serve, each with whether `host` is recorded as
+    /// holding it (files kept in the store left out: every replica has them).
+    pub fn wanted_blobs(&self, group: &str, host: &str) -> Result<Vec<(Digest, bool)>, StoreError> {
+        read::wanted_blobs(&lock(&self.reader), group, host)
+    }
+
+    /// `EXPLAIN QUERY PLAN` of `sql` (with NULL for every parameter), one detail a line.
+    pub fn query_plan(&self, sql: &str) -> Result<String, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows.join("\n"))
+    }
 }

@@ -356,9 +356,14 @@ pub(super) fn node_files(conn: &Connection, node: &str) -> Result<Vec<NodeFile>,
     raws.into_iter().map(file_from_raw).collect()
 }
 
+/// Hosts holding a blob: those recorded, and for a file kept in the store every host
+/// (each replica has its bytes; no holding of it is recorded per host).
 fn artifact_hosts(conn: &Connection, d: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT host FROM host_artifacts WHERE digest = ?1 ORDER BY host")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT host FROM host_artifacts WHERE digest = ?1 \
+         UNION SELECT name FROM hosts WHERE EXISTS (SELECT 1 FROM inline_files WHERE digest = ?1) \
+         ORDER BY 1",
+    )?;
     let hosts = stmt
         .query_map([d], |r| r.get(0))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -485,5 +490,154 @@ pub(super) fn events_since(
                 data: json(&data, "event data")?,
             })
         })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Indexed reads of the reconciler and of artifact replication: each touches only the
+// rows it needs (see `EXPLAIN QUERY PLAN` in the tests), never every node.
+// ---------------------------------------------------------------------------------
+
+fn nodes_where(
+    conn: &Connection,
+    clause: &str,
+    arg: Option<&str>,
+) -> Result<Vec<Node>, StoreError> {
+    // Sorted here: an ORDER BY id would make SQLite walk the primary key (every node)
+    // to avoid a sort instead of the small partial index.
+    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE {clause}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut raws = match arg {
+        Some(a) => stmt
+            .query_map([a], raw_node)?
+            .collect::<Result<Vec<_>, _>>()?,
+        None => stmt
+            .query_map([], raw_node)?
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    raws.sort_by(|a, b| a.id.cmp(&b.id));
+    raws.into_iter().map(|r| node_from_raw(conn, r)).collect()
+}
+
+/// SQL of [`nodes_owned_by`] (index `nodes_owner`).
+pub const SQL_NODES_OWNED_BY: &str = "owner = ?1";
+/// SQL of [`migrating_nodes`] (partial index `nodes_migrating`).
+pub const SQL_MIGRATING: &str = "handoff_to IS NOT NULL";
+/// SQL of [`stuck_nodes`] (partial index `nodes_stuck`).
+pub const SQL_STUCK: &str = "stuck IS NOT NULL";
+
+/// Nodes owned by `owner`, by id.
+pub(super) fn nodes_owned_by(conn: &Connection, owner: &str) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_NODES_OWNED_BY, Some(owner))
+}
+
+/// Nodes with a migration in progress, by id.
+pub(super) fn migrating_nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_MIGRATING, None)
+}
+
+/// Nodes flagged as impossible to take over, by id.
+pub(super) fn stuck_nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_STUCK, None)
+}
+
+/// SQL of [`node_counts`] (a walk of the covering index `nodes_owner`).
+pub const SQL_NODE_COUNTS: &str = "SELECT owner, COUNT(*) FROM nodes GROUP BY owner";
+
+/// Nodes per owning host (hosts owning none are absent).
+pub(super) fn node_counts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_NODE_COUNTS)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(h, n)| (h, n.max(0) as usize))
+        .collect())
+}
+
+/// SQL of [`blob_digests_owned_by`]: the files of `owner`'s nodes that are blobs (not
+/// kept in the store).
+pub const SQL_BLOBS_OWNED_BY: &str = "SELECT f.node, f.digest FROM nodes n \
+     JOIN node_files f ON f.node = n.id \
+     WHERE n.owner = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = f.digest)";
+
+/// SQL of [`blob_digests_of`].
+pub const SQL_BLOBS_OF: &str = "SELECT f.digest FROM node_files f WHERE f.node = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = f.digest)";
+
+/// (node, digest) of every blob the nodes of `owner` serve. Files kept in the store
+/// are left out: every replica has them, so they never decide who may take a node.
+pub(super) fn blob_digests_owned_by(
+    conn: &Connection,
+    owner: &str,
+) -> Result<Vec<(String, Digest)>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_BLOBS_OWNED_BY)?;
+    let rows = stmt
+        .query_map([owner], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(n, d)| Ok((n, digest(&d)?)))
+        .collect()
+}
+
+/// The blobs (not files kept in the store) one node serves.
+pub(super) fn blob_digests_of(conn: &Connection, node: &str) -> Result<Vec<Digest>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_BLOBS_OF)?;
+    let rows = stmt
+        .query_map([node], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.iter().map(|d| digest(d)).collect()
+}
+
+/// Hosts recorded as holding the blob `d`, sorted.
+pub(super) fn recorded_holders(conn: &Connection, d: &Digest) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT host FROM host_artifacts WHERE digest = ?1 ORDER BY host")?;
+    let hosts = stmt
+        .query_map([d.to_hex()], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(hosts)
+}
+
+/// When the active rebalance was asked for, if one is.
+pub(super) fn rebalance_requested(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+    Ok(conn
+        .query_row("SELECT requested_at FROM rebalance WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// SQL of [`wanted_blobs`]: blobs (not kept in the store) that nodes of group ?1
+/// serve, and whether host ?2 is recorded as holding each.
+pub const SQL_WANTED_BLOBS: &str = "SELECT a.digest, \
+     EXISTS (SELECT 1 FROM host_artifacts h WHERE h.host = ?2 AND h.digest = a.digest) \
+     FROM artifacts a \
+     WHERE NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = a.digest) \
+     AND EXISTS (SELECT 1 FROM node_files f JOIN nodes n ON n.id = f.node \
+                 WHERE f.digest = a.digest AND n.group_name = ?1) \
+     ORDER BY a.digest";
+
+/// Blobs the nodes of `group` serve (files kept in the store left out), each with
+/// whether `host` is recorded as holding it.
+pub(super) fn wanted_blobs(
+    conn: &Connection,
+    group: &str,
+    host: &str,
+) -> Result<Vec<(Digest, bool)>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_WANTED_BLOBS)?;
+    let rows = stmt
+        .query_map([group, host], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(d, held)| Ok((digest(&d)?, held)))
         .collect()
 }

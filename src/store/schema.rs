@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -160,5 +160,18 @@ const V5: &str = r#"
 CREATE TABLE node_sources (
     node    TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
     source  TEXT NOT NULL
+) STRICT;
+"#;
+
+/// Version 6: the reconciler at fleet size. It reads only the nodes that may need a
+/// change (owned by a down or draining host, migrating, or flagged stuck), found through
+/// these indexes instead of a scan of every node; `rebalance` holds a rebalance asked for
+/// until the reconciler has finished it.
+const V6: &str = r#"
+CREATE INDEX nodes_migrating ON nodes(handoff_to) WHERE handoff_to IS NOT NULL;
+CREATE INDEX nodes_stuck ON nodes(owner) WHERE stuck IS NOT NULL;
+CREATE TABLE rebalance (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    requested_at  INTEGER NOT NULL
 ) STRICT;
 "#;

@@ -366,12 +366,19 @@ impl Api {
     /// namespace, within [`CLI_TIMEOUT`].
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_within(args, CLI_TIMEOUT)
+    }
+
+    /// [`Api::cli`] bounded by `timeout` instead (a command that waits, e.g.
+    /// `baton host rebalance --wait`).
+    #[track_caller]
+    pub fn cli_within(&self, args: &[&str], timeout: Duration) -> Output {
         let mut cmd = command(self.netns.as_deref(), baton_bin());
         cmd.args(args)
             .args(["--api", &self.url(), "--token", &self.token])
             .env_remove("BATON_API")
             .env_remove("BATON_API_TOKEN");
-        run_bounded(&mut cmd, CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
+        run_bounded(&mut cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Uploads `content` as artifact `name`; returns its digest (hex).

@@ -52,7 +52,19 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
 
 /// Calls `f` every 20 ms until it returns `Some`, panicking after `timeout`.
 #[track_caller]
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_every(timeout, Duration::from_millis(20), what, f)
+}
+
+/// [`wait_until`] calling `f` every `every` (for checks that cost the server a full
+/// read of a large store).
+#[track_caller]
+pub fn wait_until_every<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -61,7 +73,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(every);
     }
 }
 

@@ -427,6 +427,29 @@ mod tests {
                 }],
                 at: 18,
             },
+            Command::RecordHostArtifacts {
+                host: "h1".into(),
+                digests: vec![d, Digest::of(b"y")],
+                at: 18,
+            },
+            Command::OwnershipSteps {
+                steps: vec![
+                    Command::FlagNode {
+                        node: "n".into(),
+                        stuck: None,
+                        at: 19,
+                    },
+                    Command::AbortMigration {
+                        node: "n".into(),
+                        expected_epoch: BIG,
+                        at: 19,
+                    },
+                ],
+            },
+            Command::SetRebalance {
+                active: true,
+                at: 20,
+            },
         ];
         let mut v = v.clone();
         v.push(Command::Batch {
@@ -454,6 +477,9 @@ mod tests {
                 | Command::RenewReservation { .. }
                 | Command::ReleaseReservation { .. }
                 | Command::BootNotices { .. }
+                | Command::RecordHostArtifacts { .. }
+                | Command::OwnershipSteps { .. }
+                | Command::SetRebalance { .. }
                 | Command::Batch { .. } => {}
             }
         }
@@ -619,6 +645,43 @@ mod tests {
         ];
         for b in small_bodies {
             assert!(b.len() <= SMALL_BODY_MAX, "{}", b.len());
+        }
+    }
+
+    #[test]
+    fn the_largest_batched_writes_fit_one_entry() {
+        use crate::store::command::{MAX_RECORDED, MAX_STEPS};
+        let holdings = Command::RecordHostArtifacts {
+            host: "h".repeat(64),
+            digests: (0..MAX_RECORDED)
+                .map(|i| Digest::of(&i.to_be_bytes()))
+                .collect(),
+            at: MS,
+        };
+        // Steps at their widest: 64-byte names, every number at its widest, a stuck
+        // reason longer than any the reconciler writes (two names and a sentence).
+        let steps = Command::OwnershipSteps {
+            steps: (0..MAX_STEPS)
+                .map(|i| match i % 2 {
+                    0 => Command::FlagNode {
+                        node: "n".repeat(64),
+                        stuck: Some("s".repeat(400)),
+                        at: MS,
+                    },
+                    _ => Command::TransferOwnership {
+                        node: "n".repeat(64),
+                        to: "h".repeat(64),
+                        expected_epoch: BIG,
+                        reason: TransferReason::Takeover,
+                        stale_before: Some(MS),
+                        at: MS,
+                    },
+                })
+                .collect(),
+        };
+        for c in [holdings, steps] {
+            let size = check_command(&c).unwrap();
+            assert!(size <= ENTRY_MAX / 2, "{size} bytes: half an entry at most");
         }
     }
 
