@@ -103,7 +103,8 @@ struct Slots {
 /// A single-port transfer as the listener sees it.
 struct Route {
     id: u64,
-    tx: mpsc::Sender<Bytes>,
+    /// Packets with the instant the listener received them.
+    tx: mpsc::Sender<(Instant, Bytes)>,
     /// The client has sent this transfer a packet (so a new RRQ is not a retransmission).
     heard: bool,
     filename: String,
@@ -356,7 +357,7 @@ fn route_to_transfer(shared: &Arc<Shared>, client: SocketAddr, pkt: &[u8]) {
         Some(r) => {
             r.heard = true;
             // A full queue means the transfer is far behind: dropping is what UDP would do.
-            let _ = r.tx.try_send(Bytes::copy_from_slice(pkt));
+            let _ = r.tx.try_send((Instant::now(), Bytes::copy_from_slice(pkt)));
         }
         None => {
             shared.metrics.tftp.bad_packets.inc("no_transfer");
@@ -479,7 +480,7 @@ enum Link {
     Shared {
         sock: Arc<UdpSocket>,
         src_ip: Option<IpAddr>,
-        rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<(Instant, Bytes)>,
         id: u64,
     },
 }
@@ -501,19 +502,22 @@ impl Link {
         }
     }
 
-    /// Next datagram for this transfer: (length, sender). `None` when the route is gone.
+    /// Next datagram for this transfer: (length, sender, when it arrived). `None` when
+    /// the route is gone. The arrival instant matters in single-port mode, where a
+    /// packet may wait in the queue while the transfer sends: an ACK that arrived before
+    /// the packet it acknowledges was sent proves nothing.
     async fn recv(
         &mut self,
         buf: &mut [u8],
         client: SocketAddr,
-    ) -> Option<io::Result<(usize, SocketAddr)>> {
+    ) -> Option<io::Result<(usize, SocketAddr, Instant)>> {
         match self {
-            Link::Own(s) => Some(s.recv_from(buf).await),
+            Link::Own(s) => Some(s.recv_from(buf).await.map(|(n, a)| (n, a, Instant::now()))),
             Link::Shared { rx, .. } => {
-                let b = rx.recv().await?;
+                let (at, b) = rx.recv().await?;
                 let n = b.len().min(buf.len());
                 buf[..n].copy_from_slice(&b[..n]);
-                Some(Ok((n, client)))
+                Some(Ok((n, client, at)))
             }
         }
     }
@@ -909,11 +913,11 @@ async fn on_transfer_datagram(
     me: SocketAddr,
     client: SocketAddr,
     buf: &[u8],
-    r: io::Result<(usize, SocketAddr)>,
+    r: io::Result<(usize, SocketAddr, Instant)>,
     t: &mut Transfer,
 ) {
     let m = &shared.metrics.tftp;
-    let (n, from) = match r {
+    let (n, from, at) = match r {
         Ok(v) => v,
         Err(e) => {
             debug!(client = %client, error = %e, "transfer receive error");
@@ -938,7 +942,7 @@ async fn on_transfer_datagram(
         return;
     }
     match Packet::parse(&buf[..n]) {
-        Ok(p) => t.handle(&p, Instant::now()),
+        Ok(p) => t.handle(&p, at),
         Err(e) => {
             m.bad_packets.inc(e.error.as_str());
             debug!(client = %client, error = %e, "malformed packet in transfer");

@@ -163,6 +163,8 @@ pub struct Transfer {
     send_end: u64,
     oack_pending: bool,
     deadline: Option<Instant>,
+    /// When the first packet (OACK or DATA 1) went out.
+    first_tx: Option<Instant>,
     last_tx: Option<Instant>,
     window_sent_at: Option<Instant>,
     window_retransmitted: bool,
@@ -193,6 +195,7 @@ impl Transfer {
             send_end: 0,
             oack_pending: false,
             deadline: None,
+            first_tx: None,
             last_tx: None,
             window_sent_at: None,
             window_retransmitted: false,
@@ -340,8 +343,9 @@ impl Transfer {
         match self.state {
             State::Finished(_) => {}
             State::AwaitOackAck => {
-                // An ACK 0 before any OACK went out acknowledges nothing.
-                if block == 0 && self.last_tx.is_some() {
+                // An ACK 0 that arrived before the OACK went out acknowledges nothing: it
+                // was sent blind (a forged request and ACK sent back to back).
+                if block == 0 && self.first_tx.is_some_and(|t| now >= t) {
                     self.state = State::Sending;
                     self.retries = 0;
                     self.proven = true;
@@ -413,6 +417,7 @@ impl Transfer {
         }
         if self.oack_pending {
             self.oack_pending = false;
+            self.first_tx.get_or_insert(now);
             self.last_tx = Some(now);
             self.deadline = Some(now + self.p.timeout);
             let mut buf = Vec::with_capacity(64);
@@ -439,6 +444,7 @@ impl Transfer {
             self.stats.data_packets += burst.len();
             self.sent_upto = self.sent_upto.max(burst.last);
             self.next_send = burst.last + 1;
+            self.first_tx.get_or_insert(now);
             self.last_tx = Some(now);
             self.deadline = Some(now + self.p.timeout);
             return Some(Transmit::Data(burst));
@@ -779,8 +785,17 @@ mod tests {
         let mut t = Transfer::new(data(100_000), params(1024, 16, true), now);
         t.handle(&Packet::Ack { block: 0 }, now);
         assert!(!t.is_proven());
-        assert!(matches!(t.poll_transmit(now), Some(Transmit::Control(_))));
-        assert_eq!(t.poll_transmit(now), None);
+        let sent = now + Duration::from_millis(2);
+        assert!(matches!(t.poll_transmit(sent), Some(Transmit::Control(_))));
+        assert_eq!(t.poll_transmit(sent), None);
+        // Also when it is handled after the OACK left but had arrived before (queued).
+        t.handle(&Packet::Ack { block: 0 }, now + Duration::from_millis(1));
+        assert!(!t.is_proven());
+        assert_eq!(t.poll_transmit(sent), None);
+        // An ACK 0 that arrived after the OACK opens the window.
+        t.handle(&Packet::Ack { block: 0 }, sent + Duration::from_micros(50));
+        assert!(t.is_proven());
+        assert!(matches!(t.poll_transmit(sent), Some(Transmit::Data(_))));
     }
 
     #[test]
