@@ -16,12 +16,15 @@ pub mod commands;
 pub mod config;
 pub mod dhcp;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod namespace;
 pub mod net;
 pub mod ownership;
 pub mod pcap;
+pub mod private_fs;
 pub mod render;
 pub mod replicate;
 pub mod serve;

@@ -2,8 +2,9 @@
 //! namespaces this test creates (nothing it sends can leave them):
 //!
 //! ```text
-//!   netns <p>-srv:    lo, veth 10.99.0.2/24   baton serve (proxy-DHCP on 0.0.0.0), clients
-//!   netns <p>-relay:  veth 10.99.0.1/24       a relay agent's udp/67 socket
+//!   netns <p>-srv:    eth0 10.99.0.2/24   baton serve (proxy-DHCP on 0.0.0.0), clients
+//!   netns <p>-relay:  eth0 10.99.0.1/24   a relay agent's udp/67 socket
+//!   (both on one bridge: a harness `Segment`)
 //! ```
 //!
 //! Requests naming a `giaddr` (broadcast, loopback, this host, off-link, a relay not
@@ -19,8 +20,10 @@ use baton::wire::dhcp::{emit_client, parse_reply, ClientMessage, ServerReply};
 use dhcproto::v4::MessageType;
 use serde_json::json;
 
-use common::http::{Baton, BatonBuilder};
-use common::pxe::{free_udp_ports, netns_available, Netns};
+use common::api::metric_value;
+use common::host::{Host, HostBuilder};
+use common::netns::{Netns, Segment};
+use common::require::require_netns;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const RELAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -76,67 +79,63 @@ fn replies(sock: &UdpSocket, xid: u32, wait: Duration) -> Vec<(ServerReply, Sock
 }
 
 struct Lab {
-    // Dropped first, before the namespace it runs in.
-    baton: Baton,
-    srv_ns: Netns,
-    relay_ns: Netns,
+    // Dropped first, before the namespaces it runs in.
+    baton: Host,
+    seg: Segment,
     dhcp: SocketAddr,
     pxe: SocketAddr,
 }
 
-/// The two namespaces, the veth between them, and the server with `toml`.
-fn lab(tag: &str, toml: &str) -> Option<Lab> {
-    if let Err(why) = netns_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network namespaces needed in CI: {why}"
-        );
-        eprintln!("\n*** SKIPPED: {why} ***\n");
+impl Lab {
+    fn srv_ns(&self) -> &Netns {
+        self.seg.member("srv")
+    }
+
+    fn relay_ns(&self) -> &Netns {
+        self.seg.member("relay")
+    }
+}
+
+/// The two namespaces on one segment, and the server with `toml` in the first (fixed
+/// ports: the namespace is the test's own).
+fn lab(toml: &str) -> Option<Lab> {
+    if !require_netns() {
         return None;
     }
-    let p = format!("b16{tag}{}", std::process::id() % 100_000);
-    let srv = Netns::add(&format!("{p}-srv"));
-    let relay = Netns::add(&format!("{p}-rl"));
-    let (va, vb) = (format!("{p}a"), format!("{p}b"));
-    srv.ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-    srv.ip(&["link", "set", &vb, "netns", relay.name()]);
-    srv.ip(&["addr", "add", "10.99.0.2/24", "dev", &va]);
-    srv.ip(&["link", "set", &va, "up"]);
-    relay.ip(&["addr", "add", "10.99.0.1/24", "dev", &vb]);
-    relay.ip(&["link", "set", &vb, "up"]);
-    let (p67, p4011) = free_udp_ports();
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = dir.path().join("baton.toml");
-    std::fs::write(&cfg, toml).unwrap();
-    let baton = BatonBuilder::pxe_temp()
-        .netns(srv.name())
-        .flag("--dhcp-port", p67)
-        .flag("--dhcp-pxe-port", p4011)
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
+    let seg = Segment::new(
+        "abuse",
+        &[("srv", "10.99.0.2/24"), ("relay", "10.99.0.1/24")],
+    )
+    .unwrap_or_else(|e| panic!("cannot build the segment: {e}"));
+    let baton = HostBuilder::pxe_temp()
+        .netns(seg.member("srv").name())
+        .config(toml)
         .start();
-    std::mem::forget(dir); // the server read its config; the temp dir is tiny
-    let api = baton.api.clone();
-    srv.run(move || {
-        for (id, m) in [("n1", 1u8), ("n2", 2), ("n3", 3)] {
-            api.post(
+    for (id, m) in [("n1", 1u8), ("n2", 2), ("n3", 3)] {
+        baton
+            .api
+            .post(
                 "/v1/nodes",
                 json!({ "id": id, "macs": [format!("52:54:00:16:00:{m:02x}")] }),
             )
             .expect(201);
-            api.put(
+        baton
+            .api
+            .put(
                 &format!("/v1/nodes/{id}/profile"),
                 json!({ "kind": "local" }),
             )
             .expect(200);
-        }
-    });
+    }
+    let (dhcp, pxe) = (
+        SocketAddr::from((SERVER, baton.dhcp().port())),
+        SocketAddr::from((SERVER, baton.pxe().port())),
+    );
     Some(Lab {
         baton,
-        srv_ns: srv,
-        relay_ns: relay,
-        dhcp: SocketAddr::from((SERVER, p67)),
-        pxe: SocketAddr::from((SERVER, p4011)),
+        seg,
+        dhcp,
+        pxe,
     })
 }
 
@@ -183,7 +182,7 @@ fn normal_exchange(dhcp: SocketAddr, pxe: SocketAddr, m: [u8; 6]) {
 /// a configured relay gets an answer (at its udp/67), and nothing else does.
 #[test]
 fn answers_go_to_configured_relays_only() {
-    let Some(lab) = lab("r", "[dhcp]\nrelays = [\"10.99.0.1\", \"10.99.0.2\"]\n") else {
+    let Some(lab) = lab("[dhcp]\nrelays = [\"10.99.0.1\", \"10.99.0.2\"]\n") else {
         return;
     };
     // The relay agent listens while the requests are sent.
@@ -191,7 +190,7 @@ fn answers_go_to_configured_relays_only() {
         let listening = std::sync::Arc::new(std::sync::Barrier::new(2));
         let l2 = listening.clone();
         let relay = sc.spawn(|| {
-            lab.relay_ns.run(move || {
+            lab.relay_ns().run(move || {
                 // Any address: a broadcast reflected onto the link would arrive too.
                 let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 67)).unwrap();
                 l2.wait();
@@ -208,7 +207,7 @@ fn answers_go_to_configured_relays_only() {
         });
         listening.wait();
         let (dhcp, pxe) = (lab.dhcp, lab.pxe);
-        lab.srv_ns.run(move || {
+        lab.srv_ns().run(move || {
             let c = UdpSocket::bind((SERVER, 0)).unwrap();
             for (i, g) in [
                 Ipv4Addr::BROADCAST,
@@ -249,12 +248,8 @@ fn answers_go_to_configured_relays_only() {
     eprintln!("relay received {relay_rx:?}");
     assert_eq!(relay_rx.len(), 1, "exactly the configured relay's answer");
     assert_eq!(relay_rx[0].0, 0x200);
-    let b = lab.baton.api.clone();
-    let m = lab.srv_ns.run(move || {
-        let r = b.anonymous("GET", "/metrics", &[], None);
-        r.text()
-    });
-    let v = |name: &str| common::http::metric_value(&m, name).unwrap_or(0.0);
+    let m = lab.baton.api.metrics();
+    let v = |name: &str| metric_value(&m, name).unwrap_or(0.0);
     assert_eq!(
         v("baton_dhcp_ignored_total{reason=\"untrusted_relay\"}"),
         4.0
@@ -268,12 +263,11 @@ fn answers_go_to_configured_relays_only() {
 /// Answers per MAC are rate-limited and counted; other MACs are still answered.
 #[test]
 fn answers_are_rate_limited_per_mac() {
-    let Some(lab) = lab("m", "[dhcp]\nanswers_per_mac_minute = 5\n") else {
+    let Some(lab) = lab("[dhcp]\nanswers_per_mac_minute = 5\n") else {
         return;
     };
     let (dhcp, pxe) = (lab.dhcp, lab.pxe);
-    let api = lab.baton.api.clone();
-    let (answers, metrics) = lab.srv_ns.run(move || {
+    let answers = lab.srv_ns().run(move || {
         let c = UdpSocket::bind((SERVER, 0)).unwrap();
         for i in 0..20u32 {
             c.send_to(
@@ -301,12 +295,13 @@ fn answers_are_rate_limited_per_mac() {
             }
         }
         normal_exchange(dhcp, pxe, mac(3));
-        (n, api.anonymous("GET", "/metrics", &[], None).text())
+        n
     });
+    let metrics = lab.baton.api.metrics();
     eprintln!("20 DISCOVERs for one MAC: {answers} answers");
     assert_eq!(answers, 5);
     assert_eq!(
-        common::http::metric_value(
+        metric_value(
             &metrics,
             "baton_dhcp_ignored_total{reason=\"rate_limited\"}"
         ),

@@ -10,47 +10,27 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tempfile::TempDir;
+use common::api::connect_from;
+use common::host::{Host, HostBuilder};
+use common::require::require_tftp_hpa;
+use common::tftp::tftp_get;
+use common::{assert_same_bytes, eventually, pattern};
 
-use common::http::{have_tftp_hpa, tftp_get, Baton, BatonBuilder};
-use common::{assert_same_bytes, pattern};
-
-/// A server whose TFTP root (shared by HTTP boot) holds `boot.bin`, with `toml` as
-/// its config file.
-fn server(toml: &str, boot: &[u8]) -> (Baton, TempDir) {
-    let root = TempDir::new().expect("temp TFTP root");
-    std::fs::write(root.path().join("boot.bin"), boot).expect("write boot.bin");
-    let cfg = root.path().join("baton.toml");
-    std::fs::write(&cfg, toml).expect("write config");
-    let s = BatonBuilder::temp()
-        .tftp_root(root.path())
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
-        .start();
-    (s, root)
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// A host whose TFTP root (shared by HTTP boot) holds `boot.bin`, with `toml` as its
+/// config file.
+fn server(toml: &str, boot: &[u8]) -> Host {
+    let mut b = HostBuilder::tftp().log_level("info");
+    if !toml.is_empty() {
+        b = b.config(toml);
     }
+    let s = b.start();
+    s.put("boot.bin", boot);
+    s
 }
 
 /// A TCP connection to `to` from loopback address `src`.
-fn connect_from(src: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    let from: SocketAddr = format!("{src}:0").parse().unwrap();
-    s.bind(&SockAddr::from(from))?;
-    s.connect_timeout(&SockAddr::from(to), Duration::from_secs(5))?;
-    Ok(s.into())
+fn connect(src: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    connect_from(Some(src.parse().expect("an IPv4 address")), to)
 }
 
 /// Whether the server has closed `c` (EOF, reset, or a 503 then EOF).
@@ -80,14 +60,14 @@ fn fds(pid: u32) -> usize {
 /// What must keep working: the API with its token, an anonymous HTTP boot download of
 /// `boot.bin`, and a TFTP fetch of it with tftp-hpa.
 #[track_caller]
-fn normal_service_works(s: &Baton, boot: &[u8]) {
+fn normal_service_works(s: &Host, boot: &[u8]) {
     let t = Instant::now();
     s.api.get("/v1/status").expect(200);
     let r = s.api.anonymous("GET", "/boot.bin", &[], None);
     assert_eq!(r.status, 200, "HTTP boot download: {}", r.text());
     assert_same_bytes(&r.body, boot, "boot.bin over HTTP");
-    if have_tftp_hpa() {
-        let got = tftp_get(s.tftp, "boot.bin").unwrap_or_else(|e| panic!("TFTP: {e}"));
+    if require_tftp_hpa() {
+        let got = tftp_get(s.tftp(), "boot.bin").unwrap_or_else(|e| panic!("TFTP: {e}"));
         assert_same_bytes(&got, boot, "boot.bin over TFTP");
     }
     eprintln!(
@@ -98,7 +78,7 @@ fn normal_service_works(s: &Baton, boot: &[u8]) {
 
 /// A raw request; returns the status code (0 when the connection closed first).
 fn raw_status(to: SocketAddr, request: &[u8]) -> u16 {
-    let mut c = connect_from("127.0.0.1", to).unwrap();
+    let mut c = connect("127.0.0.1", to).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The server may answer (413) and close before the whole body is written.
     let _ = c.write_all(request);
@@ -118,7 +98,7 @@ fn raw_status(to: SocketAddr, request: &[u8]) -> u16 {
 #[test]
 fn slowloris_of_2000_connections_leaves_http_and_tftp_working() {
     let boot = pattern(300_000, 171);
-    let (s, _root) = server(
+    let s = server(
         "[http]\nheader_timeout_ms = 10000\nmax_connections = 500\n",
         &boot,
     );
@@ -127,7 +107,7 @@ fn slowloris_of_2000_connections_leaves_http_and_tftp_working() {
     let mut conns: Vec<TcpStream> = Vec::new();
     for i in 0..2000 {
         let src = format!("127.0.{}.7", 10 + i / 100);
-        match connect_from(&src, s.http) {
+        match connect(&src, s.http()) {
             Ok(mut c) => {
                 if i % 2 == 0 {
                     let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
@@ -137,12 +117,19 @@ fn slowloris_of_2000_connections_leaves_http_and_tftp_working() {
             Err(e) => panic!("connection {i} from {src}: {e}"),
         }
     }
+    let opened = started.elapsed();
+    // Refused and evicted connections close as the server works through its accept
+    // queue (it lags on a loaded machine); long before the header timeout (10 s) it
+    // must be within its cap.
+    let within_cap = eventually(Duration::from_secs(3), || {
+        fds(s.pid()) < base_fds + 500 + 50
+    });
     let held = fds(s.pid());
     eprintln!(
-        "2,000 slowloris connections opened in {:?}; server fds {base_fds} -> {held}",
+        "2,000 slowloris connections opened in {opened:?}; server fds {base_fds} -> {held} after {:?}",
         started.elapsed()
     );
-    assert!(held < base_fds + 500 + 50, "server holds {held} fds");
+    assert!(within_cap, "server holds {held} fds");
     normal_service_works(&s, &boot);
 
     // Every attack connection is closed by the server (evicted, refused or timed out)
@@ -154,15 +141,21 @@ fn slowloris_of_2000_connections_leaves_http_and_tftp_working() {
     eprintln!(
         "{:?} after opening: {open} of 2,000 still open; closed for header timeout {}, evicted {}; fds {}",
         started.elapsed(),
-        s.metric_or_zero("baton_http_connections_closed_total{reason=\"header_timeout\"}"),
-        s.metric_or_zero("baton_http_connections_closed_total{reason=\"evicted\"}"),
+        s.api.metric_or_zero("baton_http_connections_closed_total{reason=\"header_timeout\"}"),
+        s.api.metric_or_zero("baton_http_connections_closed_total{reason=\"evicted\"}"),
         fds(s.pid())
     );
     assert!(all_closed, "{open} attack connections still open");
     assert!(
-        s.metric_or_zero("baton_http_connections_closed_total{reason=\"header_timeout\"}") >= 400.0
+        s.api
+            .metric_or_zero("baton_http_connections_closed_total{reason=\"header_timeout\"}")
+            >= 400.0
     );
-    assert!(s.metric_or_zero("baton_http_connections_closed_total{reason=\"evicted\"}") >= 1000.0);
+    assert!(
+        s.api
+            .metric_or_zero("baton_http_connections_closed_total{reason=\"evicted\"}")
+            >= 1000.0
+    );
     assert!(eventually(Duration::from_secs(5), || fds(s.pid()) <= base_fds + 10));
     normal_service_works(&s, &boot);
 }
@@ -174,7 +167,7 @@ fn slowloris_of_2000_connections_leaves_http_and_tftp_working() {
 #[test]
 fn slowloris_under_a_1024_fd_limit_leaves_http_and_tftp_working() {
     let boot = pattern(200_000, 172);
-    let (s, _root) = server("", &boot);
+    let s = server("", &boot);
     let lim = libc::rlimit {
         rlim_cur: 1024,
         rlim_max: 1024,
@@ -192,7 +185,7 @@ fn slowloris_under_a_1024_fd_limit_leaves_http_and_tftp_working() {
     let mut conns = Vec::new();
     for i in 0..2000 {
         let src = format!("127.0.{}.8", 40 + i / 100);
-        let mut c = connect_from(&src, s.http).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        let mut c = connect(&src, s.http()).unwrap_or_else(|e| panic!("connect {i}: {e}"));
         if i % 2 == 0 {
             let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
         }
@@ -202,15 +195,15 @@ fn slowloris_under_a_1024_fd_limit_leaves_http_and_tftp_working() {
     let held = fds(s.pid());
     eprintln!(
         "2,000 slowloris connections under RLIMIT_NOFILE 1024: server fds {held}, connections {}",
-        s.metric("baton_http_connections")
+        s.api.metric("baton_http_connections")
     );
     assert!(held < 1024 - 64, "{held} fds: no room left for TFTP");
     normal_service_works(&s, &boot);
     // Several TFTP transfers at once, each with its own socket.
-    if have_tftp_hpa() {
+    if require_tftp_hpa() {
         let handles: Vec<_> = (0..8)
             .map(|_| {
-                let addr = s.tftp;
+                let addr = s.tftp();
                 std::thread::spawn(move || tftp_get(addr, "boot.bin"))
             })
             .collect();
@@ -232,18 +225,19 @@ fn slowloris_under_a_1024_fd_limit_leaves_http_and_tftp_working() {
 #[test]
 fn stalled_download_is_closed_after_the_idle_timeout() {
     let boot = pattern(64 << 20, 173);
-    let (s, _root) = server("[http]\nidle_timeout_ms = 1500\n", &boot);
-    let mut c = connect_from("127.0.0.60", s.http).unwrap();
+    let s = server("[http]\nidle_timeout_ms = 1500\n", &boot);
+    let mut c = connect("127.0.0.60", s.http()).unwrap();
     c.write_all(b"GET /boot.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     // Read nothing: the socket buffers fill, then nothing moves.
     assert!(
-        eventually(Duration::from_secs(10), || s.metric_or_zero(
+        eventually(Duration::from_secs(10), || s.api.metric_or_zero(
             "baton_http_connections_closed_total{reason=\"idle_timeout\"}"
         ) >= 1.0),
         "stalled download not closed"
     );
     assert!(eventually(Duration::from_secs(3), || s
+        .api
         .metric("baton_http_connections")
         <= 1.0));
     drop(c);
@@ -255,9 +249,9 @@ fn stalled_download_is_closed_after_the_idle_timeout() {
 #[test]
 fn unknown_methods_and_paths_do_not_create_metric_series() {
     let boot = pattern(10_000, 174);
-    let (s, _root) = server("", &boot);
-    let before = s.metrics().len();
-    let mut c = connect_from("127.0.0.1", s.http).unwrap();
+    let s = server("", &boot);
+    let before = s.api.metrics().len();
+    let mut c = connect("127.0.0.1", s.http()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = std::io::BufReader::new(c.try_clone().unwrap());
     let mut answered = 0;
@@ -284,7 +278,7 @@ fn unknown_methods_and_paths_do_not_create_metric_series() {
         reader.read_exact(&mut body).unwrap();
         answered += 1;
     }
-    let m = s.metrics();
+    let m = s.api.metrics();
     let series: Vec<&str> = m
         .lines()
         .filter(|l| l.starts_with("baton_http_requests_total{"))
@@ -314,7 +308,7 @@ fn unknown_methods_and_paths_do_not_create_metric_series() {
 #[test]
 fn body_limits_per_route() {
     let boot = pattern(10_000, 175);
-    let (s, _root) = server("[http]\nmax_upload_bytes = 100000\n", &boot);
+    let s = server("[http]\nmax_upload_bytes = 100000\n", &boot);
     let token = s.api.token().to_string();
     let auth = format!("Authorization: Bearer {token}\r\n");
     let upload = |len: usize, chunked: bool| {
@@ -333,7 +327,7 @@ fn body_limits_per_route() {
             req.extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
             req.extend_from_slice(&body);
         }
-        raw_status(s.http, &req)
+        raw_status(s.http(), &req)
     };
     assert_eq!(
         upload(200_000, false),
@@ -348,14 +342,18 @@ fn body_limits_per_route() {
     );
     let mut req = big_json.into_bytes();
     req.extend(std::iter::repeat_n(b' ', 2 << 20));
-    assert_eq!(raw_status(s.http, &req), 413, "2 MiB of JSON");
+    assert_eq!(raw_status(s.http(), &req), 413, "2 MiB of JSON");
     for req in [
         "GET /boot/n1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
         "GET /metrics HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "GET /boot.bin HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
     ] {
-        assert_eq!(raw_status(s.http, req.as_bytes()), 413, "{req:?}");
+        assert_eq!(raw_status(s.http(), req.as_bytes()), 413, "{req:?}");
     }
-    assert!(s.metric_or_zero("baton_http_errors_total{code=\"413\"}") >= 6.0);
+    assert!(
+        s.api
+            .metric_or_zero("baton_http_errors_total{code=\"413\"}")
+            >= 6.0
+    );
     normal_service_works(&s, &boot);
 }

@@ -9,64 +9,35 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::http::{have_tftp_hpa, tftp_get, Baton, BatonBuilder};
-use common::raw::{fetch, rrq, Fetch, Peer, Reply};
-use common::{assert_same_bytes, pattern};
-use tempfile::TempDir;
+use common::host::{Host, HostBuilder};
+use common::require::require_tftp_hpa;
+use common::tftp::{fetch, rrq, tftp_get, Fetch, Peer, Reply};
+use common::{assert_same_bytes, eventually, pattern};
 
-/// A server with a TFTP root holding `files`, and `toml` as its config file.
-fn server(files: &[(&str, Vec<u8>)], toml: &str) -> (Baton, TempDir) {
-    let root = TempDir::new().expect("temp TFTP root");
+/// A TFTP host (debug log) serving `files`, with `toml` as its config file.
+fn server(files: &[(&str, Vec<u8>)], toml: &str) -> Host {
+    let mut b = HostBuilder::tftp();
+    if !toml.is_empty() {
+        b = b.config(toml);
+    }
+    let s = b.start();
     for (name, bytes) in files {
-        std::fs::write(root.path().join(name), bytes).expect("write a TFTP file");
+        s.put(name, bytes);
     }
-    let cfg = root.path().join("baton.toml");
-    std::fs::write(&cfg, toml).expect("write config");
-    let s = BatonBuilder::temp()
-        .tftp_root(root.path())
-        .arg("--config")
-        .arg(cfg.to_str().unwrap())
-        .log_level("debug")
-        .start();
-    (s, root)
-}
-
-/// Waits for a log line with all of `needles`, panicking with the log otherwise.
-#[track_caller]
-fn expect_log(s: &Baton, needles: &[&str], timeout: Duration) {
-    if s.wait_for_log(needles, timeout).is_none() {
-        panic!(
-            "no log line with {needles:?} within {timeout:?}:\n{}",
-            s.log()
-        );
-    }
-}
-
-/// Waits until `f` holds, up to `timeout`; returns whether it did.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s
 }
 
 /// A normal boot fetch: the real tftp-hpa client (from 127.0.0.1) when installed, and an
 /// RFC 7440 client from `src` with a window; both must get every byte.
 #[track_caller]
-fn normal_fetch_works(s: &Baton, name: &str, want: &[u8], src: &str) {
-    if have_tftp_hpa() {
-        let got = tftp_get(s.tftp, name).unwrap_or_else(|e| panic!("tftp-hpa get {name}: {e}"));
+fn normal_fetch_works(s: &Host, name: &str, want: &[u8], src: &str) {
+    if require_tftp_hpa() {
+        let got = tftp_get(s.tftp(), name).unwrap_or_else(|e| panic!("tftp-hpa get {name}: {e}"));
         assert_same_bytes(&got, want, name);
     }
     let d = fetch(
         &Peer::bind(src),
-        s.tftp,
+        s.tftp(),
         &rrq(name, &[("blksize", "1024"), ("windowsize", "8")]),
         Fetch::default(),
     )
@@ -94,12 +65,13 @@ fn drain(sock: &UdpSocket, silence: Duration) -> (u64, u64) {
 fn four_addresses_of_unacknowledged_requests_do_not_lock_out_a_boot() {
     let content = pattern(100_000, 161);
     // A 2 s cap keeps the test short; the bound scales with it (defaults: 10 s, 30 s).
-    let (s, _root) = server(&[("f", content.clone())], "[tftp]\nmax_timeout_ms = 2000\n");
+    let s = server(&[("f", content.clone())], "[tftp]\nmax_timeout_ms = 2000\n");
     let attackers: Vec<UdpSocket> = (11..15)
         .map(|i| {
             let a = UdpSocket::bind(format!("127.0.0.{i}:0")).unwrap();
             for _ in 0..1100 {
-                a.send_to(&rrq("f", &[("timeout", "255")]), s.tftp).unwrap();
+                a.send_to(&rrq("f", &[("timeout", "255")]), s.tftp())
+                    .unwrap();
             }
             a
         })
@@ -107,11 +79,12 @@ fn four_addresses_of_unacknowledged_requests_do_not_lock_out_a_boot() {
     let flood_end = Instant::now();
     assert!(
         eventually(Duration::from_secs(10), || s
+            .api
             .metric("baton_tftp_requests_total")
             >= 4400.0),
         "the server did not see the 4,400 requests"
     );
-    let active = s.metric("baton_tftp_active_transfers");
+    let active = s.api.metric("baton_tftp_active_transfers");
     eprintln!("after 4 x 1,100 unacknowledged requests: {active} transfers active");
     assert!(active <= 4096.0, "more transfers than slots: {active}");
 
@@ -132,20 +105,23 @@ fn four_addresses_of_unacknowledged_requests_do_not_lock_out_a_boot() {
     // Every unproven transfer ends within 3 x 2 s of its request.
     assert!(
         eventually(Duration::from_secs(12), || s
+            .api
             .metric("baton_tftp_active_transfers")
             == 0.0),
         "attacker transfers still active {:?} after the flood: {}",
         flood_end.elapsed(),
-        s.metric("baton_tftp_active_transfers")
+        s.api.metric("baton_tftp_active_transfers")
     );
     eprintln!(
         "all slots free {:?} after the flood; evicted {}, busy refusals {}",
         flood_end.elapsed(),
-        s.metric("baton_tftp_evicted_total"),
-        s.metric_or_zero("baton_tftp_refused_total{reason=\"busy\"}")
+        s.api.metric("baton_tftp_evicted_total"),
+        s.api
+            .metric_or_zero("baton_tftp_refused_total{reason=\"busy\"}")
     );
     assert!(
-        s.metric_or_zero("baton_tftp_options_ignored_total{reason=\"timeout_over_limit\"}")
+        s.api
+            .metric_or_zero("baton_tftp_options_ignored_total{reason=\"timeout_over_limit\"}")
             >= 4000.0
     );
     normal_fetch_works(&s, "f", &content, "127.0.0.21:0");
@@ -156,11 +132,11 @@ fn four_addresses_of_unacknowledged_requests_do_not_lock_out_a_boot() {
 #[test]
 fn unacknowledged_request_gets_three_packets() {
     let content = pattern(2048, 162);
-    let (s, _root) = server(&[("abcdefghijk", content.clone())], "");
+    let s = server(&[("abcdefghijk", content.clone())], "");
     let victim = UdpSocket::bind("127.0.0.30:0").unwrap();
     let req = rrq("abcdefghijk", &[]);
     assert_eq!(req.len(), 20);
-    victim.send_to(&req, s.tftp).unwrap();
+    victim.send_to(&req, s.tftp()).unwrap();
     let (n, bytes) = drain(&victim, Duration::from_millis(2500));
     eprintln!("20-byte request, never acknowledged: {n} datagrams, {bytes} bytes back");
     assert_eq!((n, bytes), (3, 3 * 516));
@@ -172,21 +148,20 @@ fn unacknowledged_request_gets_three_packets() {
 #[test]
 fn one_ack_brings_one_window_not_six() {
     let big = pattern(30 << 20, 163);
-    let (s, _root) = server(&[("big", big.clone())], "");
+    let s = server(&[("big", big.clone())], "");
     let victim = Peer::bind("127.0.0.32:0");
     victim.send(
-        s.tftp,
+        s.tftp(),
         &rrq("big", &[("blksize", "65464"), ("windowsize", "64")]),
     );
     let (oack, tid) = victim.expect("OACK");
     assert!(matches!(oack, Reply::Oack(_)), "{oack:?}");
     victim.ack(tid, 0);
-    expect_log(
-        &s,
+    s.expect_log(
         &["tftp transfer failed", "path=big", "reason=\"timeout\""],
         Duration::from_secs(20),
     );
-    let sent = s.metric("baton_tftp_data_packets_total");
+    let sent = s.api.metric("baton_tftp_data_packets_total");
     eprintln!(
         "one ACK 0: {sent} DATA packets sent, {} bytes",
         sent as u64 * 65_468
@@ -205,44 +180,39 @@ fn one_ack_brings_one_window_not_six() {
 #[test]
 fn single_port_forged_request_and_ack_get_no_window() {
     let big = pattern(30 << 20, 164);
-    let root = TempDir::new().unwrap();
-    std::fs::write(root.path().join("big"), &big).unwrap();
-    let s = BatonBuilder::temp()
-        .tftp_root(root.path())
-        .arg("--tftp-single-port")
-        .start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
+    s.put("big", &big);
     let victim = UdpSocket::bind("127.0.0.34:0").unwrap();
     victim
         .send_to(
             &rrq("big", &[("blksize", "65464"), ("windowsize", "64")]),
-            s.tftp,
+            s.tftp(),
         )
         .unwrap();
-    victim.send_to(&[0, 4, 0, 0], s.tftp).unwrap();
+    victim.send_to(&[0, 4, 0, 0], s.tftp()).unwrap();
     let (n, bytes) = drain(&victim, Duration::from_millis(2500));
     eprintln!("single-port, RRQ + ACK 0 back to back: {n} datagrams, {bytes} bytes back");
     assert_eq!(n, 3, "the OACK and two copies");
     assert!(bytes < 3 * 100, "{bytes} bytes: OACKs only");
-    assert_eq!(s.metric_or_zero("baton_tftp_data_packets_total"), 0.0);
+    assert_eq!(s.api.metric_or_zero("baton_tftp_data_packets_total"), 0.0);
 
     let reader = Peer::bind("127.0.0.35:0");
     reader.send(
-        s.tftp,
+        s.tftp(),
         &rrq("big", &[("blksize", "65464"), ("windowsize", "64")]),
     );
     let (oack, from) = reader.expect("OACK");
     assert!(matches!(oack, Reply::Oack(_)));
     reader.ack(from, 0);
-    expect_log(
-        &s,
+    s.expect_log(
         &["tftp transfer failed", "path=big", "client=127.0.0.35"],
         Duration::from_secs(20),
     );
-    assert_eq!(s.metric("baton_tftp_data_packets_total"), 69.0);
-    if have_tftp_hpa() {
+    assert_eq!(s.api.metric("baton_tftp_data_packets_total"), 69.0);
+    if require_tftp_hpa() {
         let small = pattern(5000, 165);
-        std::fs::write(root.path().join("small"), &small).unwrap();
-        assert_same_bytes(&tftp_get(s.tftp, "small").unwrap(), &small, "small");
+        s.put("small", &small);
+        assert_same_bytes(&tftp_get(s.tftp(), "small").unwrap(), &small, "small");
     }
 }
 
@@ -251,23 +221,23 @@ fn single_port_forged_request_and_ack_get_no_window() {
 #[test]
 fn error_replies_and_refusal_logs_are_rate_limited_per_source() {
     let content = pattern(3000, 166);
-    let (s, _root) = server(
+    let s = server(
         &[("f", content.clone())],
         "[tftp]\nerror_replies_per_minute = 5\n",
     );
     let flooder = UdpSocket::bind("127.0.0.40:0").unwrap();
     for i in 0..200 {
         flooder
-            .send_to(&rrq(&format!("missing-{i}"), &[]), s.tftp)
+            .send_to(&rrq(&format!("missing-{i}"), &[]), s.tftp())
             .unwrap();
     }
     let (n, _) = drain(&flooder, Duration::from_millis(1000));
     assert_eq!(n, 5, "five ERRORs, then nothing");
     let other = Peer::bind("127.0.0.41:0");
-    other.send(s.tftp, &rrq("missing", &[]));
+    other.send(s.tftp(), &rrq("missing", &[]));
     let (code, msg, _) = other.expect_error("file not found for another source");
     assert_eq!((code, msg.as_str()), (1, "file not found"));
-    assert!(eventually(Duration::from_secs(5), || s.metric_or_zero(
+    assert!(eventually(Duration::from_secs(5), || s.api.metric_or_zero(
         "baton_tftp_suppressed_total{what=\"error_reply\"}"
     ) == 195.0));
     let logged = s
@@ -275,7 +245,11 @@ fn error_replies_and_refusal_logs_are_rate_limited_per_source() {
         .len();
     eprintln!("200 refused requests from one source: 5 ERRORs, {logged} log lines");
     assert!(logged <= 21, "{logged} refusal lines for one source");
-    assert!(s.metric_or_zero("baton_tftp_suppressed_total{what=\"log\"}") >= 150.0);
+    assert!(
+        s.api
+            .metric_or_zero("baton_tftp_suppressed_total{what=\"log\"}")
+            >= 150.0
+    );
     normal_fetch_works(&s, "f", &content, "127.0.0.42:0");
 }
 
@@ -285,9 +259,9 @@ fn error_replies_and_refusal_logs_are_rate_limited_per_source() {
 #[test]
 fn client_timeout_is_capped_and_an_abandoned_transfer_frees_its_slot() {
     let content = pattern(200_000, 167);
-    let (s, _root) = server(&[("f", content.clone())], "[tftp]\nmax_timeout_ms = 1000\n");
+    let s = server(&[("f", content.clone())], "[tftp]\nmax_timeout_ms = 1000\n");
     let p = Peer::bind("127.0.0.50:0");
-    p.send(s.tftp, &rrq("f", &[("timeout", "255"), ("tsize", "0")]));
+    p.send(s.tftp(), &rrq("f", &[("timeout", "255"), ("tsize", "0")]));
     let (r, tid) = p.expect("OACK");
     match r {
         Reply::Oack(o) => {
@@ -303,6 +277,7 @@ fn client_timeout_is_capped_and_an_abandoned_transfer_frees_its_slot() {
     // The client is proven (ACK 0), then silent: 5 probes 1 s apart, then the slot frees.
     assert!(
         eventually(Duration::from_secs(9), || s
+            .api
             .metric("baton_tftp_active_transfers")
             == 0.0),
         "slot still held {:?} after the client went silent",

@@ -59,7 +59,9 @@ impl Hidden {
     }
 }
 
-/// The one answer to every refused boot file: 404, the same body whatever the reason.
+/// The one answer to every refused boot file: 404, the same body whatever the reason,
+/// except a client that is not the node (`node_files = "bound"`): 403, like TFTP's
+/// ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
 /// The reason is counted, and logged with the node's owner and epoch when known.
 fn hidden(
     app: &App,
@@ -82,7 +84,14 @@ fn hidden(
         ),
         Verdict::Deny => app.metrics.http.suppressed_logs.inc(),
     }
-    ApiError::NotFound("boot file".into())
+    match why {
+        Hidden::NotServed(NotServed::WrongClient) => ApiError::NotServed {
+            reason: NotServed::WrongClient,
+            message: "boot file refused to this client".into(),
+            details: serde_json::Value::Null,
+        },
+        _ => ApiError::NotFound("boot file".into()),
+    }
 }
 
 /// `GET|HEAD /boot/{node}/{*path}`.
@@ -115,7 +124,10 @@ pub async fn boot_file(
         return Err(hidden(&app, peer, Hidden::NoSuchFile, &node, want, owner));
     };
     let client = Some(peer.ip());
-    if let Err(r) = app.gate.check(&n, Purpose::Files { client }) {
+    if let Err(r) = app
+        .gate
+        .check(&n, Purpose::Files { client }, Some(&nf.path))
+    {
         return Err(hidden(&app, peer, Hidden::NotServed(r), &node, want, owner));
     }
     let data = app.blobs.bytes(&nf.digest).await.map_err(|e| match e {

@@ -50,10 +50,15 @@ impl StoreSource {
             Err(e) => return Err(OpenError::Io(e.to_string())),
         };
         match self.store.node(&nf.node) {
-            Ok(Some(node)) => match self.gate.check(&node, Purpose::Files { client }) {
-                Ok(_) => Ok(Some(nf)),
-                Err(r) => Err(OpenError::NotServed(r)),
-            },
+            Ok(Some(node)) => {
+                match self
+                    .gate
+                    .check(&node, Purpose::Files { client }, Some(&nf.path))
+                {
+                    Ok(_) => Ok(Some(nf)),
+                    Err(r) => Err(OpenError::NotServed(r)),
+                }
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(OpenError::Io(e.to_string())),
         }

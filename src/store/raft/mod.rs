@@ -11,9 +11,10 @@ pub mod machine;
 pub mod network;
 pub mod peer;
 pub mod propose;
+pub mod snapfile;
+pub mod wire;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ openraft::declare_raft_types!(
         R = Option<Outcome>,
         NodeId = NodeId,
         Node = Peer,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapfile::SnapshotFile,
 );
 
 /// The Raft handle.
