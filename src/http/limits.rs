@@ -53,8 +53,14 @@ pub fn route_label(matched: Option<&MatchedPath>) -> &str {
 #[derive(Debug, Clone, Copy)]
 pub struct MaxUpload(pub u64);
 
+/// How far past its limit a declared body is still read up to the limit before the 413:
+/// a client that writes its whole body before reading (most do) then gets the answer,
+/// not a broken pipe. Further past it, the refusal comes at once.
+pub const DRAIN: u64 = 4 << 20;
+
 /// Applies [`body_limit`]: a declared length over the limit is refused at once (413,
-/// before any byte of it is read); any other body is cut off at the limit as it streams.
+/// before any byte of it is read) when the route takes no body or it is more than
+/// [`DRAIN`] over; any other body is cut off at the limit as it streams.
 pub async fn limit_body(State(max): State<Arc<MaxUpload>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
     let Some(limit) = body_limit(req.method(), route, max.0) else {
@@ -66,7 +72,9 @@ pub async fn limit_body(State(max): State<Arc<MaxUpload>>, req: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    if declared.is_some_and(|n| n > limit) || (limit == 0 && chunked) {
+    let over = declared.is_some_and(|n| n > limit);
+    let far_over = declared.is_some_and(|n| n > limit.saturating_add(DRAIN));
+    if (over && (limit == 0 || far_over)) || (limit == 0 && chunked) {
         return ApiError::TooLarge.into_response();
     }
     let (parts, body) = req.into_parts();
