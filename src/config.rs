@@ -137,16 +137,30 @@ settings! {
         /// Retransmission timeout when the client asks for none, in milliseconds.
         timeout_ms: u64 = 1000,
             range [10..=255_000, " milliseconds"];
+        /// Longest retransmission timeout a client may ask for (its `timeout` option), in
+        /// milliseconds; a longer one is not acknowledged and this one is used. An
+        /// abandoned transfer frees its slot after at most (max_retries + 1) x this.
+        max_timeout_ms: u64 = 10_000,
+            range [1000..=255_000, " milliseconds"];
         /// Timeouts in a row before a transfer is dropped.
         max_retries: u32 = 5,
             range [1..=100];
         /// What block 65535 is followed by.
         rollover: Rollover = Rollover::Zero;
-        /// Most transfers at once.
+        /// Most transfers at once (also at most half the file descriptors above a reserve
+        /// of 128, each transfer having its own socket outside single-port mode). When
+        /// all are taken, a request from an address below its fair share (this divided
+        /// by the addresses holding transfers) replaces the oldest transfer of the most
+        /// over-share address whose client has not acknowledged anything yet.
         max_transfers: usize = 4096,
             range [1..];
-        /// Most transfers at once from one client address.
+        /// Most transfers at once from one client address (many nodes behind one NAT
+        /// address share it).
         max_transfers_per_client: usize = 1024,
+            range [1..];
+        /// ERROR replies (refusals, busy) sent to one client address per minute, all of
+        /// them at once after a quiet minute; the rest are dropped and counted.
+        error_replies_per_minute: u32 = 600,
             range [1..];
         /// Bytes of idle files kept in memory.
         cache_bytes: u64 = 1 << 30;
@@ -159,6 +173,26 @@ settings! {
         /// Address and TCP port of the HTTP server: API, HTTP boot, metrics.
         listen: SocketAddr = "0.0.0.0:8069".parse().expect("valid literal"),
             flag [value "http-listen" SocketAddr, "ADDR:PORT"];
+        /// Time a client has to send a whole request head (line and headers), from the
+        /// connection's start or the first byte of the request, in milliseconds.
+        header_timeout_ms: u64 = 10_000,
+            range [100.., " milliseconds"];
+        /// A connection closes after this long without a byte in either direction: idle
+        /// between requests (keep-alive), or stalled in a body or a response.
+        idle_timeout_ms: u64 = 60_000,
+            range [100.., " milliseconds"];
+        /// Most connections open at once (also at most half the file descriptors above a
+        /// reserve of 128). When all are taken, a client below its fair share closes the
+        /// oldest idle connection (no request in flight) of the client most over its share.
+        max_connections: usize = 2048,
+            range [1..];
+        /// Most connections open at once from one client address.
+        max_connections_per_ip: usize = 256,
+            range [1..];
+        /// Largest artifact upload (`POST /v1/artifacts`), streamed to disk, in bytes.
+        /// Other `/v1` bodies are JSON of at most 1 MiB; boot and metrics routes take none.
+        max_upload_bytes: u64 = 64 << 30,
+            range [1..];
     }
 
     /// Proxy-DHCP settings.
@@ -190,6 +224,14 @@ settings! {
         /// Answer nodes whose profile is `local` (their files boot the local disk); when
         /// false they get no answer and the firmware tries its next boot device.
         answer_local: bool = true;
+        /// DHCP relay agents (their `giaddr`) whose relayed requests are answered, to the
+        /// relay (RFC 2131 4.1). A request naming any other `giaddr` is not answered:
+        /// a client on this segment never sets it, so it is forged or from an unknown relay.
+        relays: Vec<std::net::Ipv4Addr> = Vec::new();
+        /// Answers sent for one MAC address per minute, all of them at once after a
+        /// quiet minute (a PXE boot needs two to four); the rest are dropped and counted.
+        answers_per_mac_minute: u32 = 60,
+            range [1..];
     }
 
     /// Cluster settings.
@@ -517,6 +559,25 @@ impl Config {
                 _ => "cluster.election_timeout_ms",
             };
             return bad(key, &e.to_string());
+        }
+        if self.tftp.timeout_ms > self.tftp.max_timeout_ms {
+            return bad(
+                "tftp.timeout_ms",
+                "must not exceed tftp.max_timeout_ms (the longest timeout granted)",
+            );
+        }
+        for r in &self.dhcp.relays {
+            if r.is_unspecified()
+                || r.is_loopback()
+                || r.is_broadcast()
+                || r.is_multicast()
+                || r.octets()[0] == 0
+            {
+                return bad(
+                    "dhcp.relays",
+                    &format!("{r} is not a relay agent's unicast address"),
+                );
+            }
         }
         if self.log_level.trim().is_empty() {
             return bad("log_level", "must not be empty (e.g. `info`)");

@@ -137,6 +137,11 @@ pub struct TftpMetrics {
     pub duration: Histogram,
     /// Times a concurrency limit was hit.
     pub limit_hits: LabeledCounter,
+    /// Transfers ended to make room for a client below its fair share.
+    pub evicted: Counter,
+    /// Replies and log lines dropped by a per-source rate limit, by what
+    /// (`error_reply`, `log`).
+    pub suppressed: LabeledCounter,
 }
 
 /// Store metrics.
@@ -167,6 +172,15 @@ pub struct HttpMetrics {
     pub boot_active: Gauge,
     /// Duration of completed HTTP boot downloads.
     pub boot_duration: Histogram,
+    /// Connections open.
+    pub connections: Gauge,
+    /// Connections refused at accept, by limit (`per_client`, `total`).
+    pub connections_refused: LabeledCounter,
+    /// Connections closed by the server, by reason (`header_timeout`, `idle_timeout`,
+    /// `evicted`).
+    pub connections_closed: LabeledCounter,
+    /// Log lines dropped by a per-source rate limit.
+    pub suppressed_logs: Counter,
 }
 
 /// Proxy-DHCP metrics.
@@ -180,6 +194,8 @@ pub struct DhcpMetrics {
     pub ignored: LabeledCounter,
     /// Datagrams that are not DHCP boot requests, by reason.
     pub bad_packets: LabeledCounter,
+    /// Log lines dropped by a per-MAC rate limit.
+    pub suppressed_logs: Counter,
 }
 
 /// Ownership metrics.
@@ -356,6 +372,19 @@ impl Metrics {
             "limit",
             &t.limit_hits,
         );
+        counter(
+            &mut o,
+            "baton_tftp_evicted_total",
+            "Transfers not acknowledged yet, ended to make room for a client below its fair share.",
+            t.evicted.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_suppressed_total",
+            "ERROR replies and log lines dropped by a per-source rate limit.",
+            "what",
+            &t.suppressed,
+        );
         histogram(
             &mut o,
             "baton_tftp_transfer_seconds",
@@ -390,6 +419,12 @@ impl Metrics {
             "Datagrams that are not DHCP boot requests.",
             "reason",
             &d.bad_packets,
+        );
+        counter(
+            &mut o,
+            "baton_dhcp_suppressed_logs_total",
+            "Log lines dropped by a per-MAC rate limit.",
+            d.suppressed_logs.get(),
         );
         let ow = &self.ownership;
         gauge(
@@ -458,7 +493,7 @@ impl Metrics {
         labeled(
             &mut o,
             "baton_http_requests_total",
-            "HTTP API requests.",
+            "HTTP requests, by method (other for unknown ones) and route (unmatched for none).",
             "route",
             &h.requests,
         );
@@ -505,6 +540,32 @@ impl Metrics {
             "baton_http_boot_seconds",
             "Duration of completed HTTP boot downloads.",
             &h.boot_duration,
+        );
+        gauge(
+            &mut o,
+            "baton_http_connections",
+            "HTTP connections open.",
+            h.connections.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_http_connections_refused_total",
+            "HTTP connections refused at accept, by limit.",
+            "limit",
+            &h.connections_refused,
+        );
+        labeled(
+            &mut o,
+            "baton_http_connections_closed_total",
+            "HTTP connections closed by the server, by reason.",
+            "reason",
+            &h.connections_closed,
+        );
+        counter(
+            &mut o,
+            "baton_http_suppressed_logs_total",
+            "Log lines dropped by a per-source rate limit.",
+            h.suppressed_logs.get(),
         );
         o
     }

@@ -140,6 +140,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Install the handlers first: a signal that arrives while starting up must stop the
     // server cleanly, not kill it with the default action.
     let signals = Signals::install()?;
+    // Every HTTP connection and TFTP transfer holds a descriptor; systemd and shells
+    // start with a soft limit of 1024. The budget is split in `net::fds`.
+    match crate::net::fds::raise_soft_limit() {
+        Ok((old, new)) if new != old => {
+            info!(
+                old,
+                new, "open file limit (RLIMIT_NOFILE) raised to its hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
     crate::private_fs::create_dir(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (use --data-dir)",
@@ -268,13 +280,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )?
     .with_capture(capture.clone())
     .with_boots(boots.clone());
-    let http_task = tokio::spawn(crate::http::serve(
-        listener,
-        app.clone(),
-        token,
-        source,
-        shutdown.clone(),
-    ));
+    let http_cfg = cfg.http.clone();
+    let http_task = tokio::spawn({
+        let (app, source, shutdown) = (app.clone(), source.clone(), shutdown.clone());
+        async move { crate::http::serve(listener, app, token, source, &http_cfg, shutdown).await }
+    });
     crate::cluster::bootstrap(&cfg, &host, &proposer, &advertise).await?;
 
     let reg = Command::RegisterHost {

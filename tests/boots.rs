@@ -34,10 +34,12 @@ struct Lab {
 /// A PXE server with proxy-DHCP on loopback ports, node `n1` on a deploy profile and a
 /// loader in the TFTP root; `boots_toml` goes into `[boots]`.
 fn lab(boots_toml: &str) -> Lab {
-    let s = HostBuilder::pxe_temp()
-        .dhcp_loopback()
-        .config(&format!("[boots]\n{boots_toml}\n"))
-        .start();
+    lab_config(&format!("[boots]\n{boots_toml}\n"))
+}
+
+/// [`lab`] with the whole config file given.
+fn lab_config(toml: &str) -> Lab {
+    let s = HostBuilder::pxe_temp().dhcp_loopback().config(toml).start();
     s.api
         .post("/v1/nodes", json!({ "id": "n1", "macs": [MAC_STR] }))
         .expect(201);
@@ -272,7 +274,8 @@ fn a_boot_shows_every_stage_with_host_bytes_and_errors() {
 
 #[test]
 fn a_storm_of_records_adds_no_raft_entries() {
-    let l = lab("");
+    // 150 DISCOVERs of one MAC: above the per-MAC answer limit (60 a minute) otherwise.
+    let l = lab_config("[dhcp]\nanswers_per_mac_minute = 1000\n");
     let s = &l.s;
     let index = |s: &Host| {
         s.api.get("/v1/cluster").expect(200)["last_log_index"]

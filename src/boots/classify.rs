@@ -51,11 +51,21 @@ pub fn file_stage(
 /// was not for a boot server at all.
 pub fn dhcp_ignore_recorded(i: Ignored) -> bool {
     match i {
-        Ignored::NoProfile | Ignored::LocalBoot | Ignored::UnsupportedArch => true,
+        // Rate-limited: the node asks faster than its answers are allowed (a DHCP loop
+        // in the making), which the timeline should show.
+        Ignored::NoProfile
+        | Ignored::LocalBoot
+        | Ignored::UnsupportedArch
+        | Ignored::RateLimited => true,
         Ignored::NotServed(r) => matches!(r, NotServed::LeaseStale | NotServed::AwaitingOldOwner),
-        Ignored::NotPxe | Ignored::MessageType | Ignored::OtherServer | Ignored::UnknownMac => {
-            false
-        }
+        // Relay and source refusals are about the network, not this node's boot.
+        Ignored::NotPxe
+        | Ignored::MessageType
+        | Ignored::OtherServer
+        | Ignored::UnknownMac
+        | Ignored::UntrustedRelay
+        | Ignored::BadRelay
+        | Ignored::BadSource => false,
     }
 }
 

@@ -576,8 +576,7 @@ async fn upload_artifact(
     let mut done: u64 = 0;
     let mut last_log = std::time::Instant::now();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::field("body", format!("upload interrupted: {e}")))?;
+        let chunk = chunk.map_err(super::limits::body_error)?;
         done += chunk.len() as u64;
         // File writes block: keep them off the async workers' hot path.
         tokio::task::block_in_place(|| std::io::Write::write_all(&mut w, &chunk))

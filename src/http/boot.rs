@@ -1,10 +1,15 @@
 //! HTTP boot: a node's files under `/boot/<node>/<path>`, for iPXE and UEFI HTTP-boot
 //! clients, with `Range`, `ETag` (the sha256), `If-None-Match` and `HEAD`. The same
 //! owned-node rule as TFTP applies. Bodies stream from the shared in-memory copy.
+//!
+//! These routes need no login, so a refusal tells the caller nothing: an unknown node,
+//! a node another host owns (or this one may not serve yet) and a missing file all get
+//! the same 404 ([`hidden`]); the reason, owner and epoch go to the log (at a bounded
+//! rate per client) and to `baton node show`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -24,11 +29,71 @@ use crate::boots::{LiveTransfer, Proto, Status};
 use crate::metrics::Metrics;
 use crate::namespace::store_source::StoreSource;
 use crate::namespace::{FileSource, OpenError};
+use crate::net::ratelimit::{LogBudget, Verdict};
 use crate::ownership::gate::{NotServed, Purpose};
 use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
+
+/// Refusal log lines per client address (a process has one HTTP listener).
+static REFUSAL_LOGS: LazyLock<Mutex<LogBudget<IpAddr>>> =
+    LazyLock::new(|| Mutex::new(LogBudget::new()));
+
+/// Why a boot file was refused, for the log and metrics (never for the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hidden {
+    UnknownNode,
+    NoSuchFile,
+    NotServed(NotServed),
+    BlobMissing,
+}
+
+impl Hidden {
+    fn label(self) -> &'static str {
+        match self {
+            Hidden::UnknownNode => "unknown_node",
+            Hidden::NoSuchFile => "no_such_file",
+            Hidden::NotServed(r) => r.label(),
+            Hidden::BlobMissing => "blob_missing",
+        }
+    }
+}
+
+/// The one answer to every refused boot file: 404, the same body whatever the reason,
+/// except a client that is not the node (`node_files = "bound"`): 403, like TFTP's
+/// ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
+/// The reason is counted, and logged with the node's owner and epoch when known.
+fn hidden(
+    app: &App,
+    peer: SocketAddr,
+    why: Hidden,
+    node: &str,
+    path: &str,
+    owner: Option<(&str, u64)>,
+) -> ApiError {
+    app.metrics.http.boot_failed.inc(why.label());
+    let v = REFUSAL_LOGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&peer.ip().to_canonical(), Instant::now());
+    match v {
+        Verdict::Allow { suppressed } => info!(
+            client = %peer, node = %node, path = %path.escape_debug(), reason = why.label(),
+            owner = owner.map(|o| o.0), epoch = owner.map(|o| o.1), host = %app.host, suppressed,
+            "http boot file refused"
+        ),
+        Verdict::Deny => app.metrics.http.suppressed_logs.inc(),
+    }
+    match why {
+        Hidden::NotServed(NotServed::WrongClient) => ApiError::NotServed {
+            reason: NotServed::WrongClient,
+            message: "boot file refused to this client".into(),
+            details: serde_json::Value::Null,
+        },
+        _ => ApiError::NotFound("boot file".into()),
+    }
+}
 
 /// `GET|HEAD /boot/{node}/{*path}`.
 pub async fn boot_file(
@@ -46,51 +111,42 @@ pub async fn boot_file(
         .and_then(|r| r.split_once('/'))
         .map_or("", |(_, p)| p);
     let path = ClientPath::from_url(raw).map_err(|e| path_refused(&e, raw))?;
-    let files = app.store.node_files(&node)?;
-    let n = app
-        .store
-        .node(&node)?
-        .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
     let want = path.as_str();
+    let Some(n) = app.store.node(&node)? else {
+        return Err(hidden(&app, peer, Hidden::UnknownNode, &node, want, None));
+    };
+    let owner = Some((n.owner.as_str(), n.epoch));
+    let files = app.store.node_files(&node)?;
     let Some(nf) = path
         .candidates()
         .find_map(|c| files.iter().find(|f| f.path == c))
         .cloned()
     else {
-        let e = OpenError::NotFound;
-        app.boots
-            .refused(Proto::Http, peer.ip(), &path, Some(&node), &e);
-        return Err(ApiError::NotFound(format!("file {want} of node {node}")));
+        app.boots.refused(
+            Proto::Http,
+            peer.ip(),
+            &path,
+            Some(&node),
+            &OpenError::NotFound,
+        );
+        return Err(hidden(&app, peer, Hidden::NoSuchFile, &node, want, owner));
     };
     let client = Some(peer.ip());
     if let Err(r) = app
         .gate
         .check(&n, Purpose::Files { client }, Some(&nf.path))
     {
-        app.metrics.http.boot_failed.inc(r.label());
-        let e = OpenError::NotServed(r);
-        app.boots
-            .refused(Proto::Http, peer.ip(), &path, Some(&node), &e);
-        let message = match r {
-            NotServed::NotOwner => {
-                format!(
-                    "node {node} is served by host {}, not {}",
-                    n.owner, app.host
-                )
-            }
-            r => format!(
-                "host {} owns node {node} but may not serve it yet: {r}",
-                app.host
-            ),
-        };
-        return Err(ApiError::NotServed {
-            reason: r,
-            message,
-            details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
-        });
+        app.boots.refused(
+            Proto::Http,
+            peer.ip(),
+            &path,
+            Some(&node),
+            &OpenError::NotServed(r),
+        );
+        return Err(hidden(&app, peer, Hidden::NotServed(r), &node, want, owner));
     }
     let data = app.blobs.bytes(&nf.digest).await.map_err(|e| match e {
-        OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
+        OpenError::NotFound => hidden(&app, peer, Hidden::BlobMissing, &node, want, owner),
         e => ApiError::Internal(e.to_string()),
     })?;
     respond(
@@ -134,7 +190,22 @@ pub async fn namespace_file(
                     app.boots
                         .refused(Proto::Http, peer.ip(), &path, Some(&nf.node), &e);
                     match e {
-                        OpenError::NotServed(r) => not_served(&app, r, path.as_str()),
+                        OpenError::NotServed(r) => hidden(
+                            &app,
+                            peer,
+                            Hidden::NotServed(r),
+                            &nf.node,
+                            path.as_str(),
+                            None,
+                        ),
+                        OpenError::NotFound => hidden(
+                            &app,
+                            peer,
+                            Hidden::BlobMissing,
+                            &nf.node,
+                            path.as_str(),
+                            None,
+                        ),
                         e => ApiError::Internal(e.to_string()),
                     }
                 })?;
@@ -151,7 +222,14 @@ pub async fn namespace_file(
         Ok(None) => {}
         Err(e @ OpenError::NotServed(r)) => {
             app.boots.refused(Proto::Http, peer.ip(), &path, None, &e);
-            return Err(not_served(&app, r, path.as_str()));
+            return Err(hidden(
+                &app,
+                peer,
+                Hidden::NotServed(r),
+                "-",
+                path.as_str(),
+                None,
+            ));
         }
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
@@ -174,19 +252,6 @@ pub async fn namespace_file(
             details: serde_json::json!({ "reason": r }),
         }),
         Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
-}
-
-/// A namespace path that belongs to a node the gate refuses here.
-fn not_served(app: &App, r: NotServed, path: &str) -> ApiError {
-    app.metrics.http.boot_failed.inc(r.label());
-    ApiError::NotServed {
-        reason: r,
-        message: format!(
-            "{path} belongs to a node this host ({}) does not serve: {r}",
-            app.host
-        ),
-        details: serde_json::json!({}),
     }
 }
 

@@ -8,9 +8,11 @@ pub mod auth;
 pub mod boot;
 pub mod boots;
 pub mod cluster;
+pub mod conn;
 pub mod error;
 pub mod ingest;
 pub mod json;
+pub mod limits;
 pub mod range;
 pub mod rebalance;
 pub mod ui;
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
+use crate::config::HttpConfig;
 use crate::namespace::store_source::StoreSource;
 use axum::Extension;
 
@@ -43,9 +46,10 @@ pub enum HttpError {
     },
 }
 
-/// Builds the whole router.
-pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
+/// Builds the whole router; `max_upload` is the body limit of artifact uploads.
+pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>, max_upload: u64) -> Router {
     let token = auth::Token(Arc::new(token));
+    let max_upload = Arc::new(limits::MaxUpload(max_upload));
     let api = api::routes()
         .merge(boots::api_routes())
         .merge(ingest::routes())
@@ -69,6 +73,10 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
         .fallback(boot::namespace_file)
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(Extension(source))
+        .layer(middleware::from_fn_with_state(
+            max_upload,
+            limits::limit_body,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(middleware::from_fn(close_on_refused_body))
         .with_state(app)
@@ -117,14 +125,14 @@ async fn close_on_refused_body(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Counts requests by route and refusals by status.
+/// Counts requests by method and route and refusals by status, with labels from a fixed
+/// set ([`limits::method_label`], [`limits::route_label`]).
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let label = format!("{} {}", req.method(), route);
+    let label = format!(
+        "{} {}",
+        limits::method_label(req.method()),
+        limits::route_label(req.extensions().get::<MatchedPath>())
+    );
     let resp = next.run(req).await;
     let m = &app.metrics.http;
     m.requests.inc(&label);
@@ -142,20 +150,27 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
     Ok(l)
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled, under the limits of `cfg` (see [`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     token: String,
     source: Arc<StoreSource>,
+    cfg: &HttpConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    info!(addr = %addr, "http server listening");
-    axum::serve(
-        listener,
-        router(app, token, source).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let limits = conn::ConnLimits::from(cfg);
+    info!(
+        addr = %addr,
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_per_ip,
+        fd_share = crate::net::fds::current().http,
+        header_timeout_ms = cfg.header_timeout_ms,
+        idle_timeout_ms = cfg.idle_timeout_ms,
+        "http server listening"
+    );
+    let metrics = app.metrics.clone();
+    let router = router(app, token, source, cfg.max_upload_bytes);
+    conn::serve(listener, router, limits, metrics, shutdown).await
 }

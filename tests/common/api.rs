@@ -618,15 +618,8 @@ pub fn raw_request(
     path: &str,
     body: Option<&str>,
 ) -> (u16, Vec<u8>) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a TCP socket");
-    if let Some(ip) = from {
-        s.bind(&SocketAddr::from((ip, 0)).into())
-            .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    }
-    s.connect_timeout(&server.into(), HTTP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
-    let mut c: TcpStream = s.into();
+    let mut c = connect_from(from, server)
+        .unwrap_or_else(|e| panic!("connect to {server} from {from:?}: {e}"));
     c.set_read_timeout(Some(HTTP_TIMEOUT)).expect("set timeout");
     let body_head = match body {
         Some(b) => format!(
@@ -656,4 +649,15 @@ pub fn raw_request(
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
     (status, resp[split + 4..].to_vec())
+}
+
+/// A TCP connection to `server` from address `from` when given (a client with an
+/// address of its own, e.g. 127.0.0.9), connected within [`HTTP_TIMEOUT`].
+pub fn connect_from(from: Option<Ipv4Addr>, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::from((ip, 0)).into())?;
+    }
+    s.connect_timeout(&server.into(), HTTP_TIMEOUT)?;
+    Ok(s.into())
 }
