@@ -21,6 +21,10 @@ use super::types::{
 };
 use super::StoreError;
 
+mod requests;
+
+pub use requests::{MAX_REQUESTS, REQUEST_RETENTION_MS};
+
 /// Most MACs per node (multi-port servers have a handful).
 pub const MAX_MACS: usize = 16;
 /// Most served files per node.
@@ -75,7 +79,14 @@ fn int(v: u64, what: &str) -> R<i64> {
 /// Applies `cmd` inside `tx`. Business refusals are `Ok(Outcome::Rejected(_))` with no
 /// effect; `Err` means the database itself failed and the caller must not commit.
 pub fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<Outcome, StoreError> {
-    with_savepoint(tx, |tx| dispatch(tx, cmd))
+    match cmd {
+        Command::Idempotent {
+            request,
+            at,
+            command,
+        } => requests::apply_once(tx, *request, *at, command),
+        cmd => with_savepoint(tx, |tx| dispatch(tx, cmd)),
+    }
 }
 
 fn with_savepoint(
@@ -211,6 +222,10 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             at,
         } => release(tx, node, holder, *token, *at),
         Command::Batch { commands } => batch(tx, commands),
+        // Only [`apply`] unwraps one, at the top level.
+        Command::Idempotent { .. } => Err(invalid(
+            "a tagged (idempotent) command cannot be nested or batched",
+        )),
     }
 }
 

@@ -9,7 +9,9 @@
 
 use crate::blobs::Digest;
 
-use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState, TransferReason};
+use super::types::{
+    BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
+};
 use super::Reservation;
 
 /// One served file of a node, as carried by [`Command::SetBootProfile`].
@@ -268,6 +270,18 @@ pub enum Command {
     Batch {
         /// The commands.
         commands: Vec<Command>,
+    },
+    /// Applies `command` at most once per `request`: a retry of a write whose answer was
+    /// lost (the leader died after committing it, a forward timed out) gets the outcome
+    /// of the first application instead of being applied again. The proposer tags every
+    /// write it sends; tagged commands do not nest and are not batched.
+    Idempotent {
+        /// Chosen by the proposer, the same on every retry.
+        request: RequestId,
+        /// Proposer's time of the first attempt: ages the request's record out.
+        at: Millis,
+        /// The write.
+        command: Box<Command>,
     },
 }
 

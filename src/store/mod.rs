@@ -38,7 +38,7 @@ pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
 pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, NodeId, ProvisionState,
-    TransferReason,
+    RequestId, TransferReason,
 };
 
 /// Failures of the store itself (never business outcomes; those are [`Rejection`]s).
@@ -136,7 +136,8 @@ impl Store {
         // on a lock upgrade.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let outcome = apply::apply(&tx, cmd)?;
-        if outcome.is_applied() {
+        // A tagged write records its outcome, a refusal included.
+        if outcome.is_applied() || matches!(cmd, Command::Idempotent { .. }) {
             tx.commit()?;
         } else {
             tx.rollback()?;
@@ -382,6 +383,7 @@ const DUMP: &[(&str, &str)] = &[
     ("inline_files", "digest"),
     ("reservations", "node"),
     ("events", "seq"),
+    ("requests", "seq"),
 ];
 
 /// See [`Store::canonical_dump`].
