@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::v1::{UploadQuery, Uploaded};
+use crate::api::v1::{UploadQuery, Uploaded, NEXT_CURSOR_HEADER};
 use crate::api::{ErrorBody, TOKEN_FILE};
 
 /// What went wrong talking to the API, phrased for the operator.
@@ -153,6 +153,51 @@ impl Client {
     /// GET a JSON resource.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
         self.typed(self.req("GET", path).call())
+    }
+
+    /// GETs a list page by page until the last one (or `max` items), calling
+    /// `progress(items so far)` after each page. `url_for(cursor)` gives a page's path
+    /// and query (with its `limit`); the answer holds all the items, as the server sent
+    /// them.
+    pub fn list_all<T: DeserializeOwned>(
+        &self,
+        url_for: impl Fn(Option<&str>) -> Result<String, ClientError>,
+        max: Option<usize>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Reply<Vec<T>>, ClientError> {
+        let mut raw: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let r = self.req("GET", &url_for(cursor.as_deref())?).call();
+            let next = r
+                .as_ref()
+                .ok()
+                .and_then(|resp| resp.header(NEXT_CURSOR_HEADER))
+                .map(str::to_string);
+            match self.finish(r)? {
+                Value::Array(items) => raw.extend(items),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "a list page is not an array: {:.200}",
+                        other.to_string()
+                    )))
+                }
+            }
+            progress(raw.len());
+            if max.is_some_and(|m| raw.len() >= m) {
+                raw.truncate(max.unwrap_or(usize::MAX));
+                break;
+            }
+            // A server that repeats a cursor would loop forever: stop instead.
+            match next {
+                Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+                _ => break,
+            }
+        }
+        let raw = Value::Array(raw);
+        let body = Vec::<T>::deserialize(&raw)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {:.200}", raw.to_string())))?;
+        Ok(Reply { body, raw })
     }
 
     /// DELETE a resource; the answer is read as a `T` (`()` for none).

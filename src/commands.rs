@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::v1::{
-    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
-    HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery, ProfileRequest,
-    ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView, UpdateRequest,
-    Uploaded,
+    AcquireRequest, ArtifactDetail, ArtifactQuery, ClusterView, EnrollRequest, EventPage,
+    EventsQuery, HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery,
+    ProfileRequest, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView,
+    UpdateRequest, Uploaded, MAX_PAGE,
 };
 use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
@@ -215,6 +215,50 @@ fn upload(
     Ok(r?)
 }
 
+/// A flag's value read as its API name (`--handoff migrating`), so the CLI accepts
+/// exactly what the server does.
+fn named<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> anyhow::Result<T> {
+    use serde::de::IntoDeserializer;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = v.into_deserializer();
+    T::deserialize(de).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
+}
+
+/// Every page of a list, `page_size` items per request, up to `max` items; a spinner
+/// counts them on a terminal while pages arrive.
+fn list_all<T: serde::de::DeserializeOwned, Q: Serialize>(
+    api: &ApiArgs,
+    c: &Client,
+    path: &str,
+    max: Option<usize>,
+    page_size: usize,
+    query: impl Fn(usize, Option<String>) -> Q,
+) -> anyhow::Result<Reply<Vec<T>>> {
+    if page_size == 0 || page_size > MAX_PAGE {
+        bail!("--page-size must be 1 to {MAX_PAGE}");
+    }
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} listed")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_message(path.trim_start_matches("/v1/").to_string());
+        b
+    };
+    let r = c.list_all(
+        |cursor| {
+            let left = max.map_or(page_size, |m| m.min(page_size));
+            with_query(path, &query(left.max(1), cursor.map(str::to_string)))
+        },
+        max,
+        |n| bar.set_position(n as u64),
+    );
+    bar.finish_and_clear();
+    Ok(r?)
+}
+
 /// Boot MACs as given with `--mac`.
 fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
     macs.iter()
@@ -243,9 +287,43 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 format!("enrolled {} (owner {}, epoch {})\n", n.id, n.owner, n.epoch)
             });
         }
-        NodeCmd::List { owner, group } => {
-            let r = c.get(&with_query("/v1/nodes", &NodeQuery { owner, group })?)?;
-            print(api, &r, |n: &Vec<Node>| node_rows(n));
+        NodeCmd::List {
+            owner,
+            group,
+            arch,
+            provision_state,
+            handoff,
+            stuck,
+            profile,
+            mac,
+            limit,
+            page_size,
+        } => {
+            let query = NodeQuery {
+                owner,
+                group,
+                arch,
+                provision_state: provision_state
+                    .map(|v| named("--provision-state", &v))
+                    .transpose()?,
+                handoff: handoff.map(|v| named("--handoff", &v)).transpose()?,
+                stuck: stuck.then_some(true),
+                profile: profile.map(|v| named("--profile", &v)).transpose()?,
+                mac: mac
+                    .map(|m| m.parse().with_context(|| format!("--mac {m}")))
+                    .transpose()?,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Node>> =
+                list_all(api, &c, "/v1/nodes", limit, page_size, |l, cursor| {
+                    NodeQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
+            print(api, &r, |n| node_rows(n));
         }
         NodeCmd::Show { id } => {
             let r = c.get(&format!("/v1/nodes/{id}"))?;
@@ -410,8 +488,25 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
                 )
             });
         }
-        ArtifactCmd::List => {
-            let r: Reply<Vec<Artifact>> = c.get("/v1/artifacts")?;
+        ArtifactCmd::List {
+            name,
+            host,
+            page_size,
+        } => {
+            let query = ArtifactQuery {
+                name,
+                host,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Artifact>> =
+                list_all(api, &c, "/v1/artifacts", None, page_size, |l, cursor| {
+                    ArtifactQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
             print(api, &r, |arts| {
                 let rows: Vec<Vec<String>> = arts
                     .iter()

@@ -10,8 +10,58 @@ use crate::store::{
     Artifact, Event, Host, MacAddr, Millis, Node, NodeFile, NodeId, ProvisionState, Reservation,
 };
 
-/// `GET /v1/nodes?owner=&group=`: which nodes to list.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Largest page of a list (`limit`), and the page size when none is given: a plain
+/// `GET /v1/nodes` lists up to this many nodes, as it always listed all of them.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Response header of a list page that is not the last: the `cursor` of the next page.
+/// The same page also carries `Link: <next page's URL>; rel="next"` (RFC 8288).
+///
+/// Lists page in a stable order (nodes by id, artifacts by digest), each page after
+/// the previous page's last item, so an item present throughout is listed exactly once
+/// even while others are added or removed.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+
+/// The `handoff` filter of [`NodeQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffFilter {
+    /// Not moving.
+    None,
+    /// Migration in progress.
+    Migrating,
+}
+
+/// The `profile` filter of [`NodeQuery`]: the kind of boot profile, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileFilter {
+    /// No boot profile.
+    None,
+    /// Provisioning ramdisk.
+    Deploy,
+    /// The instance's own kernel.
+    Instance,
+    /// Boots its local disk.
+    Local,
+}
+
+impl ProfileFilter {
+    /// The profile kind ([`crate::store::BootProfile::kind`]); `None` for no profile.
+    pub fn kind(self) -> Option<&'static str> {
+        match self {
+            ProfileFilter::None => None,
+            ProfileFilter::Deploy => Some("deploy"),
+            ProfileFilter::Instance => Some("instance"),
+            ProfileFilter::Local => Some("local"),
+        }
+    }
+}
+
+/// `GET /v1/nodes?...`: which nodes to list (every filter given must match), one page
+/// of them. Answered with a JSON array of [`Node`]s, by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeQuery {
     /// Only nodes owned by this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -19,6 +69,49 @@ pub struct NodeQuery {
     /// Only nodes of this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Only nodes with this architecture hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Only nodes in this provision state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_state: Option<ProvisionState>,
+    /// Only nodes migrating (`migrating`) or not (`none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffFilter>,
+    /// Only nodes no live host could take over (`true`) or the others (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<bool>,
+    /// Only nodes with this kind of boot profile (`none`: without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileFilter>,
+    /// Only the node with this boot MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Most items in the answer (1..=[`MAX_PAGE`], default [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Where to continue: the [`NEXT_CURSOR_HEADER`] of the previous page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/artifacts?...`: one page of the artifacts, by digest. Answered with a JSON
+/// array of [`Artifact`]s.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactQuery {
+    /// Only artifacts recorded under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only artifacts this host holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Most items in the answer (1..=[`MAX_PAGE`], default [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Where to continue: the [`NEXT_CURSOR_HEADER`] of the previous page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// `POST /v1/nodes`: enroll a node on the host asked (which then owns it). Answered
