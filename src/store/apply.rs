@@ -21,6 +21,7 @@ use super::types::{
 };
 use super::StoreError;
 
+mod import;
 mod requests;
 
 pub use requests::{MAX_REQUESTS, REQUEST_RETENTION_MS};
@@ -222,6 +223,12 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             at,
         } => release(tx, node, holder, *token, *at),
         Command::Batch { commands } => batch(tx, commands),
+        Command::ImportNodes {
+            host,
+            group,
+            nodes,
+            at,
+        } => import::import_nodes(tx, host, group, nodes, *at),
         // Only [`apply`] unwraps one, at the top level.
         Command::Idempotent { .. } => Err(invalid(
             "a tagged (idempotent) command cannot be nested or batched",

@@ -36,7 +36,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::blobs::Digest;
 use crate::wire::path::ClientPath;
 
-pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
+pub use command::{
+    Applied, Command, FileSpec, ImportItem, ImportProfile, ImportResult, Outcome, Rejection,
+    INLINE_MAX,
+};
 pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, NodeFilter, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, NodeId, ProvisionState,
