@@ -173,6 +173,19 @@ pub enum NodeCmd {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         page_size: usize,
     },
+    /// Enroll (or update) many nodes from a file, in one request: CSV or JSON lines,
+    /// one node per line (id, macs, group, arch, and optionally a profile: kind,
+    /// kernel, ramdisk, cmdline; kernel and ramdisk by sha256 or uploaded artifact
+    /// name). Re-running it is harmless: nodes already as the file says are left
+    /// alone. Exits non-zero if any line was refused.
+    Import {
+        /// The file (`-` for standard input is not supported: the progress bar needs
+        /// to count its lines).
+        file: std::path::PathBuf,
+        /// csv or jsonl [default: from the file name: .csv, else .jsonl/.ndjson/.json].
+        #[arg(long, value_name = "csv|jsonl")]
+        format: Option<String>,
+    },
     /// Show a node with its served files and reservation.
     Show {
         /// Node id.

@@ -15,6 +15,7 @@ use crate::api::v1::{
     ProfileRequest, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView,
     UpdateRequest, Uploaded, MAX_PAGE,
 };
+use crate::api::v1::{ImportFormat, ImportReport, IMPORT_MAX_BYTES};
 use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
 use crate::cli::{ApiArgs, ArtifactCmd, HostCmd, NodeCmd};
@@ -259,6 +260,119 @@ fn list_all<T: serde::de::DeserializeOwned, Q: Serialize>(
     Ok(r?)
 }
 
+/// `baton node import FILE`: one request, a progress bar while the server commits,
+/// then the report.
+fn import(api: &ApiArgs, c: &Client, file: &Path, format: Option<&str>) -> anyhow::Result<()> {
+    let format: ImportFormat = match format {
+        Some(f) => named("--format", f)?,
+        None => match file.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => ImportFormat::Csv,
+            Some(e)
+                if ["jsonl", "ndjson", "json"]
+                    .iter()
+                    .any(|x| e.eq_ignore_ascii_case(x)) =>
+            {
+                ImportFormat::Jsonl
+            }
+            _ => bail!(
+                "cannot tell the format of {} from its name: give --format csv or --format jsonl",
+                file.display()
+            ),
+        },
+    };
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.len() > IMPORT_MAX_BYTES {
+        bail!(
+            "{} is {} bytes, more than the {IMPORT_MAX_BYTES} one import takes: split it (re-running an import is harmless)",
+            file.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {} as text", file.display()))?;
+    let total = crate::import::count_records(&text, format);
+    drop(text);
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importing [{bar:30}] {pos}/{len} nodes {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let r = c.import(file, format, |p| {
+        bar.set_position(p.lines);
+        bar.set_message(format!(
+            "({} new, {} changed, {} unchanged, {} refused)",
+            p.created, p.updated, p.unchanged, p.failed
+        ));
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    print(api, &r, import_text);
+    let rep = &r.body;
+    if let Some(e) = &rep.error {
+        bail!(
+            "the import stopped early: {} (what was committed stays; re-run the import to finish)",
+            e.message
+        );
+    }
+    if rep.counts.failed > 0 {
+        bail!(
+            "{} line(s) of {} refused",
+            rep.counts.failed,
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// The import report for a person: totals, then every refused and changed line.
+fn import_text(r: &ImportReport) -> String {
+    let c = &r.counts;
+    let mut out = format!(
+        "{} nodes: {} created, {} updated, {} unchanged, {} failed ({} log entries, {:.1} s)\n",
+        c.lines,
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.failed,
+        r.log_entries,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    if !r.updated_nodes.is_empty() {
+        out.push_str("\nupdated:\n");
+        let rows: Vec<Vec<String>> = r
+            .updated_nodes
+            .iter()
+            .map(|u| vec![u.line.to_string(), u.node.clone(), u.fields.join(",")])
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CHANGED"], &rows));
+    }
+    if !r.failures.is_empty() {
+        out.push_str("\nfailed:\n");
+        let rows: Vec<Vec<String>> = r
+            .failures
+            .iter()
+            .map(|f| {
+                vec![
+                    f.line.to_string(),
+                    opt(&f.node),
+                    f.code.clone(),
+                    f.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CODE", "REASON"], &rows));
+    }
+    out
+}
+
 /// Boot MACs as given with `--mac`.
 fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
     macs.iter()
@@ -325,6 +439,7 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 })?;
             print(api, &r, |n| node_rows(n));
         }
+        NodeCmd::Import { file, format } => import(api, &c, &file, format.as_deref())?,
         NodeCmd::Show { id } => {
             let r = c.get(&format!("/v1/nodes/{id}"))?;
             print(api, &r, node_detail);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dhcp;
 pub mod doctor;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod net;
 pub mod ownership;

@@ -27,7 +27,7 @@ use crate::api::v1::{
     EventsQuery, HandoffFilter, HostChanged, HostRemoved, HostView, MemberRole, MemberView,
     MigrateRequest, NodeDetail, NodeQuery, ProfileRequest, ReleaseQuery, RemoveHostQuery,
     RenewRequest, ReservationGrant, ReservationState, StatusView, TftpTotals, UpdateRequest,
-    UploadQuery, Uploaded, MAX_PAGE, NEXT_CURSOR_HEADER,
+    UploadQuery, Uploaded, IMPORT_PATH, MAX_PAGE, NEXT_CURSOR_HEADER,
 };
 use crate::api::ErrorBody;
 use crate::app::App;
@@ -50,6 +50,10 @@ const MAX_WAIT_SECS: u64 = 60;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/nodes", get(list_nodes).post(enroll_node))
+        .route(
+            IMPORT_PATH,
+            axum::routing::post(super::import::import_nodes),
+        )
         .route(
             "/v1/nodes/{id}",
             get(show_node).patch(update_node).delete(delete_node),
@@ -133,19 +137,28 @@ async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
 async fn fresh_node(app: &Arc<App>, id: &str) -> Result<Node, ApiError> {
     match get_node(app, id) {
         Err(ApiError::NotFound(_)) if !app.proposer.is_leader() => {
-            if let Some(lm) = leader_metrics(app).await {
-                if let Some(l) = lm.last_applied {
-                    let _ = app
-                        .proposer
-                        .raft()
-                        .wait(Some(Duration::from_secs(3)))
-                        .applied_index_at_least(Some(l.index), "read barrier")
-                        .await;
-                }
-            }
+            read_barrier(app).await;
             get_node(app, id)
         }
         r => r,
+    }
+}
+
+/// On a follower, waits (briefly) until this replica has applied what the leader had
+/// applied: reads that decide a write then see every earlier commit.
+pub(super) async fn read_barrier(app: &Arc<App>) {
+    if app.proposer.is_leader() {
+        return;
+    }
+    if let Some(lm) = leader_metrics(app).await {
+        if let Some(l) = lm.last_applied {
+            let _ = app
+                .proposer
+                .raft()
+                .wait(Some(Duration::from_secs(3)))
+                .applied_index_at_least(Some(l.index), "read barrier")
+                .await;
+        }
     }
 }
 
@@ -361,7 +374,10 @@ async fn delete_node(
 }
 
 /// The boot profile a [`ProfileRequest`] asks for, checked against the known artifacts.
-fn requested_profile(req: ProfileRequest, app: &App) -> Result<Option<BootProfile>, ApiError> {
+pub(super) fn requested_profile(
+    req: ProfileRequest,
+    app: &App,
+) -> Result<Option<BootProfile>, ApiError> {
     let kernel_boot = |k: Option<Digest>,
                        r: Option<Digest>,
                        c: Option<String>|

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod boot;
 pub mod cluster;
 pub mod error;
+pub mod import;
 pub mod json;
 pub mod range;
 

@@ -273,10 +273,10 @@ fn event(
     data: serde_json::Value,
 ) -> R<()> {
     let data = serde_json::to_string(&data).map_err(|e| StoreError::Serde(e.to_string()))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (at, kind, node, host, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![at, kind, node, host, data],
-    )?;
+    )?
+    .execute(params![at, kind, node, host, data])?;
     Ok(())
 }
 
@@ -290,7 +290,8 @@ fn load_node(tx: &Transaction<'_>, id: &str) -> R<Node> {
 
 fn require_host(tx: &Transaction<'_>, name: &str) -> R<()> {
     let found: Option<i64> = tx
-        .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |r| r.get(0))
+        .prepare_cached("SELECT 1 FROM hosts WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()?;
     match found {
         Some(_) => Ok(()),
@@ -453,10 +454,10 @@ fn enroll_node(
     }
     require_host(tx, owner)?;
     let macs = claim_macs(tx, node, macs)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO nodes (id, group_name, arch, owner, epoch, provision_state, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)",
-        params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)")?
+        .execute(params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
     )?;
     insert_macs(tx, node, &macs)?;
     event(
@@ -589,11 +590,8 @@ fn ensure_artifact(
     let size_i = int(size, "artifact size")?;
     let hex = digest.to_hex();
     let recorded: Option<i64> = tx
-        .query_row(
-            "SELECT size FROM artifacts WHERE digest = ?1",
-            [&hex],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT size FROM artifacts WHERE digest = ?1")?
+        .query_row([&hex], |r| r.get(0))
         .optional()?;
     let created = match recorded {
         Some(r) if r != size_i => {
@@ -605,20 +603,20 @@ fn ensure_artifact(
         }
         Some(_) => false,
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO artifacts (digest, size, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![hex, size_i, name, at],
-            )?;
+            )?
+            .execute(params![hex, size_i, name, at])?;
             true
         }
     };
     // Only a host that really holds the blob is recorded: replication fetches from
     // holders, and takeover trusts the record.
     if let Some(host) = host {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
-            params![host, hex, at],
-        )?;
+        )?
+        .execute(params![host, hex, at])?;
     }
     Ok(created)
 }
@@ -687,19 +685,16 @@ fn set_boot_profile(
                     f.path
                 )));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO inline_files (digest, content) VALUES (?1, ?2)",
-                params![f.digest.to_hex(), text.as_bytes()],
-            )?;
+            )?
+            .execute(params![f.digest.to_hex(), text.as_bytes()])?;
         }
     }
     for path in &paths {
         let other: Option<String> = tx
-            .query_row(
-                "SELECT node FROM node_files WHERE path = ?1 AND node != ?2",
-                params![path, id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT node FROM node_files WHERE path = ?1 AND node != ?2")?
+            .query_row(params![path, id], |r| r.get(0))
             .optional()?;
         if let Some(other) = other {
             return Err(Fail::Reject(Rejection::PathInUse {
@@ -718,7 +713,8 @@ fn set_boot_profile(
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Serde(e.to_string()))?;
-        tx.execute("DELETE FROM node_files WHERE node = ?1", [id])?;
+        tx.prepare_cached("DELETE FROM node_files WHERE node = ?1")?
+            .execute([id])?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)",
@@ -728,10 +724,8 @@ fn set_boot_profile(
             }
         }
         drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))?;
-        tx.execute(
-            "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, profile_json, at],
-        )?;
+        tx.prepare_cached("UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, profile_json, at])?;
         event(
             tx,
             at,
