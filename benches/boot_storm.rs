@@ -49,6 +49,10 @@ mod procstat;
 mod report;
 #[path = "boot_storm/servers.rs"]
 mod servers;
+// Test data shared with the tests; the bench uses only `pattern`.
+#[allow(dead_code)]
+#[path = "../tests/common/data.rs"]
+mod data;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -59,6 +63,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{ClientSpec, TransferResult};
+use data::pattern;
 use report::{RunResult, Scenario};
 use servers::{Kind, Server};
 
@@ -206,20 +211,6 @@ impl Config {
     }
 }
 
-/// Deterministic, incompressible-looking content (xorshift64*), different per seed.
-fn generate(size: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(size as usize + 8);
-    while (v.len() as u64) < size {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(size as usize);
-    v
-}
-
 fn file_name(size: u64) -> String {
     format!("boot-storm-{size}.img")
 }
@@ -228,7 +219,8 @@ fn file_name(size: u64) -> String {
 fn write_files(root: &Path, sizes: &BTreeSet<u64>) -> std::io::Result<Vec<(u64, Arc<Vec<u8>>)>> {
     let mut out = Vec::new();
     for &size in sizes {
-        let data = generate(size, 0x9E37_79B9_7F4A_7C15 ^ size);
+        // Deterministic, incompressible-looking content, different per size.
+        let data = pattern(size as usize, size);
         let path = root.join(file_name(size));
         fs::write(&path, &data)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;

@@ -13,24 +13,20 @@
 //! `BATON_BENCH_THREADS` (default 16), `BATON_BENCH_TRIALS` (failover trials,
 //! default 5). A watchdog stops everything after 5 minutes.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const SECRET: &str = "bench-cluster-secret-31f0a9";
-const TOKEN: &str = "bench-token-8c2d61e0";
-const READY: &str = "tftp server listening";
+use common::api::Api;
+use common::fleet::Fleet;
+use common::host::{bench_bin, HostBuilder};
+
 const WATCHDOG: Duration = Duration::from_secs(300);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// PIDs of the running hosts, so the watchdog can kill them before exiting.
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -39,266 +35,67 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn baton_bin() -> PathBuf {
-    std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_baton")))
+/// Sends a request; `Ok((status, body))`, `Err` on transport failure.
+fn call(c: &Api, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    c.try_call(method, path, body)
+        .map(|r| (r.status, r.json_or_null()))
 }
 
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("reserve a UDP port")
-            .port()
-    } else {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("reserve a TCP port")
-            .port()
+/// A write that must succeed; returns its latency.
+fn write(c: &Api, method: &str, path: &str, body: &Value, ok: u16) -> Duration {
+    let t = Instant::now();
+    match call(c, method, path, Some(body)) {
+        Ok((s, _)) if s == ok => t.elapsed(),
+        other => panic!("{method} {}{path}: {other:?}", c.url()),
     }
 }
 
-/// One host: fixed ports so it can be restarted at the address the others know.
-struct Host {
-    name: String,
-    data: PathBuf,
-    http: SocketAddr,
-    tftp: SocketAddr,
-    join: Option<String>,
-    config: PathBuf,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-}
-
-impl Host {
-    fn new(name: &str, root: &Path, join: Option<String>) -> Host {
-        Host {
-            name: name.into(),
-            data: root.join(name),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port(false))),
-            tftp: SocketAddr::from(([127, 0, 0, 1], free_port(true))),
-            join,
-            config: root.join("baton.toml"),
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(baton_bin());
-        cmd.arg("serve")
-            .args(["--no-dhcp", "--log-level", "warn,baton::tftp::server=info"])
-            .args(["--tftp-listen", &self.tftp.to_string()])
-            .args(["--http-listen", &self.http.to_string()])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--host-name", &self.name, "--api-token", TOKEN])
-            .arg("--config")
-            .arg(&self.config)
-            .env("BATON_CLUSTER_SECRET", SECRET)
-            .env_remove("RUST_LOG")
-            .env_remove("BATON_CONFIG")
-            .env_remove("BATON_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(j) = &self.join {
-            cmd.args(["--join", j]);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton_bin().display()));
-        PIDS.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
-        let log = Arc::new(Mutex::new(String::new()));
-        self.log = log.clone();
-        let stderr = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        self.child = Some(child);
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self
-                .log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(READY)
-            {
-                return;
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                panic!(
-                    "{} did not start ({exited:?}):\n{}",
-                    self.name,
-                    self.log.lock().unwrap_or_else(|p| p.into_inner())
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            let _ = c.kill();
-            let _ = c.wait();
-            PIDS.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|p| *p != c.id());
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Ok(pid) = libc::pid_t::try_from(c.id()) {
-                // SAFETY: kill(2) on the PID of a child we own and have not reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            PIDS.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|p| *p != c.id());
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A keep-alive client of one host's API.
-#[derive(Clone)]
-struct Client {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(h: &Host) -> Client {
-        Client {
-            base: h.url(),
-            agent: ureq::AgentBuilder::new().timeout(HTTP_TIMEOUT).build(),
-        }
-    }
-
-    /// Sends a request; `Ok((status, body))`, `Err` on transport failure.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-        let req = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {TOKEN}"));
-        let res = match body {
-            Some(b) => req.send_json(b.clone()),
-            None => req.call(),
-        };
-        let resp = match res {
-            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let mut s = String::new();
-        resp.into_reader()
-            .read_to_string(&mut s)
-            .map_err(|e| e.to_string())?;
-        Ok((status, serde_json::from_str(&s).unwrap_or(Value::Null)))
-    }
-
-    fn cluster(&self) -> Option<Value> {
-        match self.call("GET", "/v1/cluster", None) {
-            Ok((200, v)) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// A write that must succeed; returns its latency.
-    fn write(&self, method: &str, path: &str, body: &Value, ok: u16) -> Duration {
-        let t = Instant::now();
-        match self.call(method, path, Some(body)) {
-            Ok((s, _)) if s == ok => t.elapsed(),
-            other => panic!("{method} {}{path}: {other:?}", self.base),
-        }
-    }
-}
-
+/// Three hosts on loopback, with a keep-alive client of each.
 struct Cluster {
-    hosts: Vec<Host>,
-    clients: Vec<Client>,
-    _dir: tempfile::TempDir,
+    fleet: Fleet,
+    clients: Vec<Api>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        std::fs::write(dir.path().join("baton.toml"), "").expect("config file");
-        let mut hosts: Vec<Host> = Vec::new();
-        for i in 1..=3 {
-            let join = hosts.first().map(Host::url);
-            let mut h = Host::new(&format!("h{i}"), dir.path(), join);
-            h.spawn();
-            h.wait_ready();
-            hosts.push(h);
-        }
-        let clients = hosts.iter().map(Client::new).collect();
-        Cluster {
-            hosts,
-            clients,
-            _dir: dir,
-        }
+        let bin = bench_bin();
+        let fleet = Fleet::start_hosts(
+            (1..=3)
+                .map(|i| {
+                    HostBuilder::member(&format!("h{i}"))
+                        .bin(&bin)
+                        .log_level("warn")
+                        .config("")
+                })
+                .collect(),
+        );
+        let clients = fleet
+            .hosts
+            .iter()
+            .map(|h| h.api.timeout(HTTP_TIMEOUT).keep_alive())
+            .collect();
+        Cluster { fleet, clients }
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.fleet.hosts[i].name().to_string()
     }
 
     /// Index of the host that says it leads (among running ones).
-    fn leader(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            for (i, c) in self.clients.iter().enumerate() {
-                if self.hosts[i].child.is_none() {
-                    continue;
-                }
-                if c.cluster().is_some_and(|v| v["state"] == "Leader") {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader");
-            thread::sleep(Duration::from_millis(20));
-        }
+    fn leader(&mut self) -> usize {
+        self.fleet.leader(Duration::from_secs(30))
     }
 
     /// Waits until host `i` applied what the leader had logged.
-    fn wait_caught_up(&self, i: usize) {
+    fn wait_caught_up(&mut self, i: usize) {
         let l = self.leader();
         let target = self.clients[l]
-            .cluster()
+            .try_cluster()
             .and_then(|v| v["last_log_index"].as_u64())
             .unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.clients[i]
-            .cluster()
+            .try_cluster()
             .and_then(|v| v["applied_index"].as_u64())
             .unwrap_or(0)
             < target
@@ -306,7 +103,7 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "{} does not catch up",
-                self.hosts[i].name
+                self.name(i)
             );
             thread::sleep(Duration::from_millis(10));
         }
@@ -359,7 +156,7 @@ fn mac(i: usize) -> String {
 }
 
 fn sequential(
-    c: &Client,
+    c: &Api,
     what: String,
     n: usize,
     mut req: impl FnMut(usize) -> (String, String, Value, u16),
@@ -368,7 +165,7 @@ fn sequential(
     let t = Instant::now();
     for i in 0..n {
         let (method, path, body, ok) = req(i);
-        lat.push(c.write(&method, &path, &body, ok));
+        lat.push(write(c, &method, &path, &body, ok));
     }
     Row {
         what,
@@ -379,13 +176,7 @@ fn sequential(
 
 /// `threads` clients, client `t` sending `per` PATCHes to `targets[t % len]`, on nodes
 /// `nodes[t]` (one node per thread, so writes never conflict).
-fn concurrent(
-    what: String,
-    targets: &[Client],
-    threads: usize,
-    per: usize,
-    states: &[&str],
-) -> Row {
+fn concurrent(what: String, targets: &[Api], threads: usize, per: usize, states: &[&str]) -> Row {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -395,7 +186,13 @@ fn concurrent(
                 let mut lat = Vec::with_capacity(per);
                 for i in 0..per {
                     let body = json!({ "provision_state": states[i % states.len()] });
-                    lat.push(c.write("PATCH", &format!("/v1/nodes/c{t:03}"), &body, 200));
+                    lat.push(write(
+                        &c,
+                        "PATCH",
+                        &format!("/v1/nodes/c{t:03}"),
+                        &body,
+                        200,
+                    ));
                 }
                 lat
             })
@@ -424,19 +221,14 @@ fn main() {
     thread::spawn(|| {
         thread::sleep(WATCHDOG);
         eprintln!("cluster bench: watchdog: still running after {WATCHDOG:?}; killing the hosts");
-        for pid in PIDS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Ok(pid) = libc::pid_t::try_from(*pid) {
-                // SAFETY: kill(2) on PIDs of children this process started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        common::child::kill_spawned();
         std::process::exit(2);
     });
     let n = env_usize("BATON_BENCH_WRITES", 300);
     let threads = env_usize("BATON_BENCH_THREADS", 16);
     let trials = env_usize("BATON_BENCH_TRIALS", 5);
     let per = (n * 2 / threads.max(1)).max(10);
-    let bin = baton_bin();
+    let bin = bench_bin();
     println!(
         "\ncluster bench: 3 hosts on loopback, {} ({} sequential writes per series, {threads} threads x {per} concurrent writes, {trials} failover trials)\n",
         bin.display(),
@@ -446,7 +238,7 @@ fn main() {
     let mut c = Cluster::start();
     let l = c.leader();
     let f = (l + 1) % 3;
-    let (ln, fname) = (c.hosts[l].name.clone(), c.hosts[f].name.clone());
+    let (ln, fname) = (c.name(l), c.name(f));
     let mut rows = Vec::new();
 
     rows.push(sequential(
@@ -505,7 +297,8 @@ fn main() {
     ));
     // One node per client thread, enrolled through the leader and replicated everywhere.
     for t in 0..threads {
-        c.clients[l].write(
+        write(
+            &c.clients[l],
             "POST",
             "/v1/nodes",
             &json!({ "id": format!("c{t:03}"), "macs": [mac(100_000 + t)] }),
@@ -538,15 +331,15 @@ fn main() {
     for trial in 1..=trials {
         let l = c.leader();
         let s = (l + 1) % 3;
-        let killed = c.hosts[l].name.clone();
-        c.hosts[l].kill9();
+        let killed = c.name(l);
+        c.fleet.hosts[l].kill9();
         let t0 = Instant::now();
         let mut k = 0;
         let failover = loop {
             k += 1;
             let body =
                 json!({ "id": format!("f{trial}-{k}"), "macs": [mac(200_000 + trial * 1000 + k)] });
-            if let Ok((201, _)) = c.clients[s].call("POST", "/v1/nodes", Some(&body)) {
+            if let Ok((201, _)) = call(&c.clients[s], "POST", "/v1/nodes", Some(&body)) {
                 break t0.elapsed();
             }
             assert!(
@@ -558,14 +351,13 @@ fn main() {
         let nl = c.leader();
         times.push(failover);
         let t1 = Instant::now();
-        c.hosts[l].spawn();
-        c.hosts[l].wait_ready();
+        c.fleet.hosts[l].start();
         c.wait_caught_up(l);
         println!(
             "{:<7} {:<8} {:<11} {:>13.0} {:>20.0}",
             trial,
             killed,
-            c.hosts[nl].name,
+            c.name(nl),
             failover.as_secs_f64() * 1e3,
             t1.elapsed().as_secs_f64() * 1e3
         );
@@ -580,8 +372,8 @@ fn main() {
             pct(&times, 1.0)
         );
     }
-    for h in &mut c.hosts {
-        h.terminate();
+    for h in &mut c.fleet.hosts {
+        let _ = h.try_terminate(Duration::from_secs(20));
     }
     println!(
         "\ncluster bench done in {:.1} s",

@@ -15,21 +15,22 @@
 //! `TAKEOVER_SETTINGS=default,short`. It stops by itself: at most
 //! `TAKEOVER_BUDGET_SECS` (default 1200) in all, reporting what it measured.
 
-#[path = "../tests/common/fleet.rs"]
-mod fleet;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use fleet::{
-    host_states, mac, mac_colons, pattern, pxelinux_path, tftp_fetch, wait_nodes_replicated,
-    wait_until, Answer, Fleet, HostSpec, Leases,
-};
+use common::data::{mac, mac_colons, pattern, pxelinux_path};
+use common::fleet::{Fleet, Leases};
+use common::host::{bench_bin, HostBuilder};
+use common::tftp::{tftp_fetch, Answer};
+use common::wait_until;
 
 const NODES: usize = 6;
 const POLL: Duration = Duration::from_millis(20);
@@ -40,9 +41,7 @@ fn main() {
         println!("takeover: run with `cargo bench --bench takeover` (skipped in test mode)");
         return;
     }
-    let bin = std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_baton")));
+    let bin = bench_bin();
     let trials: usize = std::env::var("TAKEOVER_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -80,11 +79,11 @@ fn main() {
 }
 
 fn version(bin: &Path) -> String {
-    fleet::run_bounded(
+    common::run_bounded(
         std::process::Command::new(bin).arg("--version"),
         Duration::from_secs(10),
     )
-    .map(|(_, out, _)| String::from_utf8_lossy(&out).trim().to_string())
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     .unwrap_or_else(|e| e)
 }
 
@@ -100,9 +99,8 @@ struct Trial {
 fn run_setting(bin: &Path, name: &str, leases: Leases, trials: usize, deadline: Instant) {
     let cfg = leases.toml("");
     let mut f = Fleet::start(
-        bin,
         (1..=3)
-            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, false))
+            .map(|i| HostBuilder::member(&format!("h{i}")).config(&cfg).bin(bin))
             .collect(),
     );
     let names = ["h1", "h2", "h3"];
@@ -114,9 +112,9 @@ fn run_setting(bin: &Path, name: &str, leases: Leases, trials: usize, deadline: 
         api.enroll_deploy(id, &mac_colons(mac(i + 1)), &k, &rd);
     }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_nodes_replicated(&api, &id_refs, &names, Duration::from_secs(60));
+    api.wait_nodes_replicated(&id_refs, &names, Duration::from_secs(60));
     // What every node's pxelinux config is (the same from any owner).
-    let h1t = f.host("h1").spec.tftp;
+    let h1t = f.host("h1").tftp();
     let expected: BTreeMap<String, Vec<u8>> = ids
         .iter()
         .enumerate()
@@ -145,7 +143,7 @@ fn run_setting(bin: &Path, name: &str, leases: Leases, trials: usize, deadline: 
             break;
         }
         let any = running(&mut f)[0];
-        let leader = f.leader(any).unwrap_or_else(|| "h1".into());
+        let leader = f.leader_seen_by(any).unwrap_or_else(|| "h1".into());
         let victim = if trial % 2 == 1 {
             leader.clone()
         } else {
@@ -160,7 +158,7 @@ fn run_setting(bin: &Path, name: &str, leases: Leases, trials: usize, deadline: 
             .hosts
             .iter()
             .filter(|h| h.name() != victim)
-            .map(|h| (h.name().to_string(), h.spec.tftp))
+            .map(|h| (h.name().to_string(), h.tftp()))
             .collect();
         let probe_api = f.host(&survivors[0].0).api.clone();
         let seq0 = probe_api.get_ok("/v1/status")["last_event"]
@@ -250,7 +248,7 @@ fn run_setting(bin: &Path, name: &str, leases: Leases, trials: usize, deadline: 
         h.start();
         let probe = f.host(survivors[0].0.as_str()).api.clone();
         wait_until(Duration::from_secs(60), "all hosts up again", || {
-            let s = host_states(&probe);
+            let s = probe.host_states();
             names
                 .iter()
                 .all(|n| s.get(*n).is_some_and(|x| x == "up"))
@@ -286,9 +284,7 @@ fn move_nodes_to(f: &Fleet, ids: &[String], to: &str, expected: &BTreeMap<String
     for id in ids {
         let (owner, _, handoff) = api.node(id);
         if owner != to && handoff == "none" {
-            let r = api
-                .post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": to }))
-                .unwrap_or_else(|e| panic!("{e}"));
+            let r = api.post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": to }));
             assert_eq!(r.status, 200, "migrate {id} to {to}: {}", r.text());
         }
     }
@@ -314,7 +310,7 @@ fn move_nodes_to(f: &Fleet, ids: &[String], to: &str, expected: &BTreeMap<String
             || ids.iter().all(|id| a.node(id).0 == to).then_some(()),
         );
     }
-    let addr = f.host(to).spec.tftp;
+    let addr = f.host(to).tftp();
     wait_until(
         Duration::from_secs(30),
         "the victim serves its nodes",

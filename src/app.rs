@@ -2,13 +2,13 @@
 //! RPC) receives them. `serve` assembles them; every other driver gets only the handles
 //! it needs ([`crate::ownership::lease::Renewer`], [`crate::ownership::reconcile::Reconciler`],
 //! [`crate::replicate::Replicator`], [`crate::dhcp::server::DhcpDeps`],
-//! [`crate::tftp::store_source::StoreSource`]). Nothing below the HTTP layer imports
+//! [`crate::namespace::store_source::StoreSource`]). Nothing below the HTTP layer imports
 //! this module, and it holds no logic of its own.
 
 use std::sync::Arc;
 
-use crate::blobcache::ServedBlobs;
 use crate::metrics::Metrics;
+use crate::namespace::cache::ServedBlobs;
 use crate::ownership::gate::Gate;
 use crate::render::CurrentRenderer;
 use crate::replicate::ReplicationProgress;

@@ -25,6 +25,8 @@ pub enum Learned {
     ClientAddress,
     /// Source address of its udp/4011 request.
     BootServerSource,
+    /// Asked for a file named with its MAC right after its DHCP answer.
+    ConfigFetch,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,18 @@ impl Bindings {
         if prev.as_ref().is_none_or(|p| p.node != node) {
             tracing::debug!(node, client = %ip, how = ?how, "client address bound to node");
         }
+    }
+
+    /// The addresses bound to `node`, sorted.
+    pub fn addresses_of(&self, node: &str) -> Vec<IpAddr> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<IpAddr> = m
+            .iter()
+            .filter(|(_, b)| b.node == node && b.seen.elapsed() < BINDING_TTL)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.sort();
+        v
     }
 
     /// The node `ip` belongs to, if learned recently.

@@ -155,6 +155,8 @@ pub struct BlobInfo {
     pub size: u64,
     /// False when identical content was already stored (nothing new was written).
     pub created: bool,
+    /// A damaged stored copy (content no longer matching its digest) was replaced.
+    pub repaired: bool,
 }
 
 /// A content-addressed blob store rooted at one directory.
@@ -172,8 +174,10 @@ impl BlobStore {
     /// One process owns a data directory; leftover temp files are from a crashed writer.
     pub fn open(root: impl AsRef<Path>) -> Result<BlobStore, BlobError> {
         let root = root.as_ref().to_path_buf();
+        // Kernels and ramdisks of nodes may embed secrets: Baton's user only.
+        crate::private_fs::own_dir(&root).map_err(io_err("create directory", &root))?;
         for dir in [root.join("sha256"), root.join("tmp")] {
-            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+            crate::private_fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
         }
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
@@ -276,16 +280,7 @@ impl BlobStore {
             }
             Err(e) => return Err(io_err("open", &path)(e)),
         };
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = f.read(&mut buf).map_err(io_err("read", &path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let actual = Digest(hasher.finalize().into());
+        let actual = hash_reader(&mut f).map_err(io_err("read", &path))?;
         if actual != *digest {
             return Err(BlobError::Corrupt {
                 expected: *digest,
@@ -357,6 +352,33 @@ fn copy_chunks(
     }
 }
 
+/// The sha256 of everything `r` yields.
+fn hash_reader(r: &mut impl Read) -> io::Result<Digest> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(Digest(hasher.finalize().into())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether the file at `path` holds exactly the content named `digest`. Unreadable or
+/// missing counts as not intact: the caller then writes a fresh copy.
+fn is_intact(path: &Path, digest: &Digest, len: u64) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    // A length mismatch is damage too, and costs no read.
+    if f.metadata().map(|m| m.len()).ok() != Some(len) {
+        return false;
+    }
+    hash_reader(&mut f).is_ok_and(|d| d == *digest)
+}
+
 /// fsync a directory so a rename or unlink in it survives power loss.
 fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
     File::open(dir)
@@ -424,18 +446,18 @@ impl BlobWriter {
         let hex = digest.to_hex();
         let shard = self.root.join("sha256").join(&hex[..2]);
         let dest = shard.join(&hex);
-        // Identical content already stored (same name, same length): keep the old copy.
-        // A length mismatch means the stored copy is damaged; the fresh one replaces it.
-        if fs::metadata(&dest)
-            .map(|m| m.len() == self.len)
-            .unwrap_or(false)
-        {
+        // Identical content already stored: keep the old copy. Its content is hashed in
+        // full, not just its length compared: a copy damaged on disk (same size, other
+        // bytes) is replaced by the fresh one, so re-uploading repairs it.
+        let existed = dest.exists();
+        if existed && is_intact(&dest, &digest, self.len) {
             drop(file);
             let _ = fs::remove_file(&self.tmp);
             return Ok(BlobInfo {
                 digest,
                 size: self.len,
                 created: false,
+                repaired: false,
             });
         }
         file.sync_all().map_err(io_err("fsync", &self.tmp))?;
@@ -453,10 +475,14 @@ impl BlobWriter {
         }
         fs::rename(&self.tmp, &dest).map_err(io_err("rename into", &dest))?;
         fsync_dir(&shard)?;
+        if existed {
+            tracing::warn!(digest = %digest, path = %dest.display(), "stored blob was damaged; replaced with the fresh copy");
+        }
         Ok(BlobInfo {
             digest,
             size: self.len,
             created: true,
+            repaired: existed,
         })
     }
 }

@@ -25,6 +25,11 @@ use crate::store::Store;
 /// How long a joining host keeps trying before it gives up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
+/// Deadline of one snapshot chunk RPC. The last one includes installing the snapshot
+/// into the receiver's database (seconds for a large one); a peer that does not answer
+/// within it is retried with the snapshot afresh.
+const SNAPSHOT_RPC: Duration = Duration::from_secs(60);
+
 /// The replicated store, opened.
 pub struct Started {
     /// The write path.
@@ -61,6 +66,8 @@ pub async fn start(
         enable_elect: false,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.cluster.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: cfg.cluster.keep_logs,
+        snapshot_max_chunk_size: crate::api::peer::SNAPSHOT_CHUNK as u64,
+        install_snapshot_timeout: SNAPSHOT_RPC.as_millis() as u64,
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().context("invalid raft settings")?);

@@ -168,6 +168,27 @@ fn node_detail(d: &NodeDetail) -> String {
             "reserved by", r.holder, r.token, r.expires_at
         ));
     }
+    if let Some(a) = &d.access {
+        let who = match a.mode.as_str() {
+            "open" => "anyone (node_files = open)".to_string(),
+            _ if a.addresses.is_empty() => {
+                "its own addresses; none seen yet (they come from its next PXE boot)".into()
+            }
+            _ => format!("its own addresses: {}", a.addresses.join(", ")),
+        };
+        out.push_str(&format!("{:<16} {who}\n", "files served to"));
+        if a.refused > 0 {
+            let last = a
+                .last_refused
+                .as_ref()
+                .map(|(ip, at)| format!(", last to {ip} at {at}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:<16} {} request(s) from other addresses{last}\n",
+                "refused", a.refused
+            ));
+        }
+    }
     out.push_str("\nfiles:\n");
     out.push_str(&files_table(&d.files));
     out

@@ -6,11 +6,9 @@ use crate::ownership::state::LeaseTimes;
 use crate::ownership::timing::{RaftTiming, TimingError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::tftp::negotiate::Limits;
-use crate::tftp::transfer::Rollover;
 use crate::wire::remap::MapFile;
+use crate::wire::tftp::Rollover;
 use crate::wire::tftp::{MAX_BLKSIZE, MIN_BLKSIZE};
 
 mod declare;
@@ -71,9 +69,24 @@ settings! {
         /// `<data_dir>/api-token`.
         api_token: Option<String> = None,
             flag [value "api-token" String, "TOKEN", env "BATON_API_TOKEN"];
+        /// Read the API token from this file (e.g. a systemd credential); default: the
+        /// credential `baton-api-token` when systemd passes one.
+        api_token_file: Option<PathBuf> = None,
+            flag [value "api-token-file" PathBuf, "FILE"];
         /// Write every DHCP and TFTP packet received and sent to this pcap file.
         capture: Option<PathBuf> = None,
             flag [value "capture" PathBuf, "FILE.pcap"];
+        /// Who may fetch a node's own files (configs, scripts, kernel, ramdisk): `bound`,
+        /// only addresses that node's PXE exchange showed; `open`, anyone (as dnsmasq).
+        /// Shared loaders are served to anyone either way.
+        node_files: crate::ownership::gate::NodeFileAccess =
+            crate::ownership::gate::NodeFileAccess::Open,
+            flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];
+        /// Once every listener is bound, write their addresses to this file as JSON
+        /// (`{"http", "tftp", "dhcp", "pxe"}`, replaced atomically): with port 0 in a
+        /// listen address, how a supervisor or a test learns the port the kernel chose.
+        port_file: Option<PathBuf> = None,
+            flag [value "port-file" PathBuf, "FILE.json"];
     } sections {
         /// TFTP server.
         tftp: TftpConfig;
@@ -180,6 +193,10 @@ settings! {
         /// host stays a cluster of one and refuses every peer request.
         secret: Option<String> = None,
             flag [value "cluster-secret" String, "SECRET", env "BATON_CLUSTER_SECRET"];
+        /// Read the cluster secret from this file (e.g. a systemd credential); default:
+        /// the credential `baton-cluster-secret` when systemd passes one.
+        secret_file: Option<PathBuf> = None,
+            flag [value "cluster-secret-file" PathBuf, "FILE"];
         /// Join the cluster of this member on first start (e.g. `http://10.0.0.1:8069`).
         join: Option<String> = None,
             flag [value "join" String, "PEER_URL"];
@@ -274,8 +291,58 @@ impl Config {
             None => Config::default(),
         };
         o.apply(&mut c);
+        c.read_secret_files(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Fills the API token and the cluster secret from their files, or from systemd
+    /// credentials in `credentials` (`$CREDENTIALS_DIRECTORY`). A value given directly
+    /// and a file for the same secret conflict. Secrets are never logged.
+    pub fn read_secret_files(&mut self, credentials: Option<PathBuf>) -> Result<(), ConfigError> {
+        let cred = |name: &str| {
+            credentials
+                .as_ref()
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+        };
+        let read = |key: &'static str, p: &Path| -> Result<String, ConfigError> {
+            let s = std::fs::read_to_string(p).map_err(|e| ConfigError::Invalid {
+                key,
+                message: format!("cannot read {}: {e}", p.display()),
+            })?;
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is empty", p.display()),
+                });
+            }
+            Ok(s)
+        };
+        if let Some(p) = &self.api_token_file {
+            if self.api_token.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "api_token_file",
+                    message: "give the API token or a file holding it, not both".into(),
+                });
+            }
+            self.api_token = Some(read("api_token_file", p)?);
+        } else if let (None, Some(p)) = (&self.api_token, cred("baton-api-token")) {
+            self.api_token = Some(read("api_token_file", &p)?);
+        }
+        if let Some(p) = &self.cluster.secret_file {
+            if self.cluster.secret.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.secret_file",
+                    message: "give the cluster secret or a file holding it, not both".into(),
+                });
+            }
+            self.cluster.secret = Some(read("cluster.secret_file", p)?);
+        } else if let (None, Some(p)) = (&self.cluster.secret, cred("baton-cluster-secret")) {
+            self.cluster.secret = Some(read("cluster.secret_file", &p)?);
+        }
+        Ok(())
     }
 
     /// Parses a TOML file without validating.
@@ -284,7 +351,12 @@ impl Config {
             path: p.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse_text(&text, p)
+    }
+
+    /// Parses TOML `text` (read from `p`, named in errors) without validating.
+    pub fn parse_text(text: &str, p: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: p.to_path_buf(),
             message: e.to_string(),
         })
@@ -347,8 +419,9 @@ impl Config {
                 );
             }
         }
-        if self.dhcp.enabled && self.dhcp.port == self.dhcp.pxe_port {
-            return bad("dhcp.pxe_port", "must differ from dhcp.port");
+        // Port 0 asks the kernel for a free port: two zeros still get two ports.
+        if self.dhcp.enabled && self.dhcp.port != 0 && self.dhcp.port == self.dhcp.pxe_port {
+            return bad("dhcp.pxe_port", "must differ from dhcp.port (or both be 0)");
         }
         if self.dhcp.boot_files.bios.is_empty() || self.dhcp.boot_files.efi_x64.is_empty() {
             return bad(
@@ -382,7 +455,7 @@ impl Config {
             .raft_timing()
             .map(|t| t.worst_election_ms())
             .unwrap_or(0);
-        if cl.propose_deadline_ms < 2 * worst {
+        if cl.propose_deadline_ms < worst.saturating_mul(2) {
             return bad(
                 "cluster.propose_deadline_ms",
                 "must be at least twice the worst election (2 x (2 x election_timeout_ms + 2 x heartbeat_ms)): a write must outlast an election",
@@ -398,7 +471,7 @@ impl Config {
             );
         }
         let ow = &self.ownership;
-        if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < 2 * ow.lease_interval_ms {
+        if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < ow.lease_interval_ms.saturating_mul(2) {
             return bad(
                 "ownership.lease_ttl_ms",
                 "must be at least 2 x ownership.lease_interval_ms (and the interval >= 50 ms)",
@@ -465,22 +538,44 @@ impl TftpConfig {
             .map(Some)
             .map_err(|e| invalid(e.to_string()))
     }
-
-    /// Negotiation limits derived from this configuration.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_blksize: self.max_blksize,
-            max_windowsize: self.max_windowsize,
-            default_timeout: Duration::from_millis(self.timeout_ms),
-            max_retries: self.max_retries,
-            rollover: self.rollover,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_files_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let mut c = Config {
+            api_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        c.read_secret_files(None).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("t0ken"));
+        // Both a value and a file: refused, naming the key.
+        let mut c = Config {
+            api_token: Some("x".into()),
+            api_token_file: Some(token),
+            ..Default::default()
+        };
+        let e = c.read_secret_files(None).unwrap_err().to_string();
+        assert!(e.contains("api_token_file"), "{e}");
+        // systemd credentials, when nothing else is given.
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("baton-cluster-secret"), "s3cret").unwrap();
+        let mut c = Config::default();
+        c.read_secret_files(Some(creds.clone())).unwrap();
+        assert_eq!(c.cluster.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.api_token, None);
+        // An empty file is an error, not an empty secret.
+        std::fs::write(creds.join("baton-api-token"), "\n").unwrap();
+        let mut c = Config::default();
+        assert!(c.read_secret_files(Some(creds)).is_err());
+    }
 
     #[test]
     fn file_then_flags() {
@@ -499,6 +594,25 @@ mod tests {
         assert_eq!(c.tftp.listen, "127.0.0.1:6969".parse().unwrap());
         assert_eq!(c.tftp.max_windowsize, 16);
         assert_eq!(c.tftp_root(), PathBuf::from("/x/tftp"));
+    }
+
+    #[test]
+    fn huge_intervals_are_refused_not_overflowing() {
+        // `3 * heartbeat_ms` overflowed: a panic in debug builds, a wrapped check in release.
+        for (text, key) in [
+            (
+                "[cluster]\nheartbeat_ms = 9223372036854775807\nelection_timeout_ms = 9223372036854775807\n",
+                "cluster.election_timeout_ms",
+            ),
+            (
+                "[ownership]\nlease_interval_ms = 9223372036854775807\nlease_ttl_ms = 9223372036854775807\n",
+                "ownership.lease_ttl_ms",
+            ),
+        ] {
+            let c = Config::parse_text(text, Path::new("t.toml")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
-//! ownership handoff). See `DESIGN.md` in the shared folder for the architecture.
+//! ownership handoff). See `DESIGN.md` in the shared folder for the architecture, and the
+//! README's layout section for the rooms: drivers (`serve`, `http`, `tftp::server`,
+//! `dhcp::server`, `replicate`, `ownership::lease`/`reconcile`) import cores (`wire`,
+//! `tftp::transfer`, `dhcp::proxy`, `ownership::gate`, `store`), never the other way.
 pub mod api;
 pub mod app;
 pub mod bindings;
-pub mod blobcache;
 pub mod blobs;
 pub mod capture;
 pub mod cli;
@@ -14,12 +16,16 @@ pub mod commands;
 pub mod config;
 pub mod dhcp;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod import;
 pub mod metrics;
+pub mod namespace;
 pub mod net;
 pub mod ownership;
 pub mod pcap;
+pub mod private_fs;
 pub mod render;
 pub mod replicate;
 pub mod serve;

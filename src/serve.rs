@@ -1,22 +1,27 @@
 //! `baton serve`: assembles the configured services and runs them until a signal.
 
 use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::blobcache::ServedBlobs;
 use crate::blobs::BlobStore;
 use crate::capture::Capture;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::dhcp::proxy::Port;
 use crate::dhcp::server::{DhcpDeps, DhcpServer};
 use crate::metrics::Metrics;
+use crate::namespace::cache::ServedBlobs;
+use crate::namespace::store_source::StoreSource;
+use crate::namespace::DirSource;
 use crate::ownership::gate::Gate;
 use crate::ownership::lease::Renewer;
 use crate::ownership::reconcile::Reconciler;
@@ -24,9 +29,7 @@ use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
 use crate::replicate::{ReplicationProgress, Replicator};
 use crate::store::{Command, Store};
-use crate::tftp::files::DirSource;
 use crate::tftp::server::TftpServer;
-use crate::tftp::store_source::StoreSource;
 use crate::wire::path::PathRules;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).
@@ -137,7 +140,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Install the handlers first: a signal that arrives while starting up must stop the
     // server cleanly, not kill it with the default action.
     let signals = Signals::install()?;
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+    crate::private_fs::create_dir(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (use --data-dir)",
             cfg.data_dir.display()
@@ -169,17 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let http_addr = listener
         .local_addr()
         .context("http listener has no address")?;
-    let advertise = match &cfg.cluster.advertise_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let ip = if http_addr.ip().is_unspecified() {
-                "127.0.0.1".parse().expect("literal")
-            } else {
-                http_addr.ip()
-            };
-            format!("http://{}", std::net::SocketAddr::new(ip, http_addr.port()))
-        }
-    };
+    let advertise = advertise_url(cfg.cluster.advertise_url.as_deref(), http_addr);
     let started =
         crate::cluster::start(&cfg, &host, &advertise, store.clone(), metrics.clone()).await?;
     let (proposer, feed) = (started.proposer.clone(), started.feed.clone());
@@ -193,7 +186,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     let lease_times = cfg.lease_times();
     let bindings = crate::bindings::Bindings::default();
-    let gate = Gate::new(&host, store.clone(), lease_times, bindings.clone());
+    let gate =
+        Gate::new(&host, store.clone(), lease_times, bindings.clone()).with_access(cfg.node_files);
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
     let replication = ReplicationProgress::default();
     let app = Arc::new(App {
@@ -224,11 +218,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         served,
         shared,
     ));
+    // TFTP bound before this host registers: the address it registers is the bound one.
+    let capture = match &cfg.capture {
+        Some(p) => Some(
+            Capture::create(p)
+                .with_context(|| format!("cannot create capture file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let tftp = TftpServer::bind(
+        cfg.tftp.clone(),
+        source.clone(),
+        paths,
+        metrics.clone(),
+        shutdown.clone(),
+    )?
+    .with_capture(capture.clone());
     let http_task = tokio::spawn(crate::http::serve(
         listener,
         app.clone(),
         token,
-        source.clone(),
+        source,
         shutdown.clone(),
     ));
     crate::cluster::bootstrap(&cfg, &host, &proposer, &advertise).await?;
@@ -236,7 +246,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reg = Command::RegisterHost {
         name: host.clone(),
         group: cfg.group.clone(),
-        addresses: vec![advertise.clone(), cfg.tftp.listen.to_string()],
+        addresses: vec![advertise.clone(), tftp.local_addr().to_string()],
         at: now_ms(),
     };
     let sent = std::time::Instant::now();
@@ -285,21 +295,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let capture = match &cfg.capture {
-        Some(p) => Some(
-            Capture::create(p)
-                .with_context(|| format!("cannot create capture file {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let tftp = TftpServer::bind(
-        cfg.tftp.clone(),
-        source,
-        paths,
-        metrics.clone(),
-        shutdown.clone(),
-    )?
-    .with_capture(capture.clone());
     let http_port = http_addr.port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(
@@ -317,6 +312,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!("proxy-dhcp disabled");
         None
     };
+    let bound = ListenAddrs {
+        http: http_addr,
+        tftp: tftp.local_addr(),
+        dhcp: dhcp.as_ref().and_then(|d| d.local_addr(Port::Dhcp)),
+        pxe: dhcp.as_ref().and_then(|d| d.local_addr(Port::BootServer)),
+    };
+    info!(http = %bound.http, tftp = %bound.tftp, dhcp = ?bound.dhcp, pxe = ?bound.pxe, "listeners bound");
+    if let Some(p) = &cfg.port_file {
+        write_port_file(p, &bound)
+            .with_context(|| format!("cannot write the port file {}", p.display()))?;
+    }
     let dhcp_task = dhcp.map(|d| tokio::spawn(d.run(shutdown.clone())));
     let tftp_task = tokio::spawn(tftp.run());
 
@@ -330,10 +336,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(c) = &capture {
         c.flush();
     }
-    let _ = fetcher.await;
-    let _ = lease.await;
-    let _ = reconciler.await;
-    let _ = elector.await;
+    // A task stuck on a write no leader commits (no quorum) must not hold the exit:
+    // each gets a few seconds, then it is aborted.
+    for (name, task) in [
+        ("artifact replication", fetcher),
+        ("lease renewal", lease),
+        ("reconciler", reconciler),
+        ("elector", elector),
+    ] {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            warn!(task = name, "did not stop within 5 s; aborted");
+            abort.abort();
+        }
+    }
     if let Err(e) = proposer.raft().shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }
@@ -343,12 +362,66 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "http server task failed"),
         Err(_) => warn!("http server did not stop within 5 s"),
     }
+    if let Some(p) = &cfg.port_file {
+        // The addresses die with the process; a stale file would send clients nowhere.
+        let _ = std::fs::remove_file(p);
+    }
     info!(
         transfers_completed = metrics.tftp.completed.get(),
         bytes = metrics.tftp.bytes.get(),
         "baton stopped"
     );
     Ok(())
+}
+
+/// The addresses `baton serve` actually listens on, as written to `--port-file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenAddrs {
+    /// HTTP (API, HTTP boot, metrics, cluster RPC).
+    pub http: SocketAddr,
+    /// TFTP listening socket.
+    pub tftp: SocketAddr,
+    /// Proxy-DHCP on the DHCP port (67); `None` with proxy-DHCP off.
+    pub dhcp: Option<SocketAddr>,
+    /// Proxy-DHCP on the PXE boot-server port (4011); `None` with proxy-DHCP off.
+    pub pxe: Option<SocketAddr>,
+}
+
+/// Writes `addrs` to `path` as JSON: to a temporary file next to it, then renamed, so a
+/// reader never sees a partial file.
+pub fn write_port_file(path: &Path, addrs: &ListenAddrs) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let json = serde_json::to_vec(addrs).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The URL peers reach this host at: the configured one (a port `:0` in it stands for the
+/// bound HTTP port), else `http://<bound address>` with 127.0.0.1 for a wildcard address.
+pub fn advertise_url(configured: Option<&str>, bound: SocketAddr) -> String {
+    let Some(url) = configured else {
+        let ip = if bound.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound.ip()
+        };
+        return format!("http://{}", SocketAddr::new(ip, bound.port()));
+    };
+    let url = url.trim_end_matches('/');
+    let host_start = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[host_start..]
+        .find('/')
+        .map_or(url.len(), |i| host_start + i);
+    match url[host_start..host_end].strip_suffix(":0") {
+        Some(host) => format!(
+            "{}{host}:{}{}",
+            &url[..host_start],
+            bound.port(),
+            &url[host_end..]
+        ),
+        None => url.to_string(),
+    }
 }
 
 /// SIGTERM and SIGINT, installed once.
@@ -371,5 +444,58 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_url_takes_the_bound_port_where_none_is_fixed() {
+        let bound: SocketAddr = "127.0.0.1:41873".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:8069".parse().unwrap();
+        let cases = [
+            (None, bound, "http://127.0.0.1:41873"),
+            (None, any, "http://127.0.0.1:8069"),
+            (Some("http://10.0.0.1:8069/"), bound, "http://10.0.0.1:8069"),
+            (Some("http://10.0.0.1:0"), bound, "http://10.0.0.1:41873"),
+            (Some("http://10.0.0.1:0/"), bound, "http://10.0.0.1:41873"),
+            (
+                Some("https://[fd00::1]:0/baton"),
+                bound,
+                "https://[fd00::1]:41873/baton",
+            ),
+            (Some("http://mgmt-1:80"), bound, "http://mgmt-1:80"),
+            (Some("http://h10:8069"), bound, "http://h10:8069"),
+        ];
+        for (configured, bound, want) in cases {
+            assert_eq!(advertise_url(configured, bound), want, "{configured:?}");
+        }
+    }
+
+    #[test]
+    fn port_file_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ports.json");
+        std::fs::write(&p, "stale").unwrap();
+        let a = ListenAddrs {
+            http: "127.0.0.1:1".parse().unwrap(),
+            tftp: "[::1]:2".parse().unwrap(),
+            dhcp: Some("0.0.0.0:3".parse().unwrap()),
+            pxe: None,
+        };
+        write_port_file(&p, &a).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            text,
+            r#"{"http":"127.0.0.1:1","tftp":"[::1]:2","dhcp":"0.0.0.0:3","pxe":null}"#
+        );
+        assert_eq!(serde_json::from_str::<ListenAddrs>(&text).unwrap(), a);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use common::http::{have_tftp_hpa, Api, Baton, BatonBuilder, TokenSource, TOKEN};
-use common::{assert_same_bytes, pattern};
+use common::api::{raw_get, Api};
+use common::host::{Host, HostBuilder, TokenSource, TOKEN};
+use common::require::require_tftp_hpa;
+use common::tftp::{tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
+use common::{assert_same_bytes, eventually, pattern};
 
 const MAC: &str = "52:54:00:ec:33:81";
 const MAC_DASHES: &str = "52-54-00-ec-33-81";
@@ -64,14 +67,14 @@ fn deploy(api: &Api, id: &str, kernel: &str, ramdisk: &str, cmdline: &str) -> Va
 
 /// A server with node `n1` (MAC [`MAC`]) on a deploy profile.
 struct Booted {
-    s: Baton,
+    s: Host,
     kernel: Vec<u8>,
     ramdisk: Vec<u8>,
     kd: String,
     rd: String,
 }
 
-fn booted(b: BatonBuilder) -> Booted {
+fn booted(b: HostBuilder) -> Booted {
     let s = b.start();
     enroll(&s.api, "n1", &[MAC]);
     let kernel = pattern(300_000, 1);
@@ -108,30 +111,16 @@ fn last_event(api: &Api) -> u64 {
         .expect("last")
 }
 
-/// Polls `f` until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // End to end
 // ---------------------------------------------------------------------------------
 
 #[test]
 fn enrolled_node_boots_over_tftp_with_byte_identical_files() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let s = BatonBuilder::temp().start();
+    let s = HostBuilder::temp().start();
 
     // Enroll: the MAC is normalized, the node is owned by this host.
     let n = s
@@ -208,7 +197,7 @@ fn enrolled_node_boots_over_tftp_with_byte_identical_files() {
         .expect("kernel row");
     assert_eq!(kfile["digest"], kd.as_str());
 
-    let completed = s.metric("baton_tftp_transfers_completed_total");
+    let completed = s.api.metric("baton_tftp_transfers_completed_total");
 
     // pxelinux, fetched by the path pxelinux itself asks for.
     let cfg = s.tftp_text(&pxelinux(MAC_DASHES));
@@ -242,10 +231,11 @@ fn enrolled_node_boots_over_tftp_with_byte_identical_files() {
     // Metrics count the transfers.
     assert!(
         eventually(Duration::from_secs(5), || s
+            .api
             .metric("baton_tftp_transfers_completed_total")
             >= completed + 6.0),
         "baton_tftp_transfers_completed_total went from {completed} to {}",
-        s.metric("baton_tftp_transfers_completed_total")
+        s.api.metric("baton_tftp_transfers_completed_total")
     );
     let st = s.api.get("/v1/status").expect(200);
     assert!(st["tftp"]["completed"].as_u64().unwrap() >= 6, "{st}");
@@ -253,11 +243,11 @@ fn enrolled_node_boots_over_tftp_with_byte_identical_files() {
 
 #[test]
 fn http_boot_serves_ranges_etags_and_head() {
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let (s, ramdisk) = (&b.s, &b.ramdisk);
     let path = "/boot/n1/nodes/n1/ramdisk";
     let etag = format!("\"{}\"", b.rd);
-    let completed = s.metric("baton_http_boot_completed_total");
+    let completed = s.api.metric("baton_http_boot_completed_total");
 
     // No token needed for boot files.
     let r = s.api.anonymous("GET", path, &[], None);
@@ -358,16 +348,17 @@ fn http_boot_serves_ranges_etags_and_head() {
     // Completed downloads are counted (full, ranges, kernel, config: at least 8).
     assert!(
         eventually(Duration::from_secs(5), || s
+            .api
             .metric("baton_http_boot_completed_total")
             >= completed + 8.0),
         "baton_http_boot_completed_total went from {completed} to {}",
-        s.metric("baton_http_boot_completed_total")
+        s.api.metric("baton_http_boot_completed_total")
     );
 }
 
 #[test]
 fn http_boot_refuses_unknown_nodes_and_paths() {
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let s = &b.s;
     enroll(&s.api, "n2", &[MAC2]);
     for path in [
@@ -390,7 +381,7 @@ fn http_boot_refuses_unknown_nodes_and_paths() {
 /// which must serve the kernel.
 #[test]
 fn ipxe_script_fetched_over_http_can_fetch_its_kernel_and_ramdisk() {
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let s = &b.s;
     let r = s
         .api
@@ -417,9 +408,9 @@ fn ipxe_script_fetched_over_http_can_fetch_its_kernel_and_ramdisk() {
             200,
             "the script fetched from http://{}/boot/n1/{} says `{cmd}{uri}`, which \
              resolves to http://{}{uri}; that URL answers {}: {}",
-            s.http,
+            s.http(),
             ipxe(MAC_DASHES),
-            s.http,
+            s.http(),
             r.status,
             r.text()
         );
@@ -429,25 +420,15 @@ fn ipxe_script_fetched_over_http_can_fetch_its_kernel_and_ramdisk() {
 
 /// `tftp -m octet HOST PORT -c get NAME LOCAL` with a name of raw bytes (tftp-hpa sends
 /// them as given). `Err` holds what the client printed.
-fn tftp_hpa_raw(s: &Baton, name: &[u8]) -> Result<Vec<u8>, String> {
+fn tftp_hpa_raw(s: &Host, name: &[u8]) -> Result<Vec<u8>, String> {
     use std::os::unix::ffi::OsStrExt;
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("out");
-    let out = common::run_with_timeout(
-        std::process::Command::new("tftp")
-            .args(["-m", "octet"])
-            .arg(s.tftp.ip().to_string())
-            .arg(s.tftp.port().to_string())
-            .args(["-c", "get"])
-            .arg(std::ffi::OsStr::from_bytes(name))
-            .arg(&local),
-        Duration::from_secs(30),
-    );
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
-    if !out.status.success() || printed.contains("Error") || printed.contains("imed out") {
-        return Err(printed);
-    }
-    std::fs::read(&local).map_err(|e| format!("no output file: {e}; {printed}"))
+    tftp_hpa(
+        None,
+        s.tftp(),
+        "octet",
+        std::ffi::OsStr::from_bytes(name),
+        TFTP_TIMEOUT,
+    )
 }
 
 /// Node files are found by the names firmware and tools really send, with the same
@@ -456,10 +437,10 @@ fn tftp_hpa_raw(s: &Baton, name: &[u8]) -> Result<Vec<u8>, String> {
 /// HTTP alike.
 #[test]
 fn node_files_are_found_by_the_names_firmware_sends() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let s = &b.s;
     let pxe = s.tftp_ok(&pxelinux(MAC_DASHES));
     let upper = MAC_DASHES.to_uppercase();
@@ -489,18 +470,16 @@ fn node_files_are_found_by_the_names_firmware_sends() {
     let got = tftp_hpa_raw(s, &name).unwrap_or_else(|e| panic!("name + 0xFF: {e}"));
     assert_same_bytes(&got, &pxe, "name + 0xFF");
     assert!(
-        s.metric_or_zero("baton_tftp_name_fixups_total{kind=\"trailing_byte\"}") >= 1.0,
+        s.api
+            .metric_or_zero("baton_tftp_name_fixups_total{kind=\"trailing_byte\"}")
+            >= 1.0,
         "{}",
-        s.metrics()
+        s.api.metrics()
     );
     name.pop();
     name.extend_from_slice(&[0xfe]);
     let e = tftp_hpa_raw(s, &name).expect_err("name + 0xFE must be refused");
-    assert_eq!(
-        common::http::tftp_error_code(&e),
-        Some(TFTP_FILE_NOT_FOUND),
-        "{e}"
-    );
+    assert_eq!(tftp_error_code(&e), Some(TFTP_FILE_NOT_FOUND), "{e}");
     // HTTP: the same names, percent-decoded once. Sent raw: HTTP client libraries
     // resolve `%2e%2e` and `//` themselves before sending.
     for path in [
@@ -509,7 +488,7 @@ fn node_files_are_found_by_the_names_firmware_sends() {
         format!("/pxelinux.cfg//01-{upper}"),
         format!("//pxelinux.cfg/%2e/01-{MAC_DASHES}"),
     ] {
-        let (status, body) = raw_get(s, &path);
+        let (status, body) = raw_get(None, s.http(), &path);
         assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
         assert_same_bytes(&body, &pxe, &path);
     }
@@ -523,41 +502,17 @@ fn node_files_are_found_by_the_names_firmware_sends() {
         ("/nodes/n1/%zz", 400),
         ("/nodes/n1/%ff", 400),
     ] {
-        let (status, body) = raw_get(s, path);
+        let (status, body) = raw_get(None, s.http(), path);
         assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
     }
 }
 
-/// `GET path` on a fresh connection, the path sent byte for byte.
-fn raw_get(s: &Baton, path: &str) -> (u16, Vec<u8>) {
-    let mut c = TcpStream::connect(s.http).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    c.read_to_end(&mut resp).unwrap();
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no response head"));
-    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
-    (status, resp[split + 4..].to_vec())
-}
-
 #[test]
 fn profile_changes_are_served_at_once() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let s = &b.s;
     assert!(s.tftp_text(&pxelinux(MAC_DASHES)).contains(CMDLINE));
 
@@ -615,10 +570,10 @@ fn profile_changes_are_served_at_once() {
 
 #[test]
 fn new_macs_rerender_and_old_paths_vanish() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let b = booted(BatonBuilder::temp());
+    let b = booted(HostBuilder::temp());
     let s = &b.s;
     enroll(&s.api, "other", &["52:54:00:00:00:99"]);
     assert!(s.tftp_text(&pxelinux(MAC_DASHES)).contains(CMDLINE));
@@ -678,15 +633,15 @@ fn new_macs_rerender_and_old_paths_vanish() {
 #[test]
 fn another_hosts_node_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = booted(BatonBuilder::new(dir.path()).host("a"));
-    let tftp = have_tftp_hpa();
+    let mut a = booted(HostBuilder::new(dir.path()).host("a"));
+    let tftp = require_tftp_hpa();
     if tftp {
         assert!(a.s.tftp_text(&pxelinux(MAC_DASHES)).contains(CMDLINE));
     }
     let status = a.s.terminate(Duration::from_secs(10));
     assert!(status.success(), "host a exited with {status}");
 
-    let b = BatonBuilder::new(dir.path()).host("b").start();
+    let b = HostBuilder::new(dir.path()).host("b").start();
     let owned_by_a = b.api.get("/v1/nodes?owner=a").expect(200);
     assert_eq!(owned_by_a.as_array().map(Vec::len), Some(1), "{owned_by_a}");
     assert_eq!(owned_by_a[0]["id"], "n1");
@@ -797,7 +752,7 @@ fn all_routes(digest: &str) -> Vec<(&'static str, String, Option<Value>)> {
 
 #[test]
 fn every_api_route_requires_the_token() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     enroll(&s.api, "n1", &[MAC]);
     let d = s.api.upload("blob", b"some bytes");
     let before = s.api.get("/v1/nodes/n1").expect(200);
@@ -837,7 +792,7 @@ fn every_api_route_requires_the_token() {
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let mut c = TcpStream::connect(s.http).unwrap();
+        let mut c = TcpStream::connect(s.http()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(req.as_bytes()).unwrap();
         let (status, head) = read_response(&mut c)
@@ -869,17 +824,17 @@ fn every_api_route_requires_the_token() {
 
 #[test]
 fn api_token_from_env_or_data_dir_file() {
-    let s = BatonBuilder::temp()
+    let s = HostBuilder::temp()
         .token(TokenSource::Env("from-the-env-0123456789".into()))
         .start();
     s.api.get("/v1/status").expect(200);
-    let other = Api::new(s.http, TOKEN);
+    let other = Api::new(s.http(), TOKEN);
     other.get("/v1/status").expect_error(401);
     drop(s);
 
     // No token configured: the server creates <data-dir>/api-token (mode 0600) and
     // uses it, and reuses it on the next start.
-    let b = BatonBuilder::temp().token(TokenSource::File);
+    let b = HostBuilder::temp().token(TokenSource::File);
     let mut s = b.start();
     s.api.get("/v1/status").expect(200);
     let file = b.data_dir().join("api-token");
@@ -897,6 +852,94 @@ fn api_token_from_env_or_data_dir_file() {
     let s = b.start();
     assert_eq!(s.api.token(), token);
     s.api.get("/v1/status").expect(200);
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive() {
+    // RFC 9110 §11.1 (formerly RFC 7235): the auth scheme is case-insensitive.
+    let s = HostBuilder::temp().start();
+    for auth in [
+        format!("Bearer {TOKEN}"),
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("bEaReR  {TOKEN}"),
+    ] {
+        let r = s
+            .api
+            .try_send("GET", "/v1/status", Some(&auth), &[], None)
+            .unwrap();
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.text());
+    }
+    for auth in [format!("bearer {TOKEN}x"), format!("basic {TOKEN}")] {
+        let r = s
+            .api
+            .try_send("GET", "/v1/status", Some(&auth), &[], None)
+            .unwrap();
+        r.expect_error(401);
+    }
+}
+
+#[test]
+fn state_files_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    // A data directory the server creates itself.
+    let data = t.path().join("state");
+    let s = HostBuilder::new(&data).start();
+    s.api.upload("k", b"kernel bytes");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700, "data dir");
+    for f in ["baton.db", "baton.db-wal", "raft-log.db", "raft-log.db-wal"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    for d in ["blobs", "snapshots"] {
+        assert_eq!(mode(&data.join(d)), 0o700, "{d}");
+    }
+}
+
+#[test]
+fn reupload_repairs_a_corrupt_blob_of_the_same_size() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = booted(HostBuilder::temp());
+    let s = &b.s;
+    let path = "/boot/n1/nodes/n1/kernel";
+    // Damage the stored kernel on disk: same length, one byte changed.
+    let blob = s
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&b.kd[..2])
+        .join(&b.kd);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    assert_eq!(bytes, b.kernel);
+    bytes[1234] ^= 0xff;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let r = s.api.anonymous("GET", path, &[], None);
+    assert_ne!(r.status, 200, "a corrupt blob is never served");
+
+    // The same bytes again: the stored copy is hashed, found damaged and replaced.
+    let r = s
+        .api
+        .send("POST", "/v1/artifacts?name=vmlinuz", &[], Some(&b.kernel));
+    let v = r.expect(200);
+    assert_eq!(v["created"], false, "{v}");
+    assert_eq!(v["repaired"], true, "{v}");
+    assert_eq!(sha256_hex(&std::fs::read(&blob).unwrap()), b.kd);
+    let r = s.api.anonymous("GET", path, &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_same_bytes(&r.body, &b.kernel, "kernel after repair");
+    // An intact copy is kept as it is.
+    let v = s
+        .api
+        .send("POST", "/v1/artifacts?name=vmlinuz", &[], Some(&b.kernel))
+        .expect(200);
+    assert_eq!(v["repaired"], false, "{v}");
 }
 
 /// Reads one HTTP/1.1 response (head and `Content-Length` body) from `c`: (status,
@@ -929,13 +972,13 @@ fn read_response(c: &mut TcpStream) -> Option<(u16, String)> {
 /// itself uses) fail their next request with "Unexpected EOF" or "Broken pipe".
 #[test]
 fn refused_request_with_a_body_does_not_break_the_next_request() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let body = vec![b'x'; 10_000];
     for (path, auth, refused) in [
         ("/v1/artifacts?name=", true, 400),
         ("/v1/nodes", false, 401),
     ] {
-        let mut c = TcpStream::connect(s.http).unwrap();
+        let mut c = TcpStream::connect(s.http()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let auth_line = if auth {
             format!("Authorization: Bearer {TOKEN}\r\n")
@@ -974,7 +1017,7 @@ fn refused_request_with_a_body_does_not_break_the_next_request() {
 
 #[test]
 fn node_endpoints_reject_bad_input() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let api = &s.api;
     enroll(api, "n1", &[MAC]);
     let last = last_event(api);
@@ -1160,7 +1203,7 @@ fn node_endpoints_reject_bad_input() {
 /// absent field from `null`, and so must the command once it is stored and applied).
 #[test]
 fn patch_arch_null_clears_the_architecture() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     s.api
         .post(
             "/v1/nodes",
@@ -1185,7 +1228,7 @@ fn patch_arch_null_clears_the_architecture() {
 
 #[test]
 fn profile_endpoint_rejects_bad_input() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let api = &s.api;
     enroll(api, "n1", &[MAC]);
     let kd = api.upload("vmlinuz", b"kernel bytes");
@@ -1237,7 +1280,7 @@ fn profile_endpoint_rejects_bad_input() {
 
 #[test]
 fn artifact_endpoints_reject_bad_input() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let api = &s.api;
     let content = pattern(10_000, 5);
     let good = sha256_hex(&content);
@@ -1318,7 +1361,7 @@ fn artifact_endpoints_reject_bad_input() {
 /// upload).
 #[test]
 fn artifact_upload_with_malformed_sha256_names_the_parameter() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     s.api
         .send("POST", "/v1/artifacts?name=k&sha256=xyz", &[], Some(b""))
         .expect_field_error("sha256");
@@ -1326,7 +1369,7 @@ fn artifact_upload_with_malformed_sha256_names_the_parameter() {
 
 #[test]
 fn reservations_fence_stale_holders() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let api = &s.api;
     enroll(api, "n1", &[MAC]);
     let path = "/v1/nodes/n1/reservation";
@@ -1418,7 +1461,7 @@ fn reservations_fence_stale_holders() {
 
 #[test]
 fn events_are_ordered_and_long_poll_wakes_on_a_write() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     let api = &s.api;
     enroll(api, "n1", &[MAC]);
     api.patch("/v1/nodes/n1", json!({ "provision_state": "available" }))
@@ -1497,7 +1540,7 @@ fn events_are_ordered_and_long_poll_wakes_on_a_write() {
 /// body naming the parameter, not a plain-text body.
 #[test]
 fn events_query_with_bad_number_gets_a_json_400() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     for (q, field) in [
         ("since=abc", "since"),
         ("wait=-1", "wait"),
@@ -1517,7 +1560,7 @@ fn events_query_with_bad_number_gets_a_json_400() {
 /// body (today the body is empty).
 #[test]
 fn wrong_method_gets_a_json_405() {
-    let s = Baton::start();
+    let s = HostBuilder::temp().start();
     for (method, path) in [
         ("PUT", "/v1/nodes"),
         ("PUT", "/v1/nodes/n1"),
@@ -1535,7 +1578,7 @@ fn wrong_method_gets_a_json_405() {
 
 #[test]
 fn hosts_status_and_metrics_describe_the_server() {
-    let s = BatonBuilder::temp().host("mgmt-1").start();
+    let s = HostBuilder::temp().host("mgmt-1").start();
     enroll(&s.api, "n1", &[MAC]);
     s.api.upload("k", b"k");
 
@@ -1578,40 +1621,32 @@ fn hosts_status_and_metrics_describe_the_server() {
         "baton_store_commands_total",
     ] {
         assert!(
-            common::http::metric_value(&text, name).is_some(),
+            common::api::metric_value(&text, name).is_some(),
             "{name} missing:\n{text}"
         );
     }
-    assert_eq!(s.metric("baton_store_nodes"), 1.0);
+    assert_eq!(s.api.metric("baton_store_nodes"), 1.0);
     // Refusals are counted.
-    let before = s.metric("baton_store_rejected_total");
+    let before = s.api.metric("baton_store_rejected_total");
     s.api
         .post("/v1/nodes", json!({ "id": "n1", "macs": [MAC2] }))
         .expect_error(409);
-    assert_eq!(s.metric("baton_store_rejected_total"), before + 1.0);
+    assert_eq!(s.api.metric("baton_store_rejected_total"), before + 1.0);
     assert!(text.contains("baton_http_requests_total{route="), "{text}");
 }
 
 /// Runs the `baton` CLI against `s`; returns what it printed, panicking with its stderr
 /// unless it succeeded.
 #[track_caller]
-fn cli(s: &Baton, args: &[&str]) -> String {
+fn cli(s: &Host, args: &[&str]) -> String {
     let (ok, out, err) = cli_result(s, args);
     assert!(ok, "baton {}: failed\n{err}", args.join(" "));
     out
 }
 
 /// Runs the `baton` CLI against `s`: (success, stdout, stderr).
-fn cli_result(s: &Baton, args: &[&str]) -> (bool, String, String) {
-    let api = format!("http://{}", s.http);
-    let out = common::run_with_timeout(
-        std::process::Command::new(common::baton_bin())
-            .args(args)
-            .args(["--api", &api, "--token", TOKEN])
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN"),
-        Duration::from_secs(30),
-    );
+fn cli_result(s: &Host, args: &[&str]) -> (bool, String, String) {
+    let out = s.api.cli(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1623,7 +1658,7 @@ fn cli_result(s: &Baton, args: &[&str]) -> (bool, String, String) {
 /// and prints its fields; `--json` prints the server's JSON as sent.
 #[test]
 fn cli_reads_every_answer_and_json_is_the_servers() {
-    let s = BatonBuilder::temp().host("mgmt-1").start();
+    let s = HostBuilder::temp().host("mgmt-1").start();
     let dir = tempfile::tempdir().unwrap();
     let (kpath, rpath) = (dir.path().join("vmlinuz"), dir.path().join("initrd.img"));
     std::fs::write(&kpath, pattern(70_000, 61)).unwrap();

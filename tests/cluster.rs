@@ -19,16 +19,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::cluster::{Cluster, Host, HostSpec, SECRET};
-use common::http::{have_tftp_hpa, tftp_error_code, tftp_get, TOKEN};
-use common::{assert_same_bytes, baton_bin, pattern, run_with_timeout};
+use common::fleet::Fleet;
+use common::host::{Host, HostBuilder, SECRET, TOKEN};
+use common::require::require_tftp_hpa;
+use common::tftp::{tftp_error_code, tftp_get};
+use common::{assert_same_bytes, pattern, run_with_timeout, wait_until};
 
 /// How long a committed write may take to show on every replica.
 const REPLICATE: Duration = Duration::from_secs(10);
@@ -98,23 +99,10 @@ fn deploy(h: &Host, id: &str, kernel: &str, ramdisk: &str) -> Value {
         .expect(200)
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
-#[track_caller]
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The log index the leader `h` knows member `id` to have matched.
 #[track_caller]
 fn matched_index(h: &Host, id: u64) -> Option<u64> {
-    let c = h.cluster();
+    let c = h.api.cluster();
     let m = c["members"]
         .as_array()
         .and_then(|a| {
@@ -134,7 +122,7 @@ fn holds(h: &Host, digest: &str) -> bool {
 
 /// The content of blob `digest` as `h` gives it to peers.
 fn peer_blob(h: &Host, digest: &str) -> Option<Vec<u8>> {
-    let r = h.peer(
+    let r = h.api.peer(
         "GET",
         &format!("/cluster/blob/{digest}"),
         Some(SECRET),
@@ -146,7 +134,7 @@ fn peer_blob(h: &Host, digest: &str) -> Option<Vec<u8>> {
 #[test]
 fn writes_through_any_host_are_visible_on_every_host() {
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let leader = c.leader(Duration::from_secs(10));
     eprintln!("leader: {}", c.hosts[leader].name());
 
@@ -159,7 +147,7 @@ fn writes_through_any_host_are_visible_on_every_host() {
         enroll(via, &id, i);
         // Read-your-writes on the host that took the write.
         assert!(
-            via.nodes().contains_key(&id),
+            via.api.nodes().contains_key(&id),
             "{} must see its own committed write",
             via.name()
         );
@@ -209,7 +197,7 @@ fn writes_through_any_host_are_visible_on_every_host() {
 #[test]
 fn write_through_a_follower_right_after_a_commit_elsewhere_sees_it() {
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let l = c.leader(Duration::from_secs(10));
     let f = (l + 1) % 3;
     // A follower learns that an entry is committed from the leader's next message, so
@@ -241,7 +229,7 @@ fn write_through_a_follower_right_after_a_commit_elsewhere_sees_it() {
 #[test]
 fn killed_leader_is_replaced_within_seconds_and_catches_up_after_restart() {
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let mut want = Want::new();
     for i in 0..6 {
         let id = format!("before-{i}");
@@ -252,9 +240,9 @@ fn killed_leader_is_replaced_within_seconds_and_catches_up_after_restart() {
     c.wait_nodes(&want, REPLICATE);
 
     let l = c.leader(Duration::from_secs(10));
-    let before = c.hosts[l].cluster();
+    let before = c.hosts[l].api.cluster();
     let old_term = before["term"].as_u64().expect("term");
-    let old_id = c.hosts[l].node_id();
+    let old_id = c.hosts[l].api.node_id();
     let survivor = (l + 1) % 3;
     eprintln!("killing leader {} (term {old_term})", c.hosts[l].name());
     c.hosts[l].kill9();
@@ -293,14 +281,14 @@ fn killed_leader_is_replaced_within_seconds_and_catches_up_after_restart() {
         "failover took {failover:?}, more than {FAILOVER_BOUND:?}"
     );
     // An attempt that timed out may still have committed: count what the survivor has.
-    for (id, _) in c.hosts[survivor].nodes() {
+    for (id, _) in c.hosts[survivor].api.nodes() {
         if id.starts_with("during-") {
             want.insert(id, ("enrolled".into(), String::new()));
         }
     }
     let nl = c.leader(Duration::from_secs(10));
     assert_ne!(nl, l, "the killed host cannot lead");
-    let term = c.hosts[nl].cluster()["term"].as_u64().expect("term");
+    let term = c.hosts[nl].api.cluster()["term"].as_u64().expect("term");
     assert!(
         term > old_term,
         "a new election must raise the term ({old_term} -> {term})"
@@ -320,7 +308,7 @@ fn killed_leader_is_replaced_within_seconds_and_catches_up_after_restart() {
     let t1 = Instant::now();
     c.hosts[l].start();
     assert_eq!(
-        c.hosts[l].node_id(),
+        c.hosts[l].api.node_id(),
         old_id,
         "a restarted host keeps its Raft identity"
     );
@@ -364,7 +352,7 @@ fn wiped_host_rejoins_at_its_old_address() {
 /// is purged, so it must receive a snapshot. Then its old identity is removed.
 fn wiped_host_rejoins(same_address: bool) {
     let _g = serial();
-    let mut c = Cluster::start(3, "[cluster]\nsnapshot_every = 20\nkeep_logs = 5\n");
+    let mut c = Fleet::cluster(3, "[cluster]\nsnapshot_every = 20\nkeep_logs = 5\n");
     let kernel = pattern(64 * 1024, 7);
     let ramdisk = pattern(16 * 1024, 8);
     let kd = c.hosts[0].api.upload("vmlinuz", &kernel);
@@ -386,8 +374,9 @@ fn wiped_host_rejoins(same_address: bool) {
     deploy(&c.hosts[0], "node-00", &kd, &rd);
     c.wait_nodes(&want, REPLICATE);
     let l = c.leader(Duration::from_secs(10));
-    let purged = poll(Duration::from_secs(20), "leader purges its log", || {
+    let purged = wait_until(Duration::from_secs(20), "leader purges its log", || {
         let m = c.hosts[l]
+            .api
             .peer("GET", "/cluster/metrics", Some(SECRET), None)
             .expect(200);
         m["purged"]["index"].as_u64().filter(|p| *p > 0)
@@ -397,7 +386,7 @@ fn wiped_host_rejoins(same_address: bool) {
     // Wipe a follower: delete its data directory, restart it with --join.
     let v = if l == 2 { 1 } else { 2 };
     let name = c.hosts[v].name().to_string();
-    let old_id = c.hosts[v].node_id();
+    let old_id = c.hosts[v].api.node_id();
     c.hosts[v].kill9();
     c.hosts[v].wipe();
     // What the leader saw the old identity acknowledge, before it died.
@@ -408,15 +397,11 @@ fn wiped_host_rejoins(same_address: bool) {
         want.insert(id, ("enrolled".into(), String::new()));
     }
     assert!(
-        c.hosts[v].spec.join.is_some(),
+        c.hosts[v].builder().joins().is_some(),
         "a follower was started with --join"
     );
     if !same_address {
-        c.hosts[v]
-            .spec
-            .http
-            .set_port(common::cluster::free_tcp_port());
-        c.hosts[v].api = common::http::Api::new(c.hosts[v].spec.http, TOKEN);
+        c.hosts[v].new_http_port();
     }
     c.hosts[v].spawn();
     if let Err(e) = c.hosts[v].try_wait_ready(Duration::from_secs(30)) {
@@ -436,7 +421,7 @@ fn wiped_host_rejoins(same_address: bool) {
             broken.join("\n")
         );
     }
-    let new_id = c.hosts[v].node_id();
+    let new_id = c.hosts[v].api.node_id();
     assert_ne!(
         new_id, old_id,
         "a wiped host comes back under a new identity"
@@ -474,16 +459,11 @@ fn wiped_host_rejoins(same_address: bool) {
         "the leader records acknowledgements from the dead identity {old_id} of {name} \
          (matched index {old_matched:?} when it died, {now_matched:?} now): the new process \
          at {} answers replication meant for the old identity",
-        c.hosts[v].spec.url()
+        c.hosts[v].url()
     );
-    let out = run_with_timeout(
-        Command::new(baton_bin())
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN")
-            .args(["host", "remove", &name, "--id", &old_id.to_string()])
-            .args(["--api", &c.hosts[0].spec.url(), "--token", TOKEN]),
-        Duration::from_secs(60),
-    );
+    let out = c.hosts[0]
+        .api
+        .cli(&["host", "remove", &name, "--id", &old_id.to_string()]);
     assert!(
         out.status.success(),
         "baton host remove {name} --id {old_id}: {}\n{}",
@@ -498,7 +478,7 @@ fn wiped_host_rejoins(same_address: bool) {
     );
 
     // It fetches again the artifacts its group uses, and takes writes.
-    poll(
+    wait_until(
         BLOBS,
         "the wiped host fetches the group's kernel again",
         || holds(&c.hosts[v], &kd).then_some(()),
@@ -511,17 +491,17 @@ fn wiped_host_rejoins(same_address: bool) {
 
 #[test]
 fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let kernel = pattern(300_000, 11);
     let ramdisk = pattern(120_000, 12);
     let kd = c.hosts[1].api.upload("vmlinuz", &kernel);
     let rd = c.hosts[1].api.upload("initrd.img", &ramdisk);
     for h in &c.hosts {
-        poll(REPLICATE, "artifact registered on every replica", || {
+        wait_until(REPLICATE, "artifact registered on every replica", || {
             (h.api.get(&format!("/v1/artifacts/{kd}")).status == 200).then_some(())
         });
     }
@@ -539,15 +519,15 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
         let id = format!("n{}", i + 1);
         for (file, want) in [("kernel", &kernel), ("ramdisk", &ramdisk)] {
             let path = format!("nodes/{id}/{file}");
-            let got = poll(BLOBS, &format!("{} serves {path}", h.name()), || {
-                tftp_get(h.spec.tftp, &path).ok()
+            let got = wait_until(BLOBS, &format!("{} serves {path}", h.name()), || {
+                tftp_get(h.tftp(), &path).ok()
             });
             assert_same_bytes(&got, want, &format!("{path} over TFTP from {}", h.name()));
         }
     }
     // Only the owner answers for a node.
     let e =
-        tftp_get(c.hosts[1].spec.tftp, "nodes/n1/kernel").expect_err("h2 must not serve h1's node");
+        tftp_get(c.hosts[1].tftp(), "nodes/n1/kernel").expect_err("h2 must not serve h1's node");
     assert_eq!(
         tftp_error_code(&e),
         Some(TFTP_ACCESS_VIOLATION),
@@ -581,7 +561,7 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
             .clone();
         let path = pxe["path"].as_str().expect("path");
         let digest = pxe["digest"].as_str().expect("digest");
-        let served = tftp_get(owner.spec.tftp, path)
+        let served = tftp_get(owner.tftp(), path)
             .unwrap_or_else(|e| panic!("{} serves {path}: {e}", owner.name()));
         assert!(
             String::from_utf8_lossy(&served).contains(&format!("nodes/{id}/kernel")),
@@ -589,21 +569,21 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
             String::from_utf8_lossy(&served)
         );
         for h in &c.hosts {
-            let got = poll(BLOBS, &format!("{} holds {path}", h.name()), || {
+            let got = wait_until(BLOBS, &format!("{} holds {path}", h.name()), || {
                 peer_blob(h, digest)
             });
             assert_same_bytes(&got, &served, &format!("{path} held by {}", h.name()));
         }
     }
     for h in &c.hosts {
-        let got = poll(BLOBS, &format!("{} holds the kernel", h.name()), || {
+        let got = wait_until(BLOBS, &format!("{} holds the kernel", h.name()), || {
             peer_blob(h, &kd)
         });
         assert_same_bytes(&got, &kernel, &format!("kernel blob held by {}", h.name()));
     }
     // The store records every holder.
     for h in &c.hosts {
-        poll(REPLICATE, "every holder of the kernel recorded", || {
+        wait_until(REPLICATE, "every holder of the kernel recorded", || {
             let a = h.api.get(&format!("/v1/artifacts/{kd}")).expect(200);
             (a["artifact"]["hosts"] == json!(["h1", "h2", "h3"]) && a["held_here"] == true)
                 .then_some(())
@@ -619,15 +599,15 @@ fn artifact_added_on_one_host_is_served_byte_identical_by_the_others() {
 #[test]
 fn only_hosts_that_hold_a_blob_are_recorded_as_holders() {
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let kernel = pattern(100_000, 41);
     let ramdisk = pattern(50_000, 42);
     let kd = c.hosts[1].api.upload("vmlinuz", &kernel);
     let rd = c.hosts[1].api.upload("initrd.img", &ramdisk);
-    poll(REPLICATE, "artifact registered on h1", || {
+    wait_until(REPLICATE, "artifact registered on h1", || {
         (c.hosts[0].api.get(&format!("/v1/artifacts/{kd}")).status == 200).then_some(())
     });
-    c.hosts[1].terminate();
+    c.hosts[1].stop();
     enroll(&c.hosts[0], "n1", 1);
     deploy(&c.hosts[0], "n1", &kd, &rd);
     for h in [&c.hosts[0], &c.hosts[2]] {
@@ -650,7 +630,7 @@ fn only_hosts_that_hold_a_blob_are_recorded_as_holders() {
     // Back, h2 serves it to the others, which are then recorded.
     c.hosts[1].start();
     for h in &c.hosts {
-        poll(BLOBS, &format!("{} holds the kernel", h.name()), || {
+        wait_until(BLOBS, &format!("{} holds the kernel", h.name()), || {
             let a = h.api.get(&format!("/v1/artifacts/{kd}")).expect(200);
             (a["held_here"] == true && a["artifact"]["hosts"] == json!(["h1", "h2", "h3"]))
                 .then_some(())
@@ -664,7 +644,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
     const SIZE: usize = 50 << 20;
     const RATE: u64 = 10 << 20;
     let _g = serial();
-    let mut c = Cluster::start(3, &format!("[cluster]\nreplication_rate = {RATE}\n"));
+    let mut c = Fleet::cluster(3, &format!("[cluster]\nreplication_rate = {RATE}\n"));
     let big = pattern(SIZE, 21);
     let small = pattern(4096, 22);
     let d = c.hosts[0].api.upload("big.img", &big);
@@ -673,11 +653,11 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
     deploy(&c.hosts[0], "big-node", &d, &s);
 
     // h2 fetches the blob at the capped rate: crash it part-way.
-    let at = poll(
+    let at = wait_until(
         Duration::from_secs(30),
         "h2 fetches part of the blob",
         || {
-            let r = c.hosts[1].try_cluster()?["artifact_replication"].clone();
+            let r = c.hosts[1].api.try_cluster()?["artifact_replication"].clone();
             let bytes = r["bytes"].as_u64()?;
             (r["current"] == d.as_str() && bytes >= 10 << 20).then_some(bytes)
         },
@@ -706,7 +686,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
         from >= 10 << 20 && from < SIZE as u64,
         "resumed from byte {from}, expected what it had fetched ({at}) or more"
     );
-    poll(Duration::from_secs(60), "h2 completes the blob", || {
+    wait_until(Duration::from_secs(60), "h2 completes the blob", || {
         holds(&c.hosts[1], &d).then_some(())
     });
     let rest = t.elapsed();
@@ -714,7 +694,7 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
     // The stored copy verifies: byte-identical to the upload.
     let got = peer_blob(&c.hosts[1], &d).expect("h2 serves the blob to peers");
     assert_same_bytes(&got, &big, "the blob h2 stored after resuming");
-    poll(Duration::from_secs(60), "h3 completes the blob", || {
+    wait_until(Duration::from_secs(60), "h3 completes the blob", || {
         holds(&c.hosts[2], &d).then_some(())
     });
     c.stop_and_compare_dumps();
@@ -723,17 +703,18 @@ fn interrupted_artifact_replication_resumes_after_a_crash() {
 #[test]
 fn peers_without_the_cluster_secret_are_refused() {
     let _g = serial();
-    let mut c = Cluster::start(3, "");
+    let mut c = Fleet::cluster(3, "");
     let blob = pattern(1000, 31);
     let d = c.hosts[0].api.upload("small", &blob);
     let l = c.leader(Duration::from_secs(10));
-    let term = c.hosts[l].cluster()["term"].as_u64().expect("term");
-    let h2_id = c.hosts[1].node_id();
+    let term = c.hosts[l].api.cluster()["term"].as_u64().expect("term");
+    let h2_id = c.hosts[1].api.node_id();
 
     // A 4th host with a wrong secret cannot join: it stops, naming the secret.
-    let mut spec = HostSpec::new("h4", &c.dir.path().join("h4"));
-    spec.secret = Some("wrong-secret-0123456789".into());
-    spec.join = Some(c.hosts[0].spec.url());
+    let spec = HostBuilder::member("h4")
+        .data_dir_at(&c.dir.path().join("h4"))
+        .secret(Some("wrong-secret-0123456789"))
+        .join(&c.hosts[0].url());
     let out = run_with_timeout(&mut spec.command(), Duration::from_secs(90));
     assert!(
         !out.status.success(),
@@ -746,8 +727,7 @@ fn peers_without_the_cluster_secret_are_refused() {
         out.stderr
     );
     // Joining without any secret is refused before it even tries.
-    spec.secret = None;
-    let out = run_with_timeout(&mut spec.command(), Duration::from_secs(30));
+    let out = run_with_timeout(&mut spec.secret(None).command(), Duration::from_secs(30));
     assert!(
         !out.status.success() && out.stderr.contains("secret"),
         "--join without a secret must fail naming the secret: {}\n{}",
@@ -789,7 +769,7 @@ fn peers_without_the_cluster_secret_are_refused() {
     for h in &c.hosts {
         for (method, path, body) in &routes {
             for secret in wrong {
-                let r = h.peer(method, path, secret, body.map(str::as_bytes));
+                let r = h.api.peer(method, path, secret, body.map(str::as_bytes));
                 let e = r.expect_error(403);
                 assert_eq!(
                     e["code"],
@@ -813,6 +793,7 @@ fn peers_without_the_cluster_secret_are_refused() {
         }
         // With the secret the same routes answer (the refusals were not 403 for another reason).
         let m = h
+            .api
             .peer("GET", "/cluster/metrics", Some(SECRET), None)
             .expect(200);
         assert!(m["current_term"].is_u64(), "raft metrics: {m}");
@@ -832,7 +813,7 @@ fn peers_without_the_cluster_secret_are_refused() {
             && !members.iter().any(|(_, h)| h == "h4" || h == "intruder"),
         "membership changed: {members:?}"
     );
-    let now = c.hosts[l].cluster();
+    let now = c.hosts[l].api.cluster();
     assert_eq!(
         now["state"], "Leader",
         "a refused vote must not depose the leader: {now}"
@@ -844,16 +825,15 @@ fn peers_without_the_cluster_secret_are_refused() {
     );
 
     // A host without a secret refuses every peer route, whatever the request carries.
-    let mut lone = Host::new({
-        let mut s = HostSpec::new("solo", &c.dir.path().join("solo"));
-        s.secret = None;
-        s
-    });
-    lone.start();
-    assert_eq!(lone.cluster()["clustered"], false);
+    let mut lone = HostBuilder::member("solo")
+        .data_dir_at(&c.dir.path().join("solo"))
+        .secret(None)
+        .start();
+    assert_eq!(lone.api.cluster()["clustered"], false);
     for (method, path, body) in &routes {
         for secret in [None, Some(SECRET), Some("")] {
             let e = lone
+                .api
                 .peer(method, path, secret, body.map(str::as_bytes))
                 .expect_error(403);
             assert_eq!(
@@ -862,7 +842,7 @@ fn peers_without_the_cluster_secret_are_refused() {
             );
         }
     }
-    lone.terminate();
+    lone.stop();
     c.stop_and_compare_dumps();
 }
 
@@ -902,7 +882,7 @@ fn writes_without_a_majority_get_503_with_retry_after() {
     let _g = serial();
     // The default deadline is 15 s; a short one keeps this test quick.
     let deadline = Duration::from_secs(3);
-    let mut c = Cluster::start(3, "[cluster]\npropose_deadline_ms = 3000\n");
+    let mut c = Fleet::cluster(3, "[cluster]\npropose_deadline_ms = 3000\n");
     enroll(&c.hosts[0], "before", 0);
     let l = c.leader(Duration::from_secs(10));
     let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
@@ -915,7 +895,7 @@ fn writes_without_a_majority_get_503_with_retry_after() {
     // A majority again: writes commit.
     c.hosts[f1].start();
     let mut tries = 0;
-    poll(
+    wait_until(
         FAILOVER_BOUND,
         "a write commits with two of three hosts up",
         || {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use common::http::{Api, BatonBuilder};
+use common::api::Api;
+use common::host::HostBuilder;
 
 /// Kill-and-restart rounds (each is well under a second of writes).
 const ROUNDS: u32 = 3;
@@ -172,7 +173,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_write() {
     eprintln!("kill points from seed {seed}");
     let mut rng = seed;
     let dir = tempfile::tempdir().unwrap();
-    let b = BatonBuilder::new(dir.path());
+    let b = HostBuilder::new(dir.path());
     let mut s = b.start();
     let mut all_acked: Vec<Acked> = Vec::new();
 

@@ -9,8 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{free_tcp_port, free_udp_port, Cluster, SECRET};
-use common::{baton_bin, clean_env, run_with_timeout};
+use common::fleet::Fleet;
+use common::host::{baton_bin, clean_env, HostBuilder, SECRET};
+use common::netns::{unique_name, Netns};
+use common::require::{require_netns, require_nft, require_unshare};
+use common::run_with_timeout;
 
 /// Doctor reads /proc and asks peers with a 3 s timeout: well within this.
 const DOCTOR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,7 +90,25 @@ fn doctor(args: &[&str], env: &[(&str, &str)]) -> Report {
     run(&mut doctor_cmd(args, env))
 }
 
-/// A loopback-only configuration with proxy-DHCP on free loopback ports, a TFTP root
+/// A loopback UDP port nobody listens on (bound, then released). Only for checks that
+/// never bind it: doctor reports on the port, and nothing else here binds it; servers
+/// bind port 0.
+fn unbound_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral UDP port")
+        .port()
+}
+
+/// [`unbound_udp_port`] for TCP (also a URL nobody answers).
+fn unbound_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral TCP port")
+        .port()
+}
+
+/// A loopback-only configuration with proxy-DHCP on unused loopback ports, a TFTP root
 /// holding the two required loaders, and no optional ones.
 struct Setup {
     dir: tempfile::TempDir,
@@ -107,10 +128,10 @@ impl Setup {
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         Setup {
             dir,
-            tftp: free_udp_port(),
-            dhcp: free_udp_port(),
-            pxe: free_udp_port(),
-            http: free_tcp_port(),
+            tftp: unbound_udp_port(),
+            dhcp: unbound_udp_port(),
+            pxe: unbound_udp_port(),
+            http: unbound_tcp_port(),
         }
     }
 
@@ -182,9 +203,11 @@ fn all_pass_on_loopback() {
 
 #[test]
 fn port_busy_names_this_process() {
-    let s = Setup::new();
-    let udp = UdpSocket::bind(("127.0.0.1", s.tftp)).expect("hold the TFTP port");
-    let tcp = TcpListener::bind(("127.0.0.1", s.http)).expect("hold the HTTP port");
+    let mut s = Setup::new();
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("hold a UDP port");
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("hold a TCP port");
+    s.tftp = udp.local_addr().unwrap().port();
+    s.http = tcp.local_addr().unwrap().port();
     let me = std::process::id();
     let r = doctor(&["--config", &s.config()], &[]);
     assert_eq!(r.code, Some(1), "{}", r.text);
@@ -199,7 +222,7 @@ fn port_busy_names_this_process() {
     }
     r.expect("PASS", &format!("port udp/{} (pxe)", s.pxe));
     // A flag moves the listener: the same file with --tftp-listen passes that port.
-    let other = free_udp_port();
+    let other = unbound_udp_port();
     let r = doctor(
         &[
             "--config",
@@ -248,7 +271,7 @@ fn unwritable_data_dir_fails() {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let r = if root {
-        if !common::require_client("unshare", "util-linux") {
+        if !require_unshare() {
             return;
         }
         let script = format!(
@@ -289,19 +312,18 @@ fn unwritable_data_dir_fails() {
 
 #[test]
 fn ports_held_by_a_running_baton_pass() {
-    let s = Setup::new();
-    let mut cmd = Command::new(baton_bin());
-    cmd.args(["serve", "--config", &s.config(), "--log-level", "info"]);
-    clean_env(&mut cmd);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = common::child::Child::spawn(&mut cmd, "baton serve", move |l| {
-        if l.contains("tftp server listening") {
-            let _ = tx.send(());
-        }
-    })
-    .expect("start baton serve");
-    rx.recv_timeout(common::START_TIMEOUT)
-        .unwrap_or_else(|_| panic!("baton serve did not start:\n{}", server.log()));
+    let mut s = Setup::new();
+    // The server binds ports of its own choosing (port 0); doctor is given the same
+    // configuration with the ports it bound.
+    let server = HostBuilder::new(&s.data())
+        .tftp_root(&s.root())
+        .dhcp_loopback()
+        .config("[dhcp.boot_files]\nbios = \"undionly.kpxe\"\nefi_x64 = \"ipxe.efi\"\n")
+        .start();
+    s.tftp = server.tftp().port();
+    s.http = server.http().port();
+    s.dhcp = server.dhcp().port();
+    s.pxe = server.pxe().port();
     let r = doctor(&["--config", &s.config()], &[]);
     for name in [
         format!("port udp/{} (tftp)", s.tftp),
@@ -321,20 +343,12 @@ fn ports_held_by_a_running_baton_pass() {
 
 #[test]
 fn firewall_drop_in_a_namespace() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var_os("CI").is_some() {
-            panic!("firewall test needs root (network namespace) but CI is set");
-        }
-        eprintln!("\n*** SKIPPED: firewall test needs root ***\n");
+    if !require_netns() || !require_nft() {
         return;
     }
-    if !common::require_client("nft", "nftables") || !common::require_client("ip", "iproute2") {
-        return;
-    }
-    let ns = Netns::new(&format!("bdoc{}", std::process::id()));
-    ns.run(&["ip", "link", "set", "lo", "up"]);
-    ns.nft(
+    let ns = Netns::add(&unique_name("doc")).unwrap_or_else(|e| panic!("{e}"));
+    nft(
+        &ns,
         "table inet baton_test {
            chain input {
              type filter hook input priority 0; policy drop;
@@ -347,19 +361,17 @@ fn firewall_drop_in_a_namespace() {
     );
     let s = Setup::new();
     // Wildcard listeners on the standard ports: the ones PXE clients reach.
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, baton_bin(), "doctor", "--config"])
-        .arg(s.config())
-        .args([
-            "--tftp-listen",
-            "0.0.0.0:69",
-            "--dhcp-listen",
-            "0.0.0.0",
-            "--dhcp-port",
-            "67",
-            "--dhcp-pxe-port",
-            "4011",
-        ]);
+    let mut cmd = ns.command(baton_bin());
+    cmd.args(["doctor", "--config"]).arg(s.config()).args([
+        "--tftp-listen",
+        "0.0.0.0:69",
+        "--dhcp-listen",
+        "0.0.0.0",
+        "--dhcp-port",
+        "67",
+        "--dhcp-pxe-port",
+        "4011",
+    ]);
     clean_env(&mut cmd);
     let r = run(&mut cmd);
     assert_eq!(r.code, Some(1), "{}", r.text);
@@ -375,73 +387,43 @@ fn firewall_drop_in_a_namespace() {
     r.expect("PASS", "firewall udp/4011 (pxe)");
 }
 
-/// A network namespace of this test, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name} failed");
-        Netns { name: name.into() }
-    }
-
-    fn run(&self, args: &[&str]) {
-        let out = run_with_timeout(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(args),
-            Duration::from_secs(20),
-        );
-        assert!(out.status.success(), "{args:?}: {}", out.stderr);
-    }
-
-    fn nft(&self, ruleset: &str) {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), ruleset).unwrap();
-        self.run(&["nft", "-f", &f.path().display().to_string()]);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Loads `ruleset` with `nft -f` inside `ns`.
+fn nft(ns: &Netns, ruleset: &str) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), ruleset).unwrap();
+    let out = run_with_timeout(
+        ns.command("nft").arg("-f").arg(f.path()),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "nft -f: {}", out.stderr);
 }
 
 #[test]
 fn cluster_peers_and_clock_skew() {
-    let c = Cluster::start(2, "");
-    let h1 = &c.hosts[0].spec;
+    let c = Fleet::cluster(2, "");
+    let h1 = &c.hosts[0];
     let args = |data: &Path| {
         vec![
             "--data-dir".to_string(),
             data.display().to_string(),
             "--http-listen".into(),
-            h1.http.to_string(),
+            h1.http().to_string(),
             "--tftp-listen".into(),
-            h1.tftp.to_string(),
+            h1.tftp().to_string(),
             "--no-dhcp".into(),
         ]
     };
-    let a = args(&h1.data_dir);
+    let a = args(h1.data_dir());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let r = doctor(&a, &[("BATON_CLUSTER_SECRET", SECRET)]);
-    let l = r.expect("PASS", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    let l = r.expect("PASS", &format!("peer h2 {}", c.hosts[1].url()));
     assert!(l.contains("clock") && l.contains(" ms"), "{l}");
     assert!(
         !r.text.contains("peer h1"),
         "this host is not its own peer:\n{}",
         r.text
     );
-    r.expect("PASS", &format!("port tcp/{} (http)", h1.http.port()));
+    r.expect("PASS", &format!("port tcp/{} (http)", h1.http().port()));
     assert_eq!(r.code, Some(0), "{}", r.text);
 
     // A wrong secret is named as such.
@@ -449,7 +431,7 @@ fn cluster_peers_and_clock_skew() {
         &a,
         &[("BATON_CLUSTER_SECRET", "not-the-cluster-secret-0000")],
     );
-    r.expect("FAIL", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    r.expect("FAIL", &format!("peer h2 {}", c.hosts[1].url()));
     assert!(
         r.text.contains("refused this host's cluster secret"),
         "{}",
@@ -459,16 +441,16 @@ fn cluster_peers_and_clock_skew() {
     // A fresh host that would join: peers come from the join URL and its members;
     // an unreachable member fails.
     let fresh = tempfile::tempdir().unwrap();
-    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let dead = format!("http://127.0.0.1:{}", unbound_tcp_port());
     let mut b = args(fresh.path());
-    b[3] = format!("127.0.0.1:{}", free_tcp_port());
-    b[5] = format!("127.0.0.1:{}", free_udp_port());
+    b[3] = format!("127.0.0.1:{}", unbound_tcp_port());
+    b[5] = format!("127.0.0.1:{}", unbound_udp_port());
     let mut b2 = b.clone();
-    b.extend(["--join".to_string(), h1.url().clone()]);
+    b.extend(["--join".to_string(), h1.url()]);
     let b: Vec<&str> = b.iter().map(String::as_str).collect();
     let r = doctor(&b, &[("BATON_CLUSTER_SECRET", SECRET)]);
     r.expect("PASS", &format!("peer h1 {}", h1.url()));
-    r.expect("PASS", &format!("peer h2 {}", c.hosts[1].spec.url()));
+    r.expect("PASS", &format!("peer h2 {}", c.hosts[1].url()));
     b2.extend(["--join".to_string(), dead.clone()]);
     let b2: Vec<&str> = b2.iter().map(String::as_str).collect();
     let r = doctor(&b2, &[("BATON_CLUSTER_SECRET", SECRET)]);

@@ -19,19 +19,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::http::{Baton, BatonBuilder, TOKEN};
+use common::data::{self, mac_colons};
+use common::host::{Host, HostBuilder, TOKEN};
 use common::pattern;
 
 /// Nodes of the test fleet.
 const N: usize = 300;
 
 fn mac(i: usize) -> String {
-    format!(
-        "52:54:03:{:02x}:{:02x}:{:02x}",
-        i >> 16 & 0xff,
-        i >> 8 & 0xff,
-        i & 0xff
-    )
+    mac_colons(data::mac(i))
 }
 
 fn id(i: usize) -> String {
@@ -59,16 +55,8 @@ fn fleet_csv(n: usize, cmdline: impl Fn(usize) -> String) -> String {
 }
 
 /// Runs the CLI against `s`: (success, stdout, stderr).
-fn cli(s: &Baton, args: &[&str]) -> (bool, String, String) {
-    let api = format!("http://{}", s.http);
-    let out = common::run_with_timeout(
-        std::process::Command::new(common::baton_bin())
-            .args(args)
-            .args(["--api", &api, "--token", TOKEN])
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN"),
-        Duration::from_secs(120),
-    );
+fn cli(s: &Host, args: &[&str]) -> (bool, String, String) {
+    let out = s.api.cli(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -77,7 +65,7 @@ fn cli(s: &Baton, args: &[&str]) -> (bool, String, String) {
 }
 
 /// `baton node import FILE --json`: (success, report, stderr).
-fn import(s: &Baton, file: &Path) -> (bool, Value, String) {
+fn import(s: &Host, file: &Path) -> (bool, Value, String) {
     let (ok, out, err) = cli(s, &["node", "import", file.to_str().unwrap(), "--json"]);
     let v: Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("import --json printed no JSON ({e}): {out}\n{err}"));
@@ -89,8 +77,8 @@ fn counts(r: &Value) -> [u64; 5] {
 }
 
 /// A server with kernel and ramdisk uploaded under the names the CSV uses.
-fn server() -> (Baton, String) {
-    let s = BatonBuilder::temp().start();
+fn server() -> (Host, String) {
+    let s = HostBuilder::temp().start();
     let kd = s.api.upload("vmlinuz", &pattern(200_000, 1));
     s.api.upload("initrd.img", &pattern(300_000, 2));
     (s, kd)
@@ -297,7 +285,7 @@ fn import_api_answers_json_or_streamed_progress_and_bounds_its_input() {
     assert!(lines.len() >= 2, "at least one progress line: {lines:?}");
 
     // A body declared larger than the limit is refused before it is read.
-    let mut c = std::net::TcpStream::connect(s.http).unwrap();
+    let mut c = std::net::TcpStream::connect(s.http()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         c,
@@ -317,7 +305,7 @@ fn import_api_answers_json_or_streamed_progress_and_bounds_its_input() {
 }
 
 /// Ids of every node of `GET path` followed page by page; asserts the paging headers.
-fn follow(s: &Baton, path: &str) -> (Vec<String>, usize) {
+fn follow(s: &Host, path: &str) -> (Vec<String>, usize) {
     let mut ids = Vec::new();
     let mut pages = 0;
     let mut next = Some(path.to_string());
@@ -458,6 +446,6 @@ fn node_lists_page_by_id_filter_and_the_cli_pages_through() {
     assert_eq!(named[0]["hosts"], json!(["h1"]));
 }
 
-fn v_all(s: &Baton) -> Value {
+fn v_all(s: &Host) -> Value {
     s.api.get("/v1/nodes").expect(200)
 }

@@ -23,12 +23,10 @@
 //! Leases are short here (200 ms / 600 ms / 300 ms) to keep the tests fast. The tests
 //! run one at a time (they start several processes each on a small machine).
 
-#[path = "common/fleet.rs"]
-mod fleet;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread;
@@ -36,37 +34,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fleet::{
-    discover, enter_netns, host_states, mac, mac_colons, netns_available, offer_for, parse_error,
-    pattern, pxelinux_path, rrq, tftp_fetch, tftp_hpa, wait_nodes_replicated, wait_replicated,
-    wait_until, Answer, Api, Fleet, HostSpec, Lab, Leases, Pace,
+use common::api::Api;
+use common::data::{mac, mac_colons, pattern, pxelinux_path};
+use common::dhcp::{dhcp_request, discover, offer_for};
+use common::fleet::{Fleet, Leases};
+use common::host::{HostBuilder, TOKEN};
+use common::netns::{enter_netns, Lab};
+use common::require::{require_netns, require_tftp_hpa};
+use common::tftp::{
+    ack, parse_error, rrq, tftp_fetch, tftp_fetch_from, tftp_hpa, Answer, Pace, TFTP_HPA_TIMEOUT,
 };
+use common::wait_until;
 
 /// The lease settings of these tests.
 const L: Leases = Leases::SHORT;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
-}
 
 /// One test at a time: each runs 3-4 servers with short leases, and CPU starvation on
 /// a small machine would look like a dead host.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// tftp-hpa is required: in CI (env CI) its absence fails the test, elsewhere the test
-/// is skipped loudly.
-fn require_tftp_hpa() -> bool {
-    if fleet::have_tftp_hpa() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("tftp-hpa is not installed but CI is set: apt-get install tftp-hpa");
-    }
-    eprintln!("\n*** SKIPPED: tftp-hpa not installed (apt-get install tftp-hpa) ***\n");
-    false
 }
 
 /// Wall-clock milliseconds (the time base of event `at`).
@@ -77,34 +64,38 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Network namespaces are required: in CI (env CI) their absence fails the test,
-/// elsewhere the test is skipped loudly.
-fn require_netns() -> bool {
-    match netns_available() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("network namespaces are required in CI: {why}")
-        }
-        Err(why) => {
-            eprintln!("\n*** SKIPPED: this test needs network namespaces: {why} ***\n");
-            false
-        }
-    }
-}
-
 fn say(s: &str) {
     eprintln!("[ownership] {s}");
 }
 
+/// A member on loopback with `config`, with proxy-DHCP on loopback when `dhcp`.
+fn loopback(name: &str, config: &str, dhcp: bool) -> HostBuilder {
+    let b = HostBuilder::member(name).config(config);
+    if dhcp {
+        b.dhcp_loopback()
+    } else {
+        b
+    }
+}
+
 /// Three loopback hosts with the short leases (h1 initializes the cluster).
 fn three_hosts(dhcp: bool) -> Fleet {
-    let cfg = L.toml("");
+    three_hosts_with(L, dhcp)
+}
+
+/// Three loopback hosts with lease settings `l` (Raft timing derived from them).
+fn three_hosts_with(l: Leases, dhcp: bool) -> Fleet {
+    let cfg = l.toml("");
     Fleet::start(
-        &bin(),
         (1..=3)
-            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, dhcp))
+            .map(|i| loopback(&format!("h{i}"), &cfg, dhcp))
             .collect(),
     )
+}
+
+/// Fetches `path` with tftp-hpa (octet mode) from `server`, inside `netns` when given.
+fn hpa(netns: Option<&str>, server: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
+    tftp_hpa(netns, server, "octet", path, TFTP_HPA_TIMEOUT)
 }
 
 /// Node ids `n1..nN` with their MACs.
@@ -131,7 +122,7 @@ fn deploy_nodes(
     for (id, m) in &nodes {
         api.enroll_deploy(id, &mac_colons(*m), &k, &rd);
     }
-    wait_nodes_replicated(api, &ids(&nodes), hosts, Duration::from_secs(30));
+    api.wait_nodes_replicated(&ids(&nodes), hosts, Duration::from_secs(30));
     (nodes, k, rd)
 }
 
@@ -139,13 +130,16 @@ fn deploy_nodes(
 /// more and has renewed its lease (it is `up` again); returns `now()` at that moment.
 fn wait_caught_up<T>(api: &Api, host: &str, timeout: Duration, now: impl Fn() -> T) -> T {
     wait_until(timeout, &format!("{host} learns the new owners"), || {
-        let o = api.timeout(Duration::from_secs(1)).get("/v1/nodes").ok()?;
+        let o = api
+            .timeout(Duration::from_secs(1))
+            .try_get("/v1/nodes")
+            .ok()?;
         let moved = o
-            .json()
+            .json_or_null()
             .as_array()?
             .iter()
             .all(|n| n["owner"] != json!(host));
-        let up = host_states(api).get(host).is_some_and(|s| s == "up");
+        let up = api.host_states().get(host).is_some_and(|s| s == "up");
         (moved && up).then(&now)
     })
 }
@@ -252,7 +246,7 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
     let tftp: BTreeMap<String, SocketAddr> = f
         .hosts
         .iter()
-        .map(|h| (h.name().to_string(), h.spec.tftp))
+        .map(|h| (h.name().to_string(), h.tftp()))
         .collect();
     let k_a = pattern(300_000, 11);
     let k_b = pattern(200_003, 12);
@@ -264,19 +258,14 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
         let k = if i % 2 == 0 { &ka } else { &kb };
         h1.enroll_deploy(id, &mac_colons(*m), k, &rd);
     }
-    wait_nodes_replicated(
-        &h1,
-        &ids(&nodes),
-        &["h1", "h2", "h3"],
-        Duration::from_secs(30),
-    );
+    h1.wait_nodes_replicated(&ids(&nodes), &["h1", "h2", "h3"], Duration::from_secs(30));
 
     // What the owner serves before the crash (tftp-hpa), and the peers refuse.
     let mut before: BTreeMap<String, (Vec<u8>, Vec<u8>, u64)> = BTreeMap::new();
     for (i, (id, m)) in nodes.iter().enumerate() {
-        let cfg = tftp_hpa(None, tftp["h1"], &pxelinux_path(*m))
+        let cfg = hpa(None, tftp["h1"], &pxelinux_path(*m))
             .unwrap_or_else(|e| panic!("h1 pxelinux of {id}: {e}"));
-        let kernel = tftp_hpa(None, tftp["h1"], &format!("nodes/{id}/kernel"))
+        let kernel = hpa(None, tftp["h1"], &format!("nodes/{id}/kernel"))
             .unwrap_or_else(|e| panic!("h1 kernel of {id}: {e}"));
         assert_eq!(
             kernel,
@@ -295,7 +284,7 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
         assert_eq!(owner, "h1");
         before.insert(id.clone(), (cfg, kernel, epoch));
     }
-    let leader = f.leader("h2");
+    let leader = f.leader_seen_by("h2");
     say(&format!(
         "raft leader before the kill: {leader:?}; {}",
         L.label()
@@ -337,9 +326,9 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
     for (id, m) in &nodes {
         let (new, _) = &served[id];
         let other = if new == "h2" { "h3" } else { "h2" };
-        let cfg = tftp_hpa(None, tftp[new], &pxelinux_path(*m))
+        let cfg = hpa(None, tftp[new], &pxelinux_path(*m))
             .unwrap_or_else(|e| panic!("{new} pxelinux of {id}: {e}"));
-        let kernel = tftp_hpa(None, tftp[new], &format!("nodes/{id}/kernel"))
+        let kernel = hpa(None, tftp[new], &format!("nodes/{id}/kernel"))
             .unwrap_or_else(|e| panic!("{new} kernel of {id}: {e}"));
         assert!(
             cfg == before[id].0,
@@ -373,7 +362,7 @@ fn killed_owner_nodes_are_served_by_peers_within_ttl_plus_grace_with_identical_b
         "GET /v1/nodes?owner= covers every node"
     );
     assert_eq!(
-        host_states(&h2).get("h1").map(String::as_str),
+        h2.host_states().get("h1").map(String::as_str),
         Some("down"),
         "h1 is down"
     );
@@ -391,7 +380,7 @@ fn owner_killed_right_after_a_profile_change_is_taken_over_with_the_new_files() 
     let tftp: BTreeMap<String, SocketAddr> = f
         .hosts
         .iter()
-        .map(|h| (h.name().to_string(), h.spec.tftp))
+        .map(|h| (h.name().to_string(), h.tftp()))
         .collect();
     let kernel = pattern(120_000, 21);
     let (nodes, k, rd) = deploy_nodes(&h1, 2, &kernel, &["h1", "h2", "h3"]);
@@ -625,7 +614,7 @@ fn probe_loop(t: &Target, nodes: &[(String, [u8; 6])], sh: &Shared) {
         None => nodes.iter().map(|_| None).collect(),
     };
     // The thread is in the target's namespace already.
-    let api = Api::with_timeout(t.http, None, Duration::from_secs(1));
+    let api = Api::new(t.http, TOKEN).timeout(Duration::from_secs(1));
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let mut buf = vec![0u8; 2048];
     let mut batch: u64 = 0;
@@ -651,13 +640,11 @@ fn probe_loop(t: &Target, nodes: &[(String, [u8; 6])], sh: &Shared) {
                         // DATA from a transfer already seen (the server's TID): a
                         // retransmission within a transfer that was answered before,
                         // e.g. by a host woken from SIGSTOP. Not a new answer.
-                        let _ = tftp_socks[i]
-                            .send_to(&fleet::ack(u16::from_be_bytes([p[2], p[3]])), from);
+                        let _ = tftp_socks[i].send_to(&ack(u16::from_be_bytes([p[2], p[3]])), from);
                         Some(Seen::Resent)
                     } else if n >= 4 && p[..2] == [0, 3] {
                         // DATA: acknowledge it so the server's transfer ends cleanly.
-                        let _ = tftp_socks[i]
-                            .send_to(&fleet::ack(u16::from_be_bytes([p[2], p[3]])), from);
+                        let _ = tftp_socks[i].send_to(&ack(u16::from_be_bytes([p[2], p[3]])), from);
                         (p[2..4] == [0, 1]).then_some(Seen::Answer(Via::Tftp))
                     } else {
                         None
@@ -699,8 +686,8 @@ fn probe_loop(t: &Target, nodes: &[(String, [u8; 6])], sh: &Shared) {
         // First answer of this host for a node: which owner and epoch does it report?
         for e in &seen {
             if matches!(e.seen, Seen::Answer(_)) && asked.insert(e.node.clone()) {
-                if let Ok(r) = api.get(&format!("/v1/nodes/{}", e.node)) {
-                    let v = r.json();
+                if let Ok(r) = api.try_get(&format!("/v1/nodes/{}", e.node)) {
+                    let v = r.json_or_null();
                     sh.epochs.lock().unwrap_or_else(|p| p.into_inner()).insert(
                         (e.node.clone(), t.host.clone()),
                         (
@@ -821,12 +808,12 @@ fn stopped_owner_past_its_lease_never_answers_alongside_the_new_owner() {
         .map(|h| Target {
             host: h.name().to_string(),
             netns: None,
-            tftp: h.spec.tftp,
-            dhcp: Some(h.dhcp_addr()),
-            http: h.spec.http,
+            tftp: h.tftp(),
+            dhcp: Some(h.dhcp()),
+            http: h.http(),
         })
         .collect();
-    let leader = f.leader("h1");
+    let leader = f.leader_seen_by("h1");
     let p = Prober::start(targets, nodes.clone(), Duration::from_secs(90));
     p.wait_batches(5);
     // Baseline: h1 answers every node, over TFTP and proxy-DHCP.
@@ -947,24 +934,25 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
     let cfg = L.toml("");
     // Declared after `lab`: the hosts are killed before the namespaces are deleted.
     let f = Fleet::start(
-        &bin(),
-        (1..=3).map(|i| HostSpec::in_lab(&lab, i, &cfg)).collect(),
+        (1..=3)
+            .map(|i| HostBuilder::in_lab(&lab, i).config(&cfg))
+            .collect(),
     );
     let api = |i: usize| f.hosts[i - 1].api.clone();
-    let tftp = |i: usize| f.hosts[i - 1].spec.tftp;
+    let tftp = |i: usize| f.hosts[i - 1].tftp();
     let ns = |i: usize| lab.host_ns(i);
     let h1 = api(1);
     let (nodes, _, _) = deploy_nodes(&h1, 4, &pattern(120_000, 31), &["h1", "h2", "h3"]);
     let epoch0: BTreeMap<String, u64> = owners(&h1).into_iter().map(|(n, (_, e))| (n, e)).collect();
     let mut before = BTreeMap::new();
     for (id, m) in &nodes {
-        let cfgf = tftp_hpa(Some(&ns(1)), tftp(1), &pxelinux_path(*m))
+        let cfgf = hpa(Some(&ns(1)), tftp(1), &pxelinux_path(*m))
             .unwrap_or_else(|e| panic!("h1 pxelinux of {id}: {e}"));
-        let kernel = tftp_hpa(Some(&ns(1)), tftp(1), &format!("nodes/{id}/kernel"))
+        let kernel = hpa(Some(&ns(1)), tftp(1), &format!("nodes/{id}/kernel"))
             .unwrap_or_else(|e| panic!("h1 kernel of {id}: {e}"));
         before.insert(id.clone(), (cfgf, kernel));
     }
-    let leader = f.leader("h1");
+    let leader = f.leader_seen_by("h1");
     // Each host probed from inside its own namespace (h1 stays reachable there).
     let targets: Vec<Target> = f
         .hosts
@@ -973,9 +961,9 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
         .map(|(i, h)| Target {
             host: h.name().to_string(),
             netns: Some(ns(i + 1)),
-            tftp: h.spec.tftp,
+            tftp: h.tftp(),
             dhcp: None,
-            http: h.spec.http,
+            http: h.http(),
         })
         .collect();
     let p = Prober::start(targets, nodes.clone(), Duration::from_secs(90));
@@ -1013,9 +1001,9 @@ fn partitioned_owner_stops_answering_within_its_ttl_and_the_majority_takes_over(
     for (id, m) in &nodes {
         let owner = &still[id].0;
         let i: usize = owner[1..].parse().expect("host number");
-        let cfgf = tftp_hpa(Some(&ns(i)), tftp(i), &pxelinux_path(*m))
+        let cfgf = hpa(Some(&ns(i)), tftp(i), &pxelinux_path(*m))
             .unwrap_or_else(|e| panic!("{owner} pxelinux of {id}: {e}"));
-        let kernel = tftp_hpa(Some(&ns(i)), tftp(i), &format!("nodes/{id}/kernel"))
+        let kernel = hpa(Some(&ns(i)), tftp(i), &format!("nodes/{id}/kernel"))
             .unwrap_or_else(|e| panic!("{owner} kernel of {id}: {e}"));
         assert!(
             cfgf == before[id].0,
@@ -1161,14 +1149,14 @@ fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
     let rd = h1.upload("initrd.img", &pattern(40_000, 42));
     let (id, m) = ("n1", mac(1));
     h1.enroll_deploy(id, &mac_colons(m), &k, &rd);
-    wait_nodes_replicated(&h1, &[id], &["h1", "h2", "h3"], Duration::from_secs(60));
+    h1.wait_nodes_replicated(&[id], &["h1", "h2", "h3"], Duration::from_secs(60));
     let (owner, epoch0, _) = h1.node(id);
     assert_eq!(owner, "h1");
-    let cfg_before = tftp_hpa(None, f.host("h1").spec.tftp, &pxelinux_path(m)).expect("pxelinux");
+    let cfg_before = hpa(None, f.host("h1").tftp(), &pxelinux_path(m)).expect("pxelinux");
 
     // A slow client: blksize 512, a 25 ms pause every 256 blocks (~4 s in all).
     let progress = Arc::new(AtomicU64::new(0));
-    let server = f.host("h1").spec.tftp;
+    let server = f.host("h1").tftp();
     let pr = progress.clone();
     let started = Instant::now();
     let transfer = thread::spawn(move || {
@@ -1181,7 +1169,7 @@ fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
                 every: 256,
                 pause: Duration::from_millis(25),
             }),
-            Some(&pr),
+            Some(pr),
         )
     });
     let total = kernel.len() as u64;
@@ -1189,9 +1177,7 @@ fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
         (progress.load(Ordering::Relaxed) > total / 8).then_some(())
     });
     let at_migrate = progress.load(Ordering::Relaxed);
-    let r = h1
-        .post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": "h2" }))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = h1.post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": "h2" }));
     let v = r.expect(200);
     assert_eq!(v["handoff"]["state"], "migrating", "{v}");
     assert_eq!(v["handoff"]["to"], "h2", "{v}");
@@ -1212,10 +1198,10 @@ fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
         other => panic!("transfer interrupted by the migration: {other:?}"),
     }
     // New requests: h1 refuses, h2 serves the same files.
-    assert_refused(f.host("h1").spec.tftp, &pxelinux_path(m), "h1");
-    let h2t = f.host("h2").spec.tftp;
-    assert!(tftp_hpa(None, h2t, &pxelinux_path(m)).expect("pxelinux from h2") == cfg_before);
-    assert!(tftp_hpa(None, h2t, "nodes/n1/kernel").expect("kernel from h2") == kernel);
+    assert_refused(f.host("h1").tftp(), &pxelinux_path(m), "h1");
+    let h2t = f.host("h2").tftp();
+    assert!(hpa(None, h2t, &pxelinux_path(m)).expect("pxelinux from h2") == cfg_before);
+    assert!(hpa(None, h2t, "nodes/n1/kernel").expect("kernel from h2") == kernel);
     // The event feed says so, with the epoch.
     let feed = h1.get_ok("/v1/events?since=0&limit=10000");
     let ev = feed["events"]
@@ -1242,19 +1228,6 @@ fn migration_during_a_slow_transfer_completes_and_the_transfer_succeeds() {
 // 5. Refusals, rollback, drain.
 // ---------------------------------------------------------------------------------
 
-#[track_caller]
-fn error_of(r: &fleet::Resp, status: u16) -> Value {
-    let v = r.expect(status);
-    let e = v["error"].clone();
-    assert!(
-        e["code"].is_string() && e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{} -> {status}: a JSON error with code and message, got {}",
-        r.what,
-        r.text()
-    );
-    e
-}
-
 fn events(api: &Api) -> Vec<Value> {
     api.get_ok("/v1/events?since=0&limit=10000")["events"]
         .as_array()
@@ -1262,19 +1235,12 @@ fn events(api: &Api) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn baton_cli(http: SocketAddr, args: &[&str]) -> (bool, String) {
-    let (st, out, err) = fleet::run_bounded(
-        std::process::Command::new(bin())
-            .args(args)
-            .args(["--api", &format!("http://{http}"), "--token", fleet::TOKEN])
-            .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN"),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+/// `baton ARGS` against `api`: (success, what it printed).
+fn baton_cli(api: &Api, args: &[&str]) -> (bool, String) {
+    let out = api.cli(args);
     (
-        st.success(),
-        format!("{}{}", String::from_utf8_lossy(&out), err),
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr),
     )
 }
 
@@ -1285,14 +1251,13 @@ fn migration_refusals_rollback_drain_and_the_feed() {
     // h3 fetches artifacts slowly (50 kB/s), so a migration to it waits; h4 serves
     // another L2 segment.
     let slow = L.toml("replication_rate = 50000");
-    let mut specs = vec![
-        HostSpec::loopback("h1", &cfg, false),
-        HostSpec::loopback("h2", &cfg, false),
-        HostSpec::loopback("h3", &slow, false),
-        HostSpec::loopback("h4", &cfg, false),
+    let specs = vec![
+        loopback("h1", &cfg, false),
+        loopback("h2", &cfg, false),
+        loopback("h3", &slow, false),
+        loopback("h4", &cfg, false).group("rack2"),
     ];
-    specs[3].group = Some("rack2".into());
-    let mut f = Fleet::start(&bin(), specs);
+    let mut f = Fleet::start(specs);
     let h1 = f.host("h1").api.clone();
     let h2 = f.host("h2").api.clone();
     let k = h1.upload("vmlinuz", &pattern(20_000, 51));
@@ -1303,8 +1268,7 @@ fn migration_refusals_rollback_drain_and_the_feed() {
     for i in 5..=6 {
         h2.enroll_deploy(&format!("m{i}"), &mac_colons(mac(i)), &k, &rd);
     }
-    wait_nodes_replicated(
-        &h1,
+    h1.wait_nodes_replicated(
         &["n1", "n2", "n3", "n4", "m5", "m6"],
         &["h1", "h2", "h3"],
         Duration::from_secs(30),
@@ -1315,41 +1279,30 @@ fn migration_refusals_rollback_drain_and_the_feed() {
     );
 
     // Another group: 400, naming the groups.
-    let r = h1
-        .post("/v1/nodes/n1/migrate", json!({ "to": "h4" }))
-        .unwrap();
-    let e = error_of(&r, 400);
+    let r = h1.post("/v1/nodes/n1/migrate", json!({ "to": "h4" }));
+    let e = r.expect_error(400);
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("rack2") && msg.contains("group"), "{e}");
     // Unknown host: 400 on field `to`.
-    let r = h1
-        .post("/v1/nodes/n1/migrate", json!({ "to": "nope" }))
-        .unwrap();
-    let e = error_of(&r, 400);
+    let r = h1.post("/v1/nodes/n1/migrate", json!({ "to": "nope" }));
+    let e = r.expect_error(400);
     assert_eq!(e["field"], "to", "{e}");
     // Already the owner.
-    let r = h1
-        .post("/v1/nodes/n1/migrate", json!({ "to": "h1" }))
-        .unwrap();
-    error_of(&r, 400);
+    let r = h1.post("/v1/nodes/n1/migrate", json!({ "to": "h1" }));
+    r.expect_error(400);
     // Unknown node.
-    let r = h1
-        .post("/v1/nodes/zz/migrate", json!({ "to": "h2" }))
-        .unwrap();
-    error_of(&r, 404);
+    let r = h1.post("/v1/nodes/zz/migrate", json!({ "to": "h2" }));
+    r.expect_error(404);
     // Reserved node: 409.
     let res = h1
         .post(
             "/v1/nodes/n2/reservation",
             json!({ "holder": "conductor-1", "ttl_secs": 60 }),
         )
-        .unwrap()
         .expect(200);
     let token = res["reservation"]["token"].as_u64().expect("token");
-    let r = h1
-        .post("/v1/nodes/n2/migrate", json!({ "to": "h2" }))
-        .unwrap();
-    let e = error_of(&r, 409);
+    let r = h1.post("/v1/nodes/n2/migrate", json!({ "to": "h2" }));
+    let e = r.expect_error(409);
     assert!(
         e["message"].as_str().unwrap().contains("reserv"),
         "the error says the node is reserved: {e}"
@@ -1358,30 +1311,24 @@ fn migration_refusals_rollback_drain_and_the_feed() {
         h1.node("n2"),
         ("h1".to_string(), h1.node("n2").1, "none".into())
     );
-    h1.send(
-        "DELETE",
-        &format!("/v1/nodes/n2/reservation?holder=conductor-1&token={token}"),
-        None,
-    )
-    .unwrap()
+    h1.delete(&format!(
+        "/v1/nodes/n2/reservation?holder=conductor-1&token={token}"
+    ))
     .expect(204);
     // A migration already under way is not started twice (flip waits on h3 below).
 
     // Rollback: n3 boots a big artifact h3 does not hold yet (it fetches at 50 kB/s).
     let big = h1.upload("vmlinuz-big", &pattern(3 << 20, 53));
     h1.set_deploy("n3", &big, &rd);
-    wait_replicated(&h1, &[&big], &["h1", "h2"], Duration::from_secs(30));
-    wait_nodes_replicated(&h1, &["n3"], &["h1", "h2"], Duration::from_secs(30));
+    h1.wait_replicated(&[&big], &["h1", "h2"], Duration::from_secs(30));
+    h1.wait_nodes_replicated(&["n3"], &["h1", "h2"], Duration::from_secs(30));
     let (_, epoch3, _) = h1.node("n3");
     let v = h1
         .post("/v1/nodes/n3/migrate", json!({ "to": "h3" }))
-        .unwrap()
         .expect(200);
     assert_eq!(v["handoff"]["state"], "migrating", "{v}");
-    let r = h1
-        .post("/v1/nodes/n3/migrate", json!({ "to": "h2" }))
-        .unwrap();
-    let e = error_of(&r, 409);
+    let r = h1.post("/v1/nodes/n3/migrate", json!({ "to": "h2" }));
+    let e = r.expect_error(409);
     assert!(e["message"].as_str().unwrap().contains("migrat"), "{e}");
     thread::sleep(Duration::from_millis(600));
     assert_eq!(
@@ -1412,19 +1359,16 @@ fn migration_refusals_rollback_drain_and_the_feed() {
     );
     // Migration to a down host: 409 naming its state.
     wait_until(Duration::from_secs(10), "h3 down", || {
-        (host_states(&h1).get("h3").map(String::as_str) == Some("down")).then_some(())
+        (h1.host_states().get("h3").map(String::as_str) == Some("down")).then_some(())
     });
-    let r = h1
-        .post("/v1/nodes/n4/migrate", json!({ "to": "h3" }))
-        .unwrap();
-    let e = error_of(&r, 409);
+    let r = h1.post("/v1/nodes/n4/migrate", json!({ "to": "h3" }));
+    let e = r.expect_error(409);
     assert!(e["message"].as_str().unwrap().contains("down"), "{e}");
     assert_eq!(h1.node("n4").2, "none");
 
     // A successful migration: n4 to h2.
     let (_, e4, _) = h1.node("n4");
     h1.post("/v1/nodes/n4/migrate", json!({ "to": "h2" }))
-        .unwrap()
         .expect(200);
     wait_until(Duration::from_secs(10), "n4 migrated", || {
         (h1.node("n4") == ("h2".into(), e4 + 1, "none".into())).then_some(())
@@ -1432,12 +1376,12 @@ fn migration_refusals_rollback_drain_and_the_feed() {
 
     // Drain h2 with the CLI: all its nodes (m5, m6, n4) move to h1, the only live
     // non-draining host of its group (h3 is down, h4 serves rack2).
-    let h2_http = f.host("h2").spec.http;
-    let (ok, out) = baton_cli(h2_http, &["host", "drain", "h2"]);
+    let h2_api = f.host("h2").api.clone();
+    let (ok, out) = baton_cli(&h2_api, &["host", "drain", "h2"]);
     assert!(ok, "baton host drain h2: {out}");
     assert!(out.contains("draining"), "{out}");
     assert_eq!(
-        host_states(&h1).get("h2").map(String::as_str),
+        h1.host_states().get("h2").map(String::as_str),
         Some("draining")
     );
     wait_until(Duration::from_secs(15), "h2 drained", || {
@@ -1459,19 +1403,17 @@ fn migration_refusals_rollback_drain_and_the_feed() {
         .collect();
     assert_eq!(on_h1, all, "every node on h1 after the drain");
     // Migrating to a draining host is refused.
-    let r = h1
-        .post("/v1/nodes/n1/migrate", json!({ "to": "h2" }))
-        .unwrap();
-    let e = error_of(&r, 409);
+    let r = h1.post("/v1/nodes/n1/migrate", json!({ "to": "h2" }));
+    let e = r.expect_error(409);
     assert!(e["message"].as_str().unwrap().contains("draining"), "{e}");
-    let (ok, out) = baton_cli(h2_http, &["host", "undrain", "h2"]);
+    let (ok, out) = baton_cli(&h2_api, &["host", "undrain", "h2"]);
     assert!(ok, "baton host undrain h2: {out}");
     wait_until(Duration::from_secs(5), "h2 up again", || {
-        (host_states(&h1).get("h2").map(String::as_str) == Some("up")).then_some(())
+        (h1.host_states().get("h2").map(String::as_str) == Some("up")).then_some(())
     });
     let (_, e1, _) = h1.node("n1");
     let (ok, out) = baton_cli(
-        f.host("h1").spec.http,
+        &f.host("h1").api,
         &["node", "migrate", "n1", "--to", "h2", "--wait", "10"],
     );
     assert!(ok, "baton node migrate n1 --to h2 --wait 10: {out}");
@@ -1552,8 +1494,8 @@ fn replication_does_not_hang_on_a_frozen_holder() {
     let k = h1.upload("vmlinuz", &pattern(200_000, 61));
     let rd = h1.upload("initrd.img", &pattern(30_000, 62));
     h1.enroll_deploy("q1", &mac_colons(mac(1)), &k, &rd);
-    wait_nodes_replicated(&h1, &["q1"], &["h1", "h2"], Duration::from_secs(30));
-    let files = fleet::node_digests(&h1, &["q1"]);
+    h1.wait_nodes_replicated(&["q1"], &["h1", "h2"], Duration::from_secs(30));
+    let files = h1.node_digests(&["q1"]);
     // Now h1 freezes (its sockets stay open: TCP connections to it are accepted by the
     // kernel and never answered) and h3 wakes: h2 and h3 are a majority.
     f.host_mut("h1").sigstop();
@@ -1578,15 +1520,15 @@ fn replication_does_not_hang_on_a_frozen_holder() {
     })();
     let status = h2
         .timeout(Duration::from_secs(2))
-        .get("/v1/cluster")
-        .map(|r| r.json())
+        .try_get("/v1/cluster")
+        .map(|r| r.json_or_null())
         .unwrap_or_default();
     let h3_status = f
         .host("h3")
         .api
         .timeout(Duration::from_secs(2))
-        .get("/v1/cluster")
-        .map(|r| r.json()["artifact_replication"].clone())
+        .try_get("/v1/cluster")
+        .map(|r| r.json_or_null()["artifact_replication"].clone())
         .unwrap_or_default();
     f.host_mut("h1").sigcont();
     assert!(
@@ -1621,9 +1563,9 @@ fn a_node_file_is_not_sent_after_the_lease_expired() {
     let k = h1.upload("vmlinuz-big", &kernel);
     let rd = h1.upload("initrd.img", &pattern(20_000, 72));
     h1.enroll_deploy("n1", &mac_colons(mac(1)), &k, &rd);
-    wait_nodes_replicated(&h1, &["n1"], &["h1", "h2", "h3"], Duration::from_secs(60));
+    h1.wait_nodes_replicated(&["n1"], &["h1", "h2", "h3"], Duration::from_secs(60));
     let (_, epoch0, _) = h1.node("n1");
-    let server = f.host("h1").spec.tftp;
+    let server = f.host("h1").tftp();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
     sock.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
@@ -1717,8 +1659,9 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
     };
     let cfg = long.toml("");
     let f = Fleet::start(
-        &bin(),
-        (1..=3).map(|i| HostSpec::in_lab(&lab, i, &cfg)).collect(),
+        (1..=3)
+            .map(|i| HostBuilder::in_lab(&lab, i).config(&cfg))
+            .collect(),
     );
     let h1 = f.hosts[0].api.clone();
     let h2 = f.hosts[1].api.clone();
@@ -1726,7 +1669,7 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
     let rd = h1.upload("initrd.img", &pattern(30_000, 82));
     let nodes = nodes(1);
     h1.enroll_deploy("n1", &mac_colons(nodes[0].1), &k, &rd);
-    wait_nodes_replicated(&h1, &["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
+    h1.wait_nodes_replicated(&["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
     let (_, epoch0, _) = h1.node("n1");
     let targets: Vec<Target> = f
         .hosts
@@ -1735,9 +1678,9 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
         .map(|(i, h)| Target {
             host: h.name().to_string(),
             netns: Some(lab.host_ns(i + 1)),
-            tftp: h.spec.tftp,
+            tftp: h.tftp(),
             dhcp: None,
-            http: h.spec.http,
+            http: h.http(),
         })
         .collect();
     let p = Prober::start(targets, nodes.clone(), Duration::from_secs(60));
@@ -1749,15 +1692,13 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
     wait_until(Duration::from_secs(10), "a leader among h2, h3", || {
         let v = h2
             .timeout(Duration::from_secs(1))
-            .get("/v1/cluster")
+            .try_get("/v1/cluster")
             .ok()?
-            .json();
+            .json_or_null();
         let l = v["leader_host"].as_str()?.to_string();
         (l != "h1").then_some(l)
     });
-    let r = h2
-        .post("/v1/nodes/n1/migrate", json!({ "to": "h2" }))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = h2.post("/v1/nodes/n1/migrate", json!({ "to": "h2" }));
     r.expect(200);
     let flipped = wait_until(Duration::from_secs(10), "migration flips", || {
         let (o, e, _) = h2.node("n1");
@@ -1836,21 +1777,9 @@ fn migration_away_from_a_cut_off_owner(stay_cut: bool) {
 //    across a migration flip.
 // ---------------------------------------------------------------------------------
 
-/// Three loopback hosts with lease settings `l` (Raft timing derived from them).
-fn three_hosts_with(l: Leases, dhcp: bool) -> Fleet {
-    let cfg = l.toml("");
-    Fleet::start(
-        &bin(),
-        (1..=3)
-            .map(|i| HostSpec::loopback(&format!("h{i}"), &cfg, dhcp))
-            .collect(),
-    )
-}
-
 /// Migrates `id` to `to` through `api` and waits until the flip is applied there.
 fn migrate_and_wait(api: &Api, id: &str, to: &str) {
     api.post(&format!("/v1/nodes/{id}/migrate"), json!({ "to": to }))
-        .unwrap_or_else(|e| panic!("{e}"))
         .expect(200);
     wait_until(
         Duration::from_secs(20),
@@ -1860,21 +1789,6 @@ fn migrate_and_wait(api: &Api, id: &str, to: &str) {
             (o == to && h == "none").then_some(())
         },
     );
-}
-
-/// The value of a metric line (`name` with its labels, as printed) on `api`.
-fn metric(api: &Api, name: &str) -> f64 {
-    let r = api.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Raft term and leader as `api` sees them.
-fn raft_term(api: &Api) -> (u64, Option<u64>) {
-    let m = api.get_ok("/v1/cluster");
-    (m["term"].as_u64().unwrap_or(0), m["leader"].as_u64())
 }
 
 /// Rounds in `[from, to)` in which `host` gave `node` no answer over `via`. An answer
@@ -1921,7 +1835,7 @@ fn leader_death(l: Leases) {
             migrate_and_wait(&h1, id, &to);
         }
     }
-    let leader = f.leader("h1").expect("a leader");
+    let leader = f.leader_seen_by("h1").expect("a leader");
     let survivor = if leader == "h1" { "h2" } else { "h1" };
     let sapi = f.host(survivor).api.clone();
     let owners0 = owners(&sapi);
@@ -1932,7 +1846,7 @@ fn leader_death(l: Leases) {
         .map(|h| {
             (
                 h.name().to_string(),
-                metric(&h.api, "baton_lease_lapses_total"),
+                h.api.metric_or_zero("baton_lease_lapses_total"),
             )
         })
         .collect();
@@ -1942,9 +1856,9 @@ fn leader_death(l: Leases) {
         .map(|h| Target {
             host: h.name().to_string(),
             netns: None,
-            tftp: h.spec.tftp,
-            dhcp: Some(h.dhcp_addr()),
-            http: h.spec.http,
+            tftp: h.tftp(),
+            dhcp: Some(h.dhcp()),
+            http: h.http(),
         })
         .collect();
     let p = Prober::start(targets, nodes.clone(), Duration::from_secs(120));
@@ -1999,7 +1913,7 @@ fn leader_death(l: Leases) {
         .iter()
         .filter(|h| h.name() != leader)
         .map(|h| {
-            let now = metric(&h.api, "baton_lease_lapses_total");
+            let now = h.api.metric_or_zero("baton_lease_lapses_total");
             (h.name().to_string(), now - lapses0[h.name()])
         })
         .collect();
@@ -2048,8 +1962,9 @@ fn returning_follower(partition: bool) {
     let cfg = l.toml("");
     let mut f = match &lab {
         Some(lab) => Fleet::start(
-            &bin(),
-            (1..=3).map(|i| HostSpec::in_lab(lab, i, &cfg)).collect(),
+            (1..=3)
+                .map(|i| HostBuilder::in_lab(lab, i).config(&cfg))
+                .collect(),
         ),
         None => three_hosts_with(l, false),
     };
@@ -2061,7 +1976,7 @@ fn returning_follower(partition: bool) {
             migrate_and_wait(&h1, id, &to);
         }
     }
-    let leader = f.leader("h1").expect("a leader");
+    let leader = f.leader_seen_by("h1").expect("a leader");
     let follower = ["h3", "h2", "h1"]
         .into_iter()
         .find(|h| *h != leader)
@@ -2081,7 +1996,7 @@ fn returning_follower(partition: bool) {
             .map(|h| {
                 (
                     h.name().to_string(),
-                    metric(&h.api, "baton_lease_lapses_total"),
+                    h.api.metric_or_zero("baton_lease_lapses_total"),
                 )
             })
             .collect()
@@ -2103,24 +2018,24 @@ fn returning_follower(partition: bool) {
         ("long", Duration::from_secs(8)),
     ] {
         let owners0 = owners(&lapi);
-        let (term0, leader_id0) = raft_term(&lapi);
+        let (term0, leader_id0) = lapi.raft_term();
         let lapses0 = lapses(&f);
         cut(&mut f, true);
         thread::sleep(away);
         cut(&mut f, false);
         let fapi = f.host(&follower).api.clone();
         wait_until(Duration::from_secs(30), "the follower is back up", || {
-            let up = host_states(&lapi).get(&follower).is_some_and(|s| s == "up");
+            let up = lapi.host_states().get(&follower).is_some_and(|s| s == "up");
             let o = fapi
                 .timeout(Duration::from_secs(1))
-                .get("/v1/cluster")
+                .try_get("/v1/cluster")
                 .ok()?;
-            (up && o.json()["leader"].as_u64() == leader_id0).then_some(())
+            (up && o.json_or_null()["leader"].as_u64() == leader_id0).then_some(())
         });
         // Give a disruption time to show.
         thread::sleep(Duration::from_secs(2));
         let owners1 = owners(&lapi);
-        let (term1, leader_id1) = raft_term(&lapi);
+        let (term1, leader_id1) = lapi.raft_term();
         let lapses1 = lapses(&f);
         say(&format!(
             "{} {phase} ({away:?}) of follower {follower} (leader {leader}): term {term0} -> \
@@ -2173,23 +2088,9 @@ fn a_partitioned_follower_returns_without_disturbing_anyone() {
     returning_follower(true);
 }
 
-/// A PXE client's DHCPREQUEST to its address server, broadcast (proxies see it):
-/// option 50 names the address it takes, option 54 the address server.
-fn dhcp_request(mac: [u8; 6], xid: u32, ip: std::net::Ipv4Addr) -> Vec<u8> {
-    let mut p = discover(mac, xid);
-    p.truncate(p.len() - 1); // the end option
-                             // Message type 3 (REQUEST) in place of 1.
-    let at = p
-        .windows(3)
-        .position(|w| w == [53, 1, 1])
-        .expect("message type option");
-    p[at + 2] = 3;
-    p.extend_from_slice(&[50, 4]);
-    p.extend_from_slice(&ip.octets());
-    p.extend_from_slice(&[54, 4, 127, 0, 0, 254]);
-    p.push(255);
-    p
-}
+/// The address server a test client's DHCPREQUEST names (no such server runs: the
+/// proxies only see the request).
+const ADDRESS_SERVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 254);
 
 /// One firmware-like boot sequence of `m` from a client at `ip`: DISCOVER to every
 /// host (a broadcast reaches them all) with retries, the address server REQUEST, then
@@ -2233,11 +2134,11 @@ fn boot_sequence(
     }
     let (host, tftp) = offered.ok_or("no DHCP offer after 6 rounds")?;
     for (_, d, _) in dhcp {
-        let _ = sock.send_to(&dhcp_request(m, xid, ip), *d);
+        let _ = sock.send_to(&dhcp_request(m, xid, ip, ADDRESS_SERVER), *d);
     }
     between(&host);
     for path in [pxelinux_path(m), "nodes/n1/kernel".to_string()] {
-        match fleet::tftp_fetch_from(ip, tftp, &path, &[], Duration::from_secs(2), None, None) {
+        match tftp_fetch_from(ip, tftp, &path, &[], Duration::from_secs(2), None, None) {
             Answer::Data(_) => {}
             other => return Err(format!("{path} from {host} (which offered): {other:?}")),
         }
@@ -2258,7 +2159,7 @@ fn migrations_never_fail_a_boot_in_flight() {
     let dhcp: Vec<(String, SocketAddr, SocketAddr)> = f
         .hosts
         .iter()
-        .map(|h| (h.name().to_string(), h.dhcp_addr(), h.spec.tftp))
+        .map(|h| (h.name().to_string(), h.dhcp(), h.tftp()))
         .collect();
     let ip = std::net::Ipv4Addr::new(127, 0, 0, 77);
     let hosts = ["h1", "h2", "h3"];

@@ -11,7 +11,8 @@
 //! TFTP port; the files they name are served from a TFTP root holding the very bytes
 //! the reference server sent in the capture, so Baton's transfers are compared with the
 //! reference byte for byte. Everything runs with `--capture`, and the pcap Baton writes
-//! is read back at the end (with `baton::pcap::read_udp`, and with tshark if installed).
+//! is read back at the end (with `baton::pcap::read_udp`, and with tshark: missing, that
+//! part is skipped loudly, or fails in CI).
 
 mod common;
 
@@ -19,16 +20,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use baton::pcap::{read_udp, UdpRecord};
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::http::{Api, Baton, BatonBuilder};
-use common::pxe::free_udp_ports;
-use common::{pattern, run_with_timeout};
+use common::api::raw_get;
+use common::api::Api;
+use common::dhcp::{dhcp_request, discover};
+use common::host::{Host, HostBuilder};
+use common::require::{require, require_tshark};
+use common::tftp::{ack, rrq, tftp_fetch_from, Answer};
+use common::{eventually, pattern, run_with_timeout};
 
 /// The client of all three captures.
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0xe2, 0x01];
@@ -59,14 +63,12 @@ const CAPTURES: [&str; 3] = [
     "proxy-uefi-edk2-marker.pcap",
 ];
 
-/// Writes a line to the real stderr, past the test harness's output capture.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
+/// `../shared/captures` next to the checkout, or env `BATON_CAPTURES_DIR` (for a
+/// checkout elsewhere, e.g. a git worktree).
 fn captures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures")
+    std::env::var_os("BATON_CAPTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures"))
 }
 
 /// The captures, or `None` (after a SKIPPED line; a failure in CI) when absent.
@@ -77,15 +79,10 @@ fn load_captures() -> Option<Vec<(&'static str, Vec<UdpRecord>)>> {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "capture {} missing in CI: {e}",
+                require(Err(format!(
+                    "capture {} not readable (set BATON_CAPTURES_DIR): {e}",
                     path.display()
-                );
-                say(&format!(
-                    "\n*** SKIPPED: {} not readable: {e} ***\n",
-                    path.display()
-                ));
+                )));
                 return None;
             }
         };
@@ -527,56 +524,27 @@ fn recv(sock: &UdpSocket, timeout: Duration, t: &mut Traffic) -> Option<(Vec<u8>
     }
 }
 
-/// Polls `f` until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // The server.
 // ---------------------------------------------------------------------------------
 
 struct Dhcp {
-    baton: Baton,
+    baton: Host,
     dhcp: SocketAddr,
     pxe: SocketAddr,
 }
 
-/// Starts `b` with proxy-DHCP on two free loopback ports and `--capture capture`.
-fn start_with_dhcp(b: BatonBuilder, capture: &Path) -> Dhcp {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let (p1, p2) = free_udp_ports();
-        let r = b
-            .clone()
-            .flag("--dhcp-listen", "127.0.0.1")
-            .flag("--dhcp-port", p1)
-            .flag("--dhcp-pxe-port", p2)
-            .flag("--capture", capture.display())
-            .try_start();
-        match r {
-            Ok(baton) => {
-                return Dhcp {
-                    baton,
-                    dhcp: SocketAddr::from((Ipv4Addr::LOCALHOST, p1)),
-                    pxe: SocketAddr::from((Ipv4Addr::LOCALHOST, p2)),
-                }
-            }
-            // Another process took a port between choosing and binding: choose again.
-            Err(e) if e.contains("already in use") => last = e,
-            Err(e) => panic!("{e}"),
-        }
+/// Starts `b` with proxy-DHCP on two loopback ports and `--capture capture`.
+fn start_with_dhcp(b: HostBuilder, capture: &Path) -> Dhcp {
+    let baton = b
+        .dhcp_loopback()
+        .flag("--capture", capture.display())
+        .start();
+    Dhcp {
+        dhcp: baton.dhcp(),
+        pxe: baton.pxe(),
+        baton,
     }
-    panic!("could not start baton with proxy-DHCP: {last}");
 }
 
 /// Enrolls `id` with `mac` and gives it a deploy profile (small artifacts).
@@ -593,30 +561,11 @@ fn enroll_deploy(api: &Api, id: &str, mac: &str, seed: u64) {
 }
 
 // ---------------------------------------------------------------------------------
-// TFTP, encoded and decoded here.
+// TFTP, decoded here (requests and ACKs are the harness's hand-made ones).
 // ---------------------------------------------------------------------------------
 
 fn opcode(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
-}
-
-/// An octet-mode RRQ.
-fn rrq(path: &str, opts: &[(&str, &str)]) -> Vec<u8> {
-    let mut v = vec![0, 1];
-    for s in [path, "octet"]
-        .into_iter()
-        .chain(opts.iter().flat_map(|(k, v)| [*k, *v]))
-    {
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-    }
-    v
-}
-
-fn tftp_ack(block: u16) -> Vec<u8> {
-    let mut v = vec![0, 4];
-    v.extend_from_slice(&block.to_be_bytes());
-    v
 }
 
 /// NUL-separated strings after the opcode (RRQ: name, mode, options; OACK: options).
@@ -723,7 +672,7 @@ fn tftp_replay(
                 }
             }
             oack = Some(o);
-            send(&sock, tid, &tftp_ack(0), t);
+            send(&sock, tid, &ack(0), t);
         }
         3 => pending = Some(first),
         op => return Err(format!("opcode {op} in answer to an RRQ")),
@@ -765,7 +714,7 @@ fn tftp_replay(
                 data.extend_from_slice(chunk);
                 let last = chunk.len() < blksize;
                 if last || next.is_multiple_of(windowsize) {
-                    send(&sock, tid, &tftp_ack(block), t);
+                    send(&sock, tid, &ack(block), t);
                 }
                 if last {
                     return Ok(TftpEnd::Done {
@@ -927,7 +876,7 @@ fn replay_everything() -> Option<Replayed> {
     assert_eq!(files.get("efi64/syslinux.efi").map(Vec::len), Some(171_456));
 
     let s = start_with_dhcp(
-        BatonBuilder::pxe_temp().host("h1").tftp_root(&root),
+        HostBuilder::pxe_temp().host("h1").tftp_root(&root),
         &capture_file,
     );
     enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
@@ -1069,11 +1018,12 @@ fn replay_dhcp(captures: &[(&'static str, Vec<UdpRecord>)], s: &Dhcp, t: &mut Tr
                         assert_eq!(req.opt(54), Some(&REF_DHCP.octets()[..]), "{what}");
                     }
                     let metric = format!("baton_dhcp_ignored_total{{reason=\"{reason}\"}}");
-                    let before = s.baton.metric_or_zero(&metric);
+                    let before = s.baton.api.metric_or_zero(&metric);
                     send(&sock, to, &r.payload, t);
                     // Wait until Baton has decided, then make sure nothing came.
-                    let counted =
-                        eventually(ANSWER_TIMEOUT, || s.baton.metric_or_zero(&metric) > before);
+                    let counted = eventually(ANSWER_TIMEOUT, || {
+                        s.baton.api.metric_or_zero(&metric) > before
+                    });
                     if !counted {
                         faults.push(format!(
                             "{name} frame {i}: {what}: not counted as ignored ({reason})"
@@ -1128,10 +1078,10 @@ fn replay_dhcp(captures: &[(&'static str, Vec<UdpRecord>)], s: &Dhcp, t: &mut Tr
         "{want_ignored:?}"
     );
     assert_eq!(want_ignored.get("not_pxe"), Some(&4), "{want_ignored:?}");
-    let m = s.baton.metrics();
+    let m = s.baton.api.metrics();
     for (ty, label) in [(OFFER, "offer"), (ACK, "ack")] {
         let name = format!("baton_dhcp_answered_total{{type=\"{label}\"}}");
-        let got = common::http::metric_value(&m, &name).unwrap_or(0.0);
+        let got = common::api::metric_value(&m, &name).unwrap_or(0.0);
         assert_eq!(got as usize, want_answers[&ty], "{name}");
     }
 }
@@ -1141,10 +1091,10 @@ fn replay_dhcp(captures: &[(&'static str, Vec<UdpRecord>)], s: &Dhcp, t: &mut Tr
 fn replay_tftp(rrqs: &[CapturedRrq], files: &BTreeMap<String, Vec<u8>>, s: &Dhcp, t: &mut Traffic) {
     let mut tftp_faults = Vec::new();
     let (mut probes, mut completed, mut not_found) = (0, 0, 0);
-    println!("\nTFTP replay (Baton at {}):", s.baton.tftp);
+    println!("\nTFTP replay (Baton at {}):", s.baton.tftp());
     for r in rrqs {
         let what = format!("{} #{} RRQ {} {:?}", r.capture, r.frame, r.path, r.options);
-        let end = tftp_replay(s.baton.tftp, &r.rrq, r.client_abort.as_deref(), t);
+        let end = tftp_replay(s.baton.tftp(), &r.rrq, r.client_abort.as_deref(), t);
         let mut f = Vec::new();
         let summary = match (&end, r.ref_opcode) {
             (Ok(TftpEnd::Error { code, message }), 5) => {
@@ -1238,13 +1188,13 @@ fn replay_tftp(rrqs: &[CapturedRrq], files: &BTreeMap<String, Vec<u8>>, s: &Dhcp
     assert_eq!(probes, 1, "the EDK2 capture has one size probe");
     // The probe counts as a size probe, not as a failed transfer.
     let ok = eventually(Duration::from_secs(5), || {
-        let m = s.baton.metrics();
-        let v = |n: &str| common::http::metric_value(&m, n).unwrap_or(0.0) as usize;
+        let m = s.baton.api.metrics();
+        let v = |n: &str| common::api::metric_value(&m, n).unwrap_or(0.0) as usize;
         v("baton_tftp_size_probes_total") == probes
             && v("baton_tftp_transfers_completed_total") == completed
             && v("baton_tftp_refused_total{reason=\"not_found\"}") == not_found
     });
-    let m = s.baton.metrics();
+    let m = s.baton.api.metrics();
     assert!(ok, "TFTP metrics do not add up:\n{m}");
     assert!(
         !m.contains("baton_tftp_transfers_failed_total{"),
@@ -1393,7 +1343,7 @@ fn check_capture(recs: &[UdpRecord], t: &Traffic, s: &Dhcp, since: std::time::Sy
     // Leftovers may only be TFTP packets Baton sent again.
     let extra: Vec<_> = pool
         .iter()
-        .filter(|(d, n)| **n > 0 && !(d.src.ip() == s.baton.tftp.ip() && opcode(&d.payload) == 3))
+        .filter(|(d, n)| **n > 0 && !(d.src.ip() == s.baton.tftp().ip() && opcode(&d.payload) == 3))
         .map(|(d, n)| format!("{n} x {} -> {} {} bytes", d.src, d.dst, d.payload.len()))
         .collect();
     assert!(
@@ -1403,8 +1353,8 @@ fn check_capture(recs: &[UdpRecord], t: &Traffic, s: &Dhcp, since: std::time::Sy
     let count = |f: &dyn Fn(&UdpRecord) -> bool| recs.iter().filter(|r| f(r)).count();
     let dhcp_in = count(&|r| r.dst == s.dhcp || r.dst == s.pxe);
     let dhcp_out = count(&|r| r.src == s.dhcp || r.src == s.pxe);
-    let rrq = count(&|r| r.dst == s.baton.tftp);
-    let tftp_data = count(&|r| r.src.ip() == s.baton.tftp.ip() && opcode(&r.payload) == 3);
+    let rrq = count(&|r| r.dst == s.baton.tftp());
+    let tftp_data = count(&|r| r.src.ip() == s.baton.tftp().ip() && opcode(&r.payload) == 3);
     println!(
         "\ncapture: {} records: {dhcp_in} DHCP requests, {dhcp_out} DHCP answers, {rrq} TFTP \
          requests, {tftp_data} TFTP DATA",
@@ -1414,18 +1364,15 @@ fn check_capture(recs: &[UdpRecord], t: &Traffic, s: &Dhcp, since: std::time::Sy
     let got = |f: &dyn Fn(&Datagram) -> bool| t.from_server.iter().filter(|d| f(d)).count();
     assert_eq!(dhcp_in, sent(&|d| d.dst == s.dhcp || d.dst == s.pxe));
     assert_eq!(dhcp_out, got(&|d| d.src == s.dhcp || d.src == s.pxe));
-    assert_eq!(rrq, sent(&|d| d.dst == s.baton.tftp));
-    assert!(tftp_data >= got(&|d| d.src.ip() == s.baton.tftp.ip() && opcode(&d.payload) == 3));
+    assert_eq!(rrq, sent(&|d| d.dst == s.baton.tftp()));
+    assert!(tftp_data >= got(&|d| d.src.ip() == s.baton.tftp().ip() && opcode(&d.payload) == 3));
     assert!(dhcp_in > 0 && dhcp_out > 0 && rrq > 0 && tftp_data > 0);
 }
 
 /// tshark reads Baton's capture: every frame is IPv4/UDP with good checksums, the DHCP
-/// and TFTP frames dissect as such. Skipped (with a note) when tshark is missing.
+/// and TFTP frames dissect as such. Needs tshark (see [`require_tshark`]).
 fn tshark_check(file: &Path, s: &Dhcp, records: usize) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("tshark").is_file()));
-    if !found {
-        say("note: tshark not installed (apt-get install tshark); pcap checked with baton::pcap only");
+    if !require_tshark() {
         return;
     }
     let out = run_with_timeout(
@@ -1440,7 +1387,7 @@ fn tshark_check(file: &Path, s: &Dhcp, records: usize) {
             ])
             .args(["-d", &format!("udp.port=={},dhcp", s.dhcp.port())])
             .args(["-d", &format!("udp.port=={},dhcp", s.pxe.port())])
-            .args(["-d", &format!("udp.port=={},tftp", s.baton.tftp.port())])
+            .args(["-d", &format!("udp.port=={},tftp", s.baton.tftp().port())])
             .args(["-T", "fields", "-E", "separator=|"])
             .args([
                 "-e",
@@ -1545,12 +1492,12 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     let data = TempDir::new().unwrap();
     let tmp = TempDir::new().unwrap();
     // Host "a" enrolls n2 (and so owns it), then stops.
-    let mut a = BatonBuilder::pxe(data.path()).host("a").no_dhcp().start();
+    let mut a = HostBuilder::pxe(data.path()).host("a").no_dhcp().start();
     enroll_deploy(&a.api, "n2", OTHER_MAC_STR, 2);
     assert!(a.terminate(Duration::from_secs(15)).success());
     // Host "b" starts on the same store, with proxy-DHCP, and enrolls n1.
     let s = start_with_dhcp(
-        BatonBuilder::pxe(data.path()).host("b"),
+        HostBuilder::pxe(data.path()).host("b"),
         &tmp.path().join("b.pcap"),
     );
     enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
@@ -1588,10 +1535,11 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
             match reason {
                 Some(reason) => {
                     let metric = format!("baton_dhcp_ignored_total{{reason=\"{reason}\"}}");
-                    let before = s.baton.metric_or_zero(&metric);
+                    let before = s.baton.api.metric_or_zero(&metric);
                     send(&sock, to, &p, &mut t);
                     assert!(
-                        eventually(ANSWER_TIMEOUT, || s.baton.metric_or_zero(&metric) > before),
+                        eventually(ANSWER_TIMEOUT, || s.baton.api.metric_or_zero(&metric)
+                            > before),
                         "{name} frame {i} with MAC {mac:02x?}: not counted as {reason}"
                     );
                     if let Some((raw, from)) = recv(&sock, SILENCE, &mut t) {
@@ -1634,7 +1582,7 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     paths.sort();
     for p in &paths {
         let rrq = rrq(p, &[("blksize", "1432"), ("tsize", "0")]);
-        match tftp_replay(s.baton.tftp, &rrq, None, &mut t) {
+        match tftp_replay(s.baton.tftp(), &rrq, None, &mut t) {
             Ok(TftpEnd::Error { code, message }) => {
                 assert_eq!(
                     code, 2,
@@ -1646,13 +1594,122 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     }
     let refused = s
         .baton
+        .api
         .metric_or_zero("baton_tftp_refused_total{reason=\"not_owner\"}");
     assert_eq!(refused as usize, paths.len());
-    match tftp_replay(s.baton.tftp, &rrq(SCRIPT, &[]), None, &mut t) {
+    match tftp_replay(s.baton.tftp(), &rrq(SCRIPT, &[]), None, &mut t) {
         Ok(TftpEnd::Done { data, .. }) => {
             let text = String::from_utf8_lossy(&data);
             assert!(text.starts_with("#!ipxe"), "{text}");
         }
         other => panic!("{SCRIPT} of n1 over TFTP: {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Node files go only to their node (`node_files = "bound"`, the PXE builders' mode).
+// ---------------------------------------------------------------------------------
+
+/// A TFTP read of `path` from `local` (a client address of its own): `Ok(the file)` or
+/// `Err(error code)`.
+fn tftp_from(local: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>, u16> {
+    match tftp_fetch_from(local, server, path, &[], ANSWER_TIMEOUT, None, None) {
+        Answer::Data(d) => Ok(d),
+        Answer::Error(code, _) => Err(code),
+        Answer::Silent(why) => panic!("TFTP {path} from {local}: {why}"),
+    }
+}
+
+/// Status of an HTTP GET of `path` from `local`.
+fn http_status_from(local: Ipv4Addr, server: SocketAddr, path: &str) -> u16 {
+    raw_get(Some(local), server, path).0
+}
+
+#[test]
+fn node_files_go_only_to_the_node_that_booted() {
+    /// The address server n1's REQUEST names (none runs: the proxy overhears it).
+    const ADDRESS_SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 254);
+    let dir = TempDir::new().unwrap();
+    let s = start_with_dhcp(
+        HostBuilder::pxe_temp().host("h1"),
+        &dir.path().join("c.pcap"),
+    );
+    enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
+    enroll_deploy(&s.baton.api, "n2", OTHER_MAC_STR, 2);
+    let tftp = s.baton.tftp();
+    let http = s.baton.http();
+    let cfg1 = "pxelinux.cfg/01-52-54-00-77-e2-01";
+    let cfg2 = "pxelinux.cfg/01-52-54-00-77-e2-02";
+    let stranger = Ipv4Addr::new(127, 0, 0, 5);
+    let node1 = Ipv4Addr::new(127, 0, 0, 9);
+    let node2 = Ipv4Addr::new(127, 0, 0, 21);
+
+    // Before any PXE exchange: node files are refused to everyone, shared files are not.
+    assert_eq!(tftp_from(stranger, tftp, cfg1), Err(2));
+    assert_eq!(tftp_from(stranger, tftp, "nodes/n1/kernel"), Err(2));
+    assert_eq!(
+        http_status_from(stranger, http, "/boot/n1/nodes/n1/kernel"),
+        403
+    );
+    assert_eq!(http_status_from(stranger, http, "/nodes/n1/kernel"), 403);
+    assert!(
+        tftp_from(stranger, tftp, "boot.ipxe").is_ok(),
+        "shared files stay open"
+    );
+
+    // n1's PXE exchange: DISCOVER (answered), then its REQUEST to the address server
+    // naming the address it takes. The proxy overhears it and binds the address.
+    let c = UdpSocket::bind((node1, 0)).unwrap();
+    c.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    c.send_to(&discover(MAC, 0x1111), s.dhcp).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = c.recv_from(&mut buf).expect("an offer for n1");
+    assert_eq!(buf[0], 2, "a BOOTREPLY");
+    assert!(n > 240);
+    c.send_to(&dhcp_request(MAC, 0x1111, node1, ADDRESS_SERVER), s.dhcp)
+        .unwrap();
+    assert!(eventually(ANSWER_TIMEOUT, || tftp_from(node1, tftp, cfg1).is_ok()));
+    assert!(tftp_from(node1, tftp, "nodes/n1/kernel").is_ok());
+    assert_eq!(
+        http_status_from(node1, http, "/boot/n1/nodes/n1/kernel"),
+        200
+    );
+    assert_eq!(http_status_from(node1, http, "/nodes/n1/kernel"), 200);
+    // Still nobody else's, and not n2's files either.
+    assert_eq!(tftp_from(stranger, tftp, "nodes/n1/kernel"), Err(2));
+    assert_eq!(tftp_from(node1, tftp, "nodes/n2/kernel"), Err(2));
+
+    // n2's firmware shows no address to the proxy (its REQUEST went unseen), but right
+    // after its DHCP answer it asks for its MAC-named config: that binds its address.
+    let c2 = UdpSocket::bind((node2, 0)).unwrap();
+    c2.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    c2.send_to(&discover(OTHER_MAC, 0x2222), s.dhcp).unwrap();
+    c2.recv_from(&mut buf).expect("an offer for n2");
+    assert!(tftp_from(node2, tftp, cfg2).is_ok());
+    assert!(tftp_from(node2, tftp, "nodes/n2/kernel").is_ok());
+    assert_eq!(tftp_from(stranger, tftp, "nodes/n2/kernel"), Err(2));
+    // Another node's MAC-named config does not rebind an address already bound.
+    assert_eq!(tftp_from(node2, tftp, cfg1), Err(2));
+
+    let refused = s
+        .baton
+        .api
+        .metric_or_zero("baton_tftp_refused_total{reason=\"wrong_client\"}");
+    assert!(refused >= 5.0, "refusals counted by reason: {refused}");
+
+    // `baton node show` explains who gets the files and what was refused.
+    let v = s.baton.api.get("/v1/nodes/n1").expect(200);
+    assert_eq!(v["access"]["mode"], "bound", "{v}");
+    assert_eq!(v["access"]["addresses"], json!(["127.0.0.9"]), "{v}");
+    assert!(v["access"]["refused"].as_u64().unwrap_or(0) >= 2, "{v}");
+    assert_eq!(
+        v["access"]["last_refused"][0], "127.0.0.21",
+        "n2 asked for n1's config last: {v}"
+    );
+    let out = s.baton.api.cli(&["node", "show", "n1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("its own addresses: 127.0.0.9") && text.contains("from other addresses"),
+        "node show: {text}"
+    );
 }

@@ -31,7 +31,6 @@ mod common;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,9 +38,15 @@ use baton::pcap::read_udp;
 use serde_json::json;
 use tempfile::TempDir;
 
-use common::http::{Api, Baton, BatonBuilder};
+use common::api::Api;
+use common::child::Proc;
+use common::data::parse_mac;
+use common::dhcp::ipxe_discover;
+use common::host::{Host, HostBuilder};
+use common::netns::{address_server, netns_available, Segment};
 use common::pattern;
-use common::pxe::{netns_available, Netns, Proc};
+use common::require::{file, require, say, tool};
+use common::tftp::rrq;
 
 const BOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -52,64 +57,23 @@ const OTHER_MAC: &str = "52:54:00:77:e2:02";
 /// One boot at a time: QEMU under TCG needs a core of its own.
 static ONE_BOOT: Mutex<()> = Mutex::new(());
 
-/// Writes a line to the real stderr, past the test harness's output capture, so the
-/// timings and SKIPPED notes show in CI logs.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// Fails in CI, else prints a SKIPPED line; returns whether to go on.
-fn need(ok: Result<(), String>) -> bool {
-    match ok {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("pxe_qemu_e2e cannot run but CI is set: {why}");
-            }
-            say(&format!("\n*** SKIPPED: {why} ***\n"));
-            false
-        }
-    }
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        || Path::new("/usr/sbin").join(bin).is_file()
-}
-
-fn need_file(p: &str, package: &str) -> Result<(), String> {
-    if Path::new(p).exists() {
-        Ok(())
-    } else {
-        Err(format!("{p} missing (apt-get install {package})"))
-    }
-}
-
 /// Everything a boot needs on this machine.
 fn prerequisites(fw: Firmware) -> Result<(), String> {
     netns_available()?;
-    for (bin, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("dnsmasq", "dnsmasq-base"),
-    ] {
-        if !on_path(bin) {
-            return Err(format!("{bin} not installed (apt-get install {pkg})"));
-        }
-    }
+    tool("qemu-system-x86_64", "qemu-system-x86")?;
+    tool("dnsmasq", "dnsmasq-base")?;
     if !Path::new("/dev/net/tun").exists() {
         return Err("/dev/net/tun missing (QEMU needs a tap device)".into());
     }
     match fw {
-        Firmware::BiosIpxeRom => need_file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
+        Firmware::BiosIpxeRom => file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
         Firmware::UefiEdk2 => {
             ovmf().ok_or("OVMF firmware missing (apt-get install ovmf)")?;
-            need_file("/usr/lib/ipxe/ipxe.efi", "ipxe")
+            file("/usr/lib/ipxe/ipxe.efi", "ipxe")
         }
         Firmware::UefiIpxeRom => {
             ovmf().ok_or("OVMF firmware missing (apt-get install ovmf)")?;
-            need_file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu")
+            file("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu")
         }
     }
 }
@@ -214,30 +178,11 @@ impl Firmware {
 /// Everything one boot set up; dropped in field order: processes before namespaces.
 struct Lab {
     qemu: Option<Proc>,
-    baton: Option<Baton>,
+    baton: Option<Host>,
     dnsmasq: Option<Proc>,
-    netns: Vec<Netns>,
+    /// Members `dhcp`, `boot`, `probe`; QEMU's tap is a port of its bridge.
+    seg: Segment,
     tmp: TempDir,
-}
-
-/// Deletes namespaces of earlier runs of this test whose process is gone (a run killed
-/// before its Drop guards ran).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("bpxe-") else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
 }
 
 /// A node template whose iPXE script proves the node's own files were fetched, then
@@ -284,99 +229,53 @@ fn enroll_deploy(api: &Api, id: &str, mac: &str, seed: u64) {
 /// The bridge, the namespaces, dnsmasq and Baton; the node `n1` has `fw`'s MAC and
 /// `n2` is owned by another host.
 fn lab(fw: Firmware) -> Lab {
-    remove_stale_namespaces();
-    let prefix = format!("bpxe-{}-{}", std::process::id(), fw.tag());
+    let seg = Segment::new(
+        "pxe",
+        &[
+            ("dhcp", &format!("{DHCP_IP}/24")),
+            ("boot", &format!("{BOOT_IP}/24")),
+            ("probe", &format!("{PROBE_IP}/24")),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let lan = seg.lan();
+    lan.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    lan.ip(&["link", "set", "tap0", "master", "br0"]);
+    lan.ip(&["link", "set", "tap0", "up"]);
+    // For dnsmasq's router advertisements (below). Optional: where IPv6 is disabled the
+    // boots just take longer.
+    let ipv6 = seg
+        .member("dhcp")
+        .try_ip(&["addr", "add", "fd77::2/64", "dev", "eth0", "nodad"])
+        .is_ok();
+    if !ipv6 {
+        say("note: no IPv6 in the lab (no router advertisement): iPXE boots ~13 s slower");
+    }
     let mut lab = Lab {
         qemu: None,
         baton: None,
         dnsmasq: None,
-        netns: Vec::new(),
+        seg,
         tmp: TempDir::new().unwrap(),
     };
-    // Namespaces and links.
-    for n in ["lan", "dhcp", "boot", "probe"] {
-        lab.netns.push(Netns::add(&format!("{prefix}-{n}")));
-    }
-    let lan = &lab.netns[0];
-    lan.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
-    lan.ip(&["link", "set", "br0", "up"]);
-    lan.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
-    lan.ip(&["link", "set", "tap0", "master", "br0"]);
-    lan.ip(&["link", "set", "tap0", "up"]);
-    let mut ipv6 = false;
-    for (i, addr) in [(1usize, DHCP_IP), (2, BOOT_IP), (3, PROBE_IP)] {
-        let ns = &lab.netns[i];
-        let port = format!("v{}", ["", "dhcp", "boot", "probe"][i]);
-        lan.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        lan.ip(&["link", "set", &port, "master", "br0"]);
-        lan.ip(&["link", "set", &port, "up"]);
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-        if i == 1 {
-            // For dnsmasq's router advertisements (below). Optional: where IPv6 is
-            // disabled the boots just take longer.
-            ipv6 = Command::new("ip")
-                .args([
-                    "-n",
-                    ns.name(),
-                    "addr",
-                    "add",
-                    "fd77::2/64",
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ipv6 {
-                say("note: no IPv6 in the lab (no router advertisement): iPXE boots ~13 s slower");
-            }
-        }
-        ns.ip(&["link", "set", "eth0", "up"]);
-    }
 
     // dnsmasq: addresses only (no PXE, no TFTP, no DNS).
     let leases = lab.tmp.path().join("dnsmasq.leases");
-    let mut dnsmasq_cmd = Command::new("ip");
-    dnsmasq_cmd
-        .args(["netns", "exec", lab.netns[1].name(), "dnsmasq"])
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-            // No ICMP probe of an address before offering it (saves 3 s a lease).
-            "--no-ping",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--user=root",
-            "--pid-file=",
-        ])
-        .arg(format!("--dhcp-leasefile={}", leases.display()));
-    if ipv6 {
-        // Router advertisements of fd77::/64, as the router of the capture lab sent:
-        // without one iPXE waits ~13 s for IPv6 before it boots.
-        dnsmasq_cmd.args(["--enable-ra", "--dhcp-range=fd77::,ra-only,64"]);
-    }
-    let mut dnsmasq = Proc::spawn("dnsmasq", &mut dnsmasq_cmd);
-    let ready = dnsmasq.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
-        o.contains("DHCP, IP range") || e.contains("DHCP, IP range")
-    });
-    lab.dnsmasq = Some(dnsmasq);
-    assert!(ready.is_some(), "dnsmasq did not start");
+    // Router advertisements of fd77::/64, as the router of the capture lab sent:
+    // without one iPXE waits ~13 s for IPv6 before it boots.
+    let ra: &[&str] = if ipv6 {
+        &["--enable-ra", "--dhcp-range=fd77::,ra-only,64"]
+    } else {
+        &[]
+    };
+    let mut extra = vec!["--log-dhcp"];
+    extra.extend_from_slice(ra);
+    lab.dnsmasq = Some(address_server(
+        lab.seg.member("dhcp"),
+        "10.77.0.100,10.77.0.150,255.255.255.0,1h",
+        &leases,
+        &extra,
+    ));
 
     // The store: n2 enrolled by host "other", n1 (this firmware's MAC) by "h1".
     let data = lab.tmp.path().join("data");
@@ -387,7 +286,7 @@ fn lab(fw: Firmware) -> Lab {
     std::fs::copy("/usr/lib/ipxe/ipxe.efi", root.join("ipxe.efi")).ok();
     std::fs::copy("/usr/lib/ipxe/undionly.kpxe", root.join("undionly.kpxe")).ok();
     for (host, node, mac, seed) in [("other", "n2", OTHER_MAC, 2), ("h1", "n1", fw.mac(), 1)] {
-        let mut b = BatonBuilder::pxe(&data)
+        let mut b = HostBuilder::pxe(&data)
             .host(host)
             .template_dir(&tpl)
             .tftp_root(&root)
@@ -399,9 +298,9 @@ fn lab(fw: Firmware) -> Lab {
     }
     // Baton as proxy-DHCP + TFTP on the lab segment.
     lab.baton = Some(
-        BatonBuilder::pxe(&data)
+        HostBuilder::pxe(&data)
             .host("h1")
-            .netns(lab.netns[2].name())
+            .netns(lab.seg.member("boot").name())
             .tftp_listen(&format!("{BOOT_IP}:69"))
             .http_listen(&format!("{BOOT_IP}:8069"))
             .tftp_root(&root)
@@ -413,39 +312,18 @@ fn lab(fw: Firmware) -> Lab {
     lab
 }
 
-/// A PXE DISCOVER as iPXE (BIOS) sends it, for `mac`.
-fn discover(mac: &str, xid: u32) -> Vec<u8> {
-    let mut p = vec![0u8; 240];
-    p[0] = 1;
-    p[1] = 1;
-    p[2] = 6;
-    p[4..8].copy_from_slice(&xid.to_be_bytes());
-    for (i, b) in mac.split(':').enumerate() {
-        p[28 + i] = u8::from_str_radix(b, 16).unwrap();
-    }
-    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    p.extend_from_slice(&[53, 1, 1]);
-    let vc = b"PXEClient:Arch:00000:UNDI:002001";
-    p.extend_from_slice(&[60, vc.len() as u8]);
-    p.extend_from_slice(vc);
-    p.extend_from_slice(&[93, 2, 0, 0, 77, 4]);
-    p.extend_from_slice(b"iPXE");
-    p.push(255);
-    p.resize(300, 0);
-    p
-}
-
 /// From the probe namespace: the other host's node gets no proxy offer and its files
 /// are refused; this host's node is answered.
 fn probe_second_node(lab: &Lab, fw: Firmware) {
     let mine = fw.mac().to_string();
-    let probe = &lab.netns[3];
+    let probe = lab.seg.member("probe");
     let (other, control, tftp) = probe.run(move || {
         let server = SocketAddr::V4(SocketAddrV4::new(BOOT_IP, 67));
         let ask = |mac: &str, wait: Duration| {
             let s = UdpSocket::bind((PROBE_IP, 0)).unwrap();
             s.set_read_timeout(Some(wait)).unwrap();
-            s.send_to(&discover(mac, 0x7e57_0001), server).unwrap();
+            s.send_to(&ipxe_discover(parse_mac(mac), 0x7e57_0001), server)
+                .unwrap();
             let mut buf = [0u8; 1500];
             s.recv_from(&mut buf)
                 .ok()
@@ -456,11 +334,12 @@ fn probe_second_node(lab: &Lab, fw: Firmware) {
         // TFTP: the other node's script.
         let s = UdpSocket::bind((PROBE_IP, 0)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut rrq = vec![0, 1];
-        rrq.extend_from_slice(format!("ipxe/{}.ipxe", OTHER_MAC.replace(':', "-")).as_bytes());
-        rrq.extend_from_slice(b"\0octet\0");
-        s.send_to(&rrq, SocketAddr::V4(SocketAddrV4::new(BOOT_IP, 69)))
-            .unwrap();
+        let script = format!("ipxe/{}.ipxe", OTHER_MAC.replace(':', "-"));
+        s.send_to(
+            &rrq(&script, &[]),
+            SocketAddr::V4(SocketAddrV4::new(BOOT_IP, 69)),
+        )
+        .unwrap();
         let mut buf = [0u8; 1500];
         let tftp = s.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec());
         (other, control, tftp)
@@ -517,16 +396,15 @@ fn plain(s: &str) -> String {
 
 fn boot(fw: Firmware) {
     let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
-    if !need(prerequisites(fw)) {
+    if !require(prerequisites(fw)) {
         return;
     }
     let (accel, why) = accelerator();
     let mut lab = lab(fw);
     probe_second_node(&lab, fw);
 
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", lab.netns[0].name(), "qemu-system-x86_64"])
-        .args(["-accel", accel, "-m", "512", "-smp", "1"])
+    let mut cmd = lab.seg.lan().command("qemu-system-x86_64");
+    cmd.args(["-accel", accel, "-m", "512", "-smp", "1"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .args(["-no-reboot", "-boot", "n"])
         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
@@ -723,15 +601,18 @@ fn boot(fw: Firmware) {
     );
 
     // Teardown: no process, no namespace left.
-    let prefix = lab.netns[0].name().trim_end_matches("-lan").to_string();
+    let prefix = format!("{}-", lab.seg.prefix());
     let pids: Vec<u32> = [lab.qemu.as_ref(), lab.dnsmasq.as_ref()]
         .into_iter()
         .flatten()
         .map(Proc::pid)
         .collect();
     drop(lab);
-    let left = ip_netns_list();
-    assert!(!left.contains(&prefix), "namespaces left behind: {left}");
+    let left = common::netns::list();
+    assert!(
+        !left.iter().any(|l| l.starts_with(&prefix)),
+        "namespaces left behind: {left:?}"
+    );
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -753,9 +634,4 @@ fn uefi_edk2_pxe_chains_ipxe_efi_then_boots_the_nodes_own_files() {
 #[test]
 fn uefi_ipxe_rom_boots_the_nodes_own_files() {
     boot(Firmware::UefiIpxeRom);
-}
-
-fn ip_netns_list() -> String {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -19,9 +19,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use common::http::{BatonBuilder, TOKEN};
+use common::host::{HostBuilder, TOKEN};
 use common::pattern;
-use common::pxe::netns_available;
+use common::require::{require_dnsmasq, require_netns, say};
 use storm_lab::{manifest_of, StormLab, StormRun, BOOT_IP};
 
 /// Nodes and clients; `BATON_STORM_NODES` (up to 250) for a larger run by hand.
@@ -33,28 +33,8 @@ fn nodes() -> usize {
         .unwrap_or(20)
 }
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 fn prerequisites() -> bool {
-    let why = match netns_available() {
-        Err(e) => Some(e),
-        Ok(()) => (!Path::new("/usr/sbin/dnsmasq").exists())
-            .then(|| "dnsmasq not installed (apt-get install dnsmasq-base)".to_string()),
-    };
-    match why {
-        None => true,
-        Some(w) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "storm test cannot run in CI: {w}"
-            );
-            say(&format!("SKIPPED storm test: {w}"));
-            false
-        }
-    }
+    require_netns() && require_dnsmasq()
 }
 
 fn mac(i: usize) -> String {
@@ -128,7 +108,7 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
     // Enroll the nodes on a loopback Baton, keep its rendered iPXE scripts.
     let mut scripts = Vec::new();
     {
-        let mut b = BatonBuilder::new(&data).tftp_root(&root).start();
+        let mut b = HostBuilder::new(&data).tftp_root(&root).start();
         let kd = b.api.upload("vmlinuz", &kernel);
         let rd = b.api.upload("initrd.img", &ramdisk);
         for i in 0..nodes() {
@@ -151,8 +131,8 @@ fn storm_boots_every_node_from_baton_and_from_dnsmasq() {
         assert!(b.terminate(Duration::from_secs(15)).success());
     }
 
-    let lab = StormLab::new("a", nodes(), t);
-    let baton = BatonBuilder::pxe(&data)
+    let lab = StormLab::new(nodes(), t);
+    let baton = HostBuilder::pxe(&data)
         .netns(lab.boot_ns())
         .tftp_listen(&format!("{BOOT_IP}:69"))
         .http_listen(&format!("{BOOT_IP}:8069"))

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::http::{have_tftp_hpa, serve_has_flag, Api, Baton, BatonBuilder};
-use common::{baton_bin, pattern, run_with_timeout};
+use common::api::Api;
+use common::host::{Host, HostBuilder};
+use common::require::require_tftp_hpa;
+use common::{pattern, run_with_timeout};
 
 const MAC: &str = "52:54:00:ec:33:81";
 const PXE: &str = "pxelinux.cfg/01-52-54-00-ec-33-81";
@@ -53,13 +55,13 @@ fn last_event(api: &Api) -> u64 {
 }
 
 /// Number of log lines containing `needle`.
-fn count_log(s: &Baton, needle: &str) -> usize {
+fn count_log(s: &Host, needle: &str) -> usize {
     s.log().lines().filter(|l| l.contains(needle)).count()
 }
 
 /// Waits until the log has more than `n` lines with `needle`; returns the newest.
 #[track_caller]
-fn wait_log_count(s: &Baton, needle: &str, n: usize) -> String {
+fn wait_log_count(s: &Host, needle: &str, n: usize) -> String {
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     loop {
         let log = s.log();
@@ -77,7 +79,7 @@ fn wait_log_count(s: &Baton, needle: &str, n: usize) -> String {
 
 /// Fetches `path` over TFTP until it contains `needle`; returns it.
 #[track_caller]
-fn wait_tftp_contains(s: &Baton, path: &str, needle: &str) -> String {
+fn wait_tftp_contains(s: &Host, path: &str, needle: &str) -> String {
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     loop {
         let text = s.tftp_text(path);
@@ -94,12 +96,12 @@ fn wait_tftp_contains(s: &Baton, path: &str, needle: &str) -> String {
 
 #[test]
 fn edited_template_rerenders_and_broken_one_keeps_last_good_files() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
     let tdir = tempfile::tempdir().unwrap();
     copy_templates(tdir.path());
-    let s = BatonBuilder::temp().template_dir(tdir.path()).start();
+    let s = HostBuilder::temp().template_dir(tdir.path()).start();
     let (kd, rd) = node_on_deploy(&s.api, "console=ttyS0");
     // A node without profile serves nothing, before and after re-renders.
     s.api
@@ -200,12 +202,12 @@ fn edited_template_rerenders_and_broken_one_keeps_last_good_files() {
 /// node keeps its files, the error names it, other nodes are re-rendered.
 #[test]
 fn template_failing_for_one_node_keeps_that_nodes_files() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
     let tdir = tempfile::tempdir().unwrap();
     copy_templates(tdir.path());
-    let s = BatonBuilder::temp().template_dir(tdir.path()).start();
+    let s = HostBuilder::temp().template_dir(tdir.path()).start();
     let (kd, rd) = node_on_deploy(&s.api, "console=ttyS0");
     // n2 has an architecture hint; n1 has none.
     s.api
@@ -240,25 +242,7 @@ fn template_failing_for_one_node_keeps_that_nodes_files() {
 
 /// `baton serve` on loopback with `--template-dir`, expected to exit by itself.
 fn serve(data: &Path, templates: &Path) -> Command {
-    let mut cmd = Command::new(baton_bin());
-    cmd.arg("serve")
-        .args([
-            "--tftp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--template-dir")
-        .arg(templates)
-        .args(["--api-token", "template-test-token-0123"])
-        .env_remove("RUST_LOG")
-        .env_remove("BATON_CONFIG");
-    if serve_has_flag("--no-dhcp") {
-        cmd.arg("--no-dhcp");
-    }
-    cmd
+    HostBuilder::new(data).template_dir(templates).command()
 }
 
 #[test]

@@ -9,50 +9,25 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_same_bytes, pattern, require_client, run_with_timeout, Server};
+use common::host::{Host, HostBuilder};
+use common::require::{require_atftp, require_curl, require_tftp_hpa};
+use common::tftp::tftp_hpa;
+use common::{assert_same_bytes, pattern, run_with_timeout};
 
 /// Size of a file that needs more than 65535 blocks of 512 bytes (block numbers wrap).
 const ROLLOVER_SIZE: usize = 65_536 * 512 + 100;
 /// Deadline for the ~33 MB transfers.
 const BIG_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn have_tftp_hpa() -> bool {
-    require_client("tftp", "tftp-hpa")
-}
-
-fn have_atftp() -> bool {
-    require_client("atftp", "atftp")
-}
-
-fn have_curl() -> bool {
-    require_client("curl", "curl")
-}
-
-/// `tftp -m MODE HOST PORT -c get REMOTE LOCAL` (tftp-hpa); returns the local file.
-/// tftp-hpa exits 0 even after an ERROR from the server, so its output is checked too.
-fn tftp_hpa_get(s: &Server, mode: &str, remote: &str, timeout: Duration) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("out");
-    let out = run_with_timeout(
-        Command::new("tftp")
-            .args(["-m", mode])
-            .arg(s.addr.ip().to_string())
-            .arg(s.port().to_string())
-            .args(["-c", "get", remote])
-            .arg(&local),
-        timeout,
-    );
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
-    assert!(
-        out.status.success() && !printed.contains("Error") && !printed.contains("imed out"),
-        "tftp -m {mode} get {remote}: {} {printed}",
-        out.status
-    );
-    read_output(&local, "tftp")
+/// `tftp -m MODE HOST PORT -c get REMOTE LOCAL` (tftp-hpa); returns the file, which
+/// must come.
+fn tftp_hpa_get(s: &Host, mode: &str, remote: &str, timeout: Duration) -> Vec<u8> {
+    tftp_hpa(None, s.tftp(), mode, remote, timeout)
+        .unwrap_or_else(|e| panic!("tftp -m {mode} get {remote}: {e}"))
 }
 
 /// `atftp [--option ...] -g -r REMOTE -l LOCAL HOST PORT`; returns the local file.
-fn atftp_get(s: &Server, options: &[&str], remote: &str) -> Vec<u8> {
+fn atftp_get(s: &Host, options: &[&str], remote: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("out");
     let mut cmd = Command::new("atftp");
@@ -61,8 +36,8 @@ fn atftp_get(s: &Server, options: &[&str], remote: &str) -> Vec<u8> {
     }
     cmd.args(["-g", "-r", remote, "-l"])
         .arg(&local)
-        .arg(s.addr.ip().to_string())
-        .arg(s.port().to_string());
+        .arg(s.tftp().ip().to_string())
+        .arg(s.tftp().port().to_string());
     let out = run_with_timeout(&mut cmd, common::CLIENT_TIMEOUT);
     assert!(
         out.status.success(),
@@ -75,19 +50,19 @@ fn atftp_get(s: &Server, options: &[&str], remote: &str) -> Vec<u8> {
 }
 
 /// `curl -sS [ARGS] -o - tftp://HOST:PORT/REMOTE`; returns what it wrote to stdout.
-fn curl_get(s: &Server, args: &[&str], remote: &str, timeout: Duration) -> Vec<u8> {
+fn curl_get(s: &Host, args: &[&str], remote: &str, timeout: Duration) -> Vec<u8> {
     let out = run_with_timeout(
         Command::new("curl")
             .args(["-sS", "--max-time", &timeout.as_secs().to_string()])
             .args(args)
             .args(["-o", "-"])
-            .arg(format!("tftp://{}/{remote}", s.addr)),
+            .arg(format!("tftp://{}/{remote}", s.tftp())),
         timeout + Duration::from_secs(5),
     );
     assert!(
         out.status.success(),
         "curl {args:?} tftp://{}/{remote}: {}\n{}",
-        s.addr,
+        s.tftp(),
         out.status,
         out.stderr
     );
@@ -99,7 +74,7 @@ fn read_output(p: &Path, client: &str) -> Vec<u8> {
 }
 
 /// Puts one file per size under the root and checks each comes back intact.
-fn check_sizes(s: &Server, sizes: &[usize], get: impl Fn(&Server, &str) -> Vec<u8>) {
+fn check_sizes(s: &Host, sizes: &[usize], get: impl Fn(&Host, &str) -> Vec<u8>) {
     for (i, &n) in sizes.iter().enumerate() {
         let name = format!("f{n}.bin");
         let content = pattern(n, 100 + i as u64);
@@ -115,10 +90,10 @@ fn check_sizes(s: &Server, sizes: &[usize], get: impl Fn(&Server, &str) -> Vec<u
 
 #[test]
 fn tftp_hpa_octet_files_at_block_boundaries() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(&s, &[0, 1, 511, 512, 513, 512 * 8, 100_000], |s, f| {
         tftp_hpa_get(s, "octet", f, common::CLIENT_TIMEOUT)
     });
@@ -126,10 +101,10 @@ fn tftp_hpa_octet_files_at_block_boundaries() {
 
 #[test]
 fn tftp_hpa_netascii_text_comes_back_as_the_original() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     // LF line endings; a 511-character line puts the CR of its CR LF at the end of
     // block 1 and the LF at the start of block 2; a bare CR travels as CR NUL.
     let mut text = Vec::new();
@@ -155,10 +130,10 @@ fn tftp_hpa_netascii_text_comes_back_as_the_original() {
 
 #[test]
 fn tftp_hpa_octet_past_65535_blocks() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(ROLLOVER_SIZE, 1);
     s.put("big.img", &content);
     let got = tftp_hpa_get(&s, "octet", "big.img", BIG_TIMEOUT);
@@ -171,10 +146,10 @@ fn tftp_hpa_octet_past_65535_blocks() {
 
 #[test]
 fn atftp_blksize_1432_windowsize_16() {
-    if !have_atftp() {
+    if !require_atftp() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(
         &s,
         &[
@@ -196,10 +171,10 @@ fn atftp_blksize_1432_windowsize_16() {
 
 #[test]
 fn atftp_blksize_8() {
-    if !have_atftp() {
+    if !require_atftp() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(&s, &[0, 8, 8 * 7, 1003], |s, f| {
         atftp_get(s, &["blksize 8"], f)
     });
@@ -211,10 +186,10 @@ fn atftp_blksize_8() {
 
 #[test]
 fn atftp_without_options() {
-    if !have_atftp() {
+    if !require_atftp() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(&s, &[0, 512, 5000], |s, f| atftp_get(s, &[], f));
 }
 
@@ -224,10 +199,10 @@ fn atftp_without_options() {
 
 #[test]
 fn curl_default_options() {
-    if !have_curl() {
+    if !require_curl() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(&s, &[1, 511, 512, 512 * 4, 100_000], |s, f| {
         curl_get(s, &[], f, common::CLIENT_TIMEOUT)
     });
@@ -235,10 +210,10 @@ fn curl_default_options() {
 
 #[test]
 fn curl_with_tftp_blksize() {
-    if !have_curl() {
+    if !require_curl() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     check_sizes(&s, &[1, 1024, 1024 * 3, 100_000], |s, f| {
         curl_get(s, &["--tftp-blksize", "1024"], f, common::CLIENT_TIMEOUT)
     });
@@ -253,10 +228,10 @@ fn curl_with_tftp_blksize() {
 /// OACK) it fetches empty files fine.
 #[test]
 fn curl_empty_file_without_options() {
-    if !have_curl() {
+    if !require_curl() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     s.put("empty", b"");
     let got = curl_get(&s, &["--tftp-no-options"], "empty", common::CLIENT_TIMEOUT);
     assert!(got.is_empty(), "got {} bytes", got.len());
@@ -264,10 +239,10 @@ fn curl_empty_file_without_options() {
 
 #[test]
 fn curl_past_65535_blocks() {
-    if !have_curl() {
+    if !require_curl() {
         return;
     }
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(ROLLOVER_SIZE, 2);
     s.put("big.img", &content);
     let got = curl_get(&s, &[], "big.img", BIG_TIMEOUT);
@@ -280,10 +255,10 @@ fn curl_past_65535_blocks() {
 
 #[test]
 fn single_port_mode_with_tftp_hpa() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     check_sizes(&s, &[0, 512, 100_000], |s, f| {
         tftp_hpa_get(s, "octet", f, common::CLIENT_TIMEOUT)
     });
@@ -291,10 +266,10 @@ fn single_port_mode_with_tftp_hpa() {
 
 #[test]
 fn single_port_mode_with_curl() {
-    if !have_curl() {
+    if !require_curl() {
         return;
     }
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     check_sizes(&s, &[1, 512, 100_000], |s, f| {
         curl_get(s, &["--tftp-blksize", "1400"], f, common::CLIENT_TIMEOUT)
     });
@@ -302,10 +277,10 @@ fn single_port_mode_with_curl() {
 
 #[test]
 fn single_port_mode_with_atftp_windows() {
-    if !have_atftp() {
+    if !require_atftp() {
         return;
     }
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     check_sizes(&s, &[0, 1432 * 16, 300_000], |s, f| {
         atftp_get(s, &["blksize 1432", "windowsize 16"], f)
     });
@@ -327,28 +302,22 @@ a   \.pvt$                private\ file        # never served
 ";
 
 /// `tftp -c get` that must fail; returns what tftp-hpa printed.
-fn tftp_hpa_refused(s: &Server, remote: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_with_timeout(
-        Command::new("tftp")
-            .arg(s.addr.ip().to_string())
-            .arg(s.port().to_string())
-            .args(["-c", "get", remote])
-            .arg(dir.path().join("out")),
-        common::CLIENT_TIMEOUT,
-    );
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr)
+fn tftp_hpa_refused(s: &Host, remote: &str) -> String {
+    match tftp_hpa(None, s.tftp(), "octet", remote, common::CLIENT_TIMEOUT) {
+        Ok(b) => panic!("tftp get {remote} must fail, got {} bytes", b.len()),
+        Err(printed) => printed,
+    }
 }
 
 #[test]
 fn map_file_rewrites_legacy_names_for_tftp_hpa() {
-    if !have_tftp_hpa() {
+    if !require_tftp_hpa() {
         return;
     }
     let conf = tempfile::tempdir().unwrap();
     let map = conf.path().join("tftpd.rules");
     std::fs::write(&map, MAP_FILE).unwrap();
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .flag("--tftp-map-file", map.display())
         .start();
     s.put("bios/pxelinux.0", b"pxelinux\n");

@@ -7,10 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use baton::wire::tftp::{AcceptedOptions, ErrorCode};
-use common::raw::{
+use common::host::{Host, HostBuilder};
+use common::require::require_ipv6_loopback;
+use common::tftp::{
     fetch, fetch_ok, finish_fetch, request, rrq, Fetch, Peer, Reply, REPLY_TIMEOUT, SILENCE,
 };
-use common::{assert_same_bytes, pattern, Server};
+use common::{assert_same_bytes, pattern};
 
 /// RFC 1350 error codes, as on the wire.
 const NOT_DEFINED: u16 = 0;
@@ -42,25 +44,29 @@ fn error_reply(server: SocketAddr, packet: &[u8]) -> (u16, String, SocketAddr) {
 
 #[test]
 fn request_without_options_gets_data_1_directly() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(1500, 1);
     s.put("plain.bin", &content);
-    let (r, from, _) = first_reply(s.addr, &rrq("plain.bin", &[]));
+    let (r, from, _) = first_reply(s.tftp(), &rrq("plain.bin", &[]));
     match r {
         Reply::Data { block: 1, data } => assert_same_bytes(&data, &content[..512], "block 1"),
         other => panic!("RRQ without options must be answered with DATA 1, got {other:?}"),
     }
-    assert_ne!(from.port(), s.port(), "transfer must use its own port");
-    let d = fetch_ok(s.addr, "plain.bin", &[]);
+    assert_ne!(
+        from.port(),
+        s.tftp().port(),
+        "transfer must use its own port"
+    );
+    let d = fetch_ok(s.tftp(), "plain.bin", &[]);
     assert_eq!(d.oack, None);
     assert_same_bytes(&d.data, &content, "plain.bin");
 }
 
 #[test]
 fn request_with_only_unknown_options_gets_data_1_directly() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     s.put("f", b"unknown options are ignored");
-    let (r, _, _) = first_reply(s.addr, &rrq("f", &[("multicast", ""), ("x-vendor", "1")]));
+    let (r, _, _) = first_reply(s.tftp(), &rrq("f", &[("multicast", ""), ("x-vendor", "1")]));
     assert!(
         matches!(&r, Reply::Data { block: 1, data } if data == b"unknown options are ignored"),
         "unknown options only: no OACK, DATA 1 at once; got {r:?}"
@@ -69,11 +75,11 @@ fn request_with_only_unknown_options_gets_data_1_directly() {
 
 #[test]
 fn out_of_range_options_are_ignored_without_oack() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(1300, 2);
     s.put("f", &content);
     for (name, value) in [("blksize", "4"), ("windowsize", "0"), ("timeout", "0")] {
-        let (r, _, _) = first_reply(s.addr, &rrq("f", &[(name, value)]));
+        let (r, _, _) = first_reply(s.tftp(), &rrq("f", &[(name, value)]));
         match r {
             Reply::Data { block: 1, data } => {
                 assert_eq!(data.len(), 512, "{name}={value} ignored: default blksize")
@@ -84,7 +90,7 @@ fn out_of_range_options_are_ignored_without_oack() {
         }
     }
     let d = fetch_ok(
-        s.addr,
+        s.tftp(),
         "f",
         &[("blksize", "4"), ("windowsize", "0"), ("timeout", "0")],
     );
@@ -94,10 +100,10 @@ fn out_of_range_options_are_ignored_without_oack() {
 
 #[test]
 fn tsize_is_answered_with_the_actual_size_and_data_waits_for_ack_0() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(70_001, 3);
     s.put("sized", &content);
-    let (r, tid, peer) = first_reply(s.addr, &rrq("sized", &[("tsize", "0")]));
+    let (r, tid, peer) = first_reply(s.tftp(), &rrq("sized", &[("tsize", "0")]));
     let want = AcceptedOptions {
         tsize: Some(70_001),
         ..Default::default()
@@ -118,17 +124,20 @@ fn tsize_is_answered_with_the_actual_size_and_data_waits_for_ack_0() {
         matches!(&r, Reply::Data { block: 1, data } if data[..] == content[..512]),
         "got {r:?}"
     );
-    let d = fetch_ok(s.addr, "sized", &[("tsize", "0")]);
+    let d = fetch_ok(s.tftp(), "sized", &[("tsize", "0")]);
     assert_same_bytes(&d.data, &content, "sized");
 }
 
 #[test]
 fn tsize_in_netascii_mode_is_the_converted_size() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let text = b"line one\nline two\r\nbare\rcr\n";
     s.put("t.txt", text);
     let converted = baton::wire::tftp::to_netascii(text);
-    let (r, _, _) = first_reply(s.addr, &request(1, b"t.txt", "netascii", &[("tsize", "0")]));
+    let (r, _, _) = first_reply(
+        s.tftp(),
+        &request(1, b"t.txt", "netascii", &[("tsize", "0")]),
+    );
     let Reply::Oack(o) = r else {
         panic!("expected an OACK, got {r:?}")
     };
@@ -140,7 +149,7 @@ fn tsize_in_netascii_mode_is_the_converted_size() {
     let peer = Peer::new();
     let d = fetch(
         &peer,
-        s.addr,
+        s.tftp(),
         &request(1, b"t.txt", "netascii", &[]),
         Fetch::default(),
     )
@@ -150,10 +159,10 @@ fn tsize_in_netascii_mode_is_the_converted_size() {
 
 #[test]
 fn blksize_is_capped_to_fit_the_configured_mtu() {
-    let s = Server::builder().flag("--tftp-mtu", 1500).start();
+    let s = HostBuilder::tftp().flag("--tftp-mtu", 1500).start();
     let content = pattern(5000, 4);
     s.put("k", &content);
-    let d = fetch_ok(s.addr, "k", &[("blksize", "65464")]);
+    let d = fetch_ok(s.tftp(), "k", &[("blksize", "65464")]);
     assert_eq!(
         d.oack.and_then(|o| o.blksize),
         Some(1468),
@@ -165,10 +174,10 @@ fn blksize_is_capped_to_fit_the_configured_mtu() {
 
 #[test]
 fn blksize_is_capped_by_max_blksize() {
-    let s = Server::builder().flag("--tftp-max-blksize", 1024).start();
+    let s = HostBuilder::tftp().flag("--tftp-max-blksize", 1024).start();
     let content = pattern(4096, 5);
     s.put("k", &content);
-    let d = fetch_ok(s.addr, "k", &[("blksize", "1468")]);
+    let d = fetch_ok(s.tftp(), "k", &[("blksize", "1468")]);
     assert_eq!(d.oack.and_then(|o| o.blksize), Some(1024));
     assert_eq!(
         d.blocks, 5,
@@ -179,10 +188,10 @@ fn blksize_is_capped_by_max_blksize() {
 
 #[test]
 fn windowsize_is_capped_by_max_windowsize() {
-    let s = Server::builder().flag("--tftp-max-windowsize", 4).start();
+    let s = HostBuilder::tftp().flag("--tftp-max-windowsize", 4).start();
     let content = pattern(512 * 20, 6);
     s.put("w", &content);
-    let (r, tid, peer) = first_reply(s.addr, &rrq("w", &[("windowsize", "16")]));
+    let (r, tid, peer) = first_reply(s.tftp(), &rrq("w", &[("windowsize", "16")]));
     let Reply::Oack(o) = r else {
         panic!("expected an OACK, got {r:?}")
     };
@@ -203,7 +212,7 @@ fn windowsize_is_capped_by_max_windowsize() {
     peer.ack(tid, 4);
     let (r, _) = peer.expect("block 5");
     assert!(matches!(r, Reply::Data { block: 5, .. }), "got {r:?}");
-    let d = fetch_ok(s.addr, "w", &[("windowsize", "16")]);
+    let d = fetch_ok(s.tftp(), "w", &[("windowsize", "16")]);
     assert_eq!(d.windowsize, 4);
     assert_same_bytes(&d.data, &content, "w");
 }
@@ -214,13 +223,13 @@ fn windowsize_is_capped_by_max_windowsize() {
 
 #[test]
 fn block_numbers_roll_over_from_65535_to_0() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(8 * 70_000, 7);
     s.put("long", &content);
     let peer = Peer::new();
     let d = fetch(
         &peer,
-        s.addr,
+        s.tftp(),
         &rrq("long", &[("blksize", "8"), ("windowsize", "64")]),
         Fetch {
             deadline: Duration::from_secs(60),
@@ -241,7 +250,7 @@ fn block_numbers_roll_over_from_65535_to_0() {
 
 /// Fetches files around block and window boundaries with blksize 1024, windowsize 8
 /// (a window is batched into one GSO send, or one sendmmsg without GSO).
-fn fetch_boundary_sizes(s: &Server, target: SocketAddr) {
+fn fetch_boundary_sizes(s: &Host, target: SocketAddr) {
     let sizes = [
         0,
         1,
@@ -269,41 +278,41 @@ fn fetch_boundary_sizes(s: &Server, target: SocketAddr) {
 
 #[test]
 fn windowed_transfers_at_block_and_window_boundaries() {
-    let s = Server::start();
-    fetch_boundary_sizes(&s, s.addr);
+    let s = HostBuilder::tftp().start();
+    fetch_boundary_sizes(&s, s.tftp());
 }
 
 #[test]
 fn windowed_transfers_without_gso() {
-    let s = Server::builder().config("[tftp]\ngso = false\n").start();
+    let s = HostBuilder::tftp().config("[tftp]\ngso = false\n").start();
     s.expect_log(
         &["tftp server listening", "gso=false"],
         Duration::from_secs(1),
     );
-    fetch_boundary_sizes(&s, s.addr);
+    fetch_boundary_sizes(&s, s.tftp());
 }
 
 #[test]
 fn windowed_transfers_in_single_port_mode_on_a_wildcard() {
     // Windows on the shared socket carry the source address (PKTINFO) with the batch.
-    let s = Server::builder()
-        .listen("0.0.0.0:0")
+    let s = HostBuilder::tftp()
+        .tftp_listen("0.0.0.0:0")
         .arg("--tftp-single-port")
         .start();
-    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.port());
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.tftp().port());
     fetch_boundary_sizes(&s, target);
 }
 
 #[test]
 fn rollover_one_config_follows_65535_with_1() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\nrollover = \"one\"\n")
         .start();
     let content = pattern(8 * 66_000 + 5, 36);
     s.put("long", &content);
     let d = fetch(
         &Peer::new(),
-        s.addr,
+        s.tftp(),
         &rrq("long", &[("blksize", "8"), ("windowsize", "64")]),
         Fetch {
             deadline: Duration::from_secs(60),
@@ -323,13 +332,13 @@ fn rollover_one_config_follows_65535_with_1() {
 /// Fetches a file while pretending every `every`-th DATA packet is lost; the client
 /// acknowledges the last in-order block on a gap and again after 50 ms of silence.
 fn lossy_fetch(opts: &[(&str, &str)], every: u64) {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(512 * 150 + 11, 37);
     s.put("f", &content);
     let t0 = Instant::now();
     let d = fetch(
         &Peer::new(),
-        s.addr,
+        s.tftp(),
         &rrq("f", opts),
         Fetch {
             drop_every: every,
@@ -368,11 +377,11 @@ fn windowed_transfer_recovers_from_loss() {
 
 #[test]
 fn packet_from_unknown_tid_gets_error_5_and_transfer_continues() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(512 * 3 + 10, 8);
     s.put("f", &content);
     let client = Peer::new();
-    client.send(s.addr, &rrq("f", &[]));
+    client.send(s.tftp(), &rrq("f", &[]));
     let (r, tid) = client.expect("DATA 1");
     assert!(matches!(r, Reply::Data { block: 1, .. }), "got {r:?}");
 
@@ -413,7 +422,7 @@ fn packet_from_unknown_tid_gets_error_5_and_transfer_continues() {
 /// block at least twice). The server's dup-ACK hold-off is timed, so a scheduling delay
 /// of a few ms can let one spurious resend through: a few copies are tolerated.
 #[track_caller]
-fn assert_few_duplicates(d: &common::raw::Download, what: &str) {
+fn assert_few_duplicates(d: &common::tftp::Download, what: &str) {
     assert!(
         d.max_copies() <= 3 && d.duplicates.len() as u64 <= d.blocks / 4,
         "{what}: {} of {} blocks arrived more than once, worst {} times",
@@ -425,13 +434,13 @@ fn assert_few_duplicates(d: &common::raw::Download, what: &str) {
 
 #[test]
 fn duplicate_acks_do_not_cause_duplicate_sends_in_lockstep() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(512 * 200 + 3, 9);
     s.put("f", &content);
     let peer = Peer::new();
     let d = fetch(
         &peer,
-        s.addr,
+        s.tftp(),
         &rrq("f", &[]),
         Fetch {
             ack_twice: true,
@@ -445,13 +454,13 @@ fn duplicate_acks_do_not_cause_duplicate_sends_in_lockstep() {
 
 #[test]
 fn duplicate_acks_do_not_cause_duplicate_windows() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(512 * 8 * 25 + 7, 10);
     s.put("f", &content);
     let peer = Peer::new();
     let d = fetch(
         &peer,
-        s.addr,
+        s.tftp(),
         &rrq("f", &[("windowsize", "8")]),
         Fetch {
             ack_twice: true,
@@ -466,10 +475,10 @@ fn duplicate_acks_do_not_cause_duplicate_windows() {
 
 #[test]
 fn unacknowledged_data_is_resent_after_timeout_then_abandoned() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     s.put("f", &pattern(4000, 11));
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("f", &[("timeout", "1")]));
+    peer.send(s.tftp(), &rrq("f", &[("timeout", "1")]));
     let (r, tid) = peer.expect("OACK");
     assert_eq!(
         r,
@@ -512,11 +521,11 @@ fn unacknowledged_data_is_resent_after_timeout_then_abandoned() {
 
 #[test]
 fn size_probe_ends_the_transfer_without_a_failure() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     s.put("probe.efi", &pattern(100_000, 12));
     let peer = Peer::new();
     peer.send(
-        s.addr,
+        s.tftp(),
         &rrq("probe.efi", &[("tsize", "0"), ("blksize", "1468")]),
     );
     let (r, tid) = peer.expect("OACK");
@@ -541,13 +550,13 @@ fn size_probe_ends_the_transfer_without_a_failure() {
 
 #[test]
 fn oack_is_retransmitted_until_acknowledged() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\ntimeout_ms = 100\n")
         .start();
     let content = pattern(1000, 30);
     s.put("f", &content);
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("f", &[("tsize", "0")]));
+    peer.send(s.tftp(), &rrq("f", &[("tsize", "0")]));
     let (first, tid) = peer.expect("OACK");
     assert!(matches!(first, Reply::Oack(_)), "got {first:?}");
     let (again, from) = peer.expect("the OACK again after the 100 ms timeout");
@@ -572,12 +581,12 @@ fn oack_is_retransmitted_until_acknowledged() {
 
 #[test]
 fn unacknowledged_oack_is_abandoned_after_max_retries() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\ntimeout_ms = 100\n")
         .start();
     s.put("f", b"x");
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("f", &[("blksize", "1024")]));
+    peer.send(s.tftp(), &rrq("f", &[("blksize", "1024")]));
     let mut oacks = 0;
     while let Some((r, _)) = peer.recv(Duration::from_millis(1000)) {
         assert!(
@@ -596,11 +605,11 @@ fn unacknowledged_oack_is_abandoned_after_max_retries() {
 
 #[test]
 fn lost_block_is_resent_from_the_clients_last_ack() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(512 * 20, 31);
     s.put("f", &content);
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("f", &[("windowsize", "4")]));
+    peer.send(s.tftp(), &rrq("f", &[("windowsize", "4")]));
     let (r, tid) = peer.expect("OACK");
     assert!(
         matches!(r, Reply::Oack(o) if o.windowsize == Some(4)),
@@ -636,7 +645,7 @@ fn lost_block_is_resent_from_the_clients_last_ack() {
 
 #[test]
 fn many_concurrent_transfers_all_complete() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(300_000, 32);
     s.put("shared.img", &content);
     let option_sets: [&[(&str, &str)]; 4] = [
@@ -649,7 +658,7 @@ fn many_concurrent_transfers_all_complete() {
         let handles: Vec<_> = (0..16)
             .map(|i| {
                 let opts = option_sets[i % option_sets.len()];
-                let server = s.addr;
+                let server = s.tftp();
                 sc.spawn(move || {
                     let peer = Peer::new();
                     (
@@ -669,7 +678,7 @@ fn many_concurrent_transfers_all_complete() {
 
 #[test]
 fn largest_blksize_fits_the_loopback_mtu() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let content = pattern(200_000, 33);
     s.put("f", &content);
     let mtu: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
@@ -677,7 +686,7 @@ fn largest_blksize_fits_the_loopback_mtu() {
         .and_then(|m| m.trim().parse().ok())
         .unwrap_or(65536);
     let want = (mtu - 32).clamp(8, 65464) as u16;
-    let d = fetch_ok(s.addr, "f", &[("blksize", "65464")]);
+    let d = fetch_ok(s.tftp(), "f", &[("blksize", "65464")]);
     assert_eq!(
         d.oack.and_then(|o| o.blksize),
         Some(want),
@@ -688,12 +697,12 @@ fn largest_blksize_fits_the_loopback_mtu() {
 
 #[test]
 fn mode_names_are_case_insensitive() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     s.put("t.txt", b"a\nb\n");
     for (mode, want) in [("OcTeT", &b"a\nb\n"[..]), ("NetAscii", &b"a\r\nb\r\n"[..])] {
         let d = fetch(
             &Peer::new(),
-            s.addr,
+            s.tftp(),
             &request(1, b"t.txt", mode, &[]),
             Fetch::default(),
         )
@@ -704,16 +713,16 @@ fn mode_names_are_case_insensitive() {
 
 #[test]
 fn file_not_found_gets_error_1() {
-    let s = Server::start();
-    let (code, msg, from) = error_reply(s.addr, &rrq("no/such/file", &[]));
+    let s = HostBuilder::tftp().start();
+    let (code, msg, from) = error_reply(s.tftp(), &rrq("no/such/file", &[]));
     assert_eq!(code, FILE_NOT_FOUND, "message {msg:?}");
-    assert_eq!(from.ip(), s.addr.ip());
+    assert_eq!(from.ip(), s.tftp().ip());
 }
 
 #[test]
 fn write_request_is_refused_with_access_violation() {
-    let s = Server::start();
-    let (code, msg, _) = error_reply(s.addr, &request(2, b"upload.bin", "octet", &[]));
+    let s = HostBuilder::tftp().start();
+    let (code, msg, _) = error_reply(s.tftp(), &request(2, b"upload.bin", "octet", &[]));
     assert_eq!(code, ACCESS_VIOLATION, "message {msg:?}");
     assert!(!s.root().join("upload.bin").exists());
 }
@@ -724,10 +733,10 @@ fn write_request_is_refused_with_access_violation() {
 
 #[test]
 fn transfer_uses_own_port_on_the_address_the_request_came_to() {
-    let s = Server::builder().listen("0.0.0.0:0").start();
+    let s = HostBuilder::tftp().tftp_listen("0.0.0.0:0").start();
     let content = pattern(3000, 13);
     s.put("f", &content);
-    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.port());
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.tftp().port());
     let peer = Peer::new();
     let d = fetch(&peer, target, &rrq("f", &[]), Fetch::default()).unwrap();
     let tid = d.tid.unwrap();
@@ -736,7 +745,11 @@ fn transfer_uses_own_port_on_the_address_the_request_came_to() {
         target.ip(),
         "reply must come from the address the RRQ went to"
     );
-    assert_ne!(tid.port(), s.port(), "each transfer gets its own port");
+    assert_ne!(
+        tid.port(),
+        s.tftp().port(),
+        "each transfer gets its own port"
+    );
     assert_same_bytes(&d.data, &content, "f");
 
     // Two transfers, two ports.
@@ -746,36 +759,27 @@ fn transfer_uses_own_port_on_the_address_the_request_came_to() {
 
 #[test]
 fn errors_come_from_the_address_the_request_came_to() {
-    let s = Server::builder().listen("0.0.0.0:0").start();
-    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.port());
+    let s = HostBuilder::tftp().tftp_listen("0.0.0.0:0").start();
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.tftp().port());
     let (code, _, from) = error_reply(target, &rrq("missing", &[]));
     assert_eq!(code, FILE_NOT_FOUND);
     assert_eq!(from.ip(), target.ip());
 }
 
-/// True when `::1` can be bound (IPv6 may be disabled in some containers).
-fn have_ipv6_loopback() -> bool {
-    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: IPv6 loopback (::1) is not available on this host ***\n");
-    false
-}
-
 #[test]
 fn ipv6_transfer_with_blksize_for_the_ipv6_mtu() {
-    if !have_ipv6_loopback() {
+    if !require_ipv6_loopback() {
         return;
     }
-    let s = Server::builder()
-        .listen("[::1]:0")
+    let s = HostBuilder::tftp()
+        .tftp_listen("[::1]:0")
         .flag("--tftp-mtu", 1500)
         .start();
     let content = pattern(100_000, 50);
     s.put("f", &content);
     let d = fetch(
         &Peer::bind("[::1]:0"),
-        s.addr,
+        s.tftp(),
         &rrq("f", &[("blksize", "1468"), ("windowsize", "8")]),
         Fetch::default(),
     )
@@ -786,24 +790,26 @@ fn ipv6_transfer_with_blksize_for_the_ipv6_mtu() {
         "IPv6: 1500 - 40 - 8 - 4 = 1448"
     );
     let tid = d.tid.unwrap();
-    assert_eq!(tid.ip(), s.addr.ip());
-    assert_ne!(tid.port(), s.port());
+    assert_eq!(tid.ip(), s.tftp().ip());
+    assert_ne!(tid.port(), s.tftp().port());
     assert_same_bytes(&d.data, &content, "f");
 }
 
 /// A server on `[::]` (dual-stack) serving an IPv4 client.
 fn dual_stack_serves_ipv4(single_port: bool) {
-    if !have_ipv6_loopback() {
+    if !require_ipv6_loopback() {
         return;
     }
-    let mut b = Server::builder().listen("[::]:0").flag("--tftp-mtu", 1500);
+    let mut b = HostBuilder::tftp()
+        .tftp_listen("[::]:0")
+        .flag("--tftp-mtu", 1500);
     if single_port {
         b = b.arg("--tftp-single-port");
     }
     let s = b.start();
     let content = pattern(50_000, 51);
     s.put("f", &content);
-    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), s.port());
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), s.tftp().port());
     let d = fetch(
         &Peer::new(),
         target,
@@ -818,9 +824,9 @@ fn dual_stack_serves_ipv4(single_port: bool) {
         "replies come from the IPv4 address asked"
     );
     if single_port {
-        assert_eq!(tid.port(), s.port());
+        assert_eq!(tid.port(), s.tftp().port());
     } else {
-        assert_ne!(tid.port(), s.port());
+        assert_ne!(tid.port(), s.tftp().port());
     }
     assert_eq!(
         d.oack.and_then(|o| o.blksize),
@@ -846,30 +852,30 @@ fn dual_stack_listener_serves_ipv4_clients_in_single_port_mode() {
 
 #[test]
 fn single_port_mode_replies_from_the_listening_port() {
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     let content = pattern(512 * 10 + 1, 14);
     s.put("f", &content);
-    let d = fetch_ok(s.addr, "f", &[("blksize", "1024"), ("windowsize", "4")]);
+    let d = fetch_ok(s.tftp(), "f", &[("blksize", "1024"), ("windowsize", "4")]);
     assert_eq!(
         d.tid,
-        Some(s.addr),
+        Some(s.tftp()),
         "single-port: everything from the listening socket"
     );
     assert_same_bytes(&d.data, &content, "f");
-    let d = fetch_ok(s.addr, "f", &[]);
-    assert_eq!(d.tid, Some(s.addr));
+    let d = fetch_ok(s.tftp(), "f", &[]);
+    assert_eq!(d.tid, Some(s.tftp()));
     assert_same_bytes(&d.data, &content, "f");
 }
 
 #[test]
 fn single_port_mode_on_a_wildcard_answers_from_the_request_address() {
-    let s = Server::builder()
-        .listen("0.0.0.0:0")
+    let s = HostBuilder::tftp()
+        .tftp_listen("0.0.0.0:0")
         .arg("--tftp-single-port")
         .start();
     let content = pattern(2000, 15);
     s.put("f", &content);
-    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.port());
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), s.tftp().port());
     let d = fetch(&Peer::new(), target, &rrq("f", &[]), Fetch::default()).unwrap();
     assert_eq!(d.tid, Some(target));
     assert_same_bytes(&d.data, &content, "f");
@@ -877,7 +883,7 @@ fn single_port_mode_on_a_wildcard_answers_from_the_request_address() {
 
 #[test]
 fn single_port_mode_runs_concurrent_transfers() {
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     let a = pattern(512 * 300 + 5, 16);
     let b = pattern(1024 * 200 + 9, 17);
     s.put("a", &a);
@@ -885,9 +891,9 @@ fn single_port_mode_runs_concurrent_transfers() {
     let (pa, pb) = (Peer::new(), Peer::new());
     // Both requests are out before either transfer is read: both are in flight at once,
     // multiplexed on the one listening socket.
-    pa.send(s.addr, &rrq("a", &[]));
+    pa.send(s.tftp(), &rrq("a", &[]));
     pb.send(
-        s.addr,
+        s.tftp(),
         &rrq("b", &[("blksize", "1024"), ("windowsize", "4")]),
     );
     let (da, db) = std::thread::scope(|sc| {
@@ -896,8 +902,8 @@ fn single_port_mode_runs_concurrent_transfers() {
         (ta.join().unwrap(), tb.join().unwrap())
     });
     let (da, db) = (da.expect("transfer a"), db.expect("transfer b"));
-    assert_eq!(da.tid, Some(s.addr));
-    assert_eq!(db.tid, Some(s.addr));
+    assert_eq!(da.tid, Some(s.tftp()));
+    assert_eq!(db.tid, Some(s.tftp()));
     assert_eq!((db.blksize, db.windowsize), (1024, 4));
     assert_same_bytes(&da.data, &a, "a");
     assert_same_bytes(&db.data, &b, "b");
@@ -905,14 +911,14 @@ fn single_port_mode_runs_concurrent_transfers() {
 
 #[test]
 fn single_port_mode_ignores_a_repeated_request() {
-    let s = Server::builder().arg("--tftp-single-port").start();
+    let s = HostBuilder::tftp().arg("--tftp-single-port").start();
     let content = pattern(512 * 30 + 1, 34);
     s.put("f", &content);
     let peer = Peer::new();
     // The request goes out twice before any reply is read (a client retransmission);
     // the second must not start a second transfer on the same port pair.
-    peer.send(s.addr, &rrq("f", &[]));
-    let d = fetch(&peer, s.addr, &rrq("f", &[]), Fetch::default()).unwrap();
+    peer.send(s.tftp(), &rrq("f", &[]));
+    let d = fetch(&peer, s.tftp(), &rrq("f", &[]), Fetch::default()).unwrap();
     assert_same_bytes(&d.data, &content, "f");
     assert!(
         d.duplicates.is_empty() && d.out_of_order == 0,
@@ -924,12 +930,12 @@ fn single_port_mode_ignores_a_repeated_request() {
 
 /// The UEFI pattern: RRQ with tsize, ERROR 8 after the OACK, then the real RRQ from the
 /// same client port.
-fn size_probe_then_download_from_the_same_port(s: &Server) {
+fn size_probe_then_download_from_the_same_port(s: &Host) {
     let content = pattern(100_000, 35);
     s.put("bootx64.efi", &content);
     let peer = Peer::new();
     peer.send(
-        s.addr,
+        s.tftp(),
         &rrq("bootx64.efi", &[("tsize", "0"), ("blksize", "1468")]),
     );
     let (r, tid) = peer.expect("OACK");
@@ -940,7 +946,7 @@ fn size_probe_then_download_from_the_same_port(s: &Server) {
     peer.error(tid, ErrorCode::OptionNegotiation, "");
     let d = fetch(
         &peer,
-        s.addr,
+        s.tftp(),
         &rrq("bootx64.efi", &[("blksize", "1468")]),
         Fetch::default(),
     )
@@ -951,13 +957,13 @@ fn size_probe_then_download_from_the_same_port(s: &Server) {
 
 #[test]
 fn size_probe_then_download_from_the_same_client_port() {
-    size_probe_then_download_from_the_same_port(&Server::start());
+    size_probe_then_download_from_the_same_port(&HostBuilder::tftp().start());
 }
 
 #[test]
 fn single_port_mode_size_probe_then_download_from_the_same_client_port() {
     size_probe_then_download_from_the_same_port(
-        &Server::builder().arg("--tftp-single-port").start(),
+        &HostBuilder::tftp().arg("--tftp-single-port").start(),
     );
 }
 
@@ -978,11 +984,11 @@ enum Expect {
 
 /// The fixtures bad requests are aimed at; keeps the outside directory alive.
 struct Fixture {
-    server: Server,
+    server: Host,
     _outside: tempfile::TempDir,
 }
 
-fn fixture(server: Server) -> Fixture {
+fn fixture(server: Host) -> Fixture {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), b"outside the root").unwrap();
     server.put("hello.txt", b"hello\n");
@@ -1149,7 +1155,7 @@ fn check_bad_datagrams(server: SocketAddr, cases: &[(&'static str, Vec<u8>, Expe
 
 /// Runs the named cases of [`bad_datagrams`] against a fresh server.
 fn bad_datagram_cases(names: &[&str]) {
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     let all = bad_datagrams();
     let cases: Vec<_> = names
         .iter()
@@ -1160,7 +1166,7 @@ fn bad_datagram_cases(names: &[&str]) {
                 .clone()
         })
         .collect();
-    check_bad_datagrams(f.server.addr, &cases);
+    check_bad_datagrams(f.server.tftp(), &cases);
 }
 
 #[test]
@@ -1215,12 +1221,12 @@ fn parent_dir_is_refused() {
 fn absolute_path_outside_the_root_is_refused() {
     bad_datagram_cases(&["absolute path outside the root"]);
     // Names that start with the root but climb out of it, or only share its prefix.
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     let root = f.server.root().display().to_string();
     let climb = format!("{root}/../{}", "x");
     let sibling = format!("{root}-sibling/hello.txt");
     check_bad_datagrams(
-        f.server.addr,
+        f.server.tftp(),
         &[
             (
                 "root/../x",
@@ -1252,58 +1258,58 @@ fn directory_is_refused_and_missing_file_is_not_found() {
 
 #[test]
 fn fifo_in_the_root_is_refused_without_hanging() {
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     common::mkfifo(&f.server.root().join("pipe"));
     // Nobody ever writes to the FIFO: a plain open(2) for reading blocks until someone
     // does, so the server must check the file type without blocking.
     check_bad_datagrams(
-        f.server.addr,
+        f.server.tftp(),
         &[("FIFO", rrq("pipe", &[]), Expect::Error(ACCESS_VIOLATION))],
     );
     // And the server is still fine.
-    assert_eq!(fetch_ok(f.server.addr, "hello.txt", &[]).data, b"hello\n");
+    assert_eq!(fetch_ok(f.server.tftp(), "hello.txt", &[]).data, b"hello\n");
 }
 
 #[test]
 fn equivalent_names_are_served() {
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     for name in [
         "./hello.txt",
         "dir//inner.txt",
         "dir/./inner.txt",
         "dir\\inner.txt",
     ] {
-        let d = fetch_ok(f.server.addr, name, &[]);
+        let d = fetch_ok(f.server.tftp(), name, &[]);
         assert!(!d.data.is_empty(), "{name}");
     }
 }
 
 #[test]
 fn absolute_path_inside_the_root_is_served() {
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     let abs = format!("{}/dir/inner.txt", f.server.root().display());
-    let d = fetch_ok(f.server.addr, &abs, &[]);
+    let d = fetch_ok(f.server.tftp(), &abs, &[]);
     assert_eq!(d.data, b"inner\n");
     let canon = format!(
         "{}/hello.txt",
         f.server.root().canonicalize().unwrap().display()
     );
-    assert_eq!(fetch_ok(f.server.addr, &canon, &[]).data, b"hello\n");
+    assert_eq!(fetch_ok(f.server.tftp(), &canon, &[]).data, b"hello\n");
 }
 
 #[test]
 fn symlink_inside_the_root_is_served() {
-    let f = fixture(Server::start());
+    let f = fixture(HostBuilder::tftp().start());
     std::os::unix::fs::symlink("dir/inner.txt", f.server.root().join("alias")).unwrap();
-    assert_eq!(fetch_ok(f.server.addr, "alias", &[]).data, b"inner\n");
+    assert_eq!(fetch_ok(f.server.tftp(), "alias", &[]).data, b"inner\n");
 }
 
 #[test]
 fn server_survives_every_bad_datagram_and_still_serves() {
-    let f = fixture(Server::start());
-    check_bad_datagrams(f.server.addr, &bad_datagrams());
+    let f = fixture(HostBuilder::tftp().start());
+    check_bad_datagrams(f.server.tftp(), &bad_datagrams());
     let d = fetch_ok(
-        f.server.addr,
+        f.server.tftp(),
         "hello.txt",
         &[("tsize", "0"), ("blksize", "1024")],
     );
@@ -1324,13 +1330,13 @@ fn server_survives_every_bad_datagram_and_still_serves() {
 
 #[test]
 fn replaced_file_is_served_with_the_new_bytes() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let v1 = pattern(3000, 20);
     let v2 = pattern(3000, 21); // same size: only the content differs
     let v3 = pattern(9000, 22);
     let path = s.put("grub.cfg", &v1);
     assert_same_bytes(
-        &fetch_ok(s.addr, "grub.cfg", &[]).data,
+        &fetch_ok(s.tftp(), "grub.cfg", &[]).data,
         &v1,
         "first version",
     );
@@ -1338,9 +1344,9 @@ fn replaced_file_is_served_with_the_new_bytes() {
         let tmp = s.root().join(".grub.cfg.tmp");
         std::fs::write(&tmp, v).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_same_bytes(&fetch_ok(s.addr, "grub.cfg", &[]).data, v, what);
+        assert_same_bytes(&fetch_ok(s.tftp(), "grub.cfg", &[]).data, v, what);
         assert_same_bytes(
-            &fetch_ok(s.addr, "grub.cfg", &[("blksize", "1400")]).data,
+            &fetch_ok(s.tftp(), "grub.cfg", &[("blksize", "1400")]).data,
             v,
             what,
         );
@@ -1349,12 +1355,12 @@ fn replaced_file_is_served_with_the_new_bytes() {
 
 #[test]
 fn transfer_in_flight_keeps_the_version_it_started_with() {
-    let s = Server::start();
+    let s = HostBuilder::tftp().start();
     let v1 = pattern(512 * 6 + 1, 25);
     let v2 = pattern(512 * 6 + 1, 26);
     let path = s.put("initrd", &v1);
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("initrd", &[]));
+    peer.send(s.tftp(), &rrq("initrd", &[]));
     let (r, tid) = peer.expect("DATA 1");
     let Reply::Data { block: 1, data } = r else {
         panic!("want DATA 1, got {r:?}")
@@ -1373,17 +1379,21 @@ fn transfer_in_flight_keeps_the_version_it_started_with() {
     }
     peer.ack(tid, 7);
     assert_same_bytes(&got, &v1, "the transfer started before the replacement");
-    assert_same_bytes(&fetch_ok(s.addr, "initrd", &[]).data, &v2, "a new request");
+    assert_same_bytes(
+        &fetch_ok(s.tftp(), "initrd", &[]).data,
+        &v2,
+        "a new request",
+    );
 }
 
 #[test]
 fn client_error_mid_transfer_stops_the_server() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\ntimeout_ms = 100\n")
         .start();
     s.put("f", &pattern(512 * 10, 27));
     let peer = Peer::new();
-    peer.send(s.addr, &rrq("f", &[]));
+    peer.send(s.tftp(), &rrq("f", &[]));
     let (r, tid) = peer.expect("DATA 1");
     assert!(matches!(r, Reply::Data { block: 1, .. }), "got {r:?}");
     peer.ack(tid, 1);
@@ -1402,7 +1412,7 @@ fn client_error_mid_transfer_stops_the_server() {
 
 #[test]
 fn third_concurrent_transfer_from_one_client_is_refused_as_busy() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\nmax_transfers_per_client = 2\n")
         .start();
     s.put("big", &pattern(512 * 100, 23));
@@ -1410,14 +1420,14 @@ fn third_concurrent_transfer_from_one_client_is_refused_as_busy() {
     let held: Vec<(Peer, SocketAddr)> = (0..2)
         .map(|_| {
             let p = Peer::new();
-            p.send(s.addr, &rrq("big", &[]));
+            p.send(s.tftp(), &rrq("big", &[]));
             let (r, tid) = p.expect("DATA 1");
             assert!(matches!(r, Reply::Data { block: 1, .. }), "got {r:?}");
             (p, tid)
         })
         .collect();
     let third = Peer::new();
-    third.send(s.addr, &rrq("big", &[]));
+    third.send(s.tftp(), &rrq("big", &[]));
     let (code, msg, _) = third.expect_error("ERROR busy");
     assert_eq!(code, NOT_DEFINED, "message {msg:?}");
     assert!(
@@ -1430,7 +1440,7 @@ fn third_concurrent_transfer_from_one_client_is_refused_as_busy() {
     p.error(*tid, ErrorCode::NotDefined, "client gives up");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        third.send(s.addr, &rrq("big", &[]));
+        third.send(s.tftp(), &rrq("big", &[]));
         match third.expect("a reply") {
             (Reply::Data { block: 1, .. }, _) => break,
             (Reply::Error { .. }, _) if Instant::now() < deadline => {
@@ -1443,18 +1453,18 @@ fn third_concurrent_transfer_from_one_client_is_refused_as_busy() {
 
 #[test]
 fn total_transfer_limit_refuses_other_clients_too() {
-    let s = Server::builder()
+    let s = HostBuilder::tftp()
         .config("[tftp]\nmax_transfers = 1\n")
         .start();
     s.put("f", &pattern(5000, 24));
     let first = Peer::new();
-    first.send(s.addr, &rrq("f", &[]));
+    first.send(s.tftp(), &rrq("f", &[]));
     assert!(matches!(
         first.expect("DATA 1").0,
         Reply::Data { block: 1, .. }
     ));
     let other = Peer::bind("127.0.0.2:0");
-    other.send(s.addr, &rrq("f", &[]));
+    other.send(s.tftp(), &rrq("f", &[]));
     let (code, msg, _) = other.expect_error("ERROR busy");
     assert_eq!(code, NOT_DEFINED, "message {msg:?}");
     assert!(msg.contains("busy"), "{msg:?}");

@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use common::cluster::{free_tcp_port, Cluster, Host, HostSpec};
-use common::http::metric_value;
+use common::fleet::Fleet;
+use common::host::{Host, HostBuilder, READY_TIMEOUT, START_TIMEOUT};
 
 /// The request line of a forwarded write.
 const PROPOSE: &[u8] = b"POST /cluster/propose ";
@@ -29,7 +29,9 @@ const PROPOSE: &[u8] = b"POST /cluster/propose ";
 /// A loopback TCP proxy in front of one host that can swallow forwarded writes'
 /// answers. Stops accepting when dropped; its connections end with their peers'.
 struct Proxy {
-    port: u16,
+    addr: SocketAddr,
+    /// The host's HTTP address, once it is bound (connections wait for it).
+    upstream: Arc<Mutex<Option<SocketAddr>>>,
     /// The next forwarded write whose request contains this is answered into the void.
     armed: Arc<Mutex<Option<Vec<u8>>>>,
     /// Answers swallowed.
@@ -40,18 +42,20 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(upstream: SocketAddr) -> Proxy {
-        let port = free_tcp_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
+    /// Listens on a port the kernel picks; forwards once [`Proxy::set_upstream`] is called.
+    fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).unwrap();
         let p = Proxy {
-            port,
+            addr: listener.local_addr().unwrap(),
+            upstream: Arc::default(),
             armed: Arc::default(),
             dropped: Arc::default(),
             proposes: Arc::default(),
             stop: Arc::default(),
         };
-        let (armed, dropped, proposes, stop) = (
+        let (upstream, armed, dropped, proposes, stop) = (
+            p.upstream.clone(),
             p.armed.clone(),
             p.dropped.clone(),
             p.proposes.clone(),
@@ -62,12 +66,24 @@ impl Proxy {
                 match listener.accept() {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
-                        let Ok(server) = TcpStream::connect(upstream) else {
-                            continue;
-                        };
-                        let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
-                        connection(client, server, &armed, &dropped, &proposes);
+                        let (upstream, armed, dropped, proposes) = (
+                            upstream.clone(),
+                            armed.clone(),
+                            dropped.clone(),
+                            proposes.clone(),
+                        );
+                        // A peer may call while the host is still starting.
+                        thread::spawn(move || {
+                            let Some(to) = wait_for(&upstream, START_TIMEOUT) else {
+                                return;
+                            };
+                            let Ok(server) = TcpStream::connect(to) else {
+                                return;
+                            };
+                            let _ = client.set_nodelay(true);
+                            let _ = server.set_nodelay(true);
+                            connection(client, server, &armed, &dropped, &proposes);
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -77,7 +93,11 @@ impl Proxy {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr)
+    }
+
+    fn set_upstream(&self, to: SocketAddr) {
+        *self.upstream.lock().unwrap() = Some(to);
     }
 
     /// Loses the answer of the next forwarded write whose request contains `needle`.
@@ -163,29 +183,48 @@ fn connection(
     });
 }
 
+/// The address in `slot` once set, within `timeout`.
+fn wait_for(slot: &Mutex<Option<SocketAddr>>, timeout: Duration) -> Option<SocketAddr> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(a) = *slot.lock().unwrap() {
+            return Some(a);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Three hosts, each advertised to its peers through its own proxy.
-fn cluster() -> (Cluster, Vec<Proxy>) {
+/// Three hosts, each advertised to its peers through its own proxy. A joining host is
+/// called through its proxy before it is ready, so each proxy learns its host's port as
+/// soon as the host binds it.
+fn cluster() -> (Fleet, Vec<Proxy>) {
     let dir = TempDir::new().expect("temp dir");
     let mut hosts: Vec<Host> = Vec::new();
     let mut proxies = Vec::new();
     for i in 1..=3 {
         let name = format!("h{i}");
-        let mut spec = HostSpec::new(&name, &dir.path().join(&name));
-        let proxy = Proxy::start(spec.http);
-        spec.extra = vec!["--advertise-url".into(), proxy.url()];
+        let proxy = Proxy::start();
+        let mut spec = HostBuilder::member(&name)
+            .data_dir_at(&dir.path().join(&name))
+            .flag("--advertise-url", proxy.url());
         if let Some(first) = hosts.first() {
-            spec.join = Some(first.spec.url());
+            spec = spec.join(&first.url());
         }
         let mut h = Host::new(spec);
-        h.start();
+        h.spawn();
+        proxy.set_upstream(h.wait_http_bound(START_TIMEOUT));
+        h.wait_ready(READY_TIMEOUT);
         hosts.push(h);
         proxies.push(proxy);
     }
-    let c = Cluster { hosts, dir };
+    let c = Fleet { hosts, dir };
     c.wait_members(3, Duration::from_secs(20));
     (c, proxies)
 }
@@ -199,11 +238,6 @@ fn events(h: &Host, kind: &str, node: &str) -> usize {
         .iter()
         .filter(|e| e["kind"] == kind && e["node"] == node)
         .count()
-}
-
-fn metric(h: &Host, name: &str) -> f64 {
-    let m = h.api.anonymous("GET", "/metrics", &[], None).text();
-    metric_value(&m, name).unwrap_or_else(|| panic!("no {name} in {m}"))
 }
 
 #[test]
@@ -234,7 +268,7 @@ fn a_forwarded_write_whose_answer_was_lost_applies_once_and_answers_its_outcome(
         proxy.proposes.load(Ordering::SeqCst) >= seen + 2,
         "the follower sent the write again"
     );
-    assert!(metric(follower, "baton_store_write_retries_total") >= 1.0);
+    assert!(follower.api.metric("baton_store_write_retries_total") >= 1.0);
     assert!(
         follower
             .wait_for_log(

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton::wire::tftp::{self, Mode, Opcode, Packet, RequestOptions};
@@ -68,14 +69,16 @@ impl Kind {
         }
     }
 
-    /// Loopback address the server listens on for a run. dnsmasq's TFTP port is fixed
-    /// at 69, so it gets an address of its own; the others get a fresh free port.
+    /// Loopback address the server is told to listen on for a run. Baton binds port 0
+    /// and reports the port it got (`--port-file`); dnsmasq's TFTP port is fixed at 69,
+    /// so it gets an address of its own; the other peers cannot report a port, so they
+    /// get one that was free a moment ago.
     pub fn listen_addr(self) -> std::io::Result<SocketAddr> {
-        if self == Kind::Dnsmasq {
-            return Ok(SocketAddr::from(([127, 0, 0, 69], 69)));
+        match self {
+            Kind::Baton => Ok(SocketAddr::from(([127, 0, 0, 1], 0))),
+            Kind::Dnsmasq => Ok(SocketAddr::from(([127, 0, 0, 69], 69))),
+            _ => UdpSocket::bind("127.0.0.1:0")?.local_addr(),
         }
-        let s = UdpSocket::bind("127.0.0.1:0")?;
-        s.local_addr()
     }
 }
 
@@ -181,20 +184,26 @@ impl Server {
         scratch: &Path,
         cpu: Option<usize>,
     ) -> Result<Server, String> {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let run = format!("{}-{}", kind.name(), RUNS.fetch_add(1, Ordering::Relaxed));
         let addr = kind
             .listen_addr()
             .map_err(|e| format!("pick a port: {e}"))?;
         let ip = addr.ip().to_string();
         let port = addr.port().to_string();
-        let log = scratch.join(format!("{}-{}.log", kind.name(), addr.port()));
+        let log = scratch.join(format!("{run}.log"));
+        let port_file = scratch.join(format!("{run}-ports.json"));
         let mut cmd = Command::new(bin);
         match kind {
             Kind::Baton => {
-                let data = scratch.join(format!("baton-data-{}", addr.port()));
+                let data = scratch.join(format!("{run}-data"));
                 let _ = std::fs::create_dir_all(&data);
                 cmd.arg("serve")
                     .arg("--tftp-listen")
                     .arg(addr.to_string())
+                    .args(["--http-listen", "127.0.0.1:0", "--no-dhcp"])
+                    .arg("--port-file")
+                    .arg(&port_file)
                     .arg("--tftp-root")
                     .arg(root)
                     .arg("--data-dir")
@@ -262,13 +271,9 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        let cpu_group = super::procstat::CpuGroup::create(&format!(
-            "boot-storm-{}-{}-{}",
-            std::process::id(),
-            kind.name(),
-            addr.port()
-        ))
-        .map(std::sync::Arc::new);
+        let cpu_group =
+            super::procstat::CpuGroup::create(&format!("boot-storm-{}-{run}", std::process::id()))
+                .map(std::sync::Arc::new);
         let group = cpu_group.clone();
         // SAFETY: only async-signal-safe calls (sched_setaffinity, open/write/close on a
         // prepared path) run between fork and exec.
@@ -299,7 +304,13 @@ impl Server {
         server.cpu_group = cpu_group
             .and_then(|g| std::sync::Arc::try_unwrap(g).ok())
             .filter(|g| g.contains(server.pid()));
-        match server.wait_ready(Duration::from_secs(10)) {
+        let ready = match kind {
+            Kind::Baton => server
+                .wait_port_file(&port_file, Duration::from_secs(10))
+                .and_then(|()| server.wait_ready(Duration::from_secs(10))),
+            _ => server.wait_ready(Duration::from_secs(10)),
+        };
+        match ready {
             Ok(()) => Ok(server),
             Err(e) => {
                 let tail = server.log_tail(2000);
@@ -316,6 +327,25 @@ impl Server {
             return (u, "cgroup cpuacct");
         }
         (super::procstat::tree_cpu(self.pid()), "/proc tree")
+    }
+
+    /// Waits for Baton's port file (written once its listeners are bound) and takes the
+    /// TFTP address from it.
+    fn wait_port_file(&mut self, file: &Path, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                let a: baton::serve::ListenAddrs = serde_json::from_str(&text)
+                    .map_err(|e| format!("bad port file {text:?}: {e}"))?;
+                self.addr = a.tftp;
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("{} exited at start-up ({st})", self.kind.name()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("no port file {} within {limit:?}", file.display()))
     }
 
     /// Probes with a request for a file that does not exist until any TFTP answer comes

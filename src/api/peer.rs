@@ -34,6 +34,53 @@ pub const BLOB: &str = "/cluster/blob";
 /// This host's wall clock, for `baton doctor`'s skew check.
 pub const CLOCK: &str = "/cluster/clock";
 
+// Body limits. Each route takes bodies up to the largest one the code produces, and no
+// larger: the sender ([`crate::store::raft::peer::PeerClient`]) refuses to send more,
+// the receiver answers 413 to more. GET routes read no body.
+
+/// Largest command one log entry carries, as JSON bytes: a write over this is refused
+/// when proposed (413), before it reaches the log. Bulk changes are split into
+/// commands of at most this size.
+pub const ENTRY_MAX: usize = 1 << 20;
+/// Bytes of stored entries the leader packs into one `AppendEntries` (at least one
+/// entry, whatever its size): a batch moves and is made durable well within one
+/// heartbeat interval, which is openraft's deadline for it.
+pub const APPEND_BATCH: usize = 1 << 20;
+/// Room for everything around entries and snapshot chunks (votes, log ids,
+/// membership, framing): a membership of hundreds of hosts fits.
+pub const ENVELOPE_MAX: usize = 64 << 10;
+/// Largest `AppendEntries` body: a batch, or one entry of [`ENTRY_MAX`], with its
+/// envelope (CBOR is never longer than the JSON a size was checked in, but for a few
+/// bytes of length prefix per long string).
+pub const APPEND_BODY_MAX: usize = max(APPEND_BATCH, ENTRY_MAX) + ENVELOPE_MAX;
+/// Bytes of snapshot data per `InstallSnapshot` chunk.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest `InstallSnapshot` body: length prefix, envelope, one chunk.
+pub const SNAPSHOT_BODY_MAX: usize = 4 + ENVELOPE_MAX + SNAPSHOT_CHUNK;
+/// Largest forwarded write: one command of [`ENTRY_MAX`] and its envelope.
+pub const PROPOSE_BODY_MAX: usize = ENTRY_MAX + ENVELOPE_MAX;
+/// Largest body of the small JSON routes: vote, pre-vote, join, remove.
+pub const SMALL_BODY_MAX: usize = ENVELOPE_MAX;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The body limit of a POST peer route (`None`: not a POST route).
+pub fn body_limit(route: &str) -> Option<usize> {
+    Some(match route {
+        APPEND => APPEND_BODY_MAX,
+        SNAPSHOT => SNAPSHOT_BODY_MAX,
+        PROPOSE => PROPOSE_BODY_MAX,
+        VOTE | PREVOTE | JOIN | REMOVE => SMALL_BODY_MAX,
+        _ => return None,
+    })
+}
+
 /// A host asking to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {

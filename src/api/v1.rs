@@ -192,6 +192,22 @@ pub struct NodeDetail {
     pub files: Vec<NodeFile>,
     /// Its reservation, while live.
     pub reservation: Option<Reservation>,
+    /// Who may fetch its files from the host that answered (absent from older hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<NodeAccess>,
+}
+
+/// Who may fetch a node's files, as the answering host sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAccess {
+    /// `bound` or `open` (`node_files`).
+    pub mode: String,
+    /// Addresses this host learned from the node's own PXE exchanges.
+    pub addresses: Vec<String>,
+    /// Node-file requests this host refused to other addresses.
+    pub refused: u64,
+    /// The last one: the address, and when (ms since the epoch).
+    pub last_refused: Option<(String, i64)>,
 }
 
 /// `POST /v1/nodes/{id}/migrate`: move the node to another host of its group.
@@ -279,6 +295,9 @@ pub struct Uploaded {
     pub artifact: Option<Artifact>,
     /// Whether this upload registered it.
     pub created: bool,
+    /// Whether this upload replaced a damaged stored copy of the same content.
+    #[serde(default)]
+    pub repaired: bool,
 }
 
 /// `GET /v1/artifacts/{digest}`.

@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::fs::PermissionsExt;
 
 fn store() -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -135,21 +136,24 @@ fn verify_detects_corruption_and_damaged_copy_is_replaced() {
     let info = s.put_bytes(b"ramdisk").unwrap();
     s.verify(&info.digest).unwrap();
     let path = s.path_of(&info.digest);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o444
-        );
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&path, b"ramdisX").unwrap();
     assert!(matches!(
         s.verify(&info.digest),
         Err(BlobError::Corrupt { expected, .. }) if expected == info.digest
     ));
+    // A damaged copy of the same size is found by hashing and replaced by a fresh put.
+    let again = s.put_bytes(b"ramdisk").unwrap();
+    assert!(again.created && again.repaired, "{again:?}");
+    s.verify(&info.digest).unwrap();
+    let kept = s.put_bytes(b"ramdisk").unwrap();
+    assert!(!kept.created && !kept.repaired, "intact: kept");
     // A truncated copy (length differs) is replaced by a fresh put.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&path, b"ram").unwrap();
     assert!(s.put_bytes(b"ramdisk").unwrap().created);
     s.verify(&info.digest).unwrap();

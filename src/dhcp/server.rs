@@ -134,14 +134,24 @@ impl DhcpServer {
         } else {
             cfg.interfaces.iter().map(|i| Some(i.clone())).collect()
         };
+        let mut ports = [(Port::Dhcp, cfg.port), (Port::BootServer, cfg.pxe_port)];
         for i in &ifaces {
             if let Some(name) = i {
                 if iface::index_of(name).is_none() {
                     return Err(DhcpBindError::NoInterface(name.clone()));
                 }
             }
-            for (port, p) in [(Port::Dhcp, cfg.port), (Port::BootServer, cfg.pxe_port)] {
-                let sock = bind_one(cfg.listen, p, i.as_deref())?;
+            for (port, p) in &mut ports {
+                let port = *port;
+                let sock = bind_one(cfg.listen, *p, i.as_deref())?;
+                if *p == 0 {
+                    // Port 0: the kernel chose one; the other interfaces' sockets of this
+                    // role share it, as they share a configured port.
+                    *p = sock
+                        .local_addr()
+                        .map_err(|source| DhcpBindError::Other { port: 0, source })?
+                        .port();
+                }
                 listeners.push(Listener {
                     port,
                     sock: Arc::new(sock),
@@ -170,6 +180,15 @@ impl DhcpServer {
             .iter()
             .filter_map(|l| l.sock.local_addr().ok())
             .collect()
+    }
+
+    /// The bound address of the first socket for `role` (every interface's socket of a
+    /// role has the same port).
+    pub fn local_addr(&self, role: Port) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.port == role)
+            .and_then(|l| l.sock.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled.
@@ -267,7 +286,7 @@ impl Shared {
         }
         // The serve gate alone decides whether this host answers for the node.
         let verdict = node.as_ref().map_or(Ok(()), |n| {
-            self.app.gate.check(n, Purpose::Answer).map(|_| ())
+            self.app.gate.check(n, Purpose::Answer, None).map(|_| ())
         });
         match decide(
             &req,

@@ -90,6 +90,8 @@ impl From<ProposeError> for ApiError {
         match e {
             // Not the request's fault nor the server's: the cluster has no leader now.
             ProposeError::NoLeader(_) => ApiError::Unavailable(e.to_string()),
+            // Larger than one log entry may be (see `api::peer::ENTRY_MAX`).
+            ProposeError::TooLarge(_) => ApiError::TooLarge,
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -298,10 +300,18 @@ async fn show_node(
     let node = get_node(&app, &id)?;
     let files = app.store.node_files(&id)?;
     let reservation = app.store.reservation(&id)?.filter(|r| r.is_live(now_ms()));
+    let (addresses, refused) = app.gate.access_of(&id);
+    let access = Some(crate::api::v1::NodeAccess {
+        mode: app.gate.access().to_string(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        refused: refused.count,
+        last_refused: refused.last.map(|(ip, at)| (ip.to_string(), at)),
+    });
     Ok(Json(NodeDetail {
         node,
         files,
         reservation,
+        access,
     }))
 }
 
@@ -726,14 +736,22 @@ async fn upload_artifact(
     )
     .await?;
     let created = matches!(a, Applied::ArtifactRegistered { created: true, .. });
-    info!(name = %name, digest = %info_.digest, bytes = info_.size, created, "artifact stored");
+    info!(name = %name, digest = %info_.digest, bytes = info_.size, created, repaired = info_.repaired, "artifact stored");
     let artifact = app.store.artifact(&info_.digest)?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(Uploaded { artifact, created })).into_response())
+    Ok((
+        status,
+        Json(Uploaded {
+            artifact,
+            created,
+            repaired: info_.repaired,
+        }),
+    )
+        .into_response())
 }
 
 /// `GET /v1/events?since=N[&wait=SECS][&limit=L]`: events after N; with `wait`, blocks

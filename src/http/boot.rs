@@ -21,9 +21,9 @@ use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
 use crate::metrics::Metrics;
+use crate::namespace::store_source::StoreSource;
+use crate::namespace::{FileSource, OpenError};
 use crate::ownership::gate::{NotServed, Purpose};
-use crate::tftp::files::{FileSource, OpenError};
-use crate::tftp::store_source::StoreSource;
 use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
@@ -57,7 +57,10 @@ pub async fn boot_file(
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
     let client = Some(peer.ip());
-    if let Err(r) = app.gate.check(&n, Purpose::Files { client }) {
+    if let Err(r) = app
+        .gate
+        .check(&n, Purpose::Files { client }, Some(&nf.path))
+    {
         app.metrics.http.boot_failed.inc(r.label());
         let message = match r {
             NotServed::NotOwner => {

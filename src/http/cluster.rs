@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -13,9 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
+use openraft::raft::{AppendEntriesResponse, VoteRequest};
 use openraft::ChangeMembers;
 use tracing::{info, warn};
 
@@ -27,20 +27,24 @@ use crate::api::peer::{
 };
 use crate::api::ErrorBody;
 use crate::app::App;
-use crate::store::raft::elect;
-use crate::store::raft::{typ, NodeId, Peer, TypeConfig};
+use crate::store::raft::wire as codec;
+use crate::store::raft::{elect, typ, NodeId, Peer};
 use crate::store::Command;
 
 /// The `/cluster` routes.
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    // Each POST route takes bodies up to its limit (413 beyond); GET routes read none.
+    let limited = |route: &str, m: axum::routing::MethodRouter<Arc<App>>| {
+        m.layer(DefaultBodyLimit::max(wire::body_limit(route).unwrap_or(0)))
+    };
     Router::new()
-        .route(wire::APPEND, post(append))
-        .route(wire::VOTE, post(vote))
-        .route(wire::PREVOTE, post(prevote))
-        .route(wire::SNAPSHOT, post(snapshot))
-        .route(wire::PROPOSE, post(propose))
-        .route(wire::JOIN, post(join))
-        .route(wire::REMOVE, post(remove))
+        .route(wire::APPEND, limited(wire::APPEND, post(append)))
+        .route(wire::VOTE, limited(wire::VOTE, post(vote)))
+        .route(wire::PREVOTE, limited(wire::PREVOTE, post(prevote)))
+        .route(wire::SNAPSHOT, limited(wire::SNAPSHOT, post(snapshot)))
+        .route(wire::PROPOSE, limited(wire::PROPOSE, post(propose)))
+        .route(wire::JOIN, limited(wire::JOIN, post(join)))
+        .route(wire::REMOVE, limited(wire::REMOVE, post(remove)))
         .route(wire::METRICS, get(metrics))
         .route(wire::CLOCK, get(clock))
         .route(&format!("{}/{{digest}}", wire::BLOB), get(blob))
@@ -92,14 +96,26 @@ fn misdirected(app: &App, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-async fn append(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
+/// A Raft body that does not decode: 400, counted.
+fn malformed(app: &App, e: codec::WireError) -> Response {
+    app.metrics.http.errors.inc(e.label());
+    warn!(error = %e, "malformed Raft message from a peer refused");
+    let status = match e {
+        codec::WireError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        codec::WireError::Malformed { .. } => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(ErrorBody::new(e.label(), e.to_string()))).into_response()
+}
+
+async fn append(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
+    let req = match codec::decode_append(&body) {
+        Ok(r) => r,
+        Err(e) => return malformed(&app, e),
+    };
+    drop(body);
     let r = app.proposer.raft().append_entries(req).await;
     // Contact from a leader this host accepts: it keeps the pre-vote closed.
     if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
@@ -132,14 +148,15 @@ async fn vote(
     Json(app.proposer.raft().vote(req).await).into_response()
 }
 
-async fn snapshot(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Response {
+async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
+    let req = match codec::decode_chunk(&body) {
+        Ok(r) => r,
+        Err(e) => return malformed(&app, e),
+    };
+    drop(body);
     let vote = req.vote;
     let r = app.proposer.raft().install_snapshot(req).await;
     if matches!(&r, Ok(s) if s.vote <= vote) {

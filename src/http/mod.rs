@@ -1,5 +1,7 @@
-//! The HTTP listener: admin API (`/v1`, bearer token), HTTP boot (`/boot`), and
-//! `/metrics` in Prometheus text format.
+//! The HTTP listener: admin API (`/v1`, bearer token), HTTP boot (`/boot`), peer routes
+//! (`/cluster`, cluster secret) and `/metrics` in Prometheus text format. The top driver:
+//! handlers translate between HTTP and the handles in [`crate::app::App`]; bodies are the
+//! types of [`crate::api`]; no rule is decided here that a handle already decides.
 
 pub mod api;
 pub mod auth;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
-use crate::tftp::store_source::StoreSource;
+use crate::namespace::store_source::StoreSource;
 use axum::Extension;
 
 /// Why the HTTP listener could not start.

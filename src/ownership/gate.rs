@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bindings::Bindings;
+use crate::bindings::{Bindings, Learned};
 use crate::clock::Millis;
 use crate::ownership::state::{classify, HostState, LeaseTimes};
 use crate::store::{Fence, Host, Node, Store};
@@ -37,6 +37,9 @@ pub enum NotServed {
     LeaseStale,
     /// This host owns it since a migration the old owner has not confirmed yet.
     AwaitingOldOwner,
+    /// A node file asked for by an address that is not this node's (`node_files =
+    /// "bound"`).
+    WrongClient,
 }
 
 impl NotServed {
@@ -46,6 +49,7 @@ impl NotServed {
             NotServed::NotOwner => "not_owner",
             NotServed::LeaseStale => "lease_stale",
             NotServed::AwaitingOldOwner => "awaiting_old_owner",
+            NotServed::WrongClient => "wrong_client",
         }
     }
 
@@ -60,6 +64,7 @@ impl NotServed {
         match self {
             NotServed::NotOwner => 409,
             NotServed::LeaseStale | NotServed::AwaitingOldOwner => 503,
+            NotServed::WrongClient => 403,
         }
     }
 
@@ -71,6 +76,7 @@ impl NotServed {
             NotServed::AwaitingOldOwner => {
                 "the node's previous owner has not confirmed the migration yet"
             }
+            NotServed::WrongClient => "the requester's address is not this node's",
         }
     }
 }
@@ -86,6 +92,41 @@ impl std::fmt::Display for NotServed {
 pub const CONTINUE_WINDOW: Duration = Duration::from_secs(30);
 /// The longest a boot may be finished by the old owner, from its DHCP answer.
 pub const CONTINUE_MAX: Duration = Duration::from_secs(300);
+/// How long after answering a node's DHCP a MAC-named config fetch binds the
+/// requester's address to the node.
+pub const BIND_AFTER_ANSWER: Duration = Duration::from_secs(60);
+
+/// Who may fetch a node's files (its configs, scripts, kernel and ramdisk; shared
+/// loaders are everyone's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeFileAccess {
+    /// Anyone (dnsmasq's and tftpd-hpa's behaviour).
+    Open,
+    /// Only addresses this node's own PXE exchange showed (see [`crate::bindings`]).
+    #[default]
+    Bound,
+}
+
+impl std::str::FromStr for NodeFileAccess {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(NodeFileAccess::Open),
+            "bound" => Ok(NodeFileAccess::Bound),
+            _ => Err(format!("{s:?} is not one of: open, bound")),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeFileAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeFileAccess::Open => "open",
+            NodeFileAccess::Bound => "bound",
+        })
+    }
+}
 
 /// What is asked for: DHCP answers are only ever the owner's; files may also finish a
 /// boot this host answered.
@@ -129,6 +170,8 @@ pub struct Facts<'a> {
     pub purpose: Purpose,
     /// This host answered the node's DHCP within the continuation window.
     pub boot_in_flight: bool,
+    /// For files: the requester is this node (or node files are open to all).
+    pub client_is_node: bool,
 }
 
 /// The rule, pure: whether `f.me` may answer for `f.node` now.
@@ -136,8 +179,9 @@ pub struct Facts<'a> {
 /// A `migrating` node is served by its current owner until the flip; a draining host
 /// serves what it still owns. Neither is a refusal.
 pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
+    let files = matches!(f.purpose, Purpose::Files { .. });
     if f.node.owner != f.me {
-        if matches!(f.purpose, Purpose::Files { .. }) && f.boot_in_flight && f.lease_fresh {
+        if files && f.boot_in_flight && f.lease_fresh && f.client_is_node {
             return Ok(Serve::Continuing);
         }
         return Err(NotServed::NotOwner);
@@ -149,6 +193,9 @@ pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
         if !fence_cleared(fence, f.fence_host, f.now, f.times) {
             return Err(NotServed::AwaitingOldOwner);
         }
+    }
+    if files && !f.client_is_node {
+        return Err(NotServed::WrongClient);
     }
     Ok(Serve::Owner)
 }
@@ -179,7 +226,21 @@ pub struct Gate {
     lease: Arc<Mutex<LeaseClock>>,
     boots: Arc<Mutex<HashMap<String, InFlight>>>,
     bindings: Bindings,
+    access: NodeFileAccess,
+    refusals: Arc<Mutex<HashMap<String, Refusals>>>,
 }
+
+/// Node-file requests refused to other addresses, per node (for `baton node show`).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    /// How many.
+    pub count: u64,
+    /// The last one: requester and wall-clock time.
+    pub last: Option<(IpAddr, Millis)>,
+}
+
+/// Nodes whose refusals are remembered; beyond this the oldest entry goes.
+const MAX_REFUSAL_NODES: usize = 4096;
 
 /// A boot this host answered at `answered`: finishable until `until`, never past `cap`.
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +261,83 @@ impl Gate {
             lease: Arc::default(),
             boots: Arc::default(),
             bindings,
+            access: NodeFileAccess::default(),
+            refusals: Arc::default(),
+        }
+    }
+
+    /// Who may fetch node files.
+    pub fn access(&self) -> NodeFileAccess {
+        self.access
+    }
+
+    /// Addresses bound to `node` on this host, and the refusals of other addresses.
+    pub fn access_of(&self, node: &str) -> (Vec<IpAddr>, Refusals) {
+        let r = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        (self.bindings.addresses_of(node), r)
+    }
+
+    fn note_refusal(&self, node: &str, client: Option<IpAddr>) {
+        let mut m = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_REFUSAL_NODES && !m.contains_key(node) {
+            if let Some(oldest) = m
+                .iter()
+                .min_by_key(|(_, r)| r.last.map(|l| l.1))
+                .map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
+            }
+        }
+        let r = m.entry(node.to_string()).or_default();
+        r.count += 1;
+        if let Some(c) = client {
+            r.last = Some((c, crate::clock::now_ms()));
+        }
+    }
+
+    /// Sets who may fetch node files.
+    pub fn with_access(mut self, access: NodeFileAccess) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Whether `client` may fetch files of `node` as the node itself. In `bound` mode
+    /// an address learned from the node's PXE exchange qualifies; so does, right after
+    /// this host answered the node's DHCP, an unbound address that asks for a file
+    /// named with one of the node's MACs (its pxelinux, GRUB or iPXE config): that is
+    /// how firmware whose address server Baton cannot overhear shows its address.
+    fn client_is_node(&self, node: &Node, path: Option<&str>, client: Option<IpAddr>) -> bool {
+        if self.access == NodeFileAccess::Open {
+            return true;
+        }
+        let Some(client) = client else {
+            return false;
+        };
+        match self.bindings.node_of(client) {
+            Some(n) => n == node.id,
+            None => {
+                let named = path.is_some_and(|p| {
+                    node.macs
+                        .iter()
+                        .any(|m| p.to_ascii_lowercase().contains(&m.dashes()))
+                });
+                let answered = self
+                    .boots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&node.id)
+                    .is_some_and(|f| f.answered.elapsed() < BIND_AFTER_ANSWER);
+                if named && answered {
+                    self.bindings.learn(client, &node.id, Learned::ConfigFetch);
+                }
+                named && answered
+            }
         }
     }
 
@@ -282,8 +420,13 @@ impl Gate {
     }
 
     /// Whether this host may answer `purpose` for `node` now ([`check`] over this
-    /// replica).
-    pub fn check(&self, node: &Node, purpose: Purpose) -> Result<Serve, NotServed> {
+    /// replica); `path` is the node file asked for, if any.
+    pub fn check(
+        &self,
+        node: &Node,
+        purpose: Purpose,
+        path: Option<&str>,
+    ) -> Result<Serve, NotServed> {
         let fence_host = match &node.fence {
             // A store error keeps the fence closed: better silent than doubled.
             Some(f) => match self.store.host(&f.host) {
@@ -298,7 +441,11 @@ impl Gate {
             }
             _ => false,
         };
-        check(&Facts {
+        let client_is_node = match purpose {
+            Purpose::Files { client } => self.client_is_node(node, path, client),
+            Purpose::Answer => true,
+        };
+        let verdict = check(&Facts {
             me: &self.host,
             node,
             lease_fresh: self.lease_fresh(),
@@ -307,7 +454,12 @@ impl Gate {
             times: &self.times,
             purpose,
             boot_in_flight: in_flight,
-        })
+            client_is_node,
+        });
+        if let (Err(NotServed::WrongClient), Purpose::Files { client }) = (&verdict, purpose) {
+            self.note_refusal(&node.id, client);
+        }
+        verdict
     }
 }
 
@@ -363,6 +515,7 @@ mod tests {
             times: &T,
             purpose: Purpose::Answer,
             boot_in_flight: false,
+            client_is_node: true,
         }
     }
 
@@ -470,6 +623,32 @@ mod tests {
     }
 
     #[test]
+    fn node_files_go_only_to_the_node_in_bound_mode() {
+        let n = node("h2");
+        let mut f = facts(&n, true, None, 10_000);
+        f.purpose = Purpose::Files { client: None };
+        f.client_is_node = false;
+        assert_eq!(check(&f), Err(NotServed::WrongClient));
+        f.client_is_node = true;
+        assert_eq!(check(&f), OWNER);
+        // DHCP answers are not about the requester's address.
+        f.purpose = Purpose::Answer;
+        f.client_is_node = false;
+        assert_eq!(check(&f), OWNER);
+        // Ownership is decided first (metrics show why), then the client.
+        let other = node("h1");
+        let mut g = facts(&other, true, None, 10_000);
+        g.purpose = Purpose::Files { client: None };
+        g.client_is_node = false;
+        assert_eq!(check(&g), Err(NotServed::NotOwner));
+        // A boot in flight is finished only for the node itself.
+        g.boot_in_flight = true;
+        assert_eq!(check(&g), Err(NotServed::NotOwner));
+        g.client_is_node = true;
+        assert_eq!(check(&g), Ok(Serve::Continuing));
+    }
+
+    #[test]
     fn draining_host_serves_what_it_still_owns() {
         // Draining is a host state, not a node state: the gate never looks at it, so
         // a draining owner keeps answering until each node has moved.
@@ -483,9 +662,10 @@ mod tests {
             NotServed::NotOwner,
             NotServed::LeaseStale,
             NotServed::AwaitingOldOwner,
+            NotServed::WrongClient,
         ] {
             assert_eq!(r.tftp_code(), ErrorCode::AccessViolation);
-            assert!(matches!(r.http_status(), 409 | 503));
+            assert!(matches!(r.http_status(), 403 | 409 | 503));
             assert!(!r.label().is_empty() && !r.explain().is_empty());
         }
     }

@@ -37,7 +37,9 @@ impl RaftTiming {
     /// The slowest election after a leader dies, from its last heartbeat to a new
     /// leader able to commit.
     pub fn worst_election_ms(&self) -> u64 {
-        2 * self.election_timeout_ms + 2 * self.heartbeat_ms
+        self.election_timeout_ms
+            .saturating_add(self.heartbeat_ms)
+            .saturating_mul(2)
     }
 }
 
@@ -86,14 +88,14 @@ pub enum TimingError {
 
 /// Time the lease leaves for an election after the interval and the commit.
 fn budget_ms(lease: &LeaseTimes) -> u64 {
-    (lease.ttl_ms * 9 / 10).saturating_sub(lease.interval_ms)
+    (lease.ttl_ms - lease.ttl_ms / 10).saturating_sub(lease.interval_ms)
 }
 
 /// The Raft timing for `lease`: the longest election timeout (up to
 /// [`MAX_DERIVED_ELECTION_MS`]) whose worst election fits, heartbeats at a quarter of it.
 pub fn derive(lease: &LeaseTimes) -> Result<RaftTiming, TimingError> {
     // worst + commit = 2E + 3H with H = E/4: 2.75 E <= budget.
-    let e = (budget_ms(lease) * 4 / 11).min(MAX_DERIVED_ELECTION_MS);
+    let e = (budget_ms(lease).saturating_mul(4) / 11).min(MAX_DERIVED_ELECTION_MS);
     let t = RaftTiming {
         heartbeat_ms: (e / 4).max(10),
         election_timeout_ms: e,
@@ -102,7 +104,12 @@ pub fn derive(lease: &LeaseTimes) -> Result<RaftTiming, TimingError> {
         return Err(TimingError::LeaseTooShort {
             ttl_ms: lease.ttl_ms,
             interval_ms: lease.interval_ms,
-            need_ttl_ms: (lease.interval_ms + (MIN_ELECTION_MS * 11).div_ceil(4)) * 10 / 9 + 1,
+            need_ttl_ms: lease
+                .interval_ms
+                .saturating_add((MIN_ELECTION_MS * 11).div_ceil(4))
+                .saturating_mul(10)
+                / 9
+                + 1,
         });
     }
     check(lease, &t).map(|()| t)
@@ -111,13 +118,13 @@ pub fn derive(lease: &LeaseTimes) -> Result<RaftTiming, TimingError> {
 /// Whether `raft` fits `lease`.
 pub fn check(lease: &LeaseTimes, raft: &RaftTiming) -> Result<(), TimingError> {
     if raft.election_timeout_ms < MIN_ELECTION_MS
-        || raft.election_timeout_ms < 3 * raft.heartbeat_ms
+        || raft.election_timeout_ms < raft.heartbeat_ms.saturating_mul(3)
         || raft.heartbeat_ms == 0
     {
         return Err(TimingError::HeartbeatTooSlow);
     }
-    if raft.worst_election_ms() + raft.heartbeat_ms > budget_ms(lease) {
-        let e = budget_ms(lease) * 4 / 11;
+    if raft.worst_election_ms().saturating_add(raft.heartbeat_ms) > budget_ms(lease) {
+        let e = budget_ms(lease).saturating_mul(4) / 11;
         if e < MIN_ELECTION_MS {
             return derive(lease).map(|_| ());
         }

@@ -75,6 +75,25 @@ pub enum StoreError {
     /// Serializing a value failed.
     #[error("serialization: {0}")]
     Serde(String),
+    /// Creating a database file or setting its permissions failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Wraps an I/O error on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Handle on one database file. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -114,6 +133,8 @@ impl Store {
     /// schema.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
+        // Node profiles hold kernel command lines: readable by Baton's user only.
+        crate::private_fs::prepare_db(&path).map_err(StoreError::io(&path))?;
         let mut writer = Connection::open(&path)?;
         configure(&writer)?;
         schema::migrate(&mut writer)?;
@@ -343,6 +364,7 @@ impl Store {
     /// Writes a consistent copy of the whole database to `path` (SQLite's backup API).
     pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
         let conn = lock(&self.reader);
+        crate::private_fs::prepare_db(path).map_err(StoreError::io(path))?;
         let mut dst = Connection::open(path)?;
         let b = rusqlite::backup::Backup::new(&conn, &mut dst)?;
         b.run_to_completion(256, Duration::from_millis(0), None)?;

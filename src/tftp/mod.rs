@@ -1,7 +1,6 @@
-//! TFTP serving: the sans-IO transfer engine, option negotiation, the file namespace
-//! and the tokio driver.
-pub mod files;
+//! TFTP serving: the sans-IO transfer engine ([`transfer`]), option negotiation
+//! ([`negotiate`]) and the tokio driver ([`server`]). Files come from
+//! [`crate::namespace`]; the engine and negotiation know nothing of sockets or clocks.
 pub mod negotiate;
 pub mod server;
-pub mod store_source;
 pub mod transfer;

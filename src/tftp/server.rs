@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 use crate::capture::Capture;
 use crate::config::TftpConfig;
 use crate::metrics::Metrics;
+use crate::namespace::{FileSource, OpenError};
 use crate::net::udp;
-use crate::tftp::files::{FileSource, OpenError};
 use crate::tftp::negotiate::{blksize_for_mtu, negotiate, Limits};
 use crate::tftp::transfer::{Outcome, Transfer, Transmit};
 use crate::wire::path::{ClientPath, PathError, PathRules};
@@ -144,7 +144,7 @@ impl TftpServer {
         if !cfg.gso {
             udp::disable_gso();
         }
-        let limits = cfg.limits();
+        let limits = limits(&cfg);
         Ok(TftpServer {
             sock: Arc::new(sock),
             local,
@@ -824,5 +824,16 @@ async fn on_transfer_datagram(
             m.bad_packets.inc(e.error.as_str());
             debug!(client = %client, error = %e, "malformed packet in transfer");
         }
+    }
+}
+
+/// Negotiation limits from the TFTP settings.
+fn limits(cfg: &TftpConfig) -> Limits {
+    Limits {
+        max_blksize: cfg.max_blksize,
+        max_windowsize: cfg.max_windowsize,
+        default_timeout: std::time::Duration::from_millis(cfg.timeout_ms),
+        max_retries: cfg.max_retries,
+        rollover: cfg.rollover,
     }
 }

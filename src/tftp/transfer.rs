@@ -16,28 +16,7 @@ use bytes::Bytes;
 
 use crate::wire::tftp::{self, AcceptedOptions, ErrorCode, Packet};
 
-/// What the 16-bit block number becomes after 65535.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Rollover {
-    /// 65535 is followed by 0 (tftp-hpa, iPXE, EDK2, curl).
-    #[default]
-    Zero,
-    /// 65535 is followed by 1 (some older clients).
-    One,
-}
-
-impl Rollover {
-    /// Wire number of absolute block `k` (k >= 0; block 0 is the OACK's ACK).
-    #[inline]
-    pub fn wire(self, k: u64) -> u16 {
-        match self {
-            Rollover::Zero => k as u16,
-            Rollover::One if k <= 65535 => k as u16,
-            Rollover::One => ((k - 65536) % 65535 + 1) as u16,
-        }
-    }
-}
+pub use crate::wire::tftp::Rollover;
 
 /// Parameters fixed when the transfer starts (after option negotiation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,14 @@ pub enum DhcpError {
     /// Plain BOOTP, no DHCP message type.
     #[error("no DHCP message type (plain BOOTP)")]
     NoMessageType,
+    /// An option whose length its RFC fixes has another length.
+    #[error("option {code} has length {len}, which its definition does not allow")]
+    BadOptionLength {
+        /// Option code.
+        code: u8,
+        /// Its length (all its RFC 3396 parts together).
+        len: usize,
+    },
 }
 
 impl DhcpError {
@@ -64,6 +72,7 @@ impl DhcpError {
             DhcpError::NotReply => "not_reply",
             DhcpError::NotEthernet { .. } => "not_ethernet",
             DhcpError::NoMessageType => "no_message_type",
+            DhcpError::BadOptionLength { .. } => "bad_option_length",
         }
     }
 }
@@ -217,19 +226,79 @@ fn boot_item(v: &[u8]) -> Option<(u16, u16)> {
     None
 }
 
+/// Whether `len` is a valid length for option `code`, for the options whose length
+/// dhcproto 0.15 only checks with `debug_assert!` (found by the `dhcp_request` fuzzer:
+/// a debug build panicked; a release build read a short option as "stop decoding",
+/// dropping the options after it, and read a long one's first bytes as its value).
+fn option_length_ok(code: u8, len: usize) -> bool {
+    match code {
+        // Rapid Commit (RFC 4039).
+        80 => len == 0,
+        // Client FQDN (RFC 4702): flags, two rcodes, then the name.
+        81 => len >= 3,
+        // Client Network Interface Identifier (RFC 4578): type, major, minor.
+        94 => len == 3,
+        // Bulk leasequery times (RFC 6926).
+        152..=155 => len == 4,
+        _ => true,
+    }
+}
+
+/// Checks the option area `opts` (after the magic cookie) with [`option_length_ok`]
+/// before dhcproto decodes it. Consecutive instances of one option are one value
+/// (RFC 3396), as dhcproto joins them. A truncated option ends the walk: the decoder
+/// stops there too.
+fn check_option_lengths(opts: &[u8]) -> Result<(), DhcpError> {
+    let mut i = 0;
+    while let Some(&code) = opts.get(i) {
+        match code {
+            255 => break,
+            0 => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let mut len = 0;
+        while opts.get(i) == Some(&code) {
+            let Some(&part) = opts.get(i + 1) else {
+                return Ok(());
+            };
+            let part = usize::from(part);
+            if i + 2 + part > opts.len() {
+                return Ok(());
+            }
+            len += part;
+            i += 2 + part;
+        }
+        if !option_length_ok(code, len) {
+            return Err(DhcpError::BadOptionLength { code, len });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes a datagram sent to a DHCP or PXE boot-server port.
+///
+/// dhcproto is not documented as panic-free on hostile input, so a panic inside the
+/// decoder is contained here and answered as [`DhcpError::Malformed`].
 pub fn parse(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
+    std::panic::catch_unwind(|| parse_uncontained(buf))
+        .unwrap_or_else(|_| Err(DhcpError::Malformed("decoder panicked".into())))
+}
+
+/// [`parse`] without the panic guard: what the fuzz target calls, so that a panic
+/// anywhere in decoding reaches the fuzzer instead of being turned into an error.
+pub fn parse_uncontained(buf: &[u8]) -> Result<PxeRequest, DhcpError> {
     if buf.len() < MIN_DHCP_LEN {
         return Err(DhcpError::TooShort(buf.len()));
     }
     if buf.len() > MAX_DHCP_LEN {
         return Err(DhcpError::TooLong(buf.len()));
     }
-    // dhcproto is not documented as panic-free on hostile input: contain it.
-    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(buf)))
-        .map_err(|_| DhcpError::Malformed("decoder panicked".into()))?
-        .map_err(|e| DhcpError::Malformed(e.to_string()))?;
-    let m = decoded;
+    check_option_lengths(&buf[MIN_DHCP_LEN..])?;
+    let m =
+        Message::decode(&mut Decoder::new(buf)).map_err(|e| DhcpError::Malformed(e.to_string()))?;
     if m.opcode() != Opcode::BootRequest {
         return Err(DhcpError::NotRequest);
     }
@@ -832,6 +901,28 @@ mod tests {
         bad[n - 1] = 60;
         bad.extend_from_slice(&[200, 1, 2]);
         let _ = parse(&bad);
+        // Options whose length dhcproto only debug-asserts (fuzzer finds), alone and
+        // split in two RFC 3396 parts: a typed error, not a panic in debug builds.
+        for (opt, code, len) in [
+            (&[94u8, 2, 1, 2][..], 94, 2),
+            (&[80, 1, 0][..], 80, 1),
+            (&[81, 2, 0, 0][..], 81, 2),
+            (&[152, 3, 0, 0, 0][..], 152, 3),
+            (&[155, 2, 0, 0, 155, 3, 0, 0, 0][..], 155, 5),
+            (&[94, 1, 1, 94, 1, 2][..], 94, 2),
+        ] {
+            let mut v = build_request([1, 2, 3, 4, 5, 6], 1, MessageType::Discover, vec![]);
+            v.splice(MIN_DHCP_LEN..MIN_DHCP_LEN, opt.iter().copied());
+            assert_eq!(
+                parse_uncontained(&v),
+                Err(DhcpError::BadOptionLength { code, len }),
+                "{opt:?}"
+            );
+        }
+        // Well-formed ones still parse, parts joined.
+        let mut v = build_request([1, 2, 3, 4, 5, 6], 1, MessageType::Discover, vec![]);
+        v.splice(MIN_DHCP_LEN..MIN_DHCP_LEN, [94, 1, 1, 94, 2, 3, 16, 80, 0]);
+        assert_eq!(parse_uncontained(&v).unwrap().nii, Some((1, 3, 16)));
         for seed in 0..2000u32 {
             let mut v = build_request(
                 [1, 2, 3, 4, 5, 6],
@@ -844,7 +935,7 @@ mod tests {
                 let i = (seed as usize * 31 + k * 7919) % n;
                 v[i] = (seed.wrapping_mul(2654435761) >> (k * 8)) as u8;
             }
-            let _ = parse(&v);
+            let _ = parse_uncontained(&v);
         }
     }
 }

@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::remap::MapFile;
+use super::remap::{MapError, MapFile};
 use super::tftp::ErrorCode;
 
 /// Longest path accepted after normalization (TFTP file names fit in one 512-byte
@@ -74,6 +74,16 @@ pub enum PathError {
     MapLoop(u32),
 }
 
+impl From<MapError> for PathError {
+    fn from(e: MapError) -> Self {
+        match e {
+            MapError::Refused { line, message } => PathError::MapRefused { line, message },
+            MapError::Loop(n) => PathError::MapLoop(n),
+            MapError::TooLong => PathError::TooLong,
+        }
+    }
+}
+
 impl PathError {
     /// Short label for metrics and logs.
     pub fn as_str(&self) -> &'static str {
@@ -103,21 +113,6 @@ impl PathError {
     /// (HTTP answers them with 400, the others with 404).
     pub fn is_encoding(&self) -> bool {
         matches!(self, PathError::NotUtf8 | PathError::BadPercentEncoding)
-    }
-}
-
-/// A TFTP file name's bytes as text: UTF-8, with the one tolerated trailing `0xFF`
-/// dropped. Returns the name and whether a byte was dropped.
-pub fn tftp_name(raw: &[u8]) -> Result<(&str, bool), PathError> {
-    match std::str::from_utf8(raw) {
-        Ok(s) => Ok((s, false)),
-        Err(_) => match raw.split_last() {
-            // 0xFF never occurs in UTF-8, so dropping it cannot change a real name.
-            Some((0xff, rest)) => std::str::from_utf8(rest)
-                .map(|s| (s, true))
-                .map_err(|_| PathError::NotUtf8),
-            _ => Err(PathError::NotUtf8),
-        },
     }
 }
 
@@ -187,7 +182,7 @@ impl ClientPath {
         normalize(name, &[], true)
     }
 
-    /// Parses a TFTP request's file name (already text, see [`tftp_name`]) sent by
+    /// Parses a TFTP request's file name (already text, see [`super::tftp::tftp_name`]) sent by
     /// `client`: the map file first, then the root directories.
     pub fn from_tftp(
         name: &str,
@@ -391,6 +386,12 @@ mod tests {
     /// The tricky names, through every entry point: TFTP (with roots), HTTP (raw URL
     /// path) and the plain parse of stored paths. `Ok((path, absolute))`.
     #[test]
+    fn an_empty_name_is_refused() {
+        // What a lone trailing 0xFF leaves (see `wire::tftp::tftp_name`).
+        assert_eq!(ClientPath::parse(""), Err(PathError::Empty));
+    }
+
+    #[test]
     fn tricky_names() {
         let long = "a".repeat(600);
         let at_limit = format!("d/{}", "b".repeat(MAX_PATH - 2));
@@ -548,26 +549,6 @@ mod tests {
     }
 
     #[test]
-    fn tftp_name_bytes() {
-        assert_eq!(tftp_name(b"pxelinux.0"), Ok(("pxelinux.0", false)));
-        // The byte old ROMs append after reading past option 67 into the END option.
-        assert_eq!(tftp_name(b"pxelinux.0\xff"), Ok(("pxelinux.0", true)));
-        assert_eq!(tftp_name("ünï\u{7f}".as_bytes()), Ok(("ünï\u{7f}", false)));
-        for bad in [
-            &b"a\xff\xfeb"[..],
-            b"a\xffb",
-            b"pxelinux.0\xff\xff",
-            b"pxelinux.0\xfe",
-            b"\xc3\xff",
-        ] {
-            assert_eq!(tftp_name(bad), Err(PathError::NotUtf8), "{bad:?}");
-        }
-        // A lone 0xFF is an empty name, refused where names are checked.
-        assert_eq!(tftp_name(b"\xff"), Ok(("", true)));
-        assert_eq!(ClientPath::parse(""), Err(PathError::Empty));
-    }
-
-    #[test]
     fn relative_roots_are_ignored() {
         let r = PathRules::new(["tftp", "/"]);
         let p = ClientPath::from_tftp("/tftp/x", &r, "::1".parse().unwrap()).unwrap();
@@ -660,7 +641,7 @@ mod tests {
     proptest! {
         #[test]
         fn tftp_parse_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..700)) {
-            if let Ok((s, _)) = tftp_name(&raw) {
+            if let Some((s, _)) = super::super::tftp::tftp_name(&raw) {
                 if let Ok(p) = tftp(s) {
                     check_output(&p)?;
                 }

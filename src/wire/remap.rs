@@ -25,7 +25,24 @@ use std::net::IpAddr;
 
 use regex::{Captures, Regex, RegexBuilder};
 
-use super::path::PathError;
+/// Why the rules could not map a name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// An `a` rule refused the name.
+    #[error("refused by line {line} of the map file{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Refused {
+        /// Line of the rule.
+        line: u32,
+        /// The rule's message, if it has one.
+        message: Option<String>,
+    },
+    /// The rules did not finish within their step budget.
+    #[error("the map file rules did not finish within {0} steps")]
+    Loop(u32),
+    /// A rewrite made the name longer than any name can be.
+    #[error("a map rule made the file name too long")]
+    TooLong,
+}
 
 /// Rule evaluations and rewrite steps allowed per name (tftpd-hpa's `--map-steps`).
 pub const MAX_STEPS: u32 = 4096;
@@ -103,13 +120,13 @@ impl MapFile {
     }
 
     /// Runs the rules on `name`, a read request from `client`.
-    pub fn apply<'a>(&self, name: &'a str, client: IpAddr) -> Result<Cow<'a, str>, PathError> {
+    pub fn apply<'a>(&self, name: &'a str, client: IpAddr) -> Result<Cow<'a, str>, MapError> {
         let client = client.to_canonical();
         let mut cur: Cow<'a, str> = Cow::Borrowed(name);
         let mut steps = MAX_STEPS;
         let mut take_step = || {
-            steps = steps.checked_sub(1).ok_or(PathError::MapLoop(MAX_STEPS))?;
-            Ok::<(), PathError>(())
+            steps = steps.checked_sub(1).ok_or(MapError::Loop(MAX_STEPS))?;
+            Ok::<(), MapError>(())
         };
         let mut i = 0;
         while let Some(r) = self.rules.get(i) {
@@ -151,7 +168,7 @@ impl MapFile {
                 cur = Cow::Owned(next);
             }
             if f.abort {
-                return Err(PathError::MapRefused {
+                return Err(MapError::Refused {
                     line: r.line,
                     message: message.filter(|m| !m.is_empty()),
                 });
@@ -174,11 +191,11 @@ fn replace_at(
     caps: &Captures<'_>,
     haystack: &str,
     client: IpAddr,
-) -> Result<(String, usize), PathError> {
+) -> Result<(String, usize), MapError> {
     let m = caps.get(0).expect("group 0 always matches");
     let sub = expand(pattern, Some(caps), client);
     if m.start() + sub.len() + (haystack.len() - m.end()) > MAX_MAPPED {
-        return Err(PathError::TooLong);
+        return Err(MapError::TooLong);
     }
     let mut out = String::with_capacity(haystack.len() + sub.len());
     out.push_str(&haystack[..m.start()]);
@@ -344,11 +361,11 @@ mod tests {
 
     const V4: &str = "192.0.2.169";
 
-    fn run(map: &str, name: &str) -> Result<String, PathError> {
+    fn run(map: &str, name: &str) -> Result<String, MapError> {
         run_from(map, name, V4)
     }
 
-    fn run_from(map: &str, name: &str, client: &str) -> Result<String, PathError> {
+    fn run_from(map: &str, name: &str, client: &str) -> Result<String, MapError> {
         let m = MapFile::parse(map).unwrap_or_else(|e| panic!("{map:?}: {e}"));
         m.apply(name, client.parse().unwrap()).map(Cow::into_owned)
     }
@@ -373,7 +390,7 @@ a	\.pvt$						# Reject requests for private files
         assert_eq!(run(SAMPLE, "ok/x.pvt").unwrap(), "ok/x.pvt");
         assert_eq!(
             run(SAMPLE, "secret.pvt"),
-            Err(PathError::MapRefused {
+            Err(MapError::Refused {
                 line: 9,
                 message: None
             })
@@ -442,11 +459,11 @@ a	\.pvt$						# Reject requests for private files
 
     #[test]
     fn loops_and_growth_are_bounded() {
-        assert_eq!(run("rs ^a a", "a"), Err(PathError::MapLoop(MAX_STEPS)));
-        assert_eq!(run("rg ^ x", "a"), Err(PathError::TooLong));
-        assert_eq!(run("rs (.*) \\0\\0", "ab"), Err(PathError::TooLong));
+        assert_eq!(run("rs ^a a", "a"), Err(MapError::Loop(MAX_STEPS)));
+        assert_eq!(run("rg ^ x", "a"), Err(MapError::TooLong));
+        assert_eq!(run("rs (.*) \\0\\0", "ab"), Err(MapError::TooLong));
         // An empty match replaced by nothing, globally: the step budget ends it.
-        assert_eq!(run("rgg x* ", "abc"), Err(PathError::MapLoop(MAX_STEPS)));
+        assert_eq!(run("rgg x* ", "abc"), Err(MapError::Loop(MAX_STEPS)));
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl RequestOptions<'_> {
 pub struct Request<'a> {
     /// File name as sent (validated UTF-8, no NUL, at most [`MAX_FILENAME_LEN`] bytes).
     pub filename: &'a str,
-    /// A trailing `0xFF` after the name was dropped (see [`super::path::tftp_name`]).
+    /// A trailing `0xFF` after the name was dropped (see [`tftp_name`]).
     pub dropped_trailing_byte: bool,
     /// Transfer mode.
     pub mode: Mode,
@@ -388,8 +388,7 @@ fn parse_request(input: &[u8]) -> Result<Request<'_>, WireError> {
     if name.len() > MAX_FILENAME_LEN {
         return Err(WireError::FilenameTooLong);
     }
-    let (filename, dropped_trailing_byte) =
-        super::path::tftp_name(name).map_err(|_| WireError::FilenameNotUtf8)?;
+    let (filename, dropped_trailing_byte) = tftp_name(name).ok_or(WireError::FilenameNotUtf8)?;
     if filename.is_empty() {
         return Err(WireError::EmptyFilename);
     }
@@ -678,10 +677,69 @@ pub fn from_netascii(src: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What the 16-bit block number becomes after 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rollover {
+    /// 65535 is followed by 0 (tftp-hpa, iPXE, EDK2, curl).
+    #[default]
+    Zero,
+    /// 65535 is followed by 1 (some older clients).
+    One,
+}
+
+impl Rollover {
+    /// Wire number of absolute block `k` (k >= 0; block 0 is the OACK's ACK).
+    #[inline]
+    pub fn wire(self, k: u64) -> u16 {
+        match self {
+            Rollover::Zero => k as u16,
+            Rollover::One if k <= 65535 => k as u16,
+            Rollover::One => ((k - 65536) % 65535 + 1) as u16,
+        }
+    }
+}
+
+/// A TFTP file name's bytes as text: UTF-8, with the one tolerated trailing `0xFF`
+/// dropped (old ROMs read the DHCP boot-file option as a C string and run into its END
+/// option). Returns the name and whether a byte was dropped; `None` if not UTF-8.
+pub fn tftp_name(raw: &[u8]) -> Option<(&str, bool)> {
+    match std::str::from_utf8(raw) {
+        Ok(s) => Some((s, false)),
+        Err(_) => match raw.split_last() {
+            // 0xFF never occurs in UTF-8, so dropping it cannot change a real name.
+            Some((0xff, rest)) => std::str::from_utf8(rest).ok().map(|s| (s, true)),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn tftp_name_bytes() {
+        assert_eq!(tftp_name(b"pxelinux.0"), Some(("pxelinux.0", false)));
+        // The byte old ROMs append after reading past option 67 into the END option.
+        assert_eq!(tftp_name(b"pxelinux.0\xff"), Some(("pxelinux.0", true)));
+        assert_eq!(
+            tftp_name("ünï\u{7f}".as_bytes()),
+            Some(("ünï\u{7f}", false))
+        );
+        for bad in [
+            &b"a\xff\xfeb"[..],
+            b"a\xffb",
+            b"pxelinux.0\xff\xff",
+            b"pxelinux.0\xfe",
+            b"\xc3\xff",
+        ] {
+            assert_eq!(tftp_name(bad), None, "{bad:?}");
+        }
+        // A lone 0xFF is an empty name, refused where names are checked.
+        assert_eq!(tftp_name(b"\xff"), Some(("", true)));
+    }
 
     fn rrq(name: &str, mode: &str, opts: &[(&str, &str)]) -> Vec<u8> {
         let mut v = vec![0, 1];

@@ -1,118 +1,17 @@
-//! One child process of a test (a `baton serve`, usually): its stderr captured line by
-//! line, waits on it bounded in time, ended by its own PID (SIGTERM, or SIGKILL when it
-//! is dropped), and its output printed when the test fails.
+//! Child processes of a test or bench: commands run to completion within a deadline
+//! ([`run_bounded`]), a process whose output is collected ([`Proc`]), and one run of a
+//! process restarted during a test ([`spawn_run`], used by [`super::host::Host`]).
+//!
+//! Processes are signalled by their own PID, never by name. Every process started with
+//! [`spawn_run`] is remembered until it is reaped, so a watchdog can end exactly the
+//! processes this program started ([`kill_spawned`]).
 
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// A running child process with its stderr log.
-pub struct Child {
-    proc: std::process::Child,
-    log: Arc<Mutex<String>>,
-    exited: Option<ExitStatus>,
-    label: String,
-}
-
-impl Child {
-    /// Spawns `cmd` with stdin and stdout closed and stderr captured. `on_line` sees each
-    /// stderr line as it arrives (e.g. to pick up the address it listens on); `label`
-    /// names it in the output printed when a test fails.
-    pub fn spawn(
-        cmd: &mut Command,
-        label: impl Into<String>,
-        mut on_line: impl FnMut(&str) + Send + 'static,
-    ) -> io::Result<Child> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut proc = cmd.spawn()?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = proc.stderr.take().expect("piped stderr");
-        capture_lines(stderr, log.clone(), move |l| on_line(l));
-        Ok(Child {
-            proc,
-            log,
-            exited: None,
-            label: label.into(),
-        })
-    }
-
-    /// Process id.
-    pub fn pid(&self) -> u32 {
-        self.proc.id()
-    }
-
-    /// Everything it wrote to stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Log lines containing all of `needles`.
-    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Waits until the log has a line containing all of `needles`; returns that line.
-    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.log_lines(needles).into_iter().next() {
-                return Some(l);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Its exit status, if it has exited (without waiting).
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.proc.try_wait().ok().flatten();
-        }
-        self.exited
-    }
-
-    /// SIGKILL, then reap: a crash, nothing flushed or closed by the process.
-    pub fn kill9(&mut self) {
-        if self.exited.is_none() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            let _ = self.proc.kill();
-            self.exited = self.proc.wait().ok();
-        }
-    }
-
-    /// SIGTERM, then waits up to `timeout` for it to exit; `None` if it did not.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.exited.is_some() {
-            return self.exited;
-        }
-        let pid = libc::pid_t::try_from(self.proc.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on the PID of the child this struct owns and has not reaped.
-        let r = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(r, 0, "kill(SIGTERM): {}", io::Error::last_os_error());
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.proc.try_wait() {
-                Ok(Some(s)) => {
-                    self.exited = Some(s);
-                    return Some(s);
-                }
-                Ok(None) if Instant::now() >= deadline => return None,
-                Ok(None) => thread::sleep(Duration::from_millis(5)),
-                Err(e) => panic!("waiting for child {}: {e}", self.proc.id()),
-            }
-        }
-    }
-}
 
 /// Polls `child` until it exits or `timeout` passes (`None`: still running, or it
 /// could not be polled).
@@ -142,6 +41,26 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// Reads `r` to its end on a thread of its own, appending to `sink`.
+fn drain(mut r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+fn take(sink: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
+    std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// Runs `cmd` to completion within `timeout`, killing it (by PID) otherwise; output is
 /// drained by threads so a chatty command cannot block. `Err` says why it did not
 /// finish (with what it printed on stderr).
@@ -153,25 +72,20 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, Strin
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {desc}: {e}"))?;
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out_t = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let err_t = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let (out, err) = (Arc::default(), Arc::default());
+    let out_t = drain(child.stdout.take().expect("piped stdout"), Arc::clone(&out));
+    let err_t = drain(child.stderr.take().expect("piped stderr"), Arc::clone(&err));
     let status = wait_with_deadline(&mut child, timeout);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+    let _ = (out_t.join(), err_t.join());
+    let stderr = String::from_utf8_lossy(&take(&err)).into_owned();
     match status {
         Some(status) => Ok(Output {
             status,
-            stdout: out_t.join().unwrap_or_default(),
+            stdout: take(&out),
             stderr,
         }),
         None => Err(format!(
@@ -180,10 +94,13 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, Strin
     }
 }
 
+/// PIDs started by [`spawn_run`] and not reaped yet.
+static SPAWNED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
 /// Spawns one run of a process that is restarted during a test: stdin and stdout
 /// closed, stderr appended to `log` (which keeps every run) after a
 /// `===== NAME run N (pid P) =====` line. Returns the process and where this run's
-/// output starts in `log`.
+/// output starts in `log`. Reap it with [`reap`].
 pub fn spawn_run(
     cmd: &mut Command,
     log: &Arc<Mutex<String>>,
@@ -195,6 +112,10 @@ pub fn spawn_run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
+    SPAWNED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(child.id());
     let offset = {
         let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
         let offset = l.len();
@@ -205,21 +126,40 @@ pub fn spawn_run(
         offset
     };
     let stderr = child.stderr.take().expect("piped stderr");
-    capture_lines(stderr, log.clone(), |_| {});
+    capture_lines(stderr, log.clone());
     Ok((child, offset))
 }
 
-/// Appends each line `r` yields to `sink` (on a thread of its own, until EOF), after
-/// showing it to `on_line`.
-pub fn capture_lines(
-    r: impl io::Read + Send + 'static,
-    sink: Arc<Mutex<String>>,
-    mut on_line: impl FnMut(&str) + Send + 'static,
-) {
+/// Notes that a process from [`spawn_run`] was reaped (its PID may be reused).
+pub fn reaped(pid: u32) {
+    SPAWNED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&pid);
+}
+
+/// SIGKILL to every process [`spawn_run`] started that is not reaped yet: for a
+/// watchdog about to exit.
+pub fn kill_spawned() {
+    for pid in SPAWNED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        signal(*pid, libc::SIGKILL);
+    }
+}
+
+/// Sends `sig` to `pid`; `false` if it could not be sent.
+pub fn signal(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) on the PID of a child this program started and has not reaped.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Appends each line `r` yields to `sink` (on a thread of its own, until EOF).
+pub fn capture_lines(r: impl io::Read + Send + 'static, sink: Arc<Mutex<String>>) {
     thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            on_line(&line);
             let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
             l.push_str(&line);
             l.push('\n');
@@ -227,14 +167,101 @@ pub fn capture_lines(
     });
 }
 
-impl Drop for Child {
+/// A child process whose stdout and stderr are collected and which is killed by its
+/// PID (SIGKILL) when dropped; what it printed is shown when the test fails.
+pub struct Proc {
+    name: String,
+    child: std::process::Child,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` (stdin null, stdout and stderr collected).
+    #[track_caller]
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {name} ({cmd:?}): {e}"));
+        let (out, err) = (Arc::default(), Arc::default());
+        drain(child.stdout.take().expect("piped stdout"), Arc::clone(&out));
+        drain(child.stderr.take().expect("piped stderr"), Arc::clone(&err));
+        Proc {
+            name: name.into(),
+            child,
+            out,
+            err,
+            exited: None,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Standard output so far (lossy text).
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Standard error so far (lossy text).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Whether it has exited (and how).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// Polls until `pred(stdout, stderr)` holds, `deadline` passes or the process
+    /// exits; returns when `pred` was first seen to hold (to within 10 ms).
+    pub fn wait_for(
+        &mut self,
+        deadline: Instant,
+        mut pred: impl FnMut(&str, &str) -> bool,
+    ) -> Option<Instant> {
+        loop {
+            if pred(&self.stdout(), &self.stderr()) {
+                return Some(Instant::now());
+            }
+            if Instant::now() >= deadline || self.try_wait().is_some() {
+                // One last look: output may have arrived with the exit.
+                thread::sleep(Duration::from_millis(50));
+                return pred(&self.stdout(), &self.stderr()).then(Instant::now);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL (this PID only) and reap.
+    pub fn kill(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill9();
+        self.kill();
         if thread::panicking() {
             eprintln!(
-                "----- {} stderr -----\n{}----- end -----",
-                self.label,
-                self.log()
+                "----- {} (pid {}) stdout -----\n{}\n----- {} stderr -----\n{}\n----- end -----",
+                self.name,
+                self.child.id(),
+                self.stdout(),
+                self.name,
+                self.stderr()
             );
         }
     }

@@ -1,13 +1,13 @@
-//! The `baton storm` lab: a bridge in a namespace of its own, an address-only dnsmasq,
+//! The `baton storm` lab: a [`Segment`] (bridge and namespaces), an address-only dnsmasq,
 //! a boot-server namespace (Baton, or dnsmasq in proxy mode with its TFTP server) and a
 //! client namespace where `baton storm` runs. Test-only; everything lives in namespaces
-//! this file creates, and processes are ended by PID (see [`super::pxe::Proc`]).
+//! this file creates, and processes are ended by PID (see [`crate::common::child::Proc`]).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::pxe::{Netns, Proc};
+use crate::common::child::Proc;
+use crate::common::netns::{address_server, Netns, Segment};
 
 /// Boot server (Baton or dnsmasq proxy).
 pub const BOOT_IP: &str = "10.79.0.1";
@@ -20,42 +20,24 @@ pub const CLIENT_IP: &str = "10.79.0.3";
 pub struct StormLab {
     /// dnsmasq (addresses only); dropped before the namespaces.
     pub dhcp: Option<Proc>,
-    /// `lan` (bridge), `dhcp`, `boot`, `client`.
-    pub ns: Vec<Netns>,
+    /// Members `dhcp`, `boot`, `client`.
+    pub seg: Segment,
 }
 
 impl StormLab {
-    /// Builds the bridge, the three hosts and starts the address server, which leases
+    /// Builds the segment, the three hosts and starts the address server, which leases
     /// from 10.79.1.1 to 10.79.8.250 (/16). `client_ips` extra addresses go on the
     /// client's interface, from 10.79.2.1, for per-client source addresses.
-    pub fn new(tag: &str, client_ips: usize, tmp: &Path) -> StormLab {
-        let prefix = format!("bst{}{tag}", std::process::id());
-        let mut ns = Vec::new();
-        for n in ["lan", "dhcp", "boot", "client"] {
-            ns.push(Netns::add(&format!("{prefix}-{n}")));
-        }
-        let lan = &ns[0];
-        lan.ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
-        lan.ip(&["link", "set", "br0", "up"]);
-        for (i, addr) in [(1usize, DHCP_IP), (2, BOOT_IP), (3, CLIENT_IP)] {
-            let port = format!("v{i}");
-            lan.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns[i].name(),
-            ]);
-            lan.ip(&["link", "set", &port, "master", "br0"]);
-            lan.ip(&["link", "set", &port, "up"]);
-            ns[i].ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
-            ns[i].ip(&["link", "set", "eth0", "up"]);
-        }
+    pub fn new(client_ips: usize, tmp: &Path) -> StormLab {
+        let seg = Segment::new(
+            "storm",
+            &[
+                ("dhcp", &format!("{DHCP_IP}/16")),
+                ("boot", &format!("{BOOT_IP}/16")),
+                ("client", &format!("{CLIENT_IP}/16")),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("cannot build the storm lab: {e}"));
         if client_ips > 0 {
             // One `ip -batch` run instead of one process per address.
             let batch = tmp.join("client-addrs");
@@ -69,72 +51,61 @@ impl StormLab {
                 })
                 .collect();
             std::fs::write(&batch, lines).unwrap();
-            ns[3].ip(&["-batch", batch.to_str().unwrap()]);
+            seg.member("client")
+                .ip(&["-batch", batch.to_str().unwrap()]);
         }
-        let leases = tmp.join("dnsmasq.leases");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns[1].name(), "dnsmasq"])
-            .args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=eth0",
-                "--bind-interfaces",
-                "--dhcp-range=10.79.1.1,10.79.8.250,255.255.0.0,1h",
-                "--dhcp-lease-max=5000",
-                "--no-ping",
-                "--log-facility=-",
-                "--user=root",
-                "--pid-file=",
-            ])
-            .arg(format!("--dhcp-leasefile={}", leases.display()));
-        let mut dhcp = Proc::spawn("dnsmasq (addresses)", &mut cmd);
-        let ready = dhcp.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
-            o.contains("DHCP, IP range") || e.contains("DHCP, IP range")
-        });
-        assert!(ready.is_some(), "the address server did not start");
+        let dhcp = address_server(
+            seg.member("dhcp"),
+            "10.79.1.1,10.79.8.250,255.255.0.0,1h",
+            &tmp.join("dnsmasq.leases"),
+            &["--dhcp-lease-max=5000"],
+        );
         StormLab {
             dhcp: Some(dhcp),
-            ns,
+            seg,
         }
     }
 
     /// The boot server's namespace.
-    pub fn boot_ns(&self) -> &str {
-        self.ns[2].name()
+    pub fn boot(&self) -> &Netns {
+        self.seg.member("boot")
     }
 
     /// The client namespace.
-    pub fn client_ns(&self) -> &str {
-        self.ns[3].name()
+    pub fn client(&self) -> &Netns {
+        self.seg.member("client")
+    }
+
+    /// The boot server's namespace name.
+    pub fn boot_ns(&self) -> &str {
+        self.boot().name()
     }
 
     /// Starts dnsmasq as proxy-DHCP + TFTP on the boot namespace, serving `root`:
     /// classic PXE ROMs get `undionly.kpxe`, UEFI ones `ipxe.efi`, iPXE `boot.ipxe`.
     pub fn dnsmasq_proxy(&self, root: &Path) -> Proc {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.boot_ns(), "dnsmasq"])
-            .args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=eth0",
-                "--bind-interfaces",
-                "--dhcp-range=10.79.0.0,proxy,255.255.0.0",
-                "--dhcp-userclass=set:ipxe,iPXE",
-                "--pxe-prompt=storm,0",
-                "--pxe-service=tag:!ipxe,x86PC,undionly,undionly.kpxe",
-                "--pxe-service=tag:!ipxe,BC_EFI,ipxe,ipxe.efi",
-                "--pxe-service=tag:!ipxe,x86-64_EFI,ipxe,ipxe.efi",
-                "--pxe-service=tag:ipxe,x86PC,script,boot.ipxe",
-                "--pxe-service=tag:ipxe,BC_EFI,script,boot.ipxe",
-                "--pxe-service=tag:ipxe,x86-64_EFI,script,boot.ipxe",
-                "--enable-tftp",
-                "--log-facility=-",
-                "--user=root",
-                "--pid-file=",
-            ])
-            .arg(format!("--tftp-root={}", root.display()));
+        let mut cmd = self.boot().command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.79.0.0,proxy,255.255.0.0",
+            "--dhcp-userclass=set:ipxe,iPXE",
+            "--pxe-prompt=storm,0",
+            "--pxe-service=tag:!ipxe,x86PC,undionly,undionly.kpxe",
+            "--pxe-service=tag:!ipxe,BC_EFI,ipxe,ipxe.efi",
+            "--pxe-service=tag:!ipxe,x86-64_EFI,ipxe,ipxe.efi",
+            "--pxe-service=tag:ipxe,x86PC,script,boot.ipxe",
+            "--pxe-service=tag:ipxe,BC_EFI,script,boot.ipxe",
+            "--pxe-service=tag:ipxe,x86-64_EFI,script,boot.ipxe",
+            "--enable-tftp",
+            "--log-facility=-",
+            "--user=root",
+            "--pid-file=",
+        ])
+        .arg(format!("--tftp-root={}", root.display()));
         let mut p = Proc::spawn("dnsmasq (proxy + tftp)", &mut cmd);
         let ready = p.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
             (o.to_string() + e).contains("TFTP root")
@@ -148,21 +119,15 @@ impl StormLab {
     pub fn storm(&self, tmp: &Path, tag: &str, args: &[&str], timeout: Duration) -> StormRun {
         let records = tmp.join(format!("{tag}.jsonl"));
         let summary = tmp.join(format!("{tag}-summary.json"));
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            self.client_ns(),
-            crate::common::baton_bin(),
-            "storm",
-        ])
-        .args(["--interface", "eth0", "--quiet"])
-        .arg("--records")
-        .arg(&records)
-        .arg("--summary")
-        .arg(&summary)
-        .args(args)
-        .env_remove("BATON_API_TOKEN");
+        let mut cmd = self.client().command(crate::common::baton_bin());
+        cmd.arg("storm")
+            .args(["--interface", "eth0", "--quiet"])
+            .arg("--records")
+            .arg(&records)
+            .arg("--summary")
+            .arg(&summary)
+            .args(args)
+            .env_remove("BATON_API_TOKEN");
         let mut p = Proc::spawn("baton storm", &mut cmd);
         let end = Instant::now() + timeout;
         while p.try_wait().is_none() && Instant::now() < end {

@@ -2,13 +2,13 @@
 //! transaction together with the last-applied log id (see `Store::apply_replicated`), so
 //! a restart neither loses nor re-applies a command. Snapshots are copies of the database
 //! made with SQLite's backup API; the copy carries its own applied position, so a
-//! snapshot's metadata always matches its content.
+//! snapshot's metadata always matches its content. They are kept, sent and received as
+//! files ([`super::snapfile`]), never whole in memory.
 
 // StorageError and RPCError are openraft's, fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
 
-use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -17,6 +17,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 
+use super::snapfile::{Meta, SnapshotDir, SnapshotFile};
 use super::{typ, NodeId, Peer, TypeConfig};
 use crate::store::{Command, Outcome, Store};
 
@@ -37,10 +38,13 @@ fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 /// The state machine over a [`Store`].
 pub struct StateMachine {
     store: Arc<Store>,
-    dir: PathBuf,
+    snaps: Arc<SnapshotDir>,
     applied: Option<LogId<NodeId>>,
     membership: Membership,
     on_apply: OnApply,
+    /// Files of snapshots being received, newest last: an abandoned stream's file is
+    /// removed once two newer streams began (the newest may still be installing).
+    receiving: Vec<PathBuf>,
 }
 
 /// The applied position as stored in the database.
@@ -54,6 +58,13 @@ fn parse_state(s: Option<(String, String)>) -> (Option<LogId<NodeId>>, Membershi
     }
 }
 
+/// The applied position recorded inside a snapshot's data.
+fn position_of(data: &Path) -> Result<(Option<LogId<NodeId>>, Membership)> {
+    Ok(parse_state(
+        Store::replicated_state_of(data).map_err(snap_err)?,
+    ))
+}
+
 impl StateMachine {
     /// A state machine over `store`, keeping snapshots in `dir`.
     pub fn new(
@@ -61,40 +72,50 @@ impl StateMachine {
         dir: PathBuf,
         on_apply: OnApply,
     ) -> std::result::Result<Self, crate::store::StoreError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+        // Snapshots are whole copies of the database: owner-only.
+        crate::private_fs::own_dir(&dir).map_err(crate::store::StoreError::io(&dir))?;
+        let corrupt = |e: std::io::Error| crate::store::StoreError::Corrupt(e.to_string());
+        let snaps = SnapshotDir::open(&dir).map_err(corrupt)?;
+        // A snapshot whose data does not say what its metadata says is not offered to
+        // peers (only snapshots of older builds can be so): a new one is built.
+        if let Some((meta, data)) = snaps.current().map_err(corrupt)? {
+            let ok = matches!(position_of(&data), Ok((l, _)) if l == meta.last_log_id);
+            if !ok {
+                tracing::warn!(snapshot = %meta.snapshot_id, "snapshot data does not match its metadata: discarded");
+                snaps.discard().map_err(corrupt)?;
+            }
+        }
         let (applied, membership) = parse_state(store.replicated_state()?);
         Ok(StateMachine {
             store,
-            dir,
+            snaps: Arc::new(snaps),
             applied,
             membership,
             on_apply,
+            receiving: Vec::new(),
         })
-    }
-
-    fn current_paths(&self) -> (PathBuf, PathBuf) {
-        (self.dir.join("current.db"), self.dir.join("current.json"))
     }
 }
 
 /// Builds snapshots from a copy of the database.
 pub struct Builder {
     store: Arc<Store>,
-    dir: PathBuf,
+    snaps: Arc<SnapshotDir>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let store = self.store.clone();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let snaps = self.snaps.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || -> Result<(Meta, PathBuf)> {
             let stamp = crate::clock::now_ms();
-            let tmp = dir.join(format!("build-{stamp}.db"));
-            let _ = std::fs::remove_file(&tmp);
-            store.backup_to(&tmp).map_err(sm_err)?;
+            let staged = snaps.staging_path("build");
+            store.backup_to(&staged).map_err(sm_err)?;
             // The copy's own applied position is the snapshot's: consistent by construction.
-            let (last, membership) = parse_state(Store::replicated_state_of(&tmp).map_err(sm_err)?);
+            let (last, membership) = position_of(&staged)?;
+            std::fs::File::open(&staged)
+                .and_then(|f| f.sync_all())
+                .map_err(snap_err)?;
             let id = match last {
                 Some(l) => format!("{}-{}-{stamp}", l.leader_id, l.index),
                 None => format!("empty-{stamp}"),
@@ -104,20 +125,18 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                 last_membership: membership,
                 snapshot_id: id,
             };
-            // A backup leaves no -wal beside it once closed; the .db file is complete.
-            let bytes = std::fs::read(&tmp).map_err(snap_err)?;
-            std::fs::rename(&tmp, dir.join("current.db")).map_err(snap_err)?;
-            let _ = std::fs::remove_file(tmp.with_extension("db-wal"));
-            let _ = std::fs::remove_file(tmp.with_extension("db-shm"));
-            std::fs::write(dir.join("current.json"), serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "store snapshot built");
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(bytes)),
-            })
+            let (meta, data) = snaps.publish(&meta, &staged).map_err(snap_err)?;
+            let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(snapshot = %meta.snapshot_id, bytes, "store snapshot built");
+            Ok((meta, data))
         })
         .await
-        .map_err(sm_err)?
+        .map_err(sm_err)??;
+        let file = SnapshotFile::open(&data).await.map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -173,50 +192,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
             store: self.store.clone(),
-            dir: self.dir.clone(),
+            snaps: self.snaps.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>> {
+        let path = self.snaps.staging_path("incoming");
+        let file = SnapshotFile::create(&path).await.map_err(snap_err)?;
+        self.receiving.push(path);
+        if self.receiving.len() > 2 {
+            let old = self.receiving.remove(0);
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(file))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, Peer>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<()> {
-        let (db, js) = self.current_paths();
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotFile>) -> Result<()> {
+        let data = snapshot.finish().await.map_err(snap_err)?;
+        self.receiving.retain(|p| *p != data);
         let store = self.store.clone();
-        let bytes = snapshot.into_inner();
-        let meta_json = serde_json::to_vec(meta).map_err(snap_err)?;
-        let incoming = self.dir.join("incoming.db");
+        let snaps = self.snaps.clone();
+        let m = meta.clone();
+        let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            std::fs::write(&incoming, &bytes).map_err(snap_err)?;
-            store.restore_from(&incoming).map_err(sm_err)?;
-            std::fs::rename(&incoming, &db).map_err(snap_err)?;
-            std::fs::write(&js, meta_json).map_err(snap_err)?;
+            // What arrived must be what the metadata says, or nothing is installed.
+            let (last, _) = position_of(&data)?;
+            if last != m.last_log_id {
+                let _ = std::fs::remove_file(&data);
+                return Err(snap_err(std::io::Error::other(format!(
+                    "received snapshot {} holds log position {last:?}, its metadata says {:?}",
+                    m.snapshot_id, m.last_log_id
+                ))));
+            }
+            store.restore_from(&data).map_err(sm_err)?;
+            snaps.publish(&m, &data).map_err(snap_err)?;
             Ok(())
         })
         .await
         .map_err(sm_err)??;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        tracing::info!(snapshot = %meta.snapshot_id, "store snapshot installed");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes,
+            install_ms = started.elapsed().as_millis() as u64,
+            "store snapshot installed"
+        );
         (self.on_apply)();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let (db, js) = self.current_paths();
-        let Ok(meta) = std::fs::read(&js) else {
+        let Some((meta, data)) = self.snaps.current().map_err(snap_err)? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta<NodeId, Peer> = serde_json::from_slice(&meta).map_err(snap_err)?;
-        let bytes = std::fs::read(&db).map_err(snap_err)?;
+        let file = SnapshotFile::open(&data).await.map_err(snap_err)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(file),
         }))
     }
 }

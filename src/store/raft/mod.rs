@@ -1,7 +1,9 @@
 //! Raft glue (openraft 0.9, storage v2): the store's SQLite database is the state
 //! machine of a replicated log shared by all Baton hosts. The log and vote live in their
 //! own SQLite file; peers talk over the HTTP port (`/cluster/...`), authenticated by the
-//! cluster secret.
+//! cluster secret. [`propose`] is the write path every change goes through, [`peer`] the
+//! one client of other hosts, [`elect`] elections with pre-vote. Nothing here knows of
+//! nodes' ownership rules or the boot protocols.
 
 pub mod elect;
 pub mod log;
@@ -9,9 +11,10 @@ pub mod machine;
 pub mod network;
 pub mod peer;
 pub mod propose;
+pub mod snapfile;
+pub mod wire;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +44,7 @@ openraft::declare_raft_types!(
         R = Option<Outcome>,
         NodeId = NodeId,
         Node = Peer,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapfile::SnapshotFile,
 );
 
 /// The Raft handle.

@@ -41,6 +41,22 @@ fn rpc<Resp, E: std::error::Error>(
     }
 }
 
+/// The answer to an `AppendEntries` of which only the first `sent` entries fitted one
+/// body: success up to the last one sent (openraft sends the rest next).
+fn partial(
+    a: AppendEntriesResponse<NodeId>,
+    req: &AppendEntriesRequest<TypeConfig>,
+    sent: usize,
+) -> AppendEntriesResponse<NodeId> {
+    match a {
+        AppendEntriesResponse::Success if sent < req.entries.len() => {
+            let last = sent.checked_sub(1).map(|i| req.entries[i].log_id);
+            AppendEntriesResponse::PartialSuccess(last.or(req.prev_log_id))
+        }
+        a => a,
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
@@ -70,6 +86,7 @@ impl RaftNetwork<TypeConfig> for Conn {
             .peers
             .append(self.target, &self.base, &req, option.hard_ttl())
             .await;
+        let r = r.map(|(answer, sent)| answer.map(|a| partial(a, &req, sent)));
         rpc(self.target, r)
     }
 
@@ -95,5 +112,49 @@ impl RaftNetwork<TypeConfig> for Conn {
             .vote(self.target, &self.base, &req, option.hard_ttl())
             .await;
         rpc(self.target, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+
+    fn req(n: u64) -> AppendEntriesRequest<TypeConfig> {
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(id(10)),
+            entries: (11..11 + n)
+                .map(|i| Entry {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn a_cut_batch_is_answered_as_a_partial_success_up_to_the_last_entry_sent() {
+        let r = req(5);
+        let last = |i: usize| Some(r.entries[i].log_id);
+        assert_eq!(
+            partial(AppendEntriesResponse::Success, &r, 2),
+            AppendEntriesResponse::PartialSuccess(last(1))
+        );
+        assert_eq!(
+            partial(AppendEntriesResponse::Success, &r, 5),
+            AppendEntriesResponse::Success
+        );
+        assert_eq!(
+            partial(AppendEntriesResponse::Conflict, &r, 2),
+            AppendEntriesResponse::Conflict
+        );
+        assert_eq!(
+            partial(AppendEntriesResponse::Success, &req(0), 0),
+            AppendEntriesResponse::Success
+        );
     }
 }

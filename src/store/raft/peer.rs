@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::wire::{self as codec, WireError};
 use super::{typ, NodeId, TypeConfig};
 use crate::api::peer::{
     self as wire, ClockReply, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse,
@@ -39,8 +40,6 @@ const MEMBERSHIP: Duration = Duration::from_secs(30);
 /// Joining: the leader adds the host as a learner and answers once it caught up, which
 /// may take a snapshot transfer.
 const JOIN: Duration = Duration::from_secs(300);
-/// Least time to send a snapshot, whatever Raft's per-RPC deadline.
-const SNAPSHOT_MIN: Duration = Duration::from_secs(10);
 /// Connecting to a blob holder.
 const BLOB_CONNECT: Duration = Duration::from_secs(2);
 /// Longest wait for the next bytes of a blob: a frozen holder must not stall
@@ -94,6 +93,14 @@ pub enum PeerError {
         url: String,
         /// Cause.
         source: reqwest::Error,
+    },
+    /// The request could not be encoded within its route's limit (not sent).
+    #[error("request to {url} not sent: {source}")]
+    Encode {
+        /// The request's URL.
+        url: String,
+        /// Cause.
+        source: WireError,
     },
     /// The answer is not the expected body.
     #[error("unexpected answer from {url}: {source}")]
@@ -252,24 +259,66 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        let body = serde_json::to_vec(body).map_err(|e| PeerError::Encode {
+            url: url(base, path),
+            source: WireError::Malformed {
+                what: "request",
+                reason: e.to_string(),
+            },
+        })?;
+        self.post_bytes(base, path, target, "application/json", body, timeout)
+            .await
+    }
+
+    /// POSTs an encoded `body` to `base` + `path` and decodes the JSON answer. A body
+    /// over the route's limit is not sent: the peer would refuse it.
+    async fn post_bytes<Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        target: Option<NodeId>,
+        content_type: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
         let url = url(base, path);
+        let max = wire::body_limit(path).unwrap_or(0);
+        if body.len() > max {
+            return Err(PeerError::Encode {
+                url,
+                source: WireError::TooLarge {
+                    what: "request body",
+                    size: body.len(),
+                    max,
+                },
+            });
+        }
         let rb = self
             .request(&self.rpc, reqwest::Method::POST, &url, target)?
             .timeout(timeout)
-            .json(body);
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
         let resp = Self::send(rb, &url, target).await?;
         Self::decode(resp, &url).await
     }
 
-    /// Raft `AppendEntries` to member `target` at `base`, within `ttl`.
+    /// Raft `AppendEntries` to member `target` at `base`, within `ttl`, with as many of
+    /// `req`'s entries as fit one body: returns the answer and how many were sent.
     pub async fn append(
         &self,
         target: NodeId,
         base: &str,
         req: &AppendEntriesRequest<TypeConfig>,
         ttl: Duration,
-    ) -> Result<Result<AppendEntriesResponse<NodeId>, typ::RaftError>, PeerError> {
-        self.post(base, wire::APPEND, Some(target), req, ttl).await
+    ) -> Result<(Result<AppendEntriesResponse<NodeId>, typ::RaftError>, usize), PeerError> {
+        let (body, sent) = codec::encode_append(req).map_err(|source| PeerError::Encode {
+            url: url(base, wire::APPEND),
+            source,
+        })?;
+        let r = self
+            .post_bytes(base, wire::APPEND, Some(target), codec::CBOR, body, ttl)
+            .await?;
+        Ok((r, sent))
     }
 
     /// Raft `Vote` to member `target` at `base`, within `ttl`.
@@ -305,8 +354,11 @@ impl PeerClient {
         Result<InstallSnapshotResponse<NodeId>, typ::RaftError<InstallSnapshotError>>,
         PeerError,
     > {
-        let ttl = ttl.max(SNAPSHOT_MIN);
-        self.post(base, wire::SNAPSHOT, Some(target), req, ttl)
+        let body = codec::encode_chunk(req).map_err(|source| PeerError::Encode {
+            url: url(base, wire::SNAPSHOT),
+            source,
+        })?;
+        self.post_bytes(base, wire::SNAPSHOT, Some(target), codec::OCTETS, body, ttl)
             .await
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 
 use super::peer::PeerClient;
+use super::wire::{check_command, WireError};
 use super::{BatonRaft, NodeId, Peer};
 use crate::api::peer::{ProposeRefused, Proposed};
 use crate::clock::now_ms;
@@ -31,6 +32,16 @@ pub enum ProposeError {
     /// Raft refused it for good.
     #[error("replicated log refused the write: {0}")]
     Raft(String),
+    /// The command is larger than one log entry may be.
+    #[error("{0}; split the change into smaller ones")]
+    TooLarge(WireError),
+}
+
+/// Refuses a command that does not fit one log entry (it could not be replicated).
+fn fits(cmd: &Command) -> Result<(), WireError> {
+    check_command(cmd).map(|_| ()).inspect_err(|e| {
+        tracing::warn!(error = %e, "write refused: too large for one log entry");
+    })
 }
 
 /// The write-path handle: the Raft handle plus the peer client to forward with.
@@ -145,6 +156,8 @@ impl Proposer {
             at: now_ms(),
             command: Box::new(cmd),
         };
+        // Checked as it travels and is logged: with its request id.
+        fits(&cmd).map_err(ProposeError::TooLarge)?;
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
         let mut tries = 0u32;
@@ -245,6 +258,7 @@ impl Proposer {
     /// Proposes only if this host is the leader (no forwarding): for the reconciler,
     /// whose decisions come from this replica and must not land after it lost the lead.
     pub async fn propose_as_leader(&self, cmd: Command) -> Result<Option<Outcome>, ProposeError> {
+        fits(&cmd).map_err(ProposeError::TooLarge)?;
         match self.raft.client_write(cmd).await {
             Ok(r) => self.finish(r.data, r.log_id.index).await.map(Some),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
@@ -254,6 +268,11 @@ impl Proposer {
 
     /// Commits on the leader a write forwarded by a peer (`/cluster/propose`).
     pub async fn accept_forwarded(&self, cmd: Command) -> Result<Proposed, ProposeRefused> {
+        if let Err(e) = fits(&cmd) {
+            return Err(ProposeRefused {
+                reason: e.to_string(),
+            });
+        }
         match self.raft.client_write(cmd).await {
             Ok(w) => match w.data {
                 Some(outcome) => Ok(Proposed {

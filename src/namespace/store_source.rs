@@ -1,0 +1,97 @@
+//! The TFTP (and HTTP boot) namespace of a host: the files of the nodes it owns, from
+//! the store, then the shared files of the TFTP root directory.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::namespace::cache::ServedBlobs;
+use crate::namespace::{BoxFuture, DirSource, FileData, FileSource, OpenError};
+use crate::ownership::gate::{Gate, NotServed, Purpose};
+use crate::store::{NodeFile, Store};
+use crate::wire::path::ClientPath;
+
+/// Node files first, shared directory second.
+pub struct StoreSource {
+    gate: Gate,
+    store: Arc<Store>,
+    blobs: ServedBlobs,
+    shared: DirSource,
+}
+
+impl StoreSource {
+    /// A namespace over the node files of `store` (served as `gate` allows, bytes from
+    /// `blobs`) and the shared directory `shared`.
+    pub fn new(gate: Gate, store: Arc<Store>, blobs: ServedBlobs, shared: DirSource) -> Self {
+        StoreSource {
+            gate,
+            store,
+            blobs,
+            shared,
+        }
+    }
+
+    /// The shared directory part.
+    pub fn shared(&self) -> &DirSource {
+        &self.shared
+    }
+
+    /// Looks a served path up among node files, and checks (through the serve gate)
+    /// that this host may serve it to `client`.
+    ///
+    /// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
+    pub fn owned_node_file(
+        &self,
+        path: &ClientPath,
+        client: Option<IpAddr>,
+    ) -> Result<Option<NodeFile>, OpenError> {
+        let nf = match self.store.node_file_for(path) {
+            Ok(Some(nf)) => nf,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(OpenError::Io(e.to_string())),
+        };
+        match self.store.node(&nf.node) {
+            Ok(Some(node)) => {
+                match self
+                    .gate
+                    .check(&node, Purpose::Files { client }, Some(&nf.path))
+                {
+                    Ok(_) => Ok(Some(nf)),
+                    Err(r) => Err(OpenError::NotServed(r)),
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(OpenError::Io(e.to_string())),
+        }
+    }
+
+    /// The bytes of a node file this host may serve, checked again after loading:
+    /// loading can take a while (a large blob, a paused process).
+    pub async fn node_file_bytes(
+        &self,
+        path: &ClientPath,
+        client: Option<IpAddr>,
+        nf: &NodeFile,
+    ) -> Result<Arc<FileData>, OpenError> {
+        let data = self.blobs.bytes(&nf.digest).await?;
+        match self.owned_node_file(path, client)? {
+            Some(again) if again.digest == nf.digest => Ok(data),
+            Some(_) => Err(OpenError::Denied("changed")),
+            None => Err(OpenError::NotServed(NotServed::NotOwner)),
+        }
+    }
+}
+
+impl FileSource for StoreSource {
+    fn open<'a>(
+        &'a self,
+        path: &'a ClientPath,
+        client: Option<IpAddr>,
+    ) -> BoxFuture<'a, Result<Arc<FileData>, OpenError>> {
+        Box::pin(async move {
+            match self.owned_node_file(path, client)? {
+                Some(nf) => self.node_file_bytes(path, client, &nf).await,
+                None => self.shared.open(path, client).await,
+            }
+        })
+    }
+}
