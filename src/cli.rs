@@ -159,7 +159,7 @@ pub enum NodeCmd {
         #[arg(long)]
         arch: Option<String>,
     },
-    /// List nodes.
+    /// List nodes (all of them, fetched page by page), by id.
     List {
         /// Only nodes owned by this host.
         #[arg(long)]
@@ -167,6 +167,44 @@ pub enum NodeCmd {
         /// Only nodes of this group.
         #[arg(long)]
         group: Option<String>,
+        /// Only nodes with this architecture hint.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Only nodes in this provision state (enrolled, available, deploying, active,
+        /// cleaning, failed).
+        #[arg(long, value_name = "STATE")]
+        provision_state: Option<String>,
+        /// Only nodes migrating (`migrating`) or not (`none`).
+        #[arg(long, value_name = "none|migrating")]
+        handoff: Option<String>,
+        /// Only nodes no live host can take over.
+        #[arg(long)]
+        stuck: bool,
+        /// Only nodes with this kind of boot profile (none, deploy, instance, local).
+        #[arg(long, value_name = "KIND")]
+        profile: Option<String>,
+        /// Only the node with this boot MAC.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Stop after this many nodes.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Nodes per request.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        page_size: usize,
+    },
+    /// Enroll (or update) many nodes from a file, in one request: CSV or JSON lines,
+    /// one node per line (id, macs, group, arch, and optionally a profile: kind,
+    /// kernel, ramdisk, cmdline; kernel and ramdisk by sha256 or uploaded artifact
+    /// name). Re-running it is harmless: nodes already as the file says are left
+    /// alone. Exits non-zero if any line was refused.
+    Import {
+        /// The file (`-` for standard input is not supported: the progress bar needs
+        /// to count its lines).
+        file: std::path::PathBuf,
+        /// csv or jsonl [default: from the file name: .csv, else .jsonl/.ndjson/.json].
+        #[arg(long, value_name = "csv|jsonl")]
+        format: Option<String>,
     },
     /// Show a node with its served files and reservation.
     Show {
@@ -288,8 +326,18 @@ pub enum ArtifactCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List artifacts.
-    List,
+    /// List artifacts (all of them, fetched page by page), by digest.
+    List {
+        /// Only artifacts recorded under this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only artifacts this host holds.
+        #[arg(long)]
+        host: Option<String>,
+        /// Artifacts per request.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        page_size: usize,
+    },
     /// Show one artifact and the nodes using it.
     Show {
         /// sha256.

@@ -10,11 +10,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::v1::{
-    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
-    HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery, ProfileRequest,
-    RebalanceQuery, RebalanceView, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant,
-    StatusView, UpdateRequest, Uploaded,
+    AcquireRequest, ArtifactDetail, ArtifactQuery, ClusterView, EnrollRequest, EventPage,
+    EventsQuery, HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery,
+    ProfileRequest, RebalanceQuery, RebalanceView, ReleaseQuery, RemoveHostQuery, RenewRequest,
+    ReservationGrant, StatusView, UpdateRequest, Uploaded, MAX_PAGE,
 };
+use crate::api::v1::{ImportFormat, ImportReport, IMPORT_MAX_BYTES};
 use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
 use crate::cli::{ApiArgs, ArtifactCmd, HostCmd, NodeCmd};
@@ -239,6 +240,163 @@ fn upload(
     Ok(r?)
 }
 
+/// A flag's value read as its API name (`--handoff migrating`), so the CLI accepts
+/// exactly what the server does.
+fn named<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> anyhow::Result<T> {
+    use serde::de::IntoDeserializer;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = v.into_deserializer();
+    T::deserialize(de).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
+}
+
+/// Every page of a list, `page_size` items per request, up to `max` items; a spinner
+/// counts them on a terminal while pages arrive.
+fn list_all<T: serde::de::DeserializeOwned, Q: Serialize>(
+    api: &ApiArgs,
+    c: &Client,
+    path: &str,
+    max: Option<usize>,
+    page_size: usize,
+    query: impl Fn(usize, Option<String>) -> Q,
+) -> anyhow::Result<Reply<Vec<T>>> {
+    if page_size == 0 || page_size > MAX_PAGE {
+        bail!("--page-size must be 1 to {MAX_PAGE}");
+    }
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} listed")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_message(path.trim_start_matches("/v1/").to_string());
+        b
+    };
+    let r = c.list_all(
+        |cursor| {
+            let left = max.map_or(page_size, |m| m.min(page_size));
+            with_query(path, &query(left.max(1), cursor.map(str::to_string)))
+        },
+        max,
+        |n| bar.set_position(n as u64),
+    );
+    bar.finish_and_clear();
+    Ok(r?)
+}
+
+/// `baton node import FILE`: one request, a progress bar while the server commits,
+/// then the report.
+fn node_import(api: &ApiArgs, c: &Client, file: &Path, format: Option<&str>) -> anyhow::Result<()> {
+    let format: ImportFormat = match format {
+        Some(f) => named("--format", f)?,
+        None => match file.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => ImportFormat::Csv,
+            Some(e)
+                if ["jsonl", "ndjson", "json"]
+                    .iter()
+                    .any(|x| e.eq_ignore_ascii_case(x)) =>
+            {
+                ImportFormat::Jsonl
+            }
+            _ => bail!(
+                "cannot tell the format of {} from its name: give --format csv or --format jsonl",
+                file.display()
+            ),
+        },
+    };
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.len() > IMPORT_MAX_BYTES {
+        bail!(
+            "{} is {} bytes, more than the {IMPORT_MAX_BYTES} one import takes: split it (re-running an import is harmless)",
+            file.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {} as text", file.display()))?;
+    let total = crate::import::nodes::count_records(&text, format);
+    drop(text);
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importing [{bar:30}] {pos}/{len} nodes {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let r = c.import(file, format, |p| {
+        bar.set_position(p.lines);
+        bar.set_message(format!(
+            "({} new, {} changed, {} unchanged, {} refused)",
+            p.created, p.updated, p.unchanged, p.failed
+        ));
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    print(api, &r, import_text);
+    let rep = &r.body;
+    if let Some(e) = &rep.error {
+        bail!(
+            "the import stopped early: {} (what was committed stays; re-run the import to finish)",
+            e.message
+        );
+    }
+    if rep.counts.failed > 0 {
+        bail!(
+            "{} line(s) of {} refused",
+            rep.counts.failed,
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// The import report for a person: totals, then every refused and changed line.
+fn import_text(r: &ImportReport) -> String {
+    let c = &r.counts;
+    let mut out = format!(
+        "{} nodes: {} created, {} updated, {} unchanged, {} failed ({} log entries, {:.1} s)\n",
+        c.lines,
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.failed,
+        r.log_entries,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    if !r.updated_nodes.is_empty() {
+        out.push_str("\nupdated:\n");
+        let rows: Vec<Vec<String>> = r
+            .updated_nodes
+            .iter()
+            .map(|u| vec![u.line.to_string(), u.node.clone(), u.fields.join(",")])
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CHANGED"], &rows));
+    }
+    if !r.failures.is_empty() {
+        out.push_str("\nfailed:\n");
+        let rows: Vec<Vec<String>> = r
+            .failures
+            .iter()
+            .map(|f| {
+                vec![
+                    f.line.to_string(),
+                    opt(&f.node),
+                    f.code.clone(),
+                    f.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CODE", "REASON"], &rows));
+    }
+    out
+}
+
 /// Boot MACs as given with `--mac`.
 fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
     macs.iter()
@@ -267,10 +425,45 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 format!("enrolled {} (owner {}, epoch {})\n", n.id, n.owner, n.epoch)
             });
         }
-        NodeCmd::List { owner, group } => {
-            let r = c.get(&with_query("/v1/nodes", &NodeQuery { owner, group })?)?;
-            print(api, &r, |n: &Vec<Node>| node_rows(n));
+        NodeCmd::List {
+            owner,
+            group,
+            arch,
+            provision_state,
+            handoff,
+            stuck,
+            profile,
+            mac,
+            limit,
+            page_size,
+        } => {
+            let query = NodeQuery {
+                owner,
+                group,
+                arch,
+                provision_state: provision_state
+                    .map(|v| named("--provision-state", &v))
+                    .transpose()?,
+                handoff: handoff.map(|v| named("--handoff", &v)).transpose()?,
+                stuck: stuck.then_some(true),
+                profile: profile.map(|v| named("--profile", &v)).transpose()?,
+                mac: mac
+                    .map(|m| m.parse().with_context(|| format!("--mac {m}")))
+                    .transpose()?,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Node>> =
+                list_all(api, &c, "/v1/nodes", limit, page_size, |l, cursor| {
+                    NodeQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
+            print(api, &r, |n| node_rows(n));
         }
+        NodeCmd::Import { file, format } => node_import(api, &c, &file, format.as_deref())?,
         NodeCmd::Show { id } => {
             let r = c.get(&format!("/v1/nodes/{id}"))?;
             print(api, &r, node_detail);
@@ -441,8 +634,25 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
                 )
             });
         }
-        ArtifactCmd::List => {
-            let r: Reply<Vec<Artifact>> = c.get("/v1/artifacts")?;
+        ArtifactCmd::List {
+            name,
+            host,
+            page_size,
+        } => {
+            let query = ArtifactQuery {
+                name,
+                host,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Artifact>> =
+                list_all(api, &c, "/v1/artifacts", None, page_size, |l, cursor| {
+                    ArtifactQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
             print(api, &r, |arts| {
                 let rows: Vec<Vec<String>> = arts
                     .iter()

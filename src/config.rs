@@ -546,6 +546,15 @@ impl Config {
                 "must be at least twice the worst election (2 x (2 x election_timeout_ms + 2 x heartbeat_ms)): a write must outlast an election",
             );
         }
+        // A write is retried under one request id until this deadline; the store keeps
+        // the id's outcome twice as long, so a late retry is still recognised.
+        let max_deadline = crate::store::apply::REQUEST_RETENTION_MS / 2;
+        if cl.propose_deadline_ms > max_deadline {
+            return bad(
+                "cluster.propose_deadline_ms",
+                &format!("must be at most {max_deadline} (half the time the store remembers a write's request id)"),
+            );
+        }
         let ow = &self.ownership;
         if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < ow.lease_interval_ms.saturating_mul(2) {
             return bad(

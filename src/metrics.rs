@@ -151,6 +151,8 @@ pub struct StoreMetrics {
     pub commands: Counter,
     /// Commands rejected (business outcome, not an error).
     pub rejected: Counter,
+    /// Write attempts sent again (same request id) after one whose result is unknown.
+    pub retries: Counter,
 }
 
 /// HTTP metrics (API and HTTP boot).
@@ -488,6 +490,12 @@ impl Metrics {
             "baton_store_rejected_total",
             "Store commands rejected by business rules.",
             st.rejected.get(),
+        );
+        counter(
+            &mut o,
+            "baton_store_write_retries_total",
+            "Write attempts sent again under the same request id after one whose result was unknown.",
+            st.retries.get(),
         );
         let h = &self.http;
         labeled(

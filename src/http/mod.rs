@@ -10,6 +10,7 @@ pub mod boots;
 pub mod cluster;
 pub mod conn;
 pub mod error;
+pub mod import;
 pub mod ingest;
 pub mod json;
 pub mod limits;
@@ -88,7 +89,10 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let store_bytes = std::fs::metadata(app.store.path())
         .map(|m| m.len())
         .unwrap_or(0);
-    let nodes = app.store.nodes().map(|n| n.len()).unwrap_or(0);
+    let nodes = app
+        .store
+        .count_nodes(&crate::store::NodeFilter::default())
+        .unwrap_or(0);
     let events = app.feed.last();
     body.push_str(&format!(
         "# HELP baton_store_bytes Size of the store's database file.\n# TYPE baton_store_bytes gauge\nbaton_store_bytes {store_bytes}\n\

@@ -23,6 +23,11 @@ use super::types::{
 };
 use super::StoreError;
 
+mod import;
+mod requests;
+
+pub use requests::{MAX_REQUESTS, REQUEST_RETENTION_MS};
+
 /// Most MACs per node (multi-port servers have a handful).
 pub const MAX_MACS: usize = 16;
 /// Most served files per node.
@@ -77,7 +82,14 @@ fn int(v: u64, what: &str) -> R<i64> {
 /// Applies `cmd` inside `tx`. Business refusals are `Ok(Outcome::Rejected(_))` with no
 /// effect; `Err` means the database itself failed and the caller must not commit.
 pub fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<Outcome, StoreError> {
-    with_savepoint(tx, |tx| dispatch(tx, cmd))
+    match cmd {
+        Command::Idempotent {
+            request,
+            at,
+            command,
+        } => requests::apply_once(tx, *request, *at, command),
+        cmd => with_savepoint(tx, |tx| dispatch(tx, cmd)),
+    }
 }
 
 fn with_savepoint(
@@ -226,6 +238,16 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
         Command::OwnershipSteps { steps } => ownership_steps(tx, steps),
         Command::SetRebalance { active, at } => set_rebalance(tx, *active, *at),
         Command::Batch { commands } => batch(tx, commands),
+        Command::ImportNodes {
+            host,
+            group,
+            nodes,
+            at,
+        } => import::import_nodes(tx, host, group, nodes, *at),
+        // Only [`apply`] unwraps one, at the top level.
+        Command::Idempotent { .. } => Err(invalid(
+            "a tagged (idempotent) command cannot be nested or batched",
+        )),
     }
 }
 
@@ -307,10 +329,10 @@ fn event(
     data: serde_json::Value,
 ) -> R<()> {
     let data = serde_json::to_string(&data).map_err(|e| StoreError::Serde(e.to_string()))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (at, kind, node, host, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![at, kind, node, host, data],
-    )?;
+    )?
+    .execute(params![at, kind, node, host, data])?;
     Ok(())
 }
 
@@ -324,7 +346,8 @@ fn load_node(tx: &Transaction<'_>, id: &str) -> R<Node> {
 
 fn require_host(tx: &Transaction<'_>, name: &str) -> R<()> {
     let found: Option<i64> = tx
-        .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |r| r.get(0))
+        .prepare_cached("SELECT 1 FROM hosts WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()?;
     match found {
         Some(_) => Ok(()),
@@ -487,10 +510,10 @@ fn enroll_node(
     }
     require_host(tx, owner)?;
     let macs = claim_macs(tx, node, macs)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO nodes (id, group_name, arch, owner, epoch, provision_state, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)",
-        params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)")?
+        .execute(params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
     )?;
     insert_macs(tx, node, &macs)?;
     event(
@@ -623,11 +646,8 @@ fn ensure_artifact(
     let size_i = int(size, "artifact size")?;
     let hex = digest.to_hex();
     let recorded: Option<i64> = tx
-        .query_row(
-            "SELECT size FROM artifacts WHERE digest = ?1",
-            [&hex],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT size FROM artifacts WHERE digest = ?1")?
+        .query_row([&hex], |r| r.get(0))
         .optional()?;
     let created = match recorded {
         Some(r) if r != size_i => {
@@ -639,20 +659,20 @@ fn ensure_artifact(
         }
         Some(_) => false,
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO artifacts (digest, size, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![hex, size_i, name, at],
-            )?;
+            )?
+            .execute(params![hex, size_i, name, at])?;
             true
         }
     };
     // Only a host that really holds the blob is recorded: replication fetches from
     // holders, and takeover trusts the record.
     if let Some(host) = host {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
-            params![host, hex, at],
-        )?;
+        )?
+        .execute(params![host, hex, at])?;
     }
     Ok(created)
 }
@@ -704,10 +724,8 @@ fn set_boot_profile(
             .transpose()
             .map_err(|e| StoreError::Serde(e.to_string()))?;
         replace_files(tx, id, &old, &wanted)?;
-        tx.execute(
-            "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, profile_json, at],
-        )?;
+        tx.prepare_cached("UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, profile_json, at])?;
         event(
             tx,
             at,
@@ -763,10 +781,10 @@ fn register_files(tx: &Transaction<'_>, files: &[FileSpec], host: &str, at: Mill
                     f.path
                 )));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO inline_files (digest, content) VALUES (?1, ?2)",
-                params![f.digest.to_hex(), text.as_bytes()],
-            )?;
+            )?
+            .execute(params![f.digest.to_hex(), text.as_bytes()])?;
         }
     }
     Ok(())
@@ -776,11 +794,8 @@ fn register_files(tx: &Transaction<'_>, files: &[FileSpec], host: &str, at: Mill
 fn check_paths_free(tx: &Transaction<'_>, id: &str, paths: &BTreeSet<String>) -> R<()> {
     for path in paths {
         let other: Option<String> = tx
-            .query_row(
-                "SELECT node FROM node_files WHERE path = ?1 AND node != ?2",
-                params![path, id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT node FROM node_files WHERE path = ?1 AND node != ?2")?
+            .query_row(params![path, id], |r| r.get(0))
             .optional()?;
         if let Some(other) = other {
             return Err(Fail::Reject(Rejection::PathInUse {
@@ -803,7 +818,8 @@ fn current_files(tx: &Transaction<'_>, id: &str) -> R<FileRows> {
 /// are dropped (artifacts stay: other nodes may use them, and removing one is its own
 /// command).
 fn replace_files(tx: &Transaction<'_>, id: &str, old: &FileRows, wanted: &FileRows) -> R<()> {
-    tx.execute("DELETE FROM node_files WHERE node = ?1", [id])?;
+    tx.prepare_cached("DELETE FROM node_files WHERE node = ?1")?
+        .execute([id])?;
     {
         let mut stmt =
             tx.prepare_cached("INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)")?;

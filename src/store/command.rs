@@ -9,7 +9,9 @@
 
 use crate::blobs::Digest;
 
-use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState, TransferReason};
+use super::types::{
+    BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
+};
 use super::Reservation;
 
 /// One served file of a node, as carried by [`Command::SetBootProfile`].
@@ -29,6 +31,65 @@ pub struct FileSpec {
     /// replica can serve it at once (at most [`INLINE_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+}
+
+/// One node of a [`Command::ImportNodes`]: what the node should be after the import.
+/// Absent fields leave an existing node's value alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportItem {
+    /// Node id.
+    pub node: String,
+    /// Its complete set of boot MACs.
+    pub macs: Vec<MacAddr>,
+    /// Group; absent: the command's group for a new node, unchanged for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Architecture hint; absent: none for a new node, unchanged for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// New boot profile with the node's complete rendered file set (as in
+    /// [`Command::SetBootProfile`]); absent: the profile stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ImportProfile>,
+}
+
+/// The profile part of an [`ImportItem`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportProfile {
+    /// The profile; `None` removes it (and `files` is then empty).
+    pub profile: Option<BootProfile>,
+    /// The node's complete file set, rendered for the item's MACs, group and arch.
+    pub files: Vec<FileSpec>,
+}
+
+/// What importing one [`ImportItem`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ImportResult {
+    /// A new node, with its profile if one was given.
+    Created {
+        /// The node.
+        node: String,
+    },
+    /// An existing node changed.
+    Updated {
+        /// The node.
+        node: String,
+        /// What changed: `macs`, `group`, `arch`, `profile` (files count as profile).
+        fields: Vec<String>,
+    },
+    /// An existing node already was exactly this.
+    Unchanged {
+        /// The node.
+        node: String,
+    },
+    /// Refused; nothing of this item applied (the others did).
+    Failed {
+        /// The node.
+        node: String,
+        /// Why.
+        rejection: Rejection,
+    },
 }
 
 /// Largest file carried inline in a [`Command::SetBootProfile`].
@@ -347,6 +408,31 @@ pub enum Command {
         /// The commands.
         commands: Vec<Command>,
     },
+    /// Creates or updates many nodes in one log entry (bulk enrollment). Each item is
+    /// applied on its own: a refused item leaves no trace and the others still apply,
+    /// so an import re-run with the same content changes nothing.
+    ImportNodes {
+        /// Importing host: owns the nodes it creates, holds their rendered blobs.
+        host: String,
+        /// Group of new nodes that name none (the importing host's).
+        group: String,
+        /// The nodes, applied in order.
+        nodes: Vec<ImportItem>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Applies `command` at most once per `request`: a retry of a write whose answer was
+    /// lost (the leader died after committing it, a forward timed out) gets the outcome
+    /// of the first application instead of being applied again. The proposer tags every
+    /// write it sends; tagged commands do not nest and are not batched.
+    Idempotent {
+        /// Chosen by the proposer, the same on every retry.
+        request: RequestId,
+        /// Proposer's time of the first attempt: ages the request's record out.
+        at: Millis,
+        /// The write.
+        command: Box<Command>,
+    },
 }
 
 /// A node's boot became stuck, or stopped being stuck (see [`Command::BootNotices`]).
@@ -540,6 +626,11 @@ pub enum Applied {
         active: bool,
         /// False when it already was in that state.
         changed: bool,
+    },
+    /// An import applied: one result per item, in order.
+    NodesImported {
+        /// Per item.
+        results: Vec<ImportResult>,
     },
     /// Every command of a batch applied, in order.
     Batch {

@@ -21,6 +21,8 @@ pub mod schema;
 pub mod types;
 
 #[cfg(test)]
+mod list_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_scale;
@@ -36,11 +38,14 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::blobs::Digest;
 use crate::wire::path::ClientPath;
 
-pub use command::{Applied, BootNotice, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
-pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
+pub use command::{
+    Applied, BootNotice, Command, FileSpec, ImportItem, ImportProfile, ImportResult, Outcome,
+    Rejection, INLINE_MAX,
+};
+pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, NodeFilter, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, NodeId, ProvisionState,
-    TransferReason,
+    RequestId, TransferReason,
 };
 
 /// Failures of the store itself (never business outcomes; those are [`Rejection`]s).
@@ -159,7 +164,8 @@ impl Store {
         // on a lock upgrade.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let outcome = apply::apply(&tx, cmd)?;
-        if outcome.is_applied() {
+        // A tagged write records its outcome, a refusal included.
+        if outcome.is_applied() || matches!(cmd, Command::Idempotent { .. }) {
             tx.commit()?;
         } else {
             tx.rollback()?;
@@ -190,6 +196,27 @@ impl Store {
     /// All nodes, by id.
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         read::nodes(&lock(&self.reader))
+    }
+
+    /// Up to `limit` nodes matching `filter` with ids after `after`, by id (a keyset
+    /// page: repeat with the last id until a page comes back short).
+    pub fn nodes_page(
+        &self,
+        filter: &NodeFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Node>, StoreError> {
+        read::nodes_page(&lock(&self.reader), filter, after, limit)
+    }
+
+    /// Number of nodes matching `filter`.
+    pub fn count_nodes(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
+        read::count_nodes(&lock(&self.reader), filter)
+    }
+
+    /// Number of nodes each host owns (hosts owning none are absent).
+    pub fn owned_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        read::owned_counts(&lock(&self.reader))
     }
 
     /// The node that has `mac` (what proxy-DHCP asks).
@@ -247,6 +274,23 @@ impl Store {
     /// All artifacts, by digest.
     pub fn artifacts(&self) -> Result<Vec<Artifact>, StoreError> {
         read::artifacts(&lock(&self.reader))
+    }
+
+    /// Up to `limit` artifacts with digests after `after`, by digest; only those named
+    /// `name` and held by `host` when given.
+    pub fn artifacts_page(
+        &self,
+        name: Option<&str>,
+        host: Option<&str>,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Artifact>, StoreError> {
+        read::artifacts_page(&lock(&self.reader), name, host, after, limit)
+    }
+
+    /// Number of artifacts.
+    pub fn count_artifacts(&self) -> Result<u64, StoreError> {
+        read::count_artifacts(&lock(&self.reader))
     }
 
     /// Nodes whose files reference an artifact.
@@ -418,6 +462,7 @@ const DUMP: &[(&str, &str)] = &[
     ("reservations", "node"),
     ("events", "seq"),
     ("rebalance", "id"),
+    ("requests", "seq"),
 ];
 
 /// See [`Store::canonical_dump`].

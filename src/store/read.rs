@@ -248,6 +248,11 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
 }
 
 fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
+    let macs = node_macs(conn, &raw.id)?;
+    node_with_macs(raw, macs)
+}
+
+fn node_with_macs(raw: RawNode, macs: Vec<MacAddr>) -> Result<Node, StoreError> {
     let provision_state = ProvisionState::parse(&raw.state)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown provision state {:?}", raw.state)))?;
     let handoff = match raw.handoff_to {
@@ -263,7 +268,7 @@ fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
         .map(|p| json(p, "boot profile"))
         .transpose()?;
     Ok(Node {
-        macs: node_macs(conn, &raw.id)?,
+        macs,
         id: raw.id,
         group: raw.group,
         arch: raw.arch,
@@ -307,12 +312,158 @@ pub(super) fn node(conn: &Connection, id: &str) -> Result<Option<Node>, StoreErr
 }
 
 pub(super) fn nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
-    let sql = format!("SELECT {NODE_COLS} FROM nodes ORDER BY id");
+    nodes_page(conn, &NodeFilter::default(), None, usize::MAX)
+}
+
+/// Which nodes a listing returns; every field set must match (all when default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFilter {
+    /// Owned by this host.
+    pub owner: Option<String>,
+    /// In this group.
+    pub group: Option<String>,
+    /// With this architecture hint.
+    pub arch: Option<String>,
+    /// In this provision state.
+    pub provision_state: Option<ProvisionState>,
+    /// Migrating (`true`) or not (`false`).
+    pub migrating: Option<bool>,
+    /// Flagged stuck (`true`) or not (`false`).
+    pub stuck: Option<bool>,
+    /// With this profile kind (`deploy`, `instance`, `local`); `Some(None)`: none.
+    pub profile: Option<Option<String>>,
+    /// With this boot MAC.
+    pub mac: Option<MacAddr>,
+}
+
+impl NodeFilter {
+    /// The SQL condition over `nodes` (aliased `n`) and its parameters.
+    fn sql(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value as V;
+        let mut conds: Vec<&str> = Vec::new();
+        let mut args: Vec<V> = Vec::new();
+        let mut text = |cond: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                conds.push(cond);
+                args.push(V::Text(v.clone()));
+            }
+        };
+        text("n.owner = ?", &self.owner);
+        text("n.group_name = ?", &self.group);
+        text("n.arch = ?", &self.arch);
+        text(
+            "n.provision_state = ?",
+            &self.provision_state.map(|p| p.as_str().to_string()),
+        );
+        text(
+            "n.id = (SELECT node FROM node_macs WHERE mac = ?)",
+            &self.mac.map(|m| m.colons()),
+        );
+        match &self.profile {
+            Some(None) => conds.push("n.boot_profile IS NULL"),
+            Some(Some(kind)) => {
+                conds.push("json_extract(n.boot_profile, '$.kind') = ?");
+                args.push(V::Text(kind.clone()));
+            }
+            None => {}
+        }
+        for (flag, yes, no) in [
+            (
+                self.migrating,
+                "n.handoff_to IS NOT NULL",
+                "n.handoff_to IS NULL",
+            ),
+            (self.stuck, "n.stuck IS NOT NULL", "n.stuck IS NULL"),
+        ] {
+            if let Some(f) = flag {
+                conds.push(if f { yes } else { no });
+            }
+        }
+        let sql = if conds.is_empty() {
+            "1".to_string()
+        } else {
+            conds.join(" AND ")
+        };
+        (sql, args)
+    }
+}
+
+/// Up to `limit` nodes matching `filter` with ids after `after`, by id: a keyset page,
+/// stable under concurrent writes (a node present throughout is listed exactly once).
+/// One query, MACs joined in, so a page of thousands costs one pass.
+pub(super) fn nodes_page(
+    conn: &Connection,
+    filter: &NodeFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Node>, StoreError> {
+    let (cond, mut args) = filter.sql();
+    let cols = NODE_COLS
+        .split(", ")
+        .map(|c| format!("n.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols}, m.mac FROM \
+           (SELECT * FROM nodes n WHERE {cond} AND n.id > ? ORDER BY n.id LIMIT ?) n \
+         LEFT JOIN node_macs m ON m.node = n.id ORDER BY n.id, m.mac"
+    );
+    args.push(rusqlite::types::Value::Text(
+        after.unwrap_or("").to_string(),
+    ));
+    args.push(rusqlite::types::Value::Integer(
+        i64::try_from(limit).unwrap_or(-1),
+    ));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let raws = stmt
-        .query_map([], raw_node)?
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out: Vec<Node> = Vec::new();
+    let mut macs: Vec<MacAddr> = Vec::new();
+    let mut pending: Option<RawNode> = None;
+    let mac_col = NODE_COLS.split(',').count();
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        if pending.as_ref().is_some_and(|p| p.id != id) {
+            if let Some(raw) = pending.take() {
+                out.push(node_with_macs(raw, std::mem::take(&mut macs))?);
+            }
+        }
+        if pending.is_none() {
+            pending = Some(raw_node(row)?);
+        }
+        if let Some(m) = row.get::<_, Option<String>>(mac_col)? {
+            macs.push(
+                m.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("bad MAC in database: {e}")))?,
+            );
+        }
+    }
+    if let Some(raw) = pending {
+        out.push(node_with_macs(raw, macs)?);
+    }
+    Ok(out)
+}
+
+/// Nodes matching `filter`.
+pub(super) fn count_nodes(conn: &Connection, filter: &NodeFilter) -> Result<u64, StoreError> {
+    let (cond, args) = filter.sql();
+    let sql = format!("SELECT COUNT(*) FROM nodes n WHERE {cond}");
+    let n: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+    u(n, "node count")
+}
+
+/// Number of nodes each host owns (hosts owning none are absent).
+pub(super) fn owned_counts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT owner, COUNT(*) FROM nodes GROUP BY owner")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    raws.into_iter().map(|r| node_from_raw(conn, r)).collect()
+    rows.into_iter()
+        .map(|(h, n)| Ok((h, u(n, "node count")?)))
+        .collect()
 }
 
 pub(super) fn node_id_by_mac(
@@ -397,14 +548,57 @@ pub(super) fn artifact(conn: &Connection, d: &Digest) -> Result<Option<Artifact>
 }
 
 pub(super) fn artifacts(conn: &Connection) -> Result<Vec<Artifact>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT digest, size, name, created_at FROM artifacts ORDER BY digest")?;
-    let raws = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<Vec<RawArtifact>, _>>()?;
-    raws.into_iter()
-        .map(|r| artifact_from_raw(conn, r))
-        .collect()
+    artifacts_page(conn, None, None, None, usize::MAX)
+}
+
+/// Up to `limit` artifacts with digests after `after`, by digest, each with its holders;
+/// only those named `name` and held by `host` when given. One query.
+pub(super) fn artifacts_page(
+    conn: &Connection,
+    name: Option<&str>,
+    host: Option<&str>,
+    after: Option<&Digest>,
+    limit: usize,
+) -> Result<Vec<Artifact>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.digest, a.size, a.name, a.created_at, h.host FROM \
+           (SELECT * FROM artifacts a WHERE a.digest > ?1 \
+              AND (?2 IS NULL OR a.name = ?2) \
+              AND (?3 IS NULL OR EXISTS (SELECT 1 FROM host_artifacts x \
+                                         WHERE x.digest = a.digest AND x.host = ?3)) \
+            ORDER BY a.digest LIMIT ?4) a \
+         LEFT JOIN host_artifacts h ON h.digest = a.digest ORDER BY a.digest, h.host",
+    )?;
+    let after = after.map(Digest::to_hex).unwrap_or_default();
+    let limit = i64::try_from(limit).unwrap_or(-1);
+    let mut rows = stmt.query(params![after, name, host, limit])?;
+    let mut out: Vec<Artifact> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let d: String = r.get(0)?;
+        let holder: Option<String> = r.get(4)?;
+        let same = out.last().is_some_and(|a| a.digest.to_hex() == d);
+        if !same {
+            out.push(Artifact {
+                digest: digest(&d)?,
+                size: u(r.get(1)?, "size")?,
+                name: r.get(2)?,
+                created_at: r.get(3)?,
+                hosts: Vec::new(),
+            });
+        }
+        if let (Some(h), Some(a)) = (holder, out.last_mut()) {
+            a.hosts.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Number of artifacts.
+pub(super) fn count_artifacts(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM artifacts")?
+        .query_row([], |r| r.get(0))?;
+    u(n, "artifact count")
 }
 
 /// Nodes whose files reference `d`, sorted.

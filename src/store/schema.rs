@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -174,4 +174,18 @@ CREATE TABLE rebalance (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     requested_at  INTEGER NOT NULL
 ) STRICT;
+"#;
+
+/// Version 7: outcomes of recent tagged writes ([`super::Command::Idempotent`]), so a
+/// write retried after its answer was lost applies once and gets its first answer
+/// again. Pruned on every tagged write by the proposer's time and by count (oldest
+/// `seq` first), so the table stays bounded and every replica prunes alike.
+const V7: &str = r#"
+CREATE TABLE requests (
+    seq      INTEGER PRIMARY KEY,           -- insertion order: pruning by count
+    id       TEXT NOT NULL UNIQUE,          -- RequestId, 32 hex digits
+    at       INTEGER NOT NULL,              -- proposer's time of the first attempt
+    outcome  TEXT NOT NULL                  -- JSON Outcome of the first application
+) STRICT;
+CREATE INDEX requests_at ON requests(at);
 "#;

@@ -253,8 +253,8 @@ mod tests {
         JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
     };
     use crate::blobs::Digest;
-    use crate::store::command::{BootNotice, FileSpec};
-    use crate::store::types::{BootProfile, KernelBoot, ProvisionState, TransferReason};
+    use crate::store::command::{BootNotice, FileSpec, ImportItem, ImportProfile};
+    use crate::store::types::{BootProfile, KernelBoot, ProvisionState, RequestId, TransferReason};
 
     const BIG: u64 = u64::MAX;
     const MS: i64 = i64::MIN;
@@ -333,8 +333,8 @@ mod tests {
             },
             Command::SetBootProfile {
                 node: "n".into(),
-                profile: Some(profile),
-                files: vec![file(Some(text)), file(None)],
+                profile: Some(profile.clone()),
+                files: vec![file(Some(text.clone())), file(None)],
                 host: "h1".into(),
                 expected_epoch: Some(1),
                 at: 6,
@@ -455,6 +455,38 @@ mod tests {
         v.push(Command::Batch {
             commands: v.clone(),
         });
+        // Neither is batched: an import applies its items one by one, and every
+        // proposal travels tagged with its request id.
+        let import = Command::ImportNodes {
+            host: "h1".into(),
+            group: "g".into(),
+            nodes: vec![
+                ImportItem {
+                    node: "n".into(),
+                    macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+                    group: Some("g".into()),
+                    arch: Some("aarch64".into()),
+                    profile: Some(ImportProfile {
+                        profile: Some(profile.clone()),
+                        files: vec![file(None), file(Some(text.clone()))],
+                    }),
+                },
+                ImportItem {
+                    node: "m".into(),
+                    macs: vec![],
+                    group: None,
+                    arch: None,
+                    profile: None,
+                },
+            ],
+            at: 18,
+        };
+        v.push(import.clone());
+        v.push(Command::Idempotent {
+            request: RequestId(u128::MAX),
+            at: 19,
+            command: Box::new(import),
+        });
         for c in &v {
             match c {
                 Command::RegisterHost { .. }
@@ -480,7 +512,9 @@ mod tests {
                 | Command::RecordHostArtifacts { .. }
                 | Command::OwnershipSteps { .. }
                 | Command::SetRebalance { .. }
-                | Command::Batch { .. } => {}
+                | Command::Batch { .. }
+                | Command::ImportNodes { .. }
+                | Command::Idempotent { .. } => {}
             }
         }
         v
