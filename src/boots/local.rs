@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::health::{Stuck, StuckKind};
 use super::record::{BootRecord, Firmware, Proto, Stage, Status};
-use super::stuck::{Stuck, StuckKind};
 use crate::clock::Millis;
 
 /// Why the boot record file failed.

@@ -8,13 +8,14 @@
 //! records, read from peers when asked (`/cluster/boots`); only the stuck flag's
 //! transitions enter the log, batched per detector pass ([`watch`]).
 //!
-//! Rooms: [`record`] (the value), [`timeline`] and [`stuck`] (pure: attempts and their
-//! health over records and a time), [`classify`] (pure: what a driver event means),
+//! Rooms: [`record`] (the value), [`health`] (how an attempt stands), [`timeline`] and
+//! [`stuck`] (pure: attempts, and their health over records and a time), [`classify`] (pure: what a driver event means),
 //! [`metrics`]; drivers: [`recorder`] (the handle the protocol drivers call, and the
 //! batched writer), [`local`] (the file), [`watch`] (the detector), [`text`] (CLI
 //! output).
 
 pub mod classify;
+pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod record;
@@ -24,7 +25,8 @@ pub mod text;
 pub mod timeline;
 pub mod watch;
 
+pub use health::{Health, Stuck, StuckKind};
 pub use record::{BootRecord, Proto, Stage, Status, Transfer};
 pub use recorder::{BootRecorder, DhcpSeen, LiveTransfer};
-pub use stuck::{Health, Rules, Stuck, StuckKind};
+pub use stuck::Rules;
 pub use timeline::{Attempt, Step};

@@ -6,10 +6,9 @@
 //! `stall_ms`, and no transfer running), and a node that keeps asking for DHCP without
 //! fetching anything (`dhcp_loop_requests` requests over at least `dhcp_loop_ms`).
 
-use serde::{Deserialize, Serialize};
-
-use super::record::Status;
-use super::timeline::Attempt;
+use super::health::{Health, Stuck, StuckKind};
+use super::record::{BootRecord, Status};
+use super::timeline::{attempts, merge, Attempt};
 use crate::clock::Millis;
 
 /// Thresholds of [`assess`] (`[boots]` in the configuration).
@@ -29,83 +28,6 @@ impl Default for Rules {
             stall_ms: 120_000,
             dhcp_loop_requests: 4,
             dhcp_loop_ms: 30_000,
-        }
-    }
-}
-
-/// Which way a boot is stuck.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StuckKind {
-    /// It started and then nothing happened.
-    Stalled,
-    /// It keeps asking for DHCP and fetches nothing.
-    DhcpLoop,
-}
-
-impl StuckKind {
-    /// Label for events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StuckKind::Stalled => "stalled",
-            StuckKind::DhcpLoop => "dhcp_loop",
-        }
-    }
-}
-
-/// A stuck boot: how, since when, and a sentence for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stuck {
-    /// How.
-    pub kind: StuckKind,
-    /// Since when (the last activity for a stall, the first request for a loop).
-    pub since: Millis,
-    /// What the records show.
-    pub reason: String,
-}
-
-/// Where a boot attempt stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Health {
-    /// Going on.
-    InProgress,
-    /// Its files were delivered: the OS has what it needs.
-    Booted,
-    /// The OS reported success.
-    Done,
-    /// Stuck (see [`Stuck`]).
-    Stuck(Stuck),
-    /// A new attempt began before this one delivered its files.
-    Interrupted,
-}
-
-impl Health {
-    /// Label.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Health::InProgress => "in_progress",
-            Health::Booted => "booted",
-            Health::Done => "done",
-            Health::Stuck(s) => s.kind.as_str(),
-            Health::Interrupted => "interrupted",
-        }
-    }
-
-    /// The stuck details, when stuck.
-    pub fn stuck(&self) -> Option<&Stuck> {
-        match self {
-            Health::Stuck(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The health of an attempt that a newer one followed: unfinished is interrupted,
-    /// unless it had got stuck first.
-    pub fn ended(self) -> Health {
-        match self {
-            Health::InProgress => Health::Interrupted,
-            h => h,
         }
     }
 }
@@ -237,12 +159,36 @@ fn stall_reason(a: &Attempt, quiet: Millis) -> String {
     s
 }
 
+/// The attempts of one node from records of every host, each with its health as of
+/// `now` (an earlier attempt as of the start of the next); `active` when a transfer of
+/// the node is in progress somewhere. The newest `limit` attempts, oldest first.
+pub fn timeline(
+    records: Vec<BootRecord>,
+    now: Millis,
+    active: bool,
+    rules: &Rules,
+    limit: usize,
+) -> Vec<Attempt> {
+    let mut all = attempts(&merge(records));
+    let n = all.len();
+    let next_starts: Vec<Option<Millis>> =
+        (0..n).map(|i| all.get(i + 1).map(|a| a.started)).collect();
+    for (a, next) in all.iter_mut().zip(next_starts) {
+        a.health = match next {
+            Some(t) => assess(a, t, false, rules).ended(),
+            None => assess(a, now, active, rules),
+        };
+    }
+    let skip = n.saturating_sub(limit.max(1));
+    all.into_iter().skip(skip).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boots::record::Proto;
     use crate::boots::record::Stage;
-    use crate::boots::timeline::attempts;
-    use crate::boots::timeline::tests::rec;
+    use crate::boots::timeline::tests::{full_boot, rec};
 
     const R: Rules = Rules {
         stall_ms: 120_000,
@@ -354,5 +300,61 @@ mod tests {
         .unwrap();
         assert_eq!(j["state"], "stuck");
         assert_eq!(j["kind"], "dhcp_loop");
+    }
+
+    #[test]
+    fn a_takeover_mid_boot_shows_both_hosts_in_one_attempt() {
+        let mut r = vec![
+            rec(0, "h1", Stage::Dhcp, Status::Ok),
+            rec(1, "h1", Stage::Loader, Status::Ok),
+            rec(2, "h1", Stage::Config, Status::Ok),
+        ];
+        // h1 dies; the firmware retries its kernel from the host it knows, then the
+        // ROM times out and boots again, now answered by h2.
+        r.push(rec(30, "h2", Stage::Dhcp, Status::Ok));
+        r.push(rec(31, "h2", Stage::Loader, Status::Ok));
+        r.push(rec(32, "h2", Stage::Config, Status::Ok));
+        r.push(rec(33, "h2", Stage::Kernel, Status::Ok));
+        r.push(rec(34, "h2", Stage::Ramdisk, Status::Ok));
+        // Records arrive per host: merge sorts them.
+        let (h1, h2): (Vec<_>, Vec<_>) = r.into_iter().partition(|x| x.host == "h1");
+        let merged = merge([h2, h1].concat());
+        assert!(merged.windows(2).all(|w| w[0].at <= w[1].at));
+        let t = timeline(merged, 40_000, false, &Rules::default(), 10);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].hosts, vec!["h1"]);
+        assert_eq!(t[1].hosts, vec!["h2"]);
+        assert_eq!(t[1].health, Health::Booted);
+        assert_eq!(t[0].health, Health::Interrupted);
+        // An attempt finished by the old owner after a migration has both hosts.
+        let r = vec![
+            rec(0, "h1", Stage::Dhcp, Status::Ok),
+            rec(1, "h1", Stage::Loader, Status::Ok),
+            rec(2, "h2", Stage::Config, Status::Ok),
+        ];
+        assert_eq!(attempts(&r)[0].hosts, vec!["h1", "h2"]);
+    }
+
+    #[test]
+    fn the_os_report_closes_the_latest_attempt_even_much_later() {
+        let mut r = full_boot(0, "h1");
+        let mut done = rec(3600, "h2", Stage::Done, Status::Ok);
+        done.proto = Proto::Http;
+        r.push(done);
+        let t = timeline(r, 4_000_000, false, &Rules::default(), 5);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].done_at, Some(3_600_000));
+        assert_eq!(t[0].time_to_boot_ms, Some(3_600_000));
+        assert_eq!(t[0].health, Health::Done);
+    }
+    #[test]
+    fn limit_keeps_the_newest_attempts() {
+        let mut r = Vec::new();
+        for i in 0..6 {
+            r.extend(full_boot(i * 100, "h1"));
+        }
+        let t = timeline(r, 1_000_000, false, &Rules::default(), 3);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[2].started, 500_000);
     }
 }

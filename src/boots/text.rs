@@ -3,7 +3,7 @@
 use crate::api::boots::{BootSummary, NodeBoots};
 use crate::clock::Millis;
 
-use super::stuck::Health;
+use super::health::Health;
 use super::timeline::{Attempt, Step};
 
 /// `2024-05-01 12:34:56.789Z` for a wall-clock time.

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::health::Health;
 use super::record::{BootRecord, Firmware, Stage, Status};
-use super::stuck::{assess, Health, Rules};
 use crate::clock::Millis;
 
 /// Silence after which the next record starts a new attempt, whatever it is.
@@ -66,7 +66,7 @@ pub struct Attempt {
     pub errors: u32,
     /// Time to boot: from the first record to the files delivered (or the OS's report).
     pub time_to_boot_ms: Option<u64>,
-    /// How it stands (filled in by [`timeline`]).
+    /// How it stands (filled in by [`super::stuck::timeline`]).
     pub health: Health,
     /// The steps, oldest first.
     pub steps: Vec<Step>,
@@ -225,30 +225,6 @@ pub fn attempts(records: &[BootRecord]) -> Vec<Attempt> {
     out
 }
 
-/// The attempts of one node from records of every host, each with its health as of
-/// `now` (an earlier attempt as of the start of the next); `active` when a transfer of
-/// the node is in progress somewhere. The newest `limit` attempts, oldest first.
-pub fn timeline(
-    records: Vec<BootRecord>,
-    now: Millis,
-    active: bool,
-    rules: &Rules,
-    limit: usize,
-) -> Vec<Attempt> {
-    let mut all = attempts(&merge(records));
-    let n = all.len();
-    let next_starts: Vec<Option<Millis>> =
-        (0..n).map(|i| all.get(i + 1).map(|a| a.started)).collect();
-    for (a, next) in all.iter_mut().zip(next_starts) {
-        a.health = match next {
-            Some(t) => assess(a, t, false, rules).ended(),
-            None => assess(a, now, active, rules),
-        };
-    }
-    let skip = n.saturating_sub(limit.max(1));
-    all.into_iter().skip(skip).collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -283,7 +259,7 @@ pub(crate) mod tests {
         r
     }
 
-    fn full_boot(t0: i64, host: &str) -> Vec<BootRecord> {
+    pub fn full_boot(t0: i64, host: &str) -> Vec<BootRecord> {
         vec![
             rec(t0, host, Stage::Dhcp, Status::Ok),
             rec(t0 + 1, host, Stage::BootServer, Status::Ok),
@@ -342,52 +318,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_takeover_mid_boot_shows_both_hosts_in_one_attempt() {
-        let mut r = vec![
-            rec(0, "h1", Stage::Dhcp, Status::Ok),
-            rec(1, "h1", Stage::Loader, Status::Ok),
-            rec(2, "h1", Stage::Config, Status::Ok),
-        ];
-        // h1 dies; the firmware retries its kernel from the host it knows, then the
-        // ROM times out and boots again, now answered by h2.
-        r.push(rec(30, "h2", Stage::Dhcp, Status::Ok));
-        r.push(rec(31, "h2", Stage::Loader, Status::Ok));
-        r.push(rec(32, "h2", Stage::Config, Status::Ok));
-        r.push(rec(33, "h2", Stage::Kernel, Status::Ok));
-        r.push(rec(34, "h2", Stage::Ramdisk, Status::Ok));
-        // Records arrive per host: merge sorts them.
-        let (h1, h2): (Vec<_>, Vec<_>) = r.into_iter().partition(|x| x.host == "h1");
-        let merged = merge([h2, h1].concat());
-        assert!(merged.windows(2).all(|w| w[0].at <= w[1].at));
-        let t = timeline(merged, 40_000, false, &Rules::default(), 10);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].hosts, vec!["h1"]);
-        assert_eq!(t[1].hosts, vec!["h2"]);
-        assert_eq!(t[1].health, Health::Booted);
-        assert_eq!(t[0].health, Health::Interrupted);
-        // An attempt finished by the old owner after a migration has both hosts.
-        let r = vec![
-            rec(0, "h1", Stage::Dhcp, Status::Ok),
-            rec(1, "h1", Stage::Loader, Status::Ok),
-            rec(2, "h2", Stage::Config, Status::Ok),
-        ];
-        assert_eq!(attempts(&r)[0].hosts, vec!["h1", "h2"]);
-    }
-
-    #[test]
-    fn the_os_report_closes_the_latest_attempt_even_much_later() {
-        let mut r = full_boot(0, "h1");
-        let mut done = rec(3600, "h2", Stage::Done, Status::Ok);
-        done.proto = Proto::Http;
-        r.push(done);
-        let t = timeline(r, 4_000_000, false, &Rules::default(), 5);
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].done_at, Some(3_600_000));
-        assert_eq!(t[0].time_to_boot_ms, Some(3_600_000));
-        assert_eq!(t[0].health, Health::Done);
-    }
-
-    #[test]
     fn a_local_boot_ends_with_its_configuration() {
         let mut cfg = rec(2, "h1", Stage::Config, Status::Ok);
         cfg.ends_boot = true;
@@ -399,17 +329,6 @@ pub(crate) mod tests {
         let a = attempts(&r);
         assert!(a[0].files_delivered());
         assert_eq!(a[0].time_to_boot_ms, Some(2_000));
-    }
-
-    #[test]
-    fn limit_keeps_the_newest_attempts() {
-        let mut r = Vec::new();
-        for i in 0..6 {
-            r.extend(full_boot(i * 100, "h1"));
-        }
-        let t = timeline(r, 1_000_000, false, &Rules::default(), 3);
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[2].started, 500_000);
     }
 
     #[test]

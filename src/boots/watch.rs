@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::health::Stuck;
 use super::recorder::BootRecorder;
-use super::stuck::{transitions, Stuck};
+use super::stuck::transitions;
 use crate::clock::now_ms;
 use crate::store::raft::propose::Proposer;
 use crate::store::{BootNotice, Command, Store};

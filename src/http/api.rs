@@ -27,7 +27,7 @@ use crate::api::v1::{
     EventsQuery, HandoffFilter, HostChanged, HostRemoved, HostView, MemberRole, MemberView,
     MigrateRequest, NodeDetail, NodeQuery, ProfileRequest, ReleaseQuery, RemoveHostQuery,
     RenewRequest, ReservationGrant, ReservationState, StatusView, TftpTotals, UpdateRequest,
-    UploadQuery, Uploaded, IMPORT_PATH, MAX_PAGE, NEXT_CURSOR_HEADER,
+    UploadQuery, Uploaded, MAX_PAGE, NEXT_CURSOR_HEADER,
 };
 use crate::api::ErrorBody;
 use crate::app::App;
@@ -50,10 +50,6 @@ const MAX_WAIT_SECS: u64 = 60;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/nodes", get(list_nodes).post(enroll_node))
-        .route(
-            IMPORT_PATH,
-            axum::routing::post(super::import::import_nodes),
-        )
         .route(
             "/v1/nodes/{id}",
             get(show_node).patch(update_node).delete(delete_node),

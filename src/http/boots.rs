@@ -20,7 +20,7 @@ use crate::api::boots::{
     OverviewQuery, PeerBootSummary, PeerNodeRecords, MAX_ATTEMPTS, MAX_NODE_RECORDS,
 };
 use crate::app::App;
-use crate::boots::timeline::timeline;
+use crate::boots::stuck::timeline;
 use crate::boots::{BootRecord, Stuck};
 use crate::clock::now_ms;
 use crate::ownership::gate::{NodeFileAccess, NotServed};

@@ -27,7 +27,8 @@ use super::error::{ApiError, RETRY_AFTER_SECS};
 use super::json::ApiQuery;
 use crate::api::v1::{
     ImportFailure, ImportFormat, ImportMessage, ImportProfileSpec, ImportQuery, ImportRecord,
-    ImportReport, ImportUpdate, ProfileRequest, IMPORT_MAX_BYTES, IMPORT_MAX_LINE, NDJSON,
+    ImportReport, ImportUpdate, ProfileRequest, IMPORT_MAX_BYTES, IMPORT_MAX_LINE, IMPORT_PATH,
+    NDJSON,
 };
 use crate::api::{ErrorBody, ErrorInfo};
 use crate::app::App;
@@ -52,6 +53,11 @@ const BATCH_ITEMS: usize = crate::store::apply::MAX_BATCH;
 /// A batch that got no more lines for this long is committed as it is: a slow upload
 /// still makes progress.
 const BATCH_WAIT: Duration = Duration::from_millis(500);
+
+/// The import route (behind the API token, as every `/v1` route).
+pub fn routes() -> axum::Router<Arc<App>> {
+    axum::Router::new().route(IMPORT_PATH, axum::routing::post(import_nodes))
+}
 
 /// The handler: streams the answer as [`NDJSON`] when the client accepts it, else
 /// answers the report as JSON at the end (with the error's status if the import stopped

@@ -54,6 +54,7 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>, max_upload
     let api = api::routes()
         .merge(boots::api_routes())
         .merge(ingest::routes())
+        .merge(import::routes())
         .merge(rebalance::routes())
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
