@@ -282,7 +282,14 @@ async fn blob(
         .parse()
         .map_err(|_| ApiError::field("digest", "not a sha256 digest"))?;
     let Some(path) = app.blobs.store().get(&d) else {
-        return Err(ApiError::NotFound(format!("blob {d}")));
+        // Small rendered files live in the replicated store, not as blob files: every
+        // replica holds them, so every peer can serve them.
+        return match app.store.inline_file(&d)? {
+            Some(bytes) => {
+                Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+            }
+            None => Err(ApiError::NotFound(format!("blob {d}"))),
+        };
     };
     let file = tokio::fs::File::open(&path)
         .await

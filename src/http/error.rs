@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("request body too large")]
     TooLarge,
+    /// The declared body is larger than this route's limit (bytes).
+    #[error("request body larger than {0} bytes")]
+    BodyOverLimit(u64),
     /// A Range that names no byte of the body.
     #[error("range not satisfiable (size {0})")]
     RangeNotSatisfiable(u64),
@@ -80,7 +83,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge | ApiError::BodyOverLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -97,7 +100,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
-            ApiError::TooLarge => "too_large",
+            ApiError::TooLarge | ApiError::BodyOverLimit(_) => "too_large",
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::Internal(_) => "internal",
             ApiError::MethodNotAllowed => "method_not_allowed",

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use crate::api::v1::{IMPORT_MAX_BYTES, IMPORT_PATH};
 
 /// Largest JSON body of a `/v1` route.
 pub const MAX_JSON: u64 = 1 << 20;
@@ -19,7 +20,8 @@ pub const MAX_JSON: u64 = 1 << 20;
 pub const MAX_DONE_REPORT: u64 = 4096;
 
 /// The largest body `method` on `route` (the matched route pattern, `None` when nothing
-/// matched) takes: artifact uploads up to `max_upload` (streamed to disk), other `/v1`
+/// matched) takes: artifact uploads up to `max_upload` (streamed to disk), node imports
+/// up to [`IMPORT_MAX_BYTES`] (streamed), other `/v1`
 /// routes JSON up to [`MAX_JSON`], a node's done report up to [`MAX_DONE_REPORT`], boot
 /// files, `/metrics` and unmatched paths none.
 /// `/cluster` routes set their own limits (`None` here).
@@ -27,6 +29,8 @@ pub fn body_limit(method: &Method, route: Option<&str>, max_upload: u64) -> Opti
     match route {
         Some(r) if r == "/cluster" || r.starts_with("/cluster/") => None,
         Some("/v1/artifacts") if method == Method::POST => Some(max_upload),
+        // Streamed and parsed line by line, never held whole.
+        Some(IMPORT_PATH) if method == Method::POST => Some(IMPORT_MAX_BYTES),
         Some("/boot/{node}/done") if method == Method::POST => Some(MAX_DONE_REPORT),
         Some(r) if r.starts_with("/v1/") => Some(MAX_JSON),
         _ => Some(0),
@@ -80,7 +84,7 @@ pub async fn limit_body(State(max): State<Arc<MaxUpload>>, req: Request, next: N
     let over = declared.is_some_and(|n| n > limit);
     let far_over = declared.is_some_and(|n| n > limit.saturating_add(DRAIN));
     if (over && (limit == 0 || far_over)) || (limit == 0 && chunked) {
-        return ApiError::TooLarge.into_response();
+        return ApiError::BodyOverLimit(limit).into_response();
     }
     let (parts, body) = req.into_parts();
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
@@ -122,6 +126,14 @@ mod tests {
         assert_eq!(
             body_limit(&Method::GET, Some("/boot/{node}/{*path}"), up),
             Some(0)
+        );
+        assert_eq!(
+            body_limit(&Method::POST, Some(IMPORT_PATH), up),
+            Some(IMPORT_MAX_BYTES)
+        );
+        assert_eq!(
+            body_limit(&Method::POST, Some("/boot/{node}/done"), up),
+            Some(MAX_DONE_REPORT)
         );
         assert_eq!(body_limit(&Method::GET, Some("/metrics"), up), Some(0));
         assert_eq!(body_limit(&Method::GET, None, up), Some(0));

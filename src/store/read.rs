@@ -565,7 +565,9 @@ pub(super) fn artifacts_page(
            (SELECT * FROM artifacts a WHERE a.digest > ?1 \
               AND (?2 IS NULL OR a.name = ?2) \
               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM host_artifacts x \
-                                         WHERE x.digest = a.digest AND x.host = ?3)) \
+                                         WHERE x.digest = a.digest AND x.host = ?3) \
+                   OR (EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = a.digest) \
+                       AND EXISTS (SELECT 1 FROM hosts WHERE name = ?3))) \
             ORDER BY a.digest LIMIT ?4) a \
          LEFT JOIN host_artifacts h ON h.digest = a.digest ORDER BY a.digest, h.host",
     )?;
@@ -588,6 +590,24 @@ pub(super) fn artifacts_page(
         }
         if let (Some(h), Some(a)) = (holder, out.last_mut()) {
             a.hosts.push(h);
+        }
+    }
+    // A file kept in the store is held by every host (see `artifact_hosts`).
+    let mut inline = conn.prepare_cached("SELECT 1 FROM inline_files WHERE digest = ?1")?;
+    let mut all_hosts: Option<Vec<String>> = None;
+    for a in &mut out {
+        if inline.exists([a.digest.to_hex()])? {
+            let all = match &all_hosts {
+                Some(h) => h,
+                None => all_hosts.insert(
+                    conn.prepare_cached("SELECT name FROM hosts ORDER BY name")?
+                        .query_map([], |r| r.get(0))?
+                        .collect::<Result<Vec<String>, _>>()?,
+                ),
+            };
+            a.hosts.extend(all.iter().cloned());
+            a.hosts.sort();
+            a.hosts.dedup();
         }
     }
     Ok(out)
