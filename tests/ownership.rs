@@ -685,8 +685,10 @@ fn probe_loop(t: &Target, nodes: &[(String, [u8; 6])], sh: &Shared) {
         }
         // First answer of this host for a node: which owner and epoch does it report?
         for e in &seen {
-            if matches!(e.seen, Seen::Answer(_)) && asked.insert(e.node.clone()) {
+            // Asked again at the next answer when the API did not answer this time.
+            if matches!(e.seen, Seen::Answer(_)) && !asked.contains(&e.node) {
                 if let Ok(r) = api.try_get(&format!("/v1/nodes/{}", e.node)) {
+                    asked.insert(e.node.clone());
                     let v = r.json_or_null();
                     sh.epochs.lock().unwrap_or_else(|p| p.into_inner()).insert(
                         (e.node.clone(), t.host.clone()),
