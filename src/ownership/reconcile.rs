@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::raft::propose::Proposer;
 use crate::store::Store;
-use crate::store::{Command, HandoffState, Host, Millis, Node, TransferReason};
+use crate::store::{Command, HandoffState, Host, Millis, Node, Outcome, Rejection, TransferReason};
 
 /// What the cluster looks like to the reconciler.
 pub struct View<'a> {
@@ -231,13 +231,63 @@ pub async fn run(app: Reconciler, shutdown: CancellationToken) {
     }
 }
 
+/// Most reconciler commands proposed as one log entry (well under
+/// [`crate::store::apply::MAX_BATCH`] and one entry's size limit).
+pub const PROPOSAL_BATCH: usize = 200;
+
+/// Counts and logs one applied reconciler command.
+fn applied(app: &Reconciler, cmd: &Command) {
+    let label = match cmd {
+        Command::TransferOwnership { reason, .. } => format!("{reason:?}").to_lowercase(),
+        Command::AbortMigration { .. } => "abort".into(),
+        Command::BeginMigration { .. } => "drain".into(),
+        _ => "flag".into(),
+    };
+    if label != "flag" {
+        app.metrics.ownership.transfers.inc(&label);
+    }
+    if label == "abort" {
+        app.metrics.ownership.aborted_migrations.inc();
+    }
+    match cmd {
+        Command::TransferOwnership {
+            node, to, reason, ..
+        } => info!(node = %node, to = %to, reason = ?reason, "ownership transferred"),
+        Command::AbortMigration { node, .. } => {
+            warn!(node = %node, "migration rolled back: target is down")
+        }
+        Command::BeginMigration { node, to, .. } => {
+            info!(node = %node, to = %to, "draining: migration started")
+        }
+        Command::FlagNode { node, stuck, .. } => match stuck {
+            Some(r) => warn!(node = %node, reason = %r, "node cannot be taken over"),
+            None => info!(node = %node, "node no longer stuck"),
+        },
+        _ => {}
+    }
+}
+
 async fn once(app: &Reconciler) -> Result<(), String> {
     let hosts = app.store.hosts().map_err(|e| e.to_string())?;
     let nodes = app.store.nodes().map_err(|e| e.to_string())?;
     // Files kept in the store are on every replica: only blobs decide who may take over.
     let inline = app.store.inline_digests().map_err(|e| e.to_string())?;
+    let now = now_ms();
+    let down: BTreeSet<&str> = hosts
+        .iter()
+        .filter(|h| classify(h, now, &app.lease_times) == HostState::Down)
+        .map(|h| h.name.as_str())
+        .collect();
+    let known: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let mut node_digests = HashMap::new();
     for n in &nodes {
+        // [`plan`] reads the digests of nodes it may move (owner down, or migrating)
+        // only: no query per node per tick while every owner is alive, which under a
+        // boot storm took the leader's reader from DHCP and TFTP four times a second.
+        let owner_down = down.contains(n.owner.as_str()) || !known.contains(n.owner.as_str());
+        if !owner_down && n.handoff == HandoffState::None {
+            continue;
+        }
         let ds: BTreeSet<Digest> = app
             .store
             .node_files(&n.id)
@@ -261,50 +311,48 @@ async fn once(app: &Reconciler) -> Result<(), String> {
         node_digests: &node_digests,
         holders: &holders,
     };
-    let cmds = plan(&view, now_ms(), &app.lease_times, app.max_nodes);
+    let cmds = plan(&view, now, &app.lease_times, app.max_nodes);
     let stuck = nodes.iter().filter(|n| n.stuck.is_some()).count();
     app.metrics.ownership.stuck_nodes.set(stuck as i64);
-    for cmd in cmds {
-        let label = match &cmd {
-            Command::TransferOwnership { reason, .. } => format!("{reason:?}").to_lowercase(),
-            Command::AbortMigration { .. } => "abort".into(),
-            Command::BeginMigration { .. } => "drain".into(),
-            _ => "flag".into(),
-        };
-        let Some(out) = app
-            .proposer
-            .propose_as_leader(cmd.clone())
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            // Lost the lead: these decisions came from a replica that may be stale.
-            return Ok(());
-        };
-        if out.is_applied() {
-            if label != "flag" {
-                app.metrics.ownership.transfers.inc(&label);
-            }
-            if label == "abort" {
-                app.metrics.ownership.aborted_migrations.inc();
-            }
-            match &cmd {
-                Command::TransferOwnership {
-                    node, to, reason, ..
-                } => info!(node = %node, to = %to, reason = ?reason, "ownership transferred"),
-                Command::AbortMigration { node, .. } => {
-                    warn!(node = %node, "migration rolled back: target is down")
-                }
-                Command::BeginMigration { node, to, .. } => {
-                    info!(node = %node, to = %to, "draining: migration started")
-                }
-                Command::FlagNode { node, stuck, .. } => match stuck {
-                    Some(r) => warn!(node = %node, reason = %r, "node cannot be taken over"),
-                    None => info!(node = %node, "node no longer stuck"),
+    // Mass changes (a dead host's nodes) go as few log entries, not one commit per
+    // node: under a boot storm one round trip each left hundreds of nodes unserved for
+    // seconds. A refused command (the state moved on) is dropped and the rest re-sent.
+    for chunk in cmds.chunks(PROPOSAL_BATCH) {
+        let mut pending: Vec<Command> = chunk.to_vec();
+        while !pending.is_empty() {
+            let cmd = match pending.as_slice() {
+                [one] => one.clone(),
+                many => Command::Batch {
+                    commands: many.to_vec(),
                 },
-                _ => {}
+            };
+            let Some(out) = app
+                .proposer
+                .propose_as_leader(cmd)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                // Lost the lead: these decisions came from a replica that may be stale.
+                return Ok(());
+            };
+            match out {
+                Outcome::Applied(_) => {
+                    for c in &pending {
+                        applied(app, c);
+                    }
+                    break;
+                }
+                Outcome::Rejected(Rejection::BatchRejected { index, rejection })
+                    if index < pending.len() && pending.len() > 1 =>
+                {
+                    info!(rejection = %rejection, "ownership change refused (state moved on)");
+                    pending.remove(index);
+                }
+                other => {
+                    info!(outcome = ?other, "ownership change refused (state moved on)");
+                    break;
+                }
             }
-        } else {
-            info!(outcome = ?out, "ownership change refused (state moved on)");
         }
     }
     Ok(())
