@@ -10,7 +10,12 @@
 //! - SIGSTOP of the owner of the most nodes for TTL + grace + 2 s, then SIGCONT.
 //!
 //! Each fault run must boot every node, with no double answer, one digest per node
-//! file, and an end-to-end p99 no more than 1.5x the no-fault run's.
+//! file, the victim's nodes all taken over (kill), and an end-to-end p99 no more than
+//! 1.5x the no-fault run's. At this size the storm is nearly over when 30% of it has
+//! ended, and a client cut mid-transfer waits for its firmware's TFTP give-up before it
+//! can boot again: when that moment alone lies past 1.5x the no-fault p99, the test
+//! prints so (with the figures) and checks that those clients boot within one no-fault
+//! p99 of it instead; `benches/storm.rs` checks the ratio at 1,000 clients.
 //!
 //! Needs root, iproute2 and dnsmasq-base: without them it prints SKIPPED, or fails when
 //! `CI` is set. Run under `flock /tmp/baton-heavy.lock`.
@@ -41,6 +46,11 @@ fn nodes() -> usize {
 
 /// The p99 a fault run may reach, as a multiple of the no-fault run's.
 const P99_RATIO: f64 = 1.5;
+/// When the slowest profiles (PXE BIOS ROM, EDK2) give up on a silent TFTP server: six
+/// tries of 4 s (before `--tftp-time-scale`).
+const FIRMWARE_TFTP_GIVE_UP: Duration = Duration::from_secs(24);
+/// `baton storm`'s pause before a failed machine powers on again (before `--time-scale`).
+const REBOOT_DELAY: Duration = Duration::from_secs(5);
 
 fn opts() -> StormOpts {
     StormOpts {
@@ -158,12 +168,44 @@ fn boot_storm_survives_kill_and_sigstop_of_the_busiest_owner() {
     assert!(stop.fault_at.is_some(), "the storm ended before 30% ended?");
     check(&stop.run, "SIGSTOP");
 
+    // A client cut mid-transfer by the fault cannot be helped by any server: it sends its
+    // ACKs to the dead (or frozen) host until its firmware gives up, then reboots. When
+    // that alone ends past 1.5x the no-fault p99 (small storms end soon after 30% of
+    // them did), the ratio cannot hold at this size; the test then says so and requires
+    // instead that every cut client boots within one no-fault p99 of that moment. The
+    // bench (1,000 clients) checks the ratio itself.
+    let o = opts();
+    let give_up = FIRMWARE_TFTP_GIVE_UP.as_secs_f64() * o.tftp_time_scale
+        + REBOOT_DELAY.as_secs_f64() * o.time_scale;
     for (what, f) in [("kill -9", &kill), ("SIGSTOP", &stop)] {
         let p99 = e2e(&f.run, "p99");
-        assert!(
-            p99 <= P99_RATIO * base_p99,
-            "{what}: end-to-end p99 {p99:.2} s is more than {P99_RATIO}x the no-fault \
-             run's {base_p99:.2} s"
-        );
+        let floor = f.fault_at.unwrap() + give_up;
+        if floor <= P99_RATIO * base_p99 {
+            assert!(
+                p99 <= P99_RATIO * base_p99,
+                "{what}: end-to-end p99 {p99:.2} s is more than {P99_RATIO}x the no-fault \
+                 run's {base_p99:.2} s"
+            );
+            say(&format!(
+                "{what}: p99 {p99:.2} s = {:.2}x the no-fault p99 (<= {P99_RATIO})",
+                p99 / base_p99
+            ));
+        } else {
+            say(&format!(
+                "{what}: RATIO NOT CHECKABLE AT THIS SIZE: p99 {p99:.2} s = {:.2}x the no-fault \
+                 p99 {base_p99:.2} s, but clients cut by the fault at {:.2} s cannot restart \
+                 before their firmware gives up, {give_up:.2} s later ({floor:.2} s > \
+                 {P99_RATIO} x {base_p99:.2} s); checked instead: p99 <= {floor:.2} + \
+                 {base_p99:.2} s. See benches/storm.rs for the ratio at 1,000 clients.",
+                p99 / base_p99,
+                f.fault_at.unwrap()
+            ));
+            assert!(
+                p99 <= floor + base_p99,
+                "{what}: end-to-end p99 {p99:.2} s: clients cut at {:.2} s took more than a \
+                 no-fault p99 ({base_p99:.2} s) to boot once their firmware gave up",
+                f.fault_at.unwrap()
+            );
+        }
     }
 }
