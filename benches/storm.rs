@@ -14,7 +14,8 @@
 //!
 //! `cargo bench --bench storm`; env `STORM_NODES` (default 1000), `STORM_KERNEL_MIB`
 //! (8), `STORM_RAMDISK_MIB` (2), `STORM_RUNS` (default `dnsmasq,nofault,kill,stop`),
-//! `STORM_LIMIT_SECS` (per storm, default 900). Every storm stops by itself at its limit.
+//! `STORM_LIMIT_SECS` (per storm, default 900), `STORM_TIME_SCALE` (the firmware's DHCP
+//! timers, default 0.1). Every storm stops by itself at its limit.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -66,7 +67,7 @@ fn main() {
     let runs: Vec<&str> = runs.split(',').map(str::trim).collect();
     let o = StormOpts {
         profiles: "bios,efi-x64,ipxe,ipxe-http".into(),
-        time_scale: 0.1,
+        time_scale: env("STORM_TIME_SCALE", 0.1f64),
         tftp_time_scale: 0.25,
         attempts: 3,
         limit: env("STORM_LIMIT_SECS", 900.0f64),
@@ -141,14 +142,15 @@ fn main() {
         println!("{what}:\n{}{}", f.run.stderr, f.run.failure_tally());
         let note = match (&f.victim, f.fault_at) {
             (Some((h, n)), Some(at)) => format!(
-                "{h} ({n} nodes) at {at:.1} s{}; owners after {:?}",
+                "{h} ({n} nodes) at {at:.1} s{}; owners after {:?}; lease lapses {:?}",
                 f.resumed_at
                     .map(|r| format!(", SIGCONT at {r:.1} s"))
                     .unwrap_or_default(),
-                f.owners_after
+                f.owners_after,
+                f.lapses
             ),
             (Some(_), None) => "storm ended before the fault".into(),
-            _ => String::new(),
+            _ => format!("lease lapses {:?}", f.lapses),
         };
         rows.push(Row {
             what: what.into(),

@@ -103,6 +103,7 @@ fn report(what: &str, f: &FaultRun, base_p99: f64) {
     let s = &f.run.summary;
     say(&format!(
         "{what}: victim {:?} at {:?} s (SIGCONT at {:?} s); owners before {:?}, after {:?}; \
+         lease lapses {:?}; \
          {}/{} booted, retried attempts {}, double answers {}, boot servers {}; end to end \
          p50 {:.2} s, p99 {:.2} s, max {:.2} s; p99 / no-fault p99 = {:.2}\n{}{}",
         f.victim,
@@ -110,6 +111,7 @@ fn report(what: &str, f: &FaultRun, base_p99: f64) {
         f.resumed_at,
         f.owners_before,
         f.owners_after,
+        f.lapses,
         s["completed"],
         s["clients"],
         s["retried_attempts"],

@@ -79,6 +79,9 @@ pub struct FaultRun {
     pub owners_before: BTreeMap<String, usize>,
     /// Owners after the run.
     pub owners_after: BTreeMap<String, usize>,
+    /// Per host, how often its lease lapsed during the run ("lease expired" in its log):
+    /// a busy host that looks dead shows here.
+    pub lapses: BTreeMap<String, usize>,
 }
 
 /// Node `i`'s id.
@@ -327,6 +330,24 @@ impl StormCluster {
         m
     }
 
+    /// Per host, "lease expired" lines in its log so far (every run).
+    pub fn lapse_counts(&self) -> BTreeMap<String, usize> {
+        self.fleet
+            .as_ref()
+            .map(|f| {
+                f.hosts
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name().to_string(),
+                            h.log().matches("lease expired").count(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Restarts the host `name` (after a kill) and waits until the cluster is settled.
     pub fn restart(&mut self, name: &str) {
         let fleet = self.fleet();
@@ -341,6 +362,7 @@ impl StormCluster {
     /// The storm reads the reference from a host the fault spares.
     pub fn run(&mut self, tag: &str, o: &StormOpts, fault: Fault) -> FaultRun {
         let owners_before = self.owners();
+        let lapses_before = self.lapse_counts();
         let (victim, owned) = owners_before
             .iter()
             .max_by_key(|(h, n)| (**n, std::cmp::Reverse((*h).clone())))
@@ -400,6 +422,11 @@ impl StormCluster {
             resumed_at = Some(t0.elapsed().as_secs_f64());
         }
         let hit = (fault != Fault::None).then(|| (victim.clone(), owned));
+        let lapses = self
+            .lapse_counts()
+            .into_iter()
+            .map(|(h, n)| (h.clone(), n - lapses_before.get(&h).copied().unwrap_or(0)))
+            .collect();
         if matches!(fault, Fault::Kill { .. }) && fault_at.is_some() {
             // The survivors' view, before the victim comes back.
             let owners_after = self.owners();
@@ -411,6 +438,7 @@ impl StormCluster {
                 resumed_at,
                 owners_before,
                 owners_after,
+                lapses,
             };
         }
         self.settle();
@@ -422,6 +450,7 @@ impl StormCluster {
             resumed_at,
             owners_before,
             owners_after,
+            lapses,
         }
     }
 }
