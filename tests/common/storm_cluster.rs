@@ -95,10 +95,11 @@ pub fn node_mac(i: usize) -> String {
     format!("52:54:00:b9:{:02x}:{:02x}", k >> 8, k & 0xff)
 }
 
-/// The clients' source addresses: 10.79.2.1 onwards, 250 per /24.
+/// The clients' source addresses: `n` from 10.79.2.1 on, as [`StormLab`] adds them.
 pub fn source_ips(n: usize) -> String {
-    let last = n - 1;
-    format!("10.79.2.1-10.79.{}.{}", 2 + last / 250, 1 + last % 250)
+    let first = u32::from(std::net::Ipv4Addr::new(10, 79, 2, 1));
+    let last = std::net::Ipv4Addr::from(first + n as u32 - 1);
+    format!("10.79.2.1-{last}")
 }
 
 /// The loaders and the iPXE entry script every boot server serves.

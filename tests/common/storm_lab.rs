@@ -57,12 +57,15 @@ impl StormLab {
         if client_ips > 0 {
             // One `ip -batch` run instead of one process per address.
             let batch = tmp.join("client-addrs");
-            let lines: String = (0..client_ips)
+            // Contiguous from 10.79.2.1 (x.x.x.0 and .255 are hosts in a /16), as the
+            // storm's `--source-ips A-B` counts: 250 a /24 left clients 251 on with
+            // addresses that were on no interface.
+            let first = u32::from(std::net::Ipv4Addr::new(10, 79, 2, 1));
+            let lines: String = (0..client_ips as u32)
                 .map(|k| {
                     format!(
-                        "addr add 10.79.{}.{}/16 dev eth0\n",
-                        2 + k / 250,
-                        1 + k % 250
+                        "addr add {}/16 dev eth0\n",
+                        std::net::Ipv4Addr::from(first + k)
                     )
                 })
                 .collect();
