@@ -43,6 +43,8 @@ pub struct App {
     pub replication: ReplicationProgress,
     /// Cluster secret, when clustering is enabled.
     pub secret: Option<String>,
-    /// Most nodes one host may own (placement), if limited.
-    pub max_nodes: Option<usize>,
+    /// Boot records: this host's, and the handle the drivers record through.
+    pub boots: crate::boots::BootRecorder,
+    /// Placement limits (`max_nodes_per_host`, `max_concurrent_migrations`).
+    pub policy: crate::ownership::reconcile::Policy,
 }

@@ -74,6 +74,26 @@ pub enum Command {
     /// stderr. Exits 0 when every client booted, 1 otherwise. Run it in a network
     /// namespace of its own: it binds udp/68 (and udp/4011 for efi-x64) and broadcasts.
     Storm(StormArgs),
+    /// Take in, once, the per-node boot files a provisioning tool wrote into DIR
+    /// (OpenStack Ironic's layout: `<node-uuid>/config`, `pxelinux.cfg/01-<mac>` links,
+    /// kernels and ramdisks, GRUB and iPXE names): unknown nodes are enrolled, files
+    /// become replicated node files. To follow a live tree, set `[ingest] dir` instead.
+    Ingest {
+        /// API connection.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tree, as an absolute path on the server's host.
+        dir: PathBuf,
+        /// How long a file must stay unchanged before it is taken, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        quiet_ms: u64,
+    },
+    /// Translate another boot server's configuration into Baton's.
+    Import {
+        /// What to read.
+        #[command(subcommand)]
+        cmd: ImportCmd,
+    },
     /// Print the event feed (ownership changes, enrollments, profiles...).
     Events {
         /// API connection.
@@ -139,7 +159,7 @@ pub enum NodeCmd {
         #[arg(long)]
         arch: Option<String>,
     },
-    /// List nodes.
+    /// List nodes (all of them, fetched page by page), by id.
     List {
         /// Only nodes owned by this host.
         #[arg(long)]
@@ -147,11 +167,59 @@ pub enum NodeCmd {
         /// Only nodes of this group.
         #[arg(long)]
         group: Option<String>,
+        /// Only nodes with this architecture hint.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Only nodes in this provision state (enrolled, available, deploying, active,
+        /// cleaning, failed).
+        #[arg(long, value_name = "STATE")]
+        provision_state: Option<String>,
+        /// Only nodes migrating (`migrating`) or not (`none`).
+        #[arg(long, value_name = "none|migrating")]
+        handoff: Option<String>,
+        /// Only nodes no live host can take over.
+        #[arg(long)]
+        stuck: bool,
+        /// Only nodes with this kind of boot profile (none, deploy, instance, local).
+        #[arg(long, value_name = "KIND")]
+        profile: Option<String>,
+        /// Only the node with this boot MAC.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Stop after this many nodes.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Nodes per request.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        page_size: usize,
+    },
+    /// Enroll (or update) many nodes from a file, in one request: CSV or JSON lines,
+    /// one node per line (id, macs, group, arch, and optionally a profile: kind,
+    /// kernel, ramdisk, cmdline; kernel and ramdisk by sha256 or uploaded artifact
+    /// name). Re-running it is harmless: nodes already as the file says are left
+    /// alone. Exits non-zero if any line was refused.
+    Import {
+        /// The file (`-` for standard input is not supported: the progress bar needs
+        /// to count its lines).
+        file: std::path::PathBuf,
+        /// csv or jsonl [default: from the file name: .csv, else .jsonl/.ndjson/.json].
+        #[arg(long, value_name = "csv|jsonl")]
+        format: Option<String>,
     },
     /// Show a node with its served files and reservation.
     Show {
         /// Node id.
         id: String,
+    },
+    /// Show a node's last boot attempts, merged from every host: DHCP, udp/4011, loader,
+    /// config, kernel and ramdisk with times, hosts, bytes and errors, and whether the
+    /// boot is stuck.
+    Boots {
+        /// Node id.
+        id: String,
+        /// How many of the newest attempts.
+        #[arg(long, default_value_t = 3)]
+        attempts: usize,
     },
     /// Change a node's MACs, group, architecture or provision state.
     Update {
@@ -258,8 +326,18 @@ pub enum ArtifactCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List artifacts.
-    List,
+    /// List artifacts (all of them, fetched page by page), by digest.
+    List {
+        /// Only artifacts recorded under this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only artifacts this host holds.
+        #[arg(long)]
+        host: Option<String>,
+        /// Artifacts per request.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        page_size: usize,
+    },
     /// Show one artifact and the nodes using it.
     Show {
         /// sha256.
@@ -286,6 +364,22 @@ pub enum HostCmd {
     Undrain {
         /// Host name.
         host: String,
+    },
+    /// Move nodes back toward even placement over the live hosts of each group (e.g.
+    /// after a host returned from a failure): prints the plan, then the leader migrates
+    /// the nodes through the fenced migration path, `[ownership]
+    /// max_concurrent_migrations` at a time, never above `max_nodes_per_host`.
+    Rebalance {
+        /// Only print the plan; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the rebalance has finished, at most this many seconds, showing
+        /// progress.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// Stop an active rebalance (migrations in progress finish).
+        #[arg(long, conflicts_with_all = ["dry_run", "wait"])]
+        stop: bool,
     },
     /// Take a host out of the cluster (all its identities, or one with --id, e.g. the
     /// old identity of a host that rejoined after losing its data).
@@ -414,4 +508,31 @@ pub struct ServeArgs {
     /// The settings given as flags.
     #[command(flatten)]
     pub settings: Overrides,
+}
+
+/// `baton import ...`
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// Read dnsmasq configuration files (dhcp-host, dhcp-boot, pxe-service, dhcp-match and
+    /// tags, dhcp-range=...,proxy, enable-tftp, tftp-root, tftp-max, tftp-mtu,
+    /// tftp-no-blocksize, tftp-single-port): print the Baton configuration they amount to,
+    /// enroll their hosts as nodes through the API, and list every line that has no Baton
+    /// equivalent with its file, line number and why (on stderr).
+    Dnsmasq {
+        /// API connection (for enrolling nodes).
+        #[command(flatten)]
+        api: ApiArgs,
+        /// dnsmasq configuration files, read in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Enroll nothing: show what would be enrolled.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the configuration to this file instead of stdout (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        config_out: Option<PathBuf>,
+        /// Group of the enrolled nodes (default: the group of the host asked).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }

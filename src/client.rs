@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::v1::{UploadQuery, Uploaded};
+use crate::api::v1::{
+    ImportCounts, ImportFormat, ImportMessage, ImportQuery, ImportReport, UploadQuery, Uploaded,
+    IMPORT_PATH, NDJSON, NEXT_CURSOR_HEADER,
+};
 use crate::api::{ErrorBody, TOKEN_FILE};
 
 /// What went wrong talking to the API, phrased for the operator.
@@ -155,6 +158,51 @@ impl Client {
         self.typed(self.req("GET", path).call())
     }
 
+    /// GETs a list page by page until the last one (or `max` items), calling
+    /// `progress(items so far)` after each page. `url_for(cursor)` gives a page's path
+    /// and query (with its `limit`); the answer holds all the items, as the server sent
+    /// them.
+    pub fn list_all<T: DeserializeOwned>(
+        &self,
+        url_for: impl Fn(Option<&str>) -> Result<String, ClientError>,
+        max: Option<usize>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Reply<Vec<T>>, ClientError> {
+        let mut raw: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let r = self.req("GET", &url_for(cursor.as_deref())?).call();
+            let next = r
+                .as_ref()
+                .ok()
+                .and_then(|resp| resp.header(NEXT_CURSOR_HEADER))
+                .map(str::to_string);
+            match self.finish(r)? {
+                Value::Array(items) => raw.extend(items),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "a list page is not an array: {:.200}",
+                        other.to_string()
+                    )))
+                }
+            }
+            progress(raw.len());
+            if max.is_some_and(|m| raw.len() >= m) {
+                raw.truncate(max.unwrap_or(usize::MAX));
+                break;
+            }
+            // A server that repeats a cursor would loop forever: stop instead.
+            match next {
+                Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+                _ => break,
+            }
+        }
+        let raw = Value::Array(raw);
+        let body = Vec::<T>::deserialize(&raw)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {:.200}", raw.to_string())))?;
+        Ok(Reply { body, raw })
+    }
+
     /// DELETE a resource; the answer is read as a `T` (`()` for none).
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
         self.typed(self.req("DELETE", path).call())
@@ -200,6 +248,72 @@ impl Client {
                 .set("Content-Length", &total.to_string())
                 .send(reader),
         )
+    }
+}
+
+impl Client {
+    /// Sends an import file to `POST /v1/nodes:import` (one request, the file streamed
+    /// as the body) and reads the streamed answer, calling `progress` with each line
+    /// until the report, which is returned with its JSON as sent.
+    pub fn import(
+        &self,
+        file: &Path,
+        format: ImportFormat,
+        mut progress: impl FnMut(&ImportCounts),
+    ) -> Result<Reply<ImportReport>, ClientError> {
+        let f = std::fs::File::open(file).map_err(|source| ClientError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let query = ImportQuery {
+            format: Some(format),
+        };
+        let content_type = match format {
+            ImportFormat::Csv => "text/csv",
+            ImportFormat::Jsonl => NDJSON,
+        };
+        let r = self
+            .req("POST", &with_query(IMPORT_PATH, &query)?)
+            .set("Content-Type", content_type)
+            .set("Accept", NDJSON)
+            .set("Content-Length", &total.to_string())
+            .send(f);
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) => {
+                // A refusal (4xx/5xx) or no connection: always an error.
+                self.finish(Err(e))?;
+                return Err(ClientError::Protocol("refused without a status".into()));
+            }
+        };
+        let reader = std::io::BufReader::new(resp.into_reader());
+        for line in std::io::BufRead::lines(reader) {
+            let line = line.map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("the import answer broke off: {e}"),
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let raw: Value = serde_json::from_str(&line)
+                .map_err(|e| ClientError::Protocol(format!("{e}: {line:.200}")))?;
+            let msg = ImportMessage::deserialize(&raw)
+                .map_err(|e| ClientError::Protocol(format!("{e}: {line:.200}")))?;
+            match msg {
+                ImportMessage::Progress(c) => progress(&c),
+                ImportMessage::Report(body) => {
+                    let mut raw = raw;
+                    if let Some(o) = raw.as_object_mut() {
+                        o.remove("type");
+                    }
+                    return Ok(Reply { body, raw });
+                }
+            }
+        }
+        Err(ClientError::Protocol(
+            "the import answer ended without a report: the server may have stopped; re-run the import (it is idempotent)".into(),
+        ))
     }
 }
 

@@ -10,11 +10,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::v1::{
-    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
-    HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery, ProfileRequest,
-    ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant, StatusView, UpdateRequest,
-    Uploaded,
+    AcquireRequest, ArtifactDetail, ArtifactQuery, ClusterView, EnrollRequest, EventPage,
+    EventsQuery, HostChanged, HostRemoved, HostView, MigrateRequest, NodeDetail, NodeQuery,
+    ProfileRequest, RebalanceQuery, RebalanceView, ReleaseQuery, RemoveHostQuery, RenewRequest,
+    ReservationGrant, StatusView, UpdateRequest, Uploaded, MAX_PAGE,
 };
+use crate::api::v1::{ImportFormat, ImportReport, IMPORT_MAX_BYTES};
 use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
 use crate::cli::{ApiArgs, ArtifactCmd, HostCmd, NodeCmd};
@@ -161,6 +162,9 @@ fn node_detail(d: &NodeDetail) -> String {
             "fenced", f.host, f.seq
         ));
     }
+    if let Some(b) = &d.boot {
+        out.push_str(&crate::boots::text::summary_lines(b));
+    }
     if let Some(r) = &d.reservation {
         out.push_str(&format!(
             "{:<16} {} (token {}, until {})\n",
@@ -236,6 +240,163 @@ fn upload(
     Ok(r?)
 }
 
+/// A flag's value read as its API name (`--handoff migrating`), so the CLI accepts
+/// exactly what the server does.
+fn named<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> anyhow::Result<T> {
+    use serde::de::IntoDeserializer;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = v.into_deserializer();
+    T::deserialize(de).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
+}
+
+/// Every page of a list, `page_size` items per request, up to `max` items; a spinner
+/// counts them on a terminal while pages arrive.
+fn list_all<T: serde::de::DeserializeOwned, Q: Serialize>(
+    api: &ApiArgs,
+    c: &Client,
+    path: &str,
+    max: Option<usize>,
+    page_size: usize,
+    query: impl Fn(usize, Option<String>) -> Q,
+) -> anyhow::Result<Reply<Vec<T>>> {
+    if page_size == 0 || page_size > MAX_PAGE {
+        bail!("--page-size must be 1 to {MAX_PAGE}");
+    }
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} listed")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_message(path.trim_start_matches("/v1/").to_string());
+        b
+    };
+    let r = c.list_all(
+        |cursor| {
+            let left = max.map_or(page_size, |m| m.min(page_size));
+            with_query(path, &query(left.max(1), cursor.map(str::to_string)))
+        },
+        max,
+        |n| bar.set_position(n as u64),
+    );
+    bar.finish_and_clear();
+    Ok(r?)
+}
+
+/// `baton node import FILE`: one request, a progress bar while the server commits,
+/// then the report.
+fn node_import(api: &ApiArgs, c: &Client, file: &Path, format: Option<&str>) -> anyhow::Result<()> {
+    let format: ImportFormat = match format {
+        Some(f) => named("--format", f)?,
+        None => match file.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => ImportFormat::Csv,
+            Some(e)
+                if ["jsonl", "ndjson", "json"]
+                    .iter()
+                    .any(|x| e.eq_ignore_ascii_case(x)) =>
+            {
+                ImportFormat::Jsonl
+            }
+            _ => bail!(
+                "cannot tell the format of {} from its name: give --format csv or --format jsonl",
+                file.display()
+            ),
+        },
+    };
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.len() > IMPORT_MAX_BYTES {
+        bail!(
+            "{} is {} bytes, more than the {IMPORT_MAX_BYTES} one import takes: split it (re-running an import is harmless)",
+            file.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {} as text", file.display()))?;
+    let total = crate::import::nodes::count_records(&text, format);
+    drop(text);
+    let bar = if api.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importing [{bar:30}] {pos}/{len} nodes {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let r = c.import(file, format, |p| {
+        bar.set_position(p.lines);
+        bar.set_message(format!(
+            "({} new, {} changed, {} unchanged, {} refused)",
+            p.created, p.updated, p.unchanged, p.failed
+        ));
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    print(api, &r, import_text);
+    let rep = &r.body;
+    if let Some(e) = &rep.error {
+        bail!(
+            "the import stopped early: {} (what was committed stays; re-run the import to finish)",
+            e.message
+        );
+    }
+    if rep.counts.failed > 0 {
+        bail!(
+            "{} line(s) of {} refused",
+            rep.counts.failed,
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// The import report for a person: totals, then every refused and changed line.
+fn import_text(r: &ImportReport) -> String {
+    let c = &r.counts;
+    let mut out = format!(
+        "{} nodes: {} created, {} updated, {} unchanged, {} failed ({} log entries, {:.1} s)\n",
+        c.lines,
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.failed,
+        r.log_entries,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    if !r.updated_nodes.is_empty() {
+        out.push_str("\nupdated:\n");
+        let rows: Vec<Vec<String>> = r
+            .updated_nodes
+            .iter()
+            .map(|u| vec![u.line.to_string(), u.node.clone(), u.fields.join(",")])
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CHANGED"], &rows));
+    }
+    if !r.failures.is_empty() {
+        out.push_str("\nfailed:\n");
+        let rows: Vec<Vec<String>> = r
+            .failures
+            .iter()
+            .map(|f| {
+                vec![
+                    f.line.to_string(),
+                    opt(&f.node),
+                    f.code.clone(),
+                    f.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LINE", "NODE", "CODE", "REASON"], &rows));
+    }
+    out
+}
+
 /// Boot MACs as given with `--mac`.
 fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
     macs.iter()
@@ -264,13 +425,55 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 format!("enrolled {} (owner {}, epoch {})\n", n.id, n.owner, n.epoch)
             });
         }
-        NodeCmd::List { owner, group } => {
-            let r = c.get(&with_query("/v1/nodes", &NodeQuery { owner, group })?)?;
-            print(api, &r, |n: &Vec<Node>| node_rows(n));
+        NodeCmd::List {
+            owner,
+            group,
+            arch,
+            provision_state,
+            handoff,
+            stuck,
+            profile,
+            mac,
+            limit,
+            page_size,
+        } => {
+            let query = NodeQuery {
+                owner,
+                group,
+                arch,
+                provision_state: provision_state
+                    .map(|v| named("--provision-state", &v))
+                    .transpose()?,
+                handoff: handoff.map(|v| named("--handoff", &v)).transpose()?,
+                stuck: stuck.then_some(true),
+                profile: profile.map(|v| named("--profile", &v)).transpose()?,
+                mac: mac
+                    .map(|m| m.parse().with_context(|| format!("--mac {m}")))
+                    .transpose()?,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Node>> =
+                list_all(api, &c, "/v1/nodes", limit, page_size, |l, cursor| {
+                    NodeQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
+            print(api, &r, |n| node_rows(n));
         }
+        NodeCmd::Import { file, format } => node_import(api, &c, &file, format.as_deref())?,
         NodeCmd::Show { id } => {
             let r = c.get(&format!("/v1/nodes/{id}"))?;
             print(api, &r, node_detail);
+        }
+        NodeCmd::Boots { id, attempts } => {
+            let q = crate::api::boots::BootsQuery {
+                attempts: Some(attempts),
+            };
+            let r = c.get(&with_query(&format!("/v1/nodes/{id}/boots"), &q)?)?;
+            print(api, &r, crate::boots::text::node_boots);
         }
         NodeCmd::Update {
             id,
@@ -431,8 +634,25 @@ pub fn artifact(api: &ApiArgs, cmd: ArtifactCmd) -> anyhow::Result<()> {
                 )
             });
         }
-        ArtifactCmd::List => {
-            let r: Reply<Vec<Artifact>> = c.get("/v1/artifacts")?;
+        ArtifactCmd::List {
+            name,
+            host,
+            page_size,
+        } => {
+            let query = ArtifactQuery {
+                name,
+                host,
+                limit: None,
+                cursor: None,
+            };
+            let r: Reply<Vec<Artifact>> =
+                list_all(api, &c, "/v1/artifacts", None, page_size, |l, cursor| {
+                    ArtifactQuery {
+                        limit: Some(l),
+                        cursor,
+                        ..query.clone()
+                    }
+                })?;
             print(api, &r, |arts| {
                 let rows: Vec<Vec<String>> = arts
                     .iter()
@@ -527,6 +747,11 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
             )?;
             print(api, &r, |_| format!("{host} no longer draining\n"));
         }
+        HostCmd::Rebalance {
+            dry_run,
+            wait,
+            stop,
+        } => rebalance(api, &c, dry_run, wait, stop)?,
         HostCmd::Remove { host, id } => {
             let path = format!("/v1/hosts/{}", urlencode(&host));
             let r: Reply<HostRemoved> = c.delete(&with_query(&path, &RemoveHostQuery { id })?)?;
@@ -536,6 +761,132 @@ pub fn host(api: &ApiArgs, cmd: HostCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Most moves listed one by one (all of them with `--json`).
+const MOVES_LISTED: usize = 40;
+
+/// The plan as a table of hosts (now -> after), moves per pair of hosts, and the first
+/// moves.
+fn rebalance_text(v: &RebalanceView) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = v
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.hosts.iter().map(|h| {
+                vec![
+                    g.group.clone(),
+                    h.host.clone(),
+                    h.nodes.to_string(),
+                    h.after.to_string(),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(&["GROUP", "HOST", "NODES", "AFTER"], &rows));
+    if v.moves.is_empty() {
+        out.push_str("nothing to move: every group is within one node of even\n");
+        return out;
+    }
+    let mut pairs: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    for m in &v.moves {
+        *pairs.entry((m.from.as_str(), m.to.as_str())).or_default() += 1;
+    }
+    out.push_str(&format!(
+        "{} moves, at most {} migrations at once{}:\n",
+        v.moves.len(),
+        v.max_concurrent,
+        v.max_nodes_per_host
+            .map(|c| format!(", at most {c} nodes per host"))
+            .unwrap_or_default()
+    ));
+    for ((from, to), n) in &pairs {
+        out.push_str(&format!("  {from} -> {to}: {n} nodes\n"));
+    }
+    for m in v.moves.iter().take(MOVES_LISTED) {
+        out.push_str(&format!("  {}  {} -> {}\n", m.node, m.from, m.to));
+    }
+    if v.moves.len() > MOVES_LISTED {
+        out.push_str(&format!(
+            "  ... and {} more (--json lists them all)\n",
+            v.moves.len() - MOVES_LISTED
+        ));
+    }
+    out
+}
+
+/// `baton host rebalance [--dry-run] [--wait SECS] [--stop]`
+fn rebalance(
+    api: &ApiArgs,
+    c: &Client,
+    dry_run: bool,
+    wait: u64,
+    stop: bool,
+) -> anyhow::Result<()> {
+    const PATH: &str = "/v1/hosts/rebalance";
+    if stop {
+        let r: Reply<RebalanceView> = c.delete(PATH)?;
+        print(api, &r, |v| {
+            format!(
+                "rebalance {}; {} migrations still in progress finish\n",
+                if v.changed {
+                    "stopped"
+                } else {
+                    "was not active"
+                },
+                v.in_flight
+            )
+        });
+        return Ok(());
+    }
+    let path = with_query(PATH, &RebalanceQuery { dry_run })?;
+    let r: Reply<RebalanceView> = c.send("POST", &path, &json!({}))?;
+    print(api, &r, |v| {
+        let mut s = rebalance_text(v);
+        if dry_run {
+            s.push_str("dry run: nothing changed\n");
+        } else if !v.moves.is_empty() {
+            s.push_str(if v.changed {
+                "rebalance started\n"
+            } else {
+                "a rebalance was already active\n"
+            });
+        }
+        s
+    });
+    if dry_run || wait == 0 || r.body.moves.is_empty() {
+        return Ok(());
+    }
+    let total = r.body.moves.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut last = String::new();
+    loop {
+        let v: Reply<RebalanceView> = c.get(PATH)?;
+        let left = v.body.moves.len();
+        if !v.body.active && v.body.in_flight == 0 {
+            if !api.json {
+                println!(
+                    "rebalance finished: {} nodes moved, {left} left",
+                    total.saturating_sub(left)
+                );
+            }
+            return Ok(());
+        }
+        let line = format!(
+            "moved {}/{total}, {} migrations in progress",
+            total.saturating_sub(left),
+            v.body.in_flight
+        );
+        if line != last && !api.json {
+            eprintln!("{line}");
+            last = line;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("rebalance not finished within {wait} s ({left} moves left); it goes on: see `baton host rebalance --dry-run`");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// `baton status`
@@ -643,5 +994,129 @@ pub fn events(api: &ApiArgs, since: u64, follow: bool) -> anyhow::Result<()> {
         if !follow {
             return Ok(());
         }
+    }
+}
+
+/// `baton ingest DIR`: one ingest pass on the server.
+pub fn ingest(api: &ApiArgs, dir: &Path, quiet_ms: u64) -> anyhow::Result<()> {
+    use crate::ingest::driver::IngestRequest;
+    use crate::ingest::IngestReport;
+    let c = connect(api)?;
+    let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let req = IngestRequest {
+        dir: dir.display().to_string(),
+        quiet_ms,
+    };
+    let r: Reply<IngestReport> = c.send("POST", "/v1/ingest", &req)?;
+    print(api, &r, |r| {
+        let mut out = format!(
+            "ingested {} as {}: {} node(s) enrolled, {} updated, {} byte(s) read\n",
+            r.dir,
+            r.source,
+            r.enrolled.len(),
+            r.updated.len(),
+            r.bytes_read
+        );
+        for n in &r.enrolled {
+            out.push_str(&format!("  enrolled {n}\n"));
+        }
+        for s in &r.refused {
+            out.push_str(&format!("  refused  {}: {}\n", s.path, s.why));
+        }
+        for s in &r.skipped {
+            out.push_str(&format!("  skipped  {}: {}\n", s.path, s.why));
+        }
+        for w in &r.waiting {
+            out.push_str(&format!("  waiting  {w}: still being written; run again\n"));
+        }
+        out
+    });
+    Ok(())
+}
+
+/// `baton import ...`.
+pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
+    let crate::cli::ImportCmd::Dnsmasq {
+        api,
+        files,
+        dry_run,
+        config_out,
+        group,
+    } = cmd;
+    let mut texts = Vec::new();
+    for f in &files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let t = crate::import::dnsmasq::translate(&texts);
+    let toml = t.config_toml();
+    match &config_out {
+        Some(p) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", p.display())
+                })?;
+            f.write_all(toml.as_bytes())?;
+            eprintln!("configuration written to {}", p.display());
+        }
+        None if !api.json => print!("{toml}"),
+        None => {}
+    }
+    for u in &t.untranslated {
+        eprintln!(
+            "{}:{}: not translated: {}\n    {}",
+            u.at.file, u.at.line, u.why, u.text
+        );
+    }
+    let mut enrolled = Vec::new();
+    let mut refused = Vec::new();
+    if dry_run {
+        for n in &t.nodes {
+            eprintln!(
+                "would enroll {} ({}) from {}:{}",
+                n.id,
+                joined(&n.macs, ","),
+                n.at.file,
+                n.at.line
+            );
+        }
+    } else if !t.nodes.is_empty() {
+        let c = connect(&api)?;
+        for n in &t.nodes {
+            let req = EnrollRequest {
+                id: n.id.clone(),
+                macs: n.macs.clone(),
+                group: group.clone(),
+                arch: None,
+            };
+            match c.send::<_, Node>("POST", "/v1/nodes", &req) {
+                Ok(_) => {
+                    eprintln!("enrolled {} ({})", n.id, joined(&n.macs, ","));
+                    enrolled.push(n.id.clone());
+                }
+                Err(e) => {
+                    eprintln!("not enrolled {} ({}:{}): {e}", n.id, n.at.file, n.at.line);
+                    refused.push(json!({ "node": n.id, "error": e.to_string() }));
+                }
+            }
+        }
+    }
+    if api.json {
+        print_json(&json!({
+            "translation": t,
+            "config": toml,
+            "enrolled": enrolled,
+            "refused": refused,
+        }));
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} node(s) were not enrolled", refused.len())
     }
 }

@@ -99,6 +99,10 @@ settings! {
         cluster: ClusterConfig;
         /// Leases and takeover.
         ownership: OwnershipConfig;
+        /// Boot records and stuck boots.
+        boots: BootsConfig;
+        /// A provisioning tool's TFTP tree taken in.
+        ingest: IngestConfig;
     }
 
     /// TFTP server settings.
@@ -133,16 +137,30 @@ settings! {
         /// Retransmission timeout when the client asks for none, in milliseconds.
         timeout_ms: u64 = 1000,
             range [10..=255_000, " milliseconds"];
+        /// Longest retransmission timeout a client may ask for (its `timeout` option), in
+        /// milliseconds; a longer one is not acknowledged and this one is used. An
+        /// abandoned transfer frees its slot after at most (max_retries + 1) x this.
+        max_timeout_ms: u64 = 10_000,
+            range [1000..=255_000, " milliseconds"];
         /// Timeouts in a row before a transfer is dropped.
         max_retries: u32 = 5,
             range [1..=100];
         /// What block 65535 is followed by.
         rollover: Rollover = Rollover::Zero;
-        /// Most transfers at once.
+        /// Most transfers at once (also at most half the file descriptors above a reserve
+        /// of 128, each transfer having its own socket outside single-port mode). When
+        /// all are taken, a request from an address below its fair share (this divided
+        /// by the addresses holding transfers) replaces the oldest transfer of the most
+        /// over-share address whose client has not acknowledged anything yet.
         max_transfers: usize = 4096,
             range [1..];
-        /// Most transfers at once from one client address.
+        /// Most transfers at once from one client address (many nodes behind one NAT
+        /// address share it).
         max_transfers_per_client: usize = 1024,
+            range [1..];
+        /// ERROR replies (refusals, busy) sent to one client address per minute, all of
+        /// them at once after a quiet minute; the rest are dropped and counted.
+        error_replies_per_minute: u32 = 600,
             range [1..];
         /// Bytes of idle files kept in memory.
         cache_bytes: u64 = 1 << 30;
@@ -155,6 +173,26 @@ settings! {
         /// Address and TCP port of the HTTP server: API, HTTP boot, metrics.
         listen: SocketAddr = "0.0.0.0:8069".parse().expect("valid literal"),
             flag [value "http-listen" SocketAddr, "ADDR:PORT"];
+        /// Time a client has to send a whole request head (line and headers), from the
+        /// connection's start or the first byte of the request, in milliseconds.
+        header_timeout_ms: u64 = 10_000,
+            range [100.., " milliseconds"];
+        /// A connection closes after this long without a byte in either direction: idle
+        /// between requests (keep-alive), or stalled in a body or a response.
+        idle_timeout_ms: u64 = 60_000,
+            range [100.., " milliseconds"];
+        /// Most connections open at once (also at most half the file descriptors above a
+        /// reserve of 128). When all are taken, a client below its fair share closes the
+        /// oldest idle connection (no request in flight) of the client most over its share.
+        max_connections: usize = 2048,
+            range [1..];
+        /// Most connections open at once from one client address.
+        max_connections_per_ip: usize = 256,
+            range [1..];
+        /// Largest artifact upload (`POST /v1/artifacts`), streamed to disk, in bytes.
+        /// Other `/v1` bodies are JSON of at most 1 MiB; boot and metrics routes take none.
+        max_upload_bytes: u64 = 64 << 30,
+            range [1..];
     }
 
     /// Proxy-DHCP settings.
@@ -186,6 +224,14 @@ settings! {
         /// Answer nodes whose profile is `local` (their files boot the local disk); when
         /// false they get no answer and the firmware tries its next boot device.
         answer_local: bool = true;
+        /// DHCP relay agents (their `giaddr`) whose relayed requests are answered, to the
+        /// relay (RFC 2131 4.1). A request naming any other `giaddr` is not answered:
+        /// a client on this segment never sets it, so it is forged or from an unknown relay.
+        relays: Vec<std::net::Ipv4Addr> = Vec::new();
+        /// Answers sent for one MAC address per minute, all of them at once after a
+        /// quiet minute (a PXE boot needs two to four); the rest are dropped and counted.
+        answers_per_mac_minute: u32 = 60,
+            range [1..];
     }
 
     /// Cluster settings.
@@ -232,8 +278,46 @@ settings! {
         /// Extra wait after a lease expires before peers take its nodes.
         grace_ms: u64 = 1000,
             range [100.., " ms (it covers clock skew between hosts)"];
-        /// Most nodes one host may own after a takeover or drain (unset: no limit).
+        /// Most nodes one host may own after a takeover, drain or rebalance (unset: no
+        /// limit).
         max_nodes_per_host: Option<usize> = None;
+        /// Most migrations in progress at once that the leader starts for a drain or a
+        /// rebalance (operator migrations are not held back).
+        max_concurrent_migrations: usize = 64,
+            range [1..];
+    }
+
+    /// Boot record settings: how long this host keeps its records, and when a boot
+    /// counts as stuck.
+    pub struct BootsConfig in "boots." {
+        /// A boot that has not delivered its kernel and ramdisk is stuck after this
+        /// long without any activity (no transfer running), in seconds.
+        stall_secs: u64 = 120,
+            range [5..=86_400, " seconds"];
+        /// A node that asks for DHCP this many times without fetching a file...
+        dhcp_loop_requests: u32 = 4,
+            range [2..=1000];
+        /// ...over at least this many seconds is stuck in a DHCP loop.
+        dhcp_loop_secs: u64 = 30,
+            range [1..=86_400, " seconds"];
+        /// Days this host keeps its boot records.
+        retention_days: u64 = 14,
+            range [1..=3650, " days"];
+        /// Most boot records this host keeps (the oldest go first).
+        max_records: u64 = 1_000_000,
+            range [1000..];
+    }
+
+    /// Ingest of a TFTP tree that a provisioning tool (OpenStack Ironic, …) writes.
+    pub struct IngestConfig in "ingest." {
+        /// Directory to watch (e.g. `/tftpboot`): the per-node files a provisioning tool
+        /// writes there (Ironic's layout) become replicated node files; unset: no ingest.
+        dir: Option<PathBuf> = None,
+            flag [value "ingest-dir" PathBuf, "DIR"];
+        /// How long a file must stay unchanged before it is taken (a file being written
+        /// is never served half-written), in milliseconds.
+        quiet_ms: u64 = 250,
+            range [10..=60_000, " milliseconds"];
     }
 }
 
@@ -462,6 +546,15 @@ impl Config {
                 "must be at least twice the worst election (2 x (2 x election_timeout_ms + 2 x heartbeat_ms)): a write must outlast an election",
             );
         }
+        // A write is retried under one request id until this deadline; the store keeps
+        // the id's outcome twice as long, so a late retry is still recognised.
+        let max_deadline = crate::store::apply::REQUEST_RETENTION_MS / 2;
+        if cl.propose_deadline_ms > max_deadline {
+            return bad(
+                "cluster.propose_deadline_ms",
+                &format!("must be at most {max_deadline} (half the time the store remembers a write's request id)"),
+            );
+        }
         let ow = &self.ownership;
         if ow.lease_interval_ms < 50 || ow.lease_ttl_ms < ow.lease_interval_ms.saturating_mul(2) {
             return bad(
@@ -475,6 +568,25 @@ impl Config {
                 _ => "cluster.election_timeout_ms",
             };
             return bad(key, &e.to_string());
+        }
+        if self.tftp.timeout_ms > self.tftp.max_timeout_ms {
+            return bad(
+                "tftp.timeout_ms",
+                "must not exceed tftp.max_timeout_ms (the longest timeout granted)",
+            );
+        }
+        for r in &self.dhcp.relays {
+            if r.is_unspecified()
+                || r.is_loopback()
+                || r.is_broadcast()
+                || r.is_multicast()
+                || r.octets()[0] == 0
+            {
+                return bad(
+                    "dhcp.relays",
+                    &format!("{r} is not a relay agent's unicast address"),
+                );
+            }
         }
         if self.log_level.trim().is_empty() {
             return bad("log_level", "must not be empty (e.g. `info`)");
@@ -512,6 +624,25 @@ impl Config {
             .root
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tftp"))
+    }
+}
+
+impl BootsConfig {
+    /// The stuck rules these settings give.
+    pub fn rules(&self) -> crate::boots::Rules {
+        crate::boots::Rules {
+            stall_ms: self.stall_secs * 1000,
+            dhcp_loop_requests: self.dhcp_loop_requests,
+            dhcp_loop_ms: self.dhcp_loop_secs * 1000,
+        }
+    }
+
+    /// The retention of the local record file.
+    pub fn retention(&self) -> crate::boots::recorder::Retention {
+        crate::boots::recorder::Retention {
+            max_age_ms: (self.retention_days as i64).saturating_mul(86_400_000),
+            max_records: self.max_records,
+        }
     }
 }
 

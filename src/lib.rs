@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod bindings;
 pub mod blobs;
+pub mod boots;
 pub mod capture;
 pub mod cli;
 pub mod client;
@@ -19,6 +20,8 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod import;
+pub mod ingest;
 pub mod metrics;
 pub mod namespace;
 pub mod net;

@@ -90,6 +90,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ingest { api, dir, quiet_ms } => baton::commands::ingest(&api, &dir, quiet_ms),
+        Command::Import { cmd } => baton::commands::import(cmd),
         Command::Events { api, since, follow } => baton::commands::events(&api, since, follow),
     };
     match r {

@@ -137,6 +137,11 @@ pub struct TftpMetrics {
     pub duration: Histogram,
     /// Times a concurrency limit was hit.
     pub limit_hits: LabeledCounter,
+    /// Transfers ended to make room for a client below its fair share.
+    pub evicted: Counter,
+    /// Replies and log lines dropped by a per-source rate limit, by what
+    /// (`error_reply`, `log`).
+    pub suppressed: LabeledCounter,
 }
 
 /// Store metrics.
@@ -146,6 +151,8 @@ pub struct StoreMetrics {
     pub commands: Counter,
     /// Commands rejected (business outcome, not an error).
     pub rejected: Counter,
+    /// Write attempts sent again (same request id) after one whose result is unknown.
+    pub retries: Counter,
 }
 
 /// HTTP metrics (API and HTTP boot).
@@ -167,6 +174,15 @@ pub struct HttpMetrics {
     pub boot_active: Gauge,
     /// Duration of completed HTTP boot downloads.
     pub boot_duration: Histogram,
+    /// Connections open.
+    pub connections: Gauge,
+    /// Connections refused at accept, by limit (`per_client`, `total`).
+    pub connections_refused: LabeledCounter,
+    /// Connections closed by the server, by reason (`header_timeout`, `idle_timeout`,
+    /// `evicted`).
+    pub connections_closed: LabeledCounter,
+    /// Log lines dropped by a per-source rate limit.
+    pub suppressed_logs: Counter,
 }
 
 /// Proxy-DHCP metrics.
@@ -180,6 +196,8 @@ pub struct DhcpMetrics {
     pub ignored: LabeledCounter,
     /// Datagrams that are not DHCP boot requests, by reason.
     pub bad_packets: LabeledCounter,
+    /// Log lines dropped by a per-MAC rate limit.
+    pub suppressed_logs: Counter,
 }
 
 /// Ownership metrics.
@@ -195,6 +213,12 @@ pub struct OwnershipMetrics {
     pub stuck_nodes: Gauge,
     /// Migrations rolled back.
     pub aborted_migrations: Counter,
+    /// Reconciler rounds run by this host (as leader).
+    pub reconcile_runs: Counter,
+    /// Migrations in progress (as of the last reconcile on the leader).
+    pub migrations_in_flight: Gauge,
+    /// 1 while a rebalance is active (as of the last reconcile on the leader).
+    pub rebalancing: Gauge,
 }
 
 /// Every metric of the process.
@@ -350,6 +374,19 @@ impl Metrics {
             "limit",
             &t.limit_hits,
         );
+        counter(
+            &mut o,
+            "baton_tftp_evicted_total",
+            "Transfers not acknowledged yet, ended to make room for a client below its fair share.",
+            t.evicted.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_tftp_suppressed_total",
+            "ERROR replies and log lines dropped by a per-source rate limit.",
+            "what",
+            &t.suppressed,
+        );
         histogram(
             &mut o,
             "baton_tftp_transfer_seconds",
@@ -385,6 +422,12 @@ impl Metrics {
             "reason",
             &d.bad_packets,
         );
+        counter(
+            &mut o,
+            "baton_dhcp_suppressed_logs_total",
+            "Log lines dropped by a per-MAC rate limit.",
+            d.suppressed_logs.get(),
+        );
         let ow = &self.ownership;
         gauge(
             &mut o,
@@ -417,6 +460,24 @@ impl Metrics {
             "Migrations rolled back (target died).",
             ow.aborted_migrations.get(),
         );
+        counter(
+            &mut o,
+            "baton_reconcile_runs_total",
+            "Reconciler rounds run by this host while it led the cluster.",
+            ow.reconcile_runs.get(),
+        );
+        gauge(
+            &mut o,
+            "baton_migrations_in_flight",
+            "Migrations in progress (leader's view).",
+            ow.migrations_in_flight.get(),
+        );
+        gauge(
+            &mut o,
+            "baton_rebalancing",
+            "1 while a rebalance is active (leader's view).",
+            ow.rebalancing.get(),
+        );
         let st = &self.store;
         counter(
             &mut o,
@@ -430,11 +491,17 @@ impl Metrics {
             "Store commands rejected by business rules.",
             st.rejected.get(),
         );
+        counter(
+            &mut o,
+            "baton_store_write_retries_total",
+            "Write attempts sent again under the same request id after one whose result was unknown.",
+            st.retries.get(),
+        );
         let h = &self.http;
         labeled(
             &mut o,
             "baton_http_requests_total",
-            "HTTP API requests.",
+            "HTTP requests, by method (other for unknown ones) and route (unmatched for none).",
             "route",
             &h.requests,
         );
@@ -481,6 +548,32 @@ impl Metrics {
             "baton_http_boot_seconds",
             "Duration of completed HTTP boot downloads.",
             &h.boot_duration,
+        );
+        gauge(
+            &mut o,
+            "baton_http_connections",
+            "HTTP connections open.",
+            h.connections.get(),
+        );
+        labeled(
+            &mut o,
+            "baton_http_connections_refused_total",
+            "HTTP connections refused at accept, by limit.",
+            "limit",
+            &h.connections_refused,
+        );
+        labeled(
+            &mut o,
+            "baton_http_connections_closed_total",
+            "HTTP connections closed by the server, by reason.",
+            "reason",
+            &h.connections_closed,
+        );
+        counter(
+            &mut o,
+            "baton_http_suppressed_logs_total",
+            "Log lines dropped by a per-source rate limit.",
+            h.suppressed_logs.get(),
         );
         o
     }

@@ -1,9 +1,10 @@
 //! Artifact replication (a driver): every host holds each blob that the nodes of its group
 //! reference. A missing blob is fetched from a holder over the cluster port into a
 //! partial file (an interrupted fetch resumes with `Range`), rate-limited so boots keep
-//! priority, verified against its sha256, stored, and recorded in the replicated store.
+//! priority, verified against its sha256, stored, and recorded in the replicated store
+//! (many blobs per log entry). Small rendered files are kept in the store itself, so
+//! every replica holds them: they are neither fetched nor recorded.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -58,53 +59,143 @@ pub struct Replicator {
     pub rate: u64,
 }
 
-/// Blobs this host must hold and lacks: those referenced by nodes of its group.
-pub fn missing(store: &Store, blobs: &BlobStore, group: &str) -> Vec<Digest> {
-    let mut want = BTreeSet::new();
-    let Ok(nodes) = store.nodes() else {
-        return Vec::new();
+/// Most holdings recorded per log entry.
+const RECORD_BATCH: usize = 256;
+/// Longest a fetched blob waits before its holding is recorded (a takeover or a
+/// migration to this host waits for the record).
+const RECORD_DELAY: Duration = Duration::from_secs(1);
+/// Shortest pause between two passes woken by applied changes: a burst of writes
+/// costs one pass, not one per write.
+const PASS_GAP: Duration = Duration::from_millis(200);
+
+/// What replication has to do on this host.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Todo {
+    /// Blobs the nodes of its group serve that it lacks, each with whether the store
+    /// records it as holding them anyway (a blob lost from disk).
+    pub fetch: Vec<(Digest, bool)>,
+    /// Blobs it has that the store does not record it as holding (e.g. a fetch that
+    /// finished just before a crash).
+    pub record: Vec<Digest>,
+}
+
+/// What `host` must fetch and record: blobs referenced by nodes of `group`. Files kept
+/// in the store are never fetched nor recorded: every replica holds them already.
+pub fn todo(store: &Store, blobs: &BlobStore, group: &str, host: &str) -> Todo {
+    let mut t = Todo::default();
+    let Ok(wanted) = store.wanted_blobs(group, host) else {
+        return t;
     };
-    for n in nodes.iter().filter(|n| n.group == group) {
-        if let Ok(files) = store.node_files(&n.id) {
-            want.extend(files.into_iter().map(|f| f.digest));
+    for (d, recorded) in wanted {
+        if !blobs.has(&d) {
+            t.fetch.push((d, recorded));
+        } else if !recorded {
+            t.record.push(d);
         }
     }
-    want.into_iter().filter(|d| !blobs.has(d)).collect()
+    t
+}
+
+/// Holdings fetched but not recorded yet.
+#[derive(Default)]
+struct Pending {
+    digests: Vec<Digest>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, d: Digest) {
+        self.since.get_or_insert_with(Instant::now);
+        self.digests.push(d);
+    }
+
+    fn due(&self) -> bool {
+        self.digests.len() >= RECORD_BATCH
+            || self.since.is_some_and(|s| s.elapsed() >= RECORD_DELAY)
+    }
 }
 
 /// Runs until `shutdown`: wakes on every applied change (and every few seconds), fetches
-/// what is missing, one blob at a time.
+/// what is missing, one blob at a time, and records what it fetched in batches.
 pub async fn run(app: Replicator, shutdown: CancellationToken) {
     let rate = app.rate;
     let mut events = app.feed.subscribe();
+    let mut pending = Pending::default();
     loop {
-        // Holding records also matter for blobs we have but the store doesn't know of
-        // (e.g. a fetch that finished just before a crash).
-        let todo = missing(&app.store, &app.blobs, &app.group);
-        set_status(&app, |s| s.missing = todo.len());
-        for d in todo {
+        let t = todo(&app.store, &app.blobs, &app.group, &app.host);
+        set_status(&app, |s| s.missing = t.fetch.len());
+        for d in t.record {
+            pending.push(d);
+        }
+        for (d, recorded) in t.fetch {
             if shutdown.is_cancelled() {
                 return;
             }
             match fetch_one(&app, &d, rate, &shutdown).await {
-                Ok(()) => set_status(&app, |s| s.last_error = None),
+                Ok(()) => {
+                    set_status(&app, |s| s.last_error = None);
+                    if !recorded {
+                        pending.push(d);
+                    }
+                }
                 Err(e) => {
                     warn!(digest = %d, error = %e, "artifact replication failed; will retry");
                     set_status(&app, |s| s.last_error = Some(format!("{d}: {e}")));
                 }
             }
+            if pending.due() {
+                flush(&app, &mut pending).await;
+            }
         }
-        let todo = missing(&app.store, &app.blobs, &app.group).len();
+        flush(&app, &mut pending).await;
+        let left = todo(&app.store, &app.blobs, &app.group, &app.host);
+        let todo = left.fetch.len();
         set_status(&app, |s| {
             s.missing = todo;
             s.current = None;
             s.from = None;
         });
+        let wait = Duration::from_secs(if todo > 0 || !left.record.is_empty() {
+            2
+        } else {
+            10
+        });
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = events.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(if todo > 0 { 2 } else { 10 })) => {}
+            _ = events.changed() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(PASS_GAP) => {}
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Records the pending holdings in one command (a failed record is found again by the
+/// next pass: the blob is on disk but not recorded).
+async fn flush(app: &Replicator, pending: &mut Pending) {
+    pending.since = None;
+    if pending.digests.is_empty() {
+        return;
+    }
+    let digests = std::mem::take(&mut pending.digests);
+    let n = digests.len();
+    match app
+        .proposer
+        .propose(Command::RecordHostArtifacts {
+            host: app.host.clone(),
+            digests,
+            at: now_ms(),
+        })
+        .await
+    {
+        Ok(out) if out.is_applied() => {
+            info!(host = %app.host, blobs = n, "artifact holdings recorded")
+        }
+        Ok(out) => warn!(outcome = ?out, "artifact holdings refused"),
+        Err(e) => warn!(error = %e, "artifact holdings not recorded; will retry"),
     }
 }
 
@@ -128,15 +219,6 @@ async fn fetch_one(
         .artifact(d)
         .map_err(|e| e.to_string())?
         .ok_or("artifact not registered yet")?;
-    // A small rendered file is in the store itself (it is served from there already):
-    // copy it into the blob store and say so, no peer needed.
-    if let Some(bytes) = app.store.inline_file(d).map_err(|e| e.to_string())? {
-        let info = app.blobs.put_bytes(&bytes).map_err(|e| e.to_string())?;
-        if info.digest != *d {
-            return Err(format!("inline content of {d} hashes to {}", info.digest));
-        }
-        return record_held(app, d, "store", &art).await;
-    }
     let peers = app.proposer.peers();
     if !peers.has_secret() {
         return Err("no cluster secret: cannot fetch from peers".into());
@@ -194,30 +276,10 @@ async fn fetch_one(
             last_err = format!("from {host}: {e}");
             continue;
         }
-        return record_held(app, d, &host, &art).await;
+        info!(digest = %d, from = %host, bytes = art.size, name = %art.name, "artifact replicated");
+        return Ok(());
     }
     Err(last_err)
-}
-
-/// Records in the store that this host now holds `d` (copied from `from`).
-async fn record_held(
-    app: &Replicator,
-    d: &Digest,
-    from: &str,
-    art: &crate::store::Artifact,
-) -> Result<(), String> {
-    let out = app
-        .proposer
-        .propose(Command::RecordHostArtifact {
-            host: app.host.clone(),
-            digest: *d,
-            present: true,
-            at: now_ms(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    info!(digest = %d, from = %from, bytes = art.size, name = %art.name, outcome = ?out.is_applied(), "artifact replicated");
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -274,4 +336,114 @@ async fn download(
     }
     tokio::task::block_in_place(|| f.sync_all()).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BootProfile, FileSpec, KernelBoot, MacAddr};
+
+    fn apply(store: &Store, cmd: Command) {
+        assert!(store.apply(&cmd).unwrap().is_applied(), "{cmd:?}");
+    }
+
+    #[test]
+    fn fetches_and_records_blobs_only_never_files_kept_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("baton.db")).unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        for h in ["h1", "h2"] {
+            apply(
+                &store,
+                Command::RegisterHost {
+                    name: h.into(),
+                    group: "g".into(),
+                    addresses: vec![],
+                    at: 1,
+                },
+            );
+        }
+        let (kernel, ramdisk, cfg) = (&b"kernel"[..], &b"ramdisk"[..], "default x\n");
+        for (name, data) in [("vmlinuz", kernel), ("initrd", ramdisk)] {
+            apply(
+                &store,
+                Command::RegisterArtifact {
+                    digest: Digest::of(data),
+                    size: data.len() as u64,
+                    name: name.into(),
+                    host: "h1".into(),
+                    at: 2,
+                },
+            );
+        }
+        apply(
+            &store,
+            Command::EnrollNode {
+                node: "n1".into(),
+                macs: vec![MacAddr([2, 0, 0, 0, 0, 1])],
+                group: "g".into(),
+                arch: None,
+                owner: "h1".into(),
+                at: 3,
+            },
+        );
+        let spec = |path: &str, data: &[u8], text: Option<&str>| FileSpec {
+            path: path.into(),
+            digest: Digest::of(data),
+            size: data.len() as u64,
+            held: true,
+            text: text.map(str::to_string),
+        };
+        apply(
+            &store,
+            Command::SetBootProfile {
+                node: "n1".into(),
+                profile: Some(BootProfile::Deploy(KernelBoot {
+                    kernel: Digest::of(kernel),
+                    ramdisk: Digest::of(ramdisk),
+                    cmdline: String::new(),
+                })),
+                files: vec![
+                    spec("nodes/n1/kernel", kernel, None),
+                    spec("nodes/n1/ramdisk", ramdisk, None),
+                    spec(
+                        "pxelinux.cfg/01-02-00-00-00-00-01",
+                        cfg.as_bytes(),
+                        Some(cfg),
+                    ),
+                ],
+                host: "h1".into(),
+                expected_epoch: None,
+                at: 4,
+            },
+        );
+        let mut both = vec![(Digest::of(kernel), false), (Digest::of(ramdisk), false)];
+        both.sort();
+        assert_eq!(
+            todo(&store, &blobs, "g", "h2"),
+            Todo {
+                fetch: both,
+                record: vec![]
+            },
+            "the rendered config is in the store: nothing to fetch for it"
+        );
+        // A blob on disk but not recorded is recorded, not fetched again.
+        blobs.put_bytes(kernel).unwrap();
+        assert_eq!(
+            todo(&store, &blobs, "g", "h2"),
+            Todo {
+                fetch: vec![(Digest::of(ramdisk), false)],
+                record: vec![Digest::of(kernel)]
+            }
+        );
+        // h1 is recorded as holding both, but lost the ramdisk: fetch it again, record nothing.
+        assert_eq!(
+            todo(&store, &blobs, "g", "h1"),
+            Todo {
+                fetch: vec![(Digest::of(ramdisk), true)],
+                record: vec![]
+            }
+        );
+        assert_eq!(todo(&store, &blobs, "other", "h2"), Todo::default());
+    }
 }

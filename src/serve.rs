@@ -140,6 +140,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Install the handlers first: a signal that arrives while starting up must stop the
     // server cleanly, not kill it with the default action.
     let signals = Signals::install()?;
+    // Every HTTP connection and TFTP transfer holds a descriptor; systemd and shells
+    // start with a soft limit of 1024. The budget is split in `net::fds`.
+    match crate::net::fds::raise_soft_limit() {
+        Ok((old, new)) if new != old => {
+            info!(
+                old,
+                new, "open file limit (RLIMIT_NOFILE) raised to its hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
     crate::private_fs::create_dir(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {} (use --data-dir)",
@@ -189,7 +201,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let gate =
         Gate::new(&host, store.clone(), lease_times, bindings.clone()).with_access(cfg.node_files);
     let served = ServedBlobs::new(blobs.clone(), store.clone(), cfg.tftp.cache_bytes);
+    let boot_file = cfg.data_dir.join("boots.db");
+    let local_boots = Arc::new(
+        crate::boots::local::LocalBoots::open(&boot_file)
+            .with_context(|| format!("cannot open the boot records {}", boot_file.display()))?,
+    );
+    let (boots, boot_queue) = crate::boots::BootRecorder::new(
+        &host,
+        store.clone(),
+        bindings.clone(),
+        local_boots.clone(),
+        Arc::default(),
+        cfg.boots.rules(),
+    );
+    boots.reload();
+    let boot_writer = tokio::spawn(crate::boots::recorder::run_writer(
+        boot_queue,
+        local_boots,
+        boots.metrics().clone(),
+        cfg.boots.retention(),
+        shutdown.clone(),
+    ));
     let replication = ReplicationProgress::default();
+    let policy = crate::ownership::reconcile::Policy {
+        capacity: cfg.ownership.max_nodes_per_host,
+        max_migrations: cfg.ownership.max_concurrent_migrations,
+    };
     let app = Arc::new(App {
         host: host.clone(),
         group: cfg.group.clone(),
@@ -203,7 +240,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         feed: feed.clone(),
         replication: replication.clone(),
         secret: cfg.cluster.secret.clone(),
-        max_nodes: cfg.ownership.max_nodes_per_host,
+        boots: boots.clone(),
+        policy,
     });
     let shared = DirSource::new(&root, cfg.tftp.cache_bytes)
         .with_context(|| format!("cannot open TFTP root {}", root.display()))?;
@@ -212,12 +250,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(m) = paths.map() {
         info!(rules = m.len(), file = ?cfg.tftp.map_file, "tftp map file loaded");
     }
-    let source = Arc::new(StoreSource::new(
-        gate.clone(),
-        store.clone(),
-        served,
-        shared,
-    ));
+    // An ingested tree that is also the TFTP root: its per-node files are served
+    // from the store only (adopted whole), never straight from the directory.
+    let claims = cfg
+        .ingest
+        .dir
+        .as_ref()
+        .and_then(|d| d.canonicalize().ok())
+        .is_some_and(|d| d == shared.canonical_root());
+    let mut source = StoreSource::new(gate.clone(), store.clone(), served, shared);
+    if claims {
+        source = source.with_claimed(|p| crate::ingest::layout::classify(p).is_node());
+    }
+    let source = Arc::new(source);
     // TFTP bound before this host registers: the address it registers is the bound one.
     let capture = match &cfg.capture {
         Some(p) => Some(
@@ -233,14 +278,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     )?
-    .with_capture(capture.clone());
-    let http_task = tokio::spawn(crate::http::serve(
-        listener,
-        app.clone(),
-        token,
-        source,
-        shutdown.clone(),
-    ));
+    .with_capture(capture.clone())
+    .with_boots(boots.clone());
+    let http_cfg = cfg.http.clone();
+    let http_task = tokio::spawn({
+        let (app, source, shutdown) = (app.clone(), source.clone(), shutdown.clone());
+        async move { crate::http::serve(listener, app, token, source, &http_cfg, shutdown).await }
+    });
     crate::cluster::bootstrap(&cfg, &host, &proposer, &advertise).await?;
 
     let reg = Command::RegisterHost {
@@ -271,8 +315,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             store: store.clone(),
             proposer: proposer.clone(),
             lease_times,
-            max_nodes: cfg.ownership.max_nodes_per_host,
+            policy,
             metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
+    let detector = tokio::spawn(crate::boots::watch::run(
+        crate::boots::watch::Detector {
+            recorder: boots.clone(),
+            store: store.clone(),
+            proposer: proposer.clone(),
         },
         shutdown.clone(),
     ));
@@ -290,6 +342,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+    let ingest = match &cfg.ingest.dir {
+        Some(dir) => {
+            let ing = crate::ingest::Ingester::new(
+                dir,
+                &host,
+                &cfg.group,
+                store.clone(),
+                blobs.clone(),
+                proposer.clone(),
+                Duration::from_millis(cfg.ingest.quiet_ms),
+            )
+            .with_context(|| format!("cannot ingest {}", dir.display()))?;
+            Some(tokio::spawn(crate::ingest::driver::run(
+                ing,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let _watcher = match &cfg.template_dir {
         Some(d) => Some(start_template_watch(&app, d)?),
         None => None,
@@ -304,6 +375,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: gate.clone(),
                 bindings: bindings.clone(),
                 metrics: metrics.clone(),
+                boots: boots.clone(),
             },
             http_port,
             capture.clone(),
@@ -349,10 +421,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // each gets a few seconds, then it is aborted.
     for (name, task) in [
         ("artifact replication", fetcher),
+        ("stuck boot detector", detector),
         ("lease renewal", lease),
         ("reconciler", reconciler),
         ("elector", elector),
-    ] {
+    ]
+    .into_iter()
+    .chain(ingest.map(|t| ("ingest", t)))
+    {
         let abort = task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -375,6 +451,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // The addresses die with the process; a stale file would send clients nowhere.
         let _ = std::fs::remove_file(p);
     }
+    // Last: transfers that ended while stopping are recorded too.
+    let _ = boot_writer.await;
     info!(
         transfers_completed = metrics.tftp.completed.get(),
         bytes = metrics.tftp.bytes.get(),

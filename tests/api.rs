@@ -663,18 +663,48 @@ fn another_hosts_node_files_are_refused() {
     assert!(names.contains(&("a", false, 1)), "{hosts}");
     assert!(names.contains(&("b", true, 0)), "{hosts}");
 
-    // HTTP boot: 409 with the owner.
+    // HTTP boot needs no login, so its refusal says nothing (issue 16): another host's
+    // node, an unknown node and a missing file get the same 404 with the same body, no
+    // owner, no epoch. The log (and `baton node show`) has the details.
+    let unknown = b
+        .api
+        .anonymous("GET", "/boot/nope/nodes/nope/kernel", &[], None);
+    let unknown_body = unknown.expect_error(404);
+    let missing = b
+        .api
+        .anonymous("GET", "/boot/n1/nodes/n1/nosuch", &[], None);
+    assert_eq!(missing.expect_error(404), unknown_body);
     for path in ["nodes/n1/kernel", &pxelinux(MAC_DASHES)] {
         let r = b
             .api
             .anonymous("GET", &format!("/boot/n1/{path}"), &[], None);
-        let e = r.expect_error(409);
-        assert_eq!(e["details"]["owner"], "a", "{e}");
-        assert!(
-            e["message"].as_str().unwrap().contains("host a"),
-            "message should name the owner: {e}"
+        let e = r.expect_error(404);
+        assert_eq!(
+            e, unknown_body,
+            "{path}: the same answer as an unknown node"
         );
+        let text = r.text();
+        for leak in ["owner", "epoch", "\"a\"", "host a", "n1"] {
+            assert!(
+                !text.contains(leak),
+                "{path}: body reveals {leak:?}: {text}"
+            );
+        }
     }
+    assert!(
+        b.wait_for_log(
+            &[
+                "http boot file refused",
+                "node=n1",
+                "reason=\"not_owner\"",
+                "owner=\"a\""
+            ],
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "the refusal with its owner must be in the log:\n{}",
+        b.log()
+    );
     // TFTP: access violation for every file of the node.
     if tftp {
         for path in [

@@ -25,12 +25,18 @@
 //! forces one. Needs root, iproute2, dnsmasq-base, qemu-system-x86, ipxe-qemu, ovmf,
 //! ipxe: without them the test fails when `CI` is set, else prints SKIPPED.
 //! Everything (processes by PID, namespaces) is torn down on success and on failure.
+//!
+//! `capture_diff_dnsmasq_vs_baton` boots the OVMF machine twice, through dnsmasq alone (as
+//! Ironic's guide runs it) and through Baton, captures the machine's bridge port
+//! (dumpcap, wireshark-common), decodes with tshark and compares what firmware acts on
+//! (README, "Migrating from dnsmasq + tftpd-hpa").
 
 mod common;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -183,6 +189,8 @@ struct Lab {
     /// Members `dhcp`, `boot`, `probe`; QEMU's tap is a port of its bridge.
     seg: Segment,
     tmp: TempDir,
+    /// Whether the dhcp member has its IPv6 address (for router advertisements).
+    ipv6: bool,
 }
 
 /// A node template whose iPXE script proves the node's own files were fetched, then
@@ -257,6 +265,7 @@ fn lab(fw: Firmware) -> Lab {
         dnsmasq: None,
         seg,
         tmp: TempDir::new().unwrap(),
+        ipv6,
     };
 
     // dnsmasq: addresses only (no PXE, no TFTP, no DNS).
@@ -394,15 +403,8 @@ fn plain(s: &str) -> String {
     out
 }
 
-fn boot(fw: Firmware) {
-    let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
-    if !require(prerequisites(fw)) {
-        return;
-    }
-    let (accel, why) = accelerator();
-    let mut lab = lab(fw);
-    probe_second_node(&lab, fw);
-
+/// The QEMU machine of `fw`, its NIC on the lab's bridge (tap0), booting from the network.
+fn qemu_command(fw: Firmware, lab: &Lab, accel: &str) -> Command {
     let mut cmd = lab.seg.lan().command("qemu-system-x86_64");
     cmd.args(["-accel", accel, "-m", "512", "-smp", "1"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -442,6 +444,19 @@ fn boot(fw: Firmware) {
             cmd.args(["-device", &nic]);
         }
     }
+    cmd
+}
+
+fn boot(fw: Firmware) {
+    let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    if !require(prerequisites(fw)) {
+        return;
+    }
+    let (accel, why) = accelerator();
+    let mut lab = lab(fw);
+    probe_second_node(&lab, fw);
+
+    let mut cmd = qemu_command(fw, &lab, accel);
 
     let node_hex = fw.mac().replace(':', "");
     let marker = format!("BATON-MARKER-n1-{node_hex}-FILES-FETCHED");
@@ -634,4 +649,827 @@ fn uefi_edk2_pxe_chains_ipxe_efi_then_boots_the_nodes_own_files() {
 #[test]
 fn uefi_ipxe_rom_boots_the_nodes_own_files() {
     boot(Firmware::UefiIpxeRom);
+}
+
+// ---------------------------------------------------------------------------------
+// Capture diff: the same UEFI boot through dnsmasq alone and through Baton.
+// ---------------------------------------------------------------------------------
+
+/// Who answers the PXE boot in a captured run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// dnsmasq alone, as Ironic's guide runs it: addresses, boot file, TFTP.
+    Dnsmasq,
+    /// dnsmasq for addresses, Baton for proxy-DHCP and TFTP (the lab as above).
+    Baton,
+}
+
+impl Via {
+    fn tag(self) -> &'static str {
+        match self {
+            Via::Dnsmasq => "dnsmasq",
+            Via::Baton => "baton",
+        }
+    }
+}
+
+/// Copies node `n1`'s files (as Baton rendered them, from its stopped store) and the
+/// loader into `root` at the paths Baton serves them: dnsmasq serves the same bytes.
+fn dnsmasq_root(lab: &Lab, root: &Path) {
+    let data = lab.tmp.path().join("data");
+    let store = baton::store::Store::open(data.join("baton.db")).unwrap();
+    let blobs = baton::blobs::BlobStore::open(data.join("blobs")).unwrap();
+    for f in store.node_files("n1").unwrap() {
+        let to = root.join(f.path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(&to, blobs.read(&f.digest).unwrap()).unwrap();
+    }
+    std::fs::copy("/usr/lib/ipxe/ipxe.efi", root.join("ipxe.efi")).unwrap();
+}
+
+/// Stops Baton and the address-only dnsmasq; starts dnsmasq as Ironic's guide runs it:
+/// addresses, `ipxe.efi` for PXE firmware, the node's script for iPXE, TFTP of `root`.
+fn switch_to_dnsmasq(lab: &mut Lab, fw: Firmware) {
+    let mut b = lab.baton.take().unwrap();
+    assert!(b.terminate(Duration::from_secs(15)).success());
+    if let Some(mut d) = lab.dnsmasq.take() {
+        d.kill();
+    }
+    let root = lab.tmp.path().join("dnsmasq-root");
+    std::fs::create_dir_all(&root).unwrap();
+    dnsmasq_root(lab, &root);
+    let script = format!("ipxe/{}.ipxe", fw.mac().replace(':', "-"));
+    let mut extra = vec![
+        "--log-dhcp".to_string(),
+        "--enable-tftp".into(),
+        format!("--tftp-root={}", root.display()),
+        "--dhcp-match=set:ipxe,175".into(),
+        "--dhcp-boot=tag:!ipxe,ipxe.efi".into(),
+        format!("--dhcp-boot=tag:ipxe,{script}"),
+    ];
+    if lab.ipv6 {
+        extra.extend([
+            "--enable-ra".into(),
+            "--dhcp-range=fd77::,ra-only,64".into(),
+        ]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    lab.dnsmasq = Some(address_server(
+        lab.seg.member("dhcp"),
+        "10.77.0.100,10.77.0.150,255.255.255.0,1h",
+        &lab.tmp.path().join("dnsmasq-pxe.leases"),
+        &extra,
+    ));
+}
+
+/// One IPv4 UDP datagram of a capture.
+#[derive(Debug, Clone)]
+struct Datagram {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: Vec<u8>,
+}
+
+/// The IPv4 UDP datagrams of `pcap`, in order, as tshark (an independent decoder)
+/// reads them; the DHCP and TFTP in them is decoded by hand below, not by Baton's codec.
+fn read_capture(pcap: &Path) -> Vec<Datagram> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args([
+        "-Y",
+        "ip && udp",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-e",
+        "ip.src",
+        "-e",
+        "udp.srcport",
+        "-e",
+        "ip.dst",
+        "-e",
+        "udp.dstport",
+        "-e",
+        "udp.payload",
+    ]);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "tshark: {}", out.stderr);
+    let hex = |s: &str| -> Vec<u8> {
+        let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let addr = |ip: &str, port: &str| {
+                Some(SocketAddrV4::new(ip.parse().ok()?, port.parse().ok()?))
+            };
+            Some(Datagram {
+                src: addr(f.first()?, f.get(1)?)?,
+                dst: addr(f.get(2)?, f.get(3)?)?,
+                payload: hex(f.get(4)?),
+            })
+        })
+        .collect()
+}
+
+/// The fields of a DHCP message that firmware acts on.
+#[derive(Debug, Clone)]
+struct DhcpMsg {
+    op: u8,
+    xid: u32,
+    yiaddr: Ipv4Addr,
+    siaddr: Ipv4Addr,
+    sname: String,
+    file: String,
+    opts: std::collections::BTreeMap<u8, Vec<u8>>,
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Parses a BOOTP/DHCP message (RFC 2131 fixed header, magic cookie, options).
+fn parse_dhcp(p: &[u8]) -> Option<DhcpMsg> {
+    if p.len() < 240 || p[236..240] != [99, 130, 83, 99] {
+        return None;
+    }
+    let ip = |i: usize| Ipv4Addr::new(p[i], p[i + 1], p[i + 2], p[i + 3]);
+    let mut opts = std::collections::BTreeMap::new();
+    let mut i = 240;
+    while i < p.len() {
+        match p[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let len = *p.get(i + 1)? as usize;
+                let v = p.get(i + 2..i + 2 + len)?;
+                // A repeated option is concatenated (RFC 3396).
+                opts.entry(code)
+                    .or_insert_with(Vec::new)
+                    .extend_from_slice(v);
+                i += 2 + len;
+            }
+        }
+    }
+    Some(DhcpMsg {
+        op: p[0],
+        xid: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+        yiaddr: ip(16),
+        siaddr: ip(20),
+        sname: cstr(&p[44..108]),
+        file: cstr(&p[108..236]),
+        opts,
+    })
+}
+
+impl DhcpMsg {
+    fn text(&self, code: u8) -> Option<String> {
+        self.opts.get(&code).map(|v| cstr(v))
+    }
+
+    /// The boot file the firmware uses: option 67, else the `file` field.
+    fn boot_file(&self) -> Option<String> {
+        self.text(67)
+            .filter(|s| !s.is_empty())
+            .or_else(|| Some(self.file.clone()).filter(|s| !s.is_empty()))
+    }
+
+    /// Where the firmware fetches it: option 66, else siaddr.
+    fn next_server(&self) -> Option<String> {
+        self.text(66)
+            .filter(|s| !s.is_empty())
+            .or_else(|| (!self.siaddr.is_unspecified()).then(|| self.siaddr.to_string()))
+    }
+
+    /// iPXE marks its requests with option 175 or user class `iPXE`.
+    fn is_ipxe(&self) -> bool {
+        self.opts.contains_key(&175)
+            || self
+                .opts
+                .get(&77)
+                .is_some_and(|v| v.windows(4).any(|w| w == b"iPXE"))
+    }
+
+    /// Option 43's PXE sub-options, as `(code, value)`.
+    fn pxe_suboptions(&self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(v) = self.opts.get(&43) else {
+            return out;
+        };
+        let mut i = 0;
+        while i + 1 < v.len() && v[i] != 255 {
+            if v[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let len = v[i + 1] as usize;
+            out.push((v[i], v[i + 2..(i + 2 + len).min(v.len())].to_vec()));
+            i += 2 + len;
+        }
+        out
+    }
+}
+
+/// What the firmware of one boot stage was told, in one run.
+#[derive(Debug, Clone, Default)]
+struct StageView {
+    /// The client's option 97 (UUID), if it sent one.
+    client_uuid: Option<Vec<u8>>,
+    /// The reply that named the boot file (the last one of the stage).
+    boot: Option<DhcpMsg>,
+    /// Server addresses of every reply of the stage.
+    servers: Vec<Ipv4Addr>,
+}
+
+/// The DHCP of a run by stage: `firmware` (the UEFI PXE client) and `ipxe`.
+fn stages(caps: &[Datagram]) -> std::collections::BTreeMap<&'static str, StageView> {
+    let mut by_xid: std::collections::HashMap<u32, &'static str> = Default::default();
+    let mut out: std::collections::BTreeMap<&'static str, StageView> = Default::default();
+    for d in caps {
+        let Some(m) = parse_dhcp(&d.payload) else {
+            continue;
+        };
+        if m.op == 1 {
+            let stage = if m.is_ipxe() { "ipxe" } else { "firmware" };
+            by_xid.insert(m.xid, stage);
+            let v = out.entry(stage).or_default();
+            if let Some(u) = m.opts.get(&97) {
+                v.client_uuid = Some(u.clone());
+            }
+        } else if let Some(&stage) = by_xid.get(&m.xid) {
+            let v = out.entry(stage).or_default();
+            if !v.servers.contains(d.src.ip()) {
+                v.servers.push(*d.src.ip());
+            }
+            if m.boot_file().is_some() {
+                v.boot = Some(m);
+            }
+        }
+    }
+    out
+}
+
+/// One TFTP read in a capture: what the client asked, what the server said.
+#[derive(Debug, Clone)]
+struct Transfer {
+    server: Ipv4Addr,
+    file: String,
+    asked: Vec<(String, String)>,
+    /// The OACK's options; `None`: no OACK (plain RFC 1350 transfer or error).
+    oack: Option<Vec<(String, String)>>,
+    /// The file's bytes, reassembled from the DATA blocks.
+    data: Vec<u8>,
+    /// The last DATA block was short: the transfer completed.
+    complete: bool,
+    /// An ERROR: who sent it, its code.
+    error: Option<(&'static str, u16)>,
+}
+
+fn tftp_strings(b: &[u8]) -> Vec<String> {
+    b.split(|&c| c == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn pairs(v: &[String]) -> Vec<(String, String)> {
+    v.chunks(2)
+        .filter(|c| c.len() == 2 && !c[0].is_empty())
+        .map(|c| (c[0].to_ascii_lowercase(), c[1].clone()))
+        .collect()
+}
+
+/// The TFTP reads of a run, in request order: an RRQ to port 69 opens one, the
+/// datagrams between the server and the client's port belong to it.
+fn transfers(caps: &[Datagram]) -> Vec<Transfer> {
+    let mut out: Vec<Transfer> = Vec::new();
+    // Client address -> index of its open transfer.
+    let mut open: std::collections::HashMap<SocketAddrV4, usize> = Default::default();
+    let mut blksize: Vec<usize> = Vec::new();
+    for d in caps {
+        let p = &d.payload;
+        if p.len() < 4 {
+            continue;
+        }
+        let op = u16::from_be_bytes([p[0], p[1]]);
+        if d.dst.port() == 69 && op == 1 {
+            let s = tftp_strings(&p[2..]);
+            out.push(Transfer {
+                server: *d.dst.ip(),
+                file: s[0].trim_start_matches('/').to_string(),
+                asked: pairs(s.get(2..).unwrap_or(&[])),
+                oack: None,
+                data: Vec::new(),
+                complete: false,
+                error: None,
+            });
+            blksize.push(512);
+            open.insert(d.src, out.len() - 1);
+            continue;
+        }
+        let (client, from_server) = match (open.get(&d.dst), open.get(&d.src)) {
+            (Some(_), _) => (d.dst, true),
+            (None, Some(_)) => (d.src, false),
+            _ => continue,
+        };
+        let i = open[&client];
+        let t = &mut out[i];
+        if from_server && *d.src.ip() != t.server {
+            continue;
+        }
+        match (op, from_server) {
+            (6, true) => {
+                let o = pairs(&tftp_strings(&p[2..]));
+                if let Some((_, v)) = o.iter().find(|(k, _)| k == "blksize") {
+                    blksize[i] = v.parse().unwrap_or(512);
+                }
+                t.oack = Some(o);
+            }
+            (3, true) => {
+                let block = u16::from_be_bytes([p[2], p[3]]) as usize;
+                let chunk = &p[4..];
+                let at = (block - 1) * blksize[i];
+                // Retransmissions rewrite the same range.
+                if t.data.len() < at + chunk.len() {
+                    t.data.resize(at + chunk.len(), 0);
+                }
+                t.data[at..at + chunk.len()].copy_from_slice(chunk);
+                if chunk.len() < blksize[i] {
+                    t.complete = true;
+                }
+            }
+            (5, _) => {
+                let code = u16::from_be_bytes([p[2], p[3]]);
+                t.error = Some((if from_server { "server" } else { "client" }, code));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Boots `fw` once through `via` with the bridge captured (dumpcap in the bridge's
+/// namespace); returns the capture's datagrams and the time from power-on to the marker.
+fn captured_boot(fw: Firmware, via: Via, keep: &Path) -> (Vec<Datagram>, Duration) {
+    let (accel, _) = accelerator();
+    let mut lab = lab(fw);
+    if via == Via::Dnsmasq {
+        switch_to_dnsmasq(&mut lab, fw);
+    }
+    let pcap = keep.join(format!("{}-{}.pcapng", fw.tag(), via.tag()));
+    // On the machine's bridge port: the bridge device itself sees only what is flooded
+    // to it, not the unicast it forwards between ports once it learned the MACs.
+    let mut cap_cmd = lab.seg.lan().command("dumpcap");
+    cap_cmd.args(["-i", "tap0", "-f", "udp", "-w"]).arg(&pcap);
+    let mut cap = Proc::spawn("dumpcap", &mut cap_cmd);
+    let started = cap.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
+        o.contains("Capturing on") || e.contains("Capturing on")
+    });
+    assert!(started.is_some(), "dumpcap did not start");
+    let mut cmd = qemu_command(fw, &lab, accel);
+    // A system UUID, so the option 97 the firmware sends is not all zeros.
+    cmd.args(["-uuid", "0b1e5a4c-18d1-4e7a-9c3f-5e2d7a6b8c01"]);
+    let marker = format!(
+        "BATON-MARKER-n1-{}-FILES-FETCHED",
+        fw.mac().replace(':', "")
+    );
+    let power_on = Instant::now();
+    lab.qemu = Some(Proc::spawn("qemu", &mut cmd));
+    let qemu = lab.qemu.as_mut().unwrap();
+    let seen = qemu.wait_for(power_on + boot_timeout(), |out, _| {
+        out.contains(&marker) || out.contains("BATON-FAILED")
+    });
+    let serial = plain(&qemu.stdout());
+    assert!(
+        seen.is_some() && !serial.contains("BATON-FAILED"),
+        "{via:?}: no marker {marker:?} within {:?}; serial console (last 4000 chars):\n{}",
+        boot_timeout(),
+        &serial[serial.len().saturating_sub(4000)..]
+    );
+    let took = seen.unwrap() - power_on;
+    qemu.kill();
+    // libpcap hands packets over in blocks, on a timeout when traffic stops; a SIGINT
+    // before that drops the last block.
+    std::thread::sleep(Duration::from_secs(2));
+    // SIGINT: dumpcap writes out what it was handed and exits.
+    assert!(common::child::signal(cap.pid(), libc::SIGINT));
+    cap.wait_for(Instant::now() + Duration::from_secs(10), |_, _| false);
+    assert!(cap.try_wait().is_some(), "dumpcap did not stop on SIGINT");
+    (read_capture(&pcap), took)
+}
+
+/// One row of the comparison: field, dnsmasq's value, Baton's, and the verdict.
+struct Row {
+    field: String,
+    dnsmasq: String,
+    baton: String,
+    /// `Ok(why it is fine)` or `Err(why it matters)`; equal values are `Ok("")`.
+    verdict: Result<String, String>,
+}
+
+fn show(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
+
+fn hexs(v: Option<&Vec<u8>>) -> String {
+    v.map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The DHCP fields firmware acts on, stage by stage.
+fn compare_dhcp(
+    d: &std::collections::BTreeMap<&'static str, StageView>,
+    b: &std::collections::BTreeMap<&'static str, StageView>,
+    rows: &mut Vec<Row>,
+) {
+    for stage in ["firmware", "ipxe"] {
+        let (Some(dv), Some(bv)) = (d.get(stage), b.get(stage)) else {
+            rows.push(Row {
+                field: format!("{stage}: DHCP"),
+                dnsmasq: format!("{}", d.contains_key(stage)),
+                baton: format!("{}", b.contains_key(stage)),
+                verdict: Err("a boot stage asked for DHCP in one run only".into()),
+            });
+            continue;
+        };
+        let (Some(dm), Some(bm)) = (&dv.boot, &bv.boot) else {
+            rows.push(Row {
+                field: format!("{stage}: reply naming a boot file"),
+                dnsmasq: format!("{}", dv.boot.is_some()),
+                baton: format!("{}", bv.boot.is_some()),
+                verdict: Err("the firmware got no boot file".into()),
+            });
+            continue;
+        };
+        let proxy = |m: &DhcpMsg| m.yiaddr.is_unspecified();
+        let f = |n: &str| format!("{stage}: {n}");
+        let same = |a: &str, b: &str, why_fine: &str, why_matters: Option<&str>| {
+            if a == b {
+                Ok(String::new())
+            } else {
+                match why_matters {
+                    Some(w) => Err(w.to_string()),
+                    None => Ok(why_fine.to_string()),
+                }
+            }
+        };
+        let (db, bb) = (show(&dm.boot_file()), show(&bm.boot_file()));
+        rows.push(Row {
+            verdict: same(&db, &bb, "", Some("the firmware boots another file")),
+            field: f("boot file (opt 67, else file)"),
+            dnsmasq: db,
+            baton: bb,
+        });
+        rows.push(Row {
+            field: f("file field"),
+            verdict: same(
+                &dm.file,
+                &bm.file,
+                "option 67 carries the name firmware uses",
+                None,
+            ),
+            dnsmasq: dm.file.clone(),
+            baton: bm.file.clone(),
+        });
+        rows.push(Row {
+            field: f("reply kind (yiaddr)"),
+            dnsmasq: if proxy(dm) { "proxy offer".into() } else { format!("lease {}", dm.yiaddr) },
+            baton: if proxy(bm) { "proxy offer".into() } else { format!("lease {}", bm.yiaddr) },
+            verdict: if proxy(dm) == proxy(bm) {
+                Ok(String::new())
+            } else {
+                Ok("Baton answers beside the address server (proxy-DHCP, PXE spec 2.2.5); the firmware merges the two offers".into())
+            },
+        });
+        // The next server must be the one that served TFTP: checked against the
+        // transfers in `compare_tftp`; here its value is shown.
+        let (dn, bn) = (show(&dm.next_server()), show(&bm.next_server()));
+        rows.push(Row {
+            verdict: same(
+                &dn,
+                &bn,
+                "each names its own host (checked: the RRQs went there)",
+                None,
+            ),
+            field: f("next server (opt 66, else siaddr)"),
+            dnsmasq: dn,
+            baton: bn,
+        });
+        rows.push(Row {
+            field: f("siaddr"),
+            dnsmasq: dm.siaddr.to_string(),
+            baton: bm.siaddr.to_string(),
+            verdict: if bm.siaddr.is_unspecified() && bm.text(66).is_none() {
+                Err("no TFTP server named".into())
+            } else {
+                same(
+                    &dm.siaddr.to_string(),
+                    &bm.siaddr.to_string(),
+                    "each names its own host",
+                    None,
+                )
+            },
+        });
+        rows.push(Row {
+            field: f("sname"),
+            verdict: same(
+                &dm.sname,
+                &bm.sname,
+                "informational; firmware uses siaddr or option 66",
+                None,
+            ),
+            dnsmasq: dm.sname.clone(),
+            baton: bm.sname.clone(),
+        });
+        let (d60, b60) = (show(&dm.text(60)), show(&bm.text(60)));
+        rows.push(Row {
+            verdict: if proxy(bm) && !b60.starts_with("PXEClient") {
+                Err("a proxy offer without option 60 PXEClient is ignored by PXE firmware".into())
+            } else if d60.starts_with("PXEClient") && !b60.starts_with("PXEClient") {
+                Err("dnsmasq marks the reply PXEClient and Baton does not".into())
+            } else {
+                same(
+                    &d60,
+                    &b60,
+                    "PXE spec: a proxy offer carries option 60 PXEClient",
+                    None,
+                )
+            },
+            field: f("option 60 (vendor class)"),
+            dnsmasq: d60,
+            baton: b60,
+        });
+        let control = |m: &DhcpMsg| {
+            m.pxe_suboptions()
+                .into_iter()
+                .find(|(c, _)| *c == 6)
+                .and_then(|(_, v)| v.first().copied())
+        };
+        let (d43, b43) = (hexs(dm.opts.get(&43)), hexs(bm.opts.get(&43)));
+        rows.push(Row {
+            verdict: if d43 == b43 {
+                Ok(String::new())
+            } else if bm.opts.contains_key(&43) && control(bm).is_none_or(|c| c & 0x08 == 0) {
+                Err("option 43 without discovery control bit 3: the firmware would run boot server discovery (port 4011)".into())
+            } else {
+                Ok("Baton's option 43 is discovery control 0x08: boot the named file, no boot server discovery (PXE spec 2.4.1)".into())
+            },
+            field: f("option 43 (PXE vendor options)"),
+            dnsmasq: d43,
+            baton: b43,
+        });
+        let client = hexs(dv.client_uuid.as_ref().or(bv.client_uuid.as_ref()));
+        let (d97, b97) = (hexs(dm.opts.get(&97)), hexs(bm.opts.get(&97)));
+        rows.push(Row {
+            verdict: if b97 != "-" && b97 != client {
+                Err("option 97 is not the client's UUID".into())
+            } else if d97 != "-" && b97 == "-" {
+                Err("dnsmasq echoes the client's option 97 and Baton does not".into())
+            } else if proxy(bm) && client != "-" && b97 == "-" {
+                Err("PXE spec: a proxy offer echoes the client's option 97".into())
+            } else {
+                same(
+                    &d97,
+                    &b97,
+                    "PXE spec 2.2.5: the proxy offer echoes the client's UUID; a plain DHCP reply need not",
+                    None,
+                )
+            },
+            field: format!("{stage}: option 97 (client {client})"),
+            dnsmasq: d97,
+            baton: b97,
+        });
+    }
+}
+
+/// The TFTP reads of both runs, file by file in request order.
+fn compare_tftp(
+    d: &[Transfer],
+    b: &[Transfer],
+    next: [&std::collections::BTreeMap<&'static str, StageView>; 2],
+    rows: &mut Vec<Row>,
+) {
+    let order = |t: &[Transfer]| {
+        let mut v: Vec<String> = t.iter().map(|x| x.file.clone()).collect();
+        v.dedup();
+        v.join(", ")
+    };
+    let (od, ob) = (order(d), order(b));
+    rows.push(Row {
+        verdict: if od == ob {
+            Ok(String::new())
+        } else {
+            Err("the firmware fetched other files or in another order".into())
+        },
+        field: "TFTP: files, in request order".into(),
+        dnsmasq: od,
+        baton: ob,
+    });
+    // Every read went to the server the DHCP named (for its stage).
+    for (run, (ts, st)) in ["dnsmasq", "Baton"]
+        .iter()
+        .zip([(d, next[0]), (b, next[1])])
+    {
+        let named: Vec<String> = st
+            .values()
+            .filter_map(|v| v.boot.as_ref()?.next_server())
+            .collect();
+        for t in ts {
+            if !named.contains(&t.server.to_string()) {
+                rows.push(Row {
+                    field: format!("TFTP {}: server", t.file),
+                    dnsmasq: if *run == "dnsmasq" {
+                        t.server.to_string()
+                    } else {
+                        String::new()
+                    },
+                    baton: if *run == "Baton" {
+                        t.server.to_string()
+                    } else {
+                        String::new()
+                    },
+                    verdict: Err(format!(
+                        "{run}: read sent to a server no DHCP reply named ({named:?})"
+                    )),
+                });
+            }
+        }
+    }
+    // Pair the reads of each file in order (a tsize probe, then the download).
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for td in d {
+        let n = seen.entry(td.file.clone()).or_default();
+        let k = *n;
+        *n += 1;
+        let Some(tb) = b.iter().filter(|t| t.file == td.file).nth(k) else {
+            continue;
+        };
+        let f = |what: &str| format!("TFTP {} #{}: {what}", td.file, k + 1);
+        let kv = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (ad, ab) = (kv(&td.asked), kv(&tb.asked));
+        rows.push(Row {
+            verdict: if ad == ab {
+                Ok(String::new())
+            } else {
+                Ok("the client asked differently (its choice, not the server's)".into())
+            },
+            field: f("options asked"),
+            dnsmasq: ad,
+            baton: ab,
+        });
+        let oack = |t: &Transfer| {
+            t.oack
+                .as_deref()
+                .map(kv)
+                .unwrap_or_else(|| "no OACK".into())
+        };
+        let (od, ob) = (oack(td), oack(tb));
+        // RFC 2347/2348/2349/7440: only options asked, blksize and windowsize no
+        // larger than asked, tsize the file's size.
+        let valid = |t: &Transfer| -> Result<(), String> {
+            for (k, v) in t.oack.iter().flatten() {
+                let asked = t
+                    .asked
+                    .iter()
+                    .find(|(a, _)| a == k)
+                    .map(|(_, v)| v.as_str());
+                let Some(asked) = asked else {
+                    return Err(format!("OACK has {k}, which the client did not ask"));
+                };
+                match k.as_str() {
+                    "blksize" | "windowsize" => {
+                        let (v, a): (u64, u64) =
+                            (v.parse().unwrap_or(u64::MAX), asked.parse().unwrap_or(0));
+                        if v > a {
+                            return Err(format!("{k}={v} larger than asked ({a})"));
+                        }
+                    }
+                    "tsize" if t.complete && v.parse::<usize>().ok() != Some(t.data.len()) => {
+                        return Err(format!("tsize={v} but {} bytes were sent", t.data.len()));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        rows.push(Row {
+            verdict: match (valid(td), valid(tb)) {
+                (_, Err(e)) => Err(format!("Baton: {e}")),
+                _ if od == ob => Ok(String::new()),
+                (Err(e), Ok(())) => Ok(format!(
+                    "dnsmasq's own answer is off ({e}); Baton's is valid"
+                )),
+                (Ok(()), Ok(())) => {
+                    Ok("both valid (RFC 2347-2349, 7440); Baton also accepts windowsize".into())
+                }
+            },
+            field: f("options accepted (OACK)"),
+            dnsmasq: od,
+            baton: ob,
+        });
+        let end = |t: &Transfer| match (t.complete, t.error) {
+            (true, _) => format!(
+                "{} bytes, sha256 {}",
+                t.data.len(),
+                &baton::blobs::Digest::of(&t.data).to_hex()[..16]
+            ),
+            (false, Some((who, code))) => format!("ended by {who} error {code}"),
+            (false, None) => "incomplete".into(),
+        };
+        let (ed, eb) = (end(td), end(tb));
+        rows.push(Row {
+            verdict: if ed == eb {
+                Ok(String::new())
+            } else if !tb.complete && tb.error.is_some_and(|(w, _)| w == "client") && !td.complete {
+                Ok("the client ends a size probe after the OACK; the error code differs".into())
+            } else {
+                Err("the firmware got other bytes, or the transfer did not end the same way".into())
+            },
+            field: f("outcome"),
+            dnsmasq: ed,
+            baton: eb,
+        });
+    }
+}
+
+/// The side-by-side capture of the README's migration guide: one UEFI PXE boot (OVMF,
+/// `ipxe.efi`, the node's iPXE script, kernel, ramdisk) through dnsmasq alone, as
+/// Ironic's guide runs it, and the same boot through dnsmasq (addresses) + Baton
+/// (proxy-DHCP, TFTP), each captured on the bridge. The DHCP fields firmware acts on
+/// (options 43, 60, 66, 67, 97, siaddr, file) and the TFTP option negotiation and bytes
+/// are compared; every difference is printed with why it is fine, and the test fails on
+/// one that matters. `BATON_E2E_KEEP=DIR` keeps the captures and the table.
+#[test]
+fn capture_diff_dnsmasq_vs_baton() {
+    let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    let fw = Firmware::UefiEdk2;
+    if !require(prerequisites(fw))
+        || !require(tool("dumpcap", "wireshark-common"))
+        || !require(tool("tshark", "tshark"))
+    {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let keep = std::env::var_os("BATON_E2E_KEEP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&keep).unwrap();
+    let mut runs = Vec::new();
+    for via in [Via::Dnsmasq, Via::Baton] {
+        let (caps, took) = captured_boot(fw, via, &keep);
+        say(&format!(
+            "{via:?}: power-on -> marker {:.1} s; {} IPv4 UDP datagrams captured",
+            took.as_secs_f64(),
+            caps.len()
+        ));
+        runs.push((stages(&caps), transfers(&caps)));
+    }
+    let mut rows = Vec::new();
+    compare_dhcp(&runs[0].0, &runs[1].0, &mut rows);
+    compare_tftp(&runs[0].1, &runs[1].1, [&runs[0].0, &runs[1].0], &mut rows);
+    let mut table = String::from("| field | dnsmasq | Baton | verdict |\n|---|---|---|---|\n");
+    for r in &rows {
+        let verdict = match &r.verdict {
+            Ok(w) if w.is_empty() => "same".to_string(),
+            Ok(w) => format!("differs, fine: {w}"),
+            Err(w) => format!("DIFFERS, MATTERS: {w}"),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {verdict} |",
+            r.field, r.dnsmasq, r.baton
+        );
+    }
+    std::fs::write(keep.join("capture-diff.md"), &table).unwrap();
+    say(&format!("\ncapture diff, {}:\n{table}", fw.describe()));
+    let bad: Vec<&Row> = rows.iter().filter(|r| r.verdict.is_err()).collect();
+    assert!(
+        rows.len() >= 20,
+        "too little compared ({} rows): the captures lack a stage or the transfers",
+        rows.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} difference(s) that matter to firmware:\n{}",
+        bad.len(),
+        bad.iter()
+            .map(|r| format!(
+                "  {}: dnsmasq {:?}, Baton {:?}: {}",
+                r.field,
+                r.dnsmasq,
+                r.baton,
+                r.verdict.as_ref().unwrap_err()
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

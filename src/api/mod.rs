@@ -7,6 +7,7 @@
 //! a field breaks the build instead of the output. This room holds plain serde types over
 //! the store's value types: no logic, no I/O, nothing from the drivers.
 
+pub mod boots;
 pub mod error;
 pub mod peer;
 pub mod v1;

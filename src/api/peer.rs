@@ -33,6 +33,10 @@ pub const METRICS: &str = "/cluster/metrics";
 pub const BLOB: &str = "/cluster/blob";
 /// This host's wall clock, for `baton doctor`'s skew check.
 pub const CLOCK: &str = "/cluster/clock";
+/// This host's boot records: `/cluster/boots` (the newest of every node, stuck flags,
+/// transfers: [`crate::api::boots::PeerBootSummary`]) and `/cluster/boots/{node}`
+/// ([`crate::api::boots::PeerNodeRecords`]).
+pub const BOOTS: &str = "/cluster/boots";
 
 // Body limits. Each route takes bodies up to the largest one the code produces, and no
 // larger: the sender ([`crate::store::raft::peer::PeerClient`]) refuses to send more,

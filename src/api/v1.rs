@@ -4,14 +4,65 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::ErrorInfo;
 use crate::blobs::Digest;
 use crate::ownership::state::HostState;
 use crate::store::{
     Artifact, Event, Host, MacAddr, Millis, Node, NodeFile, NodeId, ProvisionState, Reservation,
 };
 
-/// `GET /v1/nodes?owner=&group=`: which nodes to list.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Largest page of a list (`limit`), and the page size when none is given: a plain
+/// `GET /v1/nodes` lists up to this many nodes, as it always listed all of them.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Response header of a list page that is not the last: the `cursor` of the next page.
+/// The same page also carries `Link: <next page's URL>; rel="next"` (RFC 8288).
+///
+/// Lists page in a stable order (nodes by id, artifacts by digest), each page after
+/// the previous page's last item, so an item present throughout is listed exactly once
+/// even while others are added or removed.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+
+/// The `handoff` filter of [`NodeQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffFilter {
+    /// Not moving.
+    None,
+    /// Migration in progress.
+    Migrating,
+}
+
+/// The `profile` filter of [`NodeQuery`]: the kind of boot profile, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileFilter {
+    /// No boot profile.
+    None,
+    /// Provisioning ramdisk.
+    Deploy,
+    /// The instance's own kernel.
+    Instance,
+    /// Boots its local disk.
+    Local,
+}
+
+impl ProfileFilter {
+    /// The profile kind ([`crate::store::BootProfile::kind`]); `None` for no profile.
+    pub fn kind(self) -> Option<&'static str> {
+        match self {
+            ProfileFilter::None => None,
+            ProfileFilter::Deploy => Some("deploy"),
+            ProfileFilter::Instance => Some("instance"),
+            ProfileFilter::Local => Some("local"),
+        }
+    }
+}
+
+/// `GET /v1/nodes?...`: which nodes to list (every filter given must match), one page
+/// of them. Answered with a JSON array of [`Node`]s, by id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeQuery {
     /// Only nodes owned by this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -19,6 +70,49 @@ pub struct NodeQuery {
     /// Only nodes of this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Only nodes with this architecture hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Only nodes in this provision state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_state: Option<ProvisionState>,
+    /// Only nodes migrating (`migrating`) or not (`none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffFilter>,
+    /// Only nodes no live host could take over (`true`) or the others (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<bool>,
+    /// Only nodes with this kind of boot profile (`none`: without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileFilter>,
+    /// Only the node with this boot MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Most items in the answer (1..=[`MAX_PAGE`], default [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Where to continue: the [`NEXT_CURSOR_HEADER`] of the previous page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/artifacts?...`: one page of the artifacts, by digest. Answered with a JSON
+/// array of [`Artifact`]s.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactQuery {
+    /// Only artifacts recorded under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only artifacts this host holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Most items in the answer (1..=[`MAX_PAGE`], default [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Where to continue: the [`NEXT_CURSOR_HEADER`] of the previous page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// `POST /v1/nodes`: enroll a node on the host asked (which then owns it). Answered
@@ -101,6 +195,9 @@ pub struct NodeDetail {
     /// Who may fetch its files from the host that answered (absent from older hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<NodeAccess>,
+    /// Its newest boot attempt, merged from every host (absent when none is recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::api::boots::BootSummary>,
 }
 
 /// Who may fetch a node's files, as the answering host sees it.
@@ -256,6 +353,59 @@ pub struct HostView {
     pub is_self: bool,
 }
 
+/// `POST /v1/hosts/rebalance?dry_run=`: start a rebalance, or with `dry_run` only show
+/// its plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceQuery {
+    /// Only show the plan; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `GET`, `POST` and `DELETE /v1/hosts/rebalance`: what a rebalance moves (or still has
+/// to move) and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceView {
+    /// A rebalance is active: the leader migrates nodes toward the targets.
+    pub active: bool,
+    /// This request started (POST) or stopped (DELETE) it.
+    pub changed: bool,
+    /// The plan only (nothing changed).
+    pub dry_run: bool,
+    /// Migrations in progress now (whatever started them).
+    pub in_flight: usize,
+    /// Most migrations a rebalance or drain keeps in progress at once
+    /// (`max_concurrent_migrations`).
+    pub max_concurrent: usize,
+    /// Most nodes one host may own (`max_nodes_per_host`), if limited.
+    pub max_nodes_per_host: Option<usize>,
+    /// Per group, the hosts that take nodes with their node counts now and after.
+    pub groups: Vec<RebalanceGroup>,
+    /// Every move left, best first.
+    pub moves: Vec<crate::ownership::rebalance::Move>,
+}
+
+/// One group of a [`RebalanceView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceGroup {
+    /// The group.
+    pub group: String,
+    /// Its hosts that take nodes (up, not draining).
+    pub hosts: Vec<RebalanceHost>,
+}
+
+/// One host of a [`RebalanceGroup`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RebalanceHost {
+    /// Host name.
+    pub host: String,
+    /// Nodes it owns now (a node migrating counts at its target).
+    pub nodes: usize,
+    /// Nodes it owns once every move is made.
+    pub after: usize,
+}
+
 /// `POST /v1/hosts/{host}/drain` and `/undrain`: the host after the change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostChanged {
@@ -406,6 +556,156 @@ pub struct ReplicationStatus {
     pub from: Option<String>,
     /// Last error, if the last attempt failed.
     pub last_error: Option<String>,
+}
+
+/// `POST /v1/nodes:import`: bulk enrollment. The body is the import file itself (CSV
+/// or JSON lines, see [`ImportRecord`]), streamed; the answer is an [`ImportReport`]
+/// (JSON), or with `Accept: application/x-ndjson` a stream of [`ImportMessage`] lines:
+/// progress while the import runs, the report last. (A custom method rather than
+/// `/v1/nodes/import`, which would hide a node named `import`.)
+pub const IMPORT_PATH: &str = "/v1/nodes:import";
+
+/// Largest import body: about 300,000 nodes of CSV. Larger files are split by the
+/// operator (re-running an import is harmless).
+pub const IMPORT_MAX_BYTES: u64 = 64 << 20;
+
+/// Longest line of an import file.
+pub const IMPORT_MAX_LINE: usize = 16 << 10;
+
+/// Media type of JSON lines, as body and as the streamed answer.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// `POST /v1/nodes:import?format=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// File format; default: `csv` for a `text/csv` body, else `jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImportFormat>,
+}
+
+/// Format of an import file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportFormat {
+    /// Comma-separated values: a header line naming the columns (`id`, `macs`, `group`,
+    /// `arch`, `kind`, `kernel`, `ramdisk`, `cmdline`; any order, any subset with
+    /// `id` and `macs`), or no header and the columns in that order. Several MACs in
+    /// one field are separated by spaces, `;` or `|`. Empty fields are absent.
+    Csv,
+    /// One [`ImportRecord`] JSON object per line.
+    Jsonl,
+}
+
+/// One node of an import file: what it should be. Blank lines and lines starting with
+/// `#` are skipped. Absent fields leave an existing node's values alone (a new node
+/// gets the importing host's group, no architecture, no profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// Node id.
+    pub id: String,
+    /// Its complete set of boot MACs.
+    pub macs: Vec<MacAddr>,
+    /// Group (L2 segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Architecture hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// What it boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ImportProfileSpec>,
+}
+
+/// The profile of an [`ImportRecord`]: as [`ProfileRequest`], with kernel and ramdisk
+/// given by sha256 or by the name of an uploaded artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportProfileSpec {
+    /// `deploy`, `instance`, `local` or `none` (removes the profile).
+    pub kind: String,
+    /// Kernel: sha256 or artifact name (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Ramdisk: sha256 or artifact name (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk: Option<String>,
+    /// Kernel command line (deploy and instance only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// How many lines of an import did what, so far or in the end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCounts {
+    /// Node lines read (blank lines, comments and the CSV header not counted).
+    pub lines: u64,
+    /// New nodes.
+    pub created: u64,
+    /// Existing nodes changed.
+    pub updated: u64,
+    /// Existing nodes that already were as the file says.
+    pub unchanged: u64,
+    /// Lines refused (see [`ImportReport::failures`]).
+    pub failed: u64,
+}
+
+/// A line of an import that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportFailure {
+    /// Line number in the file (1-based).
+    pub line: u64,
+    /// Node id, when the line got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Machine-readable reason (`invalid`, `mac_in_use`, `unknown_artifact`...).
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+/// A node an import changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportUpdate {
+    /// Line number in the file.
+    pub line: u64,
+    /// The node.
+    pub node: String,
+    /// What changed: `macs`, `group`, `arch`, `profile`.
+    pub fields: Vec<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Totals.
+    #[serde(flatten)]
+    pub counts: ImportCounts,
+    /// Every refused line, by line number.
+    pub failures: Vec<ImportFailure>,
+    /// Every changed node, by line number.
+    pub updated_nodes: Vec<ImportUpdate>,
+    /// Log entries the import committed (each carries many nodes).
+    pub log_entries: u64,
+    /// Bytes of the import file read.
+    pub bytes: u64,
+    /// Time the import took, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Why the import stopped before the end of the file, if it did: what was
+    /// committed before stays (re-run the import to finish it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// One line of a streamed import answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ImportMessage {
+    /// Where the import is (after each committed log entry).
+    Progress(ImportCounts),
+    /// The end.
+    Report(ImportReport),
 }
 
 #[cfg(test)]

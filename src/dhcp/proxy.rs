@@ -1,7 +1,8 @@
 //! The proxy-DHCP decision (sans-IO): is this a PXE client of a node this host serves,
-//! and which boot file does it get for its architecture and firmware stage?
+//! and which boot file does it get for its architecture and firmware stage? And where
+//! may the answer go ([`route`])?
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::MessageType;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,14 @@ pub enum Ignored {
     LocalBoot,
     /// No loader configured for the client's architecture.
     UnsupportedArch,
+    /// A `giaddr` that is not a configured relay (`dhcp.relays`).
+    UntrustedRelay,
+    /// A configured relay's `giaddr` that is this host, loopback, broadcast or multicast.
+    BadRelay,
+    /// A source address no client can have (broadcast, multicast).
+    BadSource,
+    /// Too many answers for this MAC lately (`dhcp.answers_per_mac_minute`).
+    RateLimited,
 }
 
 impl Ignored {
@@ -123,8 +132,66 @@ impl Ignored {
             Ignored::NoProfile => "no_profile",
             Ignored::LocalBoot => "local_boot",
             Ignored::UnsupportedArch => "unsupported_arch",
+            Ignored::UntrustedRelay => "untrusted_relay",
+            Ignored::BadRelay => "bad_relay",
+            Ignored::BadSource => "bad_source",
+            Ignored::RateLimited => "rate_limited",
         }
     }
+}
+
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the relay agent, at its server port (`giaddr`:67).
+    Relay(Ipv4Addr),
+    /// Broadcast on the interface the request came in on, to this port (a client
+    /// without an address cannot receive unicast).
+    Broadcast(u16),
+    /// Back to the sender's address and port (a client that has an address: PXE
+    /// boot-server requests on udp/4011).
+    Unicast(SocketAddrV4),
+}
+
+/// Where the answer to a request from `src` with relay field `giaddr` may go, per RFC
+/// 2131 4.1 and PXE 2.1: to the relay when `giaddr` is set, else to the client.
+///
+/// A client never sets `giaddr` itself; only a relay does, and it sends the answer on to
+/// the client's segment. So a `giaddr` is honoured only when it is one of `relays` (the
+/// operator's list) and is a plausible relay address (not this host, `is_local`, nor
+/// loopback, broadcast or multicast). A request naming any other `giaddr` is not
+/// answered at all: answering "as direct" (to its source or by broadcast) could not
+/// reach a client behind a real relay anyway, and answering the `giaddr` would let anyone
+/// point this server's answers at any address.
+pub fn route(
+    giaddr: Ipv4Addr,
+    src: SocketAddrV4,
+    port: Port,
+    relays: &[Ipv4Addr],
+    is_local: impl Fn(Ipv4Addr) -> bool,
+) -> Result<Route, Ignored> {
+    if !giaddr.is_unspecified() {
+        if !relays.contains(&giaddr) {
+            return Err(Ignored::UntrustedRelay);
+        }
+        if giaddr.is_loopback()
+            || giaddr.is_broadcast()
+            || giaddr.is_multicast()
+            || is_local(giaddr)
+        {
+            return Err(Ignored::BadRelay);
+        }
+        return Ok(Route::Relay(giaddr));
+    }
+    let ip = *src.ip();
+    if ip.is_unspecified() {
+        let p = if port == Port::Dhcp { 68 } else { src.port() };
+        return Ok(Route::Broadcast(p));
+    }
+    if ip.is_broadcast() || ip.is_multicast() {
+        return Err(Ignored::BadSource);
+    }
+    Ok(Route::Unicast(src))
 }
 
 /// The decision for one request.
@@ -331,6 +398,68 @@ mod tests {
         assert_eq!(
             (reply.boot_file.as_str(), stage, reply.vendor_class),
             ("http://10.77.0.1:8069/ipxe.efi", "http", "HTTPClient")
+        );
+    }
+
+    #[test]
+    fn answers_go_only_where_the_spec_says() {
+        const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+        let relay = Ipv4Addr::new(10, 9, 0, 1);
+        let local = |ip: Ipv4Addr| ip == ME;
+        let direct = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 4011);
+        // Direct: broadcast to a client without an address, unicast back otherwise.
+        assert_eq!(
+            route(Ipv4Addr::UNSPECIFIED, direct, Port::Dhcp, &[], local),
+            Ok(Route::Broadcast(68))
+        );
+        assert_eq!(
+            route(Ipv4Addr::UNSPECIFIED, client, Port::BootServer, &[], local),
+            Ok(Route::Unicast(client))
+        );
+        // The reflections: a giaddr without configured relays is never answered.
+        for g in [
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::LOCALHOST,
+            ME,
+            Ipv4Addr::new(203, 0, 113, 7),
+            relay,
+        ] {
+            for src in [direct, client] {
+                assert_eq!(
+                    route(g, src, Port::Dhcp, &[], local),
+                    Err(Ignored::UntrustedRelay),
+                    "giaddr {g}"
+                );
+            }
+        }
+        // A configured relay gets the answer; another giaddr still does not.
+        assert_eq!(
+            route(relay, client, Port::Dhcp, &[relay], local),
+            Ok(Route::Relay(relay))
+        );
+        assert_eq!(
+            route(
+                Ipv4Addr::new(10, 9, 0, 2),
+                client,
+                Port::Dhcp,
+                &[relay],
+                local
+            ),
+            Err(Ignored::UntrustedRelay)
+        );
+        // Even when listed (a bad config), never this host, loopback or broadcast.
+        for g in [ME, Ipv4Addr::LOCALHOST, Ipv4Addr::BROADCAST] {
+            assert_eq!(
+                route(g, client, Port::Dhcp, &[g], local),
+                Err(Ignored::BadRelay)
+            );
+        }
+        // No client sends from a broadcast address.
+        let bogus = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
+        assert_eq!(
+            route(Ipv4Addr::UNSPECIFIED, bogus, Port::Dhcp, &[], local),
+            Err(Ignored::BadSource)
         );
     }
 

@@ -1,21 +1,25 @@
 //! The tokio driver of proxy-DHCP: sockets on udp/67 and udp/4011 (per interface with
-//! SO_BINDTODEVICE when interfaces are configured), decoding, the [`decide`] call, and
-//! sending the answer where the client can hear it.
+//! SO_BINDTODEVICE when interfaces are configured), decoding, the [`decide`] and
+//! [`route`] calls, and sending the answer where [`route`] says, at most
+//! `dhcp.answers_per_mac_minute` per MAC.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::proxy::{decide, Decision, Ignored, Policy, Port};
+use super::proxy::{decide, route, Decision, Ignored, Policy, Port, Route};
 use crate::bindings::{Bindings, Learned};
+use crate::boots::DhcpSeen;
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
 use crate::metrics::Metrics;
+use crate::net::ratelimit::{Limiter, LogBudget, Rate, Verdict};
 use crate::net::{iface, udp};
 use crate::ownership::gate::{Gate, Purpose};
 use crate::store::MacAddr;
@@ -76,6 +80,8 @@ pub struct DhcpDeps {
     pub bindings: Bindings,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Boot records.
+    pub boots: crate::boots::BootRecorder,
 }
 
 /// A bound proxy-DHCP server.
@@ -193,11 +199,17 @@ impl DhcpServer {
 
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
+        let answers = Limiter::new(
+            Rate::per_minute(self.cfg.answers_per_mac_minute),
+            ANSWER_MACS,
+        );
         let shared = Arc::new(Shared {
             app: self.app,
             cfg: self.cfg,
             policy: self.policy,
             capture: self.capture,
+            answers: Mutex::new(answers),
+            logs: Mutex::new(LogBudget::new()),
         });
         let mut tasks = Vec::new();
         for l in self.listeners {
@@ -213,11 +225,18 @@ impl DhcpServer {
     }
 }
 
+/// MACs whose answer budget is tracked at once (only MACs of known nodes get answers).
+const ANSWER_MACS: usize = 65_536;
+
 struct Shared {
     app: DhcpDeps,
     cfg: DhcpConfig,
     policy: Policy,
     capture: Option<Capture>,
+    /// Answers per MAC.
+    answers: Mutex<Limiter<MacAddr>>,
+    /// "Not answered" log lines per MAC.
+    logs: Mutex<LogBudget<MacAddr>>,
 }
 
 impl Shared {
@@ -254,6 +273,22 @@ impl Shared {
         meta.ifindex.and_then(iface::ipv4_of)
     }
 
+    /// May a line about `mac` be logged now? `Some(n)`: yes, `n` dropped since the last.
+    fn log_ok(&self, mac: &MacAddr) -> Option<u64> {
+        let v = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(mac, Instant::now());
+        match v {
+            Verdict::Allow { suppressed } => Some(suppressed),
+            Verdict::Deny => {
+                self.app.metrics.dhcp.suppressed_logs.inc();
+                None
+            }
+        }
+    }
+
     async fn handle(&self, l: &Listener, pkt: &[u8], meta: udp::RecvMeta) {
         let m = &self.app.metrics.dhcp;
         let req = match dhcp::parse(pkt) {
@@ -270,8 +305,34 @@ impl Shared {
         let (arch, _) = classify_arch(req.arch.unwrap_or(0));
         let Some(server_ip) = self.server_ip(&meta) else {
             m.ignored.inc("no_server_address");
-            warn!(mac = %mac, ifindex = ?meta.ifindex, "no IPv4 address on the receiving interface; set dhcp.server_ip");
+            if let Some(suppressed) = self.log_ok(&mac) {
+                warn!(mac = %mac, ifindex = ?meta.ifindex, suppressed, "no IPv4 address on the receiving interface; set dhcp.server_ip");
+            }
             return;
+        };
+        // Where an answer could go is settled first: a request that may not be answered
+        // (a forged relay field) teaches nothing either.
+        let src = match meta.src {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddrV4::new(ip, a.port()),
+                None => {
+                    m.ignored.inc(Ignored::BadSource.as_str());
+                    return;
+                }
+            },
+        };
+        let is_local =
+            |ip: Ipv4Addr| ip == server_ip || iface::list().iter().any(|i| i.ipv4.contains(&ip));
+        let to = match route(req.giaddr, src, l.port, &self.cfg.relays, is_local) {
+            Ok(r) => r,
+            Err(reason) => {
+                m.ignored.inc(reason.as_str());
+                if let Some(suppressed) = self.log_ok(&mac) {
+                    warn!(mac = %mac, from = %meta.src, giaddr = %req.giaddr, reason = reason.as_str(), suppressed, "dhcp request not answered: its relay address (giaddr) is not a configured relay (dhcp.relays)");
+                }
+                return;
+            }
         };
         let node = match self.app.store.node_by_mac(&mac) {
             Ok(n) => n,
@@ -288,6 +349,7 @@ impl Shared {
         let verdict = node.as_ref().map_or(Ok(()), |n| {
             self.app.gate.check(n, Purpose::Answer, None).map(|_| ())
         });
+        let known = node.as_ref();
         match decide(
             &req,
             l.port,
@@ -298,19 +360,47 @@ impl Shared {
         ) {
             Decision::Ignore(reason) => {
                 m.ignored.inc(reason.as_str());
+                if let Some(n) = known {
+                    let bs = l.port == Port::BootServer;
+                    self.app
+                        .boots
+                        .dhcp(n, bs, &req, meta.src.ip(), DhcpSeen::Ignored(reason));
+                }
                 let noteworthy = !matches!(
                     reason,
                     Ignored::NotPxe | Ignored::OtherServer | Ignored::MessageType
                 );
                 if noteworthy {
-                    info!(mac = %mac, arch = arch.as_str(), node = node.as_ref().map(|n| n.id.as_str()).unwrap_or("-"), epoch = node.as_ref().map(|n| n.epoch), reason = reason.as_str(), "pxe request not answered");
+                    if let Some(suppressed) = self.log_ok(&mac) {
+                        info!(mac = %mac, arch = arch.as_str(), node = node.as_ref().map(|n| n.id.as_str()).unwrap_or("-"), epoch = node.as_ref().map(|n| n.epoch), reason = reason.as_str(), suppressed, "pxe request not answered");
+                    }
                 } else {
                     debug!(mac = %mac, reason = reason.as_str(), "dhcp request ignored");
                 }
             }
             Decision::Answer { reply, node, stage } => {
+                let allowed = self
+                    .answers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .check(&mac, Instant::now())
+                    .allowed();
+                if !allowed {
+                    m.ignored.inc(Ignored::RateLimited.as_str());
+                    if let Some(suppressed) = self.log_ok(&mac) {
+                        info!(mac = %mac, node = %node, limit = self.cfg.answers_per_mac_minute, suppressed, "pxe request not answered: too many answers for this MAC in the last minute (dhcp.answers_per_mac_minute)");
+                    }
+                    return;
+                }
                 let bytes = build_reply(&req, &reply);
-                let (dst, ifindex) = destination(&req, &meta, l.port);
+                let (dst, ifindex) = match to {
+                    Route::Relay(g) => (SocketAddr::new(IpAddr::V4(g), 67), None),
+                    Route::Broadcast(p) => (
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), p),
+                        meta.ifindex,
+                    ),
+                    Route::Unicast(a) => (SocketAddr::V4(a), None),
+                };
                 let src = SocketAddr::new(
                     IpAddr::V4(server_ip),
                     l.sock.local_addr().map(|a| a.port()).unwrap_or(0),
@@ -320,6 +410,19 @@ impl Shared {
                         // This host may now finish the boot it answered, should the
                         // node migrate away meanwhile.
                         self.app.gate.note_answer(&node);
+                        if let Some(n) = known {
+                            let seen = DhcpSeen::Answered {
+                                boot_file: &reply.boot_file,
+                                arch: arch.as_str(),
+                            };
+                            self.app.boots.dhcp(
+                                n,
+                                l.port == Port::BootServer,
+                                &req,
+                                meta.src.ip(),
+                                seen,
+                            );
+                        }
                         m.answered
                             .inc(&format!("{:?}", reply.msg_type).to_lowercase());
                         if let Some(c) = &self.capture {
@@ -329,7 +432,18 @@ impl Shared {
                     }
                     Err(e) => {
                         m.ignored.inc("send_error");
-                        warn!(mac = %mac, to = %dst, error = %e, "cannot send pxe answer");
+                        if let Some(n) = known {
+                            self.app.boots.dhcp(
+                                n,
+                                l.port == Port::BootServer,
+                                &req,
+                                meta.src.ip(),
+                                DhcpSeen::SendFailed,
+                            );
+                        }
+                        if let Some(suppressed) = self.log_ok(&mac) {
+                            warn!(mac = %mac, to = %dst, error = %e, suppressed, "cannot send pxe answer");
+                        }
                     }
                 }
             }
@@ -352,29 +466,4 @@ impl Shared {
             b.learn(meta.src.ip(), &n.id, Learned::BootServerSource);
         }
     }
-}
-
-/// Where the answer goes: the relay, the client's address, or a broadcast on the
-/// interface the request came in on (a client without an address cannot get unicast).
-fn destination(
-    req: &dhcp::PxeRequest,
-    meta: &udp::RecvMeta,
-    port: Port,
-) -> (SocketAddr, Option<u32>) {
-    if !req.giaddr.is_unspecified() {
-        return (SocketAddr::new(IpAddr::V4(req.giaddr), 67), None);
-    }
-    let src_ip = meta.src.ip();
-    if src_ip.is_unspecified() {
-        let p = if port == Port::Dhcp {
-            68
-        } else {
-            meta.src.port()
-        };
-        return (
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), p),
-            meta.ifindex,
-        );
-    }
-    (meta.src, None)
 }

@@ -6,7 +6,6 @@
 //!
 //! [`Proposer`]: crate::store::raft::propose::Proposer
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +23,11 @@ use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
 use crate::api::peer::RemoveRequest;
 use crate::api::v1::{
-    AcquireRequest, ArtifactDetail, ClusterView, EnrollRequest, EventPage, EventsQuery,
-    HostChanged, HostRemoved, HostView, MemberRole, MemberView, MigrateRequest, NodeDetail,
-    NodeQuery, ProfileRequest, ReleaseQuery, RemoveHostQuery, RenewRequest, ReservationGrant,
-    ReservationState, StatusView, TftpTotals, UpdateRequest, UploadQuery, Uploaded,
+    AcquireRequest, ArtifactDetail, ArtifactQuery, ClusterView, EnrollRequest, EventPage,
+    EventsQuery, HandoffFilter, HostChanged, HostRemoved, HostView, MemberRole, MemberView,
+    MigrateRequest, NodeDetail, NodeQuery, ProfileRequest, ReleaseQuery, RemoveHostQuery,
+    RenewRequest, ReservationGrant, ReservationState, StatusView, TftpTotals, UpdateRequest,
+    UploadQuery, Uploaded, MAX_PAGE, NEXT_CURSOR_HEADER,
 };
 use crate::api::ErrorBody;
 use crate::app::App;
@@ -37,7 +37,8 @@ use crate::render::{boot_profile_command_with, RenderError};
 use crate::store::raft::peer::PeerError;
 use crate::store::raft::propose::ProposeError;
 use crate::store::{
-    Applied, Artifact, BootProfile, Command, KernelBoot, Node, NodeFile, Outcome, Rejection,
+    Applied, Artifact, BootProfile, Command, KernelBoot, Node, NodeFile, NodeFilter, Outcome,
+    Rejection,
 };
 
 /// Longest a reservation may be taken for.
@@ -134,19 +135,28 @@ async fn apply(app: &Arc<App>, cmd: Command) -> Result<Applied, ApiError> {
 async fn fresh_node(app: &Arc<App>, id: &str) -> Result<Node, ApiError> {
     match get_node(app, id) {
         Err(ApiError::NotFound(_)) if !app.proposer.is_leader() => {
-            if let Some(lm) = leader_metrics(app).await {
-                if let Some(l) = lm.last_applied {
-                    let _ = app
-                        .proposer
-                        .raft()
-                        .wait(Some(Duration::from_secs(3)))
-                        .applied_index_at_least(Some(l.index), "read barrier")
-                        .await;
-                }
-            }
+            read_barrier(app).await;
             get_node(app, id)
         }
         r => r,
+    }
+}
+
+/// On a follower, waits (briefly) until this replica has applied what the leader had
+/// applied: reads that decide a write then see every earlier commit.
+pub(super) async fn read_barrier(app: &Arc<App>) {
+    if app.proposer.is_leader() {
+        return;
+    }
+    if let Some(lm) = leader_metrics(app).await {
+        if let Some(l) = lm.last_applied {
+            let _ = app
+                .proposer
+                .raft()
+                .wait(Some(Duration::from_secs(3)))
+                .applied_index_at_least(Some(l.index), "read barrier")
+                .await;
+        }
     }
 }
 
@@ -156,18 +166,104 @@ fn get_node(app: &App, id: &str) -> Result<Node, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("node {id}")))
 }
 
+/// The page size a list request asks for.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(MAX_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::field(
+            "limit",
+            format!("{n} is out of range: ask for 1 to {MAX_PAGE} items per page"),
+        )),
+    }
+}
+
+/// One page of a list: the items as a JSON array and, unless it is the last page, the
+/// next page's cursor (header) and URL (`Link`). `items` holds up to `limit + 1`: the
+/// extra one only says that there is more.
+fn page<T: serde::Serialize>(
+    mut items: Vec<T>,
+    limit: usize,
+    cursor_of: impl Fn(&T) -> String,
+    next_url: impl Fn(&str) -> Result<String, ApiError>,
+) -> Result<Response, ApiError> {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    let mut resp = Json(items).into_response();
+    if let Some(c) = next {
+        let link = format!("<{}>; rel=\"next\"", next_url(&c)?);
+        for (name, value) in [(NEXT_CURSOR_HEADER, c), ("link", link)] {
+            let v = axum::http::HeaderValue::from_str(&value)
+                .map_err(|e| ApiError::Internal(format!("page header: {e}")))?;
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `path?query` for the next page's `Link`.
+fn page_url<Q: serde::Serialize>(path: &str, q: &Q) -> Result<String, ApiError> {
+    let qs = serde_urlencoded::to_string(q).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(format!("{path}?{qs}"))
+}
+
+/// Runs a store read off the async workers: a page of thousands takes milliseconds.
+async fn read<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = app.store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
+/// The store filter a [`NodeQuery`] asks for.
+fn node_filter(q: &NodeQuery) -> NodeFilter {
+    NodeFilter {
+        owner: q.owner.clone(),
+        group: q.group.clone(),
+        arch: q.arch.clone(),
+        provision_state: q.provision_state,
+        migrating: q.handoff.map(|h| h == HandoffFilter::Migrating),
+        stuck: q.stuck,
+        profile: q.profile.map(|p| p.kind().map(str::to_string)),
+        mac: q.mac,
+    }
+}
+
+/// `GET /v1/nodes?[filters]&[limit]&[cursor]`: a page of nodes, by id (see
+/// [`NEXT_CURSOR_HEADER`]).
 async fn list_nodes(
     State(app): State<Arc<App>>,
     ApiQuery(q): ApiQuery<NodeQuery>,
-) -> Result<Json<Vec<Node>>, ApiError> {
-    let nodes = app
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| q.owner.as_ref().is_none_or(|o| &n.owner == o))
-        .filter(|n| q.group.as_ref().is_none_or(|g| &n.group == g))
-        .collect();
-    Ok(Json(nodes))
+) -> Result<Response, ApiError> {
+    let limit = page_limit(q.limit)?;
+    if let Some(c) = &q.cursor {
+        crate::store::types::check_name("cursor", c).map_err(|m| ApiError::field("cursor", m))?;
+    }
+    let filter = node_filter(&q);
+    let after = q.cursor.clone();
+    let nodes = read(&app, move |s| {
+        s.nodes_page(&filter, after.as_deref(), limit + 1)
+    })
+    .await?;
+    page(
+        nodes,
+        limit,
+        |n| n.id.clone(),
+        |c| {
+            let next = NodeQuery {
+                cursor: Some(c.to_string()),
+                ..q.clone()
+            };
+            page_url("/v1/nodes", &next)
+        },
+    )
 }
 
 async fn enroll_node(
@@ -207,11 +303,13 @@ async fn show_node(
         refused: refused.count,
         last_refused: refused.last.map(|(ip, at)| (ip.to_string(), at)),
     });
+    let boot = super::boots::merged_boots(&app, &id, 1).await.summary();
     Ok(Json(NodeDetail {
         node,
         files,
         reservation,
         access,
+        boot,
     }))
 }
 
@@ -284,7 +382,10 @@ async fn delete_node(
 }
 
 /// The boot profile a [`ProfileRequest`] asks for, checked against the known artifacts.
-fn requested_profile(req: ProfileRequest, app: &App) -> Result<Option<BootProfile>, ApiError> {
+pub(super) fn requested_profile(
+    req: ProfileRequest,
+    app: &App,
+) -> Result<Option<BootProfile>, ApiError> {
     let kernel_boot = |k: Option<Digest>,
                        r: Option<Digest>,
                        c: Option<String>|
@@ -494,8 +595,37 @@ async fn release(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_artifacts(State(app): State<Arc<App>>) -> Result<Json<Vec<Artifact>>, ApiError> {
-    Ok(Json(app.store.artifacts()?))
+/// `GET /v1/artifacts?[name]&[host]&[limit]&[cursor]`: a page of artifacts, by digest.
+async fn list_artifacts(
+    State(app): State<Arc<App>>,
+    ApiQuery(q): ApiQuery<ArtifactQuery>,
+) -> Result<Response, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<Digest>()
+                .map_err(|_| ApiError::field("cursor", "not a cursor of this list"))
+        })
+        .transpose()?;
+    let (name, host) = (q.name.clone(), q.host.clone());
+    let arts = read(&app, move |s| {
+        s.artifacts_page(name.as_deref(), host.as_deref(), after.as_ref(), limit + 1)
+    })
+    .await?;
+    page(
+        arts,
+        limit,
+        |a: &Artifact| a.digest.to_hex(),
+        |c| {
+            let next = ArtifactQuery {
+                cursor: Some(c.to_string()),
+                ..q.clone()
+            };
+            page_url("/v1/artifacts", &next)
+        },
+    )
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {
@@ -574,8 +704,7 @@ async fn upload_artifact(
     let mut done: u64 = 0;
     let mut last_log = std::time::Instant::now();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::field("body", format!("upload interrupted: {e}")))?;
+        let chunk = chunk.map_err(super::limits::body_error)?;
         done += chunk.len() as u64;
         // File writes block: keep them off the async workers' hot path.
         tokio::task::block_in_place(|| std::io::Write::write_all(&mut w, &chunk))
@@ -648,18 +777,14 @@ async fn events(
 
 async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<Vec<HostView>>, ApiError> {
     let hosts = app.store.hosts()?;
-    let nodes = app.store.nodes()?;
-    let mut owned: HashMap<&str, usize> = HashMap::new();
-    for n in &nodes {
-        *owned.entry(n.owner.as_str()).or_default() += 1;
-    }
+    let owned = read(&app, |s| s.owned_counts()).await?;
     let now = now_ms();
     let out = hosts
         .iter()
         .map(|h| HostView {
             state: crate::ownership::state::classify(h, now, app.gate.times()),
             heartbeat_age_ms: now.saturating_sub(h.last_heartbeat),
-            nodes: owned.get(h.name.as_str()).copied().unwrap_or(0),
+            nodes: owned.get(h.name.as_str()).copied().unwrap_or(0) as usize,
             is_self: h.name == app.host,
             host: h.clone(),
         })
@@ -668,9 +793,16 @@ async fn list_hosts(State(app): State<Arc<App>>) -> Result<Json<Vec<HostView>>, 
 }
 
 async fn status(State(app): State<Arc<App>>) -> Result<Json<StatusView>, ApiError> {
-    let nodes = app.store.nodes()?;
-    let owned = nodes.iter().filter(|n| n.owner == app.host).count();
-    let artifacts = app.store.artifacts()?.len();
+    let (nodes, owned, artifacts) = read(&app, |s| {
+        let owned = s.owned_counts()?;
+        Ok((
+            owned.values().sum::<u64>() as usize,
+            owned,
+            s.count_artifacts()? as usize,
+        ))
+    })
+    .await?;
+    let owned = owned.get(&app.host).copied().unwrap_or(0) as usize;
     let store_bytes = std::fs::metadata(app.store.path())
         .map(|m| m.len())
         .unwrap_or(0);
@@ -680,7 +812,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<StatusView>, ApiErro
         group: app.group.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         schema_version: app.store.schema_version()?,
-        nodes: nodes.len(),
+        nodes,
         owned_nodes: owned,
         artifacts,
         store_bytes,

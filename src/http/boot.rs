@@ -1,10 +1,15 @@
 //! HTTP boot: a node's files under `/boot/<node>/<path>`, for iPXE and UEFI HTTP-boot
 //! clients, with `Range`, `ETag` (the sha256), `If-None-Match` and `HEAD`. The same
 //! owned-node rule as TFTP applies. Bodies stream from the shared in-memory copy.
+//!
+//! These routes need no login, so a refusal tells the caller nothing: an unknown node,
+//! a node another host owns (or this one may not serve yet) and a missing file all get
+//! the same 404 ([`hidden`]); the reason, owner and epoch go to the log (at a bounded
+//! rate per client) and to `baton node show`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,14 +25,75 @@ use tracing::{debug, info};
 use super::error::ApiError;
 use super::range::{plan, RangePlan};
 use crate::app::App;
+use crate::boots::{LiveTransfer, Proto, Status};
 use crate::metrics::Metrics;
 use crate::namespace::store_source::StoreSource;
 use crate::namespace::{FileSource, OpenError};
+use crate::net::ratelimit::{LogBudget, Verdict};
 use crate::ownership::gate::{NotServed, Purpose};
 use crate::wire::path::{ClientPath, PathError};
 
 /// Bytes per body chunk: large enough to be cheap, small enough to notice a hang-up.
 const CHUNK: usize = 256 * 1024;
+
+/// Refusal log lines per client address (a process has one HTTP listener).
+static REFUSAL_LOGS: LazyLock<Mutex<LogBudget<IpAddr>>> =
+    LazyLock::new(|| Mutex::new(LogBudget::new()));
+
+/// Why a boot file was refused, for the log and metrics (never for the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hidden {
+    UnknownNode,
+    NoSuchFile,
+    NotServed(NotServed),
+    BlobMissing,
+}
+
+impl Hidden {
+    fn label(self) -> &'static str {
+        match self {
+            Hidden::UnknownNode => "unknown_node",
+            Hidden::NoSuchFile => "no_such_file",
+            Hidden::NotServed(r) => r.label(),
+            Hidden::BlobMissing => "blob_missing",
+        }
+    }
+}
+
+/// The one answer to every refused boot file: 404, the same body whatever the reason,
+/// except a client that is not the node (`node_files = "bound"`): 403, like TFTP's
+/// ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
+/// The reason is counted, and logged with the node's owner and epoch when known.
+fn hidden(
+    app: &App,
+    peer: SocketAddr,
+    why: Hidden,
+    node: &str,
+    path: &str,
+    owner: Option<(&str, u64)>,
+) -> ApiError {
+    app.metrics.http.boot_failed.inc(why.label());
+    let v = REFUSAL_LOGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&peer.ip().to_canonical(), Instant::now());
+    match v {
+        Verdict::Allow { suppressed } => info!(
+            client = %peer, node = %node, path = %path.escape_debug(), reason = why.label(),
+            owner = owner.map(|o| o.0), epoch = owner.map(|o| o.1), host = %app.host, suppressed,
+            "http boot file refused"
+        ),
+        Verdict::Deny => app.metrics.http.suppressed_logs.inc(),
+    }
+    match why {
+        Hidden::NotServed(NotServed::WrongClient) => ApiError::NotServed {
+            reason: NotServed::WrongClient,
+            message: "boot file refused to this client".into(),
+            details: serde_json::Value::Null,
+        },
+        _ => ApiError::NotFound("boot file".into()),
+    }
+}
 
 /// `GET|HEAD /boot/{node}/{*path}`.
 pub async fn boot_file(
@@ -45,43 +111,42 @@ pub async fn boot_file(
         .and_then(|r| r.split_once('/'))
         .map_or("", |(_, p)| p);
     let path = ClientPath::from_url(raw).map_err(|e| path_refused(&e, raw))?;
-    let files = app.store.node_files(&node)?;
-    let n = app
-        .store
-        .node(&node)?
-        .ok_or_else(|| ApiError::NotFound(format!("node {node}")))?;
     let want = path.as_str();
-    let nf = path
+    let Some(n) = app.store.node(&node)? else {
+        return Err(hidden(&app, peer, Hidden::UnknownNode, &node, want, None));
+    };
+    let owner = Some((n.owner.as_str(), n.epoch));
+    let files = app.store.node_files(&node)?;
+    let Some(nf) = path
         .candidates()
         .find_map(|c| files.iter().find(|f| f.path == c))
         .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("file {want} of node {node}")))?;
+    else {
+        app.boots.refused(
+            Proto::Http,
+            peer.ip(),
+            &path,
+            Some(&node),
+            &OpenError::NotFound,
+        );
+        return Err(hidden(&app, peer, Hidden::NoSuchFile, &node, want, owner));
+    };
     let client = Some(peer.ip());
     if let Err(r) = app
         .gate
         .check(&n, Purpose::Files { client }, Some(&nf.path))
     {
-        app.metrics.http.boot_failed.inc(r.label());
-        let message = match r {
-            NotServed::NotOwner => {
-                format!(
-                    "node {node} is served by host {}, not {}",
-                    n.owner, app.host
-                )
-            }
-            r => format!(
-                "host {} owns node {node} but may not serve it yet: {r}",
-                app.host
-            ),
-        };
-        return Err(ApiError::NotServed {
-            reason: r,
-            message,
-            details: serde_json::json!({ "owner": n.owner, "epoch": n.epoch }),
-        });
+        app.boots.refused(
+            Proto::Http,
+            peer.ip(),
+            &path,
+            Some(&node),
+            &OpenError::NotServed(r),
+        );
+        return Err(hidden(&app, peer, Hidden::NotServed(r), &node, want, owner));
     }
     let data = app.blobs.bytes(&nf.digest).await.map_err(|e| match e {
-        OpenError::NotFound => ApiError::NotFound(format!("blob {}", nf.digest)),
+        OpenError::NotFound => hidden(&app, peer, Hidden::BlobMissing, &node, want, owner),
         e => ApiError::Internal(e.to_string()),
     })?;
     respond(
@@ -91,7 +156,7 @@ pub async fn boot_file(
         data.octets().clone(),
         Some(nf.digest.to_string()),
         &node,
-        want,
+        (peer.ip(), &path),
     )
 }
 
@@ -121,9 +186,28 @@ pub async fn namespace_file(
             let data = source
                 .node_file_bytes(&path, client, &nf)
                 .await
-                .map_err(|e| match e {
-                    OpenError::NotServed(r) => not_served(&app, r, path.as_str()),
-                    e => ApiError::Internal(e.to_string()),
+                .map_err(|e| {
+                    app.boots
+                        .refused(Proto::Http, peer.ip(), &path, Some(&nf.node), &e);
+                    match e {
+                        OpenError::NotServed(r) => hidden(
+                            &app,
+                            peer,
+                            Hidden::NotServed(r),
+                            &nf.node,
+                            path.as_str(),
+                            None,
+                        ),
+                        OpenError::NotFound => hidden(
+                            &app,
+                            peer,
+                            Hidden::BlobMissing,
+                            &nf.node,
+                            path.as_str(),
+                            None,
+                        ),
+                        e => ApiError::Internal(e.to_string()),
+                    }
                 })?;
             return respond(
                 &app,
@@ -132,11 +216,21 @@ pub async fn namespace_file(
                 data.octets().clone(),
                 Some(nf.digest.to_string()),
                 &nf.node,
-                path.as_str(),
+                (peer.ip(), &path),
             );
         }
         Ok(None) => {}
-        Err(OpenError::NotServed(r)) => return Err(not_served(&app, r, path.as_str())),
+        Err(e @ OpenError::NotServed(r)) => {
+            app.boots.refused(Proto::Http, peer.ip(), &path, None, &e);
+            return Err(hidden(
+                &app,
+                peer,
+                Hidden::NotServed(r),
+                "-",
+                path.as_str(),
+                None,
+            ));
+        }
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
     match source.shared().open(&path, client).await {
@@ -147,27 +241,17 @@ pub async fn namespace_file(
             d.octets().clone(),
             None,
             "-",
-            path.as_str(),
+            (peer.ip(), &path),
         ),
-        Err(OpenError::NotFound) => Err(ApiError::NotFound(format!("file {path}"))),
+        Err(e @ OpenError::NotFound) => {
+            app.boots.refused(Proto::Http, peer.ip(), &path, None, &e);
+            Err(ApiError::NotFound(format!("file {path}")))
+        }
         Err(OpenError::Denied(r)) => Err(ApiError::Conflict {
             message: format!("access to {path} refused ({})", r.replace('_', " ")),
             details: serde_json::json!({ "reason": r }),
         }),
         Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
-}
-
-/// A namespace path that belongs to a node the gate refuses here.
-fn not_served(app: &App, r: NotServed, path: &str) -> ApiError {
-    app.metrics.http.boot_failed.inc(r.label());
-    ApiError::NotServed {
-        reason: r,
-        message: format!(
-            "{path} belongs to a node this host ({}) does not serve: {r}",
-            app.host
-        ),
-        details: serde_json::json!({}),
     }
 }
 
@@ -182,7 +266,8 @@ fn path_refused(e: &PathError, raw: &str) -> ApiError {
     }
 }
 
-/// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body.
+/// Answers with `bytes`: validators, Range, HEAD, and a tracked streaming body; `who`
+/// is the requester and the path it asked for (for the boot timeline).
 fn respond(
     app: &Arc<App>,
     method: &Method,
@@ -190,8 +275,10 @@ fn respond(
     bytes: Bytes,
     digest: Option<String>,
     node: &str,
-    want: &str,
+    who: (std::net::IpAddr, &ClientPath),
 ) -> Result<Response, ApiError> {
+    let want = who.1.as_str();
+    let hint = (node != "-").then_some(node);
     let etag = digest.map(|d| format!("\"{d}\""));
     if let Some(etag) = &etag {
         if headers
@@ -228,11 +315,15 @@ fn respond(
         Response::new(Body::empty())
     } else {
         debug!(node = %node, path = %want, bytes = body_bytes.len(), "http boot download");
+        let live = app
+            .boots
+            .begin(Proto::Http, who.0, who.1, hint, body_bytes.len() as u64);
         Response::new(Body::from_stream(TrackedBody::new(
             body_bytes.clone(),
             app.metrics.clone(),
             node,
             want.to_string(),
+            live,
         )))
     };
     *resp.status_mut() = status;
@@ -269,10 +360,17 @@ struct TrackedBody {
     node: String,
     path: String,
     done: bool,
+    live: Option<LiveTransfer>,
 }
 
 impl TrackedBody {
-    fn new(bytes: Bytes, metrics: Arc<Metrics>, node: String, path: String) -> Self {
+    fn new(
+        bytes: Bytes,
+        metrics: Arc<Metrics>,
+        node: String,
+        path: String,
+        live: LiveTransfer,
+    ) -> Self {
         metrics.http.boot_started.inc();
         metrics.http.boot_active.add(1);
         TrackedBody {
@@ -283,6 +381,7 @@ impl TrackedBody {
             node,
             path,
             done: false,
+            live: Some(live),
         }
     }
 }
@@ -300,6 +399,9 @@ impl Stream for TrackedBody {
         let chunk = self.bytes.slice(self.sent..end);
         self.metrics.http.boot_bytes.add(chunk.len() as u64);
         self.sent = end;
+        if let Some(l) = &self.live {
+            l.progress(end as u64);
+        }
         // With Content-Length set, hyper stops polling after the last byte: count the
         // transfer as complete when its last chunk is handed over.
         if self.sent == self.bytes.len() {
@@ -318,6 +420,9 @@ impl TrackedBody {
         let m = &self.metrics.http;
         m.boot_completed.inc();
         m.boot_duration.observe(self.started.elapsed());
+        if let Some(l) = self.live.take() {
+            l.finish(Status::Ok, None, self.bytes.len() as u64);
+        }
         info!(node = %self.node, path = %self.path, bytes = self.bytes.len(), duration_ms = self.started.elapsed().as_millis() as u64, "http boot transfer completed");
     }
 }
@@ -327,6 +432,13 @@ impl Drop for TrackedBody {
         self.metrics.http.boot_active.add(-1);
         if !self.done {
             self.metrics.http.boot_failed.inc("client_disconnected");
+            if let Some(l) = self.live.take() {
+                l.finish(
+                    Status::Aborted,
+                    Some("client_disconnected".into()),
+                    self.sent as u64,
+                );
+            }
             info!(node = %self.node, path = %self.path, sent = self.sent, size = self.bytes.len(), "http boot transfer ended early");
         }
     }

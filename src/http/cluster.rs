@@ -48,6 +48,11 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route(wire::METRICS, get(metrics))
         .route(wire::CLOCK, get(clock))
         .route(&format!("{}/{{digest}}", wire::BLOB), get(blob))
+        .route(wire::BOOTS, get(super::boots::peer_summary))
+        .route(
+            &format!("{}/{{node}}", wire::BOOTS),
+            get(super::boots::peer_node),
+        )
         .route_layer(axum::middleware::from_fn_with_state(app, require_secret))
 }
 

@@ -116,10 +116,18 @@ impl IntoResponse for ApiError {
             }
             _ => (None, None),
         };
+        let message = match &self {
+            // The detail may name files, peers or the store: the log has it, not the client.
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed with an internal error");
+                "internal error (the server log has the details)".to_string()
+            }
+            e => e.to_string(),
+        };
         let body = ErrorBody {
             error: ErrorInfo {
                 code: self.code().to_string(),
-                message: self.to_string(),
+                message,
                 field,
                 details,
             },

@@ -46,7 +46,11 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
         match de {
             Ok(v) => Ok(ApiQuery(v)),
             Err(msg) => Err(ApiError::BadRequest {
-                field: Some(extract_backticked(&msg).unwrap_or_else(|| "query".into())),
+                field: Some(
+                    path_prefix(&msg)
+                        .or_else(|| extract_backticked(&msg))
+                        .unwrap_or_else(|| "query".into()),
+                ),
                 message: format!("bad query string: {msg}"),
             }),
         }
@@ -88,6 +92,14 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The parameter a query error starts with (`limit: invalid digit...`): a bad value
+/// is reported under its parameter's name, not the value's.
+fn path_prefix(msg: &str) -> Option<String> {
+    let (p, _) = msg.split_once(": ")?;
+    let ok = !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    ok.then(|| p.to_string())
+}
+
 fn extract_backticked(msg: &str) -> Option<String> {
     let a = msg.find('`')?;
     let b = msg[a + 1..].find('`')?;
@@ -120,5 +132,33 @@ mod tests {
         assert_eq!(field(parse(br#"{"a": 1}"#)), "b");
         assert_eq!(field(parse(br#"{"a": 1, "b": [], "c": 0}"#)), "c");
         assert_eq!(field(parse(b"nope")), "body");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Q {
+        limit: Option<usize>,
+        state: Option<crate::store::ProvisionState>,
+    }
+
+    #[test]
+    fn names_query_parameters_not_their_values() {
+        for (q, want) in [
+            ("limit=x", "limit"),
+            ("state=lost", "state"),
+            ("colour=red", "colour"),
+        ] {
+            match serde_urlencoded_de::<Q>(q) {
+                Err(msg) => assert_eq!(
+                    path_prefix(&msg)
+                        .or_else(|| extract_backticked(&msg))
+                        .as_deref(),
+                    Some(want),
+                    "{q}: {msg}"
+                ),
+                Ok(v) => panic!("{q}: {v:?}"),
+            }
+        }
     }
 }

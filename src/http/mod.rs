@@ -6,10 +6,17 @@
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod boots;
 pub mod cluster;
+pub mod conn;
 pub mod error;
+pub mod import;
+pub mod ingest;
 pub mod json;
+pub mod limits;
 pub mod range;
+pub mod rebalance;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +24,13 @@ use std::sync::Arc;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::app::App;
+use crate::config::HttpConfig;
 use crate::namespace::store_source::StoreSource;
 use axum::Extension;
 
@@ -39,21 +47,38 @@ pub enum HttpError {
     },
 }
 
-/// Builds the whole router.
-pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router {
+/// Builds the whole router; `max_upload` is the body limit of artifact uploads.
+pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>, max_upload: u64) -> Router {
     let token = auth::Token(Arc::new(token));
-    let api = api::routes().route_layer(middleware::from_fn_with_state(token, auth::require_token));
+    let max_upload = Arc::new(limits::MaxUpload(max_upload));
+    let api = api::routes()
+        .merge(boots::api_routes())
+        .merge(ingest::routes())
+        .merge(import::routes())
+        .merge(rebalance::routes())
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(api)
         .merge(cluster::routes(app.clone()))
+        .merge(ui::routes())
         .route("/metrics", get(metrics))
         .route(
             "/boot/{node}/{*path}",
             get(boot::boot_file).head(boot::boot_file),
         )
+        .route(
+            "/boot/{node}/done",
+            post(boots::report)
+                .get(boots::done_file)
+                .head(boots::done_file),
+        )
         .fallback(boot::namespace_file)
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(Extension(source))
+        .layer(middleware::from_fn_with_state(
+            max_upload,
+            limits::limit_body,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(middleware::from_fn(close_on_refused_body))
         .with_state(app)
@@ -61,10 +86,14 @@ pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>) -> Router 
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut body = app.metrics.render();
+    app.boots.metrics().render(&mut body);
     let store_bytes = std::fs::metadata(app.store.path())
         .map(|m| m.len())
         .unwrap_or(0);
-    let nodes = app.store.nodes().map(|n| n.len()).unwrap_or(0);
+    let nodes = app
+        .store
+        .count_nodes(&crate::store::NodeFilter::default())
+        .unwrap_or(0);
     let events = app.feed.last();
     body.push_str(&format!(
         "# HELP baton_store_bytes Size of the store's database file.\n# TYPE baton_store_bytes gauge\nbaton_store_bytes {store_bytes}\n\
@@ -101,14 +130,14 @@ async fn close_on_refused_body(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Counts requests by route and refusals by status.
+/// Counts requests by method and route and refusals by status, with labels from a fixed
+/// set ([`limits::method_label`], [`limits::route_label`]).
 async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let label = format!("{} {}", req.method(), route);
+    let label = format!(
+        "{} {}",
+        limits::method_label(req.method()),
+        limits::route_label(req.extensions().get::<MatchedPath>())
+    );
     let resp = next.run(req).await;
     let m = &app.metrics.http;
     m.requests.inc(&label);
@@ -126,20 +155,27 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
     Ok(l)
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled, under the limits of `cfg` (see [`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     token: String,
     source: Arc<StoreSource>,
+    cfg: &HttpConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    info!(addr = %addr, "http server listening");
-    axum::serve(
-        listener,
-        router(app, token, source).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let limits = conn::ConnLimits::from(cfg);
+    info!(
+        addr = %addr,
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_per_ip,
+        fd_share = crate::net::fds::current().http,
+        header_timeout_ms = cfg.header_timeout_ms,
+        idle_timeout_ms = cfg.idle_timeout_ms,
+        "http server listening"
+    );
+    let metrics = app.metrics.clone();
+    let router = router(app, token, source, cfg.max_upload_bytes);
+    conn::serve(listener, router, limits, metrics, shutdown).await
 }

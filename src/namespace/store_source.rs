@@ -16,6 +16,9 @@ pub struct StoreSource {
     store: Arc<Store>,
     blobs: ServedBlobs,
     shared: DirSource,
+    /// Paths of the shared directory that are node files (an ingested tree): never
+    /// served from the directory itself, only once adopted into the store.
+    claimed: Option<fn(&str) -> bool>,
 }
 
 impl StoreSource {
@@ -27,7 +30,15 @@ impl StoreSource {
             store,
             blobs,
             shared,
+            claimed: None,
         }
+    }
+
+    /// Paths for which `claimed` is true are served from the store only: the shared
+    /// directory is an ingested tree, where a file being written must not be served.
+    pub fn with_claimed(mut self, claimed: fn(&str) -> bool) -> Self {
+        self.claimed = Some(claimed);
+        self
     }
 
     /// The shared directory part.
@@ -90,6 +101,12 @@ impl FileSource for StoreSource {
         Box::pin(async move {
             match self.owned_node_file(path, client)? {
                 Some(nf) => self.node_file_bytes(path, client, &nf).await,
+                None if self
+                    .claimed
+                    .is_some_and(|claimed| path.candidates().any(claimed)) =>
+                {
+                    Err(OpenError::NotFound)
+                }
                 None => self.shared.open(path, client).await,
             }
         })

@@ -11,6 +11,7 @@
 pub mod gate;
 pub mod lease;
 pub mod placement;
+pub mod rebalance;
 pub mod reconcile;
 pub mod state;
 pub mod timing;

@@ -2,57 +2,217 @@
 //! ([`plan`], sans-IO) and proposes them as fenced commands ([`run`]).
 //!
 //! - owner down (lease + grace expired): take over, to a live host of the node's group
-//!   that holds every artifact the node serves (rendezvous placement, capacity);
-//!   no such host: the node stays, flagged with the reason;
-//! - migrating: flip ownership once the target holds every artifact; roll back if the
+//!   that holds every blob the node serves (rendezvous placement with bounded loads,
+//!   capacity); no such host: the node stays, flagged with the reason;
+//! - migrating: flip ownership once the target holds every blob; roll back if the
 //!   target is down;
-//! - owner draining: start a migration to a placement target.
+//! - owner draining, or a rebalance active: start migrations, at most
+//!   `max_concurrent_migrations` in progress at once.
+//!
+//! At fleet size: [`run`] wakes when the log applies something (a heartbeat, a write), at
+//! the next instant a host's lease state changes ([`next_change`]), and every
+//! [`SWEEP`]; it reads only the nodes that may need a change through indexed queries
+//! (owned by a down or draining host, migrating, stuck), never every node. Its commands
+//! go out many per log entry ([`batch`]): a dead host's 3,000 nodes take a handful of
+//! entries, each node still fenced by its epoch and the old owner's lease, with its own
+//! event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::gate::fence_cleared;
-use super::placement::{pick, Candidate};
+use super::placement::{pick_bounded, soft_cap, Candidate};
+use super::rebalance::{self, HostLoad, Movable};
 use super::state::{classify, HostState, LeaseTimes};
 use crate::blobs::Digest;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::raft::propose::Proposer;
-use crate::store::Store;
-use crate::store::{Command, HandoffState, Host, Millis, Node, Outcome, Rejection, TransferReason};
+use crate::store::{Applied, Command, HandoffState, Host, Millis, Node, Outcome, TransferReason};
+use crate::store::{Store, StoreError};
+
+/// Most node changes per log entry.
+pub const STEPS_PER_ENTRY: usize = 500;
+/// Slowest pace of the reconciler: a full pass at least this often, whatever woke it.
+pub const SWEEP: Duration = Duration::from_secs(10);
+/// Shortest pause between two rounds: a burst of applied writes costs one round.
+pub const MIN_GAP: Duration = Duration::from_millis(50);
+/// Next try after a round that failed or had a change refused.
+const RETRY: Duration = Duration::from_millis(250);
 
 /// What the cluster looks like to the reconciler.
 pub struct View<'a> {
     /// Hosts.
     pub hosts: &'a [Host],
-    /// Nodes.
+    /// The nodes that may need a change (each once): owned by a down or draining host,
+    /// migrating, stuck, and while a rebalance is active, those of the hosts that own
+    /// more than their share.
     pub nodes: &'a [Node],
-    /// For each node, the digests it serves.
+    /// Nodes owned per host, counting every node (not only `nodes`).
+    pub loads: &'a BTreeMap<String, usize>,
+    /// For each node of `nodes`, the blobs it serves (files kept in the store left out:
+    /// every replica holds them).
     pub node_digests: &'a HashMap<String, BTreeSet<Digest>>,
-    /// For each digest, the hosts holding it.
+    /// For each of those blobs, the hosts holding it.
     pub holders: &'a HashMap<Digest, BTreeSet<String>>,
+    /// Nodes with a live reservation: a rebalance leaves them where they are.
+    pub reserved: &'a BTreeSet<String>,
+    /// A rebalance is active.
+    pub rebalance: bool,
+}
+
+/// Placement limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Most nodes one host may own (`max_nodes_per_host`).
+    pub capacity: Option<usize>,
+    /// Most migrations in progress at once that a drain or rebalance starts.
+    pub max_migrations: usize,
+}
+
+/// Hosts whose nodes may need a change now: down (take over) and draining (migrate).
+pub fn owners_to_read<'a>(hosts: &'a [Host], now: Millis, t: &LeaseTimes) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .filter(|h| matches!(classify(h, now, t), HostState::Down | HostState::Draining))
+        .map(|h| h.name.as_str())
+        .collect()
+}
+
+/// The next instant (after `now`) at which some host's state changes by the clock
+/// alone: up to suspect at TTL, suspect to down at TTL + grace.
+pub fn next_change(hosts: &[Host], now: Millis, t: &LeaseTimes) -> Option<Millis> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            [
+                h.last_heartbeat + t.ttl_ms as Millis,
+                h.last_heartbeat + (t.ttl_ms + t.grace_ms) as Millis,
+            ]
+        })
+        .map(|at| at + 1)
+        .filter(|at| *at > now)
+        .min()
+}
+
+/// Loads with each migration in progress counted at its target: where the node will
+/// be, so placement does not overfill a host that is about to receive nodes.
+pub fn effective_loads<'a>(v: &View<'a>) -> BTreeMap<&'a str, usize> {
+    let mut load: BTreeMap<&str, usize> = v.loads.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    for n in v.nodes {
+        if let HandoffState::Migrating { to, .. } = &n.handoff {
+            if let Some(l) = load.get_mut(n.owner.as_str()) {
+                *l = l.saturating_sub(1);
+            }
+            *load.entry(to.as_str()).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Hosts of each group that accept nodes, with their (effective) loads.
+pub fn rebalance_hosts<'a>(
+    hosts: &'a [Host],
+    loads: &BTreeMap<&str, usize>,
+    now: Millis,
+    t: &LeaseTimes,
+) -> BTreeMap<&'a str, Vec<HostLoad<'a>>> {
+    let mut out: BTreeMap<&str, Vec<HostLoad>> = BTreeMap::new();
+    for h in hosts.iter().filter(|h| classify(h, now, t).accepts_nodes()) {
+        out.entry(h.group.as_str()).or_default().push(HostLoad {
+            host: &h.name,
+            load: loads.get(h.name.as_str()).copied().unwrap_or(0),
+        });
+    }
+    out
+}
+
+/// One group's share of a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMoves<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// Its hosts that take nodes, with their loads (migrations in progress counted at
+    /// their target).
+    pub hosts: Vec<HostLoad<'a>>,
+    /// Every move left, best first.
+    pub moves: Vec<rebalance::Move>,
+}
+
+/// What a rebalance still has to move, per group, given the loads `load`: nodes of
+/// hosts that take nodes, without migration, stuck flag, unconfirmed flip or live
+/// reservation, and not in `skip` (changed this round).
+pub fn rebalance_moves<'a>(
+    v: &View<'a>,
+    load: &BTreeMap<&str, usize>,
+    now: Millis,
+    t: &LeaseTimes,
+    capacity: Option<usize>,
+    skip: &BTreeSet<&str>,
+) -> Vec<GroupMoves<'a>> {
+    let nodes: &'a [Node] = v.nodes;
+    rebalance_hosts(v.hosts, load, now, t)
+        .into_iter()
+        .map(|(group, hosts)| {
+            let movable: Vec<Movable> = nodes
+                .iter()
+                .filter(|n| n.group == group && n.handoff == HandoffState::None)
+                .filter(|n| n.stuck.is_none() && n.fence.is_none())
+                .filter(|n| !v.reserved.contains(&n.id) && !skip.contains(n.id.as_str()))
+                .filter(|n| hosts.iter().any(|h| h.host == n.owner))
+                .map(|n| Movable {
+                    node: &n.id,
+                    owner: &n.owner,
+                })
+                .collect();
+            let moves = rebalance::plan(&hosts, &movable, capacity);
+            GroupMoves {
+                group,
+                hosts,
+                moves,
+            }
+        })
+        .collect()
 }
 
 /// Commands to propose now.
-pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) -> Vec<Command> {
+pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, p: &Policy) -> Vec<Command> {
     let state: BTreeMap<&str, HostState> = v
         .hosts
         .iter()
         .map(|h| (h.name.as_str(), classify(h, now, t)))
         .collect();
-    let group_of: BTreeMap<&str, &str> = v
-        .hosts
+    let mut load = effective_loads(v);
+    let in_flight = v
+        .nodes
         .iter()
-        .map(|h| (h.name.as_str(), h.group.as_str()))
-        .collect();
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    for n in v.nodes {
-        *load.entry(n.owner.as_str()).or_default() += 1;
-    }
+        .filter(|n| matches!(n.handoff, HandoffState::Migrating { .. }))
+        .count();
+    let mut budget = p.max_migrations.saturating_sub(in_flight);
+    // Bounded loads: the even share of each group (plus 5%) over the hosts taking nodes.
+    let soft: BTreeMap<&str, Option<usize>> = {
+        let mut total: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut taking: BTreeMap<&str, usize> = BTreeMap::new();
+        for h in v.hosts {
+            *total.entry(h.group.as_str()).or_default() +=
+                load.get(h.name.as_str()).copied().unwrap_or(0);
+            if state
+                .get(h.name.as_str())
+                .is_some_and(|s| s.accepts_nodes())
+            {
+                *taking.entry(h.group.as_str()).or_default() += 1;
+            }
+        }
+        total
+            .iter()
+            .map(|(g, n)| (*g, soft_cap(*n, taking.get(g).copied().unwrap_or(0))))
+            .collect()
+    };
     let holds_all = |host: &str, node: &Node| -> bool {
         v.node_digests.get(&node.id).is_none_or(|ds| {
             ds.iter()
@@ -64,6 +224,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
             .as_ref()
             .is_none_or(|f| fence_cleared(f, v.hosts.iter().find(|h| h.name == f.host), now, t))
     };
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
     let mut out = Vec::new();
     for n in v.nodes {
         let owner_state = state
@@ -74,6 +235,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
             HandoffState::Migrating { to, .. } if owner_state != HostState::Down => {
                 let target = state.get(to.as_str()).copied().unwrap_or(HostState::Down);
                 if target == HostState::Down {
+                    touched.insert(&n.id);
                     out.push(Command::AbortMigration {
                         node: n.id.clone(),
                         expected_epoch: n.epoch,
@@ -82,6 +244,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                 } else if holds_all(to, n) && fence_clear(n) {
                     // A pending fence means an earlier flip's old owner may still answer:
                     // one unconfirmed flip at a time.
+                    touched.insert(&n.id);
                     out.push(Command::TransferOwnership {
                         node: n.id.clone(),
                         to: to.clone(),
@@ -111,6 +274,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                 })
                 .collect()
         };
+        let group_soft = soft.get(n.group.as_str()).copied().flatten();
         match owner_state {
             HostState::Down => {
                 // A suspect peer may be a live host whose renewal is still in flight (right
@@ -125,9 +289,10 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                     continue;
                 }
                 let c = eligible(true, &load);
-                match pick(&n.id, &c, capacity) {
+                match pick_bounded(&n.id, &c, group_soft, p.capacity) {
                     Some(to) => {
                         *load.entry(to).or_default() += 1;
+                        touched.insert(&n.id);
                         out.push(Command::TransferOwnership {
                             node: n.id.clone(),
                             to: to.to_string(),
@@ -144,10 +309,18 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                                 "owner {} is down and no other live host of group {} can take it",
                                 n.owner, n.group
                             )
+                        } else if !eligible(true, &load).is_empty() {
+                            format!(
+                                "owner {} is down and every live host of group {} that could take it is full (max_nodes_per_host {})",
+                                n.owner,
+                                n.group,
+                                p.capacity.unwrap_or(0)
+                            )
                         } else {
                             format!("owner {} is down and no live host of group {} holds all its artifacts (or has capacity)", n.owner, n.group)
                         };
                         if n.stuck.as_deref() != Some(why.as_str()) {
+                            touched.insert(&n.id);
                             out.push(Command::FlagNode {
                                 node: n.id.clone(),
                                 stuck: Some(why),
@@ -158,10 +331,19 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                 }
             }
             HostState::Draining if n.handoff == HandoffState::None => {
+                if budget == 0 {
+                    // Enough migrations in progress: the next ones start as they finish.
+                    continue;
+                }
                 let c = eligible(false, &load);
-                match pick(&n.id, &c, capacity) {
+                match pick_bounded(&n.id, &c, group_soft, p.capacity) {
                     Some(to) => {
                         *load.entry(to).or_default() += 1;
+                        if let Some(l) = load.get_mut(n.owner.as_str()) {
+                            *l = l.saturating_sub(1);
+                        }
+                        budget -= 1;
+                        touched.insert(&n.id);
                         out.push(Command::BeginMigration {
                             node: n.id.clone(),
                             to: to.to_string(),
@@ -175,6 +357,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                             n.owner, n.group
                         );
                         if n.stuck.as_deref() != Some(why.as_str()) {
+                            touched.insert(&n.id);
                             out.push(Command::FlagNode {
                                 node: n.id.clone(),
                                 stuck: Some(why),
@@ -186,6 +369,7 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
             }
             _ => {
                 if n.stuck.is_some() {
+                    touched.insert(&n.id);
                     out.push(Command::FlagNode {
                         node: n.id.clone(),
                         stuck: None,
@@ -194,8 +378,57 @@ pub fn plan(v: &View<'_>, now: Millis, t: &LeaseTimes, capacity: Option<usize>) 
                 }
             }
         }
-        let _ = group_of.get(n.owner.as_str());
     }
+    if v.rebalance {
+        let mut left = 0;
+        let epoch: HashMap<&str, u64> = v.nodes.iter().map(|n| (n.id.as_str(), n.epoch)).collect();
+        for g in rebalance_moves(v, &load, now, t, p.capacity, &touched) {
+            left += g.moves.len();
+            for m in g.moves.into_iter().take(budget) {
+                budget -= 1;
+                out.push(Command::BeginMigration {
+                    expected_epoch: epoch.get(m.node.as_str()).copied().unwrap_or(0),
+                    node: m.node,
+                    to: m.to,
+                    at: now,
+                });
+            }
+        }
+        if left == 0 && in_flight == 0 {
+            out.push(Command::SetRebalance {
+                active: false,
+                at: now,
+            });
+        }
+    }
+    out
+}
+
+/// Groups the node changes of `cmds` into [`Command::OwnershipSteps`] of at most
+/// `max` steps (a lone step stays as it is); other commands keep their place.
+pub fn batch(cmds: Vec<Command>, max: usize) -> Vec<Command> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    let mut steps: Vec<Command> = Vec::new();
+    let flush = |steps: &mut Vec<Command>, out: &mut Vec<Command>| match steps.len() {
+        0 => {}
+        1 => out.push(steps.remove(0)),
+        _ => out.push(Command::OwnershipSteps {
+            steps: std::mem::take(steps),
+        }),
+    };
+    for c in cmds {
+        if c.is_ownership_step() {
+            steps.push(c);
+            if steps.len() == max {
+                flush(&mut steps, &mut out);
+            }
+        } else {
+            flush(&mut steps, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut steps, &mut out);
     out
 }
 
@@ -207,155 +440,367 @@ pub struct Reconciler {
     pub proposer: Proposer,
     /// Lease timing.
     pub lease_times: LeaseTimes,
-    /// Most nodes one host may own, if limited.
-    pub max_nodes: Option<usize>,
+    /// Placement limits.
+    pub policy: Policy,
     /// Transfer and stuck-node counters.
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs the reconciler on whichever host is the Raft leader, every quarter second.
+/// Runs the reconciler on whichever host is the Raft leader: a round whenever the log
+/// applies something, at the next lease deadline, and at least every [`SWEEP`]. A round
+/// woken by an entry that changed nothing it looks at (a heartbeat, see [`Fingerprint`])
+/// stops after two small reads.
 pub async fn run(app: Reconciler, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let me = app.proposer.node_id();
+    let mut metrics = app.proposer.raft().metrics();
+    let mut seen: (Option<u64>, bool) = (None, false);
+    let mut next = Instant::now();
+    let mut sweep = Instant::now();
+    let mut last_round: Option<Instant> = None;
+    let mut last: Option<Fingerprint> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            r = metrics.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // Raft metrics change on every heartbeat exchange: only an applied entry
+                // or a change of leader is news.
+                let key = {
+                    let m = metrics.borrow_and_update();
+                    (m.last_applied.map(|l| l.index), m.current_leader == Some(me))
+                };
+                if key == seen {
+                    continue;
+                }
+                seen = key;
+            }
+            _ = tokio::time::sleep_until(next) => {}
         }
         if !app.proposer.is_leader() {
+            last = None;
+            next = Instant::now() + SWEEP;
             continue;
         }
-        if let Err(e) = once(&app).await {
-            warn!(error = %e, "ownership reconcile failed");
+        if let Some(gap) = last_round.map(|l| MIN_GAP.saturating_sub(l.elapsed())) {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(gap) => {}
+            }
+        }
+        last_round = Some(Instant::now());
+        let force = sweep <= Instant::now();
+        if force {
+            sweep = Instant::now() + SWEEP;
+        }
+        let wait = match once(&app, &mut last, force).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "ownership reconcile failed");
+                last = None;
+                RETRY
+            }
+        };
+        next = Instant::now() + wait.min(sweep.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// What a round's decisions depend on besides the nodes: the newest event (every change
+/// of a node, holding, reservation or rebalance appends one) and each host's state and
+/// confirmations. Heartbeats change neither unless a host changes state, so a round
+/// whose fingerprint equals the last one's has nothing new to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Newest event.
+    pub last_event: u64,
+    /// Each host with its state and the newest event it confirmed.
+    pub hosts: Vec<(String, HostState, u64)>,
+}
+
+/// The [`Fingerprint`] of the cluster at `now`.
+pub fn fingerprint(hosts: &[Host], last_event: u64, now: Millis, t: &LeaseTimes) -> Fingerprint {
+    Fingerprint {
+        last_event,
+        hosts: hosts
+            .iter()
+            .map(|h| (h.name.clone(), classify(h, now, t), h.seen_seq))
+            .collect(),
+    }
+}
+
+/// What a round read from the replica (owned; [`Gathered::view`] lends it to [`plan`]).
+pub struct Gathered {
+    /// Hosts.
+    pub hosts: Vec<Host>,
+    /// Nodes that may need a change, by id.
+    pub nodes: Vec<Node>,
+    /// Nodes per owner (empty when nothing is to be placed).
+    pub loads: BTreeMap<String, usize>,
+    /// Blobs of the nodes that may move by takeover or migration flip.
+    pub node_digests: HashMap<String, BTreeSet<Digest>>,
+    /// Holders of those blobs.
+    pub holders: HashMap<Digest, BTreeSet<String>>,
+    /// Nodes under a live reservation (read with a rebalance only).
+    pub reserved: BTreeSet<String>,
+    /// A rebalance is active.
+    pub rebalance: bool,
+    /// Migrations in progress.
+    pub in_flight: usize,
+    /// Nodes flagged stuck.
+    pub stuck: usize,
+}
+
+impl Gathered {
+    /// The view [`plan`] takes.
+    pub fn view(&self) -> View<'_> {
+        View {
+            hosts: &self.hosts,
+            nodes: &self.nodes,
+            loads: &self.loads,
+            node_digests: &self.node_digests,
+            holders: &self.holders,
+            reserved: &self.reserved,
+            rebalance: self.rebalance,
         }
     }
 }
 
-/// Most reconciler commands proposed as one log entry (well under
-/// [`crate::store::apply::MAX_BATCH`] and one entry's size limit).
-pub const PROPOSAL_BATCH: usize = 200;
+/// Reads, through indexed queries only, the nodes that may need a change at `now`:
+/// migrating, stuck, owned by a down or draining host, and with a rebalance (active, or
+/// `preview`) the nodes of hosts above their share.
+pub fn gather(
+    store: &Store,
+    now: Millis,
+    t: &LeaseTimes,
+    policy: &Policy,
+    preview: bool,
+) -> Result<Gathered, StoreError> {
+    let hosts = store.hosts()?;
+    let rebalance = preview || store.rebalance_requested()?.is_some();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let migrating = store.migrating_nodes()?;
+    let in_flight = migrating.len();
+    let stuck_nodes = store.stuck_nodes()?;
+    let stuck = stuck_nodes.len();
+    let owners = owners_to_read(&hosts, now, t);
+    let mut node_digests: HashMap<String, BTreeSet<Digest>> = HashMap::new();
+    for n in &migrating {
+        node_digests.insert(
+            n.id.clone(),
+            store.blob_digests_of(&n.id)?.into_iter().collect(),
+        );
+    }
+    for o in &owners {
+        for n in store.nodes_owned_by(o)? {
+            nodes.insert(n.id.clone(), n);
+        }
+        let down = hosts
+            .iter()
+            .any(|h| h.name == *o && classify(h, now, t) == HostState::Down);
+        if down {
+            for (n, d) in store.blob_digests_owned_by(o)? {
+                node_digests.entry(n).or_default().insert(d);
+            }
+        }
+    }
+    for n in migrating.into_iter().chain(stuck_nodes) {
+        nodes.insert(n.id.clone(), n);
+    }
+    let loads = if !owners.is_empty() || rebalance {
+        store.node_counts()?
+    } else {
+        BTreeMap::new()
+    };
+    let mut reserved = BTreeSet::new();
+    if rebalance && (preview || in_flight < policy.max_migrations) {
+        // The nodes of hosts above their share: the only ones a rebalance moves.
+        let listed: Vec<Node> = nodes.values().cloned().collect();
+        let v = View {
+            hosts: &hosts,
+            nodes: &listed,
+            loads: &loads,
+            node_digests: &node_digests,
+            holders: &HashMap::new(),
+            reserved: &reserved,
+            rebalance,
+        };
+        let eff = effective_loads(&v);
+        let donors: Vec<String> = rebalance_hosts(&hosts, &eff, now, t)
+            .values()
+            .flat_map(|g| rebalance::donors(g, policy.capacity))
+            .map(str::to_string)
+            .collect();
+        for d in donors {
+            for n in store.nodes_owned_by(&d)? {
+                nodes.entry(n.id.clone()).or_insert(n);
+            }
+        }
+        reserved = store
+            .reservations()?
+            .into_iter()
+            .filter(|r| r.is_live(now))
+            .map(|r| r.node)
+            .collect();
+    }
+    let mut holders: HashMap<Digest, BTreeSet<String>> = HashMap::new();
+    for d in node_digests.values().flatten() {
+        if !holders.contains_key(d) {
+            holders.insert(*d, store.recorded_holders(d)?.into_iter().collect());
+        }
+    }
+    Ok(Gathered {
+        hosts,
+        nodes: nodes.into_values().collect(),
+        loads,
+        node_digests,
+        holders,
+        reserved,
+        rebalance,
+        in_flight,
+        stuck,
+    })
+}
 
-/// Counts and logs one applied reconciler command.
-fn applied(app: &Reconciler, cmd: &Command) {
-    let label = match cmd {
+/// One round: reads what may need a change, plans, proposes; returns how long until the
+/// next round is due by the clock.
+async fn once(
+    app: &Reconciler,
+    last: &mut Option<Fingerprint>,
+    force: bool,
+) -> Result<Duration, String> {
+    let t = &app.lease_times;
+    let now = now_ms();
+    let until_change = |hosts: &[Host]| {
+        next_change(hosts, now_ms(), t)
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64))
+            .unwrap_or(SWEEP)
+            .min(SWEEP)
+    };
+    let e = |e: StoreError| e.to_string();
+    let hosts = app.store.hosts().map_err(e)?;
+    let fp = fingerprint(&hosts, app.store.last_event_seq().map_err(e)?, now, t);
+    if !force && last.as_ref() == Some(&fp) {
+        return Ok(until_change(&hosts));
+    }
+    *last = Some(fp);
+    app.metrics.ownership.reconcile_runs.inc();
+    let g = gather(&app.store, now, t, &app.policy, false).map_err(e)?;
+    let m = &app.metrics.ownership;
+    m.stuck_nodes.set(g.stuck as i64);
+    m.migrations_in_flight.set(g.in_flight as i64);
+    m.rebalancing.set(g.rebalance as i64);
+    let hosts = &g.hosts;
+    let view = g.view();
+    let cmds = plan(&view, now, t, &app.policy);
+    let mut wait = until_change(hosts);
+    if cmds.is_empty() {
+        return Ok(wait);
+    }
+    let planned = cmds.len();
+    let entries = batch(cmds, STEPS_PER_ENTRY);
+    debug!(
+        changes = planned,
+        entries = entries.len(),
+        "reconcile round"
+    );
+    // All entries at once, submitted in order: Raft pipelines them (appended together,
+    // applied in order) where waiting for each commit cost a round trip per entry.
+    let outs = futures_util::future::join_all(
+        entries
+            .iter()
+            .map(|cmd| app.proposer.propose_as_leader(cmd.clone())),
+    )
+    .await;
+    for (cmd, out) in entries.iter().zip(outs) {
+        let Some(out) = out.map_err(|e| e.to_string())? else {
+            // Lost the lead: these decisions came from a replica that may be stale.
+            return Ok(SWEEP);
+        };
+        let refused = report(app, cmd, &out);
+        if refused > 0 {
+            // Decide again soon, whatever the fingerprint says.
+            *last = None;
+            wait = wait.min(RETRY);
+        }
+    }
+    Ok(wait)
+}
+
+/// Logs and counts what a proposed command did; returns how many changes were refused.
+fn report(app: &Reconciler, cmd: &Command, out: &Outcome) -> usize {
+    match (cmd, out) {
+        (Command::OwnershipSteps { steps }, Outcome::Applied(Applied::Steps { outcomes })) => {
+            let mut moved: BTreeMap<(String, String), usize> = BTreeMap::new();
+            let mut refused = 0;
+            for (step, o) in steps.iter().zip(outcomes) {
+                if let Command::TransferOwnership { to, .. } | Command::BeginMigration { to, .. } =
+                    step
+                {
+                    if o.is_applied() {
+                        *moved.entry((label(step), to.clone())).or_default() += 1;
+                    }
+                }
+                refused += report_one(app, step, o, false);
+            }
+            for ((what, to), n) in moved {
+                info!(nodes = n, to = %to, change = %what, "ownership changes applied");
+            }
+            refused
+        }
+        (c, o) => report_one(app, c, o, true),
+    }
+}
+
+fn label(cmd: &Command) -> String {
+    match cmd {
         Command::TransferOwnership { reason, .. } => format!("{reason:?}").to_lowercase(),
         Command::AbortMigration { .. } => "abort".into(),
-        Command::BeginMigration { .. } => "drain".into(),
+        Command::BeginMigration { .. } => "migration_start".into(),
         _ => "flag".into(),
-    };
-    if label != "flag" {
-        app.metrics.ownership.transfers.inc(&label);
     }
-    if label == "abort" {
-        app.metrics.ownership.aborted_migrations.inc();
+}
+
+/// One change: metrics, and a log line (`loud`: at info even for transfers, which a
+/// batch summarises instead).
+fn report_one(app: &Reconciler, cmd: &Command, out: &Outcome, loud: bool) -> usize {
+    if !out.is_applied() {
+        info!(change = %label(cmd), outcome = ?out, "ownership change refused (state moved on)");
+        return 1;
     }
+    let m = &app.metrics.ownership;
     match cmd {
         Command::TransferOwnership {
             node, to, reason, ..
-        } => info!(node = %node, to = %to, reason = ?reason, "ownership transferred"),
+        } => {
+            m.transfers.inc(&label(cmd));
+            if loud {
+                info!(node = %node, to = %to, reason = ?reason, "ownership transferred");
+            } else {
+                debug!(node = %node, to = %to, reason = ?reason, "ownership transferred");
+            }
+        }
         Command::AbortMigration { node, .. } => {
-            warn!(node = %node, "migration rolled back: target is down")
+            m.transfers.inc("abort");
+            m.aborted_migrations.inc();
+            warn!(node = %node, "migration rolled back: target is down");
         }
         Command::BeginMigration { node, to, .. } => {
-            info!(node = %node, to = %to, "draining: migration started")
+            m.transfers.inc("migration_start");
+            if loud {
+                info!(node = %node, to = %to, "migration started (drain or rebalance)");
+            } else {
+                debug!(node = %node, to = %to, "migration started (drain or rebalance)");
+            }
         }
         Command::FlagNode { node, stuck, .. } => match stuck {
             Some(r) => warn!(node = %node, reason = %r, "node cannot be taken over"),
             None => info!(node = %node, "node no longer stuck"),
         },
+        Command::SetRebalance { .. } => info!("rebalance finished: nothing left to move"),
         _ => {}
     }
-}
-
-async fn once(app: &Reconciler) -> Result<(), String> {
-    let hosts = app.store.hosts().map_err(|e| e.to_string())?;
-    let nodes = app.store.nodes().map_err(|e| e.to_string())?;
-    // Files kept in the store are on every replica: only blobs decide who may take over.
-    let inline = app.store.inline_digests().map_err(|e| e.to_string())?;
-    let now = now_ms();
-    let down: BTreeSet<&str> = hosts
-        .iter()
-        .filter(|h| classify(h, now, &app.lease_times) == HostState::Down)
-        .map(|h| h.name.as_str())
-        .collect();
-    let known: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-    let mut node_digests = HashMap::new();
-    for n in &nodes {
-        // [`plan`] reads the digests of nodes it may move (owner down, or migrating)
-        // only: no query per node per tick while every owner is alive, which under a
-        // boot storm took the leader's reader from DHCP and TFTP four times a second.
-        let owner_down = down.contains(n.owner.as_str()) || !known.contains(n.owner.as_str());
-        if !owner_down && n.handoff == HandoffState::None {
-            continue;
-        }
-        let ds: BTreeSet<Digest> = app
-            .store
-            .node_files(&n.id)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|f| f.digest)
-            .filter(|d| !inline.contains(d))
-            .collect();
-        node_digests.insert(n.id.clone(), ds);
-    }
-    let holders: HashMap<Digest, BTreeSet<String>> = app
-        .store
-        .artifacts()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|a| (a.digest, a.hosts.into_iter().collect()))
-        .collect();
-    let view = View {
-        hosts: &hosts,
-        nodes: &nodes,
-        node_digests: &node_digests,
-        holders: &holders,
-    };
-    let cmds = plan(&view, now, &app.lease_times, app.max_nodes);
-    let stuck = nodes.iter().filter(|n| n.stuck.is_some()).count();
-    app.metrics.ownership.stuck_nodes.set(stuck as i64);
-    // Mass changes (a dead host's nodes) go as few log entries, not one commit per
-    // node: under a boot storm one round trip each left hundreds of nodes unserved for
-    // seconds. A refused command (the state moved on) is dropped and the rest re-sent.
-    for chunk in cmds.chunks(PROPOSAL_BATCH) {
-        let mut pending: Vec<Command> = chunk.to_vec();
-        while !pending.is_empty() {
-            let cmd = match pending.as_slice() {
-                [one] => one.clone(),
-                many => Command::Batch {
-                    commands: many.to_vec(),
-                },
-            };
-            let Some(out) = app
-                .proposer
-                .propose_as_leader(cmd)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                // Lost the lead: these decisions came from a replica that may be stale.
-                return Ok(());
-            };
-            match out {
-                Outcome::Applied(_) => {
-                    for c in &pending {
-                        applied(app, c);
-                    }
-                    break;
-                }
-                Outcome::Rejected(Rejection::BatchRejected { index, rejection })
-                    if index < pending.len() && pending.len() > 1 =>
-                {
-                    info!(rejection = %rejection, "ownership change refused (state moved on)");
-                    pending.remove(index);
-                }
-                other => {
-                    info!(outcome = ?other, "ownership change refused (state moved on)");
-                    break;
-                }
-            }
-        }
-    }
-    Ok(())
+    0
 }
 
 #[cfg(test)]
@@ -367,6 +812,11 @@ mod tests {
         interval_ms: 1000,
         ttl_ms: 3000,
         grace_ms: 1000,
+    };
+
+    const P: Policy = Policy {
+        capacity: None,
+        max_migrations: 64,
     };
 
     fn host(name: &str, group: &str, hb: Millis, draining: bool) -> Host {
@@ -400,23 +850,74 @@ mod tests {
         }
     }
 
+    fn loads_of(nodes: &[Node]) -> BTreeMap<String, usize> {
+        let mut l = BTreeMap::new();
+        for n in nodes {
+            *l.entry(n.owner.clone()).or_default() += 1;
+        }
+        l
+    }
+
+    struct Case {
+        hosts: Vec<Host>,
+        nodes: Vec<Node>,
+        loads: Option<BTreeMap<String, usize>>,
+        digests: HashMap<String, BTreeSet<Digest>>,
+        holders: HashMap<Digest, BTreeSet<String>>,
+        reserved: BTreeSet<String>,
+        rebalance: bool,
+        policy: Policy,
+    }
+
+    impl Case {
+        fn new(hosts: Vec<Host>, nodes: Vec<Node>) -> Case {
+            Case {
+                hosts,
+                nodes,
+                loads: None,
+                digests: HashMap::new(),
+                holders: HashMap::new(),
+                reserved: BTreeSet::new(),
+                rebalance: false,
+                policy: P,
+            }
+        }
+
+        fn plan(&self) -> Vec<Command> {
+            let loads = self.loads.clone().unwrap_or_else(|| loads_of(&self.nodes));
+            plan(
+                &View {
+                    hosts: &self.hosts,
+                    nodes: &self.nodes,
+                    loads: &loads,
+                    node_digests: &self.digests,
+                    holders: &self.holders,
+                    reserved: &self.reserved,
+                    rebalance: self.rebalance,
+                },
+                100_000,
+                &T,
+                &self.policy,
+            )
+        }
+    }
+
     fn run_plan(
         hosts: &[Host],
         nodes: &[Node],
         holders: &HashMap<Digest, BTreeSet<String>>,
         d: &HashMap<String, BTreeSet<Digest>>,
     ) -> Vec<Command> {
-        plan(
-            &View {
-                hosts,
-                nodes,
-                node_digests: d,
-                holders,
-            },
-            100_000,
-            &T,
-            None,
-        )
+        let mut c = Case::new(hosts.to_vec(), nodes.to_vec());
+        c.holders = holders.clone();
+        c.digests = d.clone();
+        c.plan()
+    }
+
+    fn count_to(cmds: &[Command], host: &str) -> usize {
+        cmds.iter()
+            .filter(|c| matches!(c, Command::TransferOwnership { to, .. } if to == host))
+            .count()
     }
 
     #[test]
@@ -548,10 +1049,7 @@ mod tests {
         assert!(run_plan(&hosts, &nodes, &HashMap::new(), &HashMap::new()).is_empty());
         hosts[2].last_heartbeat = 99_900;
         let cmds = run_plan(&hosts, &nodes, &HashMap::new(), &HashMap::new());
-        let to_b = cmds
-            .iter()
-            .filter(|c| matches!(c, Command::TransferOwnership { to, .. } if to == "b"))
-            .count();
+        let to_b = count_to(&cmds, "b");
         assert_eq!(cmds.len(), 8);
         assert!(to_b > 0 && to_b < 8, "spread over a and b: {cmds:?}");
     }
@@ -568,6 +1066,303 @@ mod tests {
         assert!(
             matches!(&cmds[0], Command::BeginMigration { to, .. } if to == "a"),
             "{cmds:?}"
+        );
+    }
+
+    fn fleet_with_dead(n: usize) -> (Vec<Host>, Vec<Node>) {
+        let hosts = vec![
+            host("dead", "g", 90_000, false),
+            host("a", "g", 99_500, false),
+            host("b", "g", 99_500, false),
+        ];
+        let nodes = (0..n)
+            .map(|i| node(&format!("node-{i:05}"), "dead", HandoffState::None))
+            .collect();
+        (hosts, nodes)
+    }
+
+    #[test]
+    fn three_thousand_nodes_take_a_handful_of_entries_and_land_evenly() {
+        let (hosts, nodes) = fleet_with_dead(3200);
+        let cmds = Case::new(hosts, nodes).plan();
+        assert_eq!(cmds.len(), 3200);
+        let (a, b) = (count_to(&cmds, "a"), count_to(&cmds, "b"));
+        assert_eq!(a + b, 3200);
+        for n in [a, b] {
+            assert!(
+                (1440..=1760).contains(&n),
+                "within 10% of 1600: a {a}, b {b}"
+            );
+        }
+        let entries = batch(cmds, STEPS_PER_ENTRY);
+        assert_eq!(entries.len(), 7, "3,200 changes in 7 log entries");
+        assert!(entries.iter().all(|c| matches!(
+            c,
+            Command::OwnershipSteps { steps } if steps.len() <= STEPS_PER_ENTRY
+        )));
+    }
+
+    #[test]
+    fn capacity_is_respected_and_the_rest_is_flagged_once() {
+        let (hosts, nodes) = fleet_with_dead(300);
+        let mut c = Case::new(hosts, nodes);
+        c.policy.capacity = Some(100);
+        let cmds = c.plan();
+        assert_eq!(count_to(&cmds, "a"), 100);
+        assert_eq!(count_to(&cmds, "b"), 100);
+        let flagged: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::FlagNode {
+                    node,
+                    stuck: Some(r),
+                    ..
+                } => {
+                    assert!(
+                        r.contains("full") && r.contains("max_nodes_per_host 100"),
+                        "{r}"
+                    );
+                    Some(node.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flagged.len(), 100);
+        // Next round: a and b full, the 100 still on "dead" already flagged: nothing.
+        let taken: BTreeSet<&str> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::TransferOwnership { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        let reason = match &cmds.iter().find(|c| matches!(c, Command::FlagNode { .. })) {
+            Some(Command::FlagNode { stuck, .. }) => stuck.clone(),
+            _ => None,
+        };
+        let mut rest: Vec<Node> = c
+            .nodes
+            .iter()
+            .filter(|n| !taken.contains(n.id.as_str()))
+            .cloned()
+            .collect();
+        for n in &mut rest {
+            n.stuck = reason.clone();
+        }
+        let mut next = Case::new(c.hosts.clone(), rest);
+        next.policy.capacity = Some(100);
+        next.loads = Some(BTreeMap::from([
+            ("a".to_string(), 100),
+            ("b".to_string(), 100),
+            ("dead".to_string(), 100),
+        ]));
+        assert!(next.plan().is_empty(), "flagged once, not every round");
+    }
+
+    #[test]
+    fn a_takeover_fills_the_emptier_survivor_first() {
+        // a already owns 1,000 nodes, b none; the dead host's 3,000 go mostly to b.
+        let (hosts, nodes) = fleet_with_dead(3000);
+        let mut c = Case::new(hosts, nodes);
+        c.loads = Some(BTreeMap::from([
+            ("a".to_string(), 1000),
+            ("dead".to_string(), 3000),
+        ]));
+        let cmds = c.plan();
+        let (a, b) = (count_to(&cmds, "a"), count_to(&cmds, "b"));
+        assert_eq!(a + b, 3000);
+        assert!(1000 + a <= 2100, "a ends at {} (even 2000 + 5%)", 1000 + a);
+        assert!(b >= 1900, "b takes {b}");
+    }
+
+    #[test]
+    fn a_drain_starts_at_most_the_allowed_migrations() {
+        let hosts = vec![host("d", "g", 99_500, true), host("a", "g", 99_500, false)];
+        let mut nodes: Vec<Node> = (0..10)
+            .map(|i| node(&format!("n{i}"), "d", HandoffState::None))
+            .collect();
+        let mut c = Case::new(hosts, nodes.clone());
+        c.policy.max_migrations = 4;
+        let started = c
+            .plan()
+            .iter()
+            .filter(|c| matches!(c, Command::BeginMigration { .. }))
+            .count();
+        assert_eq!(started, 4);
+        // Three in progress: one more may start.
+        for n in nodes.iter_mut().take(3) {
+            n.handoff = HandoffState::Migrating {
+                to: "a".into(),
+                since: 0,
+            };
+        }
+        c.nodes = nodes;
+        let cmds = c.plan();
+        let started = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::BeginMigration { .. }))
+            .count();
+        assert_eq!(started, 1, "{cmds:?}");
+    }
+
+    fn returned_fleet() -> Case {
+        // "r" came back with nothing; a and b own 6 each.
+        let hosts = vec![
+            host("a", "g", 99_500, false),
+            host("b", "g", 99_500, false),
+            host("r", "g", 99_500, false),
+        ];
+        let mut nodes = Vec::new();
+        for h in ["a", "b"] {
+            for i in 0..6 {
+                nodes.push(node(&format!("{h}{i}"), h, HandoffState::None));
+            }
+        }
+        let mut c = Case::new(hosts, nodes);
+        c.rebalance = true;
+        c
+    }
+
+    #[test]
+    fn a_rebalance_moves_nodes_to_a_returned_host_a_few_at_a_time() {
+        let mut c = returned_fleet();
+        c.policy.max_migrations = 3;
+        let cmds = c.plan();
+        assert_eq!(cmds.len(), 3, "{cmds:?}");
+        assert!(cmds.iter().all(
+            |c| matches!(c, Command::BeginMigration { to, expected_epoch: 3, .. } if to == "r")
+        ));
+        // With 3 in flight, nothing more starts and the rebalance goes on.
+        let moving: BTreeSet<String> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::BeginMigration { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        for n in &mut c.nodes {
+            if moving.contains(&n.id) {
+                n.handoff = HandoffState::Migrating {
+                    to: "r".into(),
+                    since: 0,
+                };
+            }
+        }
+        let cmds = c.plan();
+        assert!(
+            cmds.iter()
+                .all(|c| matches!(c, Command::TransferOwnership { .. })),
+            "only the flips: {cmds:?}"
+        );
+        // Flipped: one more round moves the last one; then even, nothing in flight: done.
+        for n in &mut c.nodes {
+            if moving.contains(&n.id) {
+                n.handoff = HandoffState::None;
+                n.owner = "r".into();
+            }
+        }
+        let cmds = c.plan();
+        assert_eq!(cmds.len(), 1, "{cmds:?}");
+        let Command::BeginMigration { node: last, .. } = &cmds[0] else {
+            panic!("{cmds:?}")
+        };
+        for n in &mut c.nodes {
+            if &n.id == last {
+                n.owner = "r".into();
+            }
+        }
+        assert_eq!(
+            c.plan(),
+            vec![Command::SetRebalance {
+                active: false,
+                at: 100_000
+            }]
+        );
+    }
+
+    #[test]
+    fn a_rebalance_leaves_reserved_stuck_and_fenced_nodes_alone() {
+        let mut c = returned_fleet();
+        c.reserved = ["a0", "a1", "a2", "a3", "a4", "a5"]
+            .map(String::from)
+            .into();
+        for n in c.nodes.iter_mut().filter(|n| n.owner == "b") {
+            n.fence = Some(crate::store::Fence {
+                host: "x".into(),
+                seq: 1,
+            });
+        }
+        c.nodes[6].fence = None;
+        let cmds = c.plan();
+        assert_eq!(cmds.len(), 1, "only b0 may move: {cmds:?}");
+        assert!(matches!(&cmds[0], Command::BeginMigration { node, .. } if node == "b0"));
+        // A down or draining host is not a rebalance target.
+        let mut c = returned_fleet();
+        c.hosts[2].draining = true;
+        assert!(!c
+            .plan()
+            .iter()
+            .any(|c| matches!(c, Command::BeginMigration { .. })));
+    }
+
+    #[test]
+    fn batching_keeps_order_and_limits_entries() {
+        let flag = |i: usize| Command::FlagNode {
+            node: format!("n{i}"),
+            stuck: None,
+            at: 1,
+        };
+        let mut cmds: Vec<Command> = (0..1201).map(flag).collect();
+        cmds.push(Command::SetRebalance {
+            active: false,
+            at: 1,
+        });
+        cmds.push(flag(9999));
+        let out = batch(cmds, STEPS_PER_ENTRY);
+        let sizes: Vec<usize> = out
+            .iter()
+            .map(|c| match c {
+                Command::OwnershipSteps { steps } => steps.len(),
+                _ => 1,
+            })
+            .collect();
+        assert_eq!(sizes, vec![500, 500, 201, 1, 1]);
+        assert!(matches!(out[3], Command::SetRebalance { .. }));
+        assert!(matches!(&out[4], Command::FlagNode { node, .. } if node == "n9999"));
+        assert!(batch(Vec::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_leave_the_fingerprint_alone_until_a_state_changes() {
+        let mut hosts = vec![host("a", "g", 99_000, false), host("b", "g", 99_500, false)];
+        let fp = fingerprint(&hosts, 7, 100_000, &T);
+        hosts[0].last_heartbeat = 99_900;
+        assert_eq!(
+            fingerprint(&hosts, 7, 100_100, &T),
+            fp,
+            "a heartbeat is no news"
+        );
+        assert_ne!(fingerprint(&hosts, 8, 100_100, &T), fp, "an event is");
+        assert_ne!(
+            fingerprint(&hosts, 7, 103_000, &T),
+            fp,
+            "b turning suspect is"
+        );
+        hosts[1].seen_seq = 5;
+        assert_ne!(fingerprint(&hosts, 7, 100_100, &T), fp, "a confirmation is");
+    }
+
+    #[test]
+    fn the_next_wake_is_the_next_lease_deadline() {
+        let hosts = vec![host("a", "g", 99_000, false), host("b", "g", 95_000, false)];
+        // a: suspect at 102_001, down at 103_001; b: suspect at 98_001 (past), down at 99_001 (past)
+        assert_eq!(next_change(&hosts, 100_000, &T), Some(102_001));
+        assert_eq!(next_change(&hosts, 102_001, &T), Some(103_001));
+        assert_eq!(next_change(&hosts, 103_001, &T), None);
+        assert_eq!(
+            owners_to_read(&hosts, 100_000, &T),
+            vec!["b"],
+            "b is down, a is up"
         );
     }
 }

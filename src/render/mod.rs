@@ -32,7 +32,9 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use crate::blobs::{BlobError, Digest};
 use crate::store::{BootProfile, KernelBoot, MacAddr, Node, StoreError};
 
-pub use plan::{boot_profile_command, boot_profile_command_with, rerender_all, Rerender};
+pub use plan::{
+    boot_profile_command, boot_profile_command_with, profile_files, rerender_all, Rerender,
+};
 pub use watch::{watch_templates, TemplateWatcher};
 
 /// Template for pxelinux configurations.

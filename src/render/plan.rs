@@ -42,43 +42,10 @@ pub fn boot_profile_command_with(
     host: &str,
     at: Millis,
 ) -> Result<Command, RenderError> {
-    let mut files = Vec::new();
-    if let Some(p) = &profile {
-        for (path, bytes) in renderer.render_node(node, p)? {
-            let info = blobs.put_bytes(&bytes)?;
-            // Small text (every config and script) travels inside the command, so each
-            // replica can serve it the moment the profile commits.
-            let text = (bytes.len() <= INLINE_MAX)
-                .then(|| String::from_utf8(bytes).ok())
-                .flatten();
-            files.push(FileSpec {
-                path,
-                digest: info.digest,
-                size: info.size,
-                held: true,
-                text,
-            });
-        }
-        if let Some(k) = p.kernel_boot() {
-            for (path, digest) in [
-                (kernel_path(&node.id), k.kernel),
-                (ramdisk_path(&node.id), k.ramdisk),
-            ] {
-                let local = blobs.size(&digest)?;
-                files.push(FileSpec {
-                    path,
-                    size: match local {
-                        Some(n) => n,
-                        None => known(&digest).ok_or(RenderError::MissingBlob(digest))?,
-                    },
-                    held: local.is_some(),
-                    digest,
-                    text: None,
-                });
-            }
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let files = match &profile {
+        Some(p) => profile_files(renderer, blobs, known, node, p, true)?,
+        None => Vec::new(),
+    };
     Ok(Command::SetBootProfile {
         node: node.id.clone(),
         profile,
@@ -87,6 +54,64 @@ pub fn boot_profile_command_with(
         expected_epoch: Some(node.epoch),
         at,
     })
+}
+
+/// The complete file set of `node` booting `profile`, sorted by path: its rendered
+/// boot-loader configurations (stored in `blobs`) and its kernel and ramdisk rows.
+///
+/// A rendered file small enough to travel inside the command ([`INLINE_MAX`]) is kept
+/// in the replicated store and served from there, so with `store_inline` false it is
+/// not written to `blobs` as well: a bulk import of thousands of nodes then costs no
+/// file (and fsync) per rendered file.
+pub fn profile_files(
+    renderer: &Renderer,
+    blobs: &BlobStore,
+    known: &dyn Fn(&Digest) -> Option<u64>,
+    node: &Node,
+    profile: &BootProfile,
+    store_inline: bool,
+) -> Result<Vec<FileSpec>, RenderError> {
+    let mut files = Vec::new();
+    for (path, bytes) in renderer.render_node(node, profile)? {
+        // Small text (every config and script) travels inside the command, so each
+        // replica can serve it the moment the profile commits.
+        let text = (bytes.len() <= INLINE_MAX)
+            .then(|| std::str::from_utf8(&bytes).ok().map(str::to_string))
+            .flatten();
+        let (digest, size) = if text.is_some() && !store_inline {
+            (Digest::of(&bytes), bytes.len() as u64)
+        } else {
+            let info = blobs.put_bytes(&bytes)?;
+            (info.digest, info.size)
+        };
+        files.push(FileSpec {
+            path,
+            digest,
+            size,
+            held: true,
+            text,
+        });
+    }
+    if let Some(k) = profile.kernel_boot() {
+        for (path, digest) in [
+            (kernel_path(&node.id), k.kernel),
+            (ramdisk_path(&node.id), k.ramdisk),
+        ] {
+            let local = blobs.size(&digest)?;
+            files.push(FileSpec {
+                path,
+                size: match local {
+                    Some(n) => n,
+                    None => known(&digest).ok_or(RenderError::MissingBlob(digest))?,
+                },
+                held: local.is_some(),
+                digest,
+                text: None,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
 }
 
 /// Result of [`rerender_all`].

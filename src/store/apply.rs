@@ -13,13 +13,20 @@ use serde_json::json;
 
 use crate::blobs::Digest;
 
-use super::command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
+use super::command::{
+    Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX, MAX_RECORDED, MAX_STEPS,
+};
 use super::read::{self, Node, Reservation};
 use super::types::{
     check_name, check_text, normalize_path, BootProfile, HandoffState, MacAddr, Millis,
     ProvisionState, TransferReason,
 };
 use super::StoreError;
+
+mod import;
+mod requests;
+
+pub use requests::{MAX_REQUESTS, REQUEST_RETENTION_MS};
 
 /// Most MACs per node (multi-port servers have a handful).
 pub const MAX_MACS: usize = 16;
@@ -75,7 +82,14 @@ fn int(v: u64, what: &str) -> R<i64> {
 /// Applies `cmd` inside `tx`. Business refusals are `Ok(Outcome::Rejected(_))` with no
 /// effect; `Err` means the database itself failed and the caller must not commit.
 pub fn apply(tx: &Transaction<'_>, cmd: &Command) -> Result<Outcome, StoreError> {
-    with_savepoint(tx, |tx| dispatch(tx, cmd))
+    match cmd {
+        Command::Idempotent {
+            request,
+            at,
+            command,
+        } => requests::apply_once(tx, *request, *at, command),
+        cmd => with_savepoint(tx, |tx| dispatch(tx, cmd)),
+    }
 }
 
 fn with_savepoint(
@@ -156,6 +170,13 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             *expected_epoch,
             *at,
         ),
+        Command::SetNodeFiles {
+            node,
+            files,
+            source,
+            host,
+            at,
+        } => set_node_files(tx, node, files, source, host, *at),
         Command::BeginMigration {
             node,
             to,
@@ -210,8 +231,65 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             token,
             at,
         } => release(tx, node, holder, *token, *at),
+        Command::BootNotices { host, notices, at } => boot_notices(tx, host, notices, *at),
+        Command::RecordHostArtifacts { host, digests, at } => {
+            record_host_artifacts(tx, host, digests, *at)
+        }
+        Command::OwnershipSteps { steps } => ownership_steps(tx, steps),
+        Command::SetRebalance { active, at } => set_rebalance(tx, *active, *at),
         Command::Batch { commands } => batch(tx, commands),
+        Command::ImportNodes {
+            host,
+            group,
+            nodes,
+            at,
+        } => import::import_nodes(tx, host, group, nodes, *at),
+        // Only [`apply`] unwraps one, at the top level.
+        Command::Idempotent { .. } => Err(invalid(
+            "a tagged (idempotent) command cannot be nested or batched",
+        )),
     }
+}
+
+/// Appends one feed event per boot notice of a known node.
+fn boot_notices(
+    tx: &Transaction<'_>,
+    host: &str,
+    notices: &[super::command::BootNotice],
+    at: Millis,
+) -> R<Applied> {
+    if notices.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "{} boot notices, more than {MAX_BATCH}",
+            notices.len()
+        )));
+    }
+    let mut events = 0;
+    for n in notices {
+        let Some(node) = read::node(tx, &n.node)? else {
+            continue;
+        };
+        event(
+            tx,
+            at,
+            if n.stuck {
+                "boot_stuck"
+            } else {
+                "boot_recovered"
+            },
+            Some(&n.node),
+            Some(host),
+            json!({
+                "kind": n.kind,
+                "since": n.since,
+                "reason": n.reason,
+                "owner": node.owner,
+                "epoch": node.epoch,
+            }),
+        )?;
+        events += 1;
+    }
+    Ok(Applied::BootNoticed { events })
 }
 
 fn batch(tx: &Transaction<'_>, commands: &[Command]) -> R<Applied> {
@@ -251,10 +329,10 @@ fn event(
     data: serde_json::Value,
 ) -> R<()> {
     let data = serde_json::to_string(&data).map_err(|e| StoreError::Serde(e.to_string()))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO events (at, kind, node, host, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![at, kind, node, host, data],
-    )?;
+    )?
+    .execute(params![at, kind, node, host, data])?;
     Ok(())
 }
 
@@ -268,7 +346,8 @@ fn load_node(tx: &Transaction<'_>, id: &str) -> R<Node> {
 
 fn require_host(tx: &Transaction<'_>, name: &str) -> R<()> {
     let found: Option<i64> = tx
-        .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |r| r.get(0))
+        .prepare_cached("SELECT 1 FROM hosts WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()?;
     match found {
         Some(_) => Ok(()),
@@ -431,10 +510,10 @@ fn enroll_node(
     }
     require_host(tx, owner)?;
     let macs = claim_macs(tx, node, macs)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO nodes (id, group_name, arch, owner, epoch, provision_state, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)",
-        params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)")?
+        .execute(params![node, group, arch, owner, ProvisionState::Enrolled.as_str(), at],
     )?;
     insert_macs(tx, node, &macs)?;
     event(
@@ -567,11 +646,8 @@ fn ensure_artifact(
     let size_i = int(size, "artifact size")?;
     let hex = digest.to_hex();
     let recorded: Option<i64> = tx
-        .query_row(
-            "SELECT size FROM artifacts WHERE digest = ?1",
-            [&hex],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT size FROM artifacts WHERE digest = ?1")?
+        .query_row([&hex], |r| r.get(0))
         .optional()?;
     let created = match recorded {
         Some(r) if r != size_i => {
@@ -583,20 +659,20 @@ fn ensure_artifact(
         }
         Some(_) => false,
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO artifacts (digest, size, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![hex, size_i, name, at],
-            )?;
+            )?
+            .execute(params![hex, size_i, name, at])?;
             true
         }
     };
     // Only a host that really holds the blob is recorded: replication fetches from
     // holders, and takeover trusts the record.
     if let Some(host) = host {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
-            params![host, hex, at],
-        )?;
+        )?
+        .execute(params![host, hex, at])?;
     }
     Ok(created)
 }
@@ -614,20 +690,7 @@ fn set_boot_profile(
     let node = load_node(tx, id)?;
     check_epoch(&node, expected_epoch)?;
     require_host(tx, host)?;
-    if files.len() > MAX_FILES {
-        return Err(invalid(format!("more than {MAX_FILES} files")));
-    }
-    // Normalize and de-duplicate paths; the BTreeSet gives a canonical order.
-    let mut wanted: BTreeSet<(String, Digest)> = BTreeSet::new();
-    let mut paths = BTreeSet::new();
-    for f in files {
-        let path = normalize_path(&f.path)
-            .ok_or_else(|| invalid(format!("invalid served path {:?}", f.path)))?;
-        if !paths.insert(path.clone()) {
-            return Err(invalid(format!("path {path} listed twice")));
-        }
-        wanted.insert((path, f.digest));
-    }
+    let (wanted, paths) = wanted_files(files)?;
     match profile {
         None if !files.is_empty() => {
             return Err(invalid("a node without boot profile serves no files"))
@@ -651,6 +714,59 @@ fn set_boot_profile(
             }
         }
     }
+    register_files(tx, files, host, at)?;
+    check_paths_free(tx, id, &paths)?;
+    let old = current_files(tx, id)?;
+    let changed = old != wanted || node.boot_profile.as_ref() != profile;
+    if changed {
+        let profile_json = profile
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Serde(e.to_string()))?;
+        replace_files(tx, id, &old, &wanted)?;
+        tx.prepare_cached("UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, profile_json, at])?;
+        event(
+            tx,
+            at,
+            "boot_profile_set",
+            Some(id),
+            Some(host),
+            json!({ "profile": profile, "files": files_json(&wanted) }),
+        )?;
+    }
+    Ok(Applied::BootProfileSet {
+        node: id.to_string(),
+        files: wanted.len(),
+        changed,
+    })
+}
+
+/// A node's files as (normalized path, digest) rows in canonical order, and the set of
+/// paths; refuses bad and repeated paths.
+type FileRows = BTreeSet<(String, Digest)>;
+
+fn wanted_files(files: &[FileSpec]) -> R<(FileRows, BTreeSet<String>)> {
+    if files.len() > MAX_FILES {
+        return Err(invalid(format!("more than {MAX_FILES} files")));
+    }
+    // Normalize and de-duplicate paths; the BTreeSet gives a canonical order.
+    let mut wanted = BTreeSet::new();
+    let mut paths = BTreeSet::new();
+    for f in files {
+        let path = normalize_path(&f.path)
+            .ok_or_else(|| invalid(format!("invalid served path {:?}", f.path)))?;
+        if !paths.insert(path.clone()) {
+            return Err(invalid(format!("path {path} listed twice")));
+        }
+        wanted.insert((path, f.digest));
+    }
+    Ok((wanted, paths))
+}
+
+/// Registers the artifacts of `files` (held by `host` where the spec says so) and keeps
+/// their inline content, checked against digest and size.
+fn register_files(tx: &Transaction<'_>, files: &[FileSpec], host: &str, at: Millis) -> R<()> {
     for f in files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         ensure_artifact(tx, &f.digest, f.size, name, f.held.then_some(host), at)?;
@@ -665,19 +781,21 @@ fn set_boot_profile(
                     f.path
                 )));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO inline_files (digest, content) VALUES (?1, ?2)",
-                params![f.digest.to_hex(), text.as_bytes()],
-            )?;
+            )?
+            .execute(params![f.digest.to_hex(), text.as_bytes()])?;
         }
     }
-    for path in &paths {
+    Ok(())
+}
+
+/// Refuses paths another node serves.
+fn check_paths_free(tx: &Transaction<'_>, id: &str, paths: &BTreeSet<String>) -> R<()> {
+    for path in paths {
         let other: Option<String> = tx
-            .query_row(
-                "SELECT node FROM node_files WHERE path = ?1 AND node != ?2",
-                params![path, id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT node FROM node_files WHERE path = ?1 AND node != ?2")?
+            .query_row(params![path, id], |r| r.get(0))
             .optional()?;
         if let Some(other) = other {
             return Err(Fail::Reject(Rejection::PathInUse {
@@ -686,40 +804,89 @@ fn set_boot_profile(
             }));
         }
     }
-    let old: BTreeSet<(String, Digest)> = read::node_files(tx, id)?
+    Ok(())
+}
+
+fn current_files(tx: &Transaction<'_>, id: &str) -> R<FileRows> {
+    Ok(read::node_files(tx, id)?
         .into_iter()
         .map(|f| (f.path, f.digest))
-        .collect();
-    let changed = old != wanted || node.boot_profile.as_ref() != profile;
-    if changed {
-        let profile_json = profile
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Serde(e.to_string()))?;
-        tx.execute("DELETE FROM node_files WHERE node = ?1", [id])?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)",
-            )?;
-            for (path, d) in &wanted {
-                stmt.execute(params![path, id, d.to_hex()])?;
-            }
+        .collect())
+}
+
+/// Replaces a node's rows `old` with `wanted`; inline contents no node serves any more
+/// are dropped (artifacts stay: other nodes may use them, and removing one is its own
+/// command).
+fn replace_files(tx: &Transaction<'_>, id: &str, old: &FileRows, wanted: &FileRows) -> R<()> {
+    tx.prepare_cached("DELETE FROM node_files WHERE node = ?1")?
+        .execute([id])?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO node_files (path, node, digest) VALUES (?1, ?2, ?3)")?;
+        for (path, d) in wanted {
+            stmt.execute(params![path, id, d.to_hex()])?;
         }
-        drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))?;
+    }
+    drop_unreferenced_inline(tx, old.iter().map(|(_, d)| d))
+}
+
+fn files_json(rows: &FileRows) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|(p, d)| json!({ "path": p, "digest": d }))
+        .collect()
+}
+
+/// Sets the files of a node whose boot files another tool writes (see
+/// [`Command::SetNodeFiles`]).
+fn set_node_files(
+    tx: &Transaction<'_>,
+    id: &str,
+    files: &[FileSpec],
+    source: &str,
+    host: &str,
+    at: Millis,
+) -> R<Applied> {
+    let node = load_node(tx, id)?;
+    require_host(tx, host)?;
+    valid(check_text("source", source, 300))?;
+    if node.boot_profile.is_some() {
+        return Err(invalid(format!(
+            "node {id} has a boot profile: Baton renders its files, so {source} may not set them"
+        )));
+    }
+    let (wanted, paths) = wanted_files(files)?;
+    register_files(tx, files, host, at)?;
+    check_paths_free(tx, id, &paths)?;
+    let old = current_files(tx, id)?;
+    let old_source: Option<String> = tx
+        .query_row(
+            "SELECT source FROM node_sources WHERE node = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let changed = old != wanted || old_source.as_deref() != Some(source);
+    if changed {
+        replace_files(tx, id, &old, &wanted)?;
         tx.execute(
-            "UPDATE nodes SET boot_profile = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, profile_json, at],
+            "INSERT INTO node_sources (node, source) VALUES (?1, ?2) \
+             ON CONFLICT (node) DO UPDATE SET source = excluded.source",
+            params![id, source],
+        )?;
+        tx.execute(
+            "UPDATE nodes SET updated_at = ?2 WHERE id = ?1",
+            params![id, at],
         )?;
         event(
             tx,
             at,
-            "boot_profile_set",
+            "node_files_set",
             Some(id),
             Some(host),
-            json!({ "profile": profile, "files": wanted.iter().map(|(p, d)| json!({ "path": p, "digest": d })).collect::<Vec<_>>() }),
+            json!({ "source": source, "files": files_json(&wanted) }),
         )?;
     }
-    Ok(Applied::BootProfileSet {
+    Ok(Applied::NodeFilesSet {
         node: id.to_string(),
         files: wanted.len(),
         changed,
@@ -1149,4 +1316,125 @@ fn flag_node(tx: &Transaction<'_>, id: &str, stuck: Option<&str>, at: Millis) ->
     Ok(Applied::NodeFlagged {
         node: id.to_string(),
     })
+}
+
+/// Many holdings of one host in one command; new ones get one event between them.
+fn record_host_artifacts(
+    tx: &Transaction<'_>,
+    host: &str,
+    digests: &[Digest],
+    at: Millis,
+) -> R<Applied> {
+    require_host(tx, host)?;
+    if digests.len() > MAX_RECORDED {
+        return Err(invalid(format!(
+            "{} digests in one record, more than {MAX_RECORDED}",
+            digests.len()
+        )));
+    }
+    // Sorted and de-duplicated: the event lists them in a canonical order.
+    let set: BTreeSet<&Digest> = digests.iter().collect();
+    let mut recorded = Vec::new();
+    let mut unknown = Vec::new();
+    let mut known = tx.prepare_cached("SELECT 1 FROM artifacts WHERE digest = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO host_artifacts (host, digest, recorded_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for d in set {
+        let hex = d.to_hex();
+        if known
+            .query_row([&hex], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_none()
+        {
+            unknown.push(*d);
+            continue;
+        }
+        if insert.execute(params![host, hex, at])? > 0 {
+            recorded.push(*d);
+        }
+    }
+    if !recorded.is_empty() {
+        event(
+            tx,
+            at,
+            "host_artifacts_recorded",
+            None,
+            Some(host),
+            json!({ "digests": recorded, "present": true }),
+        )?;
+    }
+    Ok(Applied::HostArtifactsRecorded {
+        host: host.to_string(),
+        recorded: recorded.len(),
+        unknown,
+    })
+}
+
+/// Each step in its own savepoint: a refused step leaves no trace and the others stand.
+fn ownership_steps(tx: &Transaction<'_>, steps: &[Command]) -> R<Applied> {
+    if steps.len() > MAX_STEPS {
+        return Err(invalid(format!(
+            "{} ownership steps, more than {MAX_STEPS}",
+            steps.len()
+        )));
+    }
+    if let Some(i) = steps.iter().position(|c| !c.is_ownership_step()) {
+        return Err(invalid(format!(
+            "ownership step {i} is not a transfer, migration start or abort, or flag"
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(steps.len());
+    for step in steps {
+        tx.execute_batch("SAVEPOINT baton_step")?;
+        match dispatch(tx, step) {
+            Ok(a) => {
+                tx.execute_batch("RELEASE baton_step")?;
+                outcomes.push(Outcome::Applied(a));
+            }
+            Err(Fail::Reject(r)) => {
+                tx.execute_batch("ROLLBACK TO baton_step; RELEASE baton_step")?;
+                outcomes.push(Outcome::Rejected(r));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Applied::Steps { outcomes })
+}
+
+fn set_rebalance(tx: &Transaction<'_>, active: bool, at: Millis) -> R<Applied> {
+    let current: Option<i64> = tx
+        .query_row("SELECT requested_at FROM rebalance WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let changed = match (active, current) {
+        (true, None) => {
+            tx.execute(
+                "INSERT INTO rebalance (id, requested_at) VALUES (1, ?1)",
+                [at],
+            )?;
+            true
+        }
+        (false, Some(_)) => {
+            tx.execute("DELETE FROM rebalance WHERE id = 1", [])?;
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        event(
+            tx,
+            at,
+            if active {
+                "rebalance_started"
+            } else {
+                "rebalance_ended"
+            },
+            None,
+            None,
+            json!({ "active": active, "requested_at": current }),
+        )?;
+    }
+    Ok(Applied::RebalanceSet { active, changed })
 }

@@ -9,7 +9,9 @@
 
 use crate::blobs::Digest;
 
-use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState, TransferReason};
+use super::types::{
+    BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
+};
 use super::Reservation;
 
 /// One served file of a node, as carried by [`Command::SetBootProfile`].
@@ -31,8 +33,87 @@ pub struct FileSpec {
     pub text: Option<String>,
 }
 
+/// One node of a [`Command::ImportNodes`]: what the node should be after the import.
+/// Absent fields leave an existing node's value alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportItem {
+    /// Node id.
+    pub node: String,
+    /// Its complete set of boot MACs.
+    pub macs: Vec<MacAddr>,
+    /// Group; absent: the command's group for a new node, unchanged for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Architecture hint; absent: none for a new node, unchanged for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// New boot profile with the node's complete rendered file set (as in
+    /// [`Command::SetBootProfile`]); absent: the profile stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ImportProfile>,
+}
+
+/// The profile part of an [`ImportItem`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportProfile {
+    /// The profile; `None` removes it (and `files` is then empty).
+    pub profile: Option<BootProfile>,
+    /// The node's complete file set, rendered for the item's MACs, group and arch.
+    pub files: Vec<FileSpec>,
+}
+
+/// What importing one [`ImportItem`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ImportResult {
+    /// A new node, with its profile if one was given.
+    Created {
+        /// The node.
+        node: String,
+    },
+    /// An existing node changed.
+    Updated {
+        /// The node.
+        node: String,
+        /// What changed: `macs`, `group`, `arch`, `profile` (files count as profile).
+        fields: Vec<String>,
+    },
+    /// An existing node already was exactly this.
+    Unchanged {
+        /// The node.
+        node: String,
+    },
+    /// Refused; nothing of this item applied (the others did).
+    Failed {
+        /// The node.
+        node: String,
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
 /// Largest file carried inline in a [`Command::SetBootProfile`].
 pub const INLINE_MAX: usize = 64 * 1024;
+
+/// Most digests in one [`Command::RecordHostArtifacts`].
+pub const MAX_RECORDED: usize = 4096;
+
+/// Most steps in one [`Command::OwnershipSteps`].
+pub const MAX_STEPS: usize = 1000;
+
+impl Command {
+    /// Whether the command may be a step of [`Command::OwnershipSteps`]: a change of one
+    /// node's ownership or handoff state.
+    pub fn is_ownership_step(&self) -> bool {
+        matches!(
+            self,
+            Command::TransferOwnership { .. }
+                | Command::BeginMigration { .. }
+                | Command::AbortMigration { .. }
+                | Command::FlagNode { .. }
+        )
+    }
+}
 
 fn yes() -> bool {
     true
@@ -135,6 +216,23 @@ pub enum Command {
         host: String,
         /// Refuse if the node's epoch moved on.
         expected_epoch: Option<u64>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Sets the whole served namespace of a node whose boot files another tool writes
+    /// (a provisioning tool's TFTP tree, ingested by `crate::ingest`), and records that
+    /// tool as the node's `source`. Refused for a node with a boot profile: its files
+    /// are Baton's to render. No epoch check: the files are the tool's, whoever owns
+    /// the node serves them.
+    SetNodeFiles {
+        /// The node.
+        node: String,
+        /// The node's complete file set after the command.
+        files: Vec<FileSpec>,
+        /// Who wrote the files, e.g. `ingest:h1:/tftpboot`.
+        source: String,
+        /// Host that holds the blobs.
+        host: String,
         /// Proposer's time.
         at: Millis,
     },
@@ -262,6 +360,47 @@ pub enum Command {
         /// Proposer's time.
         at: Millis,
     },
+    /// Boot stuck-flag transitions one host saw for nodes it serves, as events of the
+    /// feed (`boot_stuck`, `boot_recovered`). Boot records themselves stay off the log
+    /// (see `crate::boots`); only these transitions, batched per detector pass, enter it.
+    BootNotices {
+        /// The host that saw them.
+        host: String,
+        /// The transitions (nodes no longer known are skipped).
+        notices: Vec<BootNotice>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Records that `host` holds the blobs `digests` (fetched by artifact replication):
+    /// one entry per batch of fetched blobs instead of one per blob. Digests no longer
+    /// registered (removed meanwhile) are skipped and reported. Small rendered files
+    /// kept in the store need no record: every replica holds them.
+    RecordHostArtifacts {
+        /// The host.
+        host: String,
+        /// The blobs it now holds (at most [`MAX_RECORDED`]).
+        digests: Vec<Digest>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// The reconciler's ownership changes of one round, many nodes per log entry. Each
+    /// step ([`Command::TransferOwnership`], [`Command::BeginMigration`],
+    /// [`Command::AbortMigration`] or [`Command::FlagNode`]) is checked and applied on
+    /// its own, with its own fencing (epoch, lease) and its own event, so one refused step
+    /// leaves the others applied (unlike [`Command::Batch`]).
+    OwnershipSteps {
+        /// The steps, in order (at most [`MAX_STEPS`]).
+        steps: Vec<Command>,
+    },
+    /// Starts (`active`) or ends a rebalance: while one is active the leader's
+    /// reconciler migrates nodes toward even placement, a few at a time, and ends it when
+    /// nothing is left to move.
+    SetRebalance {
+        /// Start or end.
+        active: bool,
+        /// Proposer's time.
+        at: Millis,
+    },
     /// Applies `commands` in order, all or nothing: the first rejection rolls back the
     /// whole batch. Used where two changes must land together, e.g. a MAC change and
     /// the re-rendered files for the new MACs. Batches do not nest.
@@ -269,6 +408,46 @@ pub enum Command {
         /// The commands.
         commands: Vec<Command>,
     },
+    /// Creates or updates many nodes in one log entry (bulk enrollment). Each item is
+    /// applied on its own: a refused item leaves no trace and the others still apply,
+    /// so an import re-run with the same content changes nothing.
+    ImportNodes {
+        /// Importing host: owns the nodes it creates, holds their rendered blobs.
+        host: String,
+        /// Group of new nodes that name none (the importing host's).
+        group: String,
+        /// The nodes, applied in order.
+        nodes: Vec<ImportItem>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Applies `command` at most once per `request`: a retry of a write whose answer was
+    /// lost (the leader died after committing it, a forward timed out) gets the outcome
+    /// of the first application instead of being applied again. The proposer tags every
+    /// write it sends; tagged commands do not nest and are not batched.
+    Idempotent {
+        /// Chosen by the proposer, the same on every retry.
+        request: RequestId,
+        /// Proposer's time of the first attempt: ages the request's record out.
+        at: Millis,
+        /// The write.
+        command: Box<Command>,
+    },
+}
+
+/// A node's boot became stuck, or stopped being stuck (see [`Command::BootNotices`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootNotice {
+    /// The node.
+    pub node: String,
+    /// Stuck now (`true`) or recovered.
+    pub stuck: bool,
+    /// How (`stalled`, `dhcp_loop`), or what ended it.
+    pub kind: String,
+    /// Since when.
+    pub since: Millis,
+    /// What the boot records show.
+    pub reason: String,
 }
 
 /// The result of applying a command: a change, or a business refusal with no effect.
@@ -337,6 +516,15 @@ pub enum Applied {
         /// Number of served files.
         files: usize,
         /// False when profile and files were already exactly these (no event logged).
+        changed: bool,
+    },
+    /// Files of an externally written node set.
+    NodeFilesSet {
+        /// The node.
+        node: String,
+        /// Number of served files.
+        files: usize,
+        /// False when files and source were already exactly these (no event logged).
         changed: bool,
     },
     /// Migration pending.
@@ -411,6 +599,38 @@ pub enum Applied {
         node: String,
         /// The token that was released.
         token: u64,
+    },
+    /// Boot notices appended to the feed.
+    BootNoticed {
+        /// Events appended (notices of unknown nodes are skipped).
+        events: usize,
+    },
+    /// Host/blob associations recorded in one go.
+    HostArtifactsRecorded {
+        /// The host.
+        host: String,
+        /// How many were new.
+        recorded: usize,
+        /// Digests skipped because no such artifact is registered (any more).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<Digest>,
+    },
+    /// The outcome of each step of an [`Command::OwnershipSteps`], in order.
+    Steps {
+        /// One per step.
+        outcomes: Vec<Outcome>,
+    },
+    /// A rebalance started or ended.
+    RebalanceSet {
+        /// Active now.
+        active: bool,
+        /// False when it already was in that state.
+        changed: bool,
+    },
+    /// An import applied: one result per item, in order.
+    NodesImported {
+        /// Per item.
+        results: Vec<ImportResult>,
     },
     /// Every command of a batch applied, in order.
     Batch {

@@ -21,7 +21,11 @@ pub mod schema;
 pub mod types;
 
 #[cfg(test)]
+mod list_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_scale;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,11 +38,14 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::blobs::Digest;
 use crate::wire::path::ClientPath;
 
-pub use command::{Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX};
-pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, Reservation};
+pub use command::{
+    Applied, BootNotice, Command, FileSpec, ImportItem, ImportProfile, ImportResult, Outcome,
+    Rejection, INLINE_MAX,
+};
+pub use read::{Artifact, Event, Fence, Host, Node, NodeFile, NodeFilter, Reservation};
 pub use types::{
     normalize_path, BootProfile, HandoffState, KernelBoot, MacAddr, Millis, NodeId, ProvisionState,
-    TransferReason,
+    RequestId, TransferReason,
 };
 
 /// Failures of the store itself (never business outcomes; those are [`Rejection`]s).
@@ -157,7 +164,8 @@ impl Store {
         // on a lock upgrade.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let outcome = apply::apply(&tx, cmd)?;
-        if outcome.is_applied() {
+        // A tagged write records its outcome, a refusal included.
+        if outcome.is_applied() || matches!(cmd, Command::Idempotent { .. }) {
             tx.commit()?;
         } else {
             tx.rollback()?;
@@ -188,6 +196,27 @@ impl Store {
     /// All nodes, by id.
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         read::nodes(&lock(&self.reader))
+    }
+
+    /// Up to `limit` nodes matching `filter` with ids after `after`, by id (a keyset
+    /// page: repeat with the last id until a page comes back short).
+    pub fn nodes_page(
+        &self,
+        filter: &NodeFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Node>, StoreError> {
+        read::nodes_page(&lock(&self.reader), filter, after, limit)
+    }
+
+    /// Number of nodes matching `filter`.
+    pub fn count_nodes(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
+        read::count_nodes(&lock(&self.reader), filter)
+    }
+
+    /// Number of nodes each host owns (hosts owning none are absent).
+    pub fn owned_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        read::owned_counts(&lock(&self.reader))
     }
 
     /// The node that has `mac` (what proxy-DHCP asks).
@@ -222,6 +251,16 @@ impl Store {
         Ok(None)
     }
 
+    /// Nodes whose files another tool writes, with that source (see
+    /// [`Command::SetNodeFiles`]), by node.
+    pub fn node_sources(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt =
+            conn.prepare_cached("SELECT node, source FROM node_sources ORDER BY node")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A node's whole served namespace, by path.
     pub fn node_files(&self, node: &str) -> Result<Vec<NodeFile>, StoreError> {
         read::node_files(&lock(&self.reader), node)
@@ -235,6 +274,23 @@ impl Store {
     /// All artifacts, by digest.
     pub fn artifacts(&self) -> Result<Vec<Artifact>, StoreError> {
         read::artifacts(&lock(&self.reader))
+    }
+
+    /// Up to `limit` artifacts with digests after `after`, by digest; only those named
+    /// `name` and held by `host` when given.
+    pub fn artifacts_page(
+        &self,
+        name: Option<&str>,
+        host: Option<&str>,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Artifact>, StoreError> {
+        read::artifacts_page(&lock(&self.reader), name, host, after, limit)
+    }
+
+    /// Number of artifacts.
+    pub fn count_artifacts(&self) -> Result<u64, StoreError> {
+        read::count_artifacts(&lock(&self.reader))
     }
 
     /// Nodes whose files reference an artifact.
@@ -401,9 +457,12 @@ const DUMP: &[(&str, &str)] = &[
     ("artifacts", "digest"),
     ("host_artifacts", "host, digest"),
     ("node_files", "path"),
+    ("node_sources", "node"),
     ("inline_files", "digest"),
     ("reservations", "node"),
     ("events", "seq"),
+    ("rebalance", "id"),
+    ("requests", "seq"),
 ];
 
 /// See [`Store::canonical_dump`].
@@ -429,4 +488,65 @@ pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
         }
     }
     Ok(out)
+}
+
+/// Indexed reads for the reconciler and artifact replication (see [`read`]).
+impl Store {
+    /// Nodes owned by `owner`, by id.
+    pub fn nodes_owned_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
+        read::nodes_owned_by(&lock(&self.reader), owner)
+    }
+
+    /// Nodes with a migration in progress, by id.
+    pub fn migrating_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        read::migrating_nodes(&lock(&self.reader))
+    }
+
+    /// Nodes flagged as impossible to take over, by id.
+    pub fn stuck_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        read::stuck_nodes(&lock(&self.reader))
+    }
+
+    /// Nodes per owning host.
+    pub fn node_counts(&self) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        read::node_counts(&lock(&self.reader))
+    }
+
+    /// (node, digest) of the blobs the nodes of `owner` serve (files kept in the store
+    /// left out).
+    pub fn blob_digests_owned_by(&self, owner: &str) -> Result<Vec<(String, Digest)>, StoreError> {
+        read::blob_digests_owned_by(&lock(&self.reader), owner)
+    }
+
+    /// The blobs one node serves (files kept in the store left out).
+    pub fn blob_digests_of(&self, node: &str) -> Result<Vec<Digest>, StoreError> {
+        read::blob_digests_of(&lock(&self.reader), node)
+    }
+
+    /// Hosts recorded as holding blob `d`.
+    pub fn recorded_holders(&self, d: &Digest) -> Result<Vec<String>, StoreError> {
+        read::recorded_holders(&lock(&self.reader), d)
+    }
+
+    /// When the active rebalance was asked for, if one is.
+    pub fn rebalance_requested(&self) -> Result<Option<Millis>, StoreError> {
+        read::rebalance_requested(&lock(&self.reader))
+    }
+
+    /// Blobs the nodes of `group` serve, each with whether `host` is recorded as
+    /// holding it (files kept in the store left out: every replica has them).
+    pub fn wanted_blobs(&self, group: &str, host: &str) -> Result<Vec<(Digest, bool)>, StoreError> {
+        read::wanted_blobs(&lock(&self.reader), group, host)
+    }
+
+    /// `EXPLAIN QUERY PLAN` of `sql` (with NULL for every parameter), one detail a line.
+    pub fn query_plan(&self, sql: &str) -> Result<String, StoreError> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows.join("\n"))
+    }
 }

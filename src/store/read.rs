@@ -248,6 +248,11 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
 }
 
 fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
+    let macs = node_macs(conn, &raw.id)?;
+    node_with_macs(raw, macs)
+}
+
+fn node_with_macs(raw: RawNode, macs: Vec<MacAddr>) -> Result<Node, StoreError> {
     let provision_state = ProvisionState::parse(&raw.state)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown provision state {:?}", raw.state)))?;
     let handoff = match raw.handoff_to {
@@ -263,7 +268,7 @@ fn node_from_raw(conn: &Connection, raw: RawNode) -> Result<Node, StoreError> {
         .map(|p| json(p, "boot profile"))
         .transpose()?;
     Ok(Node {
-        macs: node_macs(conn, &raw.id)?,
+        macs,
         id: raw.id,
         group: raw.group,
         arch: raw.arch,
@@ -307,12 +312,158 @@ pub(super) fn node(conn: &Connection, id: &str) -> Result<Option<Node>, StoreErr
 }
 
 pub(super) fn nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
-    let sql = format!("SELECT {NODE_COLS} FROM nodes ORDER BY id");
+    nodes_page(conn, &NodeFilter::default(), None, usize::MAX)
+}
+
+/// Which nodes a listing returns; every field set must match (all when default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFilter {
+    /// Owned by this host.
+    pub owner: Option<String>,
+    /// In this group.
+    pub group: Option<String>,
+    /// With this architecture hint.
+    pub arch: Option<String>,
+    /// In this provision state.
+    pub provision_state: Option<ProvisionState>,
+    /// Migrating (`true`) or not (`false`).
+    pub migrating: Option<bool>,
+    /// Flagged stuck (`true`) or not (`false`).
+    pub stuck: Option<bool>,
+    /// With this profile kind (`deploy`, `instance`, `local`); `Some(None)`: none.
+    pub profile: Option<Option<String>>,
+    /// With this boot MAC.
+    pub mac: Option<MacAddr>,
+}
+
+impl NodeFilter {
+    /// The SQL condition over `nodes` (aliased `n`) and its parameters.
+    fn sql(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value as V;
+        let mut conds: Vec<&str> = Vec::new();
+        let mut args: Vec<V> = Vec::new();
+        let mut text = |cond: &'static str, v: &Option<String>| {
+            if let Some(v) = v {
+                conds.push(cond);
+                args.push(V::Text(v.clone()));
+            }
+        };
+        text("n.owner = ?", &self.owner);
+        text("n.group_name = ?", &self.group);
+        text("n.arch = ?", &self.arch);
+        text(
+            "n.provision_state = ?",
+            &self.provision_state.map(|p| p.as_str().to_string()),
+        );
+        text(
+            "n.id = (SELECT node FROM node_macs WHERE mac = ?)",
+            &self.mac.map(|m| m.colons()),
+        );
+        match &self.profile {
+            Some(None) => conds.push("n.boot_profile IS NULL"),
+            Some(Some(kind)) => {
+                conds.push("json_extract(n.boot_profile, '$.kind') = ?");
+                args.push(V::Text(kind.clone()));
+            }
+            None => {}
+        }
+        for (flag, yes, no) in [
+            (
+                self.migrating,
+                "n.handoff_to IS NOT NULL",
+                "n.handoff_to IS NULL",
+            ),
+            (self.stuck, "n.stuck IS NOT NULL", "n.stuck IS NULL"),
+        ] {
+            if let Some(f) = flag {
+                conds.push(if f { yes } else { no });
+            }
+        }
+        let sql = if conds.is_empty() {
+            "1".to_string()
+        } else {
+            conds.join(" AND ")
+        };
+        (sql, args)
+    }
+}
+
+/// Up to `limit` nodes matching `filter` with ids after `after`, by id: a keyset page,
+/// stable under concurrent writes (a node present throughout is listed exactly once).
+/// One query, MACs joined in, so a page of thousands costs one pass.
+pub(super) fn nodes_page(
+    conn: &Connection,
+    filter: &NodeFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Node>, StoreError> {
+    let (cond, mut args) = filter.sql();
+    let cols = NODE_COLS
+        .split(", ")
+        .map(|c| format!("n.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols}, m.mac FROM \
+           (SELECT * FROM nodes n WHERE {cond} AND n.id > ? ORDER BY n.id LIMIT ?) n \
+         LEFT JOIN node_macs m ON m.node = n.id ORDER BY n.id, m.mac"
+    );
+    args.push(rusqlite::types::Value::Text(
+        after.unwrap_or("").to_string(),
+    ));
+    args.push(rusqlite::types::Value::Integer(
+        i64::try_from(limit).unwrap_or(-1),
+    ));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let raws = stmt
-        .query_map([], raw_node)?
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out: Vec<Node> = Vec::new();
+    let mut macs: Vec<MacAddr> = Vec::new();
+    let mut pending: Option<RawNode> = None;
+    let mac_col = NODE_COLS.split(',').count();
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        if pending.as_ref().is_some_and(|p| p.id != id) {
+            if let Some(raw) = pending.take() {
+                out.push(node_with_macs(raw, std::mem::take(&mut macs))?);
+            }
+        }
+        if pending.is_none() {
+            pending = Some(raw_node(row)?);
+        }
+        if let Some(m) = row.get::<_, Option<String>>(mac_col)? {
+            macs.push(
+                m.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("bad MAC in database: {e}")))?,
+            );
+        }
+    }
+    if let Some(raw) = pending {
+        out.push(node_with_macs(raw, macs)?);
+    }
+    Ok(out)
+}
+
+/// Nodes matching `filter`.
+pub(super) fn count_nodes(conn: &Connection, filter: &NodeFilter) -> Result<u64, StoreError> {
+    let (cond, args) = filter.sql();
+    let sql = format!("SELECT COUNT(*) FROM nodes n WHERE {cond}");
+    let n: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+    u(n, "node count")
+}
+
+/// Number of nodes each host owns (hosts owning none are absent).
+pub(super) fn owned_counts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT owner, COUNT(*) FROM nodes GROUP BY owner")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    raws.into_iter().map(|r| node_from_raw(conn, r)).collect()
+    rows.into_iter()
+        .map(|(h, n)| Ok((h, u(n, "node count")?)))
+        .collect()
 }
 
 pub(super) fn node_id_by_mac(
@@ -356,9 +507,14 @@ pub(super) fn node_files(conn: &Connection, node: &str) -> Result<Vec<NodeFile>,
     raws.into_iter().map(file_from_raw).collect()
 }
 
+/// Hosts holding a blob: those recorded, and for a file kept in the store every host
+/// (each replica has its bytes; no holding of it is recorded per host).
 fn artifact_hosts(conn: &Connection, d: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT host FROM host_artifacts WHERE digest = ?1 ORDER BY host")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT host FROM host_artifacts WHERE digest = ?1 \
+         UNION SELECT name FROM hosts WHERE EXISTS (SELECT 1 FROM inline_files WHERE digest = ?1) \
+         ORDER BY 1",
+    )?;
     let hosts = stmt
         .query_map([d], |r| r.get(0))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -392,14 +548,57 @@ pub(super) fn artifact(conn: &Connection, d: &Digest) -> Result<Option<Artifact>
 }
 
 pub(super) fn artifacts(conn: &Connection) -> Result<Vec<Artifact>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT digest, size, name, created_at FROM artifacts ORDER BY digest")?;
-    let raws = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<Vec<RawArtifact>, _>>()?;
-    raws.into_iter()
-        .map(|r| artifact_from_raw(conn, r))
-        .collect()
+    artifacts_page(conn, None, None, None, usize::MAX)
+}
+
+/// Up to `limit` artifacts with digests after `after`, by digest, each with its holders;
+/// only those named `name` and held by `host` when given. One query.
+pub(super) fn artifacts_page(
+    conn: &Connection,
+    name: Option<&str>,
+    host: Option<&str>,
+    after: Option<&Digest>,
+    limit: usize,
+) -> Result<Vec<Artifact>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.digest, a.size, a.name, a.created_at, h.host FROM \
+           (SELECT * FROM artifacts a WHERE a.digest > ?1 \
+              AND (?2 IS NULL OR a.name = ?2) \
+              AND (?3 IS NULL OR EXISTS (SELECT 1 FROM host_artifacts x \
+                                         WHERE x.digest = a.digest AND x.host = ?3)) \
+            ORDER BY a.digest LIMIT ?4) a \
+         LEFT JOIN host_artifacts h ON h.digest = a.digest ORDER BY a.digest, h.host",
+    )?;
+    let after = after.map(Digest::to_hex).unwrap_or_default();
+    let limit = i64::try_from(limit).unwrap_or(-1);
+    let mut rows = stmt.query(params![after, name, host, limit])?;
+    let mut out: Vec<Artifact> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let d: String = r.get(0)?;
+        let holder: Option<String> = r.get(4)?;
+        let same = out.last().is_some_and(|a| a.digest.to_hex() == d);
+        if !same {
+            out.push(Artifact {
+                digest: digest(&d)?,
+                size: u(r.get(1)?, "size")?,
+                name: r.get(2)?,
+                created_at: r.get(3)?,
+                hosts: Vec::new(),
+            });
+        }
+        if let (Some(h), Some(a)) = (holder, out.last_mut()) {
+            a.hosts.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Number of artifacts.
+pub(super) fn count_artifacts(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM artifacts")?
+        .query_row([], |r| r.get(0))?;
+    u(n, "artifact count")
 }
 
 /// Nodes whose files reference `d`, sorted.
@@ -485,5 +684,154 @@ pub(super) fn events_since(
                 data: json(&data, "event data")?,
             })
         })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Indexed reads of the reconciler and of artifact replication: each touches only the
+// rows it needs (see `EXPLAIN QUERY PLAN` in the tests), never every node.
+// ---------------------------------------------------------------------------------
+
+fn nodes_where(
+    conn: &Connection,
+    clause: &str,
+    arg: Option<&str>,
+) -> Result<Vec<Node>, StoreError> {
+    // Sorted here: an ORDER BY id would make SQLite walk the primary key (every node)
+    // to avoid a sort instead of the small partial index.
+    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE {clause}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut raws = match arg {
+        Some(a) => stmt
+            .query_map([a], raw_node)?
+            .collect::<Result<Vec<_>, _>>()?,
+        None => stmt
+            .query_map([], raw_node)?
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    raws.sort_by(|a, b| a.id.cmp(&b.id));
+    raws.into_iter().map(|r| node_from_raw(conn, r)).collect()
+}
+
+/// SQL of [`nodes_owned_by`] (index `nodes_owner`).
+pub const SQL_NODES_OWNED_BY: &str = "owner = ?1";
+/// SQL of [`migrating_nodes`] (partial index `nodes_migrating`).
+pub const SQL_MIGRATING: &str = "handoff_to IS NOT NULL";
+/// SQL of [`stuck_nodes`] (partial index `nodes_stuck`).
+pub const SQL_STUCK: &str = "stuck IS NOT NULL";
+
+/// Nodes owned by `owner`, by id.
+pub(super) fn nodes_owned_by(conn: &Connection, owner: &str) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_NODES_OWNED_BY, Some(owner))
+}
+
+/// Nodes with a migration in progress, by id.
+pub(super) fn migrating_nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_MIGRATING, None)
+}
+
+/// Nodes flagged as impossible to take over, by id.
+pub(super) fn stuck_nodes(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    nodes_where(conn, SQL_STUCK, None)
+}
+
+/// SQL of [`node_counts`] (a walk of the covering index `nodes_owner`).
+pub const SQL_NODE_COUNTS: &str = "SELECT owner, COUNT(*) FROM nodes GROUP BY owner";
+
+/// Nodes per owning host (hosts owning none are absent).
+pub(super) fn node_counts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_NODE_COUNTS)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(h, n)| (h, n.max(0) as usize))
+        .collect())
+}
+
+/// SQL of [`blob_digests_owned_by`]: the files of `owner`'s nodes that are blobs (not
+/// kept in the store).
+pub const SQL_BLOBS_OWNED_BY: &str = "SELECT f.node, f.digest FROM nodes n \
+     JOIN node_files f ON f.node = n.id \
+     WHERE n.owner = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = f.digest)";
+
+/// SQL of [`blob_digests_of`].
+pub const SQL_BLOBS_OF: &str = "SELECT f.digest FROM node_files f WHERE f.node = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = f.digest)";
+
+/// (node, digest) of every blob the nodes of `owner` serve. Files kept in the store
+/// are left out: every replica has them, so they never decide who may take a node.
+pub(super) fn blob_digests_owned_by(
+    conn: &Connection,
+    owner: &str,
+) -> Result<Vec<(String, Digest)>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_BLOBS_OWNED_BY)?;
+    let rows = stmt
+        .query_map([owner], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(n, d)| Ok((n, digest(&d)?)))
+        .collect()
+}
+
+/// The blobs (not files kept in the store) one node serves.
+pub(super) fn blob_digests_of(conn: &Connection, node: &str) -> Result<Vec<Digest>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_BLOBS_OF)?;
+    let rows = stmt
+        .query_map([node], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.iter().map(|d| digest(d)).collect()
+}
+
+/// Hosts recorded as holding the blob `d`, sorted.
+pub(super) fn recorded_holders(conn: &Connection, d: &Digest) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT host FROM host_artifacts WHERE digest = ?1 ORDER BY host")?;
+    let hosts = stmt
+        .query_map([d.to_hex()], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(hosts)
+}
+
+/// When the active rebalance was asked for, if one is.
+pub(super) fn rebalance_requested(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+    Ok(conn
+        .query_row("SELECT requested_at FROM rebalance WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// SQL of [`wanted_blobs`]: blobs (not kept in the store) that nodes of group ?1
+/// serve, and whether host ?2 is recorded as holding each.
+pub const SQL_WANTED_BLOBS: &str = "SELECT a.digest, \
+     EXISTS (SELECT 1 FROM host_artifacts h WHERE h.host = ?2 AND h.digest = a.digest) \
+     FROM artifacts a \
+     WHERE NOT EXISTS (SELECT 1 FROM inline_files i WHERE i.digest = a.digest) \
+     AND EXISTS (SELECT 1 FROM node_files f JOIN nodes n ON n.id = f.node \
+                 WHERE f.digest = a.digest AND n.group_name = ?1) \
+     ORDER BY a.digest";
+
+/// Blobs the nodes of `group` serve (files kept in the store left out), each with
+/// whether `host` is recorded as holding it.
+pub(super) fn wanted_blobs(
+    conn: &Connection,
+    group: &str,
+    host: &str,
+) -> Result<Vec<(Digest, bool)>, StoreError> {
+    let mut stmt = conn.prepare_cached(SQL_WANTED_BLOBS)?;
+    let rows = stmt
+        .query_map([group, host], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(d, held)| Ok((digest(&d)?, held)))
         .collect()
 }

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -151,4 +151,41 @@ CREATE TABLE inline_files (
     digest  TEXT PRIMARY KEY,
     content BLOB NOT NULL
 ) STRICT;
+"#;
+
+/// Version 5: where the files of a node come from when another tool writes them (a
+/// provisioning tool's TFTP tree, see `crate::ingest`): an ingest only rewrites and
+/// clears nodes it is the source of.
+const V5: &str = r#"
+CREATE TABLE node_sources (
+    node    TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    source  TEXT NOT NULL
+) STRICT;
+"#;
+
+/// Version 6: the reconciler at fleet size. It reads only the nodes that may need a
+/// change (owned by a down or draining host, migrating, or flagged stuck), found through
+/// these indexes instead of a scan of every node; `rebalance` holds a rebalance asked for
+/// until the reconciler has finished it.
+const V6: &str = r#"
+CREATE INDEX nodes_migrating ON nodes(handoff_to) WHERE handoff_to IS NOT NULL;
+CREATE INDEX nodes_stuck ON nodes(owner) WHERE stuck IS NOT NULL;
+CREATE TABLE rebalance (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    requested_at  INTEGER NOT NULL
+) STRICT;
+"#;
+
+/// Version 7: outcomes of recent tagged writes ([`super::Command::Idempotent`]), so a
+/// write retried after its answer was lost applies once and gets its first answer
+/// again. Pruned on every tagged write by the proposer's time and by count (oldest
+/// `seq` first), so the table stays bounded and every replica prunes alike.
+const V7: &str = r#"
+CREATE TABLE requests (
+    seq      INTEGER PRIMARY KEY,           -- insertion order: pruning by count
+    id       TEXT NOT NULL UNIQUE,          -- RequestId, 32 hex digits
+    at       INTEGER NOT NULL,              -- proposer's time of the first attempt
+    outcome  TEXT NOT NULL                  -- JSON Outcome of the first application
+) STRICT;
+CREATE INDEX requests_at ON requests(at);
 "#;

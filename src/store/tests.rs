@@ -1404,3 +1404,91 @@ fn handles_are_shareable_across_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<crate::blobs::BlobWriter>();
 }
+
+/// Files written by another tool (ingest): set without a profile, source recorded,
+/// shared artifacts survive one node's removal of its files.
+mod node_files_from_a_tool {
+    use super::*;
+
+    fn set_files(node: &str, files: Vec<FileSpec>, at: Millis) -> Command {
+        Command::SetNodeFiles {
+            node: node.into(),
+            files,
+            source: "ingest:h1:/tftpboot".into(),
+            host: "h1".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn set_replace_clear_and_refusals() {
+        let t = fresh();
+        t.ok(host("h1", 1));
+        t.ok(enroll("a", &[mac(1)], "h1", 2));
+        t.ok(enroll("b", &[mac(2)], "h1", 3));
+        let kernel = file("a/deploy_kernel", "shared kernel");
+        let a = vec![file("a/config", "cfg a"), kernel.clone()];
+        let out = t.ok(set_files("a", a.clone(), 4));
+        assert!(matches!(
+            out,
+            Applied::NodeFilesSet {
+                files: 2,
+                changed: true,
+                ..
+            }
+        ));
+        // Same files again: no change, no event.
+        let out = t.ok(set_files("a", a, 5));
+        assert!(matches!(out, Applied::NodeFilesSet { changed: false, .. }));
+        assert_eq!(
+            t.store.node_sources().unwrap().get("a").map(String::as_str),
+            Some("ingest:h1:/tftpboot")
+        );
+        assert!(t.node("a").boot_profile.is_none());
+        // b serves the same kernel content under its own path.
+        t.ok(set_files(
+            "b",
+            vec![file("b/deploy_kernel", "shared kernel")],
+            6,
+        ));
+        // Another node's path is refused.
+        assert!(matches!(
+            t.no(set_files("b", vec![file("a/config", "x")], 7)),
+            Rejection::PathInUse { .. }
+        ));
+        // a's files deleted: b's kernel (same artifact) is still served and registered.
+        t.ok(set_files("a", vec![], 8));
+        assert!(t.store.node_files("a").unwrap().is_empty());
+        assert_eq!(t.store.node_files("b").unwrap()[0].digest, kernel.digest);
+        assert!(t.store.artifact(&kernel.digest).unwrap().is_some());
+        // A node with a Baton boot profile is not the tool's to write.
+        t.ok(artifact("vmlinuz", 9));
+        t.ok(artifact("initrd", 9));
+        t.ok(enroll("c", &[mac(3)], "h1", 9));
+        t.ok(set_profile(
+            "c",
+            Some(deploy_profile()),
+            deploy_files("c"),
+            None,
+            10,
+        ));
+        assert!(matches!(
+            t.no(set_files("c", vec![file("c/config", "x")], 11)),
+            Rejection::Invalid { .. }
+        ));
+        assert!(matches!(
+            t.no(set_files("zz", vec![], 12)),
+            Rejection::UnknownNode { .. }
+        ));
+        // Removing the node forgets its source.
+        t.ok(Command::RemoveNode {
+            node: "a".into(),
+            at: 13,
+        });
+        assert!(!t.store.node_sources().unwrap().contains_key("a"));
+        assert_eq!(
+            t.kinds().iter().filter(|k| *k == "node_files_set").count(),
+            3
+        );
+    }
+}

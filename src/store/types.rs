@@ -14,6 +14,53 @@ pub use crate::clock::Millis;
 /// host that lost its data comes back under a new identity.
 pub type NodeId = u64;
 
+/// Identity of one write as its proposer sent it: the same id on every retry, so the
+/// state machine applies the write once however often it arrives (see
+/// [`super::Command::Idempotent`]). Written as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u128);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "invalid request id {:?}: expected 32 hex digits",
+                s.chars().take(40).collect::<String>()
+            ));
+        }
+        u128::from_str_radix(s, 16)
+            .map(RequestId)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Longest kernel command line accepted (Linux x86 allows 2048 by default, some
 /// configurations more; above this a mistake is more likely than a real need).
 pub const MAX_CMDLINE: usize = 4096;

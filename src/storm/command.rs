@@ -86,7 +86,20 @@ struct Reference {
 
 fn from_api(base: &str, token: &str) -> anyhow::Result<Reference> {
     let c = crate::client::Client::new(base, token);
-    let mut nodes: Vec<crate::store::Node> = c.get("/v1/nodes").context("listing the nodes")?.body;
+    let mut nodes: Vec<crate::store::Node> = c
+        .list_all(
+            |cursor| {
+                let q = crate::api::v1::NodeQuery {
+                    cursor: cursor.map(str::to_string),
+                    ..Default::default()
+                };
+                crate::client::with_query("/v1/nodes", &q)
+            },
+            None,
+            |_| {},
+        )
+        .context("listing the nodes")?
+        .body;
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let mut r = Reference::default();
     for n in nodes {

@@ -16,6 +16,10 @@ pub struct Limits {
     pub max_windowsize: u16,
     /// Retransmission timeout when the client asks for none.
     pub default_timeout: Duration,
+    /// Longest timeout granted: a larger `timeout` option is not acknowledged (RFC 2349
+    /// lets the server only echo the client's value or leave it out) and this is used.
+    /// It bounds how long an abandoned transfer holds its slot.
+    pub max_timeout: Duration,
     /// Timeouts in a row before a transfer is dropped.
     pub max_retries: u32,
     /// Block-number rollover.
@@ -39,6 +43,9 @@ pub fn negotiate(
     // A smaller value in the OACK than asked is allowed (RFC 2348).
     let blksize = opts.blksize.map(|b| b.min(cap));
     let windowsize = opts.windowsize.map(|w| w.min(limits.max_windowsize.max(1)));
+    let timeout = opts
+        .timeout
+        .filter(|&t| Duration::from_secs(t.into()) <= limits.max_timeout);
     let oack = AcceptedOptions {
         blksize,
         // tsize=0 is left out: curl (7.88) takes it as an error, and an empty file
@@ -47,16 +54,17 @@ pub fn negotiate(
             .tsize
             .filter(|_| transfer_size > 0)
             .map(|_| transfer_size),
-        timeout: opts.timeout,
+        timeout,
         windowsize,
     };
     Params {
         blksize: blksize.unwrap_or(DEFAULT_BLKSIZE),
         windowsize: windowsize.unwrap_or(1),
-        timeout: opts
-            .timeout
-            .map(|t| Duration::from_secs(t.into()))
-            .unwrap_or(limits.default_timeout),
+        timeout: match (opts.timeout, timeout) {
+            (_, Some(t)) => Duration::from_secs(t.into()),
+            (Some(_), None) => limits.max_timeout,
+            (None, None) => limits.default_timeout.min(limits.max_timeout),
+        },
         max_retries: limits.max_retries,
         rollover: limits.rollover,
         oack: (!oack.is_empty()).then_some(oack),
@@ -80,6 +88,7 @@ mod tests {
             max_blksize: 65464,
             max_windowsize: 64,
             default_timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(10),
             max_retries: 5,
             rollover: Rollover::Zero,
         }
@@ -110,6 +119,21 @@ mod tests {
         assert_eq!(oack.tsize, Some(12345));
         assert_eq!(oack.windowsize, Some(64));
         assert_eq!(oack.timeout, Some(3));
+    }
+
+    #[test]
+    fn timeout_over_the_cap_is_left_out_of_the_oack() {
+        let o = |t| RequestOptions {
+            timeout: Some(t),
+            ..Default::default()
+        };
+        // The timeout=255: not acknowledged, the cap (10 s) is used.
+        let p = negotiate(&o(255), 100, &limits(), None);
+        assert_eq!(p.oack, None);
+        assert_eq!(p.timeout, Duration::from_secs(10));
+        let p = negotiate(&o(10), 100, &limits(), None);
+        assert_eq!(p.oack.unwrap().timeout, Some(10));
+        assert_eq!(p.timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! transfers, one task per transfer, each on its own socket (or, in single-port mode,
 //! sharing the listener's socket and fed by it). Protocol decisions are made by
 //! [`Transfer`] and [`negotiate`]; this file only moves datagrams and keeps limits.
+//!
+//! Edge budgets: transfers take slots of a [`SlotTable`] (fair shares per client address;
+//! a transfer is evictable until its client acknowledges something), at most half the
+//! file descriptors above the reserve ([`fds`]); ERROR replies and refusal log lines are
+//! rate-limited per client address, and what is dropped is counted.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,11 +21,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::boots::{BootRecorder, Proto};
 use crate::capture::Capture;
 use crate::config::TftpConfig;
 use crate::metrics::Metrics;
 use crate::namespace::{FileSource, OpenError};
-use crate::net::udp;
+use crate::net::ratelimit::{Limiter, LogBudget, Rate, Verdict};
+use crate::net::slots::{Admission, Caps, Refusal, SlotId, SlotTable};
+use crate::net::{fds, udp};
 use crate::tftp::negotiate::{blksize_for_mtu, negotiate, Limits};
 use crate::tftp::transfer::{Outcome, Transfer, Transmit};
 use crate::wire::path::{ClientPath, PathError, PathRules};
@@ -30,6 +38,8 @@ use crate::wire::tftp::{self, ErrorCode, Mode, Packet, Request};
 const RECV_BUF: usize = 65_536;
 /// Queue of packets the listener hands one single-port transfer.
 const ROUTE_QUEUE: usize = 64;
+/// Client addresses whose ERROR budget is tracked at once (more: new ones get none).
+const ERROR_SOURCES: usize = 16_384;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,44 +84,103 @@ struct Shared {
     paths: PathRules,
     metrics: Arc<Metrics>,
     slots: Mutex<Slots>,
+    /// ERROR replies per client address.
+    error_rate: Mutex<Limiter<IpAddr>>,
+    /// Refusal and failure log lines per client address.
+    logs: Mutex<LogBudget<IpAddr>>,
     routes: Mutex<HashMap<SocketAddr, Route>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
     capture: Option<Capture>,
+    boots: Option<BootRecorder>,
 }
 
+/// Transfers in progress: their slots, and how to end one that is evicted.
 #[derive(Default)]
 struct Slots {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    table: SlotTable<IpAddr>,
+    evict: HashMap<SlotId, CancellationToken>,
 }
 
 /// A single-port transfer as the listener sees it.
 struct Route {
     id: u64,
-    tx: mpsc::Sender<Bytes>,
+    /// Packets with the instant the listener received them.
+    tx: mpsc::Sender<(Instant, Bytes)>,
     /// The client has sent this transfer a packet (so a new RRQ is not a retransmission).
     heard: bool,
     filename: String,
 }
 
+impl Shared {
+    /// May a refusal or failure about client `ip` be logged now? `Some(n)`: yes, and `n`
+    /// such lines were dropped since the last one; `None`: dropped (and counted).
+    fn log_ok(&self, ip: IpAddr) -> Option<u64> {
+        let v = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&ip.to_canonical(), Instant::now());
+        match v {
+            Verdict::Allow { suppressed } => Some(suppressed),
+            Verdict::Deny => {
+                self.metrics.tftp.suppressed.inc("log");
+                None
+            }
+        }
+    }
+
+    /// May an ERROR go to client `ip` now? Counts the ones dropped.
+    fn error_ok(&self, ip: IpAddr) -> bool {
+        let ok = self
+            .error_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&ip.to_canonical(), Instant::now())
+            .allowed();
+        if !ok {
+            self.metrics.tftp.suppressed.inc("error_reply");
+        }
+        ok
+    }
+
+    /// The slot limits now: the configured ones, and no more transfer sockets than the
+    /// descriptor budget allows (single-port transfers need none).
+    fn caps(&self) -> Caps {
+        let total = if self.cfg.single_port {
+            self.cfg.max_transfers
+        } else {
+            self.cfg.max_transfers.min(fds::current().tftp)
+        };
+        Caps {
+            total,
+            per_source: self.cfg.max_transfers_per_client,
+        }
+    }
+}
+
 /// A transfer's place in the concurrency limits, given back on drop.
 struct SlotGuard {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    id: SlotId,
+    /// Cancelled when the slot is taken back for a client below its fair share.
+    evicted: CancellationToken,
+}
+
+impl SlotGuard {
+    /// The client has acknowledged something: the transfer is no longer evictable.
+    fn proven(&self) {
+        let mut s = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.table.set_evictable(self.id, false);
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let mut s = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
-        s.total = s.total.saturating_sub(1);
-        if let Some(n) = s.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                s.per_ip.remove(&self.ip);
-            }
-        }
-        self.shared.metrics.tftp.active.add(-1);
+        s.table.remove(self.id);
+        s.evict.remove(&self.id);
+        self.shared.metrics.tftp.active.set(s.table.len() as i64);
     }
 }
 
@@ -145,6 +214,7 @@ impl TftpServer {
             udp::disable_gso();
         }
         let limits = limits(&cfg);
+        let error_rate = Rate::per_minute(cfg.error_replies_per_minute);
         Ok(TftpServer {
             sock: Arc::new(sock),
             local,
@@ -155,10 +225,13 @@ impl TftpServer {
                 paths,
                 metrics,
                 slots: Mutex::new(Slots::default()),
+                error_rate: Mutex::new(Limiter::new(error_rate, ERROR_SOURCES)),
+                logs: Mutex::new(LogBudget::new()),
                 routes: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 shutdown,
                 capture: None,
+                boots: None,
             }),
         })
     }
@@ -167,6 +240,14 @@ impl TftpServer {
     pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
         if let Some(sh) = Arc::get_mut(&mut self.shared) {
             sh.capture = capture;
+        }
+        self
+    }
+
+    /// Records each transfer and refusal in the boot timeline.
+    pub fn with_boots(mut self, boots: BootRecorder) -> Self {
+        if let Some(sh) = Arc::get_mut(&mut self.shared) {
+            sh.boots = Some(boots);
         }
         self
     }
@@ -246,7 +327,9 @@ fn on_datagram(
         }
         Ok(Packet::Wrq(req)) => {
             m.refused.inc("write_request");
-            info!(client = %client, path = req.filename, "write request refused");
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                info!(client = %client, path = %req.filename.escape_debug(), suppressed, "write request refused");
+            }
             reply_error(
                 shared,
                 sock,
@@ -285,7 +368,7 @@ fn route_to_transfer(shared: &Arc<Shared>, client: SocketAddr, pkt: &[u8]) {
         Some(r) => {
             r.heard = true;
             // A full queue means the transfer is far behind: dropping is what UDP would do.
-            let _ = r.tx.try_send(Bytes::copy_from_slice(pkt));
+            let _ = r.tx.try_send((Instant::now(), Bytes::copy_from_slice(pkt)));
         }
         None => {
             shared.metrics.tftp.bad_packets.inc("no_transfer");
@@ -304,6 +387,9 @@ fn reply_error(
     code: ErrorCode,
     msg: &str,
 ) {
+    if !shared.error_ok(client.ip()) {
+        return;
+    }
     let mut buf = Vec::with_capacity(msg.len() + 5);
     tftp::emit_error(&mut buf, code, msg);
     let single = shared.cfg.single_port;
@@ -365,23 +451,36 @@ fn bind_transfer_socket(local_ip: IpAddr) -> io::Result<UdpSocket> {
     }
 }
 
-/// Reserves a concurrency slot or says which limit is hit.
-fn take_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<SlotGuard, &'static str> {
+/// Reserves a slot (evicting transfers the fair-share policy gives up; see
+/// [`crate::net::slots`]) or says which limit refused it.
+fn take_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<SlotGuard, Refusal> {
+    let caps = shared.caps();
     let mut s = shared.slots.lock().unwrap_or_else(|p| p.into_inner());
-    if s.total >= shared.cfg.max_transfers {
-        return Err("total");
+    // Each eviction frees one slot, so a couple of rounds always reach a decision.
+    for _ in 0..4 {
+        match s.table.decide(&ip, caps) {
+            Admission::Admit => {
+                let id = s.table.insert(ip, true);
+                let evicted = CancellationToken::new();
+                s.evict.insert(id, evicted.clone());
+                shared.metrics.tftp.active.set(s.table.len() as i64);
+                return Ok(SlotGuard {
+                    shared: shared.clone(),
+                    id,
+                    evicted,
+                });
+            }
+            Admission::Evict(id) => {
+                s.table.remove(id);
+                if let Some(t) = s.evict.remove(&id) {
+                    t.cancel();
+                }
+                shared.metrics.tftp.evicted.inc();
+            }
+            Admission::Refuse(r) => return Err(r),
+        }
     }
-    let n = s.per_ip.entry(ip).or_default();
-    if *n >= shared.cfg.max_transfers_per_client {
-        return Err("per_client");
-    }
-    *n += 1;
-    s.total += 1;
-    shared.metrics.tftp.active.add(1);
-    Ok(SlotGuard {
-        shared: shared.clone(),
-        ip,
-    })
+    Err(Refusal::Total)
 }
 
 /// Where a transfer's packets go and come from.
@@ -392,7 +491,7 @@ enum Link {
     Shared {
         sock: Arc<UdpSocket>,
         src_ip: Option<IpAddr>,
-        rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<(Instant, Bytes)>,
         id: u64,
     },
 }
@@ -414,19 +513,22 @@ impl Link {
         }
     }
 
-    /// Next datagram for this transfer: (length, sender). `None` when the route is gone.
+    /// Next datagram for this transfer: (length, sender, when it arrived). `None` when
+    /// the route is gone. The arrival instant matters in single-port mode, where a
+    /// packet may wait in the queue while the transfer sends: an ACK that arrived before
+    /// the packet it acknowledges was sent proves nothing.
     async fn recv(
         &mut self,
         buf: &mut [u8],
         client: SocketAddr,
-    ) -> Option<io::Result<(usize, SocketAddr)>> {
+    ) -> Option<io::Result<(usize, SocketAddr, Instant)>> {
         match self {
-            Link::Own(s) => Some(s.recv_from(buf).await),
+            Link::Own(s) => Some(s.recv_from(buf).await.map(|(n, a)| (n, a, Instant::now()))),
             Link::Shared { rx, .. } => {
-                let b = rx.recv().await?;
+                let (at, b) = rx.recv().await?;
                 let n = b.len().min(buf.len());
                 buf[..n].copy_from_slice(&b[..n]);
-                Some(Ok((n, client)))
+                Some(Ok((n, client, at)))
             }
         }
     }
@@ -463,7 +565,9 @@ fn start_read(
         Ok(p) => p,
         Err(e) => {
             m.refused.inc(e.as_str());
-            info!(client = %client, path = %req.filename.escape_debug(), reason = e.as_str(), error = %e, "tftp request refused");
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                info!(client = %client, path = %req.filename.escape_debug(), reason = e.as_str(), error = %e, suppressed, "tftp request refused");
+            }
             reply_error(
                 shared,
                 sock,
@@ -500,9 +604,12 @@ fn start_read(
     let slot = match take_slot(shared, client.ip().to_canonical()) {
         Ok(s) => s,
         Err(which) => {
+            let which = which.as_str();
             m.limit_hits.inc(which);
             m.refused.inc("busy");
-            warn!(client = %client, path = req.filename, limit = which, "tftp transfer limit reached; request refused");
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                warn!(client = %client, path = %req.filename.escape_debug(), limit = which, suppressed, "tftp transfer limit reached; request refused");
+            }
             reply_error(
                 shared,
                 sock,
@@ -556,7 +663,9 @@ fn start_read(
             Ok(s) => Link::Own(s),
             Err(e) => {
                 m.refused.inc("socket");
-                warn!(client = %client, error = %e, "cannot open a transfer socket");
+                if let Some(suppressed) = shared.log_ok(client.ip()) {
+                    warn!(client = %client, error = %e, suppressed, "cannot open a transfer socket");
+                }
                 reply_error(
                     shared,
                     sock,
@@ -571,9 +680,8 @@ fn start_read(
     };
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _slot = slot;
         serve_read(
-            &shared, link, client, local_ip, filename, path, mode, opts, path_cap,
+            &shared, &slot, link, client, local_ip, filename, path, mode, opts, path_cap,
         )
         .await;
     });
@@ -591,6 +699,7 @@ struct RequestOptions {
 #[allow(clippy::too_many_arguments)]
 async fn serve_read(
     shared: &Arc<Shared>,
+    slot: &SlotGuard,
     link: Link,
     client: SocketAddr,
     local_ip: IpAddr,
@@ -605,13 +714,20 @@ async fn serve_read(
         Ok(d) => d,
         Err(e) => {
             m.refused.inc(e.reason());
-            info!(client = %client, path = %filename, reason = e.reason(), "tftp request refused");
-            let mut buf = Vec::new();
-            tftp::emit_error(&mut buf, e.code(), &refusal_message(&e));
-            if let Some(c) = &shared.capture {
-                c.record(link.local_addr(local_ip), client, &buf);
+            if let Some(b) = &shared.boots {
+                b.refused(Proto::Tftp, client.ip(), &path, None, &e);
             }
-            let _ = link.send_batch(client, &[(&buf, &[])]).await;
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                info!(client = %client, path = %filename.escape_debug(), reason = e.reason(), error = %e, suppressed, "tftp request refused");
+            }
+            if shared.error_ok(client.ip()) {
+                let mut buf = Vec::new();
+                tftp::emit_error(&mut buf, e.code(), refusal_message(&e));
+                if let Some(c) = &shared.capture {
+                    c.record(link.local_addr(local_ip), client, &buf);
+                }
+                let _ = link.send_batch(client, &[(&buf, &[])]).await;
+            }
             unroute(shared, &link, client);
             return;
         }
@@ -629,16 +745,22 @@ async fn serve_read(
     };
     let size = bytes.len() as u64;
     let params = negotiate(&ropts, size, &shared.limits, path_cap);
+    if opts.timeout.is_some() && params.oack.is_none_or(|o| o.timeout.is_none()) {
+        m.options_ignored.inc("timeout_over_limit");
+        debug!(client = %client, asked = opts.timeout, used_ms = params.timeout.as_millis() as u64, "timeout option over tftp.max_timeout_ms not granted");
+    }
     let started = Instant::now();
     let mut t = Transfer::new(bytes, params, started);
     m.started.inc();
+    let live =
+        (shared.boots.as_ref()).map(|b| b.begin(Proto::Tftp, client.ip(), &path, None, size));
     debug!(
         client = %client, path = %filename, mode = mode.as_str(), size,
         blksize = params.blksize, windowsize = params.windowsize, oack = params.oack.is_some(),
         "tftp transfer started"
     );
     let mut link = link;
-    drive(shared, &mut link, client, local_ip, &mut t).await;
+    drive(shared, slot, &mut link, client, local_ip, &mut t).await;
     unroute(shared, &link, client);
 
     let stats = t.stats();
@@ -650,6 +772,9 @@ async fn serve_read(
         .outcome()
         .cloned()
         .unwrap_or(Outcome::Aborted("unfinished"));
+    if let Some(l) = live {
+        l.finish_tftp(&outcome, t.bytes_acked());
+    }
     match &outcome {
         Outcome::Completed => {
             m.completed.inc();
@@ -666,34 +791,42 @@ async fn serve_read(
         }
         Outcome::ClientAborted { code, message } => {
             m.failed.inc("client_error");
-            info!(client = %client, path = %filename, code = code.to_u16(), message = %message, "tftp transfer aborted by client");
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                info!(client = %client, path = %filename, code = code.to_u16(), message = %message.escape_debug(), suppressed, "tftp transfer aborted by client");
+            }
         }
         o => {
             m.failed.inc(o.as_str());
-            info!(
-                client = %client, path = %filename, reason = o.as_str(), acked_bytes = t.bytes_acked(),
-                retransmits = stats.retransmits, "tftp transfer failed"
-            );
+            if let Some(suppressed) = shared.log_ok(client.ip()) {
+                info!(
+                    client = %client, path = %filename, reason = o.as_str(), why = ?o, acked_bytes = t.bytes_acked(),
+                    retransmits = stats.retransmits, proven = t.is_proven(), suppressed, "tftp transfer failed"
+                );
+            }
         }
     }
 }
 
-/// What the client reads in an ERROR for a refused file; never reveals the server's paths.
-fn refusal_message(e: &OpenError) -> String {
+/// What the client reads in an ERROR for a refused file: the code's plain meaning, never
+/// the reason (which node, which owner), the server's paths or an internal error. The
+/// log line says why.
+fn refusal_message(e: &OpenError) -> &'static str {
     match e {
-        OpenError::NotFound => "file not found".into(),
-        OpenError::Denied(r) => format!("access violation ({})", r.replace('_', " ")),
-        OpenError::NotServed(r) => format!("access violation ({})", r.label().replace('_', " ")),
-        OpenError::Io(_) => "server could not read the file".into(),
+        OpenError::NotFound => "file not found",
+        OpenError::Denied(_) | OpenError::NotServed(_) => "access violation",
+        OpenError::Io(_) => "server could not read the file",
     }
 }
 
-/// What the client reads in an ERROR for a name refused before any lookup.
+/// What the client reads in an ERROR for a name refused before any lookup: what is wrong
+/// with the name it sent, or the map file's message for a refusing rule (the operator's
+/// words); never the map file's lines.
 fn path_refusal_message(e: &PathError) -> String {
     match e {
         PathError::MapRefused {
             message: Some(m), ..
         } => m.clone(),
+        PathError::MapRefused { .. } | PathError::MapLoop(_) => "access violation".into(),
         e if e.tftp_code() == ErrorCode::AccessViolation => format!("access violation ({e})"),
         e => e.to_string(),
     }
@@ -711,6 +844,7 @@ fn unroute(shared: &Shared, link: &Link, client: SocketAddr) {
 /// Runs the state machine against the link until it finishes.
 async fn drive(
     shared: &Arc<Shared>,
+    slot: &SlotGuard,
     link: &mut Link,
     client: SocketAddr,
     local_ip: IpAddr,
@@ -725,7 +859,14 @@ async fn drive(
     // Made once: a fresh `cancelled()` per datagram costs a waiter list insert/remove.
     let cancelled = shared.shutdown.cancelled();
     tokio::pin!(cancelled);
+    let evicted = slot.evicted.cancelled();
+    tokio::pin!(evicted);
+    let mut proven = false;
     loop {
+        if !proven && t.is_proven() {
+            proven = true;
+            slot.proven();
+        }
         while let Some(tx) = t.poll_transmit(Instant::now()) {
             let r = match tx {
                 Transmit::Control(pkt) => {
@@ -768,6 +909,7 @@ async fn drive(
         }
         tokio::select! {
             _ = &mut cancelled => { t.abort("shutdown"); break; }
+            _ = &mut evicted => { t.abort("evicted"); break; }
             r = link.recv(&mut buf, client) => match r {
                 None => { t.abort("superseded"); break; }
                 Some(r) => on_transfer_datagram(shared, link, me, client, &buf, r, t).await,
@@ -790,11 +932,11 @@ async fn on_transfer_datagram(
     me: SocketAddr,
     client: SocketAddr,
     buf: &[u8],
-    r: io::Result<(usize, SocketAddr)>,
+    r: io::Result<(usize, SocketAddr, Instant)>,
     t: &mut Transfer,
 ) {
     let m = &shared.metrics.tftp;
-    let (n, from) = match r {
+    let (n, from, at) = match r {
         Ok(v) => v,
         Err(e) => {
             debug!(client = %client, error = %e, "transfer receive error");
@@ -808,7 +950,7 @@ async fn on_transfer_datagram(
         // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
         m.unknown_tid.inc();
         debug!(client = %client, from = %from, "packet from unknown transfer ID");
-        if let Link::Own(s) = link {
+        if let (Link::Own(s), true) = (link, shared.error_ok(from.ip())) {
             let mut e = Vec::new();
             tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
             if let Some(c) = &shared.capture {
@@ -819,7 +961,7 @@ async fn on_transfer_datagram(
         return;
     }
     match Packet::parse(&buf[..n]) {
-        Ok(p) => t.handle(&p, Instant::now()),
+        Ok(p) => t.handle(&p, at),
         Err(e) => {
             m.bad_packets.inc(e.error.as_str());
             debug!(client = %client, error = %e, "malformed packet in transfer");
@@ -833,6 +975,7 @@ fn limits(cfg: &TftpConfig) -> Limits {
         max_blksize: cfg.max_blksize,
         max_windowsize: cfg.max_windowsize,
         default_timeout: std::time::Duration::from_millis(cfg.timeout_ms),
+        max_timeout: std::time::Duration::from_millis(cfg.max_timeout_ms),
         max_retries: cfg.max_retries,
         rollover: cfg.rollover,
     }

@@ -9,6 +9,17 @@
 //! the window means the blocks after it were lost, so sending goes back to the block
 //! after it. Blocks are numbered internally as `u64` from 1; the 16-bit wire number is
 //! derived from it, which is all block-number rollover is.
+//!
+//! Amplification budget. A request costs its sender one datagram and may come from a
+//! forged address, so until the client *proves* that it receives (its first valid ACK:
+//! ACK 0 of the OACK, or an ACK of a DATA block), the transfer sends its first packet
+//! (the OACK, or DATA 1 of at most 512 bytes: without options there is no window) and
+//! at most [`UNPROVEN_RETRANSMITS`] copies of it, then gives up. Windows only ever go
+//! out in answer to an ACK: when the timer fires, only the first unacknowledged block is
+//! sent again (a probe, as TCP does after a retransmission timeout); the client's next
+//! ACK (RFC 7440: the last block it has in order) brings the rest of the window. So one
+//! datagram from a client never brings more than one window, plus at most
+//! `max_retries` single-block probes.
 
 use std::time::{Duration, Instant};
 
@@ -128,6 +139,9 @@ enum State {
     Finished(Outcome),
 }
 
+/// Copies of the first packet sent to a client that has not acknowledged anything yet.
+pub const UNPROVEN_RETRANSMITS: u32 = 2;
+
 /// Fallback dup-ACK hold-off before the first round-trip sample.
 const INITIAL_HOLDOFF: Duration = Duration::from_millis(50);
 /// Shortest dup-ACK hold-off, however fast the path.
@@ -149,10 +163,14 @@ pub struct Transfer {
     send_end: u64,
     oack_pending: bool,
     deadline: Option<Instant>,
+    /// When the first packet (OACK or DATA 1) went out.
+    first_tx: Option<Instant>,
     last_tx: Option<Instant>,
     window_sent_at: Option<Instant>,
     window_retransmitted: bool,
     retries: u32,
+    /// The client has acknowledged something: it receives at its address.
+    proven: bool,
     srtt: Option<Duration>,
     stats: Stats,
 }
@@ -177,10 +195,12 @@ impl Transfer {
             send_end: 0,
             oack_pending: false,
             deadline: None,
+            first_tx: None,
             last_tx: None,
             window_sent_at: None,
             window_retransmitted: false,
             retries: 0,
+            proven: false,
             srtt: None,
             stats: Stats::default(),
         };
@@ -222,6 +242,21 @@ impl Transfer {
         }
     }
 
+    /// True once the client has acknowledged something (see the module doc): until then
+    /// the transfer sends at most `1 + UNPROVEN_RETRANSMITS` packets.
+    pub fn is_proven(&self) -> bool {
+        self.proven
+    }
+
+    /// Timeouts in a row allowed before giving up: fewer before the client is proven.
+    fn retry_limit(&self) -> u32 {
+        if self.proven {
+            self.p.max_retries
+        } else {
+            self.p.max_retries.min(UNPROVEN_RETRANSMITS)
+        }
+    }
+
     /// True once finished.
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished(_))
@@ -240,10 +275,22 @@ impl Transfer {
         self.send_end = 0;
     }
 
-    /// Queues blocks `from..` up to one window past the last acknowledged block.
+    /// Queues blocks `from..` up to one window past the last acknowledged block (one
+    /// block only before the client is proven).
     fn schedule_from(&mut self, from: u64) {
+        let window = if self.proven {
+            u64::from(self.p.windowsize)
+        } else {
+            1
+        };
         self.next_send = from;
-        self.send_end = (self.acked + u64::from(self.p.windowsize)).min(self.last_block);
+        self.send_end = (self.acked + window).min(self.last_block);
+    }
+
+    /// Queues the first unacknowledged block alone (a timer's retransmission).
+    fn schedule_probe(&mut self) {
+        self.next_send = self.acked + 1;
+        self.send_end = (self.acked + 1).min(self.last_block);
     }
 
     fn holdoff(&self) -> Duration {
@@ -296,9 +343,12 @@ impl Transfer {
         match self.state {
             State::Finished(_) => {}
             State::AwaitOackAck => {
-                if block == 0 {
+                // An ACK 0 that arrived before the OACK went out acknowledges nothing: it
+                // was sent blind (a forged request and ACK sent back to back).
+                if block == 0 && self.first_tx.is_some_and(|t| now >= t) {
                     self.state = State::Sending;
                     self.retries = 0;
+                    self.proven = true;
                     if let Some(t) = self.last_tx {
                         self.sample_rtt(now.saturating_duration_since(t));
                     }
@@ -320,6 +370,7 @@ impl Transfer {
                     }
                     self.acked = k;
                     self.retries = 0;
+                    self.proven = true;
                     if k >= self.last_block {
                         self.finish(Outcome::Completed);
                         return;
@@ -338,7 +389,7 @@ impl Transfer {
                         .last_tx
                         .is_none_or(|t| now.saturating_duration_since(t) >= self.holdoff());
                     if idle && self.next_send > self.send_end {
-                        if self.retries >= self.p.max_retries {
+                        if self.retries >= self.retry_limit() {
                             self.finish(Outcome::TimedOut);
                             return;
                         }
@@ -366,6 +417,7 @@ impl Transfer {
         }
         if self.oack_pending {
             self.oack_pending = false;
+            self.first_tx.get_or_insert(now);
             self.last_tx = Some(now);
             self.deadline = Some(now + self.p.timeout);
             let mut buf = Vec::with_capacity(64);
@@ -392,6 +444,7 @@ impl Transfer {
             self.stats.data_packets += burst.len();
             self.sent_upto = self.sent_upto.max(burst.last);
             self.next_send = burst.last + 1;
+            self.first_tx.get_or_insert(now);
             self.last_tx = Some(now);
             self.deadline = Some(now + self.p.timeout);
             return Some(Transmit::Data(burst));
@@ -408,7 +461,9 @@ impl Transfer {
         }
     }
 
-    /// Advances timers: retransmits after a timeout, gives up after `max_retries`.
+    /// Advances timers: retransmits after a timeout (the OACK, or the first unacknowledged
+    /// block alone), gives up after `max_retries` (or [`UNPROVEN_RETRANSMITS`] before the
+    /// client is proven).
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(d) = self.deadline else { return };
         if now < d || self.is_finished() {
@@ -418,7 +473,7 @@ impl Transfer {
         if self.oack_pending || (self.state == State::Sending && self.next_send <= self.send_end) {
             return;
         }
-        if self.retries >= self.p.max_retries {
+        if self.retries >= self.retry_limit() {
             self.finish(Outcome::TimedOut);
             return;
         }
@@ -428,7 +483,7 @@ impl Transfer {
             State::AwaitOackAck => self.oack_pending = true,
             State::Sending => {
                 self.window_retransmitted = true;
-                self.schedule_from(self.acked + 1);
+                self.schedule_probe();
             }
             State::Finished(_) => {}
         }
@@ -476,6 +531,16 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// A windowed transfer past its handshake (OACK sent, ACK 0 received): proven, so
+    /// its windows open. Without options there is no window (RFC 7440 needs the OACK).
+    fn started(d: Bytes, blksize: u16, windowsize: u16, now: Instant) -> Transfer {
+        let mut t = Transfer::new(d, params(blksize, windowsize, true), now);
+        assert!(matches!(t.poll_transmit(now), Some(Transmit::Control(_))));
+        t.handle(&Packet::Ack { block: 0 }, now);
+        assert!(t.is_proven());
+        t
     }
 
     fn data(n: usize) -> Bytes {
@@ -658,37 +723,133 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gives_up_after_max_retries() {
-        let mut now = Instant::now();
-        let mut t = Transfer::new(data(10_000), params(512, 4, false), now);
-        let mut sends = 0;
+    /// Runs `t` with no client input until it gives up; returns what it sent:
+    /// (OACKs, DATA packets, DATA payload bytes).
+    fn run_silent(t: &mut Transfer, mut now: Instant) -> (u64, u64, u64) {
+        let (mut oacks, mut pkts, mut bytes) = (0, 0, 0);
         while !t.is_finished() {
-            while t.poll_transmit(now).is_some() {
-                sends += 1;
+            while let Some(tx) = t.poll_transmit(now) {
+                match tx {
+                    Transmit::Control(_) => oacks += 1,
+                    Transmit::Data(b) => {
+                        pkts += b.len();
+                        bytes += (b.first..=b.last)
+                            .map(|k| t.payload(k).len() as u64)
+                            .sum::<u64>();
+                    }
+                }
             }
             now = t.poll_timeout().unwrap();
             t.handle_timeout(now);
         }
-        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
-        assert_eq!(sends, 1 + 5, "first send plus max_retries retransmissions");
-        assert_eq!(t.poll_timeout(), None);
+        (oacks, pkts, bytes)
     }
 
     #[test]
-    fn oack_is_retransmitted_then_times_out() {
-        let mut now = Instant::now();
+    fn unproven_request_gets_three_packets() {
+        // No options: DATA 1 (no window without options) and two copies, then nothing.
+        let now = Instant::now();
+        let mut t = Transfer::new(data(10_000), params(512, 4, false), now);
+        assert_eq!(run_silent(&mut t, now), (0, 3, 3 * 512));
+        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+        assert!(!t.is_proven());
+        assert_eq!(t.poll_timeout(), None);
+        // Options: the OACK and two copies.
         let mut t = Transfer::new(data(10), params(512, 1, true), now);
-        let mut oacks = 0;
-        while !t.is_finished() {
-            while let Some(tx) = t.poll_transmit(now) {
-                assert!(matches!(tx, Transmit::Control(_)));
-                oacks += 1;
-            }
-            now = t.poll_timeout().unwrap();
-            t.handle_timeout(now);
-        }
-        assert_eq!(oacks, 6);
+        assert_eq!(run_silent(&mut t, now), (3, 0, 0));
+        assert_eq!(1 + UNPROVEN_RETRANSMITS, 3);
+    }
+
+    #[test]
+    fn one_ack_brings_one_window_and_single_block_probes() {
+        // The figure: blksize 65464, windowsize 64, one ACK 0, then silence.
+        // Before: the window again on each of 5 timeouts (25.1 MB). Now: one window and
+        // five one-block probes.
+        let now = Instant::now();
+        let mut p = params(65464, 64, true);
+        p.max_retries = 5;
+        let mut t = Transfer::new(data(30 << 20), p, now);
+        assert!(matches!(t.poll_transmit(now), Some(Transmit::Control(_))));
+        t.handle(&Packet::Ack { block: 0 }, now);
+        assert!(t.is_proven());
+        let (_, pkts, bytes) = run_silent(&mut t, now);
+        assert_eq!(pkts, 64 + 5);
+        assert_eq!(bytes, 69 * 65464);
+        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+    }
+
+    #[test]
+    fn ack_0_before_the_oack_is_sent_proves_nothing() {
+        // A forged ACK 0 racing the request (single-port mode) must not open the window.
+        let now = Instant::now();
+        let mut t = Transfer::new(data(100_000), params(1024, 16, true), now);
+        t.handle(&Packet::Ack { block: 0 }, now);
+        assert!(!t.is_proven());
+        let sent = now + Duration::from_millis(2);
+        assert!(matches!(t.poll_transmit(sent), Some(Transmit::Control(_))));
+        assert_eq!(t.poll_transmit(sent), None);
+        // Also when it is handled after the OACK left but had arrived before (queued).
+        t.handle(&Packet::Ack { block: 0 }, now + Duration::from_millis(1));
+        assert!(!t.is_proven());
+        assert_eq!(t.poll_transmit(sent), None);
+        // An ACK 0 that arrived after the OACK opens the window.
+        t.handle(&Packet::Ack { block: 0 }, sent + Duration::from_micros(50));
+        assert!(t.is_proven());
+        assert!(matches!(t.poll_transmit(sent), Some(Transmit::Data(_))));
+    }
+
+    #[test]
+    fn timer_probes_one_block_and_the_clients_ack_brings_the_window() {
+        let mut now = Instant::now();
+        let mut t = started(data(512 * 40), 512, 8, now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst { first: 1, last: 8 }))
+        );
+        now += Duration::from_millis(1);
+        t.handle(&Packet::Ack { block: 8 }, now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst { first: 9, last: 16 }))
+        );
+        // Window lost: the timer sends block 9 alone.
+        now = t.poll_timeout().unwrap();
+        t.handle_timeout(now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst { first: 9, last: 9 }))
+        );
+        assert_eq!(t.poll_transmit(now), None);
+        // The client's re-ACK of 8 (after its own timeout) brings the window back.
+        now += Duration::from_millis(300);
+        t.handle(&Packet::Ack { block: 8 }, now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst { first: 9, last: 16 }))
+        );
+        // An ACK of the probe itself slides the window as usual.
+        now += Duration::from_millis(1);
+        t.handle(&Packet::Ack { block: 9 }, now);
+        assert_eq!(
+            t.poll_transmit(now),
+            Some(Transmit::Data(Burst {
+                first: 10,
+                last: 17
+            }))
+        );
+    }
+
+    #[test]
+    fn proven_transfer_gives_up_after_max_retries() {
+        let mut now = Instant::now();
+        let mut t = started(data(10_000), 512, 4, now);
+        t.poll_transmit(now);
+        now += Duration::from_millis(1);
+        t.handle(&Packet::Ack { block: 4 }, now);
+        assert!(t.is_proven());
+        let (_, pkts, _) = run_silent(&mut t, now);
+        assert_eq!(pkts, 4 + 5, "a window, then max_retries one-block probes");
+        assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
     }
 
     #[test]
@@ -751,7 +912,7 @@ mod tests {
     #[test]
     fn duplicate_ack_after_holdoff_resends_the_window() {
         let mut now = Instant::now();
-        let mut t = Transfer::new(data(512 * 20), params(512, 4, false), now);
+        let mut t = started(data(512 * 20), 512, 4, now);
         assert_eq!(
             t.poll_transmit(now),
             Some(Transmit::Data(Burst { first: 1, last: 4 }))
@@ -775,7 +936,7 @@ mod tests {
     #[test]
     fn mid_window_ack_goes_back() {
         let mut now = Instant::now();
-        let mut t = Transfer::new(data(512 * 20), params(512, 8, false), now);
+        let mut t = started(data(512 * 20), 512, 8, now);
         assert_eq!(
             t.poll_transmit(now),
             Some(Transmit::Data(Burst { first: 1, last: 8 }))
@@ -793,7 +954,7 @@ mod tests {
     fn eager_gap_ack_goes_back_at_once() {
         // A client that acks the last in-order block as soon as it sees a gap.
         let mut now = Instant::now();
-        let mut t = Transfer::new(data(512 * 20), params(512, 8, false), now);
+        let mut t = started(data(512 * 20), 512, 8, now);
         t.poll_transmit(now);
         now += Duration::from_micros(100);
         t.handle(&Packet::Ack { block: 3 }, now);
@@ -806,7 +967,7 @@ mod tests {
     #[test]
     fn reordered_and_stale_acks_are_ignored() {
         let mut now = Instant::now();
-        let mut t = Transfer::new(data(512 * 40), params(512, 4, false), now);
+        let mut t = started(data(512 * 40), 512, 4, now);
         t.poll_transmit(now);
         now += Duration::from_millis(1);
         t.handle(&Packet::Ack { block: 4 }, now);
@@ -831,7 +992,7 @@ mod tests {
         // Deliver each window's packets in reverse order to a strict in-order client.
         let d = data(512 * 50 + 1);
         let mut now = Instant::now();
-        let mut t = Transfer::new(d.clone(), params(512, 4, false), now);
+        let mut t = started(d.clone(), 512, 4, now);
         let mut c = Client::new(4, Rollover::Zero);
         let mut guard = 0;
         while !t.is_finished() {
@@ -866,7 +1027,7 @@ mod tests {
     #[test]
     fn final_empty_block_is_sent_and_acked() {
         let now = Instant::now();
-        let mut t = Transfer::new(data(1024), params(512, 8, false), now);
+        let mut t = started(data(1024), 512, 8, now);
         assert_eq!(
             t.poll_transmit(now),
             Some(Transmit::Data(Burst { first: 1, last: 3 }))

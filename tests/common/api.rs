@@ -366,12 +366,19 @@ impl Api {
     /// namespace, within [`CLI_TIMEOUT`].
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_within(args, CLI_TIMEOUT)
+    }
+
+    /// [`Api::cli`] bounded by `timeout` instead (a command that waits, e.g.
+    /// `baton host rebalance --wait`).
+    #[track_caller]
+    pub fn cli_within(&self, args: &[&str], timeout: Duration) -> Output {
         let mut cmd = command(self.netns.as_deref(), baton_bin());
         cmd.args(args)
             .args(["--api", &self.url(), "--token", &self.token])
             .env_remove("BATON_API")
             .env_remove("BATON_API_TOKEN");
-        run_bounded(&mut cmd, CLI_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
+        run_bounded(&mut cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Uploads `content` as artifact `name`; returns its digest (hex).
@@ -599,33 +606,58 @@ pub fn metric_value(body: &str, name: &str) -> Option<f64> {
 /// (a client with an address of its own, e.g. 127.0.0.9); returns the status and body.
 #[track_caller]
 pub fn raw_get(from: Option<Ipv4Addr>, server: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a TCP socket");
-    if let Some(ip) = from {
-        s.bind(&SocketAddr::from((ip, 0)).into())
-            .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    }
-    s.connect_timeout(&server.into(), HTTP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
-    let mut c: TcpStream = s.into();
+    raw_request(from, server, "GET", path, None)
+}
+
+/// [`raw_get`] with any method and a JSON `body` (no token: as a booting node sends it).
+#[track_caller]
+pub fn raw_request(
+    from: Option<Ipv4Addr>,
+    server: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Vec<u8>) {
+    let mut c = connect_from(from, server)
+        .unwrap_or_else(|e| panic!("connect to {server} from {from:?}: {e}"));
     c.set_read_timeout(Some(HTTP_TIMEOUT)).expect("set timeout");
+    let body_head = match body {
+        Some(b) => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ),
+        None if method == "GET" => String::new(),
+        None => "Content-Length: 0\r\n".into(),
+    };
     write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: baton\r\n{body_head}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
     )
-    .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let mut resp = Vec::new();
     c.read_to_end(&mut resp)
-        .unwrap_or_else(|e| panic!("GET {path}: reading the response: {e}"));
+        .unwrap_or_else(|e| panic!("{method} {path}: reading the response: {e}"));
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no response head"));
+        .unwrap_or_else(|| panic!("{method} {path}: no response head"));
     let head = String::from_utf8_lossy(&resp[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
     (status, resp[split + 4..].to_vec())
+}
+
+/// A TCP connection to `server` from address `from` when given (a client with an
+/// address of its own, e.g. 127.0.0.9), connected within [`HTTP_TIMEOUT`].
+pub fn connect_from(from: Option<Ipv4Addr>, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::from((ip, 0)).into())?;
+    }
+    s.connect_timeout(&server.into(), HTTP_TIMEOUT)?;
+    Ok(s.into())
 }

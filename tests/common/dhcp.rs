@@ -1,7 +1,8 @@
 //! Proxy-DHCP from the client side: PXE DISCOVERs (firmware and iPXE), the REQUEST that
 //! follows an address offer, and the boot file of an answer.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 /// A PXE (BIOS) DHCPDISCOVER from `mac` with transaction id `xid`.
 pub fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
@@ -64,6 +65,42 @@ pub fn dhcp_request(mac: [u8; 6], xid: u32, ip: Ipv4Addr, server: Ipv4Addr) -> V
     p.extend_from_slice(&server.octets());
     p.push(255);
     p
+}
+
+/// A PXE DISCOVER from `mac` that also asks for address `ip` (option 50), as a client
+/// that had `ip` before sends it.
+pub fn discover_asking(mac: [u8; 6], xid: u32, ip: Ipv4Addr) -> Vec<u8> {
+    let mut p = discover(mac, xid);
+    p.pop(); // the end option
+    p.extend_from_slice(&[50, 4]);
+    p.extend_from_slice(&ip.octets());
+    p.push(255);
+    p
+}
+
+/// A node at `from` (an address of its own on loopback) sends [`discover_asking`] to
+/// `server`: the boot file of the answer to it within `wait`, if one came.
+pub fn ask_from(
+    from: Ipv4Addr,
+    server: SocketAddr,
+    mac: [u8; 6],
+    xid: u32,
+    wait: Duration,
+) -> Option<String> {
+    let sock = UdpSocket::bind((from, 0)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    sock.send_to(&discover_asking(mac, xid, from), server)
+        .unwrap_or_else(|e| panic!("DISCOVER to {server}: {e}"));
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("set timeout");
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        if let Some(file) = offer_for(&buf[..n], mac, xid) {
+            return Some(file);
+        }
+    }
 }
 
 /// If `p` is a BOOTREPLY to `xid` for `mac`: its boot file name.

@@ -221,13 +221,16 @@ impl Fleet {
     }
 
     /// Waits until every running host has applied everything the leader logged (the same
-    /// index everywhere) and the log has not moved for a moment.
+    /// index everywhere), with no artifact left to fetch anywhere, twice at least QUIET
+    /// apart.
     pub fn wait_quiet(&mut self, timeout: Duration) {
-        // Equal once is not quiet: replication records holdings in bursts, so the log must
-        // also stand still for QUIET before the hosts count as settled.
+        // Equal once is not quiet: replication records holdings in bursts after its
+        // fetches. The log itself never stands still (every host renews its lease each
+        // interval), so quiet is: fetching done everywhere, and still done, with every
+        // host caught up, QUIET later.
         const QUIET: Duration = Duration::from_millis(1500);
         let deadline = Instant::now() + timeout;
-        let mut settled: Option<(Option<u64>, Instant)> = None;
+        let mut settled: Option<Instant> = None;
         loop {
             let l = self.leader(timeout);
             let order: Vec<usize> = std::iter::once(l)
@@ -235,29 +238,28 @@ impl Fleet {
                 .collect();
             let mut seen = Vec::new();
             let mut target = None;
+            let mut idle = true;
             for i in order {
                 let c = self.hosts[i].api.try_cluster();
                 if target.is_none() {
                     target = c.as_ref().and_then(|c| c["last_log_index"].as_u64());
                 }
+                let r = c.as_ref().map(|c| &c["artifact_replication"]);
+                idle &= r.is_some_and(|r| r["missing"] == 0 && r["current"].is_null());
                 seen.push(c.and_then(|c| c["applied_index"].as_u64()));
             }
-            if target.is_some() && seen.iter().all(|a| *a == target) {
-                match settled {
-                    Some((t, since)) if t == target => {
-                        if since.elapsed() >= QUIET {
-                            return;
-                        }
-                    }
-                    _ => settled = Some((target, Instant::now())),
-                }
-            } else {
-                settled = None;
+            let caught_up = target.is_some() && seen.iter().all(|a| *a == target);
+            match (idle, caught_up, settled) {
+                (false, _, _) => settled = None,
+                (true, true, Some(since)) if since.elapsed() >= QUIET => return,
+                (true, true, None) => settled = Some(Instant::now()),
+                _ => {}
             }
             assert!(
                 Instant::now() < deadline,
-                "hosts never applied the same index within {timeout:?} (last seen: leader logged \
-                 {target:?}, applied {seen:?})"
+                "hosts never applied the same index with nothing left to fetch within \
+                 {timeout:?} (last seen: leader logged {target:?}, applied {seen:?}, fetching \
+                 done everywhere: {idle})"
             );
             thread::sleep(Duration::from_millis(5));
         }

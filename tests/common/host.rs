@@ -24,7 +24,7 @@ use tempfile::TempDir;
 use super::api::{Api, HTTP_TIMEOUT};
 use super::child::{reaped, signal, spawn_run, wait_with_deadline};
 use super::netns::{command, Lab};
-use super::tftp::{tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
+use super::tftp::{curl_tftp, tftp_error_code, tftp_hpa, TFTP_TIMEOUT};
 
 /// API token the hosts are started with (unless told otherwise).
 pub const TOKEN: &str = "test-token-5f0c2a9e";
@@ -665,6 +665,29 @@ impl Host {
         self.child.as_ref().expect("host not running").id()
     }
 
+    /// The HTTP address the current run listens on, found in `/proc` as soon as it is
+    /// bound: before the port file, which a joining member writes only once it joined.
+    /// For a member whose peers reach it through something the test starts in front of
+    /// it (a proxy), which must forward to it while it joins. Panics after `timeout`.
+    #[track_caller]
+    pub fn wait_http_bound(&self, timeout: Duration) -> SocketAddr {
+        let pid = self.pid();
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The server's only TCP listener is its HTTP one.
+            if let Some(a) = tcp_listeners(pid).into_iter().next() {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} bound no TCP listener within {timeout:?}; its stderr:\n{}",
+                self.name(),
+                self.run_log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether a process was started and not reaped (it may have exited since).
     pub fn spawned(&self) -> bool {
         self.child.is_some()
@@ -826,6 +849,22 @@ impl Host {
         tftp_hpa(self.netns(), self.tftp(), "octet", remote, TFTP_TIMEOUT)
     }
 
+    /// Fetches `remote` over TFTP with curl (from its namespace): for names with a
+    /// colon, which tftp-hpa's command line cannot carry.
+    pub fn curl_tftp_get(&self, remote: &str) -> Result<Vec<u8>, String> {
+        curl_tftp(self.netns(), self.tftp(), remote, TFTP_TIMEOUT)
+    }
+
+    /// Whether its blob store holds `content` (by its SHA-256 digest).
+    pub fn holds_blob(&self, content: &[u8]) -> bool {
+        let hex = baton::blobs::Digest::of(content).to_hex();
+        self.data_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists()
+    }
+
     /// [`Host::tftp_get`] that must succeed.
     #[track_caller]
     pub fn tftp_ok(&self, remote: &str) -> Vec<u8> {
@@ -925,4 +964,37 @@ pub fn tail(s: &str, n: usize) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The IPv4 TCP addresses process `pid` listens on: its socket inodes (`/proc/PID/fd`)
+/// matched with the LISTEN rows of `/proc/PID/net/tcp` (the sockets of its namespace).
+pub fn tcp_listeners(pid: u32) -> Vec<SocketAddr> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (10th field); 0A is LISTEN.
+            if f.len() < 10 || f[3] != "0A" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let (ip, port) = f[1].split_once(':')?;
+            // The kernel prints the address's 4 bytes read as a native-endian u32.
+            let ip = u32::from_str_radix(ip, 16).ok()?;
+            let ip = std::net::Ipv4Addr::from(ip.to_ne_bytes());
+            let port = u16::from_str_radix(port, 16).ok()?;
+            Some(SocketAddr::from((ip, port)))
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@
 //! - [`tftp`]: TFTP datagrams, a raw peer, the read client, tftp-hpa;
 //! - [`dhcp`]: proxy-DHCP DISCOVERs;
 //! - [`netns`]: network namespaces and bridge labs;
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol;
 //! - [`require`]: what a test needs from the machine, skipped loudly or failed in CI;
 //! - [`child`]: child processes bounded in time; [`data`]: test data.
 //!
@@ -21,6 +22,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod browser;
 pub mod child;
 pub mod data;
 pub mod dhcp;
@@ -51,7 +53,19 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
 
 /// Calls `f` every 20 ms until it returns `Some`, panicking after `timeout`.
 #[track_caller]
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_every(timeout, Duration::from_millis(20), what, f)
+}
+
+/// [`wait_until`] calling `f` every `every` (for checks that cost the server a full
+/// read of a large store).
+#[track_caller]
+pub fn wait_until_every<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -60,7 +74,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(every);
     }
 }
 

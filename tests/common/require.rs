@@ -118,3 +118,19 @@ pub fn require_ipv6_loopback() -> bool {
 pub fn require_netns() -> bool {
     require(super::netns::netns_available().map_err(|e| format!("network namespaces: {e}")))
 }
+
+/// Headless Chromium (Debian's `chromium`, or `chromium-headless-shell`): the command
+/// to run, if one is installed.
+#[track_caller]
+pub fn require_chromium() -> Option<&'static str> {
+    const NAMES: [&str; 3] = ["chromium", "chromium-headless-shell", "chromium-browser"];
+    let found = NAMES.into_iter().find(|b| tool(b, "chromium").is_ok());
+    let check = found
+        .map(drop)
+        .ok_or_else(|| "no headless Chromium installed (apt-get install chromium)".to_string());
+    if require(check) {
+        found
+    } else {
+        None
+    }
+}

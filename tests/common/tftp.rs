@@ -692,6 +692,27 @@ pub fn tftp_hpa(
     std::fs::read(&local).map_err(|e| format!("tftp left no file: {e}; it printed {printed:?}"))
 }
 
+/// `curl -sS tftp://SERVER/REMOTE` inside `netns` when given, killed after `timeout`:
+/// the bytes, or what curl printed. For names tftp-hpa's command line cannot carry
+/// (it reads `a:b` as host `a`, file `b`, so MAC names like GRUB's `<mac>.conf`).
+pub fn curl_tftp(
+    netns: Option<&str>,
+    server: SocketAddr,
+    remote: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut cmd = command(netns, "curl");
+    cmd.args(["-sS", "--max-time"])
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg(format!("tftp://{server}/{remote}"));
+    let out = run_bounded(&mut cmd, timeout + Duration::from_secs(5))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("{} {}", out.status, out.stderr.trim()))
+    }
+}
+
 /// [`tftp_hpa`] in octet mode on loopback with [`TFTP_TIMEOUT`].
 pub fn tftp_get(server: SocketAddr, remote: &str) -> Result<Vec<u8>, String> {
     tftp_hpa(None, server, "octet", remote, TFTP_TIMEOUT)

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::wire::{self as codec, WireError};
 use super::{typ, NodeId, TypeConfig};
+use crate::api::boots::{PeerBootSummary, PeerNodeRecords};
 use crate::api::peer::{
     self as wire, ClockReply, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse,
     ProposeRefused, Proposed, RemoveRequest, Removed, SECRET_HEADER, TARGET_HEADER,
@@ -40,6 +41,9 @@ const MEMBERSHIP: Duration = Duration::from_secs(30);
 /// Joining: the leader adds the host as a learner and answers once it caught up, which
 /// may take a snapshot transfer.
 const JOIN: Duration = Duration::from_secs(300);
+/// Boot records of a peer: read from its local file, answered in milliseconds; a
+/// peer slower than this is left out of the timeline (and named).
+const BOOTS: Duration = Duration::from_secs(3);
 /// Connecting to a blob holder.
 const BLOB_CONNECT: Duration = Duration::from_secs(2);
 /// Longest wait for the next bytes of a blob: a frozen holder must not stall
@@ -390,6 +394,32 @@ impl PeerClient {
             .timeout(timeout);
         let resp = Self::send(rb, &url, None).await?;
         Self::decode(resp, &url).await
+    }
+
+    /// The boot records of `node` held by the host at `base` (its newest `limit`);
+    /// `node` is a checked node id (URL-safe by its rules).
+    pub async fn boot_records(
+        &self,
+        base: &str,
+        node: &str,
+        limit: usize,
+    ) -> Result<PeerNodeRecords, PeerError> {
+        let url = url(base, &format!("{}/{node}?limit={limit}", wire::BOOTS));
+        self.get(&url, BOOTS).await
+    }
+
+    /// The newest boot record of every node, the stuck flags and the transfers in
+    /// progress of the host at `base`.
+    pub async fn boot_summary(&self, base: &str) -> Result<PeerBootSummary, PeerError> {
+        self.get(&url(base, wire::BOOTS), BOOTS).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<T, PeerError> {
+        let rb = self
+            .request(&self.rpc, reqwest::Method::GET, url, None)?
+            .timeout(timeout);
+        let resp = Self::send(rb, url, None).await?;
+        Self::decode(resp, url).await
     }
 
     /// The Raft metrics of the member at `base`.

@@ -3,6 +3,7 @@
 //! leader forwards the command to the leader's `/cluster/propose`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,9 @@ use super::peer::PeerClient;
 use super::wire::{check_command, WireError};
 use super::{BatonRaft, NodeId, Peer};
 use crate::api::peer::{ProposeRefused, Proposed};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::store::{Command, Outcome, StoreError};
+use crate::store::{Command, Outcome, RequestId, StoreError};
 
 /// Why a proposed command could not be applied (not a business rejection).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,36 @@ pub struct Proposer {
     deadline: Duration,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
+    requests: Arc<RequestIds>,
+}
+
+/// Request ids of this proposer: a random 128-bit base (read once) plus a counter, so
+/// ids never repeat across hosts or restarts and cost nothing per write.
+struct RequestIds {
+    base: u128,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut b = [0u8; 16];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+        if random.is_err() {
+            // No urandom (very unusual): time and pid still separate restarts and hosts.
+            b[..8].copy_from_slice(&now_ms().to_le_bytes());
+            b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        RequestIds {
+            base: u128::from_le_bytes(b),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> RequestId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        RequestId(self.base.wrapping_add(u128::from(n)))
+    }
 }
 
 impl Proposer {
@@ -70,6 +102,7 @@ impl Proposer {
             deadline,
             metrics,
             rt: tokio::runtime::Handle::current(),
+            requests: Arc::new(RequestIds::new()),
         }
     }
 
@@ -112,11 +145,24 @@ impl Proposer {
 
     /// Commits a command through the replicated log and returns its outcome once it is
     /// applied here. Forwards to the leader when this host is not it.
+    ///
+    /// The command travels tagged with a request id of its own ([`Command::Idempotent`]),
+    /// the same on every try: when a try's answer is lost after the leader committed it,
+    /// the next try gets the first outcome back instead of applying the write twice.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let request = self.requests.next();
+        let cmd = Command::Idempotent {
+            request,
+            at: now_ms(),
+            command: Box::new(cmd),
+        };
+        // Checked as it travels and is logged: with its request id.
         fits(&cmd).map_err(ProposeError::TooLarge)?;
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
+        let mut tries = 0u32;
         loop {
+            tries += 1;
             // The deadline bounds each attempt too: a leader cut off from the majority
             // (or a frozen one we forwarded to) would keep the write pending.
             let left = self.deadline.saturating_sub(start.elapsed());
@@ -127,9 +173,11 @@ impl Proposer {
                 Err(_) => "not committed in time: no majority answered the leader".into(),
             };
             if start.elapsed() >= self.deadline {
-                tracing::warn!(error = %err, "write failed: no leader");
+                tracing::warn!(error = %err, %request, tries, "write failed: no leader");
                 return Err(ProposeError::NoLeader(self.deadline));
             }
+            self.metrics.store.retries.inc();
+            tracing::info!(error = %err, %request, tries, "write not confirmed; retrying under the same request id");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }

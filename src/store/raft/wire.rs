@@ -253,8 +253,8 @@ mod tests {
         JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
     };
     use crate::blobs::Digest;
-    use crate::store::command::FileSpec;
-    use crate::store::types::{BootProfile, KernelBoot, ProvisionState, TransferReason};
+    use crate::store::command::{BootNotice, FileSpec, ImportItem, ImportProfile};
+    use crate::store::types::{BootProfile, KernelBoot, ProvisionState, RequestId, TransferReason};
 
     const BIG: u64 = u64::MAX;
     const MS: i64 = i64::MIN;
@@ -333,8 +333,8 @@ mod tests {
             },
             Command::SetBootProfile {
                 node: "n".into(),
-                profile: Some(profile),
-                files: vec![file(Some(text)), file(None)],
+                profile: Some(profile.clone()),
+                files: vec![file(Some(text.clone())), file(None)],
                 host: "h1".into(),
                 expected_epoch: Some(1),
                 at: 6,
@@ -345,6 +345,13 @@ mod tests {
                 files: vec![],
                 host: "h1".into(),
                 expected_epoch: None,
+                at: 6,
+            },
+            Command::SetNodeFiles {
+                node: "n".into(),
+                files: vec![file(None)],
+                source: "ingest:h1:/tftpboot".into(),
+                host: "h1".into(),
                 at: 6,
             },
             Command::BeginMigration {
@@ -409,10 +416,76 @@ mod tests {
                 token: 1,
                 at: 17,
             },
+            Command::BootNotices {
+                host: "h1".into(),
+                notices: vec![BootNotice {
+                    node: "n".into(),
+                    stuck: true,
+                    kind: "stalled".into(),
+                    since: MS,
+                    reason: "stalled after config ok \u{e9}".repeat(50),
+                }],
+                at: 18,
+            },
+            Command::RecordHostArtifacts {
+                host: "h1".into(),
+                digests: vec![d, Digest::of(b"y")],
+                at: 18,
+            },
+            Command::OwnershipSteps {
+                steps: vec![
+                    Command::FlagNode {
+                        node: "n".into(),
+                        stuck: None,
+                        at: 19,
+                    },
+                    Command::AbortMigration {
+                        node: "n".into(),
+                        expected_epoch: BIG,
+                        at: 19,
+                    },
+                ],
+            },
+            Command::SetRebalance {
+                active: true,
+                at: 20,
+            },
         ];
         let mut v = v.clone();
         v.push(Command::Batch {
             commands: v.clone(),
+        });
+        // Neither is batched: an import applies its items one by one, and every
+        // proposal travels tagged with its request id.
+        let import = Command::ImportNodes {
+            host: "h1".into(),
+            group: "g".into(),
+            nodes: vec![
+                ImportItem {
+                    node: "n".into(),
+                    macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+                    group: Some("g".into()),
+                    arch: Some("aarch64".into()),
+                    profile: Some(ImportProfile {
+                        profile: Some(profile.clone()),
+                        files: vec![file(None), file(Some(text.clone()))],
+                    }),
+                },
+                ImportItem {
+                    node: "m".into(),
+                    macs: vec![],
+                    group: None,
+                    arch: None,
+                    profile: None,
+                },
+            ],
+            at: 18,
+        };
+        v.push(import.clone());
+        v.push(Command::Idempotent {
+            request: RequestId(u128::MAX),
+            at: 19,
+            command: Box::new(import),
         });
         for c in &v {
             match c {
@@ -423,6 +496,7 @@ mod tests {
                 | Command::RemoveNode { .. }
                 | Command::SetProvisionState { .. }
                 | Command::SetBootProfile { .. }
+                | Command::SetNodeFiles { .. }
                 | Command::BeginMigration { .. }
                 | Command::AbortMigration { .. }
                 | Command::SetDraining { .. }
@@ -434,7 +508,13 @@ mod tests {
                 | Command::AcquireReservation { .. }
                 | Command::RenewReservation { .. }
                 | Command::ReleaseReservation { .. }
-                | Command::Batch { .. } => {}
+                | Command::BootNotices { .. }
+                | Command::RecordHostArtifacts { .. }
+                | Command::OwnershipSteps { .. }
+                | Command::SetRebalance { .. }
+                | Command::Batch { .. }
+                | Command::ImportNodes { .. }
+                | Command::Idempotent { .. } => {}
             }
         }
         v
@@ -599,6 +679,43 @@ mod tests {
         ];
         for b in small_bodies {
             assert!(b.len() <= SMALL_BODY_MAX, "{}", b.len());
+        }
+    }
+
+    #[test]
+    fn the_largest_batched_writes_fit_one_entry() {
+        use crate::store::command::{MAX_RECORDED, MAX_STEPS};
+        let holdings = Command::RecordHostArtifacts {
+            host: "h".repeat(64),
+            digests: (0..MAX_RECORDED)
+                .map(|i| Digest::of(&i.to_be_bytes()))
+                .collect(),
+            at: MS,
+        };
+        // Steps at their widest: 64-byte names, every number at its widest, a stuck
+        // reason longer than any the reconciler writes (two names and a sentence).
+        let steps = Command::OwnershipSteps {
+            steps: (0..MAX_STEPS)
+                .map(|i| match i % 2 {
+                    0 => Command::FlagNode {
+                        node: "n".repeat(64),
+                        stuck: Some("s".repeat(400)),
+                        at: MS,
+                    },
+                    _ => Command::TransferOwnership {
+                        node: "n".repeat(64),
+                        to: "h".repeat(64),
+                        expected_epoch: BIG,
+                        reason: TransferReason::Takeover,
+                        stale_before: Some(MS),
+                        at: MS,
+                    },
+                })
+                .collect(),
+        };
+        for c in [holdings, steps] {
+            let size = check_command(&c).unwrap();
+            assert!(size <= ENTRY_MAX / 2, "{size} bytes: half an entry at most");
         }
     }
 
