@@ -441,7 +441,9 @@ pub async fn run(
                 let Some(rec) = r else { break };
                 if rec.completed { ok += 1 } else if rec.cut { unfinished += 1 } else { failed += 1 }
                 if let Ok(line) = serde_json::to_string(&rec) {
+                    // Flushed per client: `tail -f` (and a watching test) sees each end.
                     let _ = writeln!(records, "{line}");
+                    let _ = records.flush();
                 }
                 bar.inc(1);
                 bar.set_message(format!("completed {ok}  failed {failed}  cut {unfinished}"));

@@ -11,8 +11,9 @@
 //! - [`require`]: what a test needs from the machine, skipped loudly or failed in CI;
 //! - [`child`]: child processes bounded in time; [`data`]: test data.
 //!
-//! `storm_lab.rs` (the `baton storm` lab) sits here too, included by `tests/storm.rs`
-//! alone with `#[path]`.
+//! `storm_lab.rs` (the `baton storm` lab) and `storm_cluster.rs` (the three-host
+//! storm with faults, on that lab) sit here too, included with `#[path]` by
+//! `tests/storm.rs`, `tests/storm_cluster.rs` and `benches/storm.rs` alone.
 //!
 //! Everything here is bounded in time: a process that overstays its deadline is killed
 //! (by its PID, never by name) and the test fails with what it printed.

@@ -2,6 +2,9 @@
 //! a boot-server namespace (Baton, or dnsmasq in proxy mode with its TFTP server) and a
 //! client namespace where `baton storm` runs. Test-only; everything lives in namespaces
 //! this file creates, and processes are ended by PID (see [`crate::common::child::Proc`]).
+//! Included with `#[path]` by the storm tests and bench, each using a part.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::common::child::Proc;
 use crate::common::netns::{address_server, Netns, Segment};
 
-/// Boot server (Baton or dnsmasq proxy).
+/// Boot server (Baton or dnsmasq proxy); the first of [`StormLab::with_boot_hosts`].
 pub const BOOT_IP: &str = "10.79.0.1";
 /// Address-only DHCP server.
 pub const DHCP_IP: &str = "10.79.0.2";
@@ -20,33 +23,49 @@ pub const CLIENT_IP: &str = "10.79.0.3";
 pub struct StormLab {
     /// dnsmasq (addresses only); dropped before the namespaces.
     pub dhcp: Option<Proc>,
-    /// Members `dhcp`, `boot`, `client`.
+    /// Members `dhcp`, `client`, `boot1`...
     pub seg: Segment,
+    /// The `baton` binary the storm runs (benches: [`crate::common::bench_bin`]).
+    pub bin: std::path::PathBuf,
+    /// CPU list (`taskset -c`) the storm is pinned to, if any.
+    pub storm_cpus: Option<String>,
 }
 
 impl StormLab {
-    /// Builds the segment, the three hosts and starts the address server, which leases
-    /// from 10.79.1.1 to 10.79.8.250 (/16). `client_ips` extra addresses go on the
-    /// client's interface, from 10.79.2.1, for per-client source addresses.
+    /// Builds the segment with one boot server namespace and starts the address server,
+    /// which leases from 10.79.1.1 to 10.79.8.250 (/16). `client_ips` extra addresses go
+    /// on the client's interface, from 10.79.2.1, for per-client source addresses.
     pub fn new(client_ips: usize, tmp: &Path) -> StormLab {
-        let seg = Segment::new(
-            "storm",
-            &[
-                ("dhcp", &format!("{DHCP_IP}/16")),
-                ("boot", &format!("{BOOT_IP}/16")),
-                ("client", &format!("{CLIENT_IP}/16")),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("cannot build the storm lab: {e}"));
+        StormLab::with_boot_hosts(1, client_ips, tmp)
+    }
+
+    /// [`StormLab::new`] with `hosts` boot server namespaces (`boot1`..), host `i` at
+    /// [`StormLab::boot_ip`]`(i)`: the cluster storm's three Baton hosts.
+    pub fn with_boot_hosts(hosts: usize, client_ips: usize, tmp: &Path) -> StormLab {
+        assert!((1..=9).contains(&hosts), "1 to 9 boot hosts");
+        let boots: Vec<(String, String)> = (1..=hosts)
+            .map(|i| (format!("boot{i}"), format!("{}/16", StormLab::boot_ip(i))))
+            .collect();
+        let mut members = vec![
+            ("dhcp", format!("{DHCP_IP}/16")),
+            ("client", format!("{CLIENT_IP}/16")),
+        ];
+        members.extend(boots.iter().map(|(n, a)| (n.as_str(), a.clone())));
+        let refs: Vec<(&str, &str)> = members.iter().map(|(n, a)| (*n, a.as_str())).collect();
+        let seg = Segment::new("storm", &refs)
+            .unwrap_or_else(|e| panic!("cannot build the storm lab: {e}"));
         if client_ips > 0 {
             // One `ip -batch` run instead of one process per address.
             let batch = tmp.join("client-addrs");
-            let lines: String = (0..client_ips)
+            // Contiguous from 10.79.2.1 (x.x.x.0 and .255 are hosts in a /16), as the
+            // storm's `--source-ips A-B` counts: 250 a /24 left clients 251 on with
+            // addresses that were on no interface.
+            let first = u32::from(std::net::Ipv4Addr::new(10, 79, 2, 1));
+            let lines: String = (0..client_ips as u32)
                 .map(|k| {
                     format!(
-                        "addr add 10.79.{}.{}/16 dev eth0\n",
-                        2 + k / 250,
-                        1 + k % 250
+                        "addr add {}/16 dev eth0\n",
+                        std::net::Ipv4Addr::from(first + k)
                     )
                 })
                 .collect();
@@ -56,6 +75,10 @@ impl StormLab {
         }
         let dhcp = address_server(
             seg.member("dhcp"),
+            // Overlaps the clients' source addresses (10.79.2.1..): a lease equal to
+            // another client's source address can tie it to the wrong node in Baton's
+            // `bound` mode. A pool apart from them (10.79.16.1..) made the first storm of
+            // a fresh lab loop in DHCP (not understood yet), so it stays here for now.
             "10.79.1.1,10.79.8.250,255.255.0.0,1h",
             &tmp.join("dnsmasq.leases"),
             &["--dhcp-lease-max=5000"],
@@ -63,12 +86,28 @@ impl StormLab {
         StormLab {
             dhcp: Some(dhcp),
             seg,
+            bin: crate::common::baton_bin().into(),
+            storm_cpus: None,
         }
     }
 
-    /// The boot server's namespace.
+    /// Boot host `i`'s address (1-based): [`BOOT_IP`], then 10.79.0.11, .12...
+    pub fn boot_ip(i: usize) -> std::net::Ipv4Addr {
+        if i == 1 {
+            BOOT_IP.parse().unwrap()
+        } else {
+            std::net::Ipv4Addr::new(10, 79, 0, 9 + i as u8)
+        }
+    }
+
+    /// The (first) boot server's namespace.
     pub fn boot(&self) -> &Netns {
-        self.seg.member("boot")
+        self.boot_host(1)
+    }
+
+    /// Boot host `i`'s namespace (1-based).
+    pub fn boot_host(&self, i: usize) -> &Netns {
+        self.seg.member(&format!("boot{i}"))
     }
 
     /// The client namespace.
@@ -84,6 +123,11 @@ impl StormLab {
     /// Starts dnsmasq as proxy-DHCP + TFTP on the boot namespace, serving `root`:
     /// classic PXE ROMs get `undionly.kpxe`, UEFI ones `ipxe.efi`, iPXE `boot.ipxe`.
     pub fn dnsmasq_proxy(&self, root: &Path) -> Proc {
+        self.dnsmasq_proxy_with(root, &[])
+    }
+
+    /// [`StormLab::dnsmasq_proxy`] with `extra` flags (e.g. `--tftp-max=1000`).
+    pub fn dnsmasq_proxy_with(&self, root: &Path, extra: &[&str]) -> Proc {
         let mut cmd = self.boot().command("dnsmasq");
         cmd.args([
             "--no-daemon",
@@ -105,7 +149,8 @@ impl StormLab {
             "--user=root",
             "--pid-file=",
         ])
-        .arg(format!("--tftp-root={}", root.display()));
+        .arg(format!("--tftp-root={}", root.display()))
+        .args(extra);
         let mut p = Proc::spawn("dnsmasq (proxy + tftp)", &mut cmd);
         let ready = p.wait_for(Instant::now() + Duration::from_secs(20), |o, e| {
             (o.to_string() + e).contains("TFTP root")
@@ -117,9 +162,31 @@ impl StormLab {
     /// Runs `baton storm ARGS` in the client namespace (bounded); returns (exit code,
     /// JSON records, summary JSON, stderr).
     pub fn storm(&self, tmp: &Path, tag: &str, args: &[&str], timeout: Duration) -> StormRun {
+        self.storm_watched(tmp, tag, args, timeout, |_| {})
+    }
+
+    /// [`StormLab::storm`], calling `tick` every 50 ms with the number of clients that
+    /// have ended so far (the fault tests act on it).
+    pub fn storm_watched(
+        &self,
+        tmp: &Path,
+        tag: &str,
+        args: &[&str],
+        timeout: Duration,
+        mut tick: impl FnMut(usize),
+    ) -> StormRun {
         let records = tmp.join(format!("{tag}.jsonl"));
         let summary = tmp.join(format!("{tag}-summary.json"));
-        let mut cmd = self.client().command(crate::common::baton_bin());
+        let _ = std::fs::remove_file(&records);
+        let mut cmd = match &self.storm_cpus {
+            // taskset execs the program: the PID stays the storm's.
+            Some(cpus) => {
+                let mut c = self.client().command("taskset");
+                c.args(["-c", cpus]).arg(&self.bin);
+                c
+            }
+            None => self.client().command(&self.bin),
+        };
         cmd.arg("storm")
             .args(["--interface", "eth0", "--quiet"])
             .arg("--records")
@@ -132,6 +199,11 @@ impl StormLab {
         let end = Instant::now() + timeout;
         while p.try_wait().is_none() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(50));
+            // Complete lines only: the storm writes one per client as each ends.
+            let ended = std::fs::read(&records)
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+                .unwrap_or(0);
+            tick(ended);
         }
         let status = p.try_wait();
         let stderr = p.stderr();
@@ -170,6 +242,30 @@ pub struct StormRun {
     pub summary: serde_json::Value,
     /// Its stderr (the human summary).
     pub stderr: String,
+}
+
+impl StormRun {
+    /// The clients that did not boot, counted by final stage and error (first 80
+    /// characters), most frequent first: what a failed assertion or a bench prints.
+    pub fn failure_tally(&self) -> String {
+        let mut m: std::collections::BTreeMap<String, usize> = Default::default();
+        for r in self.records.iter().filter(|r| r["completed"] != true) {
+            let e: String = r["error"]
+                .as_str()
+                .unwrap_or("-")
+                .chars()
+                .take(80)
+                .collect();
+            *m.entry(format!("{} ({}): {e}", r["failed_stage"], r["profile"]))
+                .or_insert(0) += 1;
+        }
+        let mut v: Vec<(String, usize)> = m.into_iter().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v.iter()
+            .take(12)
+            .map(|(k, n)| format!("  {n} x {k}\n"))
+            .collect()
+    }
 }
 
 /// `sha256sum`-style manifest of every file under `root`.
