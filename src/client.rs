@@ -49,6 +49,9 @@ pub enum ClientError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The `--ca` bundle is unusable.
+    #[error("--ca: {0}")]
+    Ca(#[from] crate::tls::TlsError),
     /// The server answered something that is not the expected JSON.
     #[error("unexpected answer from the API: {0}")]
     Protocol(String),
@@ -75,14 +78,27 @@ pub struct Client {
 impl Client {
     /// A client of the API at `base` (e.g. `http://127.0.0.1:8069`).
     pub fn new(base: &str, token: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
+        Self::build(base, token, None)
+    }
+
+    /// A client of the API at `base` that trusts only the CA bundle at `ca` for
+    /// `https://` (else the public roots).
+    pub fn with_ca(base: &str, token: &str, ca: Option<&Path>) -> Result<Self, ClientError> {
+        let tls = ca.map(|p| crate::tls::client_config(p, None)).transpose()?;
+        Ok(Self::build(base, token, tls))
+    }
+
+    fn build(base: &str, token: &str, tls: Option<rustls::ClientConfig>) -> Self {
+        let mut b = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(120))
-            .build();
+            .timeout_read(Duration::from_secs(120));
+        if let Some(c) = tls {
+            b = b.tls_config(std::sync::Arc::new(c));
+        }
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            agent,
+            agent: b.build(),
         }
     }
 

@@ -97,6 +97,8 @@ settings! {
         dhcp: DhcpConfig;
         /// Cluster membership and replication.
         cluster: ClusterConfig;
+        /// TLS for the admin API and cluster traffic.
+        tls: TlsConfig;
         /// Leases and takeover.
         ownership: OwnershipConfig;
         /// Boot records and stuck boots.
@@ -173,6 +175,11 @@ settings! {
         /// Address and TCP port of the HTTP server: API, HTTP boot, metrics.
         listen: SocketAddr = "0.0.0.0:8069".parse().expect("valid literal"),
             flag [value "http-listen" SocketAddr, "ADDR:PORT"];
+        /// A second, plain-HTTP listener for firmware: HTTP boot (`/boot`, TFTP
+        /// namespace files) and `/ui`, never `/v1` or `/cluster`; proxy-DHCP points HTTP
+        /// boot clients here. Required with `[tls]`, where `listen` speaks HTTPS only.
+        boot_listen: Option<SocketAddr> = None,
+            flag [value "http-boot-listen" SocketAddr, "ADDR:PORT"];
         /// Time a client has to send a whole request head (line and headers), from the
         /// connection's start or the first byte of the request, in milliseconds.
         header_timeout_ms: u64 = 10_000,
@@ -267,6 +274,25 @@ settings! {
         /// How long an API write waits for a leader to commit it before it is refused
         /// with 503 and `Retry-After` (e.g. while a majority of hosts is down).
         propose_deadline_ms: u64 = 15_000;
+    }
+
+    /// TLS for the admin API and cluster RPC on `http.listen` (rustls; PEM files).
+    pub struct TlsConfig in "tls." {
+        /// This host's certificate chain (PEM); with `key` and `ca`, `http.listen`
+        /// serves HTTPS only.
+        cert: Option<PathBuf> = None,
+            flag [value "tls-cert" PathBuf, "FILE.pem"];
+        /// The private key of `cert` (PEM).
+        key: Option<PathBuf> = None,
+            flag [value "tls-key" PathBuf, "FILE.pem"];
+        /// CA bundle (PEM) that peers' certificates must chain to; the only roots
+        /// trusted for `https://` peer URLs.
+        ca: Option<PathBuf> = None,
+            flag [value "tls-ca" PathBuf, "FILE.pem"];
+        /// How peers authenticate: `mtls`, a client certificate from `ca` plus the
+        /// cluster secret; `secret`, server-authenticated TLS plus the cluster secret.
+        peer_auth: crate::tls::PeerAuth = crate::tls::PeerAuth::Mtls,
+            flag [value "tls-peer-auth" crate::tls::PeerAuth, "MODE"];
     }
 
     /// Lease and placement settings (keep them the same on every host).
@@ -535,6 +561,48 @@ impl Config {
                     return bad(key, "must be a URL like http://10.0.0.1:8069");
                 }
             }
+        }
+        let tls = &self.tls;
+        let set = [tls.cert.is_some(), tls.key.is_some(), tls.ca.is_some()];
+        if set.contains(&true) && set.contains(&false) {
+            return bad("tls", "set tls.cert, tls.key and tls.ca together (or none)");
+        }
+        let https = |u: &Option<String>| u.as_deref().is_some_and(|u| u.starts_with("https://"));
+        if tls.cert.is_none() {
+            if https(&cl.advertise_url) {
+                return bad(
+                    "cluster.advertise_url",
+                    "an https:// URL needs [tls] cert, key and ca",
+                );
+            }
+            if https(&cl.join) {
+                return bad(
+                    "cluster.join",
+                    "an https:// URL needs [tls] ca (and cert, key)",
+                );
+            }
+        } else {
+            if self.http.boot_listen.is_none() {
+                return bad(
+                    "http.boot_listen",
+                    "with [tls], http.listen speaks HTTPS only and firmware needs plain HTTP: set a plain listener for HTTP boot (e.g. \"0.0.0.0:8070\")",
+                );
+            }
+            if cl.join.is_some() && !https(&cl.join) {
+                return bad(
+                    "cluster.join",
+                    "with [tls], peers speak HTTPS: use an https:// URL",
+                );
+            }
+            if cl.advertise_url.is_some() && !https(&cl.advertise_url) {
+                return bad(
+                    "cluster.advertise_url",
+                    "with [tls], peers speak HTTPS: use an https:// URL",
+                );
+            }
+        }
+        if self.http.boot_listen == Some(self.http.listen) && self.http.listen.port() != 0 {
+            return bad("http.boot_listen", "must differ from http.listen");
         }
         let worst = self
             .raft_timing()
