@@ -726,6 +726,50 @@ impl TftpConfig {
 mod tests {
     use super::*;
 
+    /// `[tls]` goes whole, with https peer URLs and a plain boot listener; https URLs
+    /// without it are refused. Each refusal names the key to fix.
+    #[test]
+    fn tls_settings_go_together() {
+        let key = |toml: &str| {
+            Config::parse_text(toml, Path::new("t.toml"))
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key,
+                    e => panic!("{e}"),
+                })
+        };
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n";
+        let boot = "[http]\nboot_listen = \"0.0.0.0:8070\"\n";
+        assert_eq!(key(&format!("{tls}{boot}")), None);
+        assert_eq!(key("[tls]\ncert = \"c.pem\"\n"), Some("tls"));
+        assert_eq!(key(tls), Some("http.boot_listen"));
+        let secret = "secret = \"0123456789abcdef0123\"\n";
+        assert_eq!(
+            key(&format!(
+                "{tls}{boot}[cluster]\n{secret}join = \"http://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.join")
+        );
+        assert_eq!(
+            key(&format!(
+                "{tls}{boot}[cluster]\nadvertise_url = \"http://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.advertise_url")
+        );
+        assert_eq!(
+            key(&format!(
+                "[cluster]\n{secret}join = \"https://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.join")
+        );
+        assert!(
+            Config::parse_text("[tls]\npeer_auth = \"none\"\n", Path::new("t.toml")).is_err(),
+            "an unknown peer_auth is refused"
+        );
+    }
+
     #[test]
     fn secrets_come_from_files_and_credentials() {
         let dir = tempfile::tempdir().unwrap();

@@ -230,3 +230,49 @@ pub fn client_config(
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Good files load for both modes; a key that is not the cert's, a file without a
+    /// certificate and a missing file are refused at start-up, naming the setting.
+    #[test]
+    fn material_loads_and_bad_files_name_their_setting() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(d.path(), "a");
+        let (_, other_key) = write_pair(d.path(), "b");
+        let cfg = |cert: &Path, key: &Path, ca: &Path, peer_auth| TlsConfig {
+            cert: Some(cert.into()),
+            key: Some(key.into()),
+            ca: Some(ca.into()),
+            peer_auth,
+        };
+        assert!(Material::load(&TlsConfig::default()).unwrap().is_none());
+        for mode in [PeerAuth::Mtls, PeerAuth::Secret] {
+            let m = Material::load(&cfg(&cert, &key, &cert, mode)).unwrap();
+            assert_eq!(m.unwrap().peer_auth, mode);
+        }
+        let e = Material::load(&cfg(&cert, &other_key, &cert, PeerAuth::Mtls)).unwrap_err();
+        assert!(matches!(e, TlsError::Rustls(_)), "{e}");
+        let e = Material::load(&cfg(&key, &key, &cert, PeerAuth::Mtls)).unwrap_err();
+        assert!(e.to_string().contains("`tls.cert`"), "{e}");
+        let e =
+            Material::load(&cfg(&cert, &key, &d.path().join("nope"), PeerAuth::Mtls)).unwrap_err();
+        assert!(e.to_string().contains("`tls.ca`"), "{e}");
+    }
+}

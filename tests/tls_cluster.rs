@@ -29,6 +29,8 @@ use common::{assert_same_bytes, pattern};
 
 /// How long a committed write may take to show on every replica.
 const REPLICATE: Duration = Duration::from_secs(10);
+/// The hosts' `http.header_timeout_ms`, which also bounds a TLS handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a host that cannot join may take to give up and exit.
 const JOIN_FAILS: Duration = Duration::from_secs(15);
 
@@ -88,7 +90,12 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     let specs = (1..=3)
         .map(|i| {
             let name = format!("h{i}");
-            HostBuilder::member(&name).tls(host_tls(dir, &ours, &name, &ours.pem))
+            HostBuilder::member(&name)
+                .tls(host_tls(dir, &ours, &name, &ours.pem))
+                .config(&format!(
+                    "[http]\nheader_timeout_ms = {}\n",
+                    HEADER_TIMEOUT.as_millis()
+                ))
         })
         .collect();
     let c = Fleet::start(specs);
@@ -175,6 +182,21 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     let plain = Api::new(h1.http(), TOKEN);
     let r = plain.try_get("/v1/cluster");
     assert!(r.is_err(), "plain HTTP to the HTTPS port answered: {r:?}");
+    // A client that connects and never starts its handshake is closed after the header
+    // timeout, like one that never sends its request head.
+    let mut idle = std::net::TcpStream::connect(h1.http()).expect("connect");
+    idle.set_read_timeout(Some(HEADER_TIMEOUT * 5))
+        .expect("read timeout");
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut idle, &mut buf).expect("closed by the server, not timed out");
+    assert_eq!(n, 0, "the server sent something to a silent client");
+    assert!(
+        t0.elapsed() >= HEADER_TIMEOUT - Duration::from_millis(100)
+            && t0.elapsed() < HEADER_TIMEOUT * 4,
+        "closed after {:?}",
+        t0.elapsed()
+    );
     // HTTPS without a client certificate: the API (token) works, the cluster routes
     // (secret alone) do not, in mTLS mode.
     let r = h1.api.peer("GET", "/cluster/clock", Some(SECRET), None);
