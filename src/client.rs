@@ -24,6 +24,14 @@ pub enum ClientError {
         /// Transport error.
         reason: String,
     },
+    /// The TLS handshake failed (e.g. a server certificate from a private CA).
+    #[error("TLS with the Baton API at {url} failed: {reason}. Trust the servers' CA with --ca FILE (or BATON_API_CA)")]
+    Tls {
+        /// Base URL.
+        url: String,
+        /// rustls' reason.
+        reason: String,
+    },
     /// 401.
     #[error("the API refused the token: pass --token or set BATON_API_TOKEN (the server's token is in <data-dir>/{TOKEN_FILE})")]
     Unauthorized,
@@ -55,6 +63,26 @@ pub enum ClientError {
     /// The server answered something that is not the expected JSON.
     #[error("unexpected answer from the API: {0}")]
     Protocol(String),
+}
+
+/// rustls' reason when a transport error is a TLS failure (io::Error hides its inner
+/// error from `source()`, so it is opened).
+fn tls_failure(t: &ureq::Transport) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+    for _ in 0..16 {
+        let err = cur?;
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// An answer of the API: its body as the type the server sent, and as the JSON it sent
@@ -148,9 +176,15 @@ impl Client {
                     },
                 })
             }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: t.to_string(),
+            Err(ureq::Error::Transport(t)) => Err(match tls_failure(&t) {
+                Some(reason) => ClientError::Tls {
+                    url: self.base.clone(),
+                    reason,
+                },
+                None => ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: t.to_string(),
+                },
             }),
         }
     }

@@ -173,7 +173,9 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
         .env_remove("BATON_API_CA");
     let out = run_bounded(&mut cmd, Duration::from_secs(30)).expect("run the CLI");
     assert!(
-        !out.status.success() && out.stderr.to_lowercase().contains("certificate"),
+        !out.status.success()
+            && out.stderr.contains("invalid peer certificate")
+            && out.stderr.contains("--ca"),
         "the CLI without --ca must refuse the server's certificate: {}",
         out.stderr
     );

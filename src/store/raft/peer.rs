@@ -209,10 +209,10 @@ impl PeerClient {
     /// A client authenticating with `secret`; without one every request fails with
     /// [`PeerError::NoSecret`].
     pub fn new(secret: Option<String>) -> Self {
-        Self::with_tls(secret, None).unwrap_or_else(|_| PeerClient {
+        Self::with_tls(secret.clone(), None).unwrap_or_else(|_| PeerClient {
             rpc: reqwest::Client::new(),
             bulk: reqwest::Client::new(),
-            secret: None,
+            secret,
         })
     }
 
