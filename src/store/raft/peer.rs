@@ -57,7 +57,7 @@ pub enum PeerError {
     #[error("this host has no cluster secret: clustering is disabled")]
     NoSecret,
     /// No connection could be made.
-    #[error("cannot connect to {url}: {}", reason(.source))]
+    #[error("cannot connect to {url}: {source}")]
     Unreachable {
         /// The request's URL.
         url: String,
@@ -102,7 +102,7 @@ pub enum PeerError {
         error: Option<Box<ErrorInfo>>,
     },
     /// The request or the answer broke off or timed out.
-    #[error("request to {url} failed: {}", reason(.source))]
+    #[error("request to {url} failed: {source}")]
     Transport {
         /// The request's URL.
         url: String,
@@ -153,21 +153,6 @@ fn tls_failure(e: &reqwest::Error) -> Option<String> {
     causes(e)
         .into_iter()
         .find_map(|c| c.downcast_ref::<rustls::Error>().map(|t| t.to_string()))
-}
-
-/// `e` with its causes ("error sending request" alone does not say why).
-fn reason(e: &reqwest::Error) -> String {
-    let mut s = String::new();
-    for c in causes(e) {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&t);
-        }
-    }
-    s
 }
 
 fn message_of(e: &Option<Box<ErrorInfo>>) -> &str {
