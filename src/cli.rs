@@ -137,6 +137,10 @@ pub struct ApiArgs {
         default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
+    /// CA bundle (PEM) to trust for an https:// API, instead of the public roots (e.g.
+    /// the servers' `tls.ca`).
+    #[arg(long, global = true, value_name = "FILE.pem", env = "BATON_API_CA")]
+    pub ca: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

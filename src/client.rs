@@ -27,6 +27,14 @@ pub enum ClientError {
         /// Transport error.
         reason: String,
     },
+    /// The TLS handshake failed (e.g. a server certificate from a private CA).
+    #[error("TLS with the Baton API at {url} failed: {reason}. Trust the servers' CA with --ca FILE (or BATON_API_CA)")]
+    Tls {
+        /// Base URL.
+        url: String,
+        /// rustls' reason.
+        reason: String,
+    },
     /// 401.
     #[error("the API refused the token: pass --token or set BATON_API_TOKEN (the server's token is in <data-dir>/{TOKEN_FILE})")]
     Unauthorized,
@@ -52,9 +60,32 @@ pub enum ClientError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The `--ca` bundle is unusable.
+    #[error("--ca: {0}")]
+    Ca(#[from] crate::tls::TlsError),
     /// The server answered something that is not the expected JSON.
     #[error("unexpected answer from the API: {0}")]
     Protocol(String),
+}
+
+/// rustls' reason when a transport error is a TLS failure (io::Error hides its inner
+/// error from `source()`, so it is opened).
+fn tls_failure(t: &ureq::Transport) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+    for _ in 0..16 {
+        let err = cur?;
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// An answer of the API: its body as the type the server sent, and as the JSON it sent
@@ -78,14 +109,27 @@ pub struct Client {
 impl Client {
     /// A client of the API at `base` (e.g. `http://127.0.0.1:8069`).
     pub fn new(base: &str, token: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
+        Self::build(base, token, None)
+    }
+
+    /// A client of the API at `base` that trusts only the CA bundle at `ca` for
+    /// `https://` (else the public roots).
+    pub fn with_ca(base: &str, token: &str, ca: Option<&Path>) -> Result<Self, ClientError> {
+        let tls = ca.map(|p| crate::tls::client_config(p, None)).transpose()?;
+        Ok(Self::build(base, token, tls))
+    }
+
+    fn build(base: &str, token: &str, tls: Option<rustls::ClientConfig>) -> Self {
+        let mut b = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(120))
-            .build();
+            .timeout_read(Duration::from_secs(120));
+        if let Some(c) = tls {
+            b = b.tls_config(std::sync::Arc::new(c));
+        }
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            agent,
+            agent: b.build(),
         }
     }
 
@@ -135,9 +179,15 @@ impl Client {
                     },
                 })
             }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: t.to_string(),
+            Err(ureq::Error::Transport(t)) => Err(match tls_failure(&t) {
+                Some(reason) => ClientError::Tls {
+                    url: self.base.clone(),
+                    reason,
+                },
+                None => ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: t.to_string(),
+                },
             }),
         }
     }

@@ -47,6 +47,7 @@ pub async fn start(
     advertise: &str,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    tls: Option<&crate::tls::Material>,
 ) -> anyhow::Result<Started> {
     let id = node_id(&cfg.data_dir).context("cannot read or create <data-dir>/node-id")?;
     let (feed, on_apply) = EventFeed::new(store.clone());
@@ -54,7 +55,8 @@ pub async fn start(
         .context("cannot open the state machine")?;
     let log =
         LogStore::open(&cfg.data_dir.join("raft-log.db")).context("cannot open the raft log")?;
-    let peers = PeerClient::new(cfg.cluster.secret.clone());
+    let peers = PeerClient::with_tls(cfg.cluster.secret.clone(), tls)
+        .context("cannot set up TLS for peer traffic")?;
     let timing = cfg.raft_timing().context("invalid lease and raft timing")?;
     let rc = RaftConfig {
         cluster_name: "baton".into(),
@@ -173,6 +175,10 @@ async fn join(
             Ok(_) => {
                 info!(via = %target, "joined the cluster");
                 return Ok(());
+            }
+            // A certificate problem does not heal by waiting: stop with rustls' reason.
+            Err(e @ PeerError::Tls { .. }) => {
+                anyhow::bail!("cannot join the cluster at {target}: {e}");
             }
             Err(PeerError::Forbidden { .. }) => {
                 anyhow::bail!(

@@ -38,7 +38,7 @@ fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
                 })?
         }
     };
-    Ok(Client::new(&api.api, &token))
+    Ok(Client::with_ca(&api.api, &token, api.ca.as_deref())?)
 }
 
 /// A value, or `-` when there is none.

@@ -97,6 +97,8 @@ settings! {
         dhcp: DhcpConfig;
         /// Cluster membership and replication.
         cluster: ClusterConfig;
+        /// TLS for the admin API and cluster traffic.
+        tls: TlsConfig;
         /// Leases and takeover.
         ownership: OwnershipConfig;
         /// Boot records and stuck boots.
@@ -173,6 +175,11 @@ settings! {
         /// Address and TCP port of the HTTP server: API, HTTP boot, metrics.
         listen: SocketAddr = "0.0.0.0:8069".parse().expect("valid literal"),
             flag [value "http-listen" SocketAddr, "ADDR:PORT"];
+        /// A second, plain-HTTP listener for firmware: HTTP boot (`/boot`, TFTP
+        /// namespace files) and `/ui`, never `/v1` or `/cluster`; proxy-DHCP points HTTP
+        /// boot clients here. Required with `[tls]`, where `listen` speaks HTTPS only.
+        boot_listen: Option<SocketAddr> = None,
+            flag [value "http-boot-listen" SocketAddr, "ADDR:PORT"];
         /// Time a client has to send a whole request head (line and headers), from the
         /// connection's start or the first byte of the request, in milliseconds.
         header_timeout_ms: u64 = 10_000,
@@ -267,6 +274,25 @@ settings! {
         /// How long an API write waits for a leader to commit it before it is refused
         /// with 503 and `Retry-After` (e.g. while a majority of hosts is down).
         propose_deadline_ms: u64 = 15_000;
+    }
+
+    /// TLS for the admin API and cluster RPC on `http.listen` (rustls; PEM files).
+    pub struct TlsConfig in "tls." {
+        /// This host's certificate chain (PEM); with `key` and `ca`, `http.listen`
+        /// serves HTTPS only.
+        cert: Option<PathBuf> = None,
+            flag [value "tls-cert" PathBuf, "FILE.pem"];
+        /// The private key of `cert` (PEM).
+        key: Option<PathBuf> = None,
+            flag [value "tls-key" PathBuf, "FILE.pem"];
+        /// CA bundle (PEM) that peers' certificates must chain to; the only roots
+        /// trusted for `https://` peer URLs.
+        ca: Option<PathBuf> = None,
+            flag [value "tls-ca" PathBuf, "FILE.pem"];
+        /// How peers authenticate: `mtls`, a client certificate from `ca` plus the
+        /// cluster secret; `secret`, server-authenticated TLS plus the cluster secret.
+        peer_auth: crate::tls::PeerAuth = crate::tls::PeerAuth::Mtls,
+            flag [value "tls-peer-auth" crate::tls::PeerAuth, "MODE"];
     }
 
     /// Lease and placement settings (keep them the same on every host).
@@ -536,6 +562,48 @@ impl Config {
                 }
             }
         }
+        let tls = &self.tls;
+        let set = [tls.cert.is_some(), tls.key.is_some(), tls.ca.is_some()];
+        if set.contains(&true) && set.contains(&false) {
+            return bad("tls", "set tls.cert, tls.key and tls.ca together (or none)");
+        }
+        let https = |u: &Option<String>| u.as_deref().is_some_and(|u| u.starts_with("https://"));
+        if tls.cert.is_none() {
+            if https(&cl.advertise_url) {
+                return bad(
+                    "cluster.advertise_url",
+                    "an https:// URL needs [tls] cert, key and ca",
+                );
+            }
+            if https(&cl.join) {
+                return bad(
+                    "cluster.join",
+                    "an https:// URL needs [tls] ca (and cert, key)",
+                );
+            }
+        } else {
+            if self.http.boot_listen.is_none() {
+                return bad(
+                    "http.boot_listen",
+                    "with [tls], http.listen speaks HTTPS only and firmware needs plain HTTP: set a plain listener for HTTP boot (e.g. \"0.0.0.0:8070\")",
+                );
+            }
+            if cl.join.is_some() && !https(&cl.join) {
+                return bad(
+                    "cluster.join",
+                    "with [tls], peers speak HTTPS: use an https:// URL",
+                );
+            }
+            if cl.advertise_url.is_some() && !https(&cl.advertise_url) {
+                return bad(
+                    "cluster.advertise_url",
+                    "with [tls], peers speak HTTPS: use an https:// URL",
+                );
+            }
+        }
+        if self.http.boot_listen == Some(self.http.listen) && self.http.listen.port() != 0 {
+            return bad("http.boot_listen", "must differ from http.listen");
+        }
         let worst = self
             .raft_timing()
             .map(|t| t.worst_election_ms())
@@ -666,6 +734,50 @@ impl TftpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[tls]` goes whole, with https peer URLs and a plain boot listener; https URLs
+    /// without it are refused. Each refusal names the key to fix.
+    #[test]
+    fn tls_settings_go_together() {
+        let key = |toml: &str| {
+            Config::parse_text(toml, Path::new("t.toml"))
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key,
+                    e => panic!("{e}"),
+                })
+        };
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n";
+        let boot = "[http]\nboot_listen = \"0.0.0.0:8070\"\n";
+        assert_eq!(key(&format!("{tls}{boot}")), None);
+        assert_eq!(key("[tls]\ncert = \"c.pem\"\n"), Some("tls"));
+        assert_eq!(key(tls), Some("http.boot_listen"));
+        let secret = "secret = \"0123456789abcdef0123\"\n";
+        assert_eq!(
+            key(&format!(
+                "{tls}{boot}[cluster]\n{secret}join = \"http://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.join")
+        );
+        assert_eq!(
+            key(&format!(
+                "{tls}{boot}[cluster]\nadvertise_url = \"http://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.advertise_url")
+        );
+        assert_eq!(
+            key(&format!(
+                "[cluster]\n{secret}join = \"https://10.0.0.1:8069\"\n"
+            )),
+            Some("cluster.join")
+        );
+        assert!(
+            Config::parse_text("[tls]\npeer_auth = \"none\"\n", Path::new("t.toml")).is_err(),
+            "an unknown peer_auth is refused"
+        );
+    }
 
     #[test]
     fn secrets_come_from_files_and_credentials() {

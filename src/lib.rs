@@ -34,4 +34,5 @@ pub mod serve;
 pub mod store;
 pub mod storm;
 pub mod tftp;
+pub mod tls;
 pub mod wire;

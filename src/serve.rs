@@ -179,14 +179,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 
+    let tls = crate::tls::Material::load(&cfg.tls).context("[tls] refused")?;
     // HTTP first: peers must reach this host while it joins the cluster.
     let listener = crate::http::bind(cfg.http.listen).await?;
     let http_addr = listener
         .local_addr()
         .context("http listener has no address")?;
-    let advertise = advertise_url(cfg.cluster.advertise_url.as_deref(), http_addr);
-    let started =
-        crate::cluster::start(&cfg, &host, &advertise, store.clone(), metrics.clone()).await?;
+    let boot_listener = match cfg.http.boot_listen {
+        Some(a) => Some(crate::http::bind(a).await?),
+        None => None,
+    };
+    let boot_addr = match &boot_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .context("http boot listener has no address")?,
+        ),
+        None => None,
+    };
+    let advertise = advertise_url(
+        cfg.cluster.advertise_url.as_deref(),
+        http_addr,
+        tls.is_some(),
+    );
+    let started = crate::cluster::start(
+        &cfg,
+        &host,
+        &advertise,
+        store.clone(),
+        metrics.clone(),
+        tls.as_ref(),
+    )
+    .await?;
     let (proposer, feed) = (started.proposer.clone(), started.feed.clone());
     let elector = tokio::spawn(crate::store::raft::elect::run(
         proposer.raft().clone(),
@@ -281,9 +304,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .with_capture(capture.clone())
     .with_boots(boots.clone());
     let http_cfg = cfg.http.clone();
+    let main = crate::http::Listener {
+        routes: crate::http::Routes::All,
+        tls: match &tls {
+            Some(m) => Some((
+                m.server_config()?,
+                m.peer_auth == crate::tls::PeerAuth::Mtls,
+            )),
+            None => None,
+        },
+    };
+    let boot_task = boot_listener.map(|l| {
+        let (app, source, shutdown) = (app.clone(), source.clone(), shutdown.clone());
+        let (token, http_cfg) = (token.clone(), http_cfg.clone());
+        let how = crate::http::Listener {
+            routes: crate::http::Routes::Boot,
+            tls: None,
+        };
+        tokio::spawn(async move {
+            crate::http::serve(l, how, app, token, source, &http_cfg, shutdown).await
+        })
+    });
     let http_task = tokio::spawn({
         let (app, source, shutdown) = (app.clone(), source.clone(), shutdown.clone());
-        async move { crate::http::serve(listener, app, token, source, &http_cfg, shutdown).await }
+        async move { crate::http::serve(listener, main, app, token, source, &http_cfg, shutdown).await }
     });
     crate::cluster::bootstrap(&cfg, &host, &proposer, &advertise).await?;
 
@@ -366,7 +410,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let http_port = http_addr.port();
+    // HTTP boot clients are sent to the plain listener when there is one.
+    let http_port = boot_addr.unwrap_or(http_addr).port();
     let dhcp = if cfg.dhcp.enabled {
         Some(DhcpServer::bind(
             cfg.dhcp.clone(),
@@ -395,11 +440,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let bound = ListenAddrs {
         http: http_addr,
+        http_boot: boot_addr,
         tftp: tftp.local_addr(),
         dhcp: dhcp.as_ref().and_then(|d| d.local_addr(Port::Dhcp)),
         pxe: dhcp.as_ref().and_then(|d| d.local_addr(Port::BootServer)),
     };
-    info!(http = %bound.http, tftp = %bound.tftp, dhcp = ?bound.dhcp, pxe = ?bound.pxe, "listeners bound");
+    info!(http = %bound.http, http_boot = ?bound.http_boot, tftp = %bound.tftp, dhcp = ?bound.dhcp, pxe = ?bound.pxe, "listeners bound");
     if let Some(p) = &cfg.port_file {
         write_port_file(p, &bound)
             .with_context(|| format!("cannot write the port file {}", p.display()))?;
@@ -441,6 +487,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Err(e) = proposer.raft().shutdown().await {
         warn!(error = %e, "replicated log did not stop cleanly");
     }
+    if let Some(t) = boot_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "http server ended with an error"),
@@ -464,8 +513,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// The addresses `baton serve` actually listens on, as written to `--port-file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenAddrs {
-    /// HTTP (API, HTTP boot, metrics, cluster RPC).
+    /// HTTP (API, HTTP boot, metrics, cluster RPC); HTTPS with `[tls]`.
     pub http: SocketAddr,
+    /// The plain-HTTP boot listener (`http.boot_listen`), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_boot: Option<SocketAddr>,
     /// TFTP listening socket.
     pub tftp: SocketAddr,
     /// Proxy-DHCP on the DHCP port (67); `None` with proxy-DHCP off.
@@ -485,15 +537,17 @@ pub fn write_port_file(path: &Path, addrs: &ListenAddrs) -> std::io::Result<()> 
 }
 
 /// The URL peers reach this host at: the configured one (a port `:0` in it stands for the
-/// bound HTTP port), else `http://<bound address>` with 127.0.0.1 for a wildcard address.
-pub fn advertise_url(configured: Option<&str>, bound: SocketAddr) -> String {
+/// bound HTTP port), else `http(s)://<bound address>` with 127.0.0.1 for a wildcard
+/// address (`https` when the listener speaks TLS).
+pub fn advertise_url(configured: Option<&str>, bound: SocketAddr, tls: bool) -> String {
     let Some(url) = configured else {
         let ip = if bound.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
             bound.ip()
         };
-        return format!("http://{}", SocketAddr::new(ip, bound.port()));
+        let scheme = if tls { "https" } else { "http" };
+        return format!("{scheme}://{}", SocketAddr::new(ip, bound.port()));
     };
     let url = url.trim_end_matches('/');
     let host_start = url.find("://").map_or(0, |i| i + 3);
@@ -557,8 +611,13 @@ mod tests {
             (Some("http://h10:8069"), bound, "http://h10:8069"),
         ];
         for (configured, bound, want) in cases {
-            assert_eq!(advertise_url(configured, bound), want, "{configured:?}");
+            assert_eq!(
+                advertise_url(configured, bound, false),
+                want,
+                "{configured:?}"
+            );
         }
+        assert_eq!(advertise_url(None, bound, true), "https://127.0.0.1:41873");
     }
 
     #[test]
@@ -568,6 +627,7 @@ mod tests {
         std::fs::write(&p, "stale").unwrap();
         let a = ListenAddrs {
             http: "127.0.0.1:1".parse().unwrap(),
+            http_boot: None,
             tftp: "[::1]:2".parse().unwrap(),
             dhcp: Some("0.0.0.0:3".parse().unwrap()),
             pxe: None,

@@ -209,7 +209,20 @@ pub fn gather(cfg: &Config, timeout: Duration) -> Peers {
         p.sources.push(format!("cluster.join {j}"));
         add(&mut todo, j, None);
     }
-    let peers = PeerClient::new(Some(secret));
+    let tls = match crate::tls::Material::load(&cfg.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            p.replica_error = Some(format!("[tls] refused: {e}"));
+            return p;
+        }
+    };
+    let peers = match PeerClient::with_tls(Some(secret), tls.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            p.replica_error = Some(format!("[tls] refused: {e}"));
+            return p;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

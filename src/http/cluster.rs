@@ -84,6 +84,20 @@ async fn require_secret(State(app): State<Arc<App>>, req: Request, next: Next) -
         )
             .into_response();
     }
+    // In mTLS mode the connection loop notes whether the client presented a certificate
+    // from `tls.ca` (one from elsewhere never gets this far: the handshake fails).
+    if req.extensions().get::<crate::tls::ClientCert>() == Some(&crate::tls::ClientCert(false)) {
+        app.metrics.http.errors.inc("cluster_client_cert");
+        warn!(path = %req.uri().path(), "peer request without a client certificate refused (tls.peer_auth = mtls)");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(ErrorBody::new(
+                "forbidden",
+                "this cluster requires a TLS client certificate from its CA (tls.peer_auth = mtls)",
+            )),
+        )
+            .into_response();
+    }
     next.run(req).await
 }
 

@@ -11,6 +11,9 @@
 //!   `header_timeout` of the connection's start or of its first byte; a connection closes
 //!   after `idle_timeout` with no byte either way (idle keep-alive, a stalled upload, a
 //!   client that stopped reading its download). Closes are counted by reason.
+//! - TLS ([`Tls`]): on the API listener with `[tls]`, each accepted stream is wrapped by
+//!   tokio-rustls; the handshake is bounded by the header timeout and the slot is taken
+//!   before it, so the limits hold for TLS clients too.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -40,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::net::fds;
 use crate::net::ratelimit::{LogBudget, Verdict};
 use crate::net::slots::{Admission, Caps, Refusal, SlotId, SlotTable};
+use crate::tls::ClientCert;
 
 /// The connection limits in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +365,7 @@ pub async fn serve(
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) -> io::Result<()> {
     let conns = Arc::new(Conns {
         inner: Mutex::new(ConnTable::default()),
@@ -413,6 +418,7 @@ pub async fn serve(
                     limits,
                     metrics.clone(),
                     shutdown.clone(),
+                    tls.clone(),
                 ));
             }
             Err(r) => {
@@ -430,8 +436,19 @@ pub async fn serve(
     Ok(())
 }
 
+/// TLS on a listener: the rustls configuration, and whether requests carry
+/// [`ClientCert`] (mTLS mode: the cluster routes demand a client certificate).
+#[derive(Clone)]
+pub struct Tls {
+    /// Accepts handshakes.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Note in each request whether the client presented a certificate.
+    pub mark_client_cert: bool,
+}
+
 /// Serves one connection until it ends, is evicted, times out, or (after `shutdown`)
-/// has finished its request in flight.
+/// has finished its request in flight. With `tls`, the handshake comes first and must
+/// end within the header timeout, like a request head.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
@@ -442,12 +459,66 @@ async fn connection(
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) {
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(Watched {
+    let watched = Watched {
         inner: stream,
         state: state.clone(),
-    });
+    };
+    let closed = match tls {
+        None => {
+            let io = TokioIo::new(watched);
+            drive(io, None, peer, &state, &close, router, limits, shutdown).await
+        }
+        Some(tls) => {
+            let hs = tokio::time::timeout(limits.header_timeout, tls.acceptor.accept(watched));
+            let r = tokio::select! {
+                r = hs => r,
+                _ = close.cancelled() => Ok(Err(io::Error::other("evicted"))),
+                _ = shutdown.cancelled() => Ok(Err(io::Error::other("shutting down"))),
+            };
+            match r {
+                Ok(Ok(s)) => {
+                    let cert = tls
+                        .mark_client_cert
+                        .then(|| ClientCert(s.get_ref().1.peer_certificates().is_some()));
+                    let io = TokioIo::new(s);
+                    drive(io, cert, peer, &state, &close, router, limits, shutdown).await
+                }
+                Ok(Err(e)) => {
+                    metrics.http.connections_closed.inc("tls_handshake");
+                    if let Some(suppressed) = state.conns.log_ok(peer.ip().to_canonical()) {
+                        info!(client = %peer, error = %e, suppressed, "tls handshake failed");
+                    }
+                    None
+                }
+                Err(_) => Some(Close::HeaderTimeout),
+            }
+        }
+    };
+    if let Some(c) = closed {
+        metrics.http.connections_closed.inc(c.as_str());
+        debug!(client = %peer, reason = c.as_str(), "http connection closed by the server");
+    }
+    state.conns.release(state.id);
+}
+
+/// Serves HTTP/1.1 on `io`; the reason the server closed it, if it did.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    io: TokioIo<I>,
+    cert: Option<ClientCert>,
+    peer: SocketAddr,
+    state: &Arc<ConnState>,
+    close: &CancellationToken,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) -> Option<Close>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let st = state.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let req_guard = InFlight::start(&st);
@@ -455,6 +526,9 @@ async fn connection(
         async move {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(c) = cert {
+                req.extensions_mut().insert(c);
+            }
             let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});
             Ok::<_, Infallible>(resp.map(|b| {
                 Body::new(Tracked {
@@ -467,7 +541,7 @@ async fn connection(
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
-    let closed = loop {
+    loop {
         let (when, _) = next_deadline(&state.activity(), &limits);
         tokio::select! {
             r = conn.as_mut() => {
@@ -489,12 +563,7 @@ async fn connection(
                 }
             }
         }
-    };
-    if let Some(c) = closed {
-        metrics.http.connections_closed.inc(c.as_str());
-        debug!(client = %peer, reason = c.as_str(), "http connection closed by the server");
     }
-    state.conns.release(state.id);
 }
 
 #[cfg(test)]

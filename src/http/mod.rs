@@ -47,20 +47,38 @@ pub enum HttpError {
     },
 }
 
-/// Builds the whole router; `max_upload` is the body limit of artifact uploads.
-pub fn router(app: Arc<App>, token: String, source: Arc<StoreSource>, max_upload: u64) -> Router {
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything: API, cluster RPC, HTTP boot, UI, metrics.
+    All,
+    /// What firmware and browsers fetch without a token: HTTP boot, TFTP namespace
+    /// files, the UI page and metrics; no `/v1`, no `/cluster` (the plain-HTTP boot
+    /// listener next to an HTTPS API).
+    Boot,
+}
+
+/// Builds the router of `routes`; `max_upload` is the body limit of artifact uploads.
+pub fn router(
+    app: Arc<App>,
+    token: String,
+    source: Arc<StoreSource>,
+    max_upload: u64,
+    routes: Routes,
+) -> Router {
     let token = auth::Token(Arc::new(token));
     let max_upload = Arc::new(limits::MaxUpload(max_upload));
-    let api = api::routes()
-        .merge(boots::api_routes())
-        .merge(ingest::routes())
-        .merge(import::routes())
-        .merge(rebalance::routes())
-        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
-    Router::new()
-        .merge(api)
-        .merge(cluster::routes(app.clone()))
-        .merge(ui::routes())
+    let mut r = Router::new();
+    if routes == Routes::All {
+        let api = api::routes()
+            .merge(boots::api_routes())
+            .merge(ingest::routes())
+            .merge(import::routes())
+            .merge(rebalance::routes())
+            .route_layer(middleware::from_fn_with_state(token, auth::require_token));
+        r = r.merge(api).merge(cluster::routes(app.clone()));
+    }
+    r.merge(ui::routes())
         .route("/metrics", get(metrics))
         .route(
             "/boot/{node}/{*path}",
@@ -155,9 +173,21 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
     Ok(l)
 }
 
+/// How a listener serves: its routes, and TLS (the rustls configuration, and whether
+/// the cluster routes demand a client certificate) or plain HTTP.
+#[derive(Clone)]
+pub struct Listener {
+    /// Routes served.
+    pub routes: Routes,
+    /// TLS, or plain HTTP.
+    pub tls: Option<(Arc<rustls::ServerConfig>, bool)>,
+}
+
 /// Serves until `shutdown` is cancelled, under the limits of `cfg` (see [`conn`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    how: Listener,
     app: Arc<App>,
     token: String,
     source: Arc<StoreSource>,
@@ -168,6 +198,8 @@ pub async fn serve(
     let limits = conn::ConnLimits::from(cfg);
     info!(
         addr = %addr,
+        tls = how.tls.is_some(),
+        routes = ?how.routes,
         max_connections = limits.max_connections,
         max_connections_per_ip = limits.max_per_ip,
         fd_share = crate::net::fds::current().http,
@@ -176,6 +208,10 @@ pub async fn serve(
         "http server listening"
     );
     let metrics = app.metrics.clone();
-    let router = router(app, token, source, cfg.max_upload_bytes);
-    conn::serve(listener, router, limits, metrics, shutdown).await
+    let router = router(app, token, source, cfg.max_upload_bytes, how.routes);
+    let tls = how.tls.map(|(c, mark_client_cert)| conn::Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(c),
+        mark_client_cert,
+    });
+    conn::serve(listener, router, limits, metrics, shutdown, tls).await
 }

@@ -126,11 +126,17 @@ pub struct Api {
     netns: Option<String>,
     timeout: Duration,
     keep_alive: bool,
+    /// CA bundle trusted for `https://` (the server speaks TLS); `None`: plain HTTP.
+    ca: Option<std::path::PathBuf>,
     agent: ureq::Agent,
 }
 
-fn agent(timeout: Duration, keep_alive: bool) -> ureq::Agent {
-    let b = ureq::AgentBuilder::new().timeout(timeout).redirects(0);
+fn agent(timeout: Duration, keep_alive: bool, ca: Option<&std::path::Path>) -> ureq::Agent {
+    let mut b = ureq::AgentBuilder::new().timeout(timeout).redirects(0);
+    if let Some(ca) = ca {
+        let c = baton::tls::client_config(ca, None).expect("the test CA loads");
+        b = b.tls_config(std::sync::Arc::new(c));
+    }
     if keep_alive {
         b.build()
     } else {
@@ -151,7 +157,8 @@ impl Api {
             netns: None,
             timeout: HTTP_TIMEOUT,
             keep_alive: false,
-            agent: agent(HTTP_TIMEOUT, false),
+            ca: None,
+            agent: agent(HTTP_TIMEOUT, false, None),
         }
     }
 
@@ -159,7 +166,16 @@ impl Api {
     pub fn timeout(&self, timeout: Duration) -> Api {
         Api {
             timeout,
-            agent: agent(timeout, self.keep_alive),
+            agent: agent(timeout, self.keep_alive, self.ca.as_deref()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client speaking `https://`, trusting only the CA bundle `ca`.
+    pub fn tls(&self, ca: &std::path::Path) -> Api {
+        Api {
+            ca: Some(ca.to_path_buf()),
+            agent: agent(self.timeout, self.keep_alive, Some(ca)),
             ..self.clone()
         }
     }
@@ -177,7 +193,7 @@ impl Api {
     pub fn keep_alive(&self) -> Api {
         Api {
             keep_alive: true,
-            agent: agent(self.timeout, true),
+            agent: agent(self.timeout, true, self.ca.as_deref()),
             ..self.clone()
         }
     }
@@ -187,9 +203,10 @@ impl Api {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` with [`Api::tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The token it presents.
@@ -208,9 +225,7 @@ impl Api {
         body: Option<&[u8]>,
     ) -> Result<Reply, String> {
         let what = format!("{method} {path}");
-        let mut req = self
-            .agent
-            .request(method, &format!("http://{}{path}", self.addr));
+        let mut req = self.agent.request(method, &format!("{}{path}", self.url()));
         if let Some(a) = auth {
             req = req.set("Authorization", a);
         }
@@ -377,7 +392,11 @@ impl Api {
         cmd.args(args)
             .args(["--api", &self.url(), "--token", &self.token])
             .env_remove("BATON_API")
-            .env_remove("BATON_API_TOKEN");
+            .env_remove("BATON_API_TOKEN")
+            .env_remove("BATON_API_CA");
+        if let Some(ca) = &self.ca {
+            cmd.arg("--ca").arg(ca);
+        }
         run_bounded(&mut cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -109,6 +109,21 @@ pub struct HostBuilder {
     args: Vec<String>,
     ready_timeout: Duration,
     api_timeout: Duration,
+    tls: Option<Tls>,
+}
+
+/// A host's TLS files (`[tls]`): its certificate and key, the CA bundle it trusts, and
+/// how peers authenticate (`mtls` or `secret`).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// `--tls-cert`.
+    pub cert: PathBuf,
+    /// `--tls-key`.
+    pub key: PathBuf,
+    /// `--tls-ca`; also what the test's [`Api`] trusts.
+    pub ca: PathBuf,
+    /// `--tls-peer-auth`.
+    pub peer_auth: String,
 }
 
 impl HostBuilder {
@@ -202,7 +217,16 @@ impl HostBuilder {
             args: Vec::new(),
             ready_timeout: START_TIMEOUT,
             api_timeout: HTTP_TIMEOUT,
+            tls: None,
         }
+    }
+
+    /// Serves the API and cluster routes over HTTPS with `tls`, and HTTP boot on a plain
+    /// listener (`--http-boot-listen` on a port of 127.0.0.1 the kernel picks; see
+    /// [`Host::boot_http`]). [`Host::url`] and [`Host::api`] speak https.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The binary to run (default: the one cargo built; benches: [`bench_bin`]).
@@ -385,6 +409,16 @@ impl HostBuilder {
         if let Some(j) = &self.join {
             cmd.args(["--join", j]);
         }
+        if let Some(t) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&t.cert)
+                .arg("--tls-key")
+                .arg(&t.key)
+                .arg("--tls-ca")
+                .arg(&t.ca)
+                .args(["--tls-peer-auth", &t.peer_auth])
+                .args(["--http-boot-listen", "127.0.0.1:0"]);
+        }
         if let Some(toml) = &self.config {
             // Otherwise the server creates its data directory (with its own mode).
             std::fs::create_dir_all(data).expect("create the data dir");
@@ -550,10 +584,23 @@ impl Host {
             .unwrap_or_else(|| panic!("{} runs without proxy-DHCP", self.name()))
     }
 
-    /// Its base URL, as peers know it.
+    /// Its base URL, as peers know it (`https://` with [`HostBuilder::tls`]).
     #[track_caller]
     pub fn url(&self) -> String {
-        format!("http://{}", self.http())
+        let scheme = if self.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http())
+    }
+
+    /// Its plain-HTTP boot listener (with [`HostBuilder::tls`]).
+    #[track_caller]
+    pub fn boot_http(&self) -> SocketAddr {
+        self.addrs()
+            .http_boot
+            .unwrap_or_else(|| panic!("{} has no plain HTTP boot listener", self.name()))
     }
 
     /// Starts the process; does not wait for it to be ready. A restart binds the HTTP
@@ -634,6 +681,9 @@ impl Host {
         self.api = Api::new(addrs.http, &token)
             .timeout(self.spec.api_timeout)
             .in_netns(self.netns());
+        if let Some(t) = &self.spec.tls {
+            self.api = self.api.tls(&t.ca);
+        }
         if self.pinned_http.is_none() {
             self.pinned_http = Some(addrs.http);
         }

@@ -64,6 +64,17 @@ pub enum PeerError {
         /// Cause.
         source: reqwest::Error,
     },
+    /// The TLS handshake failed: a certificate not from `tls.ca` on either side, a
+    /// missing client certificate, or plain HTTP against HTTPS.
+    #[error(
+        "TLS with {url} failed: {message} (check tls.ca, tls.cert and the peer's certificate)"
+    )]
+    Tls {
+        /// The request's URL.
+        url: String,
+        /// rustls' reason (e.g. invalid peer certificate: UnknownIssuer).
+        message: String,
+    },
     /// The peer at that address is another Raft identity now (421).
     #[error("{url}: node {target} is not at this address any more")]
     Misdirected {
@@ -116,6 +127,34 @@ pub enum PeerError {
     },
 }
 
+/// The errors behind `e`, outermost first. io::Error hides its inner error from
+/// `source()`, so an io::Error wrapping one is opened.
+fn causes(e: &reqwest::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        out.push(err);
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+        if out.len() > 16 {
+            break;
+        }
+    }
+    out
+}
+
+/// rustls' reason when `e` is a TLS failure.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    causes(e)
+        .into_iter()
+        .find_map(|c| c.downcast_ref::<rustls::Error>().map(|t| t.to_string()))
+}
+
 fn message_of(e: &Option<Box<ErrorInfo>>) -> &str {
     e.as_ref()
         .map(|e| e.message.as_str())
@@ -127,7 +166,7 @@ impl PeerError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            PeerError::Unreachable { .. } | PeerError::Misdirected { .. }
+            PeerError::Unreachable { .. } | PeerError::Misdirected { .. } | PeerError::Tls { .. }
         )
     }
 
@@ -155,19 +194,41 @@ impl PeerClient {
     /// A client authenticating with `secret`; without one every request fails with
     /// [`PeerError::NoSecret`].
     pub fn new(secret: Option<String>) -> Self {
-        let rpc = reqwest::Client::builder()
-            .connect_timeout(CONNECT)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(IDLE)
-            .build()
-            .unwrap_or_default();
-        let bulk = reqwest::Client::builder()
-            .connect_timeout(BLOB_CONNECT)
-            .read_timeout(BLOB_READ)
-            .pool_idle_timeout(IDLE)
-            .build()
-            .unwrap_or_default();
-        PeerClient { rpc, bulk, secret }
+        Self::with_tls(secret.clone(), None).unwrap_or_else(|_| PeerClient {
+            rpc: reqwest::Client::new(),
+            bulk: reqwest::Client::new(),
+            secret,
+        })
+    }
+
+    /// A client authenticating with `secret` that speaks `https://` with `tls` (trusting
+    /// `tls.ca` only; presenting this host's certificate in mTLS mode).
+    pub fn with_tls(
+        secret: Option<String>,
+        tls: Option<&crate::tls::Material>,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let tls = tls.map(|m| m.client_config()).transpose()?;
+        let build = |b: reqwest::ClientBuilder| {
+            let b = match &tls {
+                Some(c) => b.use_preconfigured_tls(c.clone()),
+                None => b,
+            };
+            b.build()
+                .map_err(|e| crate::tls::TlsError::Rustls(e.to_string()))
+        };
+        let rpc = build(
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(IDLE),
+        )?;
+        let bulk = build(
+            reqwest::Client::builder()
+                .connect_timeout(BLOB_CONNECT)
+                .read_timeout(BLOB_READ)
+                .pool_idle_timeout(IDLE),
+        )?;
+        Ok(PeerClient { rpc, bulk, secret })
     }
 
     /// Whether this host can talk to peers (it has the cluster secret).
@@ -198,7 +259,12 @@ impl PeerClient {
     ) -> Result<reqwest::Response, PeerError> {
         let url = url.to_string();
         let resp = rb.send().await.map_err(|source| {
-            if source.is_connect() {
+            if let Some(message) = tls_failure(&source) {
+                PeerError::Tls {
+                    url: url.clone(),
+                    message,
+                }
+            } else if source.is_connect() {
                 PeerError::Unreachable {
                     url: url.clone(),
                     source,
