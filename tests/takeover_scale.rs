@@ -24,20 +24,19 @@ mod common;
 #[allow(dead_code)]
 mod procstat;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use common::api::{Api, Reply};
-use common::data::{mac, mac_colons, pattern, pxelinux_path};
+use common::data::{mac, mac_colons, pattern};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
 use common::scale::{first_served, node_id as id};
-use common::tftp::{tftp_fetch, Answer};
 use common::{wait_until, wait_until_every};
 
 fn serial() -> MutexGuard<'static, ()> {
