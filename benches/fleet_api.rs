@@ -27,10 +27,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use common::fleet::Fleet;
-use common::host::{bench_bin, HostBuilder, TOKEN};
+use common::host::{bench_bin, HostBuilder};
+use common::scale::{import, ms, percentiles};
 use common::{pattern, run_bounded, wait_until};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -82,42 +81,6 @@ fn main() {
 
 fn mac(i: usize) -> String {
     common::data::mac_colons(common::data::mac(i))
-}
-
-/// `baton node import FILE --json` against `api_url`: the report and the wall time.
-fn import(bin: &Path, api_url: &str, file: &Path) -> (Value, Duration) {
-    let t = Instant::now();
-    let out = run_bounded(
-        common::host::clean_env(
-            std::process::Command::new(bin)
-                .args(["node", "import"])
-                .arg(file)
-                .args(["--json", "--api", api_url, "--token", TOKEN]),
-        )
-        .env_remove("BATON_API"),
-        Duration::from_secs(900),
-    )
-    .unwrap_or_else(|e| panic!("baton node import: {e}"));
-    let took = t.elapsed();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "import printed no report ({e}, {}): {}",
-            out.status, out.stderr
-        )
-    });
-    (report, took)
-}
-
-/// p50, p99 and max of `samples`.
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
-    samples.sort();
-    let at =
-        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
-    (at(0.50), at(0.99), samples[samples.len() - 1])
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// CPU time of the hosts' processes so far.

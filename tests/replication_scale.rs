@@ -31,6 +31,7 @@ use common::api::{Api, SECRET_HEADER};
 use common::fleet::{replica_state, Fleet};
 use common::host::{Host, SECRET, TOKEN};
 use common::pattern;
+use common::scale::{applied, installs, leader_log, rss_mib, sizes_line, snapshot_mib};
 
 /// The whole scale scenario must end within this.
 const SCENARIO: Duration = Duration::from_secs(1200);
@@ -187,56 +188,6 @@ fn every_cluster_route_takes_its_largest_body_and_refuses_more() {
     assert_eq!(h.api.cluster()["state"], "Leader");
 }
 
-/// Peak and current resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        s.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (kb("VmHWM:"), kb("VmRSS:"))
-}
-
-fn file_mib(p: &std::path::Path) -> f64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1 << 20) as f64
-}
-
-/// Size of a host's current snapshot data, in MiB.
-fn snapshot_mib(h: &Host) -> f64 {
-    let dir = h.data_dir().join("snapshots");
-    std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("snap-"))
-                .map(|e| file_mib(&e.path()))
-                .fold(0.0, f64::max)
-        })
-        .unwrap_or(0.0)
-}
-
-/// Index of the leader's last log entry, and its purge point.
-fn leader_log(h: &Host) -> (u64, u64) {
-    let m = h
-        .api
-        .peer("GET", "/cluster/metrics", Some(SECRET), None)
-        .expect(200);
-    (
-        m["last_log_index"].as_u64().unwrap_or(0),
-        m["purged"]["index"].as_u64().unwrap_or(0),
-    )
-}
-
-fn applied(h: &Host) -> u64 {
-    h.api
-        .try_cluster()
-        .and_then(|c| c["applied_index"].as_u64())
-        .unwrap_or(0)
-}
-
 /// Enrolls nodes `range` through the hosts in turn, each with a deploy profile, from
 /// `threads` concurrent clients.
 fn enroll(c: &Fleet, range: std::ops::Range<usize>, kernel: &str, ramdisk: &str) {
@@ -328,27 +279,8 @@ fn catch_up(c: &mut Fleet, v: usize, since: Instant) -> Duration {
 
 fn report_sizes(c: &Fleet, when: &str) {
     for h in &c.hosts {
-        let d = h.data_dir();
-        eprintln!(
-            "{when}: {}: baton.db {:.1} MiB (+wal {:.1}), raft-log.db {:.2} MiB (+wal {:.2}), \
-             snapshot {:.1} MiB",
-            h.name(),
-            file_mib(&d.join("baton.db")),
-            file_mib(&d.join("baton.db-wal")),
-            file_mib(&d.join("raft-log.db")),
-            file_mib(&d.join("raft-log.db-wal")),
-            snapshot_mib(h),
-        );
+        eprintln!("{when}: {}", sizes_line(h));
     }
-}
-
-/// The installs a host logged, as `(bytes, install ms)`.
-fn installs(h: &Host) -> Vec<String> {
-    h.run_log()
-        .lines()
-        .filter(|l| l.contains("store snapshot installed"))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -24,19 +24,19 @@ mod common;
 #[allow(dead_code)]
 mod procstat;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use common::api::{Api, Reply};
-use common::data::{mac, mac_colons, pattern, pxelinux_path};
+use common::data::{mac, mac_colons, pattern};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
-use common::tftp::{tftp_fetch, Answer};
+use common::scale::{first_served, node_id as id};
 use common::{wait_until, wait_until_every};
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -91,11 +91,6 @@ fn retry(what: &str, mut f: impl FnMut() -> Result<Reply, String>) -> (Reply, bo
             }
         }
     }
-}
-
-/// Node id of test node `i`.
-fn id(i: usize) -> String {
-    format!("node-{i:05}")
 }
 
 /// Enrolls nodes `range` on `api` (which then owns them) with a deploy profile, over
@@ -216,61 +211,6 @@ fn max_concurrent_migrations(events: &[Value]) -> (usize, usize) {
         }
     }
     (max, started)
-}
-
-/// Probes each `sample` node's pxelinux config on every host of `tftp` (8 threads)
-/// until one serves it; returns the latest first-served time after `t0`, or the nodes
-/// not served within `limit`.
-fn first_served(
-    tftp: &[SocketAddr],
-    sample: &[usize],
-    t0: Instant,
-    limit: Duration,
-) -> Result<Duration, Vec<String>> {
-    let unserved = Arc::new(Mutex::new(Vec::new()));
-    let latest = Arc::new(Mutex::new(Duration::ZERO));
-    let per = sample.len().div_ceil(8).max(1);
-    let handles: Vec<_> = sample
-        .chunks(per)
-        .map(|chunk| {
-            let (chunk, tftp) = (chunk.to_vec(), tftp.to_vec());
-            let (unserved, latest) = (unserved.clone(), latest.clone());
-            thread::spawn(move || {
-                let mut left: BTreeSet<usize> = chunk.into_iter().collect();
-                while !left.is_empty() && t0.elapsed() < limit {
-                    for i in left.clone() {
-                        let path = pxelinux_path(mac(i));
-                        for s in &tftp {
-                            if let Answer::Data(d) =
-                                tftp_fetch(*s, &path, &[], Duration::from_millis(300), None, None)
-                            {
-                                assert!(
-                                    String::from_utf8_lossy(&d).contains(&id(i)),
-                                    "{path} served with the wrong content"
-                                );
-                                let at = t0.elapsed();
-                                let mut l = latest.lock().unwrap();
-                                *l = (*l).max(at);
-                                left.remove(&i);
-                                break;
-                            }
-                        }
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
-                unserved.lock().unwrap().extend(left.into_iter().map(id));
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("probe thread");
-    }
-    let u = unserved.lock().unwrap().clone();
-    if u.is_empty() {
-        Ok(*latest.lock().unwrap())
-    } else {
-        Err(u)
-    }
 }
 
 #[test]

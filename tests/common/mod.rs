@@ -8,6 +8,7 @@
 //! - [`dhcp`]: proxy-DHCP DISCOVERs;
 //! - [`netns`]: network namespaces and bridge labs;
 //! - [`browser`]: a headless Chromium driven over the DevTools protocol;
+//! - [`scale`]: measuring a cluster at fleet size (import, percentiles, sizes, RSS);
 //! - [`require`]: what a test needs from the machine, skipped loudly or failed in CI;
 //! - [`child`]: child processes bounded in time; [`data`]: test data.
 //!
@@ -30,6 +31,7 @@ pub mod fleet;
 pub mod host;
 pub mod netns;
 pub mod require;
+pub mod scale;
 pub mod tftp;
 
 use std::path::Path;
