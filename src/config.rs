@@ -731,6 +731,19 @@ impl TftpConfig {
     }
 }
 
+impl TlsConfig {
+    /// The certificate, key and CA these settings name, loaded and checked; `None`
+    /// when TLS is off.
+    pub fn material(&self) -> Result<Option<crate::tls::Material>, crate::tls::TlsError> {
+        crate::tls::Material::load(
+            self.cert.as_deref(),
+            self.key.as_deref(),
+            self.ca.as_deref(),
+            self.peer_auth,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,7 +179,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
 
-    let tls = crate::tls::Material::load(&cfg.tls).context("[tls] refused")?;
+    let tls = cfg.tls.material().context("[tls] refused")?;
     // HTTP first: peers must reach this host while it joins the cluster.
     let listener = crate::http::bind(cfg.http.listen).await?;
     let http_addr = listener

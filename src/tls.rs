@@ -15,8 +15,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-use crate::config::TlsConfig;
-
 /// How peers prove they belong to the cluster over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,16 +158,22 @@ pub struct Material {
 }
 
 impl Material {
-    /// The files `[tls]` names, or `None` when TLS is off (no `tls.cert`).
-    pub fn load(cfg: &TlsConfig) -> Result<Option<Material>, TlsError> {
-        let (Some(cert), Some(key), Some(ca)) = (&cfg.cert, &cfg.key, &cfg.ca) else {
+    /// The files `[tls]` names (`cert`, `key`, `ca`), or `None` when TLS is off (any
+    /// of them unset; the configuration refuses some but not all of them set).
+    pub fn load(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        ca: Option<&Path>,
+        peer_auth: PeerAuth,
+    ) -> Result<Option<Material>, TlsError> {
+        let (Some(cert), Some(key), Some(ca)) = (cert, key, ca) else {
             return Ok(None);
         };
         let m = Material {
             certs: read_certs("tls.cert", cert)?,
             key: Arc::new(read_key(key)?),
-            ca: ca.clone(),
-            peer_auth: cfg.peer_auth,
+            ca: ca.to_path_buf(),
+            peer_auth,
         };
         // Both sides now, so a wrong key or CA file fails the start, not the first peer.
         m.server_config()?;
@@ -256,23 +260,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (cert, key) = write_pair(d.path(), "a");
         let (_, other_key) = write_pair(d.path(), "b");
-        let cfg = |cert: &Path, key: &Path, ca: &Path, peer_auth| TlsConfig {
-            cert: Some(cert.into()),
-            key: Some(key.into()),
-            ca: Some(ca.into()),
-            peer_auth,
+        let load = |cert: &Path, key: &Path, ca: &Path, peer_auth| {
+            Material::load(Some(cert), Some(key), Some(ca), peer_auth)
         };
-        assert!(Material::load(&TlsConfig::default()).unwrap().is_none());
+        assert!(Material::load(None, None, None, PeerAuth::Mtls)
+            .unwrap()
+            .is_none());
         for mode in [PeerAuth::Mtls, PeerAuth::Secret] {
-            let m = Material::load(&cfg(&cert, &key, &cert, mode)).unwrap();
+            let m = load(&cert, &key, &cert, mode).unwrap();
             assert_eq!(m.unwrap().peer_auth, mode);
         }
-        let e = Material::load(&cfg(&cert, &other_key, &cert, PeerAuth::Mtls)).unwrap_err();
+        let e = load(&cert, &other_key, &cert, PeerAuth::Mtls).unwrap_err();
         assert!(matches!(e, TlsError::Rustls(_)), "{e}");
-        let e = Material::load(&cfg(&key, &key, &cert, PeerAuth::Mtls)).unwrap_err();
+        let e = load(&key, &key, &cert, PeerAuth::Mtls).unwrap_err();
         assert!(e.to_string().contains("`tls.cert`"), "{e}");
-        let e =
-            Material::load(&cfg(&cert, &key, &d.path().join("nope"), PeerAuth::Mtls)).unwrap_err();
+        let e = load(&cert, &key, &d.path().join("nope"), PeerAuth::Mtls).unwrap_err();
         assert!(e.to_string().contains("`tls.ca`"), "{e}");
     }
 }

@@ -209,7 +209,7 @@ pub fn gather(cfg: &Config, timeout: Duration) -> Peers {
         p.sources.push(format!("cluster.join {j}"));
         add(&mut todo, j, None);
     }
-    let tls = match crate::tls::Material::load(&cfg.tls) {
+    let tls = match cfg.tls.material() {
         Ok(t) => t,
         Err(e) => {
             p.replica_error = Some(format!("[tls] refused: {e}"));
