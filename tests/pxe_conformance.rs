@@ -1491,13 +1491,19 @@ fn node_owned_by_another_host_gets_no_offer_and_no_files() {
     };
     let data = TempDir::new().unwrap();
     let tmp = TempDir::new().unwrap();
-    // Host "a" enrolls n2 (and so owns it), then stops.
-    let mut a = HostBuilder::pxe(data.path()).host("a").no_dhcp().start();
+    // Host "a" enrolls n2 (and so owns it), then stops. Long leases: "a" must not be
+    // taken for dead (and n2 taken over by "b") while the test runs.
+    const LEASES: &str = "[ownership]\nlease_interval_ms = 5000\nlease_ttl_ms = 120000\n";
+    let mut a = HostBuilder::pxe(data.path())
+        .host("a")
+        .no_dhcp()
+        .config(LEASES)
+        .start();
     enroll_deploy(&a.api, "n2", OTHER_MAC_STR, 2);
     assert!(a.terminate(Duration::from_secs(15)).success());
     // Host "b" starts on the same store, with proxy-DHCP, and enrolls n1.
     let s = start_with_dhcp(
-        HostBuilder::pxe(data.path()).host("b"),
+        HostBuilder::pxe(data.path()).host("b").config(LEASES),
         &tmp.path().join("b.pcap"),
     );
     enroll_deploy(&s.baton.api, "n1", MAC_STR, 1);
