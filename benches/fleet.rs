@@ -40,8 +40,8 @@ use common::api::Api;
 use common::fleet::{replica_state, Fleet, Leases};
 use common::host::{bench_bin, HostBuilder};
 use common::scale::{
-    applied, first_served, import, installs, leader_log, ms, node_id, percentiles, rss_mib,
-    sizes_line,
+    applied, env, first_served, import, installs, leader_log, ms, node_id, nodes_left, percentiles,
+    rss_mib, sizes, sizes_line,
 };
 use common::{pattern, run_bounded, wait_until_every};
 
@@ -50,24 +50,13 @@ const QUIET: &str = "info,baton::http::api=warn";
 /// A returning or rejoining host must have caught up within this.
 const CATCH_UP: Duration = Duration::from_secs(600);
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("fleet: run with `cargo bench --bench fleet` (skipped in test mode)");
         return;
     }
     let bin = bench_bin();
-    let sizes: Vec<usize> = std::env::var("FLEET_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = sizes("FLEET_SIZES");
     let budget = Duration::from_secs(env("FLEET_BUDGET_SECS", 2400));
     thread::spawn(move || {
         thread::sleep(budget);
@@ -279,19 +268,7 @@ impl Bench {
             Duration::from_secs(120),
             Duration::from_millis(100),
             "the victim's nodes reassigned",
-            || {
-                let r = surv_api
-                    .timeout(Duration::from_secs(5))
-                    .try_get("/v1/hosts")
-                    .ok()?;
-                let left = r
-                    .json_or_null()
-                    .as_array()?
-                    .iter()
-                    .find(|h| h["host"]["name"] == json!(victim))?["nodes"]
-                    .as_u64()?;
-                (left == 0).then(|| t_kill.elapsed())
-            },
+            || (nodes_left(&surv_api, &victim)? == 0).then(|| t_kill.elapsed()),
         );
         let served = prober.join().expect("prober");
         let after = loads(&surv_api);

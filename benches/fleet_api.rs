@@ -29,15 +29,8 @@ use std::time::{Duration, Instant};
 
 use common::fleet::Fleet;
 use common::host::{bench_bin, HostBuilder};
-use common::scale::{import, ms, percentiles};
+use common::scale::{env, import, ms, percentiles, sizes};
 use common::{pattern, run_bounded, wait_until};
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -45,11 +38,7 @@ fn main() {
         return;
     }
     let bin = bench_bin();
-    let sizes: Vec<usize> = std::env::var("FLEET_API_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = sizes("FLEET_API_SIZES");
     let lists: usize = env("FLEET_API_LISTS", 200);
     let budget = Duration::from_secs(env("FLEET_API_BUDGET_SECS", 1200));
     thread::spawn(move || {

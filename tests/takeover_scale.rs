@@ -36,19 +36,12 @@ use common::api::{Api, Reply};
 use common::data::{mac, mac_colons, pattern};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
-use common::scale::{first_served, node_id as id};
+use common::scale::{env, first_served, node_id as id, nodes_left};
 use common::{wait_until, wait_until_every};
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn say(s: &str) {
@@ -216,9 +209,9 @@ fn max_concurrent_migrations(events: &[Value]) -> (usize, usize) {
 #[test]
 fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
     let _g = serial();
-    let n = env_usize("BATON_SCALE_NODES", 10_000);
-    let v_nodes = env_usize("BATON_SCALE_VICTIM", 3_400).min(n);
-    let idle_secs = env_usize("BATON_SCALE_IDLE_SECS", 30) as u64;
+    let n = env::<usize>("BATON_SCALE_NODES", 10_000);
+    let v_nodes = env::<usize>("BATON_SCALE_VICTIM", 3_400).min(n);
+    let idle_secs = env::<usize>("BATON_SCALE_IDLE_SECS", 30) as u64;
     let l = Leases::DEFAULT;
     let mut f = Fleet::start(["h1", "h2", "h3"].iter().map(|h| spec(h, &l, "")).collect());
     let leader0 = leader_name(&mut f);
@@ -361,19 +354,7 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         Duration::from_secs(60),
         every,
         "victim's nodes reassigned",
-        || {
-            let l = surv_api
-                .timeout(Duration::from_secs(5))
-                .try_get("/v1/hosts")
-                .ok()?;
-            let left = l
-                .json_or_null()
-                .as_array()?
-                .iter()
-                .find(|h| h["host"]["name"] == json!(victim))?["nodes"]
-                .as_u64()?;
-            (left == 0).then(|| t_kill.elapsed())
-        },
+        || (nodes_left(&surv_api, &victim)? == 0).then(|| t_kill.elapsed()),
     );
     let served = prober.join().expect("prober");
     let (idx_done, _) = log_index(&lead);
@@ -406,7 +387,8 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         "reassigned after {t_owned:?}, bound {bound:?}"
     );
     let served = served.unwrap_or_else(|u| panic!("never served by a survivor: {u:?}"));
-    // Served within the bound in 2 of 4 runs here (4.3-5.4 s), 7.6-8.3 s in the others,
+    // Served within the bound in 2 of 4 runs here (4.3 and 5.4 s), 7.2 s (before the
+    // reconciler's entries were pipelined) and 8.3 s in the others,
     // on a 2-core machine with three debug hosts: printed, not asserted, until it holds
     // (issue 14 stays open for it). Served at all is asserted above.
     if served > bound {

@@ -17,6 +17,36 @@ use super::host::{clean_env, Host, SECRET, TOKEN};
 use super::run_bounded;
 use super::tftp::{tftp_fetch, Answer};
 
+/// Env `name` parsed, or `default` when unset or unparsable (a bench's or test's knob).
+pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Fleet sizes from env `name` (comma-separated), default 1,000 and 10,000.
+pub fn sizes(name: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// How many nodes `host` owns, as `api` lists hosts; `None` when it does not answer.
+pub fn nodes_left(api: &super::api::Api, host: &str) -> Option<u64> {
+    let r = api
+        .timeout(std::time::Duration::from_secs(5))
+        .try_get("/v1/hosts")
+        .ok()?;
+    r.json_or_null()
+        .as_array()?
+        .iter()
+        .find(|h| h["host"]["name"] == serde_json::json!(host))?["nodes"]
+        .as_u64()
+}
+
 /// Node id of fleet node `i`.
 pub fn node_id(i: usize) -> String {
     format!("node-{i:05}")
