@@ -23,9 +23,9 @@ pub mod types;
 #[cfg(test)]
 mod list_tests;
 #[cfg(test)]
-mod tests;
+mod scale_tests;
 #[cfg(test)]
-mod tests_scale;
+mod tests;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
