@@ -8,14 +8,14 @@
 //!   every replica's canonical dump is the same. Snapshot size, catch-up time and peak
 //!   RSS are printed.
 //!
-//! `BATON_SCALE_NODES` sets the node count (default 300 here; `cargo bench --bench fleet`
-//! runs the fleet sizes). Clusters run one at a time
+//! `BATON_SCALE_NODES` sets the node count (default 5,000, enrolled by one bulk import;
+//! `cargo bench --bench fleet` runs 1,000 and 10,000). Clusters run one at a time
 //! (timing); run with the heavy lock: `flock /tmp/baton-heavy.lock cargo test --test
 //! replication_scale`.
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,9 +29,12 @@ use serde_json::{json, Value};
 
 use common::api::{Api, SECRET_HEADER};
 use common::fleet::{replica_state, Fleet};
-use common::host::{Host, SECRET, TOKEN};
+use common::data::{mac, mac_colons};
+use common::host::{baton_bin, Host, SECRET, TOKEN};
 use common::pattern;
-use common::scale::{applied, installs, leader_log, rss_mib, sizes_line, snapshot_mib};
+use common::scale::{
+    applied, import, installs, leader_log, rss_mib, sizes_line, snapshot_mib,
+};
 
 /// The whole scale scenario must end within this.
 const SCENARIO: Duration = Duration::from_secs(1200);
@@ -188,45 +191,33 @@ fn every_cluster_route_takes_its_largest_body_and_refuses_more() {
     assert_eq!(h.api.cluster()["state"], "Leader");
 }
 
-/// Enrolls nodes `range` through the hosts in turn, each with a deploy profile, from
-/// `threads` concurrent clients.
-fn enroll(c: &Fleet, range: std::ops::Range<usize>, kernel: &str, ramdisk: &str) {
-    const THREADS: usize = 12;
-    let next = AtomicUsize::new(range.start);
-    let addrs: Vec<_> = c.hosts.iter().map(|h| h.http()).collect();
-    let started = Instant::now();
-    let total = range.len();
-    thread::scope(|s| {
-        for t in 0..THREADS {
-            let (next, addrs, end) = (&next, &addrs, range.end);
-            s.spawn(move || {
-                let api = Api::new(addrs[t % addrs.len()], TOKEN);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= end {
-                        return;
-                    }
-                    let id = format!("node-{i:05}");
-                    let mac = format!("52:54:{:02x}:{:02x}:{:02x}:01", i >> 16, (i >> 8) & 255, i & 255);
-                    let r = api.post("/v1/nodes", json!({ "id": id, "macs": [mac] }));
-                    assert_eq!(r.status, 201, "enroll {id}: {}", r.text());
-                    let r = api.put(
-                        &format!("/v1/nodes/{id}/profile"),
-                        json!({ "kind": "deploy", "kernel": kernel, "ramdisk": ramdisk,
-                                "cmdline": format!("console=ttyS0,115200n8 node={id} {}", "x".repeat(200)) }),
-                    );
-                    assert_eq!(r.status, 200, "profile {id}: {}", r.text());
-                    if i % 1000 == 999 {
-                        eprintln!("  {} nodes enrolled with profiles", i + 1);
-                    }
-                }
-            });
-        }
-    });
-    let s = started.elapsed().as_secs_f64();
+/// Enrolls `nodes` nodes, each with a deploy profile (kernel and ramdisk by artifact
+/// name, a 250-byte command line), with one `baton node import` through a follower: a
+/// few large log entries (batches of many nodes), forwarded to the leader.
+fn enroll(c: &Fleet, nodes: usize) {
+    let l = c.leader(Duration::from_secs(30));
+    let via = &c.hosts[(l + 1) % c.hosts.len()];
+    let file = c.dir.path().join("nodes.csv");
+    let mut csv = String::from("id,macs,kind,kernel,ramdisk,cmdline\n");
+    for i in 0..nodes {
+        let id = format!("node-{i:05}");
+        csv.push_str(&format!(
+            "{id},{},deploy,vmlinuz,initrd.img,\"console=ttyS0,115200n8 node={id} {}\"\n",
+            mac_colons(mac(i)),
+            "x".repeat(200)
+        ));
+    }
+    std::fs::write(&file, &csv).expect("write the import file");
+    let (r, took) = import(Path::new(baton_bin()), &via.url(), &file);
+    assert_eq!(r["created"].as_u64(), Some(nodes as u64), "{r}");
+    assert_eq!(r["failed"].as_u64(), Some(0), "{r}");
     eprintln!(
-        "enrolled {total} nodes with profiles in {s:.1} s ({:.0} nodes/s, 2 writes each)",
-        total as f64 / s
+        "enrolled {nodes} nodes with profiles by one import through {} in {:.1} s ({:.0} \
+         nodes/s, {} log entries)",
+        via.name(),
+        took.as_secs_f64(),
+        nodes as f64 / took.as_secs_f64(),
+        r["log_entries"]
     );
 }
 
@@ -290,7 +281,7 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
     let nodes: usize = std::env::var("BATON_SCALE_NODES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(5000);
     // Leases long enough that no host's nodes are taken over while it is away or
     // while the harness restarts the cluster to compare dumps (takeover at this size is
     // issue 14's other part, not this test's).
@@ -299,9 +290,9 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
         "[cluster]\nsnapshot_every = 500\nkeep_logs = 100\n\
          [ownership]\nlease_interval_ms = 20000\nlease_ttl_ms = 120000\n",
     );
-    let kernel = c.hosts[0].api.upload("vmlinuz", &pattern(64 * 1024, 1));
-    let ramdisk = c.hosts[0].api.upload("initrd.img", &pattern(32 * 1024, 2));
-    enroll(&c, 0..nodes, &kernel, &ramdisk);
+    c.hosts[0].api.upload("vmlinuz", &pattern(64 * 1024, 1));
+    c.hosts[0].api.upload("initrd.img", &pattern(32 * 1024, 2));
+    enroll(&c, nodes);
     c.wait_applied_everywhere(Duration::from_secs(300));
     report_sizes(&c, "enrolled");
 
