@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -188,4 +188,15 @@ CREATE TABLE requests (
     outcome  TEXT NOT NULL                  -- JSON Outcome of the first application
 ) STRICT;
 CREATE INDEX requests_at ON requests(at);
+"#;
+
+/// Version 8: addresses an operator sets on a node (a JSON array of IP address
+/// strings, sorted). With `node_files = "bound"` they may fetch the node's files on
+/// whichever host owns it, as the addresses learned from its own PXE exchange may on
+/// the host that saw it. Replicated like every node field, so they hold across a
+/// takeover. An address belongs to one node at most: the index finds the few nodes
+/// that have any without a scan.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX nodes_with_addresses ON nodes(id) WHERE addresses != '[]';
 "#;
