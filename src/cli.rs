@@ -204,7 +204,7 @@ pub enum NodeCmd {
     /// Enroll (or update) many nodes from a file, in one request: CSV or JSON lines,
     /// one node per line (id, macs, group, arch, and optionally a profile: kind,
     /// kernel, ramdisk, cmdline; kernel and ramdisk by sha256 or uploaded artifact
-    /// name). Re-running it is harmless: nodes already as the file says are left
+    /// name; and the node's own addresses, `addresses`, `-` in CSV to clear them). Re-running it is harmless: nodes already as the file says are left
     /// alone. Exits non-zero if any line was refused.
     Import {
         /// The file (`-` for standard input is not supported: the progress bar needs

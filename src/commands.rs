@@ -1119,9 +1119,10 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
     if dry_run {
         for n in &t.nodes {
             eprintln!(
-                "would enroll {} ({}) from {}:{}",
+                "would enroll {} ({}{}) from {}:{}",
                 n.id,
                 joined(&n.macs, ","),
+                spec_addresses(n),
                 n.at.file,
                 n.at.line
             );
@@ -1134,11 +1135,16 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
                 macs: n.macs.clone(),
                 group: group.clone(),
                 arch: None,
-                addresses: Vec::new(),
+                addresses: n.addresses.clone(),
             };
             match c.send::<_, Node>("POST", "/v1/nodes", &req) {
                 Ok(_) => {
-                    eprintln!("enrolled {} ({})", n.id, joined(&n.macs, ","));
+                    eprintln!(
+                        "enrolled {} ({}{})",
+                        n.id,
+                        joined(&n.macs, ","),
+                        spec_addresses(n)
+                    );
                     enrolled.push(n.id.clone());
                 }
                 Err(e) => {
@@ -1160,5 +1166,14 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{} node(s) were not enrolled", refused.len())
+    }
+}
+
+/// `; addresses A, B` for a translated node that has fixed addresses.
+fn spec_addresses(n: &crate::import::dnsmasq::NodeSpec) -> String {
+    if n.addresses.is_empty() {
+        String::new()
+    } else {
+        format!("; addresses {}", joined(&n.addresses, ", "))
     }
 }

@@ -163,6 +163,38 @@ fn open_is_wal_full_and_migrated() {
 }
 
 #[test]
+fn a_version_7_store_gets_node_addresses_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (i, sql) in schema::MIGRATIONS[..7].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i as u32 + 1)
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO hosts (name, group_name, addresses, registered_at, last_heartbeat) \
+             VALUES ('h1', 'g', '[]', 1, 1); \
+             INSERT INTO nodes (id, group_name, owner, epoch, provision_state, created_at, \
+             updated_at) VALUES ('n1', 'g', 'h1', 1, 'enrolled', 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 8);
+    let n = store.node("n1").unwrap().unwrap();
+    assert!(n.addresses.is_empty());
+    let set = Command::SetNodeAddresses {
+        node: "n1".into(),
+        addresses: vec!["10.0.0.5".parse().unwrap()],
+        at: 2,
+    };
+    assert!(store.apply(&set).unwrap().is_applied());
+    assert_eq!(store.node("n1").unwrap().unwrap().addresses.len(), 1);
+}
+
+#[test]
 fn newer_schema_is_refused() {
     let t = fresh();
     lock(&t.store.writer)
