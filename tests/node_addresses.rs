@@ -163,6 +163,30 @@ fn bound_node_files_go_to_the_addresses_the_operator_set() {
         .expect_error(409);
     assert!(e["message"].as_str().unwrap_or("").contains("n1"), "{e}");
     assert_eq!(tftp_from(OWN, tftp, "nodes/n1/kernel"), Ok(kernel.clone()));
+    // Import files set them too (`-` clears them); a taken address fails its line.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nodes.csv");
+    let import = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        api.cli(&["node", "import", file.to_str().unwrap()])
+    };
+    let out = import(&format!(
+        "id,macs,addresses\nn3,{},127.0.0.33 127.0.0.34\nn4,{},127.0.0.1\n",
+        mac_colons(mac(3)),
+        mac_colons(mac(4))
+    ));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && printed.contains("address_in_use"),
+        "{printed}{}",
+        out.stderr
+    );
+    let v = api.get("/v1/nodes/n3").expect(200);
+    assert_eq!(v["addresses"], json!(["127.0.0.33", "127.0.0.34"]), "{v}");
+    api.get("/v1/nodes/n4").expect_error(404);
+    let out = import(&format!("id,macs,addresses\nn3,{},-\n", mac_colons(mac(3))));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(api.get("/v1/nodes/n3").expect(200)["addresses"], json!([]));
 
     // Cleared: the address is a stranger again.
     let out = api.cli(&["node", "update", "n1", "--clear-addresses"]);
