@@ -609,6 +609,12 @@ fn set_node_addresses(
         "UPDATE nodes SET addresses = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, stored, at],
     )?;
+    tx.execute("DELETE FROM node_addresses WHERE node = ?1", [id])?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO node_addresses (address, node) VALUES (?1, ?2)")?;
+    for a in &addresses {
+        insert.execute(params![a.to_string(), id])?;
+    }
     event(
         tx,
         at,

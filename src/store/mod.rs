@@ -28,6 +28,7 @@ mod tests;
 mod tests_scale;
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -454,6 +455,7 @@ const DUMP: &[(&str, &str)] = &[
     ("hosts", "name"),
     ("nodes", "id"),
     ("node_macs", "mac"),
+    ("node_addresses", "address"),
     ("artifacts", "digest"),
     ("host_artifacts", "host, digest"),
     ("node_files", "path"),
@@ -492,6 +494,11 @@ pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
 
 /// Indexed reads for the reconciler and artifact replication (see [`read`]).
 impl Store {
+    /// The node an operator set `address` on ([`Command::SetNodeAddresses`]), if any.
+    pub fn node_id_by_address(&self, address: &IpAddr) -> Result<Option<String>, StoreError> {
+        read::node_id_by_address(&lock(&self.reader), address)
+    }
+
     /// Nodes owned by `owner`, by id.
     pub fn nodes_owned_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
         read::nodes_owned_by(&lock(&self.reader), owner)

@@ -477,29 +477,29 @@ pub(super) fn owned_counts(
 }
 
 /// A node other than `except` that has one of `addresses` set, with that address: an
-/// address is one node's at most. Reads only the nodes with addresses (an index).
+/// address is one node's at most.
 pub(super) fn address_holder(
     conn: &Connection,
     addresses: &[IpAddr],
     except: &str,
 ) -> Result<Option<(IpAddr, String)>, StoreError> {
-    if addresses.is_empty() {
-        return Ok(None);
-    }
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, addresses FROM nodes WHERE addresses != '[]' AND id != ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([except], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (id, held) = row?;
-        let held: Vec<IpAddr> = json(&held, "node addresses")?;
-        if let Some(ip) = addresses.iter().find(|a| held.contains(a)) {
-            return Ok(Some((*ip, id)));
+    for a in addresses {
+        if let Some(node) = node_id_by_address(conn, a)?.filter(|n| n != except) {
+            return Ok(Some((*a, node)));
         }
     }
     Ok(None)
+}
+
+/// The node an operator set `address` on, if any.
+pub(super) fn node_id_by_address(
+    conn: &Connection,
+    address: &IpAddr,
+) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT node FROM node_addresses WHERE address = ?1")?;
+    Ok(stmt
+        .query_row([address.to_canonical().to_string()], |r| r.get(0))
+        .optional()?)
 }
 
 pub(super) fn node_id_by_mac(

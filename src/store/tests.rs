@@ -431,8 +431,13 @@ fn node_addresses_are_set_checked_owned_once_and_cleared() {
         t.no(set("nope", &["10.0.0.7"], 8)),
         Rejection::UnknownNode { .. }
     ));
+    let holder = |a: &str| t.store.node_id_by_address(&ip(a)).unwrap();
+    assert_eq!(holder("10.0.0.9").as_deref(), Some("n1"));
+    assert_eq!(holder("::ffff:10.0.0.5").as_deref(), Some("n1"));
+    assert_eq!(holder("10.0.0.7"), None);
     // Cleared, the address is free for another node.
     t.ok(set("n1", &[], 9));
+    assert_eq!(holder("10.0.0.9"), None);
     assert!(t.node("n1").addresses.is_empty());
     t.ok(set("n2", &["10.0.0.9"], 10));
     assert_eq!(t.node("n2").addresses, vec![ip("10.0.0.9")]);
@@ -444,6 +449,7 @@ fn node_addresses_are_set_checked_owned_once_and_cleared() {
         node: "n2".into(),
         at: 11,
     });
+    assert_eq!(holder("10.0.0.9"), None);
     t.ok(set("n1", &["10.0.0.9"], 12));
 }
 
