@@ -740,6 +740,25 @@ mod tests {
     }
 
     #[test]
+    fn node_addresses_are_text_kept_cleared_or_refused() {
+        let keep: UpdateRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(keep.addresses, None);
+        let clear: UpdateRequest = serde_json::from_str(r#"{"addresses": []}"#).unwrap();
+        assert_eq!(clear.addresses, Some(vec![]));
+        let set: UpdateRequest =
+            serde_json::from_str(r#"{"addresses": ["10.0.0.5", "fd00::5"]}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&set).unwrap(),
+            r#"{"addresses":["10.0.0.5","fd00::5"]}"#
+        );
+        assert!(serde_json::from_str::<UpdateRequest>(r#"{"addresses": ["x"]}"#).is_err());
+        let e: EnrollRequest =
+            serde_json::from_str(r#"{"id": "n1", "macs": ["52:54:00:00:00:01"]}"#).unwrap();
+        assert!(e.addresses.is_empty());
+        assert!(!serde_json::to_string(&e).unwrap().contains("addresses"));
+    }
+
+    #[test]
     fn self_is_the_wire_name() {
         let m = MemberView {
             node_id: 7,
