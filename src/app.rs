@@ -1,7 +1,7 @@
 //! The handles of a running host, as the HTTP layer (admin API, HTTP boot, cluster
 //! RPC) receives them. `serve` assembles them; every other driver gets only the handles
 //! it needs ([`crate::ownership::lease::Renewer`], [`crate::ownership::reconcile::Reconciler`],
-//! [`crate::replicate::Replicator`], [`crate::dhcp::server::DhcpDeps`],
+//! [`crate::replicate::Replicator`], [`crate::serve::dhcp::DhcpDeps`],
 //! [`crate::namespace::store_source::StoreSource`]). Nothing below the HTTP layer imports
 //! this module, and it holds no logic of its own.
 

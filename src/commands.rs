@@ -2,6 +2,8 @@
 //! (or, with `--json`, the JSON the server sent). Answers are read as the [`crate::api`]
 //! types the server handlers send, so a renamed field breaks the build, not the output.
 
+mod boots_text;
+
 use std::fmt::Display;
 use std::net::IpAddr;
 use std::path::Path;
@@ -172,7 +174,7 @@ fn node_detail(d: &NodeDetail) -> String {
         ));
     }
     if let Some(b) = &d.boot {
-        out.push_str(&crate::boots::text::summary_lines(b));
+        out.push_str(&boots_text::summary_lines(b));
     }
     if let Some(r) = &d.reservation {
         out.push_str(&format!(
@@ -505,7 +507,7 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 attempts: Some(attempts),
             };
             let r = c.get(&with_query(&format!("/v1/nodes/{id}/boots"), &q)?)?;
-            print(api, &r, crate::boots::text::node_boots);
+            print(api, &r, boots_text::node_boots);
         }
         NodeCmd::Update {
             id,

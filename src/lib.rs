@@ -1,7 +1,7 @@
 //! Baton: a boot server for bare-metal fleets (proxy-DHCP + TFTP + HTTP boot with
 //! ownership handoff). See `DESIGN.md` in the shared folder for the architecture, and the
-//! README's layout section for the rooms: drivers (`serve`, `http`, `tftp::server`,
-//! `dhcp::server`, `replicate`, `ownership::lease`/`reconcile`) import cores (`wire`,
+//! README's layout section for the rooms: drivers (`serve` with `serve::tftp` and
+//! `serve::dhcp`, `http`, `replicate`, `ownership::lease`/`reconcile`) import cores (`wire`,
 //! `tftp::transfer`, `dhcp::proxy`, `ownership::gate`, `store`), never the other way.
 pub mod api;
 pub mod app;

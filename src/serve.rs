@@ -1,4 +1,9 @@
-//! `baton serve`: assembles the configured services and runs them until a signal.
+//! `baton serve`: assembles the configured services and runs them until a signal. The
+//! UDP protocol drivers live here too ([`tftp`], [`dhcp`]): they feed the sans-IO cores
+//! in `crate::tftp` and `crate::dhcp`.
+
+pub mod dhcp;
+pub mod tftp;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,7 +22,6 @@ use crate::capture::Capture;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::dhcp::proxy::Port;
-use crate::dhcp::server::{DhcpDeps, DhcpServer};
 use crate::metrics::Metrics;
 use crate::namespace::cache::ServedBlobs;
 use crate::namespace::store_source::StoreSource;
@@ -29,8 +33,9 @@ use crate::render::embedded::STATIC_FILES;
 use crate::render::{rerender_all, watch_templates, CurrentRenderer, Renderer, TemplateWatcher};
 use crate::replicate::{ReplicationProgress, Replicator};
 use crate::store::{Command, Store};
-use crate::tftp::server::TftpServer;
 use crate::wire::path::PathRules;
+use dhcp::{DhcpDeps, DhcpServer};
+use tftp::TftpServer;
 
 /// Sets up logging to stderr with `filter` (RUST_LOG, when set, wins).
 pub fn init_logging(filter: &str) {

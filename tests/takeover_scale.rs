@@ -441,7 +441,20 @@ fn fleet_at_scale_log_budget_idle_cpu_takeover_and_rebalance() {
         &["host", "rebalance", "--wait", "300"],
         Duration::from_secs(330),
     );
-    assert!(ok, "rebalance --wait: {out}");
+    if !ok {
+        // Why the API went away: the victim's own account of that moment.
+        let log = f.host(&victim).run_log();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE"))
+            .rev()
+            .take(40)
+            .collect();
+        panic!(
+            "rebalance --wait: {out}\n{victim}'s last log lines (newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     let rb_s = t_rb.elapsed().as_secs_f64();
     let end = loads(&lead);
     say(&format!(

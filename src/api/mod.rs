@@ -1,6 +1,8 @@
 //! The HTTP contract, declared once: the request and response bodies of the admin API
-//! (`/v1`, [`v1`]) and of the peer routes (`/cluster`, [`peer`]), the error body every
-//! refusal carries ([`error`]), and the files the local CLI shares with the server.
+//! (`/v1`, [`v1`]) and of the boot records ([`boots`]), and the files the local CLI
+//! shares with the server. The peer routes (`/cluster`, [`peer`]) and the error body every
+//! refusal carries are declared with the Raft transport that speaks them
+//! ([`crate::store::raft::rpc`]) and re-exported here, so the store never looks up here.
 //!
 //! The server handlers answer with these types and the clients (the CLI's
 //! [`crate::client`], the peer client [`crate::store::raft::peer`]) read them, so renaming
@@ -8,11 +10,10 @@
 //! the store's value types: no logic, no I/O, nothing from the drivers.
 
 pub mod boots;
-pub mod error;
-pub mod peer;
 pub mod v1;
 
-pub use error::{ErrorBody, ErrorInfo};
+pub use crate::store::raft::rpc as peer;
+pub use crate::store::raft::rpc::{ErrorBody, ErrorInfo};
 
 /// Where `baton serve` keeps its state unless told otherwise, and where the local CLI
 /// looks for the API token.

@@ -9,10 +9,10 @@
 //! transitions enter the log, batched per detector pass ([`watch`]).
 //!
 //! Rooms: [`record`] (the value), [`health`] (how an attempt stands), [`timeline`] and
-//! [`stuck`] (pure: attempts, and their health over records and a time), [`classify`] (pure: what a driver event means),
-//! [`metrics`]; drivers: [`recorder`] (the handle the protocol drivers call, and the
-//! batched writer), [`local`] (the file), [`watch`] (the detector), [`text`] (CLI
-//! output).
+//! [`stuck`] (pure: attempts, and their health over records and a time), [`classify`]
+//! (pure: what a driver event means), [`metrics`]; drivers: [`recorder`] (the handle the
+//! protocol drivers call, and the batched writer), [`local`] (the file), [`watch`] (the
+//! detector). Their text for the CLI lives with the CLI (`commands/boots_text.rs`).
 
 pub mod classify;
 pub mod health;
@@ -21,7 +21,6 @@ pub mod metrics;
 pub mod record;
 pub mod recorder;
 pub mod stuck;
-pub mod text;
 pub mod timeline;
 pub mod watch;
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -19,6 +20,7 @@ use crate::api::boots::{
     BootsQuery, DoneRecorded, DoneReport, HostAnswer, HostRow, NodeBoots, NodeRow, Overview,
     OverviewQuery, PeerBootSummary, PeerNodeRecords, MAX_ATTEMPTS, MAX_NODE_RECORDS,
 };
+use crate::api::peer;
 use crate::app::App;
 use crate::boots::stuck::timeline;
 use crate::boots::{BootRecord, Stuck};
@@ -26,6 +28,10 @@ use crate::clock::now_ms;
 use crate::ownership::gate::NotServed;
 use crate::store::raft::peer::PeerError;
 use crate::store::HandoffState;
+
+/// How long a peer has to answer for its boot records before the page shows it as
+/// unreachable.
+const PEER_BOOTS: Duration = Duration::from_secs(3);
 
 /// The `/v1` routes of boot timelines and the status page (behind the API token).
 pub fn api_routes() -> Router<Arc<App>> {
@@ -90,7 +96,12 @@ pub async fn merged_boots(app: &Arc<App>, node: &str, attempts: usize) -> NodeBo
     let answers = ask_peers(app, |base| {
         let peers = peers.clone();
         let node = node.to_string();
-        async move { peers.boot_records(&base, &node, MAX_NODE_RECORDS).await }
+        async move {
+            let path = format!("{}/{node}?limit={MAX_NODE_RECORDS}", peer::BOOTS);
+            peers
+                .get_json::<PeerNodeRecords>(&base, &path, PEER_BOOTS)
+                .await
+        }
     })
     .await;
     for (host, a) in answers {
@@ -256,7 +267,11 @@ async fn overview(
     let peers = app.proposer.peers().clone();
     let answers = ask_peers(&app, |base| {
         let peers = peers.clone();
-        async move { peers.boot_summary(&base).await }
+        async move {
+            peers
+                .get_json::<PeerBootSummary>(&base, peer::BOOTS, PEER_BOOTS)
+                .await
+        }
     })
     .await;
     for (host, a) in answers {

@@ -1,7 +1,7 @@
 //! The served namespace: what a name a boot client sends (over TFTP or HTTP) resolves
 //! to. Node files first, through the serve gate and the shared in-memory copies of
 //! blobs ([`store_source`], [`cache`]); then the shared files of the TFTP root
-//! ([`dir`]). The protocol drivers (`tftp::server`, `http::boot`) read files only
+//! ([`dir`]). The protocol drivers (`serve::tftp`, `http::boot`) read files only
 //! through [`FileSource`]; nothing here knows of sockets or packets.
 
 pub mod cache;

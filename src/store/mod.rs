@@ -2,8 +2,9 @@
 //! [`Command`]s.
 //!
 //! [`apply::apply`] is the state machine the Raft log will drive; [`Store`] wraps a
-//! database file with a writer connection (applies commands) and a reader connection
-//! (serves lookups; in WAL mode readers never wait for the writer).
+//! database file with a writer connection (applies commands) and a few reader
+//! connections (serve lookups; in WAL mode readers never wait for the writer, nor for
+//! each other).
 //!
 //! Durability: the database runs in WAL mode with `synchronous=FULL`. With `NORMAL`,
 //! WAL commits survive a killed process but the last transactions can be lost on power
@@ -23,13 +24,14 @@ pub mod types;
 #[cfg(test)]
 mod list_tests;
 #[cfg(test)]
-mod tests;
+mod scale_tests;
 #[cfg(test)]
-mod tests_scale;
+mod tests;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -103,8 +105,16 @@ impl StoreError {
 pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Read-only connections: WAL lets them read side by side, so a long scan (the
+    /// reconciler's, a full list) does not queue a short read (a gate check, a page)
+    /// behind it.
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next blocking read waits when every reader is busy.
+    next_reader: AtomicUsize,
 }
+
+/// Read connections per store.
+const READERS: usize = 4;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,15 +151,33 @@ impl Store {
         let mut writer = Connection::open(&path)?;
         configure(&writer)?;
         schema::migrate(&mut writer)?;
-        let reader = Connection::open(&path)?;
-        configure(&reader)?;
-        // The reader must never write: catches a misrouted statement in tests.
-        reader.pragma_update(None, "query_only", "ON")?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open(&path)?;
+            configure(&reader)?;
+            // A reader must never write: catches a misrouted statement in tests.
+            reader.pragma_update(None, "query_only", "ON")?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(Store {
             path,
             writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
+            readers,
+            next_reader: AtomicUsize::new(0),
         })
+    }
+
+    /// A free read connection, or (all busy) the next one in turn, waited for.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            match r.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        lock(&self.readers[i])
     }
 
     /// The database file.
@@ -176,27 +204,29 @@ impl Store {
 
     /// Schema version of the open file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(lock(&self.reader).query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .reader()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// One host.
     pub fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
-        read::host(&lock(&self.reader), name)
+        read::host(&self.reader(), name)
     }
 
     /// All hosts, by name.
     pub fn hosts(&self) -> Result<Vec<Host>, StoreError> {
-        read::hosts(&lock(&self.reader))
+        read::hosts(&self.reader())
     }
 
     /// One node.
     pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
-        read::node(&lock(&self.reader), id)
+        read::node(&self.reader(), id)
     }
 
     /// All nodes, by id.
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        read::nodes(&lock(&self.reader))
+        read::nodes(&self.reader())
     }
 
     /// Up to `limit` nodes matching `filter` with ids after `after`, by id (a keyset
@@ -207,22 +237,22 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Node>, StoreError> {
-        read::nodes_page(&lock(&self.reader), filter, after, limit)
+        read::nodes_page(&self.reader(), filter, after, limit)
     }
 
     /// Number of nodes matching `filter`.
     pub fn count_nodes(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
-        read::count_nodes(&lock(&self.reader), filter)
+        read::count_nodes(&self.reader(), filter)
     }
 
     /// Number of nodes each host owns (hosts owning none are absent).
     pub fn owned_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        read::owned_counts(&lock(&self.reader))
+        read::owned_counts(&self.reader())
     }
 
     /// The node that has `mac` (what proxy-DHCP asks).
     pub fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<Node>, StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         match read::node_id_by_mac(&conn, mac)? {
             Some(id) => read::node(&conn, &id),
             None => Ok(None),
@@ -243,7 +273,7 @@ impl Store {
     /// of its candidates with a row (as sent, then with lowercase MACs). The caller still
     /// checks that this host may serve the node.
     pub fn node_file_for(&self, path: &ClientPath) -> Result<Option<NodeFile>, StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         for p in path.candidates() {
             if let Some(f) = read::node_file(&conn, p)? {
                 return Ok(Some(f));
@@ -255,7 +285,7 @@ impl Store {
     /// Nodes whose files another tool writes, with that source (see
     /// [`Command::SetNodeFiles`]), by node.
     pub fn node_sources(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached("SELECT node, source FROM node_sources ORDER BY node")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -264,17 +294,17 @@ impl Store {
 
     /// A node's whole served namespace, by path.
     pub fn node_files(&self, node: &str) -> Result<Vec<NodeFile>, StoreError> {
-        read::node_files(&lock(&self.reader), node)
+        read::node_files(&self.reader(), node)
     }
 
     /// One artifact.
     pub fn artifact(&self, digest: &Digest) -> Result<Option<Artifact>, StoreError> {
-        read::artifact(&lock(&self.reader), digest)
+        read::artifact(&self.reader(), digest)
     }
 
     /// All artifacts, by digest.
     pub fn artifacts(&self) -> Result<Vec<Artifact>, StoreError> {
-        read::artifacts(&lock(&self.reader))
+        read::artifacts(&self.reader())
     }
 
     /// Up to `limit` artifacts with digests after `after`, by digest; only those named
@@ -286,32 +316,32 @@ impl Store {
         after: Option<&Digest>,
         limit: usize,
     ) -> Result<Vec<Artifact>, StoreError> {
-        read::artifacts_page(&lock(&self.reader), name, host, after, limit)
+        read::artifacts_page(&self.reader(), name, host, after, limit)
     }
 
     /// Number of artifacts.
     pub fn count_artifacts(&self) -> Result<u64, StoreError> {
-        read::count_artifacts(&lock(&self.reader))
+        read::count_artifacts(&self.reader())
     }
 
     /// Nodes whose files reference an artifact.
     pub fn nodes_using(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
-        read::nodes_using(&lock(&self.reader), digest)
+        read::nodes_using(&self.reader(), digest)
     }
 
     /// A node's recorded reservation (check [`Reservation::is_live`]).
     pub fn reservation(&self, node: &str) -> Result<Option<Reservation>, StoreError> {
-        read::reservation(&lock(&self.reader), node)
+        read::reservation(&self.reader(), node)
     }
 
     /// All recorded reservations, by node.
     pub fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
-        read::reservations(&lock(&self.reader))
+        read::reservations(&self.reader())
     }
 
     /// Up to `limit` events with `seq > after`, oldest first (`after = 0` from the start).
     pub fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        read::events_since(&lock(&self.reader), after, limit)
+        read::events_since(&self.reader(), after, limit)
     }
 
     /// Applies the commands of a batch of replicated-log entries (`None` for entries that
@@ -345,7 +375,8 @@ impl Store {
     /// membership) JSON.
     pub fn replicated_state(&self) -> Result<Option<(String, String)>, StoreError> {
         use rusqlite::OptionalExtension;
-        Ok(lock(&self.reader)
+        Ok(self
+            .reader()
             .query_row(
                 "SELECT log_id, membership FROM raft_applied WHERE id = 1",
                 [],
@@ -376,7 +407,7 @@ impl Store {
 
     /// Writes a consistent copy of the whole database to `path` (SQLite's backup API).
     pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         crate::private_fs::prepare_db(path).map_err(StoreError::io(path))?;
         let mut dst = Connection::open(path)?;
         let b = rusqlite::backup::Backup::new(&conn, &mut dst)?;
@@ -401,7 +432,8 @@ impl Store {
     /// The bytes of a small rendered file kept in the store, if `digest` is one.
     pub fn inline_file(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         use rusqlite::OptionalExtension;
-        Ok(lock(&self.reader)
+        Ok(self
+            .reader()
             .query_row(
                 "SELECT content FROM inline_files WHERE digest = ?1",
                 [digest.to_hex()],
@@ -412,7 +444,7 @@ impl Store {
 
     /// Digests of all files kept in the store: every replica holds them.
     pub fn inline_digests(&self) -> Result<std::collections::HashSet<Digest>, StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT digest FROM inline_files")?;
         let hexes = stmt
             .query_map([], |r| r.get::<_, String>(0))?
@@ -428,7 +460,7 @@ impl Store {
 
     /// Whether a migration flip away from `host` still waits for its confirmation.
     pub fn awaits_confirmation(&self, host: &str) -> Result<bool, StoreError> {
-        Ok(lock(&self.reader).query_row(
+        Ok(self.reader().query_row(
             "SELECT EXISTS (SELECT 1 FROM nodes WHERE fence_host = ?1)",
             [host],
             |r| r.get(0),
@@ -438,7 +470,7 @@ impl Store {
     /// Newest event sequence number (0: none).
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let v: i64 =
-            lock(&self.reader)
+            self.reader()
                 .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         Ok(v.max(0) as u64)
     }
@@ -446,7 +478,7 @@ impl Store {
     /// Every row of every table in a fixed order and format. Two replicas that applied
     /// the same commands produce the same dump; tests and the Raft glue compare them.
     pub fn canonical_dump(&self) -> Result<String, StoreError> {
-        canonical_dump(&lock(&self.reader))
+        canonical_dump(&self.reader())
     }
 }
 
@@ -496,59 +528,59 @@ pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
 impl Store {
     /// The node an operator set `address` on ([`Command::SetNodeAddresses`]), if any.
     pub fn node_id_by_address(&self, address: &IpAddr) -> Result<Option<String>, StoreError> {
-        read::node_id_by_address(&lock(&self.reader), address)
+        read::node_id_by_address(&self.reader(), address)
     }
 
     /// Nodes owned by `owner`, by id.
     pub fn nodes_owned_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
-        read::nodes_owned_by(&lock(&self.reader), owner)
+        read::nodes_owned_by(&self.reader(), owner)
     }
 
     /// Nodes with a migration in progress, by id.
     pub fn migrating_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        read::migrating_nodes(&lock(&self.reader))
+        read::migrating_nodes(&self.reader())
     }
 
     /// Nodes flagged as impossible to take over, by id.
     pub fn stuck_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        read::stuck_nodes(&lock(&self.reader))
+        read::stuck_nodes(&self.reader())
     }
 
     /// Nodes per owning host.
     pub fn node_counts(&self) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
-        read::node_counts(&lock(&self.reader))
+        read::node_counts(&self.reader())
     }
 
     /// (node, digest) of the blobs the nodes of `owner` serve (files kept in the store
     /// left out).
     pub fn blob_digests_owned_by(&self, owner: &str) -> Result<Vec<(String, Digest)>, StoreError> {
-        read::blob_digests_owned_by(&lock(&self.reader), owner)
+        read::blob_digests_owned_by(&self.reader(), owner)
     }
 
     /// The blobs one node serves (files kept in the store left out).
     pub fn blob_digests_of(&self, node: &str) -> Result<Vec<Digest>, StoreError> {
-        read::blob_digests_of(&lock(&self.reader), node)
+        read::blob_digests_of(&self.reader(), node)
     }
 
     /// Hosts recorded as holding blob `d`.
     pub fn recorded_holders(&self, d: &Digest) -> Result<Vec<String>, StoreError> {
-        read::recorded_holders(&lock(&self.reader), d)
+        read::recorded_holders(&self.reader(), d)
     }
 
     /// When the active rebalance was asked for, if one is.
     pub fn rebalance_requested(&self) -> Result<Option<Millis>, StoreError> {
-        read::rebalance_requested(&lock(&self.reader))
+        read::rebalance_requested(&self.reader())
     }
 
     /// Blobs the nodes of `group` serve, each with whether `host` is recorded as
     /// holding it (files kept in the store left out: every replica has them).
     pub fn wanted_blobs(&self, group: &str, host: &str) -> Result<Vec<(Digest, bool)>, StoreError> {
-        read::wanted_blobs(&lock(&self.reader), group, host)
+        read::wanted_blobs(&self.reader(), group, host)
     }
 
     /// `EXPLAIN QUERY PLAN` of `sql` (with NULL for every parameter), one detail a line.
     pub fn query_plan(&self, sql: &str) -> Result<String, StoreError> {
-        let conn = lock(&self.reader);
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
         let rows = stmt

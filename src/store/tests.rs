@@ -195,6 +195,38 @@ fn a_version_7_store_gets_node_addresses_empty() {
 }
 
 #[test]
+fn a_busy_reader_does_not_hold_up_another_read() {
+    let t = std::sync::Arc::new(base());
+    // A long scan holds one reader; a lookup takes another, at once.
+    let held = t.store.reader();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t2 = t.clone();
+    std::thread::spawn(move || tx.send(t2.store.node("n1").unwrap().is_some()).unwrap());
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(5)),
+        Ok(true),
+        "a read waited for another reader"
+    );
+    // With every reader busy, a read waits for one and then answers.
+    let rest: Vec<_> = (1..READERS).map(|_| t.store.reader()).collect();
+    assert_eq!(rest.len() + 1, READERS);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t2 = t.clone();
+    std::thread::spawn(move || tx.send(t2.store.hosts().unwrap().len()).unwrap());
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(200))
+        .is_err());
+    drop(rest);
+    drop(held);
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(1));
+    // Every reader is read-only.
+    for r in &t.store.readers {
+        let e = lock(r).execute("DELETE FROM node_macs", []).unwrap_err();
+        assert!(e.to_string().contains("readonly"), "{e}");
+    }
+}
+
+#[test]
 fn newer_schema_is_refused() {
     let t = fresh();
     lock(&t.store.writer)

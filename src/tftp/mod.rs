@@ -1,6 +1,5 @@
-//! TFTP serving: the sans-IO transfer engine ([`transfer`]), option negotiation
-//! ([`negotiate`]) and the tokio driver ([`server`]). Files come from
-//! [`crate::namespace`]; the engine and negotiation know nothing of sockets or clocks.
+//! TFTP's protocol core: the sans-IO transfer engine ([`transfer`]) and option
+//! negotiation ([`negotiate`]). They know nothing of sockets, clocks or files: the tokio
+//! driver that feeds them (`serve::tftp`) reads files through `namespace`.
 pub mod negotiate;
-pub mod server;
 pub mod transfer;

@@ -4,7 +4,7 @@
 //! window, and the first time survivors serve a sample of nodes over TFTP.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::data::{mac, pxelinux_path};
 use super::host::{clean_env, Host, SECRET, TOKEN};
 use super::run_bounded;
-use super::tftp::{tftp_fetch, Answer};
+use super::tftp::{tftp_fetch_from, Answer};
 
 /// Env `name` parsed, or `default` when unset or unparsable (a bench's or test's knob).
 pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -166,9 +166,19 @@ pub fn installs(h: &Host) -> Vec<String> {
         .collect()
 }
 
+/// Node `i`'s own loopback address, 127.1.0.1 and up (distinct for 16 million nodes).
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    let n = (i + 1) as u32;
+    Ipv4Addr::new(127, 1 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
 /// Probes each `sample` node's pxelinux config on every host of `tftp` (8 threads)
 /// until one serves it (its content must name the node); returns the latest
 /// first-served time after `t0`, or the nodes not served within `limit`.
+///
+/// Each node is probed from an address of its own ([`node_addr`]), as a fleet's
+/// machines are: from one shared address, the servers' per-source limits (error replies,
+/// slot shares) would throttle the prober itself and time its refusals out.
 pub fn first_served(
     tftp: &[SocketAddr],
     sample: &[usize],
@@ -189,9 +199,15 @@ pub fn first_served(
                     for i in left.clone() {
                         let path = pxelinux_path(mac(i));
                         for s in &tftp {
-                            if let Answer::Data(d) =
-                                tftp_fetch(*s, &path, &[], Duration::from_millis(300), None, None)
-                            {
+                            if let Answer::Data(d) = tftp_fetch_from(
+                                node_addr(i),
+                                *s,
+                                &path,
+                                &[],
+                                Duration::from_millis(300),
+                                None,
+                                None,
+                            ) {
                                 assert!(
                                     String::from_utf8_lossy(&d).contains(&node_id(i)),
                                     "{path} served with the wrong content"

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::peer::PeerClient;
+pub use super::rpc::{PreVoteRequest, PreVoteResponse};
 use super::{BatonRaft, NodeId};
-pub use crate::api::peer::{PreVoteRequest, PreVoteResponse};
 
 /// Election timing: the lease a voter gives a leader, and the candidate's base timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

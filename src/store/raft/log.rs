@@ -21,8 +21,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rpc::APPEND_BATCH;
 use super::{typ, NodeId, TypeConfig};
-use crate::api::peer::APPEND_BATCH;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 

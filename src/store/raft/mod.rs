@@ -2,8 +2,9 @@
 //! machine of a replicated log shared by all Baton hosts. The log and vote live in their
 //! own SQLite file; peers talk over the HTTP port (`/cluster/...`), authenticated by the
 //! cluster secret. [`propose`] is the write path every change goes through, [`peer`] the
-//! one client of other hosts, [`elect`] elections with pre-vote. Nothing here knows of
-//! nodes' ownership rules or the boot protocols.
+//! one client of other hosts, [`rpc`] the routes and bodies they exchange, [`elect`]
+//! elections with pre-vote. Nothing here knows of nodes' ownership rules or the boot
+//! protocols.
 
 pub mod elect;
 pub mod log;
@@ -11,6 +12,7 @@ pub mod machine;
 pub mod network;
 pub mod peer;
 pub mod propose;
+pub mod rpc;
 pub mod snapfile;
 pub mod wire;
 

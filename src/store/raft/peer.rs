@@ -1,4 +1,4 @@
-//! The one client of other hosts' peer routes (`/cluster/...`, see [`crate::api::peer`]):
+//! The one client of other hosts' peer routes (`/cluster/...`, see [`super::rpc`]):
 //! Raft RPC, forwarded writes, joining, membership changes, the leader's metrics and
 //! blob fetches. It alone sets the cluster secret and target headers, holds the
 //! timeouts of peer traffic, and turns transport failures and refusals into
@@ -16,14 +16,13 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::wire::{self as codec, WireError};
-use super::{typ, NodeId, TypeConfig};
-use crate::api::boots::{PeerBootSummary, PeerNodeRecords};
-use crate::api::peer::{
+use super::rpc::{
     self as wire, ClockReply, JoinRequest, Joined, NotLeader, PreVoteRequest, PreVoteResponse,
     ProposeRefused, Proposed, RemoveRequest, Removed, SECRET_HEADER, TARGET_HEADER,
 };
-use crate::api::{ErrorBody, ErrorInfo};
+use super::rpc::{ErrorBody, ErrorInfo};
+use super::wire::{self as codec, WireError};
+use super::{typ, NodeId, TypeConfig};
 use crate::blobs::Digest;
 use crate::store::Command;
 
@@ -41,9 +40,6 @@ const MEMBERSHIP: Duration = Duration::from_secs(30);
 /// Joining: the leader adds the host as a learner and answers once it caught up, which
 /// may take a snapshot transfer.
 const JOIN: Duration = Duration::from_secs(300);
-/// Boot records of a peer: read from its local file, answered in milliseconds; a
-/// peer slower than this is left out of the timeline (and named).
-const BOOTS: Duration = Duration::from_secs(3);
 /// Connecting to a blob holder.
 const BLOB_CONNECT: Duration = Duration::from_secs(2);
 /// Longest wait for the next bytes of a blob: a frozen holder must not stall
@@ -462,22 +458,16 @@ impl PeerClient {
         Self::decode(resp, &url).await
     }
 
-    /// The boot records of `node` held by the host at `base` (its newest `limit`);
-    /// `node` is a checked node id (URL-safe by its rules).
-    pub async fn boot_records(
+    /// `GET base+path` on a peer route, decoded as `T`, within `timeout`: for routes
+    /// whose bodies belong to higher layers (the boot records), so this client need not
+    /// know their types.
+    pub async fn get_json<T: DeserializeOwned>(
         &self,
         base: &str,
-        node: &str,
-        limit: usize,
-    ) -> Result<PeerNodeRecords, PeerError> {
-        let url = url(base, &format!("{}/{node}?limit={limit}", wire::BOOTS));
-        self.get(&url, BOOTS).await
-    }
-
-    /// The newest boot record of every node, the stuck flags and the transfers in
-    /// progress of the host at `base`.
-    pub async fn boot_summary(&self, base: &str) -> Result<PeerBootSummary, PeerError> {
-        self.get(&url(base, wire::BOOTS), BOOTS).await
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        self.get(&url(base, path), timeout).await
     }
 
     async fn get<T: DeserializeOwned>(&self, url: &str, timeout: Duration) -> Result<T, PeerError> {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 
 use super::peer::PeerClient;
+use super::rpc::{ProposeRefused, Proposed};
 use super::wire::{check_command, WireError};
 use super::{BatonRaft, NodeId, Peer};
-use crate::api::peer::{ProposeRefused, Proposed};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Command, Outcome, RequestId, StoreError};

@@ -1,5 +1,5 @@
 //! How Raft messages travel between hosts, and how large they may be (sans-IO: values
-//! in, bytes out, and back; the limits are [`crate::api::peer`]'s).
+//! in, bytes out, and back; the limits are [`super::rpc`]'s).
 //!
 //! - `AppendEntries` is CBOR: binary and self-describing (a [`Command`] is an internally
 //!   tagged enum, which formats without `deserialize_any` cannot read back), strings as
@@ -12,10 +12,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use openraft::{LogId, SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
+use super::rpc::{APPEND_BODY_MAX, ENTRY_MAX, ENVELOPE_MAX, SNAPSHOT_BODY_MAX, SNAPSHOT_CHUNK};
 use super::{typ, NodeId, Peer, TypeConfig};
-use crate::api::peer::{
-    APPEND_BODY_MAX, ENTRY_MAX, ENVELOPE_MAX, SNAPSHOT_BODY_MAX, SNAPSHOT_CHUNK,
-};
 use crate::store::Command;
 
 /// Content type of an `AppendEntries` body.
@@ -249,11 +247,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::api::peer::{
-        JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
-    };
     use crate::blobs::Digest;
     use crate::store::command::{BootNotice, FileSpec, ImportItem, ImportProfile};
+    use crate::store::raft::rpc::{
+        JoinRequest, PreVoteRequest, RemoveRequest, APPEND_BATCH, PROPOSE_BODY_MAX, SMALL_BODY_MAX,
+    };
     use crate::store::types::{BootProfile, KernelBoot, ProvisionState, RequestId, TransferReason};
 
     const BIG: u64 = u64::MAX;

@@ -13,11 +13,11 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::proxy::{decide, route, Decision, Ignored, Policy, Port, Route};
 use crate::bindings::{Bindings, Learned};
 use crate::boots::DhcpSeen;
 use crate::capture::Capture;
 use crate::config::DhcpConfig;
+use crate::dhcp::proxy::{decide, route, Decision, Ignored, Policy, Port, Route};
 use crate::metrics::Metrics;
 use crate::net::ratelimit::{Limiter, LogBudget, Rate, Verdict};
 use crate::net::{iface, udp};

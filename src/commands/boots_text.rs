@@ -3,8 +3,8 @@
 use crate::api::boots::{BootSummary, NodeBoots};
 use crate::clock::Millis;
 
-use super::health::Health;
-use super::timeline::{Attempt, Step};
+use crate::boots::health::Health;
+use crate::boots::timeline::{Attempt, Step};
 
 /// `2024-05-01 12:34:56.789Z` for a wall-clock time.
 pub fn utc(ms: Millis) -> String {

@@ -1,6 +1,8 @@
 //! The peer routes (`/cluster/...`) hosts of one cluster call on each other's HTTP port,
-//! as [`crate::http::cluster`] answers them and [`crate::store::raft::peer`] calls them:
-//! paths, headers and the bodies that are Baton's own (Raft messages are openraft's).
+//! as the HTTP driver answers them and [`super::peer`] calls them: paths, headers, body
+//! limits and the bodies that are Baton's own (Raft messages are openraft's), plus the
+//! error body every refusal carries, on `/cluster` and `/v1` alike
+//! (`{"error": {"code", "message", "field"?, "details"?}}`). Plain serde types: no I/O.
 
 use serde::{Deserialize, Serialize};
 
@@ -172,4 +174,41 @@ pub struct ClockReply {
     pub now_ms: crate::store::Millis,
     /// Cluster members as this host sees them.
     pub members: std::collections::BTreeMap<crate::store::types::NodeId, crate::store::raft::Peer>,
+}
+
+/// A refusal, as sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was refused.
+    pub error: ErrorInfo,
+}
+
+/// What was refused and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Short machine-readable code (`conflict`, `not_found`, `unavailable`...), also the
+    /// metrics label.
+    pub code: String,
+    /// What is wrong and what to do, for a person.
+    pub message: String,
+    /// The offending request field, when one is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Machine-readable details (the current fencing token, the leader's address...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ErrorBody {
+    /// A refusal with `code` and `message` only.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorInfo {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+                details: None,
+            },
+        }
+    }
 }
