@@ -4,7 +4,9 @@
 //! address; this is how a file request is tied back to the node whose boot it is.
 //!
 //! Kept in memory on each host, bounded, and re-learned at the next boot: a binding is
-//! a hint about a live boot, not state worth replicating.
+//! a hint about a live boot, not state worth replicating. Addresses the operator sets on
+//! a node are the replicated complement (a node field, see
+//! [`crate::ownership::gate::is_node_address`]): they hold on any owner at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -162,6 +162,10 @@ pub enum NodeCmd {
         /// Architecture hint, e.g. x86_64 or aarch64.
         #[arg(long)]
         arch: Option<String>,
+        /// An address the node boots from (repeat for several): with `--node-files
+        /// bound` it may fetch the node's files from whichever host owns the node.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<String>,
     },
     /// List nodes (all of them, fetched page by page), by id.
     List {
@@ -200,7 +204,7 @@ pub enum NodeCmd {
     /// Enroll (or update) many nodes from a file, in one request: CSV or JSON lines,
     /// one node per line (id, macs, group, arch, and optionally a profile: kind,
     /// kernel, ramdisk, cmdline; kernel and ramdisk by sha256 or uploaded artifact
-    /// name). Re-running it is harmless: nodes already as the file says are left
+    /// name; and the node's own addresses, `addresses`, `-` in CSV to clear them). Re-running it is harmless: nodes already as the file says are left
     /// alone. Exits non-zero if any line was refused.
     Import {
         /// The file (`-` for standard input is not supported: the progress bar needs
@@ -225,7 +229,7 @@ pub enum NodeCmd {
         #[arg(long, default_value_t = 3)]
         attempts: usize,
     },
-    /// Change a node's MACs, group, architecture or provision state.
+    /// Change a node's MACs, group, architecture, provision state or addresses.
     Update {
         /// Node id.
         id: String,
@@ -241,6 +245,13 @@ pub enum NodeCmd {
         /// New provision state: enrolled, available, deploying, active, cleaning, failed.
         #[arg(long, value_name = "STATE")]
         provision_state: Option<String>,
+        /// New set of the node's own addresses (repeat for several; replaces those set
+        /// before): with `--node-files bound` they may fetch the node's files.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<String>,
+        /// Remove every address set on the node.
+        #[arg(long, conflicts_with = "addresses")]
+        clear_addresses: bool,
     },
     /// Delete a node (refused while it is reserved).
     Delete {

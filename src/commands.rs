@@ -5,6 +5,7 @@
 mod boots_text;
 
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -22,6 +23,7 @@ use crate::api::TOKEN_FILE;
 use crate::blobs::Digest;
 use crate::cli::{ApiArgs, ArtifactCmd, HostCmd, NodeCmd};
 use crate::client::{table, urlencode, with_query, Client, Reply};
+use crate::store::types::node_addresses;
 use crate::store::{Artifact, HandoffState, MacAddr, Node, NodeFile, ProvisionState};
 
 /// Connects with the given or the local token.
@@ -138,6 +140,13 @@ fn node_detail(d: &NodeDetail) -> String {
         out.push_str(&format!("{k:<16} {v}\n"));
     }
     out.push_str(&format!("{:<16} {}\n", "macs", joined(&n.macs, ", ")));
+    if !n.addresses.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {}\n",
+            "addresses",
+            joined(&n.addresses, ", ")
+        ));
+    }
     let handoff = match &n.handoff {
         HandoffState::Migrating { to, since } => format!("migrating to {to} since {since}"),
         h => handoff_label(h).to_string(),
@@ -174,12 +183,21 @@ fn node_detail(d: &NodeDetail) -> String {
         ));
     }
     if let Some(a) = &d.access {
+        let set: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
         let who = match a.mode.as_str() {
             "open" => "anyone (node_files = open)".to_string(),
-            _ if a.addresses.is_empty() => {
-                "its own addresses; none seen yet (they come from its next PXE boot)".into()
+            _ if a.addresses.is_empty() && set.is_empty() => {
+                "its own addresses; none set or seen yet (they come from its next PXE \
+                 boot, or `baton node update ID --address IP`)"
+                    .into()
             }
-            _ => format!("its own addresses: {}", a.addresses.join(", ")),
+            _ if set.is_empty() => format!("its own addresses: {}", a.addresses.join(", ")),
+            _ if a.addresses.is_empty() => format!("its own addresses: {} (set)", set.join(", ")),
+            _ => format!(
+                "its own addresses: {} (set), {} (seen)",
+                set.join(", "),
+                a.addresses.join(", ")
+            ),
         };
         out.push_str(&format!("{:<16} {who}\n", "files served to"));
         if a.refused > 0 {
@@ -406,6 +424,18 @@ fn parse_macs(macs: &[String]) -> anyhow::Result<Vec<MacAddr>> {
         .collect()
 }
 
+/// A node's own addresses as given with `--address`, checked as the server will.
+fn parse_addresses(given: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let ips = given
+        .iter()
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| anyhow::anyhow!("--address {a}: not an IP address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    node_addresses(&ips).map_err(|m| anyhow::anyhow!("--address: {m}"))
+}
+
 /// `baton node ...`
 pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
     let c = connect(api)?;
@@ -415,12 +445,14 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             macs,
             group,
             arch,
+            addresses,
         } => {
             let req = EnrollRequest {
                 id,
                 macs: parse_macs(&macs)?,
                 group,
                 arch,
+                addresses: parse_addresses(&addresses)?,
             };
             let r: Reply<Node> = c.send("POST", "/v1/nodes", &req)?;
             print(api, &r, |n| {
@@ -483,6 +515,8 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             group,
             arch,
             provision_state,
+            addresses,
+            clear_addresses,
         } => {
             let provision_state = provision_state
                 .map(|p| {
@@ -497,6 +531,13 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                 group,
                 arch: arch.map(Some),
                 provision_state,
+                addresses: if clear_addresses {
+                    Some(Vec::new())
+                } else {
+                    (!addresses.is_empty())
+                        .then(|| parse_addresses(&addresses))
+                        .transpose()?
+                },
                 expected_epoch: None,
             };
             let r: Reply<Node> = c.send("PATCH", &format!("/v1/nodes/{id}"), &req)?;
@@ -1080,9 +1121,10 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
     if dry_run {
         for n in &t.nodes {
             eprintln!(
-                "would enroll {} ({}) from {}:{}",
+                "would enroll {} ({}{}) from {}:{}",
                 n.id,
                 joined(&n.macs, ","),
+                spec_addresses(n),
                 n.at.file,
                 n.at.line
             );
@@ -1095,10 +1137,16 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
                 macs: n.macs.clone(),
                 group: group.clone(),
                 arch: None,
+                addresses: n.addresses.clone(),
             };
             match c.send::<_, Node>("POST", "/v1/nodes", &req) {
                 Ok(_) => {
-                    eprintln!("enrolled {} ({})", n.id, joined(&n.macs, ","));
+                    eprintln!(
+                        "enrolled {} ({}{})",
+                        n.id,
+                        joined(&n.macs, ","),
+                        spec_addresses(n)
+                    );
                     enrolled.push(n.id.clone());
                 }
                 Err(e) => {
@@ -1120,5 +1168,14 @@ pub fn import(cmd: crate::cli::ImportCmd) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{} node(s) were not enrolled", refused.len())
+    }
+}
+
+/// `; addresses A, B` for a translated node that has fixed addresses.
+fn spec_addresses(n: &crate::import::dnsmasq::NodeSpec) -> String {
+    if n.addresses.is_empty() {
+        String::new()
+    } else {
+        format!("; addresses {}", joined(&n.addresses, ", "))
     }
 }

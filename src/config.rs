@@ -77,9 +77,10 @@ settings! {
         capture: Option<PathBuf> = None,
             flag [value "capture" PathBuf, "FILE.pcap"];
         /// Who may fetch a node's own files (configs, scripts, kernel, ramdisk): `bound`
-        /// (default), only addresses that node's PXE exchange with this host showed;
-        /// `open`, anyone (as dnsmasq), for hosts whose nodes get DHCP elsewhere.
-        /// Shared loaders are served to anyone either way.
+        /// (default), only the node's own addresses: those its PXE exchange with this
+        /// host showed and those set on the node (`baton node update ID --address IP`);
+        /// `open`, anyone (as dnsmasq), for hosts whose nodes get DHCP elsewhere and
+        /// have no addresses set. Shared loaders are served to anyone either way.
         node_files: crate::ownership::gate::NodeFileAccess =
             crate::ownership::gate::NodeFileAccess::Bound,
             flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];

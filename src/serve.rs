@@ -434,11 +434,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!("proxy-dhcp disabled");
         if gate.access() == NodeFileAccess::Bound {
             // Bindings are learned from this host's own PXE answers: with DHCP elsewhere
-            // every node file would be refused.
+            // only the addresses set on nodes get their files.
             warn!(
                 node_files = "bound",
                 "proxy-dhcp is off, so no node's address can be learned here and node files \
-                 will be refused; set node_files = \"open\" when another server answers DHCP"
+                 go only to the addresses set on nodes (baton node update ID --address IP); \
+                 set node_files = \"open\" when another server answers DHCP and nodes have \
+                 no addresses set"
             );
         }
         None

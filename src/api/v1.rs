@@ -2,6 +2,8 @@
 //! [`crate::http::api`] answer them and the CLI reads them. Requests refuse unknown
 //! fields, so a misspelt field is an error naming it rather than a silent no-op.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ErrorInfo;
@@ -130,6 +132,11 @@ pub struct EnrollRequest {
     /// Architecture hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// Addresses the node boots from, set by the operator: with `node_files =
+    /// "bound"` they may fetch its files from whichever host owns it (no unspecified,
+    /// multicast or broadcast address; at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
 }
 
 /// `PATCH /v1/nodes/{id}`: what to change (absent fields stay). Answered with the
@@ -153,6 +160,10 @@ pub struct UpdateRequest {
     /// New provision state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provision_state: Option<ProvisionState>,
+    /// New set of operator-set addresses (see [`EnrollRequest::addresses`]); `[]`
+    /// clears them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<IpAddr>>,
     /// Refuse unless the node is still at this ownership epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_epoch: Option<u64>,
@@ -205,7 +216,8 @@ pub struct NodeDetail {
 pub struct NodeAccess {
     /// `bound` or `open` (`node_files`).
     pub mode: String,
-    /// Addresses this host learned from the node's own PXE exchanges.
+    /// Addresses this host learned from the node's own PXE exchanges (the ones the
+    /// operator set are the node's `addresses`).
     pub addresses: Vec<String>,
     /// Node-file requests this host refused to other addresses.
     pub refused: u64,
@@ -589,9 +601,10 @@ pub struct ImportQuery {
 #[serde(rename_all = "snake_case")]
 pub enum ImportFormat {
     /// Comma-separated values: a header line naming the columns (`id`, `macs`, `group`,
-    /// `arch`, `kind`, `kernel`, `ramdisk`, `cmdline`; any order, any subset with
-    /// `id` and `macs`), or no header and the columns in that order. Several MACs in
-    /// one field are separated by spaces, `;` or `|`. Empty fields are absent.
+    /// `arch`, `kind`, `kernel`, `ramdisk`, `cmdline`, `addresses`; any order, any
+    /// subset with `id` and `macs`), or no header and the columns in that order.
+    /// Several MACs or addresses in one field are separated by spaces, `;` or `|`.
+    /// Empty fields are absent (an `addresses` field of just `-` clears them).
     Csv,
     /// One [`ImportRecord`] JSON object per line.
     Jsonl,
@@ -613,6 +626,9 @@ pub struct ImportRecord {
     /// Architecture hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// Its operator-set addresses (see [`EnrollRequest::addresses`]); `[]` clears them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<IpAddr>>,
     /// What it boots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<ImportProfileSpec>,
@@ -672,7 +688,7 @@ pub struct ImportUpdate {
     pub line: u64,
     /// The node.
     pub node: String,
-    /// What changed: `macs`, `group`, `arch`, `profile`.
+    /// What changed: `macs`, `group`, `arch`, `addresses`, `profile`.
     pub fields: Vec<String>,
 }
 
@@ -721,6 +737,25 @@ mod tests {
         // And the client sends what it means.
         assert_eq!(serde_json::to_string(&keep).unwrap(), "{}");
         assert_eq!(serde_json::to_string(&clear).unwrap(), r#"{"arch":null}"#);
+    }
+
+    #[test]
+    fn node_addresses_are_text_kept_cleared_or_refused() {
+        let keep: UpdateRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(keep.addresses, None);
+        let clear: UpdateRequest = serde_json::from_str(r#"{"addresses": []}"#).unwrap();
+        assert_eq!(clear.addresses, Some(vec![]));
+        let set: UpdateRequest =
+            serde_json::from_str(r#"{"addresses": ["10.0.0.5", "fd00::5"]}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&set).unwrap(),
+            r#"{"addresses":["10.0.0.5","fd00::5"]}"#
+        );
+        assert!(serde_json::from_str::<UpdateRequest>(r#"{"addresses": ["x"]}"#).is_err());
+        let e: EnrollRequest =
+            serde_json::from_str(r#"{"id": "n1", "macs": ["52:54:00:00:00:01"]}"#).unwrap();
+        assert!(e.addresses.is_empty());
+        assert!(!serde_json::to_string(&e).unwrap().contains("addresses"));
     }
 
     #[test]

@@ -297,7 +297,8 @@ impl BootRecorder {
     }
 
     /// The node, group and stage a file request belongs to: a node file by its path,
-    /// else the node named by `hint` (HTTP's `/boot/<node>/`) or bound to `client`.
+    /// else the node named by `hint` (HTTP's `/boot/<node>/`), bound to `client` by its
+    /// PXE exchange, or whose operator-set addresses include `client`.
     fn attribute(
         &self,
         client: IpAddr,
@@ -308,7 +309,13 @@ impl BootRecorder {
         let id = match (&nf, hint) {
             (Some(nf), _) => nf.node.clone(),
             (None, Some(h)) => h.to_string(),
-            (None, None) => self.0.bindings.node_of(client.to_canonical())?,
+            (None, None) => {
+                let client = client.to_canonical();
+                match self.0.bindings.node_of(client) {
+                    Some(n) => n,
+                    None => self.0.store.node_id_by_address(&client).ok().flatten()?,
+                }
+            }
         };
         let node = self.0.store.node(&id).ok().flatten()?;
         let (stage, ends) = file_stage(

@@ -276,17 +276,39 @@ async fn enroll_node(
             "a node needs at least one boot MAC address",
         ));
     }
-    let cmd = Command::EnrollNode {
+    let addresses = node_addresses_field(&r.addresses)?;
+    let at = now_ms();
+    let enroll = Command::EnrollNode {
         node: r.id.clone(),
         macs: r.macs,
         group: r.group.unwrap_or_else(|| app.group.clone()),
         arch: r.arch,
         owner: app.host.clone(),
-        at: now_ms(),
+        at,
+    };
+    let cmd = if addresses.is_empty() {
+        enroll
+    } else {
+        Command::Batch {
+            commands: vec![
+                enroll,
+                Command::SetNodeAddresses {
+                    node: r.id.clone(),
+                    addresses,
+                    at,
+                },
+            ],
+        }
     };
     apply(&app, cmd).await?;
     info!(node = %r.id, host = %app.host, "node enrolled");
     Ok((StatusCode::CREATED, Json(get_node(&app, &r.id)?)).into_response())
+}
+
+/// The `addresses` of a request, checked and in stored form (a field error names the
+/// bad address; the store checks them again when it applies the command).
+fn node_addresses_field(given: &[std::net::IpAddr]) -> Result<Vec<std::net::IpAddr>, ApiError> {
+    crate::store::types::node_addresses(given).map_err(|m| ApiError::field("addresses", m))
 }
 
 async fn show_node(
@@ -344,6 +366,13 @@ async fn update_node(
         renamed.macs.sort();
         cmds.push(render_command(&app, renamed, Some(profile.clone()), at).await?);
     }
+    if let Some(a) = &r.addresses {
+        cmds.push(Command::SetNodeAddresses {
+            node: id.clone(),
+            addresses: node_addresses_field(a)?,
+            at,
+        });
+    }
     if let Some(state) = r.provision_state {
         cmds.push(Command::SetProvisionState {
             node: id.clone(),
@@ -356,7 +385,7 @@ async fn update_node(
         0 => {
             return Err(ApiError::field(
                 "body",
-                "nothing to change: give macs, group, arch or provision_state",
+                "nothing to change: give macs, group, arch, addresses or provision_state",
             ))
         }
         1 => apply(&app, cmds.remove(0)).await?,

@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::boots::stuck::timeline;
 use crate::boots::{BootRecord, Stuck};
 use crate::clock::now_ms;
-use crate::ownership::gate::{NodeFileAccess, NotServed};
+use crate::ownership::gate::NotServed;
 use crate::store::raft::peer::PeerError;
 use crate::store::HandoffState;
 
@@ -202,8 +202,8 @@ pub async fn peer_summary(State(app): State<Arc<App>>) -> Result<Json<PeerBootSu
 }
 
 /// `POST /boot/{node}/done`: the booted OS (or ramdisk) reports success. No token, as
-/// for `/boot`; with `node_files = bound` only from an address this host bound to the
-/// node.
+/// for `/boot`; with `node_files = bound` only from one of the node's own addresses
+/// (set by the operator, or learned by this host from its PXE exchange).
 pub async fn report(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -216,8 +216,7 @@ pub async fn report(
         .node(&node)?
         .ok_or_else(|| ApiError::NotFound("boot report".into()))?;
     let client = peer.ip().to_canonical();
-    if app.gate.access() == NodeFileAccess::Bound && !app.gate.access_of(&node).0.contains(&client)
-    {
+    if !app.gate.serves_files_to(&n, client) {
         app.metrics
             .http
             .boot_failed

@@ -36,7 +36,7 @@ use crate::blobs::Digest;
 use crate::clock::now_ms;
 use crate::import::nodes::{Lines, NumberedLine, Parsed, Parser};
 use crate::render::{profile_files, Renderer};
-use crate::store::types::check_name;
+use crate::store::types::{check_name, node_addresses};
 use crate::store::{
     Applied, BootProfile, Command, HandoffState, ImportItem, ImportProfile, ImportResult, MacAddr,
     Node, Outcome, ProvisionState, Rejection,
@@ -392,7 +392,7 @@ impl Preparer {
                 .and_then(|t| self.parser.line(&t).map_err(|e| ("parse", e)))
             {
                 Ok(Parsed::Skip) => continue,
-                Ok(Parsed::Record(r)) => r,
+                Ok(Parsed::Record(r)) => *r,
                 Err((code, message)) => {
                     self.batch.records += 1;
                     self.refuse(line, None, code, message);
@@ -472,11 +472,18 @@ impl Preparer {
         if let Some(a) = &r.arch {
             target.arch = Some(a.clone());
         }
+        let addresses = r
+            .addresses
+            .as_deref()
+            .map(node_addresses)
+            .transpose()
+            .map_err(|m| ("invalid", m))?;
         let moved = existing.as_ref().is_some_and(|n| {
             n.macs != target.macs || n.group != target.group || n.arch != target.arch
         });
         if let Some(n) = &existing {
-            if !moved && asked.as_ref().is_none_or(|p| *p == n.boot_profile) {
+            let same_addresses = addresses.as_ref().is_none_or(|a| *a == n.addresses);
+            if !moved && same_addresses && asked.as_ref().is_none_or(|p| *p == n.boot_profile) {
                 return Ok(None);
             }
         }
@@ -501,6 +508,7 @@ impl Preparer {
             macs: target.macs,
             group: r.group,
             arch: r.arch,
+            addresses,
             profile,
         }))
     }
@@ -520,6 +528,7 @@ impl Preparer {
             last_token: 0,
             stuck: None,
             fence: None,
+            addresses: Vec::new(),
             created_at: 0,
             updated_at: 0,
         }

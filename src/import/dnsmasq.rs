@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::store::MacAddr;
 use crate::wire::dhcp::{classify_arch, ArchClass};
@@ -47,6 +47,10 @@ pub struct NodeSpec {
     pub id: String,
     /// Its MACs.
     pub macs: Vec<MacAddr>,
+    /// Its fixed addresses: dnsmasq leases them, and they become the node's own
+    /// addresses in Baton (with `node_files = "bound"` its files go to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
     /// Where.
     #[serde(flatten)]
     pub at: Origin,
@@ -323,6 +327,7 @@ fn dhcp_host(
     tags: &mut BTreeMap<String, TagMeaning>,
 ) {
     let mut macs = Vec::new();
+    let mut addresses = Vec::new();
     let mut name = None;
     let mut notes = Vec::new();
     for a in args {
@@ -344,9 +349,23 @@ fn dhcp_host(
         } else if let Some(mac) = a.parse::<MacAddr>().ok().filter(|_| a.len() == 17) {
             macs.push(mac);
         } else if a.parse::<Ipv4Addr>().is_ok() || a.starts_with('[') {
-            notes.push(
-                "fixed addresses stay with the DHCP server that leases them (Baton is proxy-DHCP)",
-            );
+            let ip = a.parse::<Ipv4Addr>().map(IpAddr::V4).ok().or_else(|| {
+                let v6 = a.strip_prefix('[')?.strip_suffix(']')?;
+                v6.parse::<Ipv6Addr>().map(IpAddr::V6).ok()
+            });
+            match ip.filter(|ip| crate::store::types::check_node_address(*ip).is_ok()) {
+                Some(ip) => {
+                    addresses.push(ip);
+                    notes.push(
+                        "fixed addresses stay with the DHCP server that leases them (Baton is \
+                         proxy-DHCP); they become the node's own addresses, which its files go to",
+                    );
+                }
+                None => notes.push(
+                    "fixed addresses stay with the DHCP server that leases them (Baton is \
+                     proxy-DHCP); this one is no client's address, so it is not kept",
+                ),
+            }
         } else if a == "infinite"
             || a.trim_end_matches(['s', 'm', 'h', 'd', 'w'])
                 .parse::<u64>()
@@ -383,10 +402,16 @@ fn dhcp_host(
                 n.macs.push(m);
             }
         }
+        for a in addresses {
+            if !n.addresses.contains(&a) {
+                n.addresses.push(a);
+            }
+        }
     } else {
         t.nodes.push(NodeSpec {
             id,
             macs,
+            addresses,
             at: at.clone(),
         });
     }

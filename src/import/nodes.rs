@@ -4,6 +4,7 @@
 //! these and commits the records in batches.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use crate::api::v1::{ImportFormat, ImportProfileSpec, ImportRecord};
 use crate::store::MacAddr;
@@ -86,10 +87,11 @@ enum Column {
     Kernel,
     Ramdisk,
     Cmdline,
+    Addresses,
 }
 
 /// Columns of a CSV file without a header line, in order.
-const DEFAULT_COLUMNS: [Column; 8] = [
+const DEFAULT_COLUMNS: [Column; 9] = [
     Column::Id,
     Column::Macs,
     Column::Group,
@@ -98,6 +100,7 @@ const DEFAULT_COLUMNS: [Column; 8] = [
     Column::Kernel,
     Column::Ramdisk,
     Column::Cmdline,
+    Column::Addresses,
 ];
 
 impl Column {
@@ -111,6 +114,7 @@ impl Column {
             "kernel" => Column::Kernel,
             "ramdisk" | "initrd" => Column::Ramdisk,
             "cmdline" => Column::Cmdline,
+            "addresses" | "address" => Column::Addresses,
             _ => return None,
         })
     }
@@ -129,8 +133,8 @@ pub struct Parser {
 pub enum Parsed {
     /// A blank line, a comment or the CSV header.
     Skip,
-    /// A node.
-    Record(ImportRecord),
+    /// A node (boxed: a record is large, a skipped line nothing).
+    Record(Box<ImportRecord>),
 }
 
 impl Parser {
@@ -151,7 +155,7 @@ impl Parser {
             return Ok(Parsed::Skip);
         }
         match self.format {
-            ImportFormat::Jsonl => json_record(t).map(Parsed::Record),
+            ImportFormat::Jsonl => json_record(t).map(|r| Parsed::Record(Box::new(r))),
             ImportFormat::Csv => self.csv_line(t),
         }
     }
@@ -177,7 +181,7 @@ impl Parser {
                     if !bad.is_empty() {
                         self.columns = Some(DEFAULT_COLUMNS.to_vec());
                         return Err(format!(
-                            "bad header column {}: use id, macs, group, arch, kind, kernel, ramdisk, cmdline",
+                            "bad header column {}: use id, macs, group, arch, kind, kernel, ramdisk, cmdline, addresses",
                             bad.join(", ")
                         ));
                     }
@@ -206,13 +210,28 @@ impl Parser {
             }
         }
         let id = by.remove(&Column::Id).ok_or("no node id")?;
-        let macs = by
-            .remove(&Column::Macs)
-            .ok_or_else(|| format!("node {id}: no MAC address"))?
-            .split(|c: char| c.is_whitespace() || matches!(c, ';' | '|' | ','))
-            .filter(|m| !m.is_empty())
-            .map(|m| m.parse::<MacAddr>().map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let macs = list(
+            &by.remove(&Column::Macs)
+                .ok_or_else(|| format!("node {id}: no MAC address"))?,
+        )
+        .map(|m| m.parse::<MacAddr>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+        // `-` clears the addresses; an empty field leaves them alone.
+        let addresses = by
+            .remove(&Column::Addresses)
+            .map(|a| {
+                list(
+                    a.strip_prefix('-')
+                        .filter(|r| r.trim().is_empty())
+                        .unwrap_or(&a),
+                )
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| format!("invalid address {ip:?}: expected an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         let kind = by.remove(&Column::Kind);
         let (kernel, ramdisk, cmdline) = (
             by.remove(&Column::Kernel),
@@ -231,14 +250,23 @@ impl Parser {
             }
             None => None,
         };
-        Ok(Parsed::Record(ImportRecord {
+        Ok(Parsed::Record(Box::new(ImportRecord {
             id,
             macs,
             group: by.remove(&Column::Group),
             arch: by.remove(&Column::Arch),
+            addresses,
             profile,
-        }))
+        })))
     }
+}
+
+/// The items of a field holding several (MACs, addresses), separated by spaces, `;`,
+/// `|` or `,`.
+fn list(field: &str) -> impl Iterator<Item = &str> {
+    field
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '|' | ','))
+        .filter(|m| !m.is_empty())
 }
 
 /// A JSON line, with the offending field named on error.
@@ -348,7 +376,7 @@ mod tests {
 
     fn rec(p: &mut Parser, line: &str) -> ImportRecord {
         match p.line(line) {
-            Ok(Parsed::Record(r)) => r,
+            Ok(Parsed::Record(r)) => *r,
             other => panic!("{line}: {other:?}"),
         }
     }
@@ -392,6 +420,40 @@ mod tests {
     }
 
     #[test]
+    fn csv_addresses_are_listed_cleared_or_absent() {
+        let mut p = Parser::new(ImportFormat::Csv);
+        assert_eq!(p.line("id,macs,addresses"), Ok(Parsed::Skip));
+        let r = rec(
+            &mut p,
+            r#"n1,52:54:00:00:00:01,"10.0.0.5, fd00::5;10.0.0.6""#,
+        );
+        let ips: Vec<IpAddr> = ["10.0.0.5", "fd00::5", "10.0.0.6"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(r.addresses, Some(ips));
+        assert_eq!(
+            rec(&mut p, "n2,52:54:00:00:00:02,-").addresses,
+            Some(vec![])
+        );
+        assert_eq!(rec(&mut p, "n3,52:54:00:00:00:03,").addresses, None);
+        // Without a header, addresses are the ninth column.
+        let mut p = Parser::new(ImportFormat::Csv);
+        let r = rec(&mut p, "n1,52:54:00:00:00:01,,,,,,,10.0.0.7");
+        assert_eq!(r.addresses, Some(vec!["10.0.0.7".parse().unwrap()]));
+        let mut p = Parser::new(ImportFormat::Jsonl);
+        let r = rec(
+            &mut p,
+            r#"{"id":"n1","macs":["52:54:00:00:00:01"],"addresses":["10.0.0.8"]}"#,
+        );
+        assert_eq!(r.addresses, Some(vec!["10.0.0.8".parse().unwrap()]));
+        let e = p
+            .line(r#"{"id":"n1","macs":[],"addresses":["nope"]}"#)
+            .unwrap_err();
+        assert!(e.contains("addresses[0]"), "{e}");
+    }
+
+    #[test]
     fn bad_csv_lines_say_why() {
         let mut p = Parser::new(ImportFormat::Csv);
         for (line, want) in [
@@ -402,7 +464,8 @@ mod tests {
             ("n1,\"52:54:00:00:00:01", "not closed"),
             ("n1,5\"2", "quote inside"),
             ("n1,\"a\"b", "after a closing quote"),
-            ("a,b,c,d,e,f,g,h,i", "9 fields"),
+            ("a,b,c,d,e,f,g,h,i,j", "10 fields"),
+            ("n1,52:54:00:00:00:01,,,,,,,10.0.0.300", "invalid address"),
         ] {
             let e = p.line(line).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");

@@ -103,7 +103,8 @@ pub const BIND_AFTER_ANSWER: Duration = Duration::from_secs(60);
 pub enum NodeFileAccess {
     /// Anyone (dnsmasq's and tftpd-hpa's behaviour).
     Open,
-    /// Only addresses this node's own PXE exchange showed (see [`crate::bindings`]).
+    /// Only the node's own addresses: those its PXE exchange with this host showed
+    /// (see [`crate::bindings`]) and those the operator set on it ([`is_node_address`]).
     #[default]
     Bound,
 }
@@ -170,7 +171,8 @@ pub struct Facts<'a> {
     pub purpose: Purpose,
     /// This host answered the node's DHCP within the continuation window.
     pub boot_in_flight: bool,
-    /// For files: the requester is this node (or node files are open to all).
+    /// For files: the requester is this node (one of its own addresses, see
+    /// [`is_node_address`]), or node files are open to all.
     pub client_is_node: bool,
 }
 
@@ -205,6 +207,15 @@ pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
 /// and the grace ran out, as for a takeover), or is no longer a member.
 pub fn fence_cleared(fence: &Fence, old: Option<&Host>, now: Millis, t: &LeaseTimes) -> bool {
     old.is_none_or(|h| h.seen_seq >= fence.seq || classify(h, now, t) == HostState::Down)
+}
+
+/// Whether `client` is one of `node`'s own addresses, the ones its files may go to in
+/// `bound` mode: an address the operator set on the node (replicated, so it holds on
+/// every host and after a takeover), or one this host learned from the node's own PXE
+/// exchange (`learned`: the node [`crate::bindings`] ties `client` to, if any). An
+/// operator-set address counts even when a PXE exchange tied it to another node.
+pub fn is_node_address(node: &Node, client: IpAddr, learned: Option<&str>) -> bool {
+    node.addresses.contains(&client.to_canonical()) || learned == Some(node.id.as_str())
 }
 
 /// This host's lease: fresh until the send time of the last committed renewal + TTL,
@@ -307,38 +318,56 @@ impl Gate {
         self
     }
 
+    /// Whether `client` is one of `node`'s own addresses ([`is_node_address`] over this
+    /// host's bindings).
+    fn is_own_address(&self, node: &Node, client: IpAddr) -> bool {
+        let learned = self.bindings.node_of(client.to_canonical());
+        is_node_address(node, client, learned.as_deref())
+    }
+
+    /// Whether requests about `node` that only the node itself may make (its files, its
+    /// boot report) are taken from `client`: from anyone with `node_files = "open"`,
+    /// else only from the node's own addresses ([`is_node_address`]).
+    pub fn serves_files_to(&self, node: &Node, client: IpAddr) -> bool {
+        self.access == NodeFileAccess::Open || self.is_own_address(node, client)
+    }
+
     /// Whether `client` may fetch files of `node` as the node itself. In `bound` mode
-    /// an address learned from the node's PXE exchange qualifies; so does, right after
-    /// this host answered the node's DHCP, an unbound address that asks for a file
-    /// named with one of the node's MACs (its pxelinux, GRUB or iPXE config): that is
-    /// how firmware whose address server Baton cannot overhear shows its address.
+    /// an address the operator set on the node or learned from the node's PXE exchange
+    /// qualifies ([`is_node_address`]); so does, right after this host answered the
+    /// node's DHCP, an unbound address that asks for a file named with one of the
+    /// node's MACs (its pxelinux, GRUB or iPXE config): that is how firmware whose
+    /// address server Baton cannot overhear shows its address.
     fn client_is_node(&self, node: &Node, path: Option<&str>, client: Option<IpAddr>) -> bool {
         if self.access == NodeFileAccess::Open {
             return true;
         }
-        let Some(client) = client else {
+        let Some(client) = client.map(|c| c.to_canonical()) else {
             return false;
         };
-        match self.bindings.node_of(client) {
-            Some(n) => n == node.id,
-            None => {
-                let named = path.is_some_and(|p| {
-                    node.macs
-                        .iter()
-                        .any(|m| p.to_ascii_lowercase().contains(&m.dashes()))
-                });
-                let answered = self
-                    .boots
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&node.id)
-                    .is_some_and(|f| f.answered.elapsed() < BIND_AFTER_ANSWER);
-                if named && answered {
-                    self.bindings.learn(client, &node.id, Learned::ConfigFetch);
-                }
-                named && answered
-            }
+        let learned = self.bindings.node_of(client);
+        if is_node_address(node, client, learned.as_deref()) {
+            return true;
         }
+        if learned.is_some() {
+            // Bound to another node.
+            return false;
+        }
+        let named = path.is_some_and(|p| {
+            node.macs
+                .iter()
+                .any(|m| p.to_ascii_lowercase().contains(&m.dashes()))
+        });
+        let answered = self
+            .boots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node.id)
+            .is_some_and(|f| f.answered.elapsed() < BIND_AFTER_ANSWER);
+        if named && answered {
+            self.bindings.learn(client, &node.id, Learned::ConfigFetch);
+        }
+        named && answered
     }
 
     /// Records that this host answered `node`'s DHCP now: it may finish that boot.
@@ -359,13 +388,14 @@ impl Gate {
     /// Whether `client` is finishing a boot of `node` that this host answered: the
     /// window is open, the address belongs to the node, and the lease has not lapsed
     /// since the answer. A file served for it renews the window (up to the cap).
-    fn boot_in_flight(&self, node: &str, client: Option<IpAddr>) -> bool {
+    fn boot_in_flight(&self, node: &Node, client: Option<IpAddr>) -> bool {
         let Some(client) = client else {
             return false;
         };
-        if self.bindings.node_of(client).as_deref() != Some(node) {
+        if !self.is_own_address(node, client) {
             return false;
         }
+        let node = node.id.as_str();
         let lapsed_at = self
             .lease
             .lock()
@@ -437,7 +467,7 @@ impl Gate {
         };
         let in_flight = match purpose {
             Purpose::Files { client } if node.owner != *self.host => {
-                self.boot_in_flight(&node.id, client)
+                self.boot_in_flight(node, client)
             }
             _ => false,
         };
@@ -488,6 +518,7 @@ mod tests {
             last_token: 0,
             stuck: None,
             fence: None,
+            addresses: Vec::new(),
             created_at: 0,
             updated_at: 0,
         }
@@ -646,6 +677,128 @@ mod tests {
         assert_eq!(check(&g), Err(NotServed::NotOwner));
         g.client_is_node = true;
         assert_eq!(check(&g), Ok(Serve::Continuing));
+    }
+
+    #[test]
+    fn a_node_address_is_operator_set_or_learned_for_that_node() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut n = node("h2");
+        n.addresses = vec![ip("10.0.0.5"), ip("fd00::5")];
+        assert!(is_node_address(&n, ip("10.0.0.5"), None), "operator-set");
+        assert!(is_node_address(&n, ip("fd00::5"), None));
+        assert!(
+            is_node_address(&n, ip("::ffff:10.0.0.5"), None),
+            "an IPv4-mapped requester is its IPv4 address"
+        );
+        assert!(
+            is_node_address(&n, ip("10.0.0.5"), Some("n2")),
+            "the operator's word wins over a PXE exchange of another node"
+        );
+        assert!(is_node_address(&n, ip("10.0.0.9"), Some("n1")), "learned");
+        assert!(!is_node_address(&n, ip("10.0.0.9"), Some("n2")));
+        assert!(!is_node_address(&n, ip("10.0.0.9"), None));
+        n.addresses.clear();
+        assert!(!is_node_address(&n, ip("10.0.0.5"), None), "cleared");
+    }
+
+    /// A store with hosts h1..h3 and node n1 owned by `owner`, with `addresses` set.
+    fn store_with(owner: &str, addresses: &[&str]) -> (tempfile::TempDir, Arc<Store>) {
+        use crate::store::{Command, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("baton.db")).unwrap());
+        let mut cmds: Vec<Command> = ["h1", "h2", "h3"]
+            .iter()
+            .map(|h| Command::RegisterHost {
+                name: h.to_string(),
+                group: "g".into(),
+                addresses: vec![],
+                at: 1,
+            })
+            .collect();
+        for (id, mac) in [("n1", 1u8), ("n2", 2)] {
+            cmds.push(Command::EnrollNode {
+                node: id.into(),
+                macs: vec![crate::store::MacAddr([0x52, 0x54, 0, 0, 0, mac])],
+                group: "g".into(),
+                arch: None,
+                owner: owner.into(),
+                at: 2,
+            });
+        }
+        cmds.push(Command::SetNodeAddresses {
+            node: "n1".into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            at: 3,
+        });
+        for c in cmds {
+            assert!(
+                matches!(store.apply(&c).unwrap(), Outcome::Applied(_)),
+                "{c:?}"
+            );
+        }
+        (dir, store)
+    }
+
+    fn files_from(ip: &str) -> Purpose {
+        Purpose::Files {
+            client: Some(ip.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn bound_mode_serves_operator_set_addresses_on_any_owner() {
+        let (_d, store) = store_with("h2", &["127.0.0.31"]);
+        let n1 = store.node("n1").unwrap().unwrap();
+        let bindings = Bindings::default();
+        let gate = Gate::new("h2", store.clone(), T, bindings.clone());
+        gate.renew(Instant::now());
+        assert_eq!(gate.check(&n1, files_from("127.0.0.31"), None), OWNER);
+        assert_eq!(
+            gate.check(&n1, files_from("127.0.0.32"), None),
+            Err(NotServed::WrongClient)
+        );
+        assert_eq!(
+            gate.check(&n1, Purpose::Files { client: None }, None),
+            Err(NotServed::WrongClient)
+        );
+        // A learned binding still qualifies, for its own node only.
+        bindings.learn("127.0.0.32".parse().unwrap(), "n1", Learned::ClientAddress);
+        assert_eq!(gate.check(&n1, files_from("127.0.0.32"), None), OWNER);
+        bindings.learn("127.0.0.31".parse().unwrap(), "n2", Learned::ClientAddress);
+        assert_eq!(
+            gate.check(&n1, files_from("127.0.0.31"), None),
+            OWNER,
+            "the operator-set address stays n1's"
+        );
+        let n2 = store.node("n2").unwrap().unwrap();
+        assert_eq!(gate.check(&n2, files_from("127.0.0.31"), None), OWNER);
+        assert!(gate.serves_files_to(&n1, "127.0.0.31".parse().unwrap()));
+        assert!(!gate.serves_files_to(&n1, "127.0.0.33".parse().unwrap()));
+        let (learned, refused) = gate.access_of("n1");
+        assert_eq!(learned, vec!["127.0.0.32".parse::<IpAddr>().unwrap()]);
+        assert_eq!(refused.count, 2);
+        // Open mode: anyone.
+        let open = Gate::new("h2", store.clone(), T, Bindings::default())
+            .with_access(NodeFileAccess::Open);
+        open.renew(Instant::now());
+        assert_eq!(open.check(&n1, files_from("127.0.0.33"), None), OWNER);
+        assert!(open.serves_files_to(&n1, "127.0.0.33".parse().unwrap()));
+    }
+
+    #[test]
+    fn operator_set_addresses_hold_on_a_new_owner_that_learned_nothing() {
+        // After a takeover the new owner's replica has the node's addresses, though its
+        // own bindings (in memory, per host) saw none of the node's PXE exchanges.
+        let (_d, store) = store_with("h3", &["127.0.0.31", "::1"]);
+        let n1 = store.node("n1").unwrap().unwrap();
+        let gate = Gate::new("h3", store, T, Bindings::default());
+        gate.renew(Instant::now());
+        assert_eq!(gate.check(&n1, files_from("127.0.0.31"), None), OWNER);
+        assert_eq!(gate.check(&n1, files_from("::1"), None), OWNER);
+        assert_eq!(
+            gate.check(&n1, files_from("127.0.0.1"), None),
+            Err(NotServed::WrongClient)
+        );
     }
 
     #[test]

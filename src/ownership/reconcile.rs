@@ -845,6 +845,7 @@ mod tests {
             last_token: 0,
             stuck: None,
             fence: None,
+            addresses: Vec::new(),
             created_at: 0,
             updated_at: 0,
         }

@@ -280,6 +280,7 @@ impl Renderer {
             last_token: 0,
             stuck: None,
             fence: None,
+            addresses: Vec::new(),
             created_at: 0,
             updated_at: 0,
         };

@@ -29,6 +29,7 @@ fn node(id: &str, macs: &[[u8; 6]]) -> Node {
         last_token: 0,
         stuck: None,
         fence: None,
+        addresses: Vec::new(),
         created_at: 0,
         updated_at: 0,
     }

@@ -7,6 +7,7 @@
 //! trace, not even a partial one.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::json;
@@ -18,8 +19,8 @@ use super::command::{
 };
 use super::read::{self, Node, Reservation};
 use super::types::{
-    check_name, check_text, normalize_path, BootProfile, HandoffState, MacAddr, Millis,
-    ProvisionState, TransferReason,
+    check_name, check_text, node_addresses, normalize_path, BootProfile, HandoffState, MacAddr,
+    Millis, ProvisionState, TransferReason,
 };
 use super::StoreError;
 
@@ -147,6 +148,11 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             *expected_epoch,
             *at,
         ),
+        Command::SetNodeAddresses {
+            node,
+            addresses,
+            at,
+        } => set_node_addresses(tx, node, addresses, *at),
         Command::RemoveNode { node, at } => remove_node(tx, node, *at),
         Command::SetProvisionState {
             node,
@@ -575,6 +581,52 @@ fn update_node(
     )?;
     Ok(Applied::NodeUpdated {
         node: id.to_string(),
+    })
+}
+
+/// Replaces a node's operator-set addresses ([`Command::SetNodeAddresses`]).
+fn set_node_addresses(
+    tx: &Transaction<'_>,
+    id: &str,
+    addresses: &[IpAddr],
+    at: Millis,
+) -> R<Applied> {
+    let node = load_node(tx, id)?;
+    let addresses = node_addresses(addresses).map_err(invalid)?;
+    if addresses == node.addresses {
+        return Ok(Applied::NodeAddressesSet {
+            node: id.to_string(),
+            addresses,
+            changed: false,
+        });
+    }
+    if let Some((address, node)) = read::address_holder(tx, &addresses, id)? {
+        return Err(Fail::Reject(Rejection::AddressInUse { address, node }));
+    }
+    let stored = serde_json::to_string(&addresses)
+        .map_err(|e| StoreError::Corrupt(format!("node addresses: {e}")))?;
+    tx.execute(
+        "UPDATE nodes SET addresses = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, stored, at],
+    )?;
+    tx.execute("DELETE FROM node_addresses WHERE node = ?1", [id])?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO node_addresses (address, node) VALUES (?1, ?2)")?;
+    for a in &addresses {
+        insert.execute(params![a.to_string(), id])?;
+    }
+    event(
+        tx,
+        at,
+        "node_updated",
+        Some(id),
+        None,
+        json!({ "addresses": addresses }),
+    )?;
+    Ok(Applied::NodeAddressesSet {
+        node: id.to_string(),
+        addresses,
+        changed: true,
     })
 }
 

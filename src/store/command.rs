@@ -7,10 +7,12 @@
 //! an `Ok` [`Outcome`]: a rejected command is a normal, deterministic result of the state
 //! machine, not an error of it.
 
+use std::net::IpAddr;
+
 use crate::blobs::Digest;
 
 use super::types::{
-    BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
+    ip_text, BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
 };
 use super::Reservation;
 
@@ -47,6 +49,14 @@ pub struct ImportItem {
     /// Architecture hint; absent: none for a new node, unchanged for an existing one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// Its operator-set addresses (as [`Command::SetNodeAddresses`]; empty clears
+    /// them); absent: none for a new node, unchanged for an existing one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "ip_text::option"
+    )]
+    pub addresses: Option<Vec<IpAddr>>,
     /// New boot profile with the node's complete rendered file set (as in
     /// [`Command::SetBootProfile`]); absent: the profile stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +85,8 @@ pub enum ImportResult {
     Updated {
         /// The node.
         node: String,
-        /// What changed: `macs`, `group`, `arch`, `profile` (files count as profile).
+        /// What changed: `macs`, `group`, `arch`, `addresses`, `profile` (files count
+        /// as profile).
         fields: Vec<String>,
     },
     /// An existing node already was exactly this.
@@ -179,6 +190,19 @@ pub enum Command {
         arch: Option<Option<String>>,
         /// Refuse if the node's epoch moved on.
         expected_epoch: Option<u64>,
+        /// Proposer's time.
+        at: Millis,
+    },
+    /// Sets the addresses the operator gives a node as its own (replacing any set
+    /// before; empty clears them): with `node_files = "bound"` they may fetch the
+    /// node's files from whichever host owns it. Checked by
+    /// [`super::types::node_addresses`]; an address set on another node is refused.
+    SetNodeAddresses {
+        /// The node.
+        node: String,
+        /// Its addresses.
+        #[serde(with = "ip_text")]
+        addresses: Vec<IpAddr>,
         /// Proposer's time.
         at: Millis,
     },
@@ -497,6 +521,16 @@ pub enum Applied {
         /// The node.
         node: String,
     },
+    /// A node's operator-set addresses replaced.
+    NodeAddressesSet {
+        /// The node.
+        node: String,
+        /// Its addresses now, in stored form.
+        #[serde(with = "ip_text")]
+        addresses: Vec<IpAddr>,
+        /// False when they already were exactly these (no event logged).
+        changed: bool,
+    },
     /// Node deleted.
     NodeRemoved {
         /// The node.
@@ -678,6 +712,15 @@ pub enum Rejection {
     MacInUse {
         /// The MAC.
         mac: MacAddr,
+        /// Its node.
+        node: String,
+    },
+    /// The address is set on another node.
+    #[error("address {address} is already set on node {node}")]
+    AddressInUse {
+        /// The address.
+        #[serde(with = "ip_text::one")]
+        address: IpAddr,
         /// Its node.
         node: String,
     },

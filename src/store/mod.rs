@@ -29,6 +29,7 @@ mod scale_tests;
 mod tests;
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -486,6 +487,7 @@ const DUMP: &[(&str, &str)] = &[
     ("hosts", "name"),
     ("nodes", "id"),
     ("node_macs", "mac"),
+    ("node_addresses", "address"),
     ("artifacts", "digest"),
     ("host_artifacts", "host, digest"),
     ("node_files", "path"),
@@ -524,6 +526,11 @@ pub fn canonical_dump(conn: &Connection) -> Result<String, StoreError> {
 
 /// Indexed reads for the reconciler and artifact replication (see [`read`]).
 impl Store {
+    /// The node an operator set `address` on ([`Command::SetNodeAddresses`]), if any.
+    pub fn node_id_by_address(&self, address: &IpAddr) -> Result<Option<String>, StoreError> {
+        read::node_id_by_address(&self.reader(), address)
+    }
+
     /// Nodes owned by `owner`, by id.
     pub fn nodes_owned_by(&self, owner: &str) -> Result<Vec<Node>, StoreError> {
         read::nodes_owned_by(&self.reader(), owner)

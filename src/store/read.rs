@@ -3,6 +3,8 @@
 //! Functions take a plain `&Connection` so the command handlers (inside their
 //! transaction) and the [`super::Store`] read handle share them.
 
+use std::net::IpAddr;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::blobs::Digest;
@@ -71,6 +73,11 @@ pub struct Node {
     /// Set after a migration flip until the old owner confirms it or is down.
     #[serde(default)]
     pub fence: Option<Fence>,
+    /// Addresses the operator set as the node's own, sorted: with `node_files =
+    /// "bound"` they may fetch its files from whichever host owns it (see
+    /// `crate::ownership::gate`).
+    #[serde(default, with = "super::types::ip_text")]
+    pub addresses: Vec<IpAddr>,
     /// Enrollment time.
     pub created_at: Millis,
     /// Last change.
@@ -207,7 +214,7 @@ fn host_from_raw(
 
 const NODE_COLS: &str = "id, group_name, arch, owner, epoch, provision_state, handoff_to, \
                          handoff_since, boot_profile, last_token, created_at, updated_at, stuck, \
-                         fence_host, fence_seq";
+                         fence_host, fence_seq, addresses";
 
 struct RawNode {
     id: String,
@@ -225,6 +232,7 @@ struct RawNode {
     stuck: Option<String>,
     fence_host: Option<String>,
     fence_seq: Option<i64>,
+    addresses: String,
 }
 
 fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -244,6 +252,7 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
         stuck: r.get(12)?,
         fence_host: r.get(13)?,
         fence_seq: r.get(14)?,
+        addresses: r.get(15)?,
     })
 }
 
@@ -286,6 +295,7 @@ fn node_with_macs(raw: RawNode, macs: Vec<MacAddr>) -> Result<Node, StoreError> 
             }),
             _ => None,
         },
+        addresses: json(&raw.addresses, "node addresses")?,
         created_at: raw.created_at,
         updated_at: raw.updated_at,
     })
@@ -464,6 +474,32 @@ pub(super) fn owned_counts(
     rows.into_iter()
         .map(|(h, n)| Ok((h, u(n, "node count")?)))
         .collect()
+}
+
+/// A node other than `except` that has one of `addresses` set, with that address: an
+/// address is one node's at most.
+pub(super) fn address_holder(
+    conn: &Connection,
+    addresses: &[IpAddr],
+    except: &str,
+) -> Result<Option<(IpAddr, String)>, StoreError> {
+    for a in addresses {
+        if let Some(node) = node_id_by_address(conn, a)?.filter(|n| n != except) {
+            return Ok(Some((*a, node)));
+        }
+    }
+    Ok(None)
+}
+
+/// The node an operator set `address` on, if any.
+pub(super) fn node_id_by_address(
+    conn: &Connection,
+    address: &IpAddr,
+) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT node FROM node_addresses WHERE address = ?1")?;
+    Ok(stmt
+        .query_row([address.to_canonical().to_string()], |r| r.get(0))
+        .optional()?)
 }
 
 pub(super) fn node_id_by_mac(

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -188,4 +188,20 @@ CREATE TABLE requests (
     outcome  TEXT NOT NULL                  -- JSON Outcome of the first application
 ) STRICT;
 CREATE INDEX requests_at ON requests(at);
+"#;
+
+/// Version 8: addresses an operator sets on a node. With `node_files = "bound"` they
+/// may fetch the node's files on whichever host owns it, as the addresses learned from
+/// its own PXE exchange may on the host that saw it. Replicated like every node field,
+/// so they hold across a takeover. `nodes.addresses` (a JSON array of address strings,
+/// sorted) is what a node read returns; `node_addresses` makes an address one node's at
+/// most and finds the node of an address, both written by the one command that sets
+/// them.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE node_addresses (
+    address TEXT PRIMARY KEY,               -- canonical text: 10.0.0.5, fd00::5
+    node    TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX node_addresses_node ON node_addresses(node);
 "#;

@@ -163,6 +163,38 @@ fn open_is_wal_full_and_migrated() {
 }
 
 #[test]
+fn a_version_7_store_gets_node_addresses_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (i, sql) in schema::MIGRATIONS[..7].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i as u32 + 1)
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO hosts (name, group_name, addresses, registered_at, last_heartbeat) \
+             VALUES ('h1', 'g', '[]', 1, 1); \
+             INSERT INTO nodes (id, group_name, owner, epoch, provision_state, created_at, \
+             updated_at) VALUES ('n1', 'g', 'h1', 1, 'enrolled', 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 8);
+    let n = store.node("n1").unwrap().unwrap();
+    assert!(n.addresses.is_empty());
+    let set = Command::SetNodeAddresses {
+        node: "n1".into(),
+        addresses: vec!["10.0.0.5".parse().unwrap()],
+        at: 2,
+    };
+    assert!(store.apply(&set).unwrap().is_applied());
+    assert_eq!(store.node("n1").unwrap().unwrap().addresses.len(), 1);
+}
+
+#[test]
 fn a_busy_reader_does_not_hold_up_another_read() {
     let t = std::sync::Arc::new(base());
     // A long scan holds one reader; a lookup takes another, at once.
@@ -379,6 +411,78 @@ fn update_node_changes_fields_and_macs() {
             node: "nope".into()
         }
     );
+}
+
+#[test]
+fn node_addresses_are_set_checked_owned_once_and_cleared() {
+    let t = base();
+    t.ok(enroll("n2", &[mac(2)], "h1", 5));
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let set = |node: &str, a: &[&str], at| Command::SetNodeAddresses {
+        node: node.into(),
+        addresses: a.iter().map(|s| ip(s)).collect(),
+        at,
+    };
+    assert!(t.node("n1").addresses.is_empty());
+    assert_eq!(
+        t.ok(set("n1", &["10.0.0.9", "::ffff:10.0.0.5", "10.0.0.9"], 6)),
+        Applied::NodeAddressesSet {
+            node: "n1".into(),
+            addresses: vec![ip("10.0.0.5"), ip("10.0.0.9")],
+            changed: true,
+        }
+    );
+    let n = t.node("n1");
+    assert_eq!(
+        (n.addresses.clone(), n.updated_at),
+        (vec![ip("10.0.0.5"), ip("10.0.0.9")], 6)
+    );
+    assert_eq!(t.kinds().last().map(String::as_str), Some("node_updated"));
+    let events = t.kinds().len();
+    assert!(matches!(
+        t.ok(set("n1", &["10.0.0.9", "10.0.0.5"], 7)),
+        Applied::NodeAddressesSet { changed: false, .. }
+    ));
+    assert_eq!(t.kinds().len(), events, "no change, no event");
+    assert_eq!(t.node("n1").updated_at, 6);
+    // One node's at most; bad addresses say which.
+    assert_eq!(
+        t.no(set("n2", &["10.0.0.7", "10.0.0.9"], 8)),
+        Rejection::AddressInUse {
+            address: ip("10.0.0.9"),
+            node: "n1".into()
+        }
+    );
+    for bad in ["0.0.0.0", "255.255.255.255", "239.1.1.1", "::"] {
+        match t.no(set("n2", &[bad], 8)) {
+            Rejection::Invalid { reason } => assert!(reason.contains(bad), "{reason}"),
+            r => panic!("{bad}: {r:?}"),
+        }
+    }
+    assert!(matches!(
+        t.no(set("nope", &["10.0.0.7"], 8)),
+        Rejection::UnknownNode { .. }
+    ));
+    let holder = |a: &str| t.store.node_id_by_address(&ip(a)).unwrap();
+    assert_eq!(holder("10.0.0.9").as_deref(), Some("n1"));
+    assert_eq!(holder("::ffff:10.0.0.5").as_deref(), Some("n1"));
+    assert_eq!(holder("10.0.0.7"), None);
+    // Cleared, the address is free for another node.
+    t.ok(set("n1", &[], 9));
+    assert_eq!(holder("10.0.0.9"), None);
+    assert!(t.node("n1").addresses.is_empty());
+    t.ok(set("n2", &["10.0.0.9"], 10));
+    assert_eq!(t.node("n2").addresses, vec![ip("10.0.0.9")]);
+    // Listings carry them too (one query for a page).
+    let listed = t.store.nodes().unwrap();
+    assert_eq!(listed[1].addresses, vec![ip("10.0.0.9")]);
+    // A removed node frees its addresses.
+    t.ok(Command::RemoveNode {
+        node: "n2".into(),
+        at: 11,
+    });
+    assert_eq!(holder("10.0.0.9"), None);
+    t.ok(set("n1", &["10.0.0.9"], 12));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Value types shared by commands, rows and rendering, with their validation rules.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::blobs::Digest;
@@ -327,6 +329,113 @@ pub fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Most addresses an operator may set on one node.
+pub const MAX_NODE_ADDRESSES: usize = 16;
+
+/// Checks one address an operator sets on a node (see [`node_addresses`]): it must be
+/// an address a single client can send from, so not unspecified (`0.0.0.0`, `::`),
+/// multicast or the IPv4 broadcast address.
+pub fn check_node_address(ip: IpAddr) -> Result<(), String> {
+    let what = if ip.is_unspecified() {
+        "unspecified"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        "broadcast"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "invalid node address {ip}: a {what} address is no client's; give the address the \
+         node boots from"
+    ))
+}
+
+/// The addresses an operator sets on a node, checked ([`check_node_address`], at most
+/// [`MAX_NODE_ADDRESSES`]) and in their stored form: IPv4-mapped IPv6 addresses as
+/// IPv4 (as a requester's address is compared), sorted, without duplicates.
+pub fn node_addresses(given: &[IpAddr]) -> Result<Vec<IpAddr>, String> {
+    let set: BTreeSet<IpAddr> = given.iter().map(|ip| ip.to_canonical()).collect();
+    for ip in &set {
+        check_node_address(*ip)?;
+    }
+    if set.len() > MAX_NODE_ADDRESSES {
+        return Err(format!(
+            "{} node addresses, more than {MAX_NODE_ADDRESSES}",
+            set.len()
+        ));
+    }
+    Ok(set.into_iter().collect())
+}
+
+/// Serde of IP addresses as text (`"10.0.0.5"`, `"fd00::5"`) in every format, for
+/// `#[serde(with = ...)]`. Serde's own impl writes bytes to a binary format, and the
+/// binary log encoding (CBOR, `crate::store::raft::wire`) reads text back: a command
+/// would not survive the trip.
+pub mod ip_text {
+    use std::net::IpAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn parse<E: serde::de::Error>(s: &str) -> Result<IpAddr, E> {
+        s.parse()
+            .map_err(|_| E::custom(format!("invalid IP address {s:?}")))
+    }
+
+    /// One address.
+    pub mod one {
+        use super::*;
+
+        /// Writes `ip` as text.
+        pub fn serialize<S: Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(ip)
+        }
+
+        /// Reads an address written as text.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+            parse(&String::deserialize(d)?)
+        }
+    }
+
+    /// A list of addresses.
+    pub fn serialize<S: Serializer>(ips: &[IpAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ips.iter().map(|ip| ip.to_string()))
+    }
+
+    /// Reads a list of addresses written as text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| parse(s))
+            .collect()
+    }
+
+    /// An optional list of addresses.
+    pub mod option {
+        use super::*;
+
+        /// Writes `ips` as a list of text, or nothing.
+        pub fn serialize<S: Serializer>(
+            ips: &Option<Vec<IpAddr>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match ips {
+                Some(v) => s.serialize_some(&v.iter().map(|ip| ip.to_string()).collect::<Vec<_>>()),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads an optional list of addresses written as text.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<IpAddr>>, D::Error> {
+            Option::<Vec<String>>::deserialize(d)?
+                .map(|v| v.iter().map(|s| parse(s)).collect())
+                .transpose()
+        }
+    }
+}
+
 /// Checks a path stored in `node_files`: it must already be in the form
 /// [`ClientPath::parse`] gives (leading `/`s aside), so every client name that
 /// normalizes to it finds it. Returns it without the leading `/`; `None` for anything
@@ -383,6 +492,27 @@ mod tests {
             assert_eq!(normalize_path(bad), None, "{bad:?}");
         }
         assert_eq!(normalize_path(&"a".repeat(256)), None);
+    }
+
+    #[test]
+    fn node_addresses_are_checked_and_canonical() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            node_addresses(&[ip("10.0.0.9"), ip("::ffff:10.0.0.5"), ip("10.0.0.9")]).unwrap(),
+            vec![ip("10.0.0.5"), ip("10.0.0.9")],
+            "mapped IPv6 as IPv4, sorted, once each"
+        );
+        assert_eq!(node_addresses(&[]).unwrap(), Vec::<IpAddr>::new());
+        assert!(node_addresses(&[ip("127.0.0.31"), ip("fe80::1")]).is_ok());
+        for bad in ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1"] {
+            let e = node_addresses(&[ip("10.0.0.1"), ip(bad)]).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        let many: Vec<IpAddr> = (1..=MAX_NODE_ADDRESSES as u8 + 1)
+            .map(|i| IpAddr::from([10, 0, 0, i]))
+            .collect();
+        assert!(node_addresses(&many).unwrap_err().contains("more than"));
+        assert!(node_addresses(&many[1..]).is_ok());
     }
 
     #[test]

@@ -82,13 +82,20 @@ fn bifrost() {
         .map(|n| (n.id.as_str(), n.macs.len()))
         .collect();
     assert_eq!(ids, vec![("testvm1", 1), ("testvm2", 1), ("testvm3", 2)]);
+    // Their fixed addresses are their own addresses in Baton.
+    let addrs: Vec<String> = t
+        .nodes
+        .iter()
+        .map(|n| n.addresses.iter().map(|a| a.to_string()).collect())
+        .collect();
+    assert_eq!(addrs, vec!["10.0.1.11", "10.0.1.12", "10.0.1.13"]);
     assert_eq!(t.boot_files.efi_x64.as_deref(), Some("ipxe.efi"));
     assert_eq!(t.boot_files.efi_arm64.as_deref(), Some("snponly-arm64.efi"));
     assert_eq!(t.boot_files.bios.as_deref(), Some("undionly.kpxe"));
     // Fixed addresses noted on each host line; the range, router option, iPXE line and
     // the server address of the last dhcp-boot are listed.
     assert_eq!(lines(&t), vec![5, 6, 7, 8, 9, 17, 20]);
-    assert!(why(&t, 7).contains("proxy-DHCP"));
+    assert!(why(&t, 7).contains("proxy-DHCP") && why(&t, 7).contains("own addresses"));
     assert!(why(&t, 17).contains("iPXE"));
     assert!(why(&t, 20).contains("Baton names itself"));
     let c = config(&t);

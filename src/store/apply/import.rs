@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use rusqlite::Transaction;
 
 use super::{
-    enroll_node, invalid, read, require_host, set_boot_profile, update_node, valid, Fail,
-    MAX_BATCH, R,
+    enroll_node, invalid, read, require_host, set_boot_profile, set_node_addresses, update_node,
+    valid, Fail, MAX_BATCH, R,
 };
 use crate::store::command::{Applied, ImportItem, ImportResult};
 use crate::store::types::{check_name, MacAddr, Millis};
@@ -62,6 +62,9 @@ fn import_one(
     let Some(node) = read::node(tx, id)? else {
         let group = item.group.as_deref().unwrap_or(group);
         enroll_node(tx, id, &item.macs, group, item.arch.as_deref(), host, at)?;
+        if let Some(a) = item.addresses.as_ref().filter(|a| !a.is_empty()) {
+            set_node_addresses(tx, id, a, at)?;
+        }
         if let Some(p) = &item.profile {
             set_boot_profile(tx, id, p.profile.as_ref(), &p.files, host, None, at)?;
         }
@@ -102,6 +105,12 @@ fn import_one(
             if changed {
                 fields.push(name.to_string());
             }
+        }
+    }
+    if let Some(a) = &item.addresses {
+        let set = set_node_addresses(tx, id, a, at)?;
+        if matches!(set, Applied::NodeAddressesSet { changed: true, .. }) {
+            fields.push("addresses".into());
         }
     }
     if let Some(p) = &item.profile {
@@ -214,6 +223,7 @@ mod tests {
             macs: macs.to_vec(),
             group: None,
             arch: None,
+            addresses: None,
             profile,
         }
     }
@@ -372,6 +382,71 @@ mod tests {
             .map(|e| format!("{} {}", e.kind, e.node.unwrap_or_default()))
             .collect();
         assert_eq!(new, vec!["node_enrolled n5"]);
+    }
+
+    #[test]
+    fn addresses_are_imported_changed_cleared_and_owned_once() {
+        let (_d, store) = setup();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let with = |node: &str, m: u8, a: Option<&[&str]>| ImportItem {
+            addresses: a.map(|a| a.iter().map(|s| ip(s)).collect()),
+            ..item(node, &[mac(m)], None)
+        };
+        let r = import(
+            &store,
+            vec![
+                with("n1", 1, Some(&["10.0.0.1"])),
+                with("n2", 2, None),
+                with("n3", 3, Some(&[])),
+            ],
+            10,
+        );
+        assert_eq!(r, vec![created("n1"), created("n2"), created("n3")]);
+        let addrs = |n: &str| store.node(n).unwrap().unwrap().addresses;
+        assert_eq!(addrs("n1"), vec![ip("10.0.0.1")]);
+        assert!(addrs("n2").is_empty() && addrs("n3").is_empty());
+        let r = import(
+            &store,
+            vec![
+                with("n1", 1, None),
+                with("n2", 2, Some(&["10.0.0.2", "10.0.0.12"])),
+                with("n3", 3, Some(&["10.0.0.1"])),
+                with("n4", 4, Some(&["224.0.0.1"])),
+            ],
+            20,
+        );
+        assert_eq!(r[0], ImportResult::Unchanged { node: "n1".into() });
+        assert_eq!(
+            r[1],
+            ImportResult::Updated {
+                node: "n2".into(),
+                fields: vec!["addresses".into()]
+            }
+        );
+        assert!(
+            matches!(&r[2], ImportResult::Failed { rejection: Rejection::AddressInUse { node, .. }, .. } if node == "n1"),
+            "{:?}",
+            r[2]
+        );
+        assert!(
+            matches!(
+                &r[3],
+                ImportResult::Failed {
+                    rejection: Rejection::Invalid { .. },
+                    ..
+                }
+            ),
+            "{:?}",
+            r[3]
+        );
+        assert!(
+            store.node("n4").unwrap().is_none(),
+            "a refused item leaves no node"
+        );
+        assert_eq!(addrs("n2"), vec![ip("10.0.0.2"), ip("10.0.0.12")]);
+        let r = import(&store, vec![with("n1", 1, Some(&[]))], 30);
+        assert!(matches!(&r[0], ImportResult::Updated { fields, .. } if fields == &["addresses"]));
+        assert!(addrs("n1").is_empty());
     }
 
     #[test]

@@ -319,6 +319,11 @@ mod tests {
                 expected_epoch: None,
                 at: 3,
             },
+            Command::SetNodeAddresses {
+                node: "n".into(),
+                addresses: vec!["10.0.0.9".parse().unwrap(), "fd00::9".parse().unwrap()],
+                at: 4,
+            },
             Command::RemoveNode {
                 node: "n".into(),
                 at: 4,
@@ -464,6 +469,7 @@ mod tests {
                     macs: vec!["52:54:00:00:00:01".parse().unwrap()],
                     group: Some("g".into()),
                     arch: Some("aarch64".into()),
+                    addresses: Some(vec!["10.0.0.9".parse().unwrap()]),
                     profile: Some(ImportProfile {
                         profile: Some(profile.clone()),
                         files: vec![file(None), file(Some(text.clone()))],
@@ -474,6 +480,7 @@ mod tests {
                     macs: vec![],
                     group: None,
                     arch: None,
+                    addresses: None,
                     profile: None,
                 },
             ],
@@ -491,6 +498,7 @@ mod tests {
                 | Command::Heartbeat { .. }
                 | Command::EnrollNode { .. }
                 | Command::UpdateNode { .. }
+                | Command::SetNodeAddresses { .. }
                 | Command::RemoveNode { .. }
                 | Command::SetProvisionState { .. }
                 | Command::SetBootProfile { .. }
