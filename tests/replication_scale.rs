@@ -27,14 +27,12 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
 use serde_json::{json, Value};
 
-use common::api::{Api, SECRET_HEADER};
-use common::fleet::{replica_state, Fleet};
+use common::api::SECRET_HEADER;
 use common::data::{mac, mac_colons};
-use common::host::{baton_bin, Host, SECRET, TOKEN};
+use common::fleet::{replica_state, Fleet};
+use common::host::{baton_bin, Host, SECRET};
 use common::pattern;
-use common::scale::{
-    applied, import, installs, leader_log, rss_mib, sizes_line, snapshot_mib,
-};
+use common::scale::{applied, import, installs, leader_log, rss_mib, sizes_line, snapshot_mib};
 
 /// The whole scale scenario must end within this.
 const SCENARIO: Duration = Duration::from_secs(1200);
@@ -194,7 +192,7 @@ fn every_cluster_route_takes_its_largest_body_and_refuses_more() {
 /// Enrolls `nodes` nodes, each with a deploy profile (kernel and ramdisk by artifact
 /// name, a 250-byte command line), with one `baton node import` through a follower: a
 /// few large log entries (batches of many nodes), forwarded to the leader.
-fn enroll(c: &Fleet, nodes: usize) {
+fn enroll(c: &mut Fleet, nodes: usize) {
     let l = c.leader(Duration::from_secs(30));
     let via = &c.hosts[(l + 1) % c.hosts.len()];
     let file = c.dir.path().join("nodes.csv");
@@ -292,7 +290,7 @@ fn hosts_behind_the_purge_point_or_wiped_catch_up_by_snapshot_at_fleet_size() {
     );
     c.hosts[0].api.upload("vmlinuz", &pattern(64 * 1024, 1));
     c.hosts[0].api.upload("initrd.img", &pattern(32 * 1024, 2));
-    enroll(&c, nodes);
+    enroll(&mut c, nodes);
     c.wait_applied_everywhere(Duration::from_secs(300));
     report_sizes(&c, "enrolled");
 
