@@ -14,8 +14,8 @@
 //! `cargo bench --bench http_boot` (env `HTTP_BOOT_SECS`, default 15 s per run;
 //! `HTTP_BOOT_CLIENTS`, default `64,256`; `HTTP_BOOT_MIB`, default 32). Needs `nginx`
 //! and `wrk` (`apt-get install nginx-light wrk`): without them it says so and exits 1.
-//! It stops by itself: each `wrk` run is bounded by its duration, and every server it
-//! started is killed by PID at the end.
+//! It stops by itself: each `wrk` run is bounded by its duration; at the end nginx is
+//! stopped by SIGTERM to its master (which ends its worker) and Baton is killed by PID.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -102,7 +102,7 @@ fn main() {
         .expect(201);
     baton.api.set_deploy("n1", &k, &rd);
     let baton_url = format!("http://{}/boot/n1/nodes/n1/kernel", baton.http());
-    let (mut ngx, ngx_addr) = start_nginx(&nginx, dir.path(), &kernel);
+    let (ngx, ngx_addr) = start_nginx(&nginx, dir.path(), &kernel);
     let ngx_url = format!("http://{ngx_addr}/kernel");
     if pin {
         procstat::pin_current_thread(1);
@@ -131,6 +131,24 @@ fn main() {
              (target <= 1.2)"
         );
     }
+    stop_nginx(ngx);
+}
+
+/// Stops nginx and its worker: SIGTERM to the master, which ends the worker (a killed
+/// master would leave it running, holding whatever it inherited, e.g. the heavy lock).
+fn stop_nginx(mut ngx: Child) {
+    // SAFETY: kill(2) on the PID of a child this process started and has not reaped.
+    unsafe {
+        libc::kill(ngx.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = ngx.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("nginx did not stop within 10 s of SIGTERM: killed");
     let _ = ngx.kill();
     let _ = ngx.wait();
 }
