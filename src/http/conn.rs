@@ -6,7 +6,9 @@
 //!   half of the descriptor budget, [`fds`], so TFTP always has sockets). When the table
 //!   is full, a client below its fair share closes the oldest idle connection (no request
 //!   in flight) of the client most over its share; otherwise the new connection gets a
-//!   503 and is closed. Refusals are counted by limit and logged at a bounded rate.
+//!   503, its request is read and dropped (briefly, while few refusals linger: see
+//!   [`refuse`]) and it is closed, so the client reads the 503 rather than a reset.
+//!   Refusals are counted by limit and logged at a bounded rate.
 //! - Timeouts ([`next_deadline`]): a request head must be complete within
 //!   `header_timeout` of the connection's start or of its first byte; a connection closes
 //!   after `idle_timeout` with no byte either way (idle keep-alive, a stalled upload, a
@@ -357,6 +359,38 @@ impl AsyncWrite for Watched {
 /// What a refused connection reads before it is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\nConnection: close\r\nContent-Length: 94\r\n\r\n{\"error\":{\"code\":\"busy\",\"message\":\"too many connections from this address or in all; retry\"}}";
 
+/// Refused connections that may linger at once to be closed cleanly; past that, a
+/// refusal is closed at once (a flood of refusals must not hold descriptors).
+const MAX_LINGERING: u32 = 32;
+/// How long a refused connection may take to read its 503 and send its request.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Sends a refused connection the 503. Closing it with its request still unread would
+/// make the kernel reset it, and the client would see "connection reset" instead of the
+/// 503 and its `Retry-After`: so, while few refusals are lingering, the request is read
+/// and dropped (for at most [`LINGER`]) before the close.
+fn refuse(stream: TcpStream, lingering: &Arc<AtomicU32>, tasks: &TaskTracker) {
+    if lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+        lingering.fetch_sub(1, Ordering::Relaxed);
+        let _ = stream.try_write(BUSY);
+        return;
+    }
+    let lingering = lingering.clone();
+    tasks.spawn(async move {
+        let _ = tokio::time::timeout(LINGER, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = stream;
+            stream.write_all(BUSY).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        lingering.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
 /// Accepts and serves connections until `shutdown`, then lets the open ones finish
 /// their requests (each still bounded by its timeouts).
 pub async fn serve(
@@ -373,6 +407,7 @@ pub async fn serve(
         metrics: metrics.clone(),
     });
     let tasks = TaskTracker::new();
+    let lingering = Arc::new(AtomicU32::new(0));
     let mut accept_errors = LogBudget::<()>::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -426,7 +461,7 @@ pub async fn serve(
                 if let Some(suppressed) = conns.log_ok(ip) {
                     info!(client = %peer, limit = r.as_str(), suppressed, "http connection refused: connection limit");
                 }
-                let _ = stream.try_write(BUSY);
+                refuse(stream, &lingering, &tasks);
             }
         }
     }
