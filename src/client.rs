@@ -14,7 +14,7 @@ use crate::api::v1::{
     ImportCounts, ImportFormat, ImportMessage, ImportQuery, ImportReport, UploadQuery, Uploaded,
     IMPORT_PATH, NDJSON, NEXT_CURSOR_HEADER,
 };
-use crate::api::{ErrorBody, TOKEN_FILE};
+use crate::api::{ErrorBody, BUSY_HEADER, TOKEN_FILE};
 
 /// What went wrong talking to the API, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,9 @@ pub struct Reply<T> {
     /// The JSON as sent (`null` for an empty body).
     pub raw: Value,
 }
+
+/// How many times a request refused at connection admission is sent again.
+const BUSY_RETRIES: u32 = 3;
 
 /// An API client.
 #[derive(Debug, Clone)]
@@ -192,6 +195,32 @@ impl Client {
         }
     }
 
+    /// Runs `make` (one request) again while the server refuses the connection itself
+    /// (503 with [`BUSY_HEADER`]: the request was never read, so any method may be
+    /// resent), at most [`BUSY_RETRIES`] times, waiting its `Retry-After` (at most 5 s).
+    fn retrying(
+        &self,
+        make: impl Fn() -> Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut left = BUSY_RETRIES;
+        loop {
+            match make() {
+                Err(ureq::Error::Status(503, resp))
+                    if left > 0 && resp.header(BUSY_HEADER).is_some() =>
+                {
+                    left -= 1;
+                    let secs = resp
+                        .header("Retry-After")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .clamp(1, 5);
+                    std::thread::sleep(Duration::from_secs(secs));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// [`Client::finish`], read as a `T`.
     fn typed<T: DeserializeOwned>(
         &self,
@@ -205,7 +234,7 @@ impl Client {
 
     /// GET a JSON resource.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
-        self.typed(self.req("GET", path).call())
+        self.typed(self.retrying(|| self.req("GET", path).call()))
     }
 
     /// GETs a list page by page until the last one (or `max` items), calling
@@ -221,7 +250,8 @@ impl Client {
         let mut raw: Vec<Value> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let r = self.req("GET", &url_for(cursor.as_deref())?).call();
+            let url = url_for(cursor.as_deref())?;
+            let r = self.retrying(|| self.req("GET", &url).call());
             let next = r
                 .as_ref()
                 .ok()
@@ -255,7 +285,7 @@ impl Client {
 
     /// DELETE a resource; the answer is read as a `T` (`()` for none).
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, ClientError> {
-        self.typed(self.req("DELETE", path).call())
+        self.typed(self.retrying(|| self.req("DELETE", path).call()))
     }
 
     /// Sends a JSON body with `method`.
@@ -266,7 +296,7 @@ impl Client {
         body: &B,
     ) -> Result<Reply<T>, ClientError> {
         let json = serde_json::to_value(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.typed(self.req(method, path).send_json(json))
+        self.typed(self.retrying(|| self.req(method, path).send_json(json.clone())))
     }
 
     /// Uploads a file as an artifact, reporting `(sent, total)` as it goes.

@@ -401,3 +401,51 @@ fn a_refused_connection_reads_its_503_not_a_reset() {
     drop(held);
     normal_service_works(&s, &boot);
 }
+
+/// The CLI sends a request again when the server refused its connection at admission
+/// (503 with `x-baton-busy`: never read, so safe for any method), after the
+/// `Retry-After`: a moment of connection pressure does not fail an operator's command.
+#[test]
+fn the_cli_retries_a_connection_refused_at_admission() {
+    let boot = pattern(64 * 1024, 11);
+    let s = server("[http]\nmax_connections_per_ip = 2\n", &boot);
+    let to = s.http();
+    s.put("big.bin", &pattern(32 << 20, 12));
+    // The CLI connects from 127.0.0.1: two unread downloads from there fill its share.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = connect("127.0.0.1", to).unwrap();
+            c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let api = s.api.clone();
+    let cli = std::thread::spawn(move || {
+        let t = Instant::now();
+        (
+            api.cli_within(&["status"], Duration::from_secs(30)),
+            t.elapsed(),
+        )
+    });
+    // Refused at least once, then room again.
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(held);
+    let (out, took) = cli.join().unwrap();
+    assert!(
+        out.status.success(),
+        "baton status failed after {took:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        out.stderr
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "answered after {took:?}: was it refused at all?"
+    );
+    let refused = s
+        .api
+        .metric_or_zero("baton_http_connections_refused_total{limit=\"per_client\"}");
+    assert!(refused >= 1.0, "refusals counted: {refused}");
+    eprintln!("baton status succeeded after {took:?}, {refused} refusals");
+}

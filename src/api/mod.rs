@@ -15,6 +15,11 @@ pub mod v1;
 pub use crate::store::raft::rpc as peer;
 pub use crate::store::raft::rpc::{ErrorBody, ErrorInfo};
 
+/// Header of the 503 a server sends a connection it refuses at admission (connection
+/// limits): the request was never read, so a client may send it again after the
+/// `Retry-After`, whatever its method.
+pub const BUSY_HEADER: &str = "x-baton-busy";
+
 /// Where `baton serve` keeps its state unless told otherwise, and where the local CLI
 /// looks for the API token.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/baton";

@@ -356,8 +356,9 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// What a refused connection reads before it is closed.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\nConnection: close\r\nContent-Length: 94\r\n\r\n{\"error\":{\"code\":\"busy\",\"message\":\"too many connections from this address or in all; retry\"}}";
+/// What a refused connection reads before it is closed (with [`crate::api::BUSY_HEADER`],
+/// which tells clients the request was never read).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\nx-baton-busy: connection-limit\r\nConnection: close\r\nContent-Length: 93\r\n\r\n{\"error\":{\"code\":\"busy\",\"message\":\"too many connections from this address or in all; retry\"}}";
 
 /// Refused connections that may linger at once to be closed cleanly; past that, a
 /// refusal is closed at once (a flood of refusals must not hold descriptors).
@@ -611,6 +612,20 @@ mod tests {
         max_connections: 10,
         max_per_ip: 5,
     };
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head
+            .to_ascii_lowercase()
+            .contains(&format!("\r\n{}: ", crate::api::BUSY_HEADER)));
+        // The body's own length: one byte more would leave clients waiting for it.
+        assert!(head.ends_with(&format!("\r\nContent-Length: {}", body.len())));
+        let e: crate::api::ErrorBody = serde_json::from_str(body).unwrap();
+        assert_eq!(e.error.code, "busy");
+    }
 
     #[test]
     fn deadlines() {
