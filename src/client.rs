@@ -109,6 +109,8 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+// Requests pass ureq's own (large) error type straight through to `finish`.
+#[allow(clippy::result_large_err)]
 impl Client {
     /// A client of the API at `base` (e.g. `http://127.0.0.1:8069`).
     pub fn new(base: &str, token: &str) -> Self {
