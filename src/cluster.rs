@@ -73,7 +73,7 @@ pub async fn start(
         ..Default::default()
     };
     let rc = Arc::new(rc.validate().context("invalid raft settings")?);
-    let raft: BatonRaft = openraft::Raft::new(id, rc, Network::new(peers.clone()), log, sm)
+    let raft: BatonRaft = openraft::Raft::new(id, rc, Network::new(peers.clone()), log.clone(), sm)
         .await
         .context("cannot start the replicated log")?;
     info!(
@@ -91,6 +91,7 @@ pub async fn start(
         timing: ElectionTiming {
             timeout: Duration::from_millis(timing.election_timeout_ms),
         },
+        log,
     };
     Ok(Started {
         proposer,

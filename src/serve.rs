@@ -220,8 +220,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         proposer.raft().clone(),
         proposer.node_id(),
         proposer.peers().clone(),
-        started.election.contact.clone(),
-        started.election.timing,
+        started.election.clone(),
         shutdown.clone(),
     ));
     let lease_times = cfg.lease_times();

@@ -151,8 +151,7 @@ async fn prevote(
     if let Some(r) = misdirected(&app, &headers) {
         return r;
     }
-    let a = &app.election;
-    let r: PreVoteResponse = elect::answer(app.proposer.raft(), &a.contact, &a.timing, &req);
+    let r: PreVoteResponse = elect::answer(app.proposer.raft(), &app.election, &req).await;
     Json(r).into_response()
 }
 

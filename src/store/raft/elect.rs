@@ -6,7 +6,10 @@
 //! - after a random timeout in `[timeout, 2 x timeout)` without contact from a leader, it
 //!   asks every voter "would you vote for me?" without raising its term;
 //! - a voter says yes only if it has not heard from a leader for the lease (`timeout`)
-//!   itself and the candidate's log is at least as new as its own;
+//!   itself and the candidate's log is at least as new as its own, compared by the last
+//!   log id each has *appended* (read from the log store), exactly as the real vote
+//!   compares them: a pre-vote won on applied positions could be followed by a vote lost
+//!   on appended ones, round after round, while the voter that is ahead never stands;
 //! - only with a majority of yeses does it start the real election.
 //!
 //! A host cut off from the others, or paused, never raises the term, so when it comes
@@ -21,6 +24,7 @@ use openraft::{LogId, ServerState};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::log::LogStore;
 use super::peer::PeerClient;
 pub use super::rpc::{PreVoteRequest, PreVoteResponse};
 use super::{BatonRaft, NodeId};
@@ -34,12 +38,22 @@ pub struct ElectionTiming {
 }
 
 /// What the cluster routes need to answer pre-votes, and the elector to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Election {
     /// When this host last heard from a leader.
     pub contact: LeaderContact,
     /// The election timing in force.
     pub timing: ElectionTiming,
+    /// The Raft log, for the last log id this host has appended.
+    pub log: LogStore,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election")
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When this host last heard from a leader it accepts (append or snapshot).
@@ -98,29 +112,29 @@ pub fn decide(req: &PreVoteRequest, me: &VoterView, timing: &ElectionTiming) -> 
 }
 
 /// Answers a pre-vote on this host.
-pub fn answer(
-    raft: &BatonRaft,
-    contact: &LeaderContact,
-    timing: &ElectionTiming,
-    req: &PreVoteRequest,
-) -> PreVoteResponse {
+pub async fn answer(raft: &BatonRaft, e: &Election, req: &PreVoteRequest) -> PreVoteResponse {
     let m = raft.metrics().borrow().clone();
     let me = VoterView {
         is_leader: m.state == ServerState::Leader,
-        contact_age: contact.age(),
-        last_log_id: last_log(&m),
+        contact_age: e.contact.age(),
+        last_log_id: last_log(&e.log, &m).await,
     };
-    let r = decide(req, &me, timing);
+    let r = decide(req, &me, &e.timing);
     debug!(candidate = req.candidate, granted = r.granted, reason = ?r.reason, "pre-vote answered");
     r
 }
 
-/// The newest log id this replica has, as far as its metrics tell.
-fn last_log(m: &super::typ::Metrics) -> Option<LogId<NodeId>> {
-    // Metrics carry the last log index but not its term; the last applied id is a
-    // lower bound with a term. Appended-but-unapplied entries are covered by the
-    // real vote's own log check, which openraft does with the exact id.
-    m.last_applied
+/// The newest log id this replica has appended (what openraft's vote compares), from
+/// the log store; the last applied id if the store cannot be read (a lower bound).
+async fn last_log(log: &LogStore, m: &super::typ::Metrics) -> Option<LogId<NodeId>> {
+    use openraft::storage::RaftLogStorage;
+    match log.clone().get_log_state().await {
+        Ok(s) => s.last_log_id.max(m.last_applied),
+        Err(e) => {
+            debug!(error = %e, "cannot read the last log id; using the last applied");
+            m.last_applied
+        }
+    }
 }
 
 /// A random duration in `[base, 2 x base)`.
@@ -136,10 +150,14 @@ pub async fn run(
     raft: BatonRaft,
     node_id: NodeId,
     net: PeerClient,
-    contact: LeaderContact,
-    timing: ElectionTiming,
+    election: Election,
     shutdown: CancellationToken,
 ) {
+    let Election {
+        contact,
+        timing,
+        log,
+    } = election;
     let mut backoff = Duration::ZERO;
     loop {
         // Stand only after a random silence of [timeout, 2 x timeout) from any leader,
@@ -164,7 +182,7 @@ pub async fn run(
             wait = silence - age;
         }
         backoff = jitter(timing.timeout);
-        stand(&raft, node_id, &net, &contact, &timing).await;
+        stand(&raft, node_id, &net, &contact, &timing, &log).await;
     }
 }
 
@@ -180,6 +198,7 @@ async fn stand(
     net: &PeerClient,
     contact: &LeaderContact,
     timing: &ElectionTiming,
+    log: &LogStore,
 ) {
     let m = raft.metrics().borrow().clone();
     if m.state == ServerState::Leader {
@@ -195,7 +214,7 @@ async fn stand(
     }
     let req = PreVoteRequest {
         candidate: node_id,
-        last_log_id: last_log(&m),
+        last_log_id: last_log(log, &m).await,
     };
     let asks = voters
         .iter()
