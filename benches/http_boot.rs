@@ -108,7 +108,7 @@ fn main() {
         procstat::pin_current_thread(1);
     }
     for (name, url) in [("baton", &baton_url), ("nginx", &ngx_url)] {
-        let got = fetch_len(&wrk, url);
+        let got = serves_whole(&wrk, url);
         assert!(got, "{name} does not serve {url}");
     }
 
@@ -212,7 +212,7 @@ fn start_nginx(nginx: &Path, dir: &Path, kernel: &[u8]) -> (Child, SocketAddr) {
 }
 
 /// One short `wrk` run that must read at least one whole response.
-fn fetch_len(wrk: &Path, url: &str) -> bool {
+fn serves_whole(wrk: &Path, url: &str) -> bool {
     let out = Command::new(wrk)
         .args(["-t1", "-c1", "-d1s", "--timeout", "10s", url])
         .output()

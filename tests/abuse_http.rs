@@ -358,6 +358,23 @@ fn body_limits_per_route() {
     normal_service_works(&s, &boot);
 }
 
+/// `n` downloads from `src` that the client does not read: each holds a slot of `src`'s
+/// share (a request in flight is not an idle connection a newcomer from the same address
+/// may evict). Returned once the server has had time to admit them.
+fn fill_share(s: &Host, src: &str, n: usize) -> Vec<TcpStream> {
+    s.put("big.bin", &pattern(32 << 20, 10));
+    let held = (0..n)
+        .map(|_| {
+            let mut c = connect(src, s.http()).unwrap();
+            c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    held
+}
+
 /// A client over its address's connection limit reads the 503 and its `Retry-After`,
 /// every time: the server reads and drops the refused request before it closes, so the
 /// close is not a reset (which would hide the 503 behind "connection reset by peer").
@@ -366,21 +383,8 @@ fn a_refused_connection_reads_its_503_not_a_reset() {
     let boot = pattern(64 * 1024, 9);
     let s = server("[http]\nmax_connections_per_ip = 2\n", &boot);
     let to = s.http();
-    // Two downloads the client does not read hold the address's two slots: a request in
-    // flight is not an idle connection a newcomer from the same address may evict.
-    s.put("big.bin", &pattern(32 << 20, 10));
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut c = connect("127.0.0.71", to).unwrap();
-            c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            c
-        })
-        .collect();
-    // Admitted before the next ones arrive.
-    std::thread::sleep(Duration::from_millis(300));
-    let mut answers = Vec::new();
-    for _ in 0..20 {
+    let held = fill_share(&s, "127.0.0.71", 2);
+    for attempt in 1..=20 {
         let mut c = connect("127.0.0.71", to).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // Sent at once, before the server has looked at the connection.
@@ -388,14 +392,9 @@ fn a_refused_connection_reads_its_503_not_a_reset() {
         let mut got = Vec::new();
         let read = c.read_to_end(&mut got);
         let text = String::from_utf8_lossy(&got).to_string();
-        answers.push(format!(
-            "{sent:?} {read:?} {}",
-            text.lines().next().unwrap_or("")
-        ));
         assert!(
             read.is_ok() && text.starts_with("HTTP/1.1 503") && text.contains("Retry-After: 2"),
-            "refused connection, attempt {}: write {sent:?}, read {read:?}, got {text:?}",
-            answers.len()
+            "refused connection, attempt {attempt}: write {sent:?}, read {read:?}, got {text:?}"
         );
     }
     drop(held);
@@ -409,18 +408,8 @@ fn a_refused_connection_reads_its_503_not_a_reset() {
 fn the_cli_retries_a_connection_refused_at_admission() {
     let boot = pattern(64 * 1024, 11);
     let s = server("[http]\nmax_connections_per_ip = 2\n", &boot);
-    let to = s.http();
-    s.put("big.bin", &pattern(32 << 20, 12));
-    // The CLI connects from 127.0.0.1: two unread downloads from there fill its share.
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut c = connect("127.0.0.1", to).unwrap();
-            c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            c
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The CLI connects from 127.0.0.1.
+    let held = fill_share(&s, "127.0.0.1", 2);
     let api = s.api.clone();
     let cli = std::thread::spawn(move || {
         let t = Instant::now();
