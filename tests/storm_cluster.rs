@@ -108,7 +108,7 @@ fn report(what: &str, f: &FaultRun, base_p99: f64) {
         "{what}: victim {:?} at {:?} s (SIGCONT at {:?} s); owners before {:?}, after {:?}; \
          lease lapses {:?}; \
          {}/{} booted, retried attempts {}, double answers {}, boot servers {}; end to end \
-         p50 {:.2} s, p99 {:.2} s, max {:.2} s; p99 / no-fault p99 = {:.2}\n{}{}",
+         p50 {:.2} s, p99 {:.2} s, max {:.2} s; p99 / no-fault p99 = {:.2}\n{}{}{}",
         f.victim,
         f.fault_at,
         f.resumed_at,
@@ -125,7 +125,8 @@ fn report(what: &str, f: &FaultRun, base_p99: f64) {
         e2e(&f.run, "max"),
         e2e(&f.run, "p99") / base_p99,
         f.run.stderr,
-        f.run.failure_tally()
+        f.run.failure_tally(),
+        f.refusal_tally()
     ));
 }
 
