@@ -55,6 +55,8 @@ impl StoreSource {
         path: &ClientPath,
         client: Option<IpAddr>,
     ) -> Result<Option<NodeFile>, OpenError> {
+        // Sampled before the reads: see LeaseView.
+        let lease = self.gate.lease_view();
         let nf = match self.store.node_file_for(path) {
             Ok(Some(nf)) => nf,
             Ok(None) => return Ok(None),
@@ -64,7 +66,7 @@ impl StoreSource {
             Ok(Some(node)) => {
                 match self
                     .gate
-                    .check(&node, Purpose::Files { client }, Some(&nf.path))
+                    .check(lease, &node, Purpose::Files { client }, Some(&nf.path))
                 {
                     Ok(_) => Ok(Some(nf)),
                     Err(r) => Err(OpenError::NotServed(r)),
