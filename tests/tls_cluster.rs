@@ -24,7 +24,7 @@ use serde_json::json;
 use common::api::Api;
 use common::child::run_bounded;
 use common::fleet::Fleet;
-use common::host::{HostBuilder, Tls, SECRET, TOKEN};
+use common::host::{Host, HostBuilder, Tls, SECRET, TOKEN};
 use common::{assert_same_bytes, pattern};
 
 /// How long a committed write may take to show on every replica.
@@ -81,6 +81,22 @@ fn host_tls(dir: &Path, ca: &Ca, name: &str, trust: &Path) -> Tls {
     }
 }
 
+/// Enrolls node `n1` (MAC `mac`) through a follower, which forwards the write to the
+/// leader; returns the leader's index and the follower.
+fn enroll_n1_through_a_follower<'a>(c: &'a Fleet, mac: &str) -> (usize, &'a Host) {
+    let leader = c
+        .hosts
+        .iter()
+        .position(|h| h.api.cluster()["state"] == "Leader")
+        .expect("a leader");
+    let follower = &c.hosts[(leader + 1) % 3];
+    follower
+        .api
+        .post("/v1/nodes", json!({ "id": "n1", "macs": [mac] }))
+        .expect(201);
+    (leader, follower)
+}
+
 #[test]
 fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     let certs = tempfile::tempdir().expect("temp dir for certificates");
@@ -115,19 +131,7 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     }
 
     // A write through a follower is forwarded to the leader and replicates everywhere.
-    let leader = c
-        .hosts
-        .iter()
-        .position(|h| h.api.cluster()["state"] == "Leader")
-        .expect("a leader");
-    let follower = &c.hosts[(leader + 1) % 3];
-    follower
-        .api
-        .post(
-            "/v1/nodes",
-            json!({ "id": "n1", "macs": ["52:54:00:5e:00:01"] }),
-        )
-        .expect(201);
+    let (leader, follower) = enroll_n1_through_a_follower(&c, "52:54:00:5e:00:01");
     let kernel = pattern(200_000, 1);
     let ramdisk = pattern(300_001, 2);
     let kd = follower.api.upload("vmlinuz", &kernel);
@@ -282,19 +286,7 @@ fn three_hosts_over_tls_with_the_secret_and_a_wrong_secret_is_refused() {
     }
 
     // A write through a follower replicates to every host.
-    let leader = c
-        .hosts
-        .iter()
-        .position(|h| h.api.cluster()["state"] == "Leader")
-        .expect("a leader");
-    let follower = &c.hosts[(leader + 1) % 3];
-    follower
-        .api
-        .post(
-            "/v1/nodes",
-            json!({ "id": "n1", "macs": ["52:54:00:5e:00:02"] }),
-        )
-        .expect(201);
+    enroll_n1_through_a_follower(&c, "52:54:00:5e:00:02");
     common::wait_until(REPLICATE, "n1 on every host", || {
         c.hosts
             .iter()

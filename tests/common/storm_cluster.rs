@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::fleet::{Fleet, Leases};
-use crate::common::host::{HostBuilder, TOKEN};
+use crate::common::host::{Host, HostBuilder, TOKEN};
 use crate::common::pattern;
 use crate::common::wait_until;
 use crate::storm_lab::{manifest_of, StormLab, StormRun, FIRST_SOURCE_IP};
@@ -352,59 +352,41 @@ impl StormCluster {
         m
     }
 
-    /// Per host, "lease expired" lines in its log so far (every run).
-    pub fn lapse_counts(&self) -> BTreeMap<String, usize> {
+    /// `f` of every host, by name (empty before the cluster starts).
+    fn per_host<T>(&self, f: impl Fn(&Host) -> T) -> BTreeMap<String, T> {
         self.fleet
             .as_ref()
-            .map(|f| {
-                f.hosts
+            .map(|fl| {
+                fl.hosts
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name().to_string(),
-                            h.log().matches("lease expired").count(),
-                        )
-                    })
+                    .map(|h| (h.name().to_string(), f(h)))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Per host, "lease expired" lines in its log so far (every run).
+    pub fn lapse_counts(&self) -> BTreeMap<String, usize> {
+        self.per_host(|h| h.log().matches("lease expired").count())
     }
 
     /// Per host, the length of its log so far (where a run's lines start).
     fn log_marks(&self) -> BTreeMap<String, usize> {
-        self.fleet
-            .as_ref()
-            .map(|f| {
-                f.hosts
-                    .iter()
-                    .map(|h| (h.name().to_string(), h.log().len()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.per_host(|h| h.log().len())
     }
 
     /// Per host, the lines logged since `marks` that say a request was refused.
     fn refusals_since(&self, marks: &BTreeMap<String, usize>) -> BTreeMap<String, Vec<String>> {
-        self.fleet
-            .as_ref()
-            .map(|f| {
-                f.hosts
-                    .iter()
-                    .map(|h| {
-                        let log = h.log();
-                        let from = marks.get(h.name()).copied().unwrap_or(0).min(log.len());
-                        let lines = log
-                            .get(from..)
-                            .unwrap_or("")
-                            .lines()
-                            .filter(|l| l.contains("refused"))
-                            .map(str::to_string)
-                            .collect();
-                        (h.name().to_string(), lines)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.per_host(|h| {
+            let log = h.log();
+            let from = marks.get(h.name()).copied().unwrap_or(0).min(log.len());
+            log.get(from..)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| l.contains("refused"))
+                .map(str::to_string)
+                .collect()
+        })
     }
 
     /// Restarts the host `name` (after a kill) and waits until the cluster is settled.
