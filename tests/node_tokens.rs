@@ -163,7 +163,10 @@ fn node_files_go_to_whoever_names_the_current_token() {
         bodies.len(),
         1,
         "one refusal body: {:?}",
-        bodies.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>()
+        bodies
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<Vec<_>>()
     );
     let body = String::from_utf8_lossy(&bodies[0]).to_string();
     assert!(!body.contains(&t) && !body.contains("token"), "{body}");
@@ -232,8 +235,11 @@ fn node_files_go_to_whoever_names_the_current_token() {
         200
     );
     // Asking for a new token where there is nothing to carry it: a clear error.
-    api.post("/v1/nodes", json!({ "id": "n2", "macs": [mac_colons(mac(2))] }))
-        .expect(201);
+    api.post(
+        "/v1/nodes",
+        json!({ "id": "n2", "macs": [mac_colons(mac(2))] }),
+    )
+    .expect(201);
     api.patch("/v1/nodes/n2", json!({ "rotate_token": true }))
         .expect_field_error("rotate_token");
 }
@@ -263,7 +269,11 @@ fn a_new_owner_serves_the_same_files_for_the_same_token() {
     h1.wait_nodes_replicated(&["n1"], &["h1", "h2", "h3"], Duration::from_secs(30));
     let t = token_of(&h1, "n1");
     let (script, _) = configs(m);
-    let (st, before) = raw_get(Some(STRANGER), f.host("h1").http(), &format!("/_t/{t}/{script}"));
+    let (st, before) = raw_get(
+        Some(STRANGER),
+        f.host("h1").http(),
+        &format!("/_t/{t}/{script}"),
+    );
     assert_eq!(st, 200);
 
     let t0 = Instant::now();
@@ -286,7 +296,11 @@ fn a_new_owner_serves_the_same_files_for_the_same_token() {
         l.label()
     );
     assert_eq!(bytes, kernel, "the same kernel from {owner}");
-    assert_eq!(token_of(&new.api, "n1"), t, "the token came with the replica");
+    assert_eq!(
+        token_of(&new.api, "n1"),
+        t,
+        "the token came with the replica"
+    );
     let (st, after) = raw_get(Some(STRANGER), http, &format!("/_t/{t}/{script}"));
     assert_eq!(st, 200);
     assert!(after == before, "the same script, byte for byte");
@@ -296,7 +310,11 @@ fn a_new_owner_serves_the_same_files_for_the_same_token() {
     );
     assert_eq!(raw_get(Some(STRANGER), http, "/nodes/n1/kernel").0, 403);
     assert_eq!(
-        tftp_from(STRANGER, tftp, &format!("_t/{}/nodes/n1/kernel", other_token(&t))),
+        tftp_from(
+            STRANGER,
+            tftp,
+            &format!("_t/{}/nodes/n1/kernel", other_token(&t))
+        ),
         Err(2)
     );
 }

@@ -484,7 +484,12 @@ impl Gate {
     /// window is open, the address belongs to the node (or, with `node_files =
     /// "token"`, the request carries the node's token), and the lease has not lapsed
     /// since the answer. A file served for it renews the window (up to the cap).
-    fn boot_in_flight(&self, node: &Node, client: Option<IpAddr>, token: Option<BootToken>) -> bool {
+    fn boot_in_flight(
+        &self,
+        node: &Node,
+        client: Option<IpAddr>,
+        token: Option<BootToken>,
+    ) -> bool {
         let by_token = self.access.tokens()
             && token
                 .zip(node.boot_token)
@@ -869,10 +874,14 @@ mod tests {
             Err(NotServed::WrongClient)
         );
         assert_eq!(
-            gate.check(&n1, Purpose::Files {
-            client: None,
-            token: None,
-        }, None),
+            gate.check(
+                &n1,
+                Purpose::Files {
+                    client: None,
+                    token: None,
+                },
+                None
+            ),
             Err(NotServed::WrongClient)
         );
         // A learned binding still qualifies, for its own node only.
@@ -928,7 +937,10 @@ mod tests {
         };
         // Open: anyone; bound: the address decides, a token is ignored.
         assert_eq!(rule(Open, Some(&t1), Some(&t2), false, false), Ok(()));
-        assert_eq!(rule(Bound, Some(&t1), Some(&t1), false, false), Err(NotServed::WrongClient));
+        assert_eq!(
+            rule(Bound, Some(&t1), Some(&t1), false, false),
+            Err(NotServed::WrongClient)
+        );
         assert_eq!(rule(Bound, Some(&t1), Some(&t2), false, true), Ok(()));
         // Token: the node's current token from anywhere; any other token never.
         for entry in [false, true] {
@@ -948,11 +960,20 @@ mod tests {
         // Without a token: MAC-named configs (and the boot report) by address, nothing
         // else at all.
         assert_eq!(rule(Token, Some(&t1), None, true, true), Ok(()));
-        assert_eq!(rule(Token, Some(&t1), None, true, false), Err(NotServed::WrongClient));
-        assert_eq!(rule(Token, Some(&t1), None, false, true), Err(NotServed::NoToken));
+        assert_eq!(
+            rule(Token, Some(&t1), None, true, false),
+            Err(NotServed::WrongClient)
+        );
+        assert_eq!(
+            rule(Token, Some(&t1), None, false, true),
+            Err(NotServed::NoToken)
+        );
         // A node whose files carry no token follows the bound rule.
         assert_eq!(rule(Token, None, None, false, true), Ok(()));
-        assert_eq!(rule(Token, None, None, false, false), Err(NotServed::WrongClient));
+        assert_eq!(
+            rule(Token, None, None, false, false),
+            Err(NotServed::WrongClient)
+        );
         // The address rule runs only when it decides (it may learn a binding).
         let mut asked = false;
         let _ = requester_rule(Token, Some(&t1), Some(&t1), true, || {
@@ -977,7 +998,11 @@ mod tests {
         let kernel = Some("nodes/n1/kernel");
         let config = Some("ipxe/52-54-00-00-00-01.ipxe");
         for ip in ["127.0.0.31", "127.0.0.99", "::1"] {
-            assert_eq!(gate.check(&n1, files(ip, Some(tok(7))), kernel), OWNER, "{ip}");
+            assert_eq!(
+                gate.check(&n1, files(ip, Some(tok(7))), kernel),
+                OWNER,
+                "{ip}"
+            );
             assert_eq!(
                 gate.check(&n1, files(ip, Some(tok(8))), kernel),
                 Err(NotServed::BadToken)
@@ -1001,8 +1026,8 @@ mod tests {
         assert_eq!(refused.last_reason, Some(NotServed::WrongClient));
         // Ownership still comes first: the right token does not make another owner's
         // node this host's.
-        let other = Gate::new("h1", store, T, Bindings::default())
-            .with_access(NodeFileAccess::Token);
+        let other =
+            Gate::new("h1", store, T, Bindings::default()).with_access(NodeFileAccess::Token);
         other.renew(Instant::now());
         assert_eq!(
             other.check(&n1, files("127.0.0.31", Some(tok(7))), kernel),
@@ -1028,7 +1053,10 @@ mod tests {
             assert_eq!(m.to_string().parse::<NodeFileAccess>(), Ok(m));
         }
         assert!(NodeFileAccess::Token.tokens() && !NodeFileAccess::Bound.tokens());
-        assert!("tokens".parse::<NodeFileAccess>().unwrap_err().contains("token"));
+        assert!("tokens"
+            .parse::<NodeFileAccess>()
+            .unwrap_err()
+            .contains("token"));
     }
 
     #[test]

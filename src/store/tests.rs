@@ -186,7 +186,10 @@ fn a_version_7_store_gets_node_addresses_empty() {
     assert_eq!(store.schema_version().unwrap(), schema::current_version());
     let n = store.node("n1").unwrap().unwrap();
     assert!(n.addresses.is_empty());
-    assert_eq!(n.boot_token, None, "version 9: no token until rendered with one");
+    assert_eq!(
+        n.boot_token, None,
+        "version 9: no token until rendered with one"
+    );
     let set = Command::SetNodeAddresses {
         node: "n1".into(),
         addresses: vec!["10.0.0.5".parse().unwrap()],

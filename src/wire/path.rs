@@ -571,13 +571,24 @@ mod tests {
         for (name, want, absolute) in [
             (format!("_t/{t}/nodes/n1/kernel"), "nodes/n1/kernel", false),
             (format!("/_t/{t}/nodes/n1/kernel"), "nodes/n1/kernel", true),
-            (format!("//_t//{t}/./ipxe/52-54-00-AB-CD-EF.ipxe"), "ipxe/52-54-00-AB-CD-EF.ipxe", true),
+            (
+                format!("//_t//{t}/./ipxe/52-54-00-AB-CD-EF.ipxe"),
+                "ipxe/52-54-00-AB-CD-EF.ipxe",
+                true,
+            ),
             (format!("\\_t\\{t}\\x"), "x", true),
         ] {
             let p = ClientPath::from_tftp(&name, &rules, "::1".parse().unwrap()).unwrap();
             assert_eq!((p.as_str(), p.is_absolute()), (want, absolute), "{name}");
-            assert_eq!(p.token().map(|t| t.to_string()), Some(lower.clone()), "{name}");
-            assert!(!p.to_string().contains(&lower), "Display never shows the token");
+            assert_eq!(
+                p.token().map(|t| t.to_string()),
+                Some(lower.clone()),
+                "{name}"
+            );
+            assert!(
+                !p.to_string().contains(&lower),
+                "Display never shows the token"
+            );
             assert!(!format!("{p:?}").contains(&lower), "nor Debug");
             let u = ClientPath::from_url(&name).unwrap();
             assert_eq!((u.as_str(), u.token()), (want, p.token()), "{name}");
@@ -591,17 +602,39 @@ mod tests {
         let u = ClientPath::from_url(&format!("/%5Ft/{t}/k")).unwrap();
         assert_eq!((u.as_str(), u.token().is_some()), ("k", true));
         // Not a token: the name is left whole (and no node file has such a name).
-        for name in ["_t/123/k", "_t/k", "a/_t/00112233445566778899aabbccddeeff/k", "_tx/00112233445566778899aabbccddeeff/k"] {
+        for name in [
+            "_t/123/k",
+            "_t/k",
+            "a/_t/00112233445566778899aabbccddeeff/k",
+            "_tx/00112233445566778899aabbccddeeff/k",
+        ] {
             let p = ClientPath::from_url(name).unwrap();
             assert_eq!((p.as_str(), p.token()), (name, None), "{name}");
         }
         // Nothing after the token, or an escape after it: refused as ever.
-        assert_eq!(ClientPath::from_url(&format!("/_t/{t}/")), Err(PathError::Empty));
-        assert_eq!(ClientPath::from_url(&format!("/_t/{t}/../x")), Err(PathError::ParentDir));
-        assert_eq!(ClientPath::parse(&format!("_t/{t}/a\0b")), Err(PathError::Nul));
+        assert_eq!(
+            ClientPath::from_url(&format!("/_t/{t}/")),
+            Err(PathError::Empty)
+        );
+        assert_eq!(
+            ClientPath::from_url(&format!("/_t/{t}/../x")),
+            Err(PathError::ParentDir)
+        );
+        assert_eq!(
+            ClientPath::parse(&format!("_t/{t}/a\0b")),
+            Err(PathError::Nul)
+        );
         // A root after the token is a root.
-        let p = ClientPath::from_tftp(&format!("/_t/{t}/srv/tftp/x"), &rules, "::1".parse().unwrap()).unwrap();
-        assert_eq!((p.as_str(), p.is_absolute(), p.token().is_some()), ("x", false, true));
+        let p = ClientPath::from_tftp(
+            &format!("/_t/{t}/srv/tftp/x"),
+            &rules,
+            "::1".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.as_str(), p.is_absolute(), p.token().is_some()),
+            ("x", false, true)
+        );
     }
 
     #[test]

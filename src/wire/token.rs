@@ -120,7 +120,11 @@ pub fn redact(name: &str) -> std::borrow::Cow<'_, str> {
             .get(start..start + len)
             .and_then(|t| t.parse::<BootToken>().ok());
         match token {
-            Some(t) if begins && sep(at + PREFIX_DIR.len()) && (start + len == b.len() || sep(start + len)) => {
+            Some(t)
+                if begins
+                    && sep(at + PREFIX_DIR.len())
+                    && (start + len == b.len() || sep(start + len)) =>
+            {
                 out.push_str(&name[copied..start]);
                 out.push('#');
                 out.push_str(&t.fingerprint());
@@ -171,7 +175,13 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, format!("\"{HEX}\""));
         assert_eq!(serde_json::from_str::<BootToken>(&json).unwrap(), t);
-        for bad in ["", "0011", &HEX[1..], &format!("{HEX}0"), &HEX.replace('a', "g")] {
+        for bad in [
+            "",
+            "0011",
+            &HEX[1..],
+            &format!("{HEX}0"),
+            &HEX.replace('a', "g"),
+        ] {
             assert_eq!(bad.parse::<BootToken>(), Err(BadToken), "{bad:?}");
         }
         assert!(serde_json::from_str::<BootToken>("\"xyz\"").is_err());
@@ -218,11 +228,27 @@ mod tests {
     fn logged_names_show_a_fingerprint_not_the_token() {
         let t: BootToken = HEX.parse().unwrap();
         let f = t.fingerprint();
-        assert_eq!(redact(&format!("_t/{HEX}/nodes/n1/kernel")), format!("_t/#{f}/nodes/n1/kernel"));
+        assert_eq!(
+            redact(&format!("_t/{HEX}/nodes/n1/kernel")),
+            format!("_t/#{f}/nodes/n1/kernel")
+        );
         assert_eq!(redact(&format!("/_t/{HEX}")), format!("/_t/#{f}"));
-        assert_eq!(redact(&format!("a\\_t\\{HEX}\\k")), format!("a\\_t\\#{f}\\k"));
-        for same in ["nodes/n1/kernel", "_t/xyz/k", "x_t/00112233445566778899aabbccddeeff/k", "_t/00112233445566778899aabbccddeeff0/k", "_t", "ü_t/"] {
-            assert!(matches!(redact(same), std::borrow::Cow::Borrowed(s) if s == same), "{same}");
+        assert_eq!(
+            redact(&format!("a\\_t\\{HEX}\\k")),
+            format!("a\\_t\\#{f}\\k")
+        );
+        for same in [
+            "nodes/n1/kernel",
+            "_t/xyz/k",
+            "x_t/00112233445566778899aabbccddeeff/k",
+            "_t/00112233445566778899aabbccddeeff0/k",
+            "_t",
+            "ü_t/",
+        ] {
+            assert!(
+                matches!(redact(same), std::borrow::Cow::Borrowed(s) if s == same),
+                "{same}"
+            );
         }
     }
 

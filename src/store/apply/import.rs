@@ -124,15 +124,15 @@ fn import_one(
     }
     if let Some(p) = &item.profile {
         let set = set_boot_profile(
-                tx,
-                id,
-                p.profile.as_ref(),
-                &p.files,
-                p.boot_token.as_ref(),
-                host,
-                None,
-                at,
-            )?;
+            tx,
+            id,
+            p.profile.as_ref(),
+            &p.files,
+            p.boot_token.as_ref(),
+            host,
+            None,
+            at,
+        )?;
         if matches!(set, Applied::BootProfileSet { changed: true, .. }) {
             fields.push("profile".into());
         }
