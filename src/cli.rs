@@ -252,6 +252,10 @@ pub enum NodeCmd {
         /// Remove every address set on the node.
         #[arg(long, conflicts_with = "addresses")]
         clear_addresses: bool,
+        /// Give the node a new boot token and re-render its files with it: the old
+        /// token's URLs are refused from then on (`--node-files token`).
+        #[arg(long)]
+        rotate_token: bool,
     },
     /// Delete a node (refused while it is reserved).
     Delete {

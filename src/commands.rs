@@ -184,8 +184,17 @@ fn node_detail(d: &NodeDetail) -> String {
     }
     if let Some(a) = &d.access {
         let set: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
-        let who = match a.mode.as_str() {
-            "open" => "anyone (node_files = open)".to_string(),
+        let token = n.boot_token.map(|t| format!("/_t/{t}/..."));
+        let who = match (a.mode.as_str(), &token) {
+            ("open", _) => "anyone (node_files = open)".to_string(),
+            ("token", Some(t)) => format!(
+                "whoever names its boot token ({t}, node_files = token); without it, its \
+                 MAC-named configs to its own addresses, nothing else"
+            ),
+            ("token", None) => "its own addresses: its files carry no boot token yet \
+                 (node_files = token; `baton node update ID --rotate-token` renders them \
+                 with one)"
+                .to_string(),
             _ if a.addresses.is_empty() && set.is_empty() => {
                 "its own addresses; none set or seen yet (they come from its next PXE \
                  boot, or `baton node update ID --address IP`)"
@@ -206,8 +215,17 @@ fn node_detail(d: &NodeDetail) -> String {
                 .as_ref()
                 .map(|(ip, at)| format!(", last to {ip} at {at}"))
                 .unwrap_or_default();
+            let why = match a.last_reason.as_deref() {
+                Some("bad_token") => ", the last one with another boot token",
+                Some("no_token") => ", the last one without the boot token",
+                _ => "",
+            };
+            let whom = match a.mode.as_str() {
+                "token" => "not from the node",
+                _ => "from other addresses",
+            };
             out.push_str(&format!(
-                "{:<16} {} request(s) from other addresses{last}\n",
+                "{:<16} {} request(s) {whom}{last}{why}\n",
                 "refused", a.refused
             ));
         }
@@ -517,6 +535,7 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
             provision_state,
             addresses,
             clear_addresses,
+            rotate_token,
         } => {
             let provision_state = provision_state
                 .map(|p| {
@@ -538,6 +557,7 @@ pub fn node(api: &ApiArgs, cmd: NodeCmd) -> anyhow::Result<()> {
                         .then(|| parse_addresses(&addresses))
                         .transpose()?
                 },
+                rotate_token,
                 expected_epoch: None,
             };
             let r: Reply<Node> = c.send("PATCH", &format!("/v1/nodes/{id}"), &req)?;

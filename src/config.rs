@@ -80,7 +80,10 @@ settings! {
         /// (default), only the node's own addresses: those its PXE exchange with this
         /// host showed and those set on the node (`baton node update ID --address IP`);
         /// `open`, anyone (as dnsmasq), for hosts whose nodes get DHCP elsewhere and
-        /// have no addresses set. Shared loaders are served to anyone either way.
+        /// have no addresses set; `token`, whoever names the node's current boot token,
+        /// which its rendered iPXE script, GRUB and pxelinux configs put in their URLs
+        /// (`/_t/<token>/...`; MAC-named configs without it as in `bound`). Shared
+        /// loaders are served to anyone either way.
         node_files: crate::ownership::gate::NodeFileAccess =
             crate::ownership::gate::NodeFileAccess::Bound,
             flag [value "node-files" crate::ownership::gate::NodeFileAccess, "MODE"];

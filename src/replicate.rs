@@ -397,6 +397,7 @@ mod tests {
         apply(
             &store,
             Command::SetBootProfile {
+                boot_token: None,
                 node: "n1".into(),
                 profile: Some(BootProfile::Deploy(KernelBoot {
                     kernel: Digest::of(kernel),

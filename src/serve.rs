@@ -116,7 +116,8 @@ fn start_template_watch(app: &Arc<App>, dir: &Path) -> anyhow::Result<TemplateWa
         Ok(renderer) => {
             app.renderer.set(renderer);
             let r = app.renderer.get();
-            match rerender_all(&app.store, app.blobs.store(), &r, &app.host, now_ms()) {
+            let tokens = app.gate.access().tokens();
+            match rerender_all(&app.store, app.blobs.store(), &r, &app.host, tokens, now_ms()) {
                 Ok(re) => {
                     let mut applied = 0;
                     for cmd in &re.commands {

@@ -164,6 +164,10 @@ pub struct UpdateRequest {
     /// clears them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<IpAddr>>,
+    /// Give the node a new boot token, its files re-rendered with it (`node_files =
+    /// "token"`; the node needs a boot profile). A new provision state does too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotate_token: bool,
     /// Refuse unless the node is still at this ownership epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_epoch: Option<u64>,
@@ -214,7 +218,7 @@ pub struct NodeDetail {
 /// Who may fetch a node's files, as the answering host sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAccess {
-    /// `bound` or `open` (`node_files`).
+    /// `bound`, `open` or `token` (`node_files`).
     pub mode: String,
     /// Addresses this host learned from the node's own PXE exchanges (the ones the
     /// operator set are the node's `addresses`).
@@ -223,6 +227,9 @@ pub struct NodeAccess {
     pub refused: u64,
     /// The last one: the address, and when (ms since the epoch).
     pub last_refused: Option<(String, i64)>,
+    /// Why the last one was refused: `wrong_client`, `bad_token` or `no_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
 }
 
 /// `POST /v1/nodes/{id}/migrate`: move the node to another host of its group.

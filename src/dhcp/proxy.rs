@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ownership::gate::NotServed;
 use crate::store::{BootProfile, MacAddr, Node};
 use crate::wire::dhcp::{classify_arch, ArchClass, PxeReply, PxeRequest};
+use crate::wire::token::BootToken;
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +71,12 @@ impl BootFiles {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScriptVia {
-    /// `ipxe/<mac>.ipxe` over TFTP from this host.
+    /// `ipxe/<mac>.ipxe` over TFTP from this host (`_t/<token>/ipxe/<mac>.ipxe` when
+    /// the node has a boot token).
     #[default]
     Tftp,
-    /// `http://<this host>:<port>/ipxe/<mac>.ipxe`.
+    /// `http://<this host>:<port>/ipxe/<mac>.ipxe` (`.../_t/<token>/ipxe/...` when the
+    /// node has a boot token).
     Http,
 }
 
@@ -249,7 +252,13 @@ pub fn decide(
     }
     let (arch, http_arch) = classify_arch(req.arch.unwrap_or(0));
     let http_base = format!("http://{server_ip}:{}", policy.http_port);
-    let script = format!("ipxe/{}.ipxe", MacAddr(req.mac).dashes());
+    // The node's boot token, if its files carry one (`node_files = "token"`), names the
+    // script as the script names the node's other files.
+    let script = format!(
+        "{}ipxe/{}.ipxe",
+        BootToken::url_prefix(node.boot_token.as_ref()),
+        MacAddr(req.mac).dashes()
+    );
     let (boot_file, stage, vendor_class) = if req.is_http_client() || http_arch {
         let Some(loader) = policy.boot_files.for_arch(arch) else {
             return Decision::Ignore(Ignored::UnsupportedArch);
@@ -305,6 +314,7 @@ mod tests {
             stuck: None,
             fence: None,
             addresses: Vec::new(),
+            boot_token: None,
             created_at: 0,
             updated_at: 0,
         }
@@ -385,6 +395,18 @@ mod tests {
         assert_eq!(
             file(decide(&ipxe, Port::Dhcp, Some(&n), Ok(()), &ph, IP)).0,
             "http://10.77.0.1:8069/ipxe/52-54-00-77-e2-01.ipxe"
+        );
+        // A node whose files carry a boot token gets its script named with it too.
+        let tok = "00112233445566778899aabbccddeeff";
+        let mut tn = n.clone();
+        tn.boot_token = Some(tok.parse().unwrap());
+        assert_eq!(
+            file(decide(&ipxe, Port::Dhcp, Some(&tn), Ok(()), &ph, IP)).0,
+            format!("http://10.77.0.1:8069/_t/{tok}/ipxe/52-54-00-77-e2-01.ipxe")
+        );
+        assert_eq!(
+            file(decide(&ipxe, Port::Dhcp, Some(&tn), Ok(()), &p, IP)).0,
+            format!("_t/{tok}/ipxe/52-54-00-77-e2-01.ipxe")
         );
         let http = req(
             MessageType::Discover,

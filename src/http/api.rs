@@ -33,7 +33,7 @@ use crate::api::ErrorBody;
 use crate::app::App;
 use crate::blobs::Digest;
 use crate::clock::now_ms;
-use crate::render::{boot_profile_command_with, RenderError};
+use crate::render::{boot_profile_command_with, next_token, RenderError, TokenChoice};
 use crate::store::raft::peer::PeerError;
 use crate::store::raft::propose::ProposeError;
 use crate::store::{
@@ -324,6 +324,7 @@ async fn show_node(
         addresses: addresses.iter().map(|a| a.to_string()).collect(),
         refused: refused.count,
         last_refused: refused.last.map(|(ip, at)| (ip.to_string(), at)),
+        last_reason: refused.last_reason.map(|r| r.label().to_string()),
     });
     let boot = super::boots::merged_boots(&app, &id, 1).await.summary();
     Ok(Json(NodeDetail {
@@ -347,6 +348,19 @@ async fn update_node(
             "a node needs at least one boot MAC address",
         ));
     }
+    let tokens = app.gate.access().tokens();
+    if r.rotate_token && !tokens {
+        return Err(ApiError::field(
+            "rotate_token",
+            "node files are not fetched by token on this host (node_files is not \"token\")",
+        ));
+    }
+    if r.rotate_token && node.boot_profile.is_none() {
+        return Err(ApiError::field(
+            "rotate_token",
+            "the node has no boot profile: no file of it carries a token",
+        ));
+    }
     let at = now_ms();
     let mut cmds = Vec::new();
     if r.macs.is_some() || r.group.is_some() || r.arch.is_some() {
@@ -359,12 +373,17 @@ async fn update_node(
             at,
         });
     }
-    // New MACs mean new per-MAC file names: re-render in the same atomic batch.
-    if let (Some(macs), Some(profile)) = (&r.macs, &node.boot_profile) {
-        let mut renamed = node.clone();
-        renamed.macs = macs.clone();
-        renamed.macs.sort();
-        cmds.push(render_command(&app, renamed, Some(profile.clone()), at).await?);
+    // New MACs mean new per-MAC file names, and a new boot (a new provision state, or
+    // asked for) a new boot token: re-render in the same atomic batch.
+    let new_boot = r.rotate_token || (tokens && r.provision_state.is_some());
+    if let (true, Some(profile)) = (r.macs.is_some() || new_boot, &node.boot_profile) {
+        let mut target = node.clone();
+        if let Some(macs) = &r.macs {
+            target.macs = macs.clone();
+            target.macs.sort();
+        }
+        let choice = TokenChoice::new(tokens, new_boot);
+        cmds.push(render_command(&app, target, Some(profile.clone()), choice, at).await?);
     }
     if let Some(a) = &r.addresses {
         cmds.push(Command::SetNodeAddresses {
@@ -385,7 +404,8 @@ async fn update_node(
         0 => {
             return Err(ApiError::field(
                 "body",
-                "nothing to change: give macs, group, arch, addresses or provision_state",
+                "nothing to change: give macs, group, arch, addresses, provision_state or \
+                 rotate_token",
             ))
         }
         1 => apply(&app, cmds.remove(0)).await?,
@@ -479,15 +499,18 @@ pub(super) fn requested_profile(
     Ok(p)
 }
 
-/// Renders a node's files (blocking: writes blobs) into a SetBootProfile command.
+/// Renders a node's files (blocking: writes blobs) into a SetBootProfile command, with
+/// the boot token `choice` gives it.
 async fn render_command(
     app: &Arc<App>,
-    node: Node,
+    mut node: Node,
     profile: Option<BootProfile>,
+    choice: TokenChoice,
     at: i64,
 ) -> Result<Command, ApiError> {
     let app2 = app.clone();
     tokio::task::spawn_blocking(move || {
+        node.boot_token = next_token(node.boot_token, choice)?;
         let renderer = app2.renderer.get();
         let known = |d: &Digest| app2.store.artifact(d).ok().flatten().map(|a| a.size);
         boot_profile_command_with(
@@ -519,7 +542,9 @@ async fn set_profile(
     let node = fresh_node(&app, &id).await?;
     let profile = requested_profile(r, &app)?;
     let kind = profile.as_ref().map(|p| p.kind()).unwrap_or("none");
-    let cmd = render_command(&app, node, profile, now_ms()).await?;
+    // A new profile is a new boot: a new token.
+    let choice = TokenChoice::new(app.gate.access().tokens(), true);
+    let cmd = render_command(&app, node, profile, choice, now_ms()).await?;
     apply(&app, cmd).await?;
     info!(node = %id, profile = kind, "boot profile set");
     show_node(State(app), Path(id)).await

@@ -61,8 +61,8 @@ impl Hidden {
 }
 
 /// The one answer to every refused boot file: 404, the same body whatever the reason,
-/// except a client that is not the node (`node_files = "bound"`): 403, like TFTP's
-/// ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
+/// except a client that is not the node (`node_files = "bound"` or `"token"`): 403,
+/// like TFTP's ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
 /// The reason is counted, and logged with the node's owner and epoch when known.
 fn hidden(
     app: &App,
@@ -86,7 +86,9 @@ fn hidden(
         Verdict::Deny => app.metrics.http.suppressed_logs.inc(),
     }
     match why {
-        Hidden::NotServed(NotServed::WrongClient) => ApiError::NotServed {
+        // One answer for every refusal of the requester (address, token): it learns
+        // nothing of which rule refused it.
+        Hidden::NotServed(r) if r.is_client_refusal() => ApiError::NotServed {
             reason: NotServed::WrongClient,
             message: "boot file refused to this client".into(),
             details: serde_json::Value::Null,
@@ -133,10 +135,10 @@ pub async fn boot_file(
         );
         return Err(hidden(&app, peer, Hidden::NoSuchFile, &node, want, owner));
     };
-    let client = Some(peer.ip());
+    let (client, token) = (Some(peer.ip()), path.token());
     if let Err(r) = app
         .gate
-        .check(lease, &n, Purpose::Files { client }, Some(&nf.path))
+        .check(lease, &n, Purpose::Files { client, token }, Some(&nf.path))
     {
         app.boots.refused(
             Proto::Http,

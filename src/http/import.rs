@@ -35,7 +35,7 @@ use crate::app::App;
 use crate::blobs::Digest;
 use crate::clock::now_ms;
 use crate::import::nodes::{Lines, NumberedLine, Parsed, Parser};
-use crate::render::{profile_files, Renderer};
+use crate::render::{next_token, profile_files, Renderer, TokenChoice};
 use crate::store::types::{check_name, node_addresses};
 use crate::store::{
     Applied, BootProfile, Command, HandoffState, ImportItem, ImportProfile, ImportResult, MacAddr,
@@ -493,15 +493,26 @@ impl Preparer {
             (None, Some(n)) if moved && n.boot_profile.is_some() => Some(n.boot_profile.clone()),
             _ => None,
         };
+        // An import describes the node as it should be, not a new boot: a node keeps
+        // its boot token (re-importing the same file changes nothing).
+        let choice = TokenChoice::new(self.app.gate.access().tokens(), false);
         let profile = match render {
             None => None,
-            Some(p) => Some(ImportProfile {
-                files: match &p {
-                    Some(bp) => self.files(&target, bp)?,
-                    None => Vec::new(),
-                },
-                profile: p,
-            }),
+            Some(p) => {
+                target.boot_token = match &p {
+                    Some(_) => next_token(target.boot_token, choice)
+                        .map_err(|e| ("render", e.to_string()))?,
+                    None => None,
+                };
+                Some(ImportProfile {
+                    files: match &p {
+                        Some(bp) => self.files(&target, bp)?,
+                        None => Vec::new(),
+                    },
+                    boot_token: target.boot_token,
+                    profile: p,
+                })
+            }
         };
         Ok(Some(ImportItem {
             node: r.id,
@@ -529,6 +540,7 @@ impl Preparer {
             stuck: None,
             fence: None,
             addresses: Vec::new(),
+            boot_token: None,
             created_at: 0,
             updated_at: 0,
         }

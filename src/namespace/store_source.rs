@@ -47,7 +47,7 @@ impl StoreSource {
     }
 
     /// Looks a served path up among node files, and checks (through the serve gate)
-    /// that this host may serve it to `client`.
+    /// that this host may serve it to `client`, with the boot token `path` carried.
     ///
     /// `Ok(None)`: not a node file. `Err`: a node file this host must not serve.
     pub fn owned_node_file(
@@ -64,10 +64,13 @@ impl StoreSource {
         };
         match self.store.node(&nf.node) {
             Ok(Some(node)) => {
-                match self
-                    .gate
-                    .check(lease, &node, Purpose::Files { client }, Some(&nf.path))
-                {
+                let token = path.token();
+                match self.gate.check(
+                    lease,
+                    &node,
+                    Purpose::Files { client, token },
+                    Some(&nf.path),
+                ) {
                     Ok(_) => Ok(Some(nf)),
                     Err(r) => Err(OpenError::NotServed(r)),
                 }

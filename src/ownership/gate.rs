@@ -27,6 +27,7 @@ use crate::clock::Millis;
 use crate::ownership::state::{classify, HostState, LeaseTimes};
 use crate::store::{Fence, Host, Node, Store};
 use crate::wire::tftp::ErrorCode;
+use crate::wire::token::BootToken;
 
 /// Why this host does not answer for a node right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,8 +39,14 @@ pub enum NotServed {
     /// This host owns it since a migration the old owner has not confirmed yet.
     AwaitingOldOwner,
     /// A node file asked for by an address that is not this node's (`node_files =
-    /// "bound"`).
+    /// "bound"`, and `"token"` for a MAC-named config asked for without a token).
     WrongClient,
+    /// A node file asked for with a boot token that is not the node's current one
+    /// (`node_files = "token"`).
+    BadToken,
+    /// A node file other than a MAC-named config asked for without a boot token
+    /// (`node_files = "token"`).
+    NoToken,
 }
 
 impl NotServed {
@@ -50,7 +57,19 @@ impl NotServed {
             NotServed::LeaseStale => "lease_stale",
             NotServed::AwaitingOldOwner => "awaiting_old_owner",
             NotServed::WrongClient => "wrong_client",
+            NotServed::BadToken => "bad_token",
+            NotServed::NoToken => "no_token",
         }
+    }
+
+    /// True when the refusal is about who asks (`node_files`), not about which host
+    /// answers: the requester is told so (TFTP ERROR 2, HTTP 403), the same way
+    /// whatever the reason.
+    pub fn is_client_refusal(self) -> bool {
+        matches!(
+            self,
+            NotServed::WrongClient | NotServed::BadToken | NotServed::NoToken
+        )
     }
 
     /// The TFTP error a refused read gets: an access violation, whatever the reason.
@@ -64,7 +83,7 @@ impl NotServed {
         match self {
             NotServed::NotOwner => 409,
             NotServed::LeaseStale | NotServed::AwaitingOldOwner => 503,
-            NotServed::WrongClient => 403,
+            NotServed::WrongClient | NotServed::BadToken | NotServed::NoToken => 403,
         }
     }
 
@@ -77,6 +96,8 @@ impl NotServed {
                 "the node's previous owner has not confirmed the migration yet"
             }
             NotServed::WrongClient => "the requester's address is not this node's",
+            NotServed::BadToken => "the request's boot token is not this node's current one",
+            NotServed::NoToken => "this node file is served only with the node's boot token",
         }
     }
 }
@@ -107,6 +128,17 @@ pub enum NodeFileAccess {
     /// (see [`crate::bindings`]) and those the operator set on it ([`is_node_address`]).
     #[default]
     Bound,
+    /// Whoever names the node's current boot token in the file's URL; without one, its
+    /// MAC-named configs as in `Bound` and nothing else ([`requester_rule`]).
+    Token,
+}
+
+impl NodeFileAccess {
+    /// Whether node files are fetched by token: rendered files and DHCP answers then
+    /// carry the node's boot token.
+    pub fn tokens(self) -> bool {
+        self == NodeFileAccess::Token
+    }
 }
 
 impl std::str::FromStr for NodeFileAccess {
@@ -115,7 +147,8 @@ impl std::str::FromStr for NodeFileAccess {
         match s {
             "open" => Ok(NodeFileAccess::Open),
             "bound" => Ok(NodeFileAccess::Bound),
-            _ => Err(format!("{s:?} is not one of: open, bound")),
+            "token" => Ok(NodeFileAccess::Token),
+            _ => Err(format!("{s:?} is not one of: open, bound, token")),
         }
     }
 }
@@ -125,6 +158,7 @@ impl std::fmt::Display for NodeFileAccess {
         f.write_str(match self {
             NodeFileAccess::Open => "open",
             NodeFileAccess::Bound => "bound",
+            NodeFileAccess::Token => "token",
         })
     }
 }
@@ -139,6 +173,8 @@ pub enum Purpose {
     Files {
         /// The requester's address.
         client: Option<IpAddr>,
+        /// The boot token its name or URL carried (`_t/<token>/`), if any.
+        token: Option<BootToken>,
     },
 }
 
@@ -171,9 +207,9 @@ pub struct Facts<'a> {
     pub purpose: Purpose,
     /// This host answered the node's DHCP within the continuation window.
     pub boot_in_flight: bool,
-    /// For files: the requester is this node (one of its own addresses, see
-    /// [`is_node_address`]), or node files are open to all.
-    pub client_is_node: bool,
+    /// For files: `Ok` when the requester may have them as the node itself
+    /// ([`requester_rule`]), else why not.
+    pub requester: Result<(), NotServed>,
 }
 
 /// The rule, pure: whether `f.me` may answer for `f.node` now.
@@ -183,7 +219,7 @@ pub struct Facts<'a> {
 pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
     let files = matches!(f.purpose, Purpose::Files { .. });
     if f.node.owner != f.me {
-        if files && f.boot_in_flight && f.lease_fresh && f.client_is_node {
+        if files && f.boot_in_flight && f.lease_fresh && f.requester.is_ok() {
             return Ok(Serve::Continuing);
         }
         return Err(NotServed::NotOwner);
@@ -196,10 +232,52 @@ pub fn check(f: &Facts<'_>) -> Result<Serve, NotServed> {
             return Err(NotServed::AwaitingOldOwner);
         }
     }
-    if files && !f.client_is_node {
-        return Err(NotServed::WrongClient);
+    if files {
+        f.requester?;
     }
     Ok(Serve::Owner)
+}
+
+/// The node-file rule, pure: whether a request for one of a node's files (or its boot
+/// report) comes from the node itself, under `access`. TFTP, HTTP and the boot report
+/// all get here through [`Gate::check`] and [`Gate::serves_files_to`].
+///
+/// - `open`: anyone.
+/// - `bound`: `bound()` decides (the requester's address is the node's, see
+///   [`is_node_address`]); a token in the URL is ignored.
+/// - `token`: a request that carries the node's current token (`presented`, compared
+///   in constant time with `node_token`) is the node's, from any address; one with
+///   another token is refused ([`NotServed::BadToken`]). Without a token, what
+///   firmware fetches by convention and so cannot name a token — `entry`: a config
+///   named by one of the node's MACs, and the boot report — follows the `bound` rule,
+///   and any other file is refused ([`NotServed::NoToken`]). A node without a token
+///   (its files were rendered in another mode, or written by another tool) follows the
+///   `bound` rule: its files name no token.
+pub fn requester_rule(
+    access: NodeFileAccess,
+    node_token: Option<&BootToken>,
+    presented: Option<&BootToken>,
+    entry: bool,
+    bound: impl FnOnce() -> bool,
+) -> Result<(), NotServed> {
+    let by_address = |bound: bool| bound.then_some(()).ok_or(NotServed::WrongClient);
+    match access {
+        NodeFileAccess::Open => Ok(()),
+        NodeFileAccess::Bound => by_address(bound()),
+        NodeFileAccess::Token => match (presented, node_token) {
+            (Some(p), Some(t)) if p.matches(t) => Ok(()),
+            (Some(_), _) => Err(NotServed::BadToken),
+            (None, Some(_)) if !entry => Err(NotServed::NoToken),
+            (None, _) => by_address(bound()),
+        },
+    }
+}
+
+/// Whether `path` (a node file's served path) names one of `node`'s MACs: a pxelinux,
+/// GRUB or iPXE config that firmware asks for by its own MAC.
+pub fn names_node_mac(node: &Node, path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    node.macs.iter().any(|m| p.contains(&m.dashes()))
 }
 
 /// Whether the new owner of a node flipped by migration may answer: the old owner
@@ -269,6 +347,8 @@ pub struct Refusals {
     pub count: u64,
     /// The last one: requester and wall-clock time.
     pub last: Option<(IpAddr, Millis)>,
+    /// Why the last one was refused.
+    pub last_reason: Option<NotServed>,
 }
 
 /// Nodes whose refusals are remembered; beyond this the oldest entry goes.
@@ -315,7 +395,7 @@ impl Gate {
         (self.bindings.addresses_of(node), r)
     }
 
-    fn note_refusal(&self, node: &str, client: Option<IpAddr>) {
+    fn note_refusal(&self, node: &str, client: Option<IpAddr>, why: NotServed) {
         let mut m = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_REFUSAL_NODES && !m.contains_key(node) {
             if let Some(oldest) = m
@@ -328,6 +408,7 @@ impl Gate {
         }
         let r = m.entry(node.to_string()).or_default();
         r.count += 1;
+        r.last_reason = Some(why);
         if let Some(c) = client {
             r.last = Some((c, crate::clock::now_ms()));
         }
@@ -346,23 +427,41 @@ impl Gate {
         is_node_address(node, client, learned.as_deref())
     }
 
-    /// Whether requests about `node` that only the node itself may make (its files, its
-    /// boot report) are taken from `client`: from anyone with `node_files = "open"`,
+    /// Whether requests about `node` that only the node itself may make and that carry
+    /// no token (its boot report) are taken from `client`: [`requester_rule`], for a
+    /// request firmware makes by convention. From anyone with `node_files = "open"`,
     /// else only from the node's own addresses ([`is_node_address`]).
     pub fn serves_files_to(&self, node: &Node, client: IpAddr) -> bool {
-        self.access == NodeFileAccess::Open || self.is_own_address(node, client)
+        self.requester(node, None, Some(client), None).is_ok()
     }
 
-    /// Whether `client` may fetch files of `node` as the node itself. In `bound` mode
-    /// an address the operator set on the node or learned from the node's PXE exchange
-    /// qualifies ([`is_node_address`]); so does, right after this host answered the
-    /// node's DHCP, an unbound address that asks for a file named with one of the
-    /// node's MACs (its pxelinux, GRUB or iPXE config): that is how firmware whose
-    /// address server Baton cannot overhear shows its address.
+    /// Whether a request for `node`'s file `path` (`None`: its boot report) from
+    /// `client`, with `token` in its name, is the node's: [`requester_rule`] under this
+    /// host's `node_files`, with [`Gate::client_is_node`] as the address rule.
+    fn requester(
+        &self,
+        node: &Node,
+        path: Option<&str>,
+        client: Option<IpAddr>,
+        token: Option<BootToken>,
+    ) -> Result<(), NotServed> {
+        let entry = path.is_none_or(|p| names_node_mac(node, p));
+        requester_rule(
+            self.access,
+            node.boot_token.as_ref(),
+            token.as_ref(),
+            entry,
+            || self.client_is_node(node, path, client),
+        )
+    }
+
+    /// Whether `client`'s address is the node's, for files of `node`. An address the
+    /// operator set on the node or learned from the node's PXE exchange qualifies
+    /// ([`is_node_address`]); so does, right after this host answered the node's DHCP,
+    /// an unbound address that asks for a file named with one of the node's MACs (its
+    /// pxelinux, GRUB or iPXE config): that is how firmware whose address server Baton
+    /// cannot overhear shows its address.
     fn client_is_node(&self, node: &Node, path: Option<&str>, client: Option<IpAddr>) -> bool {
-        if self.access == NodeFileAccess::Open {
-            return true;
-        }
         let Some(client) = client.map(|c| c.to_canonical()) else {
             return false;
         };
@@ -374,11 +473,7 @@ impl Gate {
             // Bound to another node.
             return false;
         }
-        let named = path.is_some_and(|p| {
-            node.macs
-                .iter()
-                .any(|m| p.to_ascii_lowercase().contains(&m.dashes()))
-        });
+        let named = path.is_some_and(|p| names_node_mac(node, p));
         let answered = self
             .boots
             .lock()
@@ -407,13 +502,20 @@ impl Gate {
     }
 
     /// Whether `client` is finishing a boot of `node` that this host answered: the
-    /// window is open, the address belongs to the node, and the lease has not lapsed
+    /// window is open, the address belongs to the node (or, with `node_files =
+    /// "token"`, the request carries the node's token), and the lease has not lapsed
     /// since the answer. A file served for it renews the window (up to the cap).
-    fn boot_in_flight(&self, node: &Node, client: Option<IpAddr>) -> bool {
-        let Some(client) = client else {
-            return false;
-        };
-        if !self.is_own_address(node, client) {
+    fn boot_in_flight(
+        &self,
+        node: &Node,
+        client: Option<IpAddr>,
+        token: Option<BootToken>,
+    ) -> bool {
+        let by_token = self.access.tokens()
+            && token
+                .zip(node.boot_token)
+                .is_some_and(|(p, t)| p.matches(&t));
+        if !by_token && !client.is_some_and(|c| self.is_own_address(node, c)) {
             return false;
         }
         let node = node.id.as_str();
@@ -479,8 +581,9 @@ impl Gate {
     }
 
     /// Whether this host may answer `purpose` for `node` now ([`check`] over this
-    /// replica); `path` is the node file asked for, if any. `lease` was taken before
-    /// `node` was read.
+    /// replica); `path` is the node file asked for, if any (its served path, without the
+    /// token prefix: the token comes in `purpose`). `lease` was taken before `node` was
+    /// read.
     pub fn check(
         &self,
         lease: LeaseView,
@@ -497,14 +600,14 @@ impl Gate {
             None => None,
         };
         let in_flight = match purpose {
-            Purpose::Files { client } if node.owner != *self.host => {
-                self.boot_in_flight(node, client)
+            Purpose::Files { client, token } if node.owner != *self.host => {
+                self.boot_in_flight(node, client, token)
             }
             _ => false,
         };
-        let client_is_node = match purpose {
-            Purpose::Files { client } => self.client_is_node(node, path, client),
-            Purpose::Answer => true,
+        let requester = match purpose {
+            Purpose::Files { client, token } => self.requester(node, path, client, token),
+            Purpose::Answer => Ok(()),
         };
         let verdict = check(&Facts {
             me: &self.host,
@@ -515,10 +618,12 @@ impl Gate {
             times: &self.times,
             purpose,
             boot_in_flight: in_flight,
-            client_is_node,
+            requester,
         });
-        if let (Err(NotServed::WrongClient), Purpose::Files { client }) = (&verdict, purpose) {
-            self.note_refusal(&node.id, client);
+        if let (Err(r), Purpose::Files { client, .. }) = (verdict, purpose) {
+            if r.is_client_refusal() {
+                self.note_refusal(&node.id, client, r);
+            }
         }
         verdict
     }
@@ -550,6 +655,7 @@ mod tests {
             stuck: None,
             fence: None,
             addresses: Vec::new(),
+            boot_token: None,
             created_at: 0,
             updated_at: 0,
         }
@@ -577,7 +683,7 @@ mod tests {
             times: &T,
             purpose: Purpose::Answer,
             boot_in_flight: false,
-            client_is_node: true,
+            requester: Ok(()),
         }
     }
 
@@ -671,7 +777,10 @@ mod tests {
             Err(NotServed::NotOwner),
             "DHCP stays the owner's"
         );
-        f.purpose = Purpose::Files { client: None };
+        f.purpose = Purpose::Files {
+            client: None,
+            token: None,
+        };
         assert_eq!(check(&f), Ok(Serve::Continuing));
         f.lease_fresh = false;
         assert_eq!(
@@ -688,25 +797,31 @@ mod tests {
     fn node_files_go_only_to_the_node_in_bound_mode() {
         let n = node("h2");
         let mut f = facts(&n, true, None, 10_000);
-        f.purpose = Purpose::Files { client: None };
-        f.client_is_node = false;
+        f.purpose = Purpose::Files {
+            client: None,
+            token: None,
+        };
+        f.requester = Err(NotServed::WrongClient);
         assert_eq!(check(&f), Err(NotServed::WrongClient));
-        f.client_is_node = true;
+        f.requester = Ok(());
         assert_eq!(check(&f), OWNER);
         // DHCP answers are not about the requester's address.
         f.purpose = Purpose::Answer;
-        f.client_is_node = false;
+        f.requester = Err(NotServed::WrongClient);
         assert_eq!(check(&f), OWNER);
         // Ownership is decided first (metrics show why), then the client.
         let other = node("h1");
         let mut g = facts(&other, true, None, 10_000);
-        g.purpose = Purpose::Files { client: None };
-        g.client_is_node = false;
+        g.purpose = Purpose::Files {
+            client: None,
+            token: None,
+        };
+        g.requester = Err(NotServed::WrongClient);
         assert_eq!(check(&g), Err(NotServed::NotOwner));
         // A boot in flight is finished only for the node itself.
         g.boot_in_flight = true;
         assert_eq!(check(&g), Err(NotServed::NotOwner));
-        g.client_is_node = true;
+        g.requester = Ok(());
         assert_eq!(check(&g), Ok(Serve::Continuing));
     }
 
@@ -773,6 +888,7 @@ mod tests {
     fn files_from(ip: &str) -> Purpose {
         Purpose::Files {
             client: Some(ip.parse().unwrap()),
+            token: None,
         }
     }
 
@@ -795,7 +911,10 @@ mod tests {
             gate.check(
                 gate.lease_view(),
                 &n1,
-                Purpose::Files { client: None },
+                Purpose::Files {
+                    client: None,
+                    token: None,
+                },
                 None
             ),
             Err(NotServed::WrongClient)
@@ -855,6 +974,125 @@ mod tests {
         );
     }
 
+    fn tok(b: u8) -> BootToken {
+        BootToken::from_bytes([b; 16])
+    }
+
+    #[test]
+    fn the_token_rule() {
+        use NodeFileAccess::{Bound, Open, Token};
+        let (t1, t2) = (tok(1), tok(2));
+        let rule = |access, node: Option<&BootToken>, shown: Option<&BootToken>, entry, bound| {
+            requester_rule(access, node, shown, entry, || bound)
+        };
+        // Open: anyone; bound: the address decides, a token is ignored.
+        assert_eq!(rule(Open, Some(&t1), Some(&t2), false, false), Ok(()));
+        assert_eq!(
+            rule(Bound, Some(&t1), Some(&t1), false, false),
+            Err(NotServed::WrongClient)
+        );
+        assert_eq!(rule(Bound, Some(&t1), Some(&t2), false, true), Ok(()));
+        // Token: the node's current token from anywhere; any other token never.
+        for entry in [false, true] {
+            for bound in [false, true] {
+                assert_eq!(rule(Token, Some(&t1), Some(&t1), entry, bound), Ok(()));
+                assert_eq!(
+                    rule(Token, Some(&t1), Some(&t2), entry, bound),
+                    Err(NotServed::BadToken)
+                );
+                assert_eq!(
+                    rule(Token, None, Some(&t2), entry, bound),
+                    Err(NotServed::BadToken),
+                    "a token for a node that has none"
+                );
+            }
+        }
+        // Without a token: MAC-named configs (and the boot report) by address, nothing
+        // else at all.
+        assert_eq!(rule(Token, Some(&t1), None, true, true), Ok(()));
+        assert_eq!(
+            rule(Token, Some(&t1), None, true, false),
+            Err(NotServed::WrongClient)
+        );
+        assert_eq!(
+            rule(Token, Some(&t1), None, false, true),
+            Err(NotServed::NoToken)
+        );
+        // A node whose files carry no token follows the bound rule.
+        assert_eq!(rule(Token, None, None, false, true), Ok(()));
+        assert_eq!(
+            rule(Token, None, None, false, false),
+            Err(NotServed::WrongClient)
+        );
+        // The address rule runs only when it decides (it may learn a binding).
+        let mut asked = false;
+        let _ = requester_rule(Token, Some(&t1), Some(&t1), true, || {
+            asked = true;
+            true
+        });
+        assert!(!asked);
+    }
+
+    #[test]
+    fn token_mode_gate_serves_the_token_from_anywhere_and_entry_configs_by_address() {
+        let (_d, store) = store_with("h2", &["127.0.0.31"]);
+        let mut n1 = store.node("n1").unwrap().unwrap();
+        n1.boot_token = Some(tok(7));
+        let gate = Gate::new("h2", store.clone(), T, Bindings::default())
+            .with_access(NodeFileAccess::Token);
+        gate.renew(Instant::now());
+        let files = |ip: &str, token| Purpose::Files {
+            client: Some(ip.parse().unwrap()),
+            token,
+        };
+        let kernel = Some("nodes/n1/kernel");
+        let config = Some("ipxe/52-54-00-00-00-01.ipxe");
+        for ip in ["127.0.0.31", "127.0.0.99", "::1"] {
+            assert_eq!(
+                gate.check(gate.lease_view(), &n1, files(ip, Some(tok(7))), kernel),
+                OWNER,
+                "{ip}"
+            );
+            assert_eq!(
+                gate.check(gate.lease_view(), &n1, files(ip, Some(tok(8))), kernel),
+                Err(NotServed::BadToken)
+            );
+            assert_eq!(
+                gate.check(gate.lease_view(), &n1, files(ip, None), kernel),
+                Err(NotServed::NoToken),
+                "not even from the node's own address"
+            );
+        }
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files("127.0.0.31", None), config),
+            OWNER
+        );
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files("127.0.0.99", None), config),
+            Err(NotServed::WrongClient)
+        );
+        // The boot report carries no token: the node's own addresses.
+        assert!(gate.serves_files_to(&n1, "127.0.0.31".parse().unwrap()));
+        assert!(!gate.serves_files_to(&n1, "127.0.0.99".parse().unwrap()));
+        let (_, refused) = gate.access_of("n1");
+        assert_eq!(refused.count, 7);
+        assert_eq!(refused.last_reason, Some(NotServed::WrongClient));
+        // Ownership still comes first: the right token does not make another owner's
+        // node this host's.
+        let other =
+            Gate::new("h1", store, T, Bindings::default()).with_access(NodeFileAccess::Token);
+        other.renew(Instant::now());
+        assert_eq!(
+            other.check(
+                other.lease_view(),
+                &n1,
+                files("127.0.0.31", Some(tok(7))),
+                kernel
+            ),
+            Err(NotServed::NotOwner)
+        );
+    }
+
     #[test]
     fn a_node_read_before_a_renewal_is_judged_by_the_lease_before_it() {
         // The double answer a SIGSTOP storm showed: a host paused past its TTL read a
@@ -894,14 +1132,33 @@ mod tests {
     }
 
     #[test]
+    fn modes_parse_and_print() {
+        for m in [
+            NodeFileAccess::Open,
+            NodeFileAccess::Bound,
+            NodeFileAccess::Token,
+        ] {
+            assert_eq!(m.to_string().parse::<NodeFileAccess>(), Ok(m));
+        }
+        assert!(NodeFileAccess::Token.tokens() && !NodeFileAccess::Bound.tokens());
+        assert!("tokens"
+            .parse::<NodeFileAccess>()
+            .unwrap_err()
+            .contains("token"));
+    }
+
+    #[test]
     fn every_refusal_maps_to_codes() {
         for r in [
             NotServed::NotOwner,
             NotServed::LeaseStale,
             NotServed::AwaitingOldOwner,
             NotServed::WrongClient,
+            NotServed::BadToken,
+            NotServed::NoToken,
         ] {
             assert_eq!(r.tftp_code(), ErrorCode::AccessViolation);
+            assert_eq!(r.is_client_refusal(), r.http_status() == 403);
             assert!(matches!(r.http_status(), 403 | 409 | 503));
             assert!(!r.label().is_empty() && !r.explain().is_empty());
         }

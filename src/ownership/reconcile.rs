@@ -846,6 +846,7 @@ mod tests {
             stuck: None,
             fence: None,
             addresses: Vec::new(),
+            boot_token: None,
             created_at: 0,
             updated_at: 0,
         }

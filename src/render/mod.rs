@@ -18,6 +18,12 @@
 //! same bytes), so templates see only node data — no host name, no address, no time.
 //! iPXE scripts use path-absolute URIs (`/nodes/n1/kernel`) that iPXE resolves against the
 //! script's own URI, so one script works over TFTP and HTTP from any host.
+//!
+//! With `node_files = "token"` a node's files are rendered with its boot token
+//! ([`crate::wire::token`]): templates write `/{{ boot.prefix }}{{ profile.kernel }}`, and
+//! `boot.prefix` is `_t/<token>/` (empty in the other modes, so their output is unchanged).
+//! The token is part of the node, written by the same command as the files
+//! ([`next_token`] picks it), so a peer taking the node over serves the same bytes.
 
 pub mod embedded;
 mod plan;
@@ -31,9 +37,11 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::blobs::{BlobError, Digest};
 use crate::store::{BootProfile, KernelBoot, MacAddr, Node, StoreError};
+use crate::wire::token::BootToken;
 
 pub use plan::{
-    boot_profile_command, boot_profile_command_with, profile_files, rerender_all, Rerender,
+    boot_profile_command, boot_profile_command_with, next_token, profile_files, rerender_all,
+    Rerender, TokenChoice,
 };
 pub use watch::{watch_templates, TemplateWatcher};
 
@@ -83,6 +91,9 @@ pub enum RenderError {
     /// Reading nodes failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The operating system's random number generator failed (no boot token).
+    #[error("the system random number generator failed: no boot token could be drawn")]
+    Random,
 }
 
 impl RenderError {
@@ -162,11 +173,20 @@ struct ProfileCtx<'a> {
     cmdline: Option<&'a str>,
 }
 
+/// How the node's files name its other files.
+#[derive(serde::Serialize)]
+struct BootCtx {
+    /// Goes right after the leading `/` of every node-file path: `_t/<token>/` when
+    /// the node has a boot token (`node_files = "token"`), else empty.
+    prefix: String,
+}
+
 #[derive(serde::Serialize)]
 struct Ctx<'a> {
     node: NodeCtx<'a>,
     mac: MacCtx,
     profile: ProfileCtx<'a>,
+    boot: BootCtx,
 }
 
 /// The templates in use, swapped whole when the template directory changes.
@@ -281,8 +301,13 @@ impl Renderer {
             stuck: None,
             fence: None,
             addresses: Vec::new(),
+            boot_token: None,
             created_at: 0,
             updated_at: 0,
+        };
+        let tokened = Node {
+            boot_token: Some(BootToken::from_bytes([0x5a; 16])),
+            ..node.clone()
         };
         for profile in [
             BootProfile::Deploy(sample.clone()),
@@ -290,6 +315,7 @@ impl Renderer {
             BootProfile::Local,
         ] {
             self.render_node(&node, &profile)?;
+            self.render_node(&tokened, &profile)?;
         }
         // A node without an architecture hint must render too.
         let node = Node { arch: None, ..node };
@@ -325,6 +351,9 @@ impl Renderer {
                     kernel: profile.kernel_boot().map(|_| kernel_path(&node.id)),
                     ramdisk: profile.kernel_boot().map(|_| ramdisk_path(&node.id)),
                     cmdline: profile.kernel_boot().map(|k| k.cmdline.as_str()),
+                },
+                boot: BootCtx {
+                    prefix: BootToken::url_prefix(node.boot_token.as_ref()),
                 },
             };
             let value = minijinja::Value::from(Serde(&ctx));

@@ -12,9 +12,54 @@ use crate::blobs::{BlobStore, Digest};
 use crate::store::{BootProfile, Command, FileSpec, Millis, Node, Store, INLINE_MAX};
 
 use super::{kernel_path, ramdisk_path, RenderError, Renderer};
+use crate::wire::token::{BootToken, TOKEN_BYTES};
+
+/// What a render does with the node's boot token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenChoice {
+    /// No token: node files are not fetched by token (`node_files` is not `token`).
+    Off,
+    /// The node's current token (a new one if it has none): the same boot, rendered
+    /// again (new MACs, new templates).
+    Keep,
+    /// A new token: a new boot (a new profile or provision state, or asked for).
+    Rotate,
+}
+
+impl TokenChoice {
+    /// The choice for a render under `tokens` (whether this host fetches node files by
+    /// token), for a new boot or not.
+    pub fn new(tokens: bool, new_boot: bool) -> Self {
+        match (tokens, new_boot) {
+            (false, _) => TokenChoice::Off,
+            (true, false) => TokenChoice::Keep,
+            (true, true) => TokenChoice::Rotate,
+        }
+    }
+}
+
+/// The boot token a node whose current one is `current` gets rendered with: none, the
+/// same, or 128 new bits from the operating system's CSPRNG.
+pub fn next_token(
+    current: Option<BootToken>,
+    choice: TokenChoice,
+) -> Result<Option<BootToken>, RenderError> {
+    let draw = || {
+        let mut b = [0u8; TOKEN_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| RenderError::Random)?;
+        Ok(Some(BootToken::from_bytes(b)))
+    };
+    match (choice, current) {
+        (TokenChoice::Off, _) => Ok(None),
+        (TokenChoice::Keep, Some(t)) => Ok(Some(t)),
+        (TokenChoice::Keep, None) | (TokenChoice::Rotate, _) => draw(),
+    }
+}
 
 /// Renders `profile` for `node`, stores the rendered files in `blobs`, and returns the
-/// command that sets the profile and the node's whole file set. The command expects the
+/// command that sets the profile and the node's whole file set. The files carry
+/// `node.boot_token` (see [`next_token`]), and so does the command. The command expects the
 /// node's current epoch, so a proposer that lost ownership meanwhile is refused.
 ///
 /// To change a node's MACs, apply a [`Command::Batch`] of the `UpdateNode` and this
@@ -48,6 +93,7 @@ pub fn boot_profile_command_with(
     };
     Ok(Command::SetBootProfile {
         node: node.id.clone(),
+        boot_token: profile.as_ref().and(node.boot_token),
         profile,
         files,
         host: host.to_string(),
@@ -125,23 +171,27 @@ pub struct Rerender {
 }
 
 /// Re-renders every node owned by `host` that has a profile and returns commands for
-/// those whose files would change (after a template edit). Only the owner re-renders
-/// its nodes, so hosts with different template versions never fight over a node.
+/// those whose files would change (after a template edit). Each keeps its boot token,
+/// or gets or loses one as `tokens` (`node_files = "token"` on this host) says. Only
+/// the owner re-renders its nodes, so hosts with different template versions never
+/// fight over a node.
 pub fn rerender_all(
     store: &Store,
     blobs: &BlobStore,
     renderer: &Renderer,
     host: &str,
+    tokens: bool,
     at: Millis,
 ) -> Result<Rerender, RenderError> {
     let mut out = Rerender::default();
-    for node in store.nodes()? {
+    for mut node in store.nodes()? {
         if node.owner != host {
             continue;
         }
         let Some(profile) = node.boot_profile.clone() else {
             continue;
         };
+        node.boot_token = next_token(node.boot_token, TokenChoice::new(tokens, false))?;
         let known = |d: &Digest| store.artifact(d).ok().flatten().map(|a| a.size);
         let cmd = match boot_profile_command_with(
             renderer,

@@ -30,6 +30,7 @@ fn node(id: &str, macs: &[[u8; 6]]) -> Node {
         stuck: None,
         fence: None,
         addresses: Vec::new(),
+        boot_token: None,
         created_at: 0,
         updated_at: 0,
     }
@@ -108,6 +109,62 @@ fn deploy_profile_renders_each_loader() {
     assert!(ipxe.contains("kernel /nodes/n1/kernel initrd=ramdisk console=ttyS0 ip=dhcp BOOTIF=01-52-54-00-ec-33-81\n"));
     assert!(ipxe.contains("initrd --name ramdisk /nodes/n1/ramdisk\n"));
     assert!(ipxe.contains("\nboot\n"));
+}
+
+#[test]
+fn a_boot_token_prefixes_every_node_file_path_and_nothing_else() {
+    let tok = "00112233445566778899aabbccddeeff";
+    let mut n = node("n1", &[M1]);
+    let profile = BootProfile::Deploy(kb("console=ttyS0"));
+    let plain = as_map(shipped().render_node(&n, &profile).unwrap());
+    n.boot_token = Some(tok.parse().unwrap());
+    let tokened = as_map(shipped().render_node(&n, &profile).unwrap());
+    assert_eq!(
+        plain.keys().collect::<Vec<_>>(),
+        tokened.keys().collect::<Vec<_>>(),
+        "the served paths stay"
+    );
+    let p = format!("_t/{tok}/");
+    let ipxe = &tokened["ipxe/52-54-00-ec-33-81.ipxe"];
+    assert!(ipxe.contains(&format!("kernel /{p}nodes/n1/kernel initrd=ramdisk")));
+    assert!(ipxe.contains(&format!("initrd --name ramdisk /{p}nodes/n1/ramdisk\n")));
+    let grub = &tokened["grub/grub.cfg-01-52-54-00-ec-33-81"];
+    assert!(grub.contains(&format!("  linux /{p}nodes/n1/kernel console=ttyS0")));
+    assert!(grub.contains(&format!("  initrd /{p}nodes/n1/ramdisk\n")));
+    let pxe = &tokened["pxelinux.cfg/01-52-54-00-ec-33-81"];
+    assert!(pxe.contains(&format!("  LINUX {p}nodes/n1/kernel\n")));
+    assert!(pxe.contains(&format!("  INITRD {p}nodes/n1/ramdisk\n")));
+    // Nothing else changes: take the prefix out and the files are the plain ones.
+    for (path, text) in &tokened {
+        assert_eq!(text.replace(&p, ""), plain[path], "{path}");
+    }
+}
+
+#[test]
+fn without_a_token_the_output_is_what_the_templates_gave_before_tokens() {
+    // The shipped templates with `{{ boot.prefix }}` taken out are the templates as they
+    // were before boot tokens: in `open` and `bound` mode every file is byte-identical.
+    let dir = shipped_dir();
+    let old: Vec<(&str, String)> = crate::render::TEMPLATES
+        .iter()
+        .map(|t| {
+            let s = std::fs::read_to_string(dir.join(t)).unwrap();
+            assert!(s.contains("{{ boot.prefix }}"), "{t} uses the prefix");
+            (*t, s.replace("{{ boot.prefix }}", ""))
+        })
+        .collect();
+    let old = Renderer::from_sources(old).unwrap();
+    let n = node("n1", &[M1, [0x52, 0x54, 0, 1, 2, 3]]);
+    for profile in [
+        BootProfile::Deploy(kb("console=ttyS0 ip=dhcp")),
+        BootProfile::Instance(kb("root=/dev/sda1")),
+        BootProfile::Local,
+    ] {
+        assert_eq!(
+            shipped().render_node(&n, &profile).unwrap(),
+            old.render_node(&n, &profile).unwrap()
+        );
+    }
 }
 
 #[test]
@@ -332,6 +389,56 @@ fn profile_command_maps_whole_namespace() {
 }
 
 #[test]
+fn the_token_is_stored_with_the_files_that_carry_it() {
+    let (_d, store, blobs) = setup();
+    let r = shipped();
+    let deploy = || Some(BootProfile::Deploy(kb("c")));
+    let render = |choice: TokenChoice, at: i64| {
+        let mut n = store.node("n1").unwrap().unwrap();
+        n.boot_token = next_token(n.boot_token, choice).unwrap();
+        let cmd = boot_profile_command(&r, &blobs, &n, deploy(), "h1", at).unwrap();
+        assert!(store.apply(&cmd).unwrap().is_applied());
+        store.node("n1").unwrap().unwrap().boot_token
+    };
+    let script = || {
+        let f = store
+            .resolve_node_file("ipxe/52-54-00-ec-33-81.ipxe")
+            .unwrap()
+            .unwrap();
+        String::from_utf8(blobs.read(&f.digest).unwrap().to_vec()).unwrap()
+    };
+    assert_eq!(render(TokenChoice::Off, 10), None);
+    assert!(script().contains("kernel /nodes/n1/kernel"));
+    let t1 = render(TokenChoice::Keep, 11).expect("a token where there was none");
+    assert!(script().contains(&format!("kernel /_t/{t1}/nodes/n1/kernel")));
+    assert_eq!(render(TokenChoice::Keep, 12), Some(t1), "kept");
+    let t2 = render(TokenChoice::Rotate, 13).expect("rotated");
+    assert_ne!(t1, t2);
+    assert!(script().contains(&format!("kernel /_t/{t2}/nodes/n1/kernel")));
+    assert!(!script().contains(&t1.to_string()));
+    // Re-rendering keeps the token (no command), or drops it when tokens are off here.
+    assert!(rerender_all(&store, &blobs, &r, "h1", true, 14)
+        .unwrap()
+        .commands
+        .is_empty());
+    let plan = rerender_all(&store, &blobs, &r, "h1", false, 15).unwrap();
+    assert_eq!(plan.commands.len(), 1);
+    store.apply(&plan.commands[0]).unwrap();
+    assert_eq!(store.node("n1").unwrap().unwrap().boot_token, None);
+    assert!(script().contains("kernel /nodes/n1/kernel"));
+    // No profile, no files, no token.
+    render(TokenChoice::Rotate, 16);
+    let n = store.node("n1").unwrap().unwrap();
+    store
+        .apply(&boot_profile_command(&r, &blobs, &n, None, "h1", 17).unwrap())
+        .unwrap();
+    assert_eq!(store.node("n1").unwrap().unwrap().boot_token, None);
+    // The token goes to no event.
+    let events = serde_json::to_string(&store.events_since(0, 1000).unwrap()).unwrap();
+    assert!(!events.contains(&t2.to_string()) && !events.contains(&t1.to_string()));
+}
+
+#[test]
 fn rerender_touches_only_changed_owned_nodes() {
     let (_d, store, blobs) = setup();
     let r = shipped();
@@ -341,14 +448,14 @@ fn rerender_touches_only_changed_owned_nodes() {
         assert!(store.apply(&cmd).unwrap().is_applied());
     }
     // Same templates: nothing to do.
-    let plan = rerender_all(&store, &blobs, &r, "h1", 20).unwrap();
+    let plan = rerender_all(&store, &blobs, &r, "h1", false, 20).unwrap();
     assert!(plan.commands.is_empty() && plan.failures.is_empty());
     // Edited GRUB template: only n1 (owned by h1) is re-rendered, and only GRUB changes.
     let edited =
         Renderer::from_sources(sources("# edited {{ node.id }} {{ profile.kind }}\nexit\n"))
             .unwrap();
     let before = store.node_files("n1").unwrap();
-    let plan = rerender_all(&store, &blobs, &edited, "h1", 21).unwrap();
+    let plan = rerender_all(&store, &blobs, &edited, "h1", false, 21).unwrap();
     assert_eq!(plan.commands.len(), 1);
     assert!(matches!(&plan.commands[0], Command::SetBootProfile { node, .. } if node == "n1"));
     store.apply(&plan.commands[0]).unwrap();
@@ -360,7 +467,7 @@ fn rerender_touches_only_changed_owned_nodes() {
         .map(|(_, b)| b.path.as_str())
         .collect();
     assert_eq!(changed, ["grub/grub.cfg-01-52-54-00-ec-33-81"]);
-    assert!(rerender_all(&store, &blobs, &edited, "h1", 22)
+    assert!(rerender_all(&store, &blobs, &edited, "h1", false, 22)
         .unwrap()
         .commands
         .is_empty());

@@ -328,7 +328,7 @@ fn on_datagram(
         Ok(Packet::Wrq(req)) => {
             m.refused.inc("write_request");
             if let Some(suppressed) = shared.log_ok(client.ip()) {
-                info!(client = %client, path = %req.filename.escape_debug(), suppressed, "write request refused");
+                info!(client = %client, path = %crate::wire::token::redact(req.filename).escape_debug(), suppressed, "write request refused");
             }
             reply_error(
                 shared,
@@ -544,6 +544,8 @@ fn start_read(
 ) {
     let client = meta.src;
     let m = &shared.metrics.tftp;
+    // The name as logs show it: a node's boot token never goes to a log.
+    let shown = crate::wire::token::redact(req.filename);
     for ig in &req.options.ignored {
         m.options_ignored.inc(ig.reason.as_str());
         debug!(client = %client, option = %ig.name, reason = ig.reason.as_str(), "option ignored");
@@ -566,7 +568,7 @@ fn start_read(
         Err(e) => {
             m.refused.inc(e.as_str());
             if let Some(suppressed) = shared.log_ok(client.ip()) {
-                info!(client = %client, path = %req.filename.escape_debug(), reason = e.as_str(), error = %e, suppressed, "tftp request refused");
+                info!(client = %client, path = %shown.escape_debug(), reason = e.as_str(), error = %e, suppressed, "tftp request refused");
             }
             reply_error(
                 shared,
@@ -581,11 +583,11 @@ fn start_read(
     };
     if req.dropped_trailing_byte {
         m.name_fixups.inc("trailing_byte");
-        debug!(client = %client, path = req.filename, "trailing 0xFF after the file name dropped (PXE ROM quirk)");
+        debug!(client = %client, path = %shown, "trailing 0xFF after the file name dropped (PXE ROM quirk)");
     }
     if path.was_remapped() {
         m.name_fixups.inc("remapped");
-        debug!(client = %client, path = req.filename, mapped = %path, "file name rewritten by the map file");
+        debug!(client = %client, path = %shown, mapped = %path, "file name rewritten by the map file");
     }
     // Single-port: a second RRQ from the same client port either repeats the first
     // (nothing heard back yet: drop it, the transfer retransmits on its own) or starts
@@ -593,9 +595,9 @@ fn start_read(
     if shared.cfg.single_port {
         let mut routes = shared.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = routes.get(&client) {
-            if !r.heard && r.filename == req.filename {
+            if !r.heard && r.filename == *shown {
                 m.bad_packets.inc("duplicate_request");
-                debug!(client = %client, path = req.filename, "repeated request ignored");
+                debug!(client = %client, path = %shown, "repeated request ignored");
                 return;
             }
             routes.remove(&client);
@@ -608,7 +610,7 @@ fn start_read(
             m.limit_hits.inc(which);
             m.refused.inc("busy");
             if let Some(suppressed) = shared.log_ok(client.ip()) {
-                warn!(client = %client, path = %req.filename.escape_debug(), limit = which, suppressed, "tftp transfer limit reached; request refused");
+                warn!(client = %client, path = %shown.escape_debug(), limit = which, suppressed, "tftp transfer limit reached; request refused");
             }
             reply_error(
                 shared,
@@ -631,7 +633,7 @@ fn start_read(
             client.is_ipv6() && client.ip().to_canonical().is_ipv6(),
         )
     });
-    let filename = req.filename.to_string();
+    let filename = shown.into_owned();
     let mode = req.mode;
     let opts = RequestOptions {
         blksize: req.options.blksize,

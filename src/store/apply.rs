@@ -13,6 +13,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::json;
 
 use crate::blobs::Digest;
+use crate::wire::token::BootToken;
 
 use super::command::{
     Applied, Command, FileSpec, Outcome, Rejection, INLINE_MAX, MAX_RECORDED, MAX_STEPS,
@@ -164,6 +165,7 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             node,
             profile,
             files,
+            boot_token,
             host,
             expected_epoch,
             at,
@@ -172,6 +174,7 @@ fn dispatch(tx: &Transaction<'_>, cmd: &Command) -> R<Applied> {
             node,
             profile.as_ref(),
             files,
+            boot_token.as_ref(),
             host,
             *expected_epoch,
             *at,
@@ -735,6 +738,7 @@ fn set_boot_profile(
     id: &str,
     profile: Option<&BootProfile>,
     files: &[FileSpec],
+    token: Option<&BootToken>,
     host: &str,
     expected_epoch: Option<u64>,
     at: Millis,
@@ -769,7 +773,13 @@ fn set_boot_profile(
     register_files(tx, files, host, at)?;
     check_paths_free(tx, id, &paths)?;
     let old = current_files(tx, id)?;
-    let changed = old != wanted || node.boot_profile.as_ref() != profile;
+    let new_token = node.boot_token.as_ref() != token;
+    if new_token {
+        // The token goes to no event: the feed is for schedulers, not for secrets.
+        tx.prepare_cached("UPDATE nodes SET boot_token = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, token.map(|t| t.to_string()), at])?;
+    }
+    let changed = old != wanted || node.boot_profile.as_ref() != profile || new_token;
     if changed {
         let profile_json = profile
             .map(serde_json::to_string)

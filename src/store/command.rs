@@ -15,6 +15,7 @@ use super::types::{
     ip_text, BootProfile, HandoffState, MacAddr, Millis, ProvisionState, RequestId, TransferReason,
 };
 use super::Reservation;
+use crate::wire::token::BootToken;
 
 /// One served file of a node, as carried by [`Command::SetBootProfile`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,6 +71,9 @@ pub struct ImportProfile {
     pub profile: Option<BootProfile>,
     /// The node's complete file set, rendered for the item's MACs, group and arch.
     pub files: Vec<FileSpec>,
+    /// The boot token `files` carry (as in [`Command::SetBootProfile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_token: Option<BootToken>,
 }
 
 /// What importing one [`ImportItem`] did.
@@ -236,6 +240,10 @@ pub enum Command {
         profile: Option<BootProfile>,
         /// The node's complete file set after the command.
         files: Vec<FileSpec>,
+        /// The boot token `files` put in their node-file URLs: the node's token from
+        /// now on (`None`: they carry none, and the node has none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_token: Option<BootToken>,
         /// Host that holds the rendered blobs.
         host: String,
         /// Refuse if the node's epoch moved on.

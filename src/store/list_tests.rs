@@ -75,6 +75,7 @@ fn fleet() -> (tempfile::TempDir, Store) {
     ok(
         &store,
         Command::SetBootProfile {
+            boot_token: None,
             node: "n06".into(),
             profile: Some(BootProfile::Local),
             files: vec![],

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::blobs::Digest;
+use crate::wire::token::BootToken;
 
 use super::types::{BootProfile, HandoffState, MacAddr, Millis, ProvisionState};
 use super::StoreError;
@@ -78,6 +79,11 @@ pub struct Node {
     /// `crate::ownership::gate`).
     #[serde(default, with = "super::types::ip_text")]
     pub addresses: Vec<IpAddr>,
+    /// The boot token its rendered files put in their node-file URLs (`_t/<token>/`),
+    /// set with them by [`super::Command::SetBootProfile`]: present while its files were
+    /// rendered by a host with `node_files = "token"` (see `crate::ownership::gate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_token: Option<BootToken>,
     /// Enrollment time.
     pub created_at: Millis,
     /// Last change.
@@ -214,7 +220,7 @@ fn host_from_raw(
 
 const NODE_COLS: &str = "id, group_name, arch, owner, epoch, provision_state, handoff_to, \
                          handoff_since, boot_profile, last_token, created_at, updated_at, stuck, \
-                         fence_host, fence_seq, addresses";
+                         fence_host, fence_seq, addresses, boot_token";
 
 struct RawNode {
     id: String,
@@ -233,6 +239,7 @@ struct RawNode {
     fence_host: Option<String>,
     fence_seq: Option<i64>,
     addresses: String,
+    boot_token: Option<String>,
 }
 
 fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -253,6 +260,7 @@ fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
         fence_host: r.get(13)?,
         fence_seq: r.get(14)?,
         addresses: r.get(15)?,
+        boot_token: r.get(16)?,
     })
 }
 
@@ -296,6 +304,14 @@ fn node_with_macs(raw: RawNode, macs: Vec<MacAddr>) -> Result<Node, StoreError> 
             _ => None,
         },
         addresses: json(&raw.addresses, "node addresses")?,
+        boot_token: raw
+            .boot_token
+            .as_deref()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| StoreError::Corrupt("node boot token".into()))
+            })
+            .transpose()?,
         created_at: raw.created_at,
         updated_at: raw.updated_at,
     })

@@ -102,6 +102,7 @@ impl T {
             text: text.then(|| content.to_string()),
         };
         self.ok(Command::SetBootProfile {
+            boot_token: None,
             node: id.into(),
             profile: Some(BootProfile::Deploy(KernelBoot {
                 kernel: d("vmlinuz"),
@@ -431,7 +432,7 @@ fn batched_migration_flips_are_each_fenced_until_the_old_owner_confirms() {
             times: &times,
             purpose: Purpose::Answer,
             boot_in_flight: false,
-            client_is_node: true,
+            requester: Ok(()),
         })
     };
     t.ok(Command::Heartbeat {

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The schema version this build writes.
 pub fn current_version() -> u32 {
@@ -204,4 +204,13 @@ CREATE TABLE node_addresses (
     node    TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX node_addresses_node ON node_addresses(node);
+"#;
+
+/// Version 9: a node's boot token (`node_files = "token"`): 32 hex digits that its
+/// rendered files put in front of their node-file URLs, written together with those
+/// files by the command that sets them, so every replica holds the token the files
+/// carry. NULL while its files carry none (rendered in another mode, or written by
+/// another tool).
+const V9: &str = r#"
+ALTER TABLE nodes ADD COLUMN boot_token TEXT;
 "#;

@@ -113,6 +113,7 @@ fn set_profile(
     at: Millis,
 ) -> Command {
     Command::SetBootProfile {
+        boot_token: None,
         node: node.into(),
         profile,
         files,
@@ -182,9 +183,13 @@ fn a_version_7_store_gets_node_addresses_empty() {
         .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 8);
+    assert_eq!(store.schema_version().unwrap(), schema::current_version());
     let n = store.node("n1").unwrap().unwrap();
     assert!(n.addresses.is_empty());
+    assert_eq!(
+        n.boot_token, None,
+        "version 9: no token until rendered with one"
+    );
     let set = Command::SetNodeAddresses {
         node: "n1".into(),
         addresses: vec!["10.0.0.5".parse().unwrap()],
@@ -728,6 +733,7 @@ fn boot_profile_refusals() {
         ),
         (
             Command::SetBootProfile {
+                boot_token: None,
                 node: "n1".into(),
                 profile: None,
                 files: vec![],

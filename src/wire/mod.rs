@@ -3,3 +3,4 @@ pub mod dhcp;
 pub mod path;
 pub mod remap;
 pub mod tftp;
+pub mod token;

@@ -16,6 +16,10 @@
 //!   relative; otherwise it is kept absolute: node files take it relative to the
 //!   namespace (`/nodes/n1/kernel`), the shared directory serves it relative to its
 //!   root if it exists and otherwise refuses it as an absolute path outside the root.
+//! - A name that starts with `_t/<token>/` (after any leading `/`) carries a node's
+//!   boot token ([`super::token`]): the two components are taken off and the token kept
+//!   beside the path ([`ClientPath::token`]), for the serve gate to check. The rest is
+//!   read by the rules here as if it had been sent alone.
 //! - The result is at most [`MAX_PATH`] bytes.
 //!
 //! MAC addresses in names are matched case-insensitively: [`ClientPath::candidates`]
@@ -29,6 +33,7 @@ use std::sync::Arc;
 
 use super::remap::{MapError, MapFile};
 use super::tftp::ErrorCode;
+use super::token::{split_prefix, BootToken};
 
 /// Longest path accepted after normalization (TFTP file names fit in one 512-byte
 /// packet; file systems allow 255 bytes per name).
@@ -173,6 +178,8 @@ pub struct ClientPath {
     folded: Option<String>,
     /// The map file changed the name.
     remapped: bool,
+    /// The boot token the name carried (`_t/<token>/...`), taken off `path`.
+    token: Option<BootToken>,
 }
 
 impl ClientPath {
@@ -227,6 +234,11 @@ impl ClientPath {
         self.remapped
     }
 
+    /// The boot token the name carried in front of the path (`_t/<token>/`), if any.
+    pub fn token(&self) -> Option<BootToken> {
+        self.token
+    }
+
     /// The names to look up, in order: as sent, then with lowercase MACs if different.
     pub fn candidates(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.path.as_str()).chain(self.folded.as_deref())
@@ -268,6 +280,8 @@ fn normalize(
             c => segs.push(c),
         }
     }
+    let (token, rest) = split_prefix(&segs);
+    let mut segs = rest.to_vec();
     if absolute {
         if let Some(root) = roots
             .iter()
@@ -290,6 +304,7 @@ fn normalize(
         absolute,
         folded,
         remapped: false,
+        token,
     })
 }
 
@@ -549,6 +564,80 @@ mod tests {
     }
 
     #[test]
+    fn a_token_prefix_is_taken_off_and_kept() {
+        let t = "00112233445566778899AABBCCDDEEFF";
+        let lower = t.to_ascii_lowercase();
+        let rules = roots();
+        for (name, want, absolute) in [
+            (format!("_t/{t}/nodes/n1/kernel"), "nodes/n1/kernel", false),
+            (format!("/_t/{t}/nodes/n1/kernel"), "nodes/n1/kernel", true),
+            (
+                format!("//_t//{t}/./ipxe/52-54-00-AB-CD-EF.ipxe"),
+                "ipxe/52-54-00-AB-CD-EF.ipxe",
+                true,
+            ),
+            (format!("\\_t\\{t}\\x"), "x", true),
+        ] {
+            let p = ClientPath::from_tftp(&name, &rules, "::1".parse().unwrap()).unwrap();
+            assert_eq!((p.as_str(), p.is_absolute()), (want, absolute), "{name}");
+            assert_eq!(
+                p.token().map(|t| t.to_string()),
+                Some(lower.clone()),
+                "{name}"
+            );
+            assert!(
+                !p.to_string().contains(&lower),
+                "Display never shows the token"
+            );
+            assert!(!format!("{p:?}").contains(&lower), "nor Debug");
+            let u = ClientPath::from_url(&name).unwrap();
+            assert_eq!((u.as_str(), u.token()), (want, p.token()), "{name}");
+        }
+        let p = ClientPath::from_url(&format!("/_t/{t}/ipxe/52-54-00-AB-CD-EF.ipxe")).unwrap();
+        assert_eq!(
+            p.candidates().collect::<Vec<_>>(),
+            ["ipxe/52-54-00-AB-CD-EF.ipxe", "ipxe/52-54-00-ab-cd-ef.ipxe"]
+        );
+        // Percent-encoded, the prefix reads the same over HTTP.
+        let u = ClientPath::from_url(&format!("/%5Ft/{t}/k")).unwrap();
+        assert_eq!((u.as_str(), u.token().is_some()), ("k", true));
+        // Not a token: the name is left whole (and no node file has such a name).
+        for name in [
+            "_t/123/k",
+            "_t/k",
+            "a/_t/00112233445566778899aabbccddeeff/k",
+            "_tx/00112233445566778899aabbccddeeff/k",
+        ] {
+            let p = ClientPath::from_url(name).unwrap();
+            assert_eq!((p.as_str(), p.token()), (name, None), "{name}");
+        }
+        // Nothing after the token, or an escape after it: refused as ever.
+        assert_eq!(
+            ClientPath::from_url(&format!("/_t/{t}/")),
+            Err(PathError::Empty)
+        );
+        assert_eq!(
+            ClientPath::from_url(&format!("/_t/{t}/../x")),
+            Err(PathError::ParentDir)
+        );
+        assert_eq!(
+            ClientPath::parse(&format!("_t/{t}/a\0b")),
+            Err(PathError::Nul)
+        );
+        // A root after the token is a root.
+        let p = ClientPath::from_tftp(
+            &format!("/_t/{t}/srv/tftp/x"),
+            &rules,
+            "::1".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.as_str(), p.is_absolute(), p.token().is_some()),
+            ("x", false, true)
+        );
+    }
+
+    #[test]
     fn relative_roots_are_ignored() {
         let r = PathRules::new(["tftp", "/"]);
         let p = ClientPath::from_tftp("/tftp/x", &r, "::1".parse().unwrap()).unwrap();
@@ -651,6 +740,17 @@ mod tests {
         #[test]
         fn tricky_alphabet(s in "[a./\\\\%2eEfF0\u{0}\u{7f}:-]{0,40}") {
             for p in [tftp(&s), ClientPath::from_url(&s), ClientPath::parse(&s)].iter().flatten() {
+                check_output(p)?;
+            }
+        }
+
+        #[test]
+        fn token_prefixed_names_never_panic(
+            t in "[0-9a-fA-Fg]{30,34}",
+            rest in "[a./\\\\%2eEfF0\u{0}\u{7f}:_t-]{0,40}",
+        ) {
+            let name = format!("/_t/{t}/{rest}");
+            for p in [tftp(&name), ClientPath::from_url(&name), ClientPath::parse(&name)].iter().flatten() {
                 check_output(p)?;
             }
         }

@@ -66,7 +66,16 @@ fn import_one(
             set_node_addresses(tx, id, a, at)?;
         }
         if let Some(p) = &item.profile {
-            set_boot_profile(tx, id, p.profile.as_ref(), &p.files, host, None, at)?;
+            set_boot_profile(
+                tx,
+                id,
+                p.profile.as_ref(),
+                &p.files,
+                p.boot_token.as_ref(),
+                host,
+                None,
+                at,
+            )?;
         }
         return Ok(ImportResult::Created {
             node: id.to_string(),
@@ -114,7 +123,16 @@ fn import_one(
         }
     }
     if let Some(p) = &item.profile {
-        let set = set_boot_profile(tx, id, p.profile.as_ref(), &p.files, host, None, at)?;
+        let set = set_boot_profile(
+            tx,
+            id,
+            p.profile.as_ref(),
+            &p.files,
+            p.boot_token.as_ref(),
+            host,
+            None,
+            at,
+        )?;
         if matches!(set, Applied::BootProfileSet { changed: true, .. }) {
             fields.push("profile".into());
         }
@@ -212,6 +230,7 @@ mod tests {
             });
         }
         ImportProfile {
+            boot_token: None,
             profile: Some(BootProfile::Deploy(k)),
             files,
         }
@@ -348,6 +367,7 @@ mod tests {
                     "n6",
                     &[mac(6)],
                     Some(ImportProfile {
+                        boot_token: None,
                         files: vec![],
                         ..deploy("n6", &[mac(6)], "rack1", "")
                     }),

@@ -335,6 +335,7 @@ mod tests {
                 at: 5,
             },
             Command::SetBootProfile {
+                boot_token: Some("00112233445566778899aabbccddeeff".parse().unwrap()),
                 node: "n".into(),
                 profile: Some(profile.clone()),
                 files: vec![file(Some(text.clone())), file(None)],
@@ -343,6 +344,7 @@ mod tests {
                 at: 6,
             },
             Command::SetBootProfile {
+                boot_token: None,
                 node: "n".into(),
                 profile: Some(BootProfile::Local),
                 files: vec![],
@@ -471,6 +473,7 @@ mod tests {
                     arch: Some("aarch64".into()),
                     addresses: Some(vec!["10.0.0.9".parse().unwrap()]),
                     profile: Some(ImportProfile {
+                        boot_token: None,
                         profile: Some(profile.clone()),
                         files: vec![file(None), file(Some(text.clone()))],
                     }),
@@ -562,6 +565,7 @@ mod tests {
     /// most of it one long unescaped string (CBOR's worst case against JSON).
     fn largest_command() -> Command {
         let with = |text: String| Command::SetBootProfile {
+            boot_token: None,
             node: "n".repeat(64),
             profile: Some(BootProfile::Local),
             files: vec![FileSpec {
@@ -743,6 +747,7 @@ mod tests {
         };
         files[0].text.as_mut().unwrap().push('x');
         let c = Command::SetBootProfile {
+            boot_token: None,
             node: "n".repeat(64),
             profile: Some(BootProfile::Local),
             files,
