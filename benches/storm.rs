@@ -15,7 +15,10 @@
 //! `cargo bench --bench storm`; env `STORM_NODES` (default 1000), `STORM_KERNEL_MIB`
 //! (8), `STORM_RAMDISK_MIB` (2), `STORM_RUNS` (default `dnsmasq,nofault,kill,stop`),
 //! `STORM_LIMIT_SECS` (per storm, default 900), `STORM_TIME_SCALE` (the firmware's DHCP
-//! timers, default 0.1). Every storm stops by itself at its limit.
+//! timers, default 1: real firmware's 4/8/16/32 s), `STORM_TFTP_TIME_SCALE` (its TFTP
+//! timeouts, default 0.25), `STORM_LEASES` (`default`: `baton serve`'s 1 s / 3 s / 1 s;
+//! `short`: the tests' 200 / 600 / 300 ms, under which a host starved of CPU by this
+//! storm lets its lease lapse). Every storm stops by itself at its limit.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -67,12 +70,15 @@ fn main() {
     let runs: Vec<&str> = runs.split(',').map(str::trim).collect();
     let o = StormOpts {
         profiles: "bios,efi-x64,ipxe,ipxe-http".into(),
-        time_scale: env("STORM_TIME_SCALE", 0.1f64),
-        tftp_time_scale: 0.25,
+        time_scale: env("STORM_TIME_SCALE", 1.0f64),
+        tftp_time_scale: env("STORM_TFTP_TIME_SCALE", 0.25f64),
         attempts: 3,
         limit: env("STORM_LIMIT_SECS", 900.0f64),
     };
-    let leases = Leases::SHORT;
+    let leases = match std::env::var("STORM_LEASES").as_deref() {
+        Ok("short") => Leases::SHORT,
+        _ => Leases::DEFAULT,
+    };
     let pin = env("STORM_PIN", 1u32) == 1
         && std::process::Command::new("taskset")
             .arg("-V")
@@ -139,7 +145,12 @@ fn main() {
             continue;
         }
         let f: FaultRun = c.run(tag, &o, fault);
-        println!("{what}:\n{}{}", f.run.stderr, f.run.failure_tally());
+        println!(
+            "{what}:\n{}{}{}",
+            f.run.stderr,
+            f.run.failure_tally(),
+            f.refusal_tally()
+        );
         let note = match (&f.victim, f.fault_at) {
             (Some((h, n)), Some(at)) => format!(
                 "{h} ({n} nodes) at {at:.1} s{}; owners after {:?}; lease lapses {:?}",

@@ -24,7 +24,7 @@ use serde_json::json;
 use common::api::Api;
 use common::child::run_bounded;
 use common::fleet::Fleet;
-use common::host::{HostBuilder, Tls, SECRET, TOKEN};
+use common::host::{Host, HostBuilder, Tls, SECRET, TOKEN};
 use common::{assert_same_bytes, pattern};
 
 /// How long a committed write may take to show on every replica.
@@ -81,6 +81,22 @@ fn host_tls(dir: &Path, ca: &Ca, name: &str, trust: &Path) -> Tls {
     }
 }
 
+/// Enrolls node `n1` (MAC `mac`) through a follower, which forwards the write to the
+/// leader; returns the leader's index and the follower.
+fn enroll_n1_through_a_follower<'a>(c: &'a Fleet, mac: &str) -> (usize, &'a Host) {
+    let leader = c
+        .hosts
+        .iter()
+        .position(|h| h.api.cluster()["state"] == "Leader")
+        .expect("a leader");
+    let follower = &c.hosts[(leader + 1) % 3];
+    follower
+        .api
+        .post("/v1/nodes", json!({ "id": "n1", "macs": [mac] }))
+        .expect(201);
+    (leader, follower)
+}
+
 #[test]
 fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     let certs = tempfile::tempdir().expect("temp dir for certificates");
@@ -115,19 +131,7 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     }
 
     // A write through a follower is forwarded to the leader and replicates everywhere.
-    let leader = c
-        .hosts
-        .iter()
-        .position(|h| h.api.cluster()["state"] == "Leader")
-        .expect("a leader");
-    let follower = &c.hosts[(leader + 1) % 3];
-    follower
-        .api
-        .post(
-            "/v1/nodes",
-            json!({ "id": "n1", "macs": ["52:54:00:5e:00:01"] }),
-        )
-        .expect(201);
+    let (leader, follower) = enroll_n1_through_a_follower(&c, "52:54:00:5e:00:01");
     let kernel = pattern(200_000, 1);
     let ramdisk = pattern(300_001, 2);
     let kd = follower.api.upload("vmlinuz", &kernel);
@@ -253,4 +257,88 @@ fn three_hosts_over_tls_and_a_foreign_ca_is_refused() {
     // Neither became a member.
     let v = h1.api.cluster();
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+}
+
+/// `tls.peer_auth = "secret"`: server-authenticated TLS plus the cluster secret. Three
+/// hosts form a cluster over HTTPS without client certificates; a peer call needs the
+/// secret; a host with the right CA but another secret cannot join, and no host logs
+/// the secret.
+#[test]
+fn three_hosts_over_tls_with_the_secret_and_a_wrong_secret_is_refused() {
+    let certs = tempfile::tempdir().expect("temp dir for certificates");
+    let dir = certs.path();
+    let ours = ca(dir, "cluster");
+    let secret_tls = |name: &str| Tls {
+        peer_auth: "secret".into(),
+        ..host_tls(dir, &ours, name, &ours.pem)
+    };
+    let specs = (1..=3)
+        .map(|i| {
+            let name = format!("h{i}");
+            HostBuilder::member(&name).tls(secret_tls(&name))
+        })
+        .collect();
+    let c = Fleet::start(specs);
+    for h in &c.hosts {
+        assert!(h.url().starts_with("https://"), "{}", h.url());
+        let v = h.api.cluster();
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    }
+
+    // A write through a follower replicates to every host.
+    enroll_n1_through_a_follower(&c, "52:54:00:5e:00:02");
+    common::wait_until(REPLICATE, "n1 on every host", || {
+        c.hosts
+            .iter()
+            .all(|h| h.api.nodes().contains_key("n1"))
+            .then_some(())
+    });
+
+    // No client certificate here: the secret alone opens the cluster routes, over TLS.
+    let h1 = &c.hosts[0];
+    let r = h1.api.peer("GET", "/cluster/clock", Some(SECRET), None);
+    assert_eq!(r.status, 200, "the secret over TLS: {}", r.text());
+    let r = h1
+        .api
+        .peer("GET", "/cluster/clock", Some("not-the-secret"), None);
+    let e = r.expect_error(403);
+    assert!(
+        e["message"].as_str().unwrap_or("").contains("secret"),
+        "{e}"
+    );
+    h1.api
+        .peer("GET", "/cluster/clock", None, None)
+        .expect_error(403);
+
+    // A host with a certificate from the cluster's CA but another secret cannot join.
+    let wrong = HostBuilder::member("h4")
+        .tls(secret_tls("h4"))
+        .secret(Some("another-secret-0000"))
+        .join(&h1.url())
+        .data_dir_at(&dir.join("h4-data"));
+    let out = run_bounded(&mut wrong.command(), JOIN_FAILS).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success(), "h4 must not start: {}", out.stderr);
+    eprintln!("h4: {}", out.stderr.lines().last().unwrap_or_default());
+    assert!(
+        out.stderr.to_lowercase().contains("secret"),
+        "h4's error must name the secret:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("another-secret-0000"),
+        "h4 logged its secret:\n{}",
+        out.stderr
+    );
+    let v = h1.api.cluster();
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+
+    // The secret and the API token never reach a log.
+    for h in &c.hosts {
+        let log = h.log();
+        assert!(
+            !log.contains(SECRET) && !log.contains(TOKEN),
+            "{} logged a credential",
+            h.name()
+        );
+    }
 }

@@ -114,6 +114,8 @@ pub async fn boot_file(
         .map_or("", |(_, p)| p);
     let path = ClientPath::from_url(raw).map_err(|e| path_refused(&e, raw))?;
     let want = path.as_str();
+    // Sampled before the reads: see LeaseView.
+    let lease = app.gate.lease_view();
     let Some(n) = app.store.node(&node)? else {
         return Err(hidden(&app, peer, Hidden::UnknownNode, &node, want, None));
     };
@@ -136,7 +138,7 @@ pub async fn boot_file(
     let (client, token) = (Some(peer.ip()), path.token());
     if let Err(r) = app
         .gate
-        .check(&n, Purpose::Files { client, token }, Some(&nf.path))
+        .check(lease, &n, Purpose::Files { client, token }, Some(&nf.path))
     {
         app.boots.refused(
             Proto::Http,

@@ -55,6 +55,8 @@ impl StoreSource {
         path: &ClientPath,
         client: Option<IpAddr>,
     ) -> Result<Option<NodeFile>, OpenError> {
+        // Sampled before the reads: see LeaseView.
+        let lease = self.gate.lease_view();
         let nf = match self.store.node_file_for(path) {
             Ok(Some(nf)) => nf,
             Ok(None) => return Ok(None),
@@ -63,10 +65,12 @@ impl StoreSource {
         match self.store.node(&nf.node) {
             Ok(Some(node)) => {
                 let token = path.token();
-                match self
-                    .gate
-                    .check(&node, Purpose::Files { client, token }, Some(&nf.path))
-                {
+                match self.gate.check(
+                    lease,
+                    &node,
+                    Purpose::Files { client, token },
+                    Some(&nf.path),
+                ) {
                     Ok(_) => Ok(Some(nf)),
                     Err(r) => Err(OpenError::NotServed(r)),
                 }

@@ -311,6 +311,27 @@ struct LeaseClock {
     lapsed_at: Option<Instant>,
 }
 
+/// This host's lease as sampled before a node was read: its end then. A node read after
+/// the sample is judged by it, and an answer is sent only while it has not run out
+/// ([`LeaseView::fresh`]). Why: a renewal after a lapse (a host paused past its TTL)
+/// lands only once this replica applied every earlier entry, the takeovers of its
+/// nodes included; a node read *before* that renewal but judged after it would be
+/// answered from the stale replica while the new owner answers too. With the sample
+/// first, a stale read meets the stale lease, and an unexpired sample means the lease
+/// never lapsed between the read and now, so no peer can have taken the node.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseView {
+    until: Option<Instant>,
+}
+
+impl LeaseView {
+    /// Whether the sampled lease is still unexpired now (it has been fresh
+    /// continuously since the sample).
+    pub fn fresh(&self) -> bool {
+        self.until.is_some_and(|u| Instant::now() < u)
+    }
+}
+
 /// The gate handle the drivers share: this host's identity and lease, and the replica
 /// to read nodes and hosts from.
 #[derive(Clone)]
@@ -557,11 +578,21 @@ impl Gate {
         }
     }
 
+    /// This host's lease as it stands now: take it *before* reading the node that
+    /// [`Gate::check`] will judge (see [`LeaseView`]).
+    pub fn lease_view(&self) -> LeaseView {
+        LeaseView {
+            until: self.lease_until(),
+        }
+    }
+
     /// Whether this host may answer `purpose` for `node` now ([`check`] over this
     /// replica); `path` is the node file asked for, if any (its served path, without the
-    /// token prefix: the token comes in `purpose`).
+    /// token prefix: the token comes in `purpose`). `lease` was taken before `node` was
+    /// read.
     pub fn check(
         &self,
+        lease: LeaseView,
         node: &Node,
         purpose: Purpose,
         path: Option<&str>,
@@ -587,7 +618,7 @@ impl Gate {
         let verdict = check(&Facts {
             me: &self.host,
             node,
-            lease_fresh: self.lease_fresh(),
+            lease_fresh: lease.fresh(),
             fence_host: fence_host.as_ref(),
             now: crate::clock::now_ms(),
             times: &self.times,
@@ -874,13 +905,17 @@ mod tests {
         let bindings = Bindings::default();
         let gate = Gate::new("h2", store.clone(), T, bindings.clone());
         gate.renew(Instant::now());
-        assert_eq!(gate.check(&n1, files_from("127.0.0.31"), None), OWNER);
         assert_eq!(
-            gate.check(&n1, files_from("127.0.0.32"), None),
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.31"), None),
+            OWNER
+        );
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.32"), None),
             Err(NotServed::WrongClient)
         );
         assert_eq!(
             gate.check(
+                gate.lease_view(),
                 &n1,
                 Purpose::Files {
                     client: None,
@@ -892,15 +927,21 @@ mod tests {
         );
         // A learned binding still qualifies, for its own node only.
         bindings.learn("127.0.0.32".parse().unwrap(), "n1", Learned::ClientAddress);
-        assert_eq!(gate.check(&n1, files_from("127.0.0.32"), None), OWNER);
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.32"), None),
+            OWNER
+        );
         bindings.learn("127.0.0.31".parse().unwrap(), "n2", Learned::ClientAddress);
         assert_eq!(
-            gate.check(&n1, files_from("127.0.0.31"), None),
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.31"), None),
             OWNER,
             "the operator-set address stays n1's"
         );
         let n2 = store.node("n2").unwrap().unwrap();
-        assert_eq!(gate.check(&n2, files_from("127.0.0.31"), None), OWNER);
+        assert_eq!(
+            gate.check(gate.lease_view(), &n2, files_from("127.0.0.31"), None),
+            OWNER
+        );
         assert!(gate.serves_files_to(&n1, "127.0.0.31".parse().unwrap()));
         assert!(!gate.serves_files_to(&n1, "127.0.0.33".parse().unwrap()));
         let (learned, refused) = gate.access_of("n1");
@@ -910,7 +951,10 @@ mod tests {
         let open = Gate::new("h2", store.clone(), T, Bindings::default())
             .with_access(NodeFileAccess::Open);
         open.renew(Instant::now());
-        assert_eq!(open.check(&n1, files_from("127.0.0.33"), None), OWNER);
+        assert_eq!(
+            open.check(open.lease_view(), &n1, files_from("127.0.0.33"), None),
+            OWNER
+        );
         assert!(open.serves_files_to(&n1, "127.0.0.33".parse().unwrap()));
     }
 
@@ -922,10 +966,16 @@ mod tests {
         let n1 = store.node("n1").unwrap().unwrap();
         let gate = Gate::new("h3", store, T, Bindings::default());
         gate.renew(Instant::now());
-        assert_eq!(gate.check(&n1, files_from("127.0.0.31"), None), OWNER);
-        assert_eq!(gate.check(&n1, files_from("::1"), None), OWNER);
         assert_eq!(
-            gate.check(&n1, files_from("127.0.0.1"), None),
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.31"), None),
+            OWNER
+        );
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files_from("::1"), None),
+            OWNER
+        );
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files_from("127.0.0.1"), None),
             Err(NotServed::WrongClient)
         );
     }
@@ -1025,23 +1075,26 @@ mod tests {
         let config = Some("ipxe/52-54-00-00-00-01.ipxe");
         for ip in ["127.0.0.31", "127.0.0.99", "::1"] {
             assert_eq!(
-                gate.check(&n1, files(ip, Some(tok(7))), kernel),
+                gate.check(gate.lease_view(), &n1, files(ip, Some(tok(7))), kernel),
                 OWNER,
                 "{ip}"
             );
             assert_eq!(
-                gate.check(&n1, files(ip, Some(tok(8))), kernel),
+                gate.check(gate.lease_view(), &n1, files(ip, Some(tok(8))), kernel),
                 Err(NotServed::BadToken)
             );
             assert_eq!(
-                gate.check(&n1, files(ip, None), kernel),
+                gate.check(gate.lease_view(), &n1, files(ip, None), kernel),
                 Err(NotServed::NoToken),
                 "not even from the node's own address"
             );
         }
-        assert_eq!(gate.check(&n1, files("127.0.0.31", None), config), OWNER);
         assert_eq!(
-            gate.check(&n1, files("127.0.0.99", None), config),
+            gate.check(gate.lease_view(), &n1, files("127.0.0.31", None), config),
+            OWNER
+        );
+        assert_eq!(
+            gate.check(gate.lease_view(), &n1, files("127.0.0.99", None), config),
             Err(NotServed::WrongClient)
         );
         // The boot report carries no token: the node's own addresses.
@@ -1056,8 +1109,43 @@ mod tests {
             Gate::new("h1", store, T, Bindings::default()).with_access(NodeFileAccess::Token);
         other.renew(Instant::now());
         assert_eq!(
-            other.check(&n1, files("127.0.0.31", Some(tok(7))), kernel),
+            other.check(
+                other.lease_view(),
+                &n1,
+                files("127.0.0.31", Some(tok(7))),
+                kernel
+            ),
             Err(NotServed::NotOwner)
+        );
+    }
+
+    #[test]
+    fn a_node_read_before_a_renewal_is_judged_by_the_lease_before_it() {
+        // The double answer a SIGSTOP storm showed: a host paused past its TTL read a
+        // node from its stale replica, its renewal (which applies the takeover first)
+        // landed, and the stale node was judged against the fresh lease.
+        let (_d, store) = store_with("h3", &["127.0.0.31"]);
+        let n1 = store.node("n1").unwrap().unwrap();
+        let gate = Gate::new("h3", store, T, Bindings::default());
+        let before = gate.lease_view();
+        assert!(!before.fresh(), "no renewal yet");
+        gate.renew(Instant::now());
+        assert_eq!(
+            gate.check(before, &n1, Purpose::Answer, None),
+            Err(NotServed::LeaseStale),
+            "a read from before the renewal"
+        );
+        let after = gate.lease_view();
+        assert!(after.fresh());
+        assert_eq!(gate.check(after, &n1, Purpose::Answer, None), OWNER);
+        // A sample stays fresh only until the lease it saw ends, renewed or not.
+        let lapsed = LeaseView {
+            until: Some(Instant::now()),
+        };
+        assert!(!lapsed.fresh());
+        assert_eq!(
+            gate.check(lapsed, &n1, Purpose::Answer, None),
+            Err(NotServed::LeaseStale)
         );
     }
 

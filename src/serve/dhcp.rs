@@ -21,7 +21,7 @@ use crate::dhcp::proxy::{decide, route, Decision, Ignored, Policy, Port, Route};
 use crate::metrics::Metrics;
 use crate::net::ratelimit::{Limiter, LogBudget, Rate, Verdict};
 use crate::net::{iface, udp};
-use crate::ownership::gate::{Gate, Purpose};
+use crate::ownership::gate::{Gate, NotServed, Purpose};
 use crate::store::MacAddr;
 use crate::store::Node;
 use crate::store::Store;
@@ -334,6 +334,8 @@ impl Shared {
                 return;
             }
         };
+        // Sampled before the read: see LeaseView.
+        let lease = self.app.gate.lease_view();
         let node = match self.app.store.node_by_mac(&mac) {
             Ok(n) => n,
             Err(e) => {
@@ -347,7 +349,10 @@ impl Shared {
         }
         // The serve gate alone decides whether this host answers for the node.
         let verdict = node.as_ref().map_or(Ok(()), |n| {
-            self.app.gate.check(n, Purpose::Answer, None).map(|_| ())
+            self.app
+                .gate
+                .check(lease, n, Purpose::Answer, None)
+                .map(|_| ())
         });
         let known = node.as_ref();
         match decide(
@@ -389,6 +394,14 @@ impl Shared {
                     m.ignored.inc(Ignored::RateLimited.as_str());
                     if let Some(suppressed) = self.log_ok(&mac) {
                         info!(mac = %mac, node = %node, limit = self.cfg.answers_per_mac_minute, suppressed, "pxe request not answered: too many answers for this MAC in the last minute (dhcp.answers_per_mac_minute)");
+                    }
+                    return;
+                }
+                // The last moment to notice a pause (or a lapse) since the node was read.
+                if !lease.fresh() {
+                    m.ignored.inc(NotServed::LeaseStale.label());
+                    if let Some(suppressed) = self.log_ok(&mac) {
+                        info!(mac = %mac, node = %node, suppressed, "pxe answer dropped: the lease ran out after the node was read");
                     }
                     return;
                 }

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::fleet::{Fleet, Leases};
-use crate::common::host::{HostBuilder, TOKEN};
+use crate::common::host::{Host, HostBuilder, TOKEN};
 use crate::common::pattern;
 use crate::common::wait_until;
-use crate::storm_lab::{manifest_of, StormLab, StormRun};
+use crate::storm_lab::{manifest_of, StormLab, StormRun, FIRST_SOURCE_IP};
 
 /// Hosts in the cluster.
 pub const HOSTS: usize = 3;
@@ -82,6 +82,23 @@ pub struct FaultRun {
     /// Per host, how often its lease lapsed during the run ("lease expired" in its log):
     /// a busy host that looks dead shows here.
     pub lapses: BTreeMap<String, usize>,
+    /// Per host, its log lines saying a request was refused during the run (the reason
+    /// a client failed, which the client itself is never told).
+    pub refusals: BTreeMap<String, Vec<String>>,
+}
+
+impl FaultRun {
+    /// The hosts' refusal lines of the run: a count per host and its first lines.
+    pub fn refusal_tally(&self) -> String {
+        let mut out = String::new();
+        for (h, lines) in self.refusals.iter().filter(|(_, l)| !l.is_empty()) {
+            out += &format!("  {h}: {} refusal lines; the first ones:\n", lines.len());
+            for l in lines.iter().take(8) {
+                out += &format!("    {l}\n");
+            }
+        }
+        out
+    }
 }
 
 /// Node `i`'s id.
@@ -95,11 +112,11 @@ pub fn node_mac(i: usize) -> String {
     format!("52:54:00:b9:{:02x}:{:02x}", k >> 8, k & 0xff)
 }
 
-/// The clients' source addresses: `n` from 10.79.2.1 on, as [`StormLab`] adds them.
+/// The clients' source addresses: `n` from [`FIRST_SOURCE_IP`] on, as [`StormLab`]
+/// adds them.
 pub fn source_ips(n: usize) -> String {
-    let first = u32::from(std::net::Ipv4Addr::new(10, 79, 2, 1));
-    let last = std::net::Ipv4Addr::from(first + n as u32 - 1);
-    format!("10.79.2.1-{last}")
+    let last = std::net::Ipv4Addr::from(u32::from(FIRST_SOURCE_IP) + n as u32 - 1);
+    format!("{FIRST_SOURCE_IP}-{last}")
 }
 
 /// The loaders and the iPXE entry script every boot server serves.
@@ -136,7 +153,11 @@ impl StormCluster {
     /// Builds the lab (three boot namespaces, one source address per client) and the
     /// files; no Baton host runs yet.
     pub fn new(dir: &Path, size: Size, leases: Leases) -> StormCluster {
-        let lab = StormLab::with_boot_hosts(HOSTS, size.nodes, dir);
+        let lab = StormLab::with_fixed_leases(
+            HOSTS,
+            &(0..size.nodes).map(node_mac).collect::<Vec<_>>(),
+            dir,
+        );
         let root = dir.join("root");
         loaders(&root);
         let loaders_manifest = dir.join("loaders.sha256");
@@ -331,22 +352,41 @@ impl StormCluster {
         m
     }
 
-    /// Per host, "lease expired" lines in its log so far (every run).
-    pub fn lapse_counts(&self) -> BTreeMap<String, usize> {
+    /// `f` of every host, by name (empty before the cluster starts).
+    fn per_host<T>(&self, f: impl Fn(&Host) -> T) -> BTreeMap<String, T> {
         self.fleet
             .as_ref()
-            .map(|f| {
-                f.hosts
+            .map(|fl| {
+                fl.hosts
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name().to_string(),
-                            h.log().matches("lease expired").count(),
-                        )
-                    })
+                    .map(|h| (h.name().to_string(), f(h)))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Per host, "lease expired" lines in its log so far (every run).
+    pub fn lapse_counts(&self) -> BTreeMap<String, usize> {
+        self.per_host(|h| h.log().matches("lease expired").count())
+    }
+
+    /// Per host, the length of its log so far (where a run's lines start).
+    fn log_marks(&self) -> BTreeMap<String, usize> {
+        self.per_host(|h| h.log().len())
+    }
+
+    /// Per host, the lines logged since `marks` that say a request was refused.
+    fn refusals_since(&self, marks: &BTreeMap<String, usize>) -> BTreeMap<String, Vec<String>> {
+        self.per_host(|h| {
+            let log = h.log();
+            let from = marks.get(h.name()).copied().unwrap_or(0).min(log.len());
+            log.get(from..)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| l.contains("refused"))
+                .map(str::to_string)
+                .collect()
+        })
     }
 
     /// Restarts the host `name` (after a kill) and waits until the cluster is settled.
@@ -364,6 +404,7 @@ impl StormCluster {
     pub fn run(&mut self, tag: &str, o: &StormOpts, fault: Fault) -> FaultRun {
         let owners_before = self.owners();
         let lapses_before = self.lapse_counts();
+        let marks = self.log_marks();
         let (victim, owned) = owners_before
             .iter()
             .max_by_key(|(h, n)| (**n, std::cmp::Reverse((*h).clone())))
@@ -428,6 +469,7 @@ impl StormCluster {
             .into_iter()
             .map(|(h, n)| (h.clone(), n - lapses_before.get(&h).copied().unwrap_or(0)))
             .collect();
+        let refusals = self.refusals_since(&marks);
         if matches!(fault, Fault::Kill { .. }) && fault_at.is_some() {
             // The survivors' view, before the victim comes back.
             let owners_after = self.owners();
@@ -440,6 +482,7 @@ impl StormCluster {
                 owners_before,
                 owners_after,
                 lapses,
+                refusals,
             };
         }
         self.settle();
@@ -452,6 +495,7 @@ impl StormCluster {
             owners_before,
             owners_after,
             lapses,
+            refusals,
         }
     }
 }

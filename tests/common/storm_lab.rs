@@ -18,6 +18,8 @@ pub const BOOT_IP: &str = "10.79.0.1";
 pub const DHCP_IP: &str = "10.79.0.2";
 /// The storm's namespace.
 pub const CLIENT_IP: &str = "10.79.0.3";
+/// The first per-client source address; client `i` has this + `i`.
+pub const FIRST_SOURCE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 79, 2, 1);
 
 /// The namespaces and the address server.
 pub struct StormLab {
@@ -42,6 +44,18 @@ impl StormLab {
     /// [`StormLab::new`] with `hosts` boot server namespaces (`boot1`..), host `i` at
     /// [`StormLab::boot_ip`]`(i)`: the cluster storm's three Baton hosts.
     pub fn with_boot_hosts(hosts: usize, client_ips: usize, tmp: &Path) -> StormLab {
+        StormLab::build(hosts, client_ips, &[], tmp)
+    }
+
+    /// [`StormLab::with_boot_hosts`] where client `i` (MAC `macs[i]`) is leased its own
+    /// source address (10.79.2.1 + `i`), as real firmware sends from the address it was
+    /// given: a lease equal to another client's source address would tie that address to
+    /// the wrong node in Baton's `bound` mode, a conflict no real network has.
+    pub fn with_fixed_leases(hosts: usize, macs: &[String], tmp: &Path) -> StormLab {
+        StormLab::build(hosts, macs.len(), macs, tmp)
+    }
+
+    fn build(hosts: usize, client_ips: usize, macs: &[String], tmp: &Path) -> StormLab {
         assert!((1..=9).contains(&hosts), "1 to 9 boot hosts");
         let boots: Vec<(String, String)> = (1..=hosts)
             .map(|i| (format!("boot{i}"), format!("{}/16", StormLab::boot_ip(i))))
@@ -60,7 +74,7 @@ impl StormLab {
             // Contiguous from 10.79.2.1 (x.x.x.0 and .255 are hosts in a /16), as the
             // storm's `--source-ips A-B` counts: 250 a /24 left clients 251 on with
             // addresses that were on no interface.
-            let first = u32::from(std::net::Ipv4Addr::new(10, 79, 2, 1));
+            let first = u32::from(FIRST_SOURCE_IP);
             let lines: String = (0..client_ips as u32)
                 .map(|k| {
                     format!(
@@ -73,15 +87,24 @@ impl StormLab {
             seg.member("client")
                 .ip(&["-batch", batch.to_str().unwrap()]);
         }
+        let first = u32::from(FIRST_SOURCE_IP);
+        let hosts_file = tmp.join("dnsmasq.hosts");
+        let fixed: String = macs
+            .iter()
+            .zip(first..)
+            .map(|(m, a)| format!("{m},{}\n", std::net::Ipv4Addr::from(a)))
+            .collect();
+        std::fs::write(&hosts_file, fixed).expect("write the dnsmasq hosts file");
+        let hosts_arg = format!("--dhcp-hostsfile={}", hosts_file.display());
         let dhcp = address_server(
             seg.member("dhcp"),
-            // Overlaps the clients' source addresses (10.79.2.1..): a lease equal to
-            // another client's source address can tie it to the wrong node in Baton's
-            // `bound` mode. A pool apart from them (10.79.16.1..) made the first storm of
-            // a fresh lab loop in DHCP (not understood yet), so it stays here for now.
+            // Overlaps the clients' source addresses (10.79.2.1..); with fixed leases
+            // each client's lease is its own source address. A pool apart from them
+            // (10.79.16.1..) made the first storm of a fresh lab loop in DHCP (not
+            // understood yet), so it stays here for now.
             "10.79.1.1,10.79.8.250,255.255.0.0,1h",
             &tmp.join("dnsmasq.leases"),
-            &["--dhcp-lease-max=5000"],
+            &["--dhcp-lease-max=5000", &hosts_arg],
         );
         StormLab {
             dhcp: Some(dhcp),
