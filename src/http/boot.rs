@@ -62,8 +62,9 @@ impl Hidden {
 
 /// The one answer to every refused boot file: 404, the same body whatever the reason,
 /// except a client that is not the node (`node_files = "bound"` or `"token"`): 403,
-/// like TFTP's ERROR 2, so the firmware's operator sees a refusal. Neither names owner or epoch.
-/// The reason is counted, and logged with the node's owner and epoch when known.
+/// like TFTP's ERROR 2, so the firmware's operator sees a refusal. Neither names owner
+/// or epoch. The reason is counted, and logged with the node's owner and epoch when
+/// known.
 fn hidden(
     app: &App,
     peer: SocketAddr,

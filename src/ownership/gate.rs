@@ -280,6 +280,12 @@ pub fn names_node_mac(node: &Node, path: &str) -> bool {
     node.macs.iter().any(|m| p.contains(&m.dashes()))
 }
 
+/// Whether `path` is an entry config of `node` for [`requester_rule`]: its file name
+/// (not a directory: a node may be named after its MAC) names one of the node's MACs.
+pub fn is_entry_config(node: &Node, path: &str) -> bool {
+    names_node_mac(node, path.rsplit('/').next().unwrap_or(path))
+}
+
 /// Whether the new owner of a node flipped by migration may answer: the old owner
 /// confirmed the flip (it had applied it when it sent a heartbeat), is down (its lease
 /// and the grace ran out, as for a takeover), or is no longer a member.
@@ -445,7 +451,7 @@ impl Gate {
         client: Option<IpAddr>,
         token: Option<BootToken>,
     ) -> Result<(), NotServed> {
-        let entry = path.is_none_or(|p| names_node_mac(node, p));
+        let entry = path.is_none_or(|p| is_entry_config(node, p));
         requester_rule(
             self.access,
             node.boot_token.as_ref(),
@@ -1031,6 +1037,26 @@ mod tests {
             true
         });
         assert!(!asked);
+    }
+
+    #[test]
+    fn entry_configs_are_named_by_a_mac_in_their_file_name() {
+        let mut n = node("h2");
+        n.macs = vec![crate::store::MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef])];
+        for entry in [
+            "pxelinux.cfg/01-52-54-00-ab-cd-ef",
+            "grub/grub.cfg-01-52-54-00-AB-CD-EF",
+            "ipxe/52-54-00-ab-cd-ef.ipxe",
+        ] {
+            assert!(is_entry_config(&n, entry), "{entry}");
+        }
+        for other in [
+            "nodes/52-54-00-ab-cd-ef/kernel",
+            "nodes/n1/ramdisk",
+            "pxelinux.cfg/01-52-54-00-ab-cd-ee",
+        ] {
+            assert!(!is_entry_config(&n, other), "{other}");
+        }
     }
 
     #[test]
