@@ -169,6 +169,8 @@ pub struct Plan {
 
 /// Where a planned body comes from.
 #[derive(Debug)]
+// One per request, moved once into its writer: never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 pub enum PlanBody {
     /// None (`HEAD`, 304).
     Empty,
