@@ -1836,10 +1836,13 @@ fn cli_reads_every_answer_and_json_is_the_servers() {
     s.api.get("/v1/nodes/n1").expect_error(404);
 }
 
+/// An answer as [`read_answer`] reads it: status, header fields, body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// One HTTP/1.1 answer read from `c`: status, header fields (lowercase names, `date`
 /// left out: it differs from answer to answer) and the `Content-Length` body. `None` if
 /// the connection ends or times out first.
-fn read_answer(c: &mut TcpStream) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> {
+fn read_answer(c: &mut TcpStream) -> Option<Answer> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -1875,7 +1878,7 @@ fn answers_on_one_connection(
     s: &Host,
     requests: &[(&str, String)],
     via_hyper: bool,
-) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+) -> Vec<Answer> {
     let mut c = TcpStream::connect(s.http()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     if via_hyper {
