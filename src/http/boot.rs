@@ -655,27 +655,34 @@ pub async fn send_file(
     while at < end {
         sock.writable().await?;
         let want = (end - at).min(MAX) as usize;
+        let mut moved = 0;
         let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
             let mut off = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
             // SAFETY: both descriptors stay open for the call (borrowed above) and `off`
             // is a valid off_t the kernel updates; sendfile(2) reads no memory of ours.
             let n = unsafe { libc::sendfile(out, inp, &mut off, want) };
             if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as u64)
+                return Err(std::io::Error::last_os_error());
             }
+            moved = n as u64;
+            if n > 0 && (n as usize) < want {
+                // A short count on a nonblocking socket: its buffer is full. Reported as
+                // WouldBlock so the readiness is cleared now, as nginx does, rather than
+                // by one more call that would fail with EAGAIN.
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
         });
         match r {
-            Ok(0) => {
+            Ok(()) | Err(_) if moved > 0 => {
+                at += moved;
+                sent(moved);
+            }
+            Ok(()) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "blob file shorter than when verified",
                 ))
-            }
-            Ok(n) => {
-                at += n;
-                sent(n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

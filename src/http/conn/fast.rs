@@ -165,7 +165,11 @@ async fn write_plan(io: &mut Watched, plan: Plan, close: bool) -> io::Result<()>
     else {
         return write_all(io, &head, false).await;
     };
-    // The head goes with the body's first bytes (MSG_MORE), not in a packet of its own.
+    // Full segments only while the body goes out, as nginx's `tcp_nopush` does: the
+    // head rides with the body's first bytes, and no sendfile call ends in a short
+    // segment. The last bytes are pushed when the cork is removed.
+    let sock = socket2::SockRef::from(&io.inner);
+    let corked = len > 0 && sock.set_cork(true).is_ok();
     write_all(io, &head, len > 0).await?;
     match body {
         Served::Memory(data) => {
@@ -185,6 +189,9 @@ async fn write_plan(io: &mut Watched, plan: Plan, close: bool) -> io::Result<()>
             .await?;
             transfer.advance(0);
         }
+    }
+    if corked {
+        socket2::SockRef::from(&io.inner).set_cork(false)?;
     }
     Ok(())
 }
