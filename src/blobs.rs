@@ -290,6 +290,30 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Opens a stored blob for serving from disk (sendfile) and checks, through the
+    /// opened descriptor, that its content still hashes to its name: the descriptor
+    /// returned reads what was verified unless the file is later written in place, so a
+    /// caller that keeps it re-verifies when the file's metadata (returned) changes.
+    pub fn open_verified(&self, digest: &Digest) -> Result<(File, fs::Metadata), BlobError> {
+        let path = self.path_of(digest);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound(*digest))
+            }
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let meta = f.metadata().map_err(io_err("stat", &path))?;
+        let actual = hash_reader(&mut f).map_err(io_err("read", &path))?;
+        if actual != *digest {
+            return Err(BlobError::Corrupt {
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok((f, meta))
+    }
+
     /// Deletes a blob; returns whether it existed. Callers check references first
     /// (by applying `RemoveArtifact` to the store).
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {

@@ -1835,3 +1835,226 @@ fn cli_reads_every_answer_and_json_is_the_servers() {
     assert_eq!(cli(&s, &["node", "delete", "n1"]), "deleted n1\n");
     s.api.get("/v1/nodes/n1").expect_error(404);
 }
+
+/// An answer as [`read_answer`] reads it: status, header fields, body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 answer read from `c`: status, header fields (lowercase names, `date`
+/// left out: it differs from answer to answer) and the `Content-Length` body. `None` if
+/// the connection ends or times out first.
+fn read_answer(c: &mut TcpStream) -> Option<Answer> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut fields: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(n, _)| n != "date")
+        .collect();
+    fields.sort();
+    let len: usize = fields
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).ok()?;
+    Some((status, fields, body))
+}
+
+/// The answers to `requests` (extra header lines, e.g. `Range: bytes=0-9\r\n`) on one
+/// kept-alive connection. `via_hyper`: the connection first asks for `/metrics`, which
+/// is no boot file, so hyper serves it and every request after it; otherwise the boot
+/// fast path answers them (plain-HTTP `GET`s of boot files).
+fn answers_on_one_connection(
+    s: &Host,
+    requests: &[(&str, String)],
+    via_hyper: bool,
+) -> Vec<Answer> {
+    let mut c = TcpStream::connect(s.http()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if via_hyper {
+        write!(c, "GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
+        let (status, _, _) = read_answer(&mut c).expect("the metrics");
+        assert_eq!(status, 200);
+    }
+    requests
+        .iter()
+        .map(|(path, extra)| {
+            write!(c, "GET {path} HTTP/1.1\r\nHost: b\r\n{extra}\r\n").unwrap();
+            read_answer(&mut c).unwrap_or_else(|| panic!("no answer to GET {path} {extra:?}"))
+        })
+        .collect()
+}
+
+/// Plain-HTTP `GET`s of boot files take the fast path (sendfile, no hyper): its answers
+/// are the router's, byte for byte and field for field, for whole files, ranges (suffix
+/// and unsatisfiable), validators, refusals and both boot routes, on one kept-alive
+/// connection; pipelined requests are answered in order; a `HEAD` goes to hyper with the
+/// connection; a malformed head gets hyper's 400.
+#[test]
+fn http_boot_fast_path_answers_as_the_router_does() {
+    let b = booted(HostBuilder::temp());
+    let s = &b.s;
+    let (ramdisk, kernel) = (&b.ramdisk, &b.kernel);
+    let path = "/boot/n1/nodes/n1/ramdisk";
+    let etag = format!("\"{}\"", b.rd);
+    let len = ramdisk.len();
+    let requests: Vec<(&str, String)> = vec![
+        (path, String::new()),
+        (path, "Range: bytes=1000-1999\r\n".into()),
+        (path, "Range: bytes=-10\r\n".into()),
+        (path, format!("Range: bytes={len}-\r\n")),
+        (path, format!("If-None-Match: {etag}\r\n")),
+        (path, "Range: bytes=0-9\r\nIf-Range: \"stale\"\r\n".into()),
+        (path, format!("Range: bytes=0-9\r\nIf-Range: {etag}\r\n")),
+        ("/nodes/n1/kernel", String::new()),
+        ("/nodes/n1/kernel", "Range: bytes=5-\r\n".into()),
+        ("/boot/nope/nodes/nope/kernel", String::new()),
+        ("/boot/n1/nodes/n1/nosuch", String::new()),
+        ("/boot/n1/%2e%2e/%2e%2e/etc/passwd", String::new()),
+        ("/no/such/file", String::new()),
+        (path, String::new()),
+    ];
+    let completed = s.api.metric("baton_http_boot_completed_total");
+    let fast = answers_on_one_connection(s, &requests, false);
+    let hyper = answers_on_one_connection(s, &requests, true);
+    for (((p, extra), f), h) in requests.iter().zip(&fast).zip(&hyper) {
+        assert_eq!(
+            f, h,
+            "GET {p} {extra:?}: fast path (left) and router (right) differ"
+        );
+    }
+    let statuses: Vec<u16> = fast.iter().map(|a| a.0).collect();
+    assert_eq!(
+        statuses,
+        [200, 206, 206, 416, 304, 200, 206, 200, 206, 404, 404, 404, 404, 200]
+    );
+    assert_same_bytes(&fast[0].2, ramdisk, "the ramdisk, sent with sendfile");
+    assert_same_bytes(&fast[1].2, &ramdisk[1000..2000], "bytes 1000-1999");
+    assert_same_bytes(&fast[2].2, &ramdisk[len - 10..], "the last 10 bytes");
+    assert!(fast[3]
+        .1
+        .contains(&("content-range".into(), format!("bytes */{len}"))));
+    assert!(fast[4].2.is_empty());
+    assert_same_bytes(&fast[7].2, kernel, "the kernel by its served path");
+    assert_same_bytes(&fast[8].2, &kernel[5..], "the kernel from byte 5");
+    // Both paths count their downloads: 7 each with a body.
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .api
+            .metric("baton_http_boot_completed_total")
+            >= completed + 16.0),
+        "baton_http_boot_completed_total went from {completed} to {}",
+        s.api.metric("baton_http_boot_completed_total")
+    );
+    let label = "baton_http_requests_total{route=\"GET /boot/{node}/{*path}\"}";
+    assert!(s.api.metric(label) >= 2.0 * 11.0, "{label}");
+
+    // Pipelined: two requests in one write, answered in order.
+    let mut c = TcpStream::connect(s.http()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: b\r\nRange: bytes=0-99\r\n\r\n\
+         GET /boot/n1/nodes/n1/kernel HTTP/1.1\r\nHost: b\r\n\r\n"
+    )
+    .unwrap();
+    let (st, _, body) = read_answer(&mut c).expect("first pipelined answer");
+    assert_eq!(st, 206);
+    assert_same_bytes(&body, &ramdisk[..100], "first pipelined answer");
+    let (st, _, body) = read_answer(&mut c).expect("second pipelined answer");
+    assert_eq!(st, 200);
+    assert_same_bytes(&body, kernel, "second pipelined answer");
+    // HEAD goes to hyper, which keeps the connection: a GET after it is answered too.
+    write!(c, "HEAD {path} HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "HEAD answer cut short");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {len}\r\n")),
+        "{head}"
+    );
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: b\r\nRange: bytes=-3\r\n\r\n"
+    )
+    .unwrap();
+    let (st, _, body) = read_answer(&mut c).expect("GET after HEAD");
+    assert_eq!(st, 206);
+    assert_same_bytes(&body, &ramdisk[len - 3..], "GET after HEAD");
+
+    // `Connection: close`: answered, then closed.
+    let mut c = TcpStream::connect(s.http()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: b\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (st, fields, _) = read_answer(&mut c).expect("answer before close");
+    assert_eq!(st, 206);
+    assert!(fields.contains(&("connection".into(), "close".into())));
+    let mut rest = Vec::new();
+    assert_eq!(
+        c.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the answer"
+    );
+
+    // A malformed head: hyper's 400, as before the fast path.
+    for bad in [
+        &b"GET /a b HTTP/1.1\r\n\r\n"[..],
+        b"\x00\x01\x02 nonsense\r\n\r\n",
+    ] {
+        let mut c = TcpStream::connect(s.http()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(bad).unwrap();
+        let mut resp = Vec::new();
+        let _ = c.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 400"), "{bad:?}: {text}");
+    }
+}
+
+/// The fast path sends blob files from disk with sendfile: a blob changed on disk after
+/// it was verified and served is verified again, and refused, before a byte of it goes.
+#[test]
+fn http_boot_fast_path_refuses_a_blob_damaged_after_it_was_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = booted(HostBuilder::temp());
+    let s = &b.s;
+    let path = "/boot/n1/nodes/n1/kernel";
+    let r = s.api.anonymous("GET", path, &[], None);
+    assert_eq!(r.status, 200);
+    assert_same_bytes(&r.body, &b.kernel, "kernel before the damage");
+    let blob = s
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&b.kd[..2])
+        .join(&b.kd);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[4321] ^= 0xff;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    for range in [None, Some("bytes=0-99")] {
+        let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+        let r = s.api.anonymous("GET", path, &headers, None);
+        assert_ne!(r.status, 200, "a damaged blob is never served");
+        assert_ne!(r.status, 206, "a damaged blob is never served");
+        assert!(r.body.len() < 1000, "{} bytes served", r.body.len());
+    }
+}

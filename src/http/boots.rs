@@ -246,13 +246,14 @@ pub async fn report(
 pub async fn done_file(
     state: State<Arc<App>>,
     peer: ConnectInfo<SocketAddr>,
+    source: axum::Extension<Arc<crate::namespace::StoreSource>>,
     method: axum::http::Method,
     Path(node): Path<String>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     let path = Path((node, "done".to_string()));
-    super::boot::boot_file(state, peer, method, path, uri, headers).await
+    super::boot::boot_file(state, peer, source, method, path, uri, headers).await
 }
 
 /// `GET /v1/overview?q=&limit=&since=`: hosts, nodes with their last boot stage, live

@@ -16,6 +16,11 @@
 //! - TLS ([`Tls`]): on the API listener with `[tls]`, each accepted stream is wrapped by
 //!   tokio-rustls; the handshake is bounded by the header timeout and the slot is taken
 //!   before it, so the limits hold for TLS clients too.
+//! - Boot downloads ([`fast`]): on a plain-HTTP listener, each connection first reads
+//!   request heads itself and answers `GET`s of boot files without hyper, sending blob
+//!   bodies with sendfile(2); any other request, and the rest of that connection, go to
+//!   hyper with the bytes already read replayed. Both note activity in the same
+//!   [`ConnState`], so every limit and timeout above applies to both.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,6 +51,10 @@ use crate::net::fds;
 use crate::net::ratelimit::{LogBudget, Verdict};
 use crate::net::slots::{Admission, Caps, Refusal, SlotId, SlotTable};
 use crate::tls::ClientCert;
+
+mod fast;
+
+pub use fast::BootFiles;
 
 /// The connection limits in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +410,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tls: Option<Tls>,
+    fast: Option<BootFiles>,
 ) -> io::Result<()> {
     let conns = Arc::new(Conns {
         inner: Mutex::new(ConnTable::default()),
@@ -455,6 +465,7 @@ pub async fn serve(
                     metrics.clone(),
                     shutdown.clone(),
                     tls.clone(),
+                    fast.clone(),
                 ));
             }
             Err(r) => {
@@ -484,7 +495,8 @@ pub struct Tls {
 
 /// Serves one connection until it ends, is evicted, times out, or (after `shutdown`)
 /// has finished its request in flight. With `tls`, the handshake comes first and must
-/// end within the header timeout, like a request head.
+/// end within the header timeout, like a request head. Without, and with `fast`, boot
+/// downloads take the fast path until a request needs hyper.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
@@ -496,16 +508,39 @@ async fn connection(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tls: Option<Tls>,
+    fast: Option<BootFiles>,
 ) {
     let _ = stream.set_nodelay(true);
-    let watched = Watched {
+    let mut watched = Watched {
         inner: stream,
         state: state.clone(),
     };
     let closed = match tls {
         None => {
-            let io = TokioIo::new(watched);
-            drive(io, None, peer, &state, &close, router, limits, shutdown).await
+            let prefix = match &fast {
+                Some(files) => {
+                    let served = fast::serve(&mut watched, peer, &state, files, &shutdown);
+                    tokio::select! {
+                        o = served => match o {
+                            fast::Outcome::Closed => Err(None),
+                            fast::Outcome::Handoff(prefix) => Ok(prefix),
+                        },
+                        _ = close.cancelled() => Err(Some(Close::Evicted)),
+                        why = expire(&state, &limits) => Err(Some(why)),
+                    }
+                }
+                None => Ok(Bytes::new()),
+            };
+            match prefix {
+                Ok(prefix) => {
+                    let io = TokioIo::new(fast::Rewind {
+                        prefix,
+                        inner: watched,
+                    });
+                    drive(io, None, peer, &state, &close, router, limits, shutdown).await
+                }
+                Err(closed) => closed,
+            }
         }
         Some(tls) => {
             let hs = tokio::time::timeout(limits.header_timeout, tls.acceptor.accept(watched));
@@ -576,9 +611,10 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
     tokio::pin!(conn);
+    let expiry = expire(state, &limits);
+    tokio::pin!(expiry);
     let mut draining = false;
     loop {
-        let (when, _) = next_deadline(&state.activity(), &limits);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -591,13 +627,20 @@ where
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(when.into()) => {
-                // Activity may have moved the deadline while the timer slept.
-                let (again, why) = next_deadline(&state.activity(), &limits);
-                if again <= Instant::now() {
-                    break Some(why);
-                }
-            }
+            why = &mut expiry => break Some(why),
+        }
+    }
+}
+
+/// Ends when the connection's deadline ([`next_deadline`] of its activity) passes.
+async fn expire(state: &ConnState, limits: &ConnLimits) -> Close {
+    loop {
+        let (when, _) = next_deadline(&state.activity(), limits);
+        tokio::time::sleep_until(when.into()).await;
+        // Activity may have moved the deadline while the timer slept.
+        let (again, why) = next_deadline(&state.activity(), limits);
+        if again <= Instant::now() {
+            return why;
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod boots;
 pub mod cluster;
 pub mod conn;
 pub mod error;
+pub mod head;
 pub mod import;
 pub mod ingest;
 pub mod json;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -157,12 +159,17 @@ async fn count_requests(State(app): State<Arc<App>>, req: Request, next: Next) -
         limits::route_label(req.extensions().get::<MatchedPath>())
     );
     let resp = next.run(req).await;
-    let m = &app.metrics.http;
-    m.requests.inc(&label);
-    if resp.status().is_client_error() || resp.status().is_server_error() {
-        m.errors.inc(resp.status().as_str());
-    }
+    count_request(&app.metrics.http, &label, resp.status());
     resp
+}
+
+/// Counts one answered request: `label` is "method route" ([`count_requests`]), and a
+/// refusal is counted by its status. The fast path of [`conn`] counts through here too.
+pub(crate) fn count_request(m: &crate::metrics::HttpMetrics, label: &str, status: StatusCode) {
+    m.requests.inc(label);
+    if status.is_client_error() || status.is_server_error() {
+        m.errors.inc(status.as_str());
+    }
 }
 
 /// Binds the HTTP listener.
@@ -208,10 +215,15 @@ pub async fn serve(
         "http server listening"
     );
     let metrics = app.metrics.clone();
+    // Plain-HTTP boot downloads take the fast path (sendfile); TLS ones go through hyper.
+    let fast = how.tls.is_none().then(|| conn::BootFiles {
+        app: app.clone(),
+        source: source.clone(),
+    });
     let router = router(app, token, source, cfg.max_upload_bytes, how.routes);
     let tls = how.tls.map(|(c, mark_client_cert)| conn::Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(c),
         mark_client_cert,
     });
-    conn::serve(listener, router, limits, metrics, shutdown, tls).await
+    conn::serve(listener, router, limits, metrics, shutdown, tls, fast).await
 }

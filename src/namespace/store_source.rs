@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::namespace::cache::ServedBlobs;
+use crate::namespace::cache::{Delivery, Served, ServedBlobs};
 use crate::namespace::{BoxFuture, DirSource, FileData, FileSource, OpenError};
 use crate::ownership::gate::{Gate, NotServed, Purpose};
 use crate::store::{NodeFile, Store};
@@ -89,8 +89,34 @@ impl StoreSource {
         nf: &NodeFile,
     ) -> Result<Arc<FileData>, OpenError> {
         let data = self.blobs.bytes(&nf.digest).await?;
+        self.still_served(path, client, nf)?;
+        Ok(data)
+    }
+
+    /// The body of a node file this host may serve, as `delivery` asks (the HTTP boot
+    /// fast path takes the verified blob file), checked again after opening as
+    /// [`StoreSource::node_file_bytes`] is.
+    pub async fn node_file_served(
+        &self,
+        path: &ClientPath,
+        client: Option<IpAddr>,
+        nf: &NodeFile,
+        delivery: Delivery,
+    ) -> Result<Served, OpenError> {
+        let body = self.blobs.served(&nf.digest, delivery).await?;
+        self.still_served(path, client, nf)?;
+        Ok(body)
+    }
+
+    /// After a load: the path still names the same content and may still be served.
+    fn still_served(
+        &self,
+        path: &ClientPath,
+        client: Option<IpAddr>,
+        nf: &NodeFile,
+    ) -> Result<(), OpenError> {
         match self.owned_node_file(path, client)? {
-            Some(again) if again.digest == nf.digest => Ok(data),
+            Some(again) if again.digest == nf.digest => Ok(()),
             Some(_) => Err(OpenError::Denied("changed")),
             None => Err(OpenError::NotServed(NotServed::NotOwner)),
         }
