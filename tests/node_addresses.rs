@@ -24,7 +24,7 @@ use common::data::{mac, mac_colons, pattern, pxelinux_path};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
 use common::require::require_tftp_hpa;
-use common::tftp::{tftp_fetch_from, Answer};
+use common::tftp::tftp_read_from;
 use common::wait_until;
 
 /// The node's own address, set by the operator.
@@ -43,11 +43,7 @@ fn serial() -> MutexGuard<'static, ()> {
 /// A TFTP read of `path` from `local`: `Ok(the file)` or `Err(error code)`.
 #[track_caller]
 fn tftp_from(local: Ipv4Addr, server: SocketAddr, path: &str) -> Result<Vec<u8>, u16> {
-    match tftp_fetch_from(local, server, path, &[], WAIT, None, None) {
-        Answer::Data(d) => Ok(d),
-        Answer::Error(code, _) => Err(code),
-        Answer::Silent(why) => panic!("TFTP {path} from {local}: {why}"),
-    }
+    tftp_read_from(local, server, path, WAIT)
 }
 
 /// Status of an HTTP GET of `path` from `local`.

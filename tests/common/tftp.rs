@@ -640,6 +640,22 @@ pub fn tftp_fetch(
     fetch(&Peer::for_server(server), server, &rrq(path, opts), f).into()
 }
 
+/// A plain read of `path` from `local` ([`tftp_fetch_from`], no options, `wait` per
+/// packet): `Ok(the file)` or `Err(the ERROR code)`; silence panics.
+#[track_caller]
+pub fn tftp_read_from(
+    local: Ipv4Addr,
+    server: SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> Result<Vec<u8>, u16> {
+    match tftp_fetch_from(local, server, path, &[], wait, None, None) {
+        Answer::Data(d) => Ok(d),
+        Answer::Error(code, _) => Err(code),
+        Answer::Silent(why) => panic!("TFTP {path} from {local}: {why}"),
+    }
+}
+
 /// [`tftp_fetch`] from the local address `local` (a client with an address of its own,
 /// e.g. 127.0.0.77 on loopback).
 pub fn tftp_fetch_from(
