@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use serde_json::{json, Value};
 use common::fleet::Fleet;
 use common::host::{Host, HostBuilder, SECRET, TOKEN};
 use common::require::require_tftp_hpa;
+use common::serial;
 use common::tftp::{tftp_error_code, tftp_get};
 use common::{assert_same_bytes, pattern, run_with_timeout, wait_until};
 
@@ -42,12 +42,6 @@ const TFTP_ACCESS_VIOLATION: u16 = 2;
 
 /// Node id -> (provision state, owner; empty: any owner).
 type Want = BTreeMap<String, (String, String)>;
-
-/// One cluster at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn mac(i: usize) -> String {
     format!("52:54:00:5e:{:02x}:{:02x}", i / 256, i % 256)

@@ -14,7 +14,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -24,6 +23,7 @@ use common::data::{mac, mac_colons, pattern, pxelinux_path};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
 use common::require::require_tftp_hpa;
+use common::serial;
 use common::tftp::tftp_read_from;
 use common::wait_until;
 
@@ -33,12 +33,6 @@ const OWN: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 31);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 32);
 /// How long to wait for each TFTP packet.
 const WAIT: Duration = Duration::from_secs(2);
-
-/// One test at a time: the cluster test's short leases must not starve.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A TFTP read of `path` from `local`: `Ok(the file)` or `Err(error code)`.
 #[track_caller]

@@ -28,7 +28,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use common::fleet::{Fleet, Leases};
 use common::host::{HostBuilder, TOKEN};
 use common::netns::{enter_netns, Lab};
 use common::require::{require_netns, require_tftp_hpa};
+use common::serial;
 use common::tftp::{
     ack, parse_error, rrq, tftp_fetch, tftp_fetch_from, tftp_hpa, Answer, Pace, TFTP_HPA_TIMEOUT,
 };
@@ -48,13 +49,6 @@ use common::wait_until;
 
 /// The lease settings of these tests.
 const L: Leases = Leases::SHORT;
-
-/// One test at a time: each runs 3-4 servers with short leases, and CPU starvation on
-/// a small machine would look like a dead host.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Wall-clock milliseconds (the time base of event `at`).
 fn wall_ms() -> i64 {

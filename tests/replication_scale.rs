@@ -16,7 +16,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,16 +32,12 @@ use common::fleet::{replica_state, Fleet};
 use common::host::{baton_bin, Host, SECRET};
 use common::pattern;
 use common::scale::{applied, import, installs, leader_log, rss_mib, sizes_line, snapshot_mib};
+use common::serial;
 
 /// The whole scale scenario must end within this.
 const SCENARIO: Duration = Duration::from_secs(1200);
 /// A returning host must have caught up within this.
 const CATCH_UP: Duration = Duration::from_secs(180);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A request to `h`'s peer route `path` with a raw body: its status, or `None` when
 /// the host closed the connection before taking the whole body.

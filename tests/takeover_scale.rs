@@ -26,7 +26,6 @@ mod procstat;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,12 +36,8 @@ use common::data::{mac, mac_colons, pattern};
 use common::fleet::{Fleet, Leases};
 use common::host::HostBuilder;
 use common::scale::{env, first_served, node_id as id, nodes_left};
+use common::serial;
 use common::{wait_until, wait_until_every};
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn say(s: &str) {
     eprintln!("[takeover_scale] {s}");

@@ -36,6 +36,7 @@ pub mod tftp;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -128,4 +129,12 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         got.get(first..(first + 16).min(got.len())),
         want.get(first..(first + 16).min(want.len())),
     );
+}
+
+/// One test of this binary at a time: tests that run several hosts with short leases,
+/// or at fleet size, would starve each other on a small machine, and CPU starvation
+/// looks like a dead host. A test that panicked does not poison the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
