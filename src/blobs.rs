@@ -272,22 +272,7 @@ impl BlobStore {
 
     /// Re-hashes a stored blob and checks it still matches its name.
     pub fn verify(&self, digest: &Digest) -> Result<(), BlobError> {
-        let path = self.path_of(digest);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(BlobError::NotFound(*digest))
-            }
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let actual = hash_reader(&mut f).map_err(io_err("read", &path))?;
-        if actual != *digest {
-            return Err(BlobError::Corrupt {
-                expected: *digest,
-                actual,
-            });
-        }
-        Ok(())
+        self.open_verified(digest).map(|_| ())
     }
 
     /// Opens a stored blob for serving from disk (sendfile) and checks, through the

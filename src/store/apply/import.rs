@@ -11,7 +11,7 @@ use super::{
     enroll_node, invalid, read, require_host, set_boot_profile, set_node_addresses, update_node,
     valid, Fail, MAX_BATCH, R,
 };
-use crate::store::command::{Applied, ImportItem, ImportResult};
+use crate::store::command::{Applied, ImportItem, ImportProfile, ImportResult};
 use crate::store::types::{check_name, MacAddr, Millis};
 
 /// Applies every item in order; a refused item becomes an [`ImportResult::Failed`].
@@ -51,6 +51,18 @@ pub(super) fn import_nodes(
     Ok(Applied::NodesImported { results })
 }
 
+/// An item's profile and rendered files, as [`set_boot_profile`] sets them for one node.
+fn set_profile(
+    tx: &Transaction<'_>,
+    id: &str,
+    p: &ImportProfile,
+    host: &str,
+    at: Millis,
+) -> R<Applied> {
+    let token = p.boot_token.as_ref();
+    set_boot_profile(tx, id, p.profile.as_ref(), &p.files, token, host, None, at)
+}
+
 fn import_one(
     tx: &Transaction<'_>,
     host: &str,
@@ -66,16 +78,7 @@ fn import_one(
             set_node_addresses(tx, id, a, at)?;
         }
         if let Some(p) = &item.profile {
-            set_boot_profile(
-                tx,
-                id,
-                p.profile.as_ref(),
-                &p.files,
-                p.boot_token.as_ref(),
-                host,
-                None,
-                at,
-            )?;
+            set_profile(tx, id, p, host, at)?;
         }
         return Ok(ImportResult::Created {
             node: id.to_string(),
@@ -123,16 +126,7 @@ fn import_one(
         }
     }
     if let Some(p) = &item.profile {
-        let set = set_boot_profile(
-            tx,
-            id,
-            p.profile.as_ref(),
-            &p.files,
-            p.boot_token.as_ref(),
-            host,
-            None,
-            at,
-        )?;
+        let set = set_profile(tx, id, p, host, at)?;
         if matches!(set, Applied::BootProfileSet { changed: true, .. }) {
             fields.push("profile".into());
         }
