@@ -11,7 +11,9 @@
 //! errors, and the server's RSS; then Baton's ratios to nginx. nginx gets one worker
 //! process, as it has one CPU.
 //!
-//! `cargo bench --bench http_boot` (env `HTTP_BOOT_SECS`, default 15 s per run;
+//! `cargo bench --bench http_boot` (env `HTTP_BOOT_ROUNDS`, default 3 rounds, each one
+//! run of Baton then one of nginx, ratios taken within a round and their median
+//! printed; `HTTP_BOOT_SECS`, default 15 s per run;
 //! `HTTP_BOOT_CLIENTS`, default `64,256`; `HTTP_BOOT_MIB`, default 32). Needs `nginx`
 //! and `wrk` (`apt-get install nginx-light wrk`): without them it says so and exits 1.
 //! It stops by itself: each `wrk` run is bounded by its duration; at the end nginx is
@@ -61,6 +63,7 @@ fn main() {
     };
     let secs: u64 = env("HTTP_BOOT_SECS", 15);
     let mib: usize = env("HTTP_BOOT_MIB", 32);
+    let rounds: usize = env::<usize>("HTTP_BOOT_ROUNDS", 3).max(1);
     let clients: Vec<usize> = std::env::var("HTTP_BOOT_CLIENTS")
         .unwrap_or_else(|_| "64,256".into())
         .split(',')
@@ -69,7 +72,7 @@ fn main() {
     let pin = procstat::online_cpus() >= 2;
     let bin = bench_bin();
     println!(
-        "http_boot: {} ({}), {mib} MiB kernel, {secs} s per run, wrk 1 thread{}",
+        "http_boot: {} ({}), {mib} MiB kernel, {rounds} rounds of {secs} s per server, wrk 1 thread{}",
         bin.display(),
         version(&bin),
         if pin {
@@ -113,22 +116,37 @@ fn main() {
     }
 
     println!(
-        "\n{:<8} {:>7} {:>9} {:>9} {:>11} {:>9} {:>8}  errors",
-        "server", "clients", "MB/s", "wrk MB/s", "CPU s/GB", "requests", "RSS MiB"
+        "\n{:<8} {:>7} {:>5} {:>9} {:>9} {:>11} {:>9} {:>8}  errors",
+        "server", "clients", "round", "MB/s", "wrk MB/s", "CPU s/GB", "requests", "RSS MiB"
     );
+    // Rounds alternate the two servers, so a slow patch of the machine hits both; the
+    // ratios are taken within a round and their median is reported.
     let mut ratios = Vec::new();
     for &c in &clients {
-        let b = run(&wrk, &baton_url, c, secs, baton.pid());
-        print_run("baton", c, &b);
-        let n = run(&wrk, &ngx_url, c, secs, ngx.id());
-        print_run("nginx", c, &n);
-        ratios.push((c, b.mbps / n.mbps, b.cpu_per_gb / n.cpu_per_gb));
+        let mut per_round = Vec::new();
+        for round in 1..=rounds {
+            let b = run(&wrk, &baton_url, c, secs, baton.pid());
+            print_run("baton", c, round, &b);
+            let n = run(&wrk, &ngx_url, c, secs, ngx.id());
+            print_run("nginx", c, round, &n);
+            per_round.push((b.mbps / n.mbps, b.cpu_per_gb / n.cpu_per_gb));
+        }
+        ratios.push((c, per_round));
     }
     println!();
-    for (c, mb, cpu) in ratios {
+    for (c, per_round) in ratios {
+        let list = |f: fn(&(f64, f64)) -> f64| {
+            let v: Vec<String> = per_round.iter().map(|r| format!("{:.2}", f(r))).collect();
+            v.join(" ")
+        };
         println!(
-            "{c} clients: Baton / nginx MB/s x{mb:.2} (target >= 1), CPU per GB x{cpu:.2} \
-             (target <= 1.2)"
+            "{c} clients, median of {} rounds: Baton / nginx MB/s x{:.2} (target >= 1; rounds: \
+             {}), CPU per GB x{:.2} (target <= 1.2; rounds: {})",
+            per_round.len(),
+            median(per_round.iter().map(|r| r.0).collect()),
+            list(|r| r.0),
+            median(per_round.iter().map(|r| r.1).collect()),
+            list(|r| r.1),
         );
     }
     stop_nginx(ngx);
@@ -265,11 +283,25 @@ fn run(wrk: &Path, url: &str, clients: usize, secs: u64, server_pid: u32) -> Run
     }
 }
 
-fn print_run(name: &str, clients: usize, r: &Run) {
+fn print_run(name: &str, clients: usize, round: usize, r: &Run) {
     println!(
-        "{name:<8} {clients:>7} {:>9.1} {:>9.1} {:>11.3} {:>9} {:>8.1}  {}",
+        "{name:<8} {clients:>7} {round:>5} {:>9.1} {:>9.1} {:>11.3} {:>9} {:>8.1}  {}",
         r.mbps, r.wrk_mbps, r.cpu_per_gb, r.requests, r.rss_mib, r.errors
     );
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Bytes received on loopback so far (on `lo` every byte sent is received).

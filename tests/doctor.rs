@@ -411,6 +411,9 @@ fn cluster_peers_and_clock_skew() {
             "--tftp-listen".into(),
             h1.tftp().to_string(),
             "--no-dhcp".into(),
+            // As the test hosts run (`HostBuilder`'s default).
+            "--node-files".into(),
+            "open".into(),
         ]
     };
     let a = args(h1.data_dir());
@@ -425,6 +428,16 @@ fn cluster_peers_and_clock_skew() {
     );
     r.expect("PASS", &format!("port tcp/{} (http)", h1.http().port()));
     assert_eq!(r.code, Some(0), "{}", r.text);
+    assert!(!r.text.contains("node_files"), "{}", r.text);
+
+    // A host set to another node_files mode than its peer (which runs `open`) is told
+    // so: after a takeover the node's files would change hands.
+    let mut token = a.clone();
+    *token.last_mut().expect("the mode is last") = "token";
+    let r = doctor(&token, &[("BATON_CLUSTER_SECRET", SECRET)]);
+    let l = r.expect("FAIL", "peer h2 node_files");
+    assert!(l.contains("\"open\"") && l.contains("\"token\""), "{l}");
+    assert_eq!(r.code, Some(1), "{}", r.text);
 
     // A wrong secret is named as such.
     let r = doctor(

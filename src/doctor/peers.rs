@@ -150,7 +150,34 @@ pub fn check(cfg: &Config, p: &Peers) -> Vec<Finding> {
             }
         });
     }
+    out.extend(p.probes.iter().filter_map(|pr| node_files_differ(cfg, pr)));
     out
+}
+
+/// A failure when a peer serves node files under another `node_files` mode than this
+/// host: after a takeover its nodes would be served under the other rule (a node
+/// rendered with a token, say, then fetched by address alone), so every host must
+/// use the same mode.
+fn node_files_differ(cfg: &Config, pr: &Probe) -> Option<Finding> {
+    let Answer::Clock(c) = &pr.answer else {
+        return None;
+    };
+    let theirs = c.node_files.as_deref()?;
+    let ours = cfg.node_files.to_string();
+    (theirs != ours).then(|| Finding {
+        name: format!("peer {} node_files", c.host),
+        status: Status::Fail,
+        detail: format!(
+            "{} serves node files as node_files = \"{theirs}\", this host as \"{ours}\": \
+             a node taken over or migrated between them changes who may fetch its files",
+            c.host
+        ),
+        fix: Some(
+            "set the same node_files on every host (with \"token\", then re-render the nodes \
+             with `baton node update ID --rotate-token`)"
+                .into(),
+        ),
+    })
 }
 
 /// The members recorded in the local replica (`<data_dir>/baton.db`), read-only.
@@ -291,6 +318,7 @@ mod tests {
                 node_id: 2,
                 now_ms: now,
                 members: BTreeMap::new(),
+                node_files: Some("bound".into()),
             }),
         }
     }
@@ -328,5 +356,35 @@ mod tests {
         assert_eq!(st(down), Status::Fail);
         c.cluster.secret = None;
         assert_eq!(check(&c, &Peers::default())[0].status, Status::Pass);
+    }
+
+    #[test]
+    fn a_peer_with_another_node_files_mode_fails() {
+        let mut c = Config::default();
+        c.cluster.secret = Some("0123456789abcdef".into());
+        let with = |c: &Config, mode: Option<&str>| {
+            let mut p = probe(0, 2, 1);
+            if let Answer::Clock(r) = &mut p.answer {
+                r.node_files = mode.map(str::to_string);
+            }
+            let peers = Peers {
+                probes: vec![p],
+                ..Default::default()
+            };
+            check(c, &peers)
+        };
+        // Same mode (the default, bound), or a peer too old to say: the clock finding only.
+        assert_eq!(with(&c, Some("bound")).len(), 1);
+        assert_eq!(with(&c, None).len(), 1);
+        let f = with(&c, Some("token"));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[1].status, Status::Fail);
+        assert!(
+            f[1].detail.contains("\"token\"") && f[1].detail.contains("\"bound\""),
+            "{}",
+            f[1].detail
+        );
+        c.node_files = crate::ownership::gate::NodeFileAccess::Token;
+        assert_eq!(with(&c, Some("token")).len(), 1);
     }
 }

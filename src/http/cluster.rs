@@ -282,6 +282,7 @@ async fn clock(State(app): State<Arc<App>>) -> Json<ClockReply> {
         node_id: app.proposer.node_id(),
         members: app.proposer.members(),
         now_ms: crate::clock::now_ms(),
+        node_files: Some(app.gate.access().to_string()),
     })
 }
 

@@ -174,6 +174,10 @@ pub struct ClockReply {
     pub now_ms: crate::store::Millis,
     /// Cluster members as this host sees them.
     pub members: std::collections::BTreeMap<crate::store::types::NodeId, crate::store::raft::Peer>,
+    /// Who this host serves node files to (`node_files`: `open`, `bound` or `token`), so
+    /// `baton doctor` finds hosts that disagree; absent from hosts older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_files: Option<String>,
 }
 
 /// A refusal, as sent.
