@@ -188,6 +188,99 @@ fn recv_meta_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
     }
 }
 
+/// A datagram [`recv_drain`] put in one of its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received (truncated to the buffer).
+    pub len: usize,
+    /// Sender.
+    pub from: SocketAddr,
+}
+
+/// Receives the next datagram into `first`, and a second one into `second` when the
+/// kernel already holds it, with one `recvmmsg`. When it held fewer than two, tokio's
+/// readiness is cleared in the same step (race-free: tokio clears only if no readiness
+/// event came in since), so the next call waits for the kernel's next event instead of
+/// paying a `recvfrom` that only says EAGAIN, as a plain receive loop does per datagram.
+pub async fn recv_drain(
+    sock: &UdpSocket,
+    first: &mut [u8],
+    second: &mut [u8],
+) -> io::Result<(Received, Option<Received>)> {
+    loop {
+        sock.readable().await?;
+        let mut got = None;
+        let r = sock.try_io(Interest::READABLE, || {
+            let (a, b) = recv_two_now(sock, first, second)?;
+            got = Some((a, b));
+            if b.is_none() {
+                // Drained: tell tokio, without another syscall to learn it.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        if let Some(g) = got {
+            return Ok(g);
+        }
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+            Ok(()) => continue,
+        }
+    }
+}
+
+fn recv_two_now(
+    sock: &UdpSocket,
+    first: &mut [u8],
+    second: &mut [u8],
+) -> io::Result<(Received, Option<Received>)> {
+    // SAFETY: every mmsghdr points at live locals and buffers sized as declared.
+    unsafe {
+        let mut names: [libc::sockaddr_storage; 2] = zeroed();
+        let mut iovs = [
+            libc::iovec {
+                iov_base: first.as_mut_ptr() as *mut libc::c_void,
+                iov_len: first.len(),
+            },
+            libc::iovec {
+                iov_base: second.as_mut_ptr() as *mut libc::c_void,
+                iov_len: second.len(),
+            },
+        ];
+        let mut msgs: [libc::mmsghdr; 2] = zeroed();
+        for ((m, name), iov) in msgs.iter_mut().zip(names.iter_mut()).zip(iovs.iter_mut()) {
+            m.msg_hdr.msg_name = name as *mut _ as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let n = libc::recvmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            2,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let get = |i: usize| -> io::Result<Received> {
+            let from = from_sockaddr(&names[i]).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "unknown address family")
+            })?;
+            Ok(Received {
+                len: msgs[i].msg_len as usize,
+                from,
+            })
+        };
+        let a = get(0)?;
+        let b = if n >= 2 { Some(get(1)?) } else { None };
+        Ok((a, b))
+    }
+}
+
 /// Sends packets to `dst`, given as (header, payload) pairs, all the same size but the
 /// last. Uses UDP GSO in chunks of up to 64 packets when the kernel supports it, else
 /// `sendmmsg`. `src_ip` picks the source address on a wildcard-bound socket.
@@ -197,6 +290,12 @@ pub async fn send_batch(
     src_ip: Option<IpAddr>,
     packets: &[(&[u8], &[u8])],
 ) -> io::Result<()> {
+    if let [(h, p)] = packets {
+        // One packet (lock-step DATA, OACK, ERROR): one sendmsg, nothing allocated.
+        return sock
+            .async_io(Interest::WRITABLE, || send_one_now(sock, dst, src_ip, h, p))
+            .await;
+    }
     let mut i = 0;
     while i < packets.len() {
         let seg = packets[i].0.len() + packets[i].1.len();
@@ -328,6 +427,32 @@ fn send_gso_now(
         fill_cmsgs(&mut msg, &mut cbuf, Some(seg as u16), src_ip);
         let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
         if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends one datagram made of `header` and `payload` with one `sendmsg`.
+fn send_one_now(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    src_ip: Option<IpAddr>,
+    header: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    let (mut storage, len) = to_sockaddr(&dst);
+    let iov = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut cbuf = CmsgBuf([0; 128]);
+    // SAFETY: msghdr points at live locals; IoSlice is ABI-compatible with iovec.
+    unsafe {
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = len;
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = if payload.is_empty() { 1 } else { 2 };
+        fill_cmsgs(&mut msg, &mut cbuf, None, src_ip);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
