@@ -268,27 +268,28 @@ impl TftpServer {
             gso = udp::gso_enabled(),
             "tftp server listening"
         );
-        let mut buf = vec![0u8; RECV_BUF];
+        // Many clients' packets per syscall: requests in a storm, and in single-port mode
+        // every transfer's ACKs.
+        let mut batch = udp::RecvBatch::new(RECV_BUF);
         loop {
-            let meta = tokio::select! {
+            tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                r = udp::recv_meta(&self.sock, &mut buf) => match r {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // ICMP errors and the like: log and keep serving.
-                        debug!(error = %e, "tftp listener receive error");
-                        continue;
-                    }
+                r = udp::recv_meta_batch(&self.sock, &mut batch) => if let Err(e) = r {
+                    // ICMP errors and the like: log and keep serving.
+                    debug!(error = %e, "tftp listener receive error");
+                    continue;
                 },
-            };
-            if let Some(c) = &shared.capture {
-                c.record(
-                    meta.src,
-                    SocketAddr::new(meta.dst_ip.unwrap_or(self.local.ip()), self.local.port()),
-                    &buf[..meta.len],
-                );
             }
-            on_datagram(&shared, &self.sock, self.local, &buf[..meta.len], meta);
+            for (meta, pkt) in batch.iter() {
+                if let Some(c) = &shared.capture {
+                    c.record(
+                        meta.src,
+                        SocketAddr::new(meta.dst_ip.unwrap_or(self.local.ip()), self.local.port()),
+                        pkt,
+                    );
+                }
+                on_datagram(&shared, &self.sock, self.local, pkt, meta);
+            }
         }
         let active = shared.metrics.tftp.active.get();
         info!(active_transfers = active, "tftp server stopping");
