@@ -19,6 +19,7 @@
 //! | `BOOT_STORM_TIME_LIMIT` | `60` | hard limit in seconds for one server in one scenario |
 //! | `BOOT_STORM_TIMEOUT_MS` | `1000` | client retransmission timeout |
 //! | `BOOT_STORM_RETRIES` | `5` | client timeouts in a row before it gives up |
+//! | `BOOT_STORM_BATON_ARGS` | unset | extra `baton serve` arguments, e.g. `--tftp-single-port` |
 //! | `BATON_BIN` | see below | Baton binary; else the one cargo builds for this bench, else `$CARGO_TARGET_DIR/release/baton`, else `target/release/baton` |
 //! | `BOOT_STORM_PEERS_DIR` | `../.peers` | where r-tftpd and async-tftp-server are installed |
 //!

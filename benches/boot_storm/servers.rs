@@ -208,6 +208,10 @@ impl Server {
                     .arg(root)
                     .arg("--data-dir")
                     .arg(data);
+                // E.g. `--tftp-single-port`, to measure the other transfer mode.
+                if let Ok(extra) = std::env::var("BOOT_STORM_BATON_ARGS") {
+                    cmd.args(extra.split_whitespace());
+                }
             }
             Kind::TftpdHpa => {
                 // -L: foreground; -s: chroot to root; -B: allow blksize up to the max.

@@ -164,27 +164,242 @@ fn recv_meta_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
         }
         let src = from_sockaddr(&storage)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
-        let mut meta = RecvMeta {
+        let (dst_ip, ifindex) = pktinfo(&msg);
+        Ok(RecvMeta {
             len: n as usize,
             src,
-            dst_ip: None,
-            ifindex: None,
-        };
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let h = &*c;
-            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
-                let pi = &*(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                meta.dst_ip = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))));
-                meta.ifindex = Some(pi.ipi_ifindex as u32);
-            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
-                let pi = &*(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
-                meta.dst_ip = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)));
-                meta.ifindex = Some(pi.ipi6_ifindex);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+            dst_ip,
+            ifindex,
+        })
+    }
+}
+
+/// The destination address and interface a received message's IP_PKTINFO gives.
+///
+/// SAFETY: `msg` must be a header the kernel filled in, its control buffer still live.
+unsafe fn pktinfo(msg: &libc::msghdr) -> (Option<IpAddr>, Option<u32>) {
+    let (mut dst_ip, mut ifindex) = (None, None);
+    let mut c = libc::CMSG_FIRSTHDR(msg);
+    while !c.is_null() {
+        let h = &*c;
+        if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+            let pi = &*(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+            dst_ip = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))));
+            ifindex = Some(pi.ipi_ifindex as u32);
+        } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+            let pi = &*(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+            dst_ip = Some(IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)));
+            ifindex = Some(pi.ipi6_ifindex);
         }
-        Ok(meta)
+        c = libc::CMSG_NXTHDR(msg, c);
+    }
+    (dst_ip, ifindex)
+}
+
+/// A datagram [`recv_drain`] put in one of its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes received (truncated to the buffer).
+    pub len: usize,
+    /// Sender.
+    pub from: SocketAddr,
+}
+
+/// Receives the next datagram into `first`, and a second one into `second` when the
+/// kernel already holds it, with one `recvmmsg`. When it held fewer than two, tokio's
+/// readiness is cleared in the same step (race-free: tokio clears only if no readiness
+/// event came in since), so the next call waits for the kernel's next event instead of
+/// paying a `recvfrom` that only says EAGAIN, as a plain receive loop does per datagram.
+pub async fn recv_drain(
+    sock: &UdpSocket,
+    first: &mut [u8],
+    second: &mut [u8],
+) -> io::Result<(Received, Option<Received>)> {
+    loop {
+        sock.readable().await?;
+        let mut got = None;
+        let r = sock.try_io(Interest::READABLE, || {
+            let (a, b) = recv_two_now(sock, first, second)?;
+            got = Some((a, b));
+            if b.is_none() {
+                // Drained: tell tokio, without another syscall to learn it.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        if let Some(g) = got {
+            return Ok(g);
+        }
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+            Ok(()) => continue,
+        }
+    }
+}
+
+fn recv_two_now(
+    sock: &UdpSocket,
+    first: &mut [u8],
+    second: &mut [u8],
+) -> io::Result<(Received, Option<Received>)> {
+    // SAFETY: every mmsghdr points at live locals and buffers sized as declared.
+    unsafe {
+        let mut names: [libc::sockaddr_storage; 2] = zeroed();
+        let mut iovs = [
+            libc::iovec {
+                iov_base: first.as_mut_ptr() as *mut libc::c_void,
+                iov_len: first.len(),
+            },
+            libc::iovec {
+                iov_base: second.as_mut_ptr() as *mut libc::c_void,
+                iov_len: second.len(),
+            },
+        ];
+        let mut msgs: [libc::mmsghdr; 2] = zeroed();
+        for ((m, name), iov) in msgs.iter_mut().zip(names.iter_mut()).zip(iovs.iter_mut()) {
+            m.msg_hdr.msg_name = name as *mut _ as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let n = libc::recvmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            2,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let get = |i: usize| -> io::Result<Received> {
+            let from = from_sockaddr(&names[i]).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "unknown address family")
+            })?;
+            Ok(Received {
+                len: msgs[i].msg_len as usize,
+                from,
+            })
+        };
+        let a = get(0)?;
+        let b = if n >= 2 { Some(get(1)?) } else { None };
+        Ok((a, b))
+    }
+}
+
+/// Buffers for [`recv_meta_batch`]: up to [`RecvBatch::CAP`] datagrams per syscall.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    /// (buffer index, addresses) of each datagram of the last call.
+    metas: Vec<(usize, RecvMeta)>,
+}
+
+impl RecvBatch {
+    /// Most datagrams one call reads.
+    pub const CAP: usize = 32;
+
+    /// Buffers of `size` bytes each (a longer datagram is truncated).
+    pub fn new(size: usize) -> Self {
+        RecvBatch {
+            bufs: (0..Self::CAP).map(|_| vec![0; size]).collect(),
+            metas: Vec::with_capacity(Self::CAP),
+        }
+    }
+
+    /// The datagrams of the last call: (addresses, bytes).
+    pub fn iter(&self) -> impl Iterator<Item = (RecvMeta, &[u8])> {
+        self.metas.iter().map(|(i, m)| {
+            let b = &self.bufs[*i];
+            (*m, &b[..m.len.min(b.len())])
+        })
+    }
+}
+
+/// Receives the datagrams the kernel holds, up to [`RecvBatch::CAP`], with one
+/// `recvmmsg`, each with its destination address and interface (IP_PKTINFO). Waits for
+/// the first. Like [`recv_drain`], a short batch clears tokio's readiness without a
+/// further syscall.
+pub async fn recv_meta_batch(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
+    loop {
+        sock.readable().await?;
+        let mut got = 0;
+        let r = sock.try_io(Interest::READABLE, || {
+            got = recv_batch_now(sock, batch)?;
+            if got < RecvBatch::CAP {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        if got > 0 {
+            return Ok(got);
+        }
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+            Ok(()) => continue,
+        }
+    }
+}
+
+fn recv_batch_now(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
+    const N: usize = RecvBatch::CAP;
+    batch.metas.clear();
+    // SAFETY: every mmsghdr points at live locals and buffers sized as declared.
+    unsafe {
+        let mut names: [libc::sockaddr_storage; N] = zeroed();
+        let mut cbufs: [[u64; 16]; N] = zeroed();
+        let mut iovs: Vec<libc::iovec> = batch
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut msgs: [libc::mmsghdr; N] = zeroed();
+        for (((m, name), iov), cbuf) in msgs
+            .iter_mut()
+            .zip(names.iter_mut())
+            .zip(iovs.iter_mut())
+            .zip(cbufs.iter_mut())
+        {
+            m.msg_hdr.msg_name = name as *mut _ as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_controllen = std::mem::size_of_val(cbuf) as _;
+        }
+        let n = libc::recvmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            N as _,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (i, (m, name)) in msgs[..n].iter().zip(names.iter()).enumerate() {
+            // A datagram of an unknown family cannot be answered: skipped.
+            if let Some(src) = from_sockaddr(name) {
+                let (dst_ip, ifindex) = pktinfo(&m.msg_hdr);
+                batch.metas.push((
+                    i,
+                    RecvMeta {
+                        len: m.msg_len as usize,
+                        src,
+                        dst_ip,
+                        ifindex,
+                    },
+                ));
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -197,6 +412,12 @@ pub async fn send_batch(
     src_ip: Option<IpAddr>,
     packets: &[(&[u8], &[u8])],
 ) -> io::Result<()> {
+    if let [(h, p)] = packets {
+        // One packet (lock-step DATA, OACK, ERROR): one sendmsg, nothing allocated.
+        return sock
+            .async_io(Interest::WRITABLE, || send_one_now(sock, dst, src_ip, h, p))
+            .await;
+    }
     let mut i = 0;
     while i < packets.len() {
         let seg = packets[i].0.len() + packets[i].1.len();
@@ -328,6 +549,32 @@ fn send_gso_now(
         fill_cmsgs(&mut msg, &mut cbuf, Some(seg as u16), src_ip);
         let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
         if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends one datagram made of `header` and `payload` with one `sendmsg`.
+fn send_one_now(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    src_ip: Option<IpAddr>,
+    header: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    let (mut storage, len) = to_sockaddr(&dst);
+    let iov = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut cbuf = CmsgBuf([0; 128]);
+    // SAFETY: msghdr points at live locals; IoSlice is ABI-compatible with iovec.
+    unsafe {
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = len;
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = if payload.is_empty() { 1 } else { 2 };
+        fill_cmsgs(&mut msg, &mut cbuf, None, src_ip);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -469,6 +716,81 @@ mod tests {
         assert_eq!(m.dst_ip, Some("127.0.0.7".parse().unwrap()));
         assert_eq!(m.src, b.local_addr().unwrap());
         assert!(interface_mtu(m.ifindex.unwrap()).unwrap() >= 1280);
+    }
+
+    #[tokio::test]
+    async fn drain_reads_two_at_once_then_waits_for_the_next() {
+        let rx = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let tx = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let to = rx.local_addr().unwrap();
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        for m in [&b"one"[..], b"two", b"three"] {
+            tx.send_to(m, to).await.unwrap();
+        }
+        let (x, y) = recv_drain(&rx, &mut a, &mut b).await.unwrap();
+        assert_eq!(
+            (&a[..x.len], x.from),
+            (&b"one"[..], tx.local_addr().unwrap())
+        );
+        assert_eq!(&b[..y.unwrap().len], b"two");
+        // One left: read alone, and readiness is cleared without another syscall.
+        let (x, y) = recv_drain(&rx, &mut a, &mut b).await.unwrap();
+        assert_eq!((&a[..x.len], y), (&b"three"[..], None));
+        // The next datagram, sent later, still wakes the receiver.
+        let r = tokio::spawn(async move {
+            let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+            let (x, _) = recv_drain(&rx, &mut a, &mut b).await.unwrap();
+            a[..x.len].to_vec()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx.send_to(b"four", to).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), r)
+            .await
+            .expect("woken by the later datagram")
+            .unwrap();
+        assert_eq!(got, b"four");
+    }
+
+    #[tokio::test]
+    async fn batch_receive_reports_each_datagram_with_its_destination() {
+        let rx = bind("0.0.0.0:0".parse().unwrap(), true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let tx = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let n = RecvBatch::CAP + 3;
+        for i in 0..n {
+            let dst = format!("127.0.0.{}", 1 + i % 3);
+            tx.send_to(format!("m{i}").as_bytes(), (dst.as_str(), port))
+                .await
+                .unwrap();
+        }
+        let mut batch = RecvBatch::new(2048);
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let k = recv_meta_batch(&rx, &mut batch).await.unwrap();
+            assert!((1..=RecvBatch::CAP).contains(&k));
+            for (m, pkt) in batch.iter() {
+                assert_eq!(m.src, tx.local_addr().unwrap());
+                let i = seen.len();
+                assert_eq!(pkt, format!("m{i}").as_bytes());
+                assert_eq!(
+                    m.dst_ip,
+                    Some(format!("127.0.0.{}", 1 + i % 3).parse().unwrap())
+                );
+                assert!(m.ifindex.is_some());
+                seen.push(i);
+            }
+        }
+        // Later datagrams still wake the receiver after a short batch cleared readiness.
+        tx.send_to(b"late", ("127.0.0.1", port)).await.unwrap();
+        let k = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            recv_meta_batch(&rx, &mut batch),
+        )
+        .await
+        .expect("woken")
+        .unwrap();
+        assert_eq!(k, 1);
+        assert_eq!(batch.iter().next().unwrap().1, b"late");
     }
 
     #[tokio::test]

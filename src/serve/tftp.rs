@@ -268,27 +268,28 @@ impl TftpServer {
             gso = udp::gso_enabled(),
             "tftp server listening"
         );
-        let mut buf = vec![0u8; RECV_BUF];
+        // Many clients' packets per syscall: requests in a storm, and in single-port mode
+        // every transfer's ACKs.
+        let mut batch = udp::RecvBatch::new(RECV_BUF);
         loop {
-            let meta = tokio::select! {
+            tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                r = udp::recv_meta(&self.sock, &mut buf) => match r {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // ICMP errors and the like: log and keep serving.
-                        debug!(error = %e, "tftp listener receive error");
-                        continue;
-                    }
+                r = udp::recv_meta_batch(&self.sock, &mut batch) => if let Err(e) = r {
+                    // ICMP errors and the like: log and keep serving.
+                    debug!(error = %e, "tftp listener receive error");
+                    continue;
                 },
-            };
-            if let Some(c) = &shared.capture {
-                c.record(
-                    meta.src,
-                    SocketAddr::new(meta.dst_ip.unwrap_or(self.local.ip()), self.local.port()),
-                    &buf[..meta.len],
-                );
             }
-            on_datagram(&shared, &self.sock, self.local, &buf[..meta.len], meta);
+            for (meta, pkt) in batch.iter() {
+                if let Some(c) = &shared.capture {
+                    c.record(
+                        meta.src,
+                        SocketAddr::new(meta.dst_ip.unwrap_or(self.local.ip()), self.local.port()),
+                        pkt,
+                    );
+                }
+                on_datagram(&shared, &self.sock, self.local, pkt, meta);
+            }
         }
         let active = shared.metrics.tftp.active.get();
         info!(active_transfers = active, "tftp server stopping");
@@ -486,7 +487,7 @@ fn take_slot(shared: &Arc<Shared>, ip: IpAddr) -> Result<SlotGuard, Refusal> {
 /// Where a transfer's packets go and come from.
 enum Link {
     /// Its own socket (the normal case: a new transfer ID per transfer).
-    Own(UdpSocket),
+    Own(OwnSocket),
     /// The listener's socket, fed through a queue (single-port mode).
     Shared {
         sock: Arc<UdpSocket>,
@@ -496,11 +497,47 @@ enum Link {
     },
 }
 
+/// A transfer's own socket, read two datagrams at a time (see [`udp::recv_drain`]): a
+/// lock-step transfer then pays one receive syscall per ACK, not two.
+struct OwnSocket {
+    sock: UdpSocket,
+    /// Where the second datagram of a receive lands.
+    spare: Box<[u8; TRANSFER_RECV_BUF]>,
+    /// That second datagram, not yet handed out: (length, sender, arrival).
+    pending: Option<(usize, SocketAddr, Instant)>,
+}
+
+/// Largest datagram a transfer reads (ACKs and ERRORs are short; longer ones truncate).
+const TRANSFER_RECV_BUF: usize = 1024;
+
+impl OwnSocket {
+    fn new(sock: UdpSocket) -> Self {
+        OwnSocket {
+            sock,
+            spare: Box::new([0; TRANSFER_RECV_BUF]),
+            pending: None,
+        }
+    }
+
+    /// Next datagram: (length, sender, when it was read).
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Instant)> {
+        if let Some((n, from, at)) = self.pending.take() {
+            let n = n.min(buf.len());
+            buf[..n].copy_from_slice(&self.spare[..n]);
+            return Ok((n, from, at));
+        }
+        let (a, b) = udp::recv_drain(&self.sock, buf, &mut self.spare[..]).await?;
+        let at = Instant::now();
+        self.pending = b.map(|b| (b.len, b.from, at));
+        Ok((a.len, a.from, at))
+    }
+}
+
 impl Link {
     /// The transfer's own address (for captures).
     fn local_addr(&self, local_ip: IpAddr) -> SocketAddr {
         let port = match self {
-            Link::Own(s) => s.local_addr().map(|a| a.port()).unwrap_or(0),
+            Link::Own(o) => o.sock.local_addr().map(|a| a.port()).unwrap_or(0),
             Link::Shared { sock, .. } => sock.local_addr().map(|a| a.port()).unwrap_or(0),
         };
         SocketAddr::new(local_ip, port)
@@ -508,7 +545,7 @@ impl Link {
 
     async fn send_batch(&self, client: SocketAddr, pkts: &[(&[u8], &[u8])]) -> io::Result<()> {
         match self {
-            Link::Own(s) => udp::send_batch(s, client, None, pkts).await,
+            Link::Own(o) => udp::send_batch(&o.sock, client, None, pkts).await,
             Link::Shared { sock, src_ip, .. } => udp::send_batch(sock, client, *src_ip, pkts).await,
         }
     }
@@ -523,7 +560,7 @@ impl Link {
         client: SocketAddr,
     ) -> Option<io::Result<(usize, SocketAddr, Instant)>> {
         match self {
-            Link::Own(s) => Some(s.recv_from(buf).await.map(|(n, a)| (n, a, Instant::now()))),
+            Link::Own(o) => Some(o.recv(buf).await),
             Link::Shared { rx, .. } => {
                 let (at, b) = rx.recv().await?;
                 let n = b.len().min(buf.len());
@@ -662,7 +699,7 @@ fn start_read(
         }
     } else {
         match bind_transfer_socket(local_ip) {
-            Ok(s) => Link::Own(s),
+            Ok(s) => Link::Own(OwnSocket::new(s)),
             Err(e) => {
                 m.refused.inc("socket");
                 if let Some(suppressed) = shared.log_ok(client.ip()) {
@@ -853,7 +890,7 @@ async fn drive(
     t: &mut Transfer,
 ) {
     let me = link.local_addr(local_ip);
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; TRANSFER_RECV_BUF];
     let mut headers: Vec<[u8; 4]> = Vec::new();
     let sleep = tokio::time::sleep_until(Instant::now().into());
     tokio::pin!(sleep);
@@ -876,6 +913,15 @@ async fn drive(
                         c.record(me, client, &pkt);
                     }
                     link.send_batch(client, &[(&pkt, &[])]).await
+                }
+                Transmit::Data(b) if b.first == b.last => {
+                    // Lock-step: one block, sent without building a batch.
+                    let h = t.header(b.first);
+                    let d = t.payload(b.first);
+                    if let Some(c) = &shared.capture {
+                        c.record_parts(me, client, &h, d);
+                    }
+                    link.send_batch(client, &[(&h, d)]).await
                 }
                 Transmit::Data(b) => {
                     headers.clear();
@@ -952,7 +998,7 @@ async fn on_transfer_datagram(
         // RFC 1350: a packet from another TID gets ERROR 5; the transfer goes on.
         m.unknown_tid.inc();
         debug!(client = %client, from = %from, "packet from unknown transfer ID");
-        if let (Link::Own(s), true) = (link, shared.error_ok(from.ip())) {
+        if let (Link::Own(OwnSocket { sock: s, .. }), true) = (link, shared.error_ok(from.ip())) {
             let mut e = Vec::new();
             tftp::emit_error(&mut e, ErrorCode::UnknownTid, "unknown transfer ID");
             if let Some(c) = &shared.capture {
