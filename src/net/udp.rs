@@ -537,22 +537,7 @@ fn send_gso_now(
             iov.push(IoSlice::new(p));
         }
     }
-    let (mut storage, len) = to_sockaddr(&dst);
-    let mut cbuf = CmsgBuf([0; 128]);
-    // SAFETY: msghdr points at live locals; IoSlice is ABI-compatible with iovec.
-    unsafe {
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = len;
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len() as _;
-        fill_cmsgs(&mut msg, &mut cbuf, Some(seg as u16), src_ip);
-        let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    send_iov_now(sock, dst, src_ip, &iov, Some(seg as u16))
 }
 
 /// Sends one datagram made of `header` and `payload` with one `sendmsg`.
@@ -563,8 +548,21 @@ fn send_one_now(
     header: &[u8],
     payload: &[u8],
 ) -> io::Result<()> {
-    let (mut storage, len) = to_sockaddr(&dst);
     let iov = [IoSlice::new(header), IoSlice::new(payload)];
+    let n = if payload.is_empty() { 1 } else { 2 };
+    send_iov_now(sock, dst, src_ip, &iov[..n], None)
+}
+
+/// One `sendmsg` of `iov` to `dst`, from `src_ip` if given, cut into `seg`-byte
+/// datagrams by UDP GSO if given.
+fn send_iov_now(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    src_ip: Option<IpAddr>,
+    iov: &[IoSlice<'_>],
+    seg: Option<u16>,
+) -> io::Result<()> {
+    let (mut storage, len) = to_sockaddr(&dst);
     let mut cbuf = CmsgBuf([0; 128]);
     // SAFETY: msghdr points at live locals; IoSlice is ABI-compatible with iovec.
     unsafe {
@@ -572,8 +570,8 @@ fn send_one_now(
         msg.msg_name = &mut storage as *mut _ as *mut libc::c_void;
         msg.msg_namelen = len;
         msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = if payload.is_empty() { 1 } else { 2 };
-        fill_cmsgs(&mut msg, &mut cbuf, None, src_ip);
+        msg.msg_iovlen = iov.len() as _;
+        fill_cmsgs(&mut msg, &mut cbuf, seg, src_ip);
         if libc::sendmsg(sock.as_raw_fd(), &msg, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
